@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The whole test suite, from a clean machine: Python deps, a Docker engine, the
+# offline test image, then pytest. The README's test command; .ci/run calls it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+log() { echo "tests/run.sh: $*" >&2; }
+
+# 1. Python: a venv of our own so the suite never depends on what the host has.
+venv="${RUNNERD_TEST_VENV:-$root/.venv}"
+if [ ! -x "$venv/bin/python" ]; then
+  log "creating $venv"
+  python3 -m venv "$venv"
+fi
+"$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]"
+
+# 2. A Docker engine that answers. Where none does and we are root, install
+#    Debian's docker.io and start dockerd without networking: no container gets
+#    an address on this machine.
+docker_ok() { docker version >/dev/null 2>&1; }
+if ! command -v docker >/dev/null 2>&1 || ! command -v dockerd >/dev/null 2>&1 || ! command -v busybox >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    if ! command -v dockerd >/dev/null 2>&1 || ! [ -x /bin/busybox ]; then
+      log "installing docker.io and busybox-static"
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io busybox-static >/dev/null
+    fi
+  fi
+fi
+if ! docker_ok; then
+  if [ "$(id -u)" != 0 ]; then
+    log "no Docker engine answers and we are not root: start one, or set DOCKER_HOST"
+    exit 1
+  fi
+  log "starting dockerd (--bridge=none --iptables=false --ip-masq=false)"
+  nohup dockerd --bridge=none --iptables=false --ip6tables=false --ip-masq=false \
+    >/var/log/runnerd-test-dockerd.log 2>&1 &
+  for _ in $(seq 1 120); do
+    docker_ok && break
+    sleep 0.5
+  done
+  if ! docker_ok; then
+    log "dockerd did not answer within 60 s; its log:"
+    tail -50 /var/log/runnerd-test-dockerd.log >&2 || true
+    exit 1
+  fi
+fi
+
+# 3. The test image, built offline: a tarball of busybox-static with its applets.
+export RUNNERD_TEST_IMAGE="${RUNNERD_TEST_IMAGE:-runnerd-test/busybox:latest}"
+if ! docker image inspect "$RUNNERD_TEST_IMAGE" >/dev/null 2>&1; then
+  log "building $RUNNERD_TEST_IMAGE from /bin/busybox"
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  mkdir -p "$tmp/rootfs/bin" "$tmp/rootfs/tmp" "$tmp/rootfs/etc"
+  cp /bin/busybox "$tmp/rootfs/bin/busybox"
+  for applet in $("$tmp/rootfs/bin/busybox" --list); do
+    [ "$applet" = busybox ] || ln -sf busybox "$tmp/rootfs/bin/$applet"
+  done
+  echo 'root:x:0:0:root:/root:/bin/sh' >"$tmp/rootfs/etc/passwd"
+  tar -C "$tmp/rootfs" -cf "$tmp/rootfs.tar" .
+  docker import -c 'CMD ["sh"]' -c 'ENV PATH=/bin' "$tmp/rootfs.tar" "$RUNNERD_TEST_IMAGE" >/dev/null
+fi
+
+# 4. The suite.
+"$venv/bin/python" -m pytest "$@"
