@@ -1,0 +1,299 @@
+"""The HTTP API: routes, auth, and the JSON error shapes. Handlers speak HTTP only:
+they parse with `schemas`, act through the store and scheduler, and render."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from . import schemas
+from .auth import hash_secret, secret_from_header
+from .config import Config
+from .engine import Engine, EngineError
+from .logs import LogStore
+from .models import Scope
+from .scheduler import Scheduler
+from .store import Conflict, NotFound, Store
+
+log = logging.getLogger("runnerd.api")
+
+CONFIG = web.AppKey("config", Config)
+STORE = web.AppKey("store", Store)
+ENGINE = web.AppKey("engine", Engine)
+LOGS = web.AppKey("logs", LogStore)
+SCHEDULER = web.AppKey("scheduler", Scheduler)
+
+MAX_BODY_BYTES = 1024 * 1024
+READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def make_app(config: Config, store: Store, engine: Engine, logs: LogStore,
+             scheduler: Scheduler) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware, auth_middleware],
+                          client_max_size=MAX_BODY_BYTES)
+    app[CONFIG] = config
+    app[STORE] = store
+    app[ENGINE] = engine
+    app[LOGS] = logs
+    app[SCHEDULER] = scheduler
+    r = app.router
+    r.add_get("/healthz", healthz)
+    r.add_get("/v1/runners", list_runners)
+    r.add_post("/v1/runners", create_runner)
+    r.add_get("/v1/runners/{runner_id}", get_runner)
+    r.add_patch("/v1/runners/{runner_id}", update_runner)
+    r.add_delete("/v1/runners/{runner_id}", delete_runner)
+    r.add_get("/v1/runners/{runner_id}/env_variables", list_env)
+    r.add_post("/v1/runners/{runner_id}/env_variables", create_env)
+    r.add_patch("/v1/runners/{runner_id}/env_variables/{env_id}", update_env)
+    r.add_delete("/v1/runners/{runner_id}/env_variables/{env_id}", delete_env)
+    r.add_get("/v1/runners/{runner_id}/runs", list_runs)
+    r.add_post("/v1/runners/{runner_id}/runs", trigger_run)
+    r.add_get("/v1/runners/{runner_id}/runs/{run_id}", get_run)
+    r.add_get("/v1/runners/{runner_id}/runs/{run_id}/logs", run_logs)
+    return app
+
+
+# -- middleware -------------------------------------------------------------------
+
+
+def error_response(status: int, reason: str) -> web.Response:
+    return web.json_response({"status": status, "error": reason}, status=status)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every error leaves as JSON: 400 `{"errors": [...]}`, others `{"status", "error"}`."""
+    try:
+        return await handler(request)
+    except schemas.Invalid as e:
+        return web.json_response({"errors": e.errors}, status=400)
+    except web.HTTPException as e:
+        if e.status < 400:
+            raise
+        response = error_response(e.status, e.reason)
+        if isinstance(e, web.HTTPMethodNotAllowed):
+            response.headers["Allow"] = ", ".join(sorted(e.allowed_methods))
+        return response
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return error_response(500, "Internal Server Error")
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith("/v1/") or request.path == "/v1":
+        secret = secret_from_header(request.headers.get("Authorization"))
+        key = await request.app[STORE].api_key_by_hash(hash_secret(secret)) if secret else None
+        if key is None:
+            return error_response(401, "Unauthorized")
+        if key.scope is not Scope.FULL and request.method not in READ_METHODS:
+            return error_response(403, "Forbidden")
+    return await handler(request)
+
+
+async def read_json(request: web.Request) -> Any:
+    """The request's JSON body; None when it is empty."""
+    raw = await request.read()  # 413 past client_max_size
+    if not raw.strip():
+        return None
+    content_type = request.headers.get("Content-Type")
+    if content_type is not None and request.content_type not in (
+            "application/json", "text/json") and not request.content_type.endswith("+json"):
+        raise web.HTTPUnsupportedMediaType(
+            reason="Unsupported Media Type")
+    try:
+        return json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise schemas.Invalid(["body is not valid UTF-8"]) from None
+    except (json.JSONDecodeError, RecursionError) as e:
+        message = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+        raise schemas.Invalid([f"body is not valid JSON: {message}"]) from None
+
+
+def _id(request: web.Request, name: str) -> str:
+    value = request.match_info[name]
+    if not schemas.is_uuid(value):
+        raise web.HTTPNotFound()
+    return value.lower()
+
+
+# -- health -----------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    try:
+        await request.app[ENGINE].version()
+    except EngineError as e:
+        return web.json_response({"status": "unavailable", "error": str(e)}, status=503)
+    return web.json_response({"status": "ok"})
+
+
+# -- runners ----------------------------------------------------------------------
+
+
+async def _runner_or_404(request: web.Request) -> Any:
+    runner = await request.app[STORE].get_runner(_id(request, "runner_id"))
+    if runner is None:
+        raise web.HTTPNotFound()
+    return runner
+
+
+async def list_runners(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    runners = await request.app[STORE].list_runners()
+    return web.json_response({"runners": [schemas.runner_json(r, config) for r in runners]})
+
+
+async def get_runner(request: web.Request) -> web.Response:
+    runner = await _runner_or_404(request)
+    return web.json_response({"runner": schemas.runner_json(runner, request.app[CONFIG])})
+
+
+async def create_runner(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    fields, env = schemas.parse_runner(await read_json(request), config, partial=False)
+    try:
+        runner = await request.app[STORE].create_runner(fields, env or [])
+    except Conflict as e:
+        raise schemas.Invalid([str(e)]) from None
+    log.info("runner %s (%s) created", runner.id, runner.name)
+    return web.json_response({"runner": schemas.runner_json(runner, config)})
+
+
+async def update_runner(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    runner = await _runner_or_404(request)
+    fields, env = schemas.parse_runner(await read_json(request), config, partial=True)
+    schemas.check_command_exclusive(fields.get("run_command", runner.run_command),
+                                    fields.get("argv", runner.argv))
+    try:
+        runner = await request.app[STORE].update_runner(runner.id, fields, env)
+    except NotFound:
+        raise web.HTTPNotFound() from None
+    except Conflict as e:
+        raise schemas.Invalid([str(e)]) from None
+    return web.json_response({"runner": schemas.runner_json(runner, config)})
+
+
+async def delete_runner(request: web.Request) -> web.Response:
+    runner_id = _id(request, "runner_id")
+    try:
+        run_ids = await request.app[STORE].delete_runner(runner_id)
+    except NotFound:
+        raise web.HTTPNotFound() from None
+    except Conflict:
+        raise web.HTTPConflict() from None
+    request.app[LOGS].delete(run_ids)
+    log.info("runner %s deleted with %d runs", runner_id, len(run_ids))
+    return web.json_response({"deleted": True})
+
+
+# -- runner env variables -----------------------------------------------------------
+
+
+async def list_env(request: web.Request) -> web.Response:
+    runner = await _runner_or_404(request)
+    tz = request.app[CONFIG].tz
+    env = await request.app[STORE].list_env(runner.id)
+    return web.json_response({"env_variables": [schemas.env_json(e, tz) for e in env]})
+
+
+async def create_env(request: web.Request) -> web.Response:
+    runner = await _runner_or_404(request)
+    fields = schemas.parse_env_variable(await read_json(request), partial=False)
+    try:
+        env = await request.app[STORE].create_env(runner.id, fields["env_key"], fields["env_val"])
+    except Conflict as e:
+        raise schemas.Invalid([str(e)]) from None
+    return web.json_response({"env_variable": schemas.env_json(env, request.app[CONFIG].tz)})
+
+
+async def update_env(request: web.Request) -> web.Response:
+    runner = await _runner_or_404(request)
+    env_id = _id(request, "env_id")
+    fields = schemas.parse_env_variable(await read_json(request), partial=True)
+    try:
+        env = await request.app[STORE].update_env(runner.id, env_id, fields)
+    except NotFound:
+        raise web.HTTPNotFound() from None
+    except Conflict as e:
+        raise schemas.Invalid([str(e)]) from None
+    return web.json_response({"env_variable": schemas.env_json(env, request.app[CONFIG].tz)})
+
+
+async def delete_env(request: web.Request) -> web.Response:
+    runner = await _runner_or_404(request)
+    if not await request.app[STORE].delete_env(runner.id, _id(request, "env_id")):
+        raise web.HTTPNotFound()
+    return web.json_response({"deleted": True})
+
+
+# -- runs ---------------------------------------------------------------------------
+
+
+async def list_runs(request: web.Request) -> web.Response:
+    runner = await _runner_or_404(request)
+    limit, status, before = schemas.parse_run_list_query(request.query)
+    store = request.app[STORE]
+    if before is not None and await store.get_run(before, runner.id) is None:
+        raise schemas.Invalid([f"before: no run {before} of this runner"])
+    runs = await store.list_runs(runner.id, limit=limit, status=status, before=before)
+    tz = request.app[CONFIG].tz
+    return web.json_response({"runs": [schemas.run_json(r, tz) for r in runs]})
+
+
+async def trigger_run(request: web.Request) -> web.Response:
+    store = request.app[STORE]
+    config = request.app[CONFIG]
+    runner = await _runner_or_404(request)
+    overrides = schemas.parse_trigger(await read_json(request))
+    itype = config.instance_types.get(runner.instance_type)
+    if itype is None:
+        raise schemas.Invalid([
+            f"instance_type: the runner's instance type {runner.instance_type!r} is no longer "
+            f"configured; PATCH the runner to one of {', '.join(sorted(config.instance_types))}"])
+    env = schemas.merge_env(await store.list_env(runner.id), overrides)
+    run = await store.create_run(runner, env, itype.cpu, itype.mem, itype.pids)
+    request.app[SCHEDULER].wake()
+    log.info("run %s of runner %s queued", run.id, runner.id)
+    return web.json_response({"run": schemas.run_json(run, config.tz)})
+
+
+async def get_run(request: web.Request) -> web.Response:
+    run = await _run_or_404(request)
+    return web.json_response({"run": schemas.run_json(run, request.app[CONFIG].tz)})
+
+
+async def _run_or_404(request: web.Request) -> Any:
+    run = await request.app[STORE].get_run(_id(request, "run_id"), _id(request, "runner_id"))
+    if run is None:
+        raise web.HTTPNotFound()
+    return run
+
+
+async def run_logs(request: web.Request) -> web.StreamResponse:
+    run = await _run_or_404(request)
+    tail = schemas.parse_tail(request.query)
+    chunks = request.app[LOGS].text(run.id, tail)
+    response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+    await response.prepare(request)
+    try:
+        while True:
+            # File reads happen off the event loop: a big log never stalls other requests.
+            chunk = await asyncio.to_thread(next, chunks, None)
+            if chunk is None:
+                break
+            await response.write(chunk)
+    finally:
+        chunks.close()
+    await response.write_eof()
+    return response

@@ -1,0 +1,270 @@
+"""The daemon's configuration: one TOML file, every key optional, every default built in.
+
+This module is the only place that knows the config's keys. A bad file raises
+`ConfigError` with a message naming the key, so `runnerd serve` can exit with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import zoneinfo
+from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
+from pathlib import Path
+from typing import Any, Callable
+
+DEFAULT_LISTEN = "127.0.0.1:8420"
+
+
+class ConfigError(Exception):
+    """The config cannot be used; the message names the key and what is wrong."""
+
+
+@dataclass(frozen=True)
+class InstanceType:
+    """Resource limits a runner's containers get: CPUs, memory in MiB, max processes."""
+
+    slug: str
+    name: str
+    cpu: float
+    mem: int
+    pids: int
+
+
+BUILTIN_INSTANCE_TYPES: dict[str, InstanceType] = {
+    t.slug: t
+    for t in (
+        InstanceType("standard-xs", "Standard XS", 0.5, 512, 256),
+        InstanceType("standard-s", "Standard S", 1.0, 1024, 512),
+        InstanceType("standard-m", "Standard M", 2.0, 2048, 1024),
+    )
+}
+DEFAULT_INSTANCE_TYPE = "standard-s"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str = DEFAULT_LISTEN
+
+    @property
+    def host(self) -> str:
+        return _split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return _split_listen(self.listen)[1]
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    data_dir: Path = field(default_factory=lambda: default_data_dir())
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "runnerd.db"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.data_dir / "logs"
+
+
+@dataclass(frozen=True)
+class DockerConfig:
+    url: str | None = None  # None: DOCKER_HOST, else the local socket
+    network: str = "bridge"
+    stop_grace_seconds: float = 10.0
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    max_concurrent_runs: int = 4
+
+
+@dataclass(frozen=True)
+class Config:
+    server: ServerConfig = field(default_factory=ServerConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    docker: DockerConfig = field(default_factory=DockerConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    timezone: str | None = None  # None: the host's
+    default_instance_type: str = DEFAULT_INSTANCE_TYPE
+    instance_types: dict[str, InstanceType] = field(
+        default_factory=lambda: dict(BUILTIN_INSTANCE_TYPES)
+    )
+
+    @property
+    def tz(self) -> tzinfo:
+        if self.timezone is None:
+            return datetime.now().astimezone().tzinfo  # type: ignore[return-value]
+        return zoneinfo.ZoneInfo(self.timezone)
+
+
+def default_data_dir() -> Path:
+    """`/var/lib/runnerd` as root, else the per-user data directory."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/runnerd")
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "runnerd"
+
+
+def load(path: str | os.PathLike[str] | None) -> Config:
+    """Read and check a config file; `None` gives the built-in defaults."""
+    if path is None:
+        return Config()
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as e:
+        raise ConfigError(f"config file {path} cannot be read: {e.strerror}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
+    return from_dict(data, base_dir=Path(path).resolve().parent)
+
+
+def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
+    """Build a Config from parsed TOML, naming the key of the first problem."""
+    top_keys = {"server", "storage", "docker", "scheduler", "timezone",
+                "default_instance_type", "instance_types"}
+    _no_unknown_keys(data, top_keys, "")
+
+    server = _section(data, "server", ServerConfig, {"listen": _listen})
+    storage = _section(data, "storage", StorageConfig,
+                       {"data_dir": lambda k, v: _path(k, v, base_dir)})
+    docker = _section(data, "docker", DockerConfig, {
+        "url": _docker_url,
+        "network": _nonempty_str,
+        "stop_grace_seconds": lambda k, v: _number(k, v, 0, 3600),
+    })
+    scheduler = _section(data, "scheduler", SchedulerConfig, {
+        "max_concurrent_runs": lambda k, v: _int(k, v, 1, 1000),
+    })
+
+    timezone = data.get("timezone")
+    if timezone is not None:
+        timezone = _nonempty_str("timezone", timezone)
+        try:
+            zoneinfo.ZoneInfo(timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError(f"timezone: unknown time zone {timezone!r} "
+                              "(use an IANA name such as 'Europe/Berlin' or 'UTC')") from None
+
+    instance_types = dict(BUILTIN_INSTANCE_TYPES)
+    if "instance_types" in data:
+        instance_types = _instance_types(data["instance_types"])
+    default_type = data.get("default_instance_type", DEFAULT_INSTANCE_TYPE)
+    default_type = _nonempty_str("default_instance_type", default_type)
+    if default_type not in instance_types:
+        raise ConfigError(
+            f"default_instance_type: {default_type!r} is not one of the instance types "
+            f"({', '.join(sorted(instance_types))})")
+
+    return Config(server=server, storage=storage, docker=docker, scheduler=scheduler,
+                  timezone=timezone, default_instance_type=default_type,
+                  instance_types=instance_types)
+
+
+Parser = Callable[[str, Any], Any]
+
+
+def _section(data: dict[str, Any], name: str, cls: type, parsers: dict[str, Parser]) -> Any:
+    raw = data.get(name, {})
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{name}: must be a table ([{name}])")
+    _no_unknown_keys(raw, set(parsers), name + ".")
+    values = {key: parse(f"{name}.{key}", raw[key]) for key, parse in parsers.items()
+              if key in raw}
+    return cls(**values)
+
+
+def _no_unknown_keys(raw: dict[str, Any], known: set[str], prefix: str) -> None:
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"{prefix}{key}: unknown key (known: {', '.join(sorted(known))})")
+
+
+def _instance_types(raw: Any) -> dict[str, InstanceType]:
+    if not isinstance(raw, dict) or not raw:
+        raise ConfigError("instance_types: must hold at least one [instance_types.<slug>] table")
+    types: dict[str, InstanceType] = {}
+    fields = {f.name for f in dataclasses.fields(InstanceType)} - {"slug"}
+    for slug, spec in raw.items():
+        key = f"instance_types.{slug}"
+        if not _is_slug(slug):
+            raise ConfigError(f"{key}: the slug must be 1-50 of a-z, 0-9, '-' and '_'")
+        if not isinstance(spec, dict):
+            raise ConfigError(f"{key}: must be a table")
+        _no_unknown_keys(spec, fields, key + ".")
+        for required in ("cpu", "mem"):
+            if required not in spec:
+                raise ConfigError(f"{key}.{required}: is required")
+        types[slug] = InstanceType(
+            slug=slug,
+            name=_nonempty_str(f"{key}.name", spec.get("name", slug)),
+            cpu=_number(f"{key}.cpu", spec["cpu"], 0.01, 1024),
+            mem=_int(f"{key}.mem", spec["mem"], 6, 16 * 1024 * 1024),
+            pids=_int(f"{key}.pids", spec.get("pids", 1024), 1, 4_194_304),
+        )
+    return types
+
+
+def _is_slug(s: str) -> bool:
+    return 1 <= len(s) <= 50 and all(c.isascii() and (c.islower() or c.isdigit() or c in "-_")
+                                     for c in s)
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(listen)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, int(port)
+
+
+def _listen(key: str, value: Any) -> str:
+    value = _nonempty_str(key, value)
+    try:
+        _, port = _split_listen(value)
+    except ValueError:
+        raise ConfigError(f"{key}: must look like 'HOST:PORT' (e.g. '127.0.0.1:8420' "
+                          f"or '[::1]:8420'), got {value!r}") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"{key}: port {port} is out of range 0-65535")
+    return value
+
+
+def _docker_url(key: str, value: Any) -> str:
+    value = _nonempty_str(key, value)
+    if not value.startswith(("unix://", "tcp://", "http://", "https://", "ssh://")):
+        raise ConfigError(f"{key}: must start with unix://, tcp://, http://, https:// "
+                          f"or ssh://, got {value!r}")
+    return value
+
+
+def _path(key: str, value: Any, base_dir: Path | None) -> Path:
+    p = Path(_nonempty_str(key, value)).expanduser()
+    if not p.is_absolute() and base_dir is not None:
+        p = base_dir / p
+    return p
+
+
+def _nonempty_str(key: str, value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{key}: must be a non-empty string, got {value!r}")
+    return value
+
+
+def _int(key: str, value: Any, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ConfigError(f"{key}: must be a whole number from {lo} to {hi}, got {value!r}")
+    return value
+
+
+def _number(key: str, value: Any, lo: float, hi: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+        raise ConfigError(f"{key}: must be a number from {lo:g} to {hi:g}, got {value!r}")
+    return float(value)

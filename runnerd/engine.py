@@ -1,0 +1,287 @@
+"""The Docker Engine, as runnerd needs it. The only module that imports aiodocker.
+
+Everything the engine says goes through here and comes out as `EngineError`
+(with a sentence a user can read) or plain data, so the rest of runnerd never
+sees an aiodocker type.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import calendar
+import json
+import logging
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+import aiodocker
+import aiohttp
+from aiodocker.exceptions import DockerError
+
+log = logging.getLogger("runnerd.engine")
+
+# Labels on every container runnerd makes: whose it is, and for which run.
+LABEL_DAEMON = "io.runnerd.daemon"
+LABEL_RUN = "io.runnerd.run"
+LABEL_RUNNER = "io.runnerd.runner"
+
+_FRAME = struct.Struct(">BxxxL")  # Docker's multiplexed stream: stream, size
+_QUICK = aiohttp.ClientTimeout(total=10)
+_NO_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None)  # long streams
+
+
+class EngineError(Exception):
+    """The engine refused or failed; `str()` is readable by a user."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class EngineUnavailable(EngineError):
+    """The engine does not answer at all."""
+
+
+class ImageNotFound(EngineError):
+    pass
+
+
+@dataclass
+class ContainerSpec:
+    """What to run: the container runnerd creates for one run."""
+
+    name: str
+    image: str
+    cmd: list[str] | None
+    entrypoint: list[str] | None
+    env: list[tuple[str, str]]
+    cpu: float
+    mem_mib: int
+    pids: int
+    network: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class OutputChunk:
+    stream: int  # 1 stdout, 2 stderr
+    ts_ns: int   # when the engine received it
+    data: bytes
+
+
+class Engine:
+    def __init__(self, url: str | None = None) -> None:
+        self._url = url
+        self._docker: aiodocker.Docker | None = None
+
+    @property
+    def docker(self) -> aiodocker.Docker:
+        if self._docker is None:
+            try:
+                self._docker = aiodocker.Docker(url=self._url)
+            except ValueError as e:
+                raise EngineUnavailable(f"cannot find the Docker engine: {e}") from None
+        return self._docker
+
+    async def close(self) -> None:
+        if self._docker is not None:
+            docker, self._docker = self._docker, None
+            await docker.close()
+
+    async def version(self) -> dict[str, Any]:
+        """The engine's version info; raises EngineUnavailable when it does not answer."""
+        try:
+            async with asyncio.timeout(5):
+                return await self.docker._query_json("version", versioned_api=False)
+        except (DockerError, aiohttp.ClientError, OSError, TimeoutError) as e:
+            raise EngineUnavailable(f"the Docker engine does not answer: {_reason(e)}") from None
+
+    # -- images ---------------------------------------------------------------
+
+    async def has_image(self, ref: str) -> bool:
+        try:
+            await self.docker.images.inspect(ref)
+            return True
+        except DockerError as e:
+            if e.status == 404:
+                return False
+            raise _engine_error(e, f"could not inspect image {ref}") from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise _engine_error(e, f"could not inspect image {ref}") from None
+
+    async def pull(self, ref: str) -> None:
+        log.info("pulling image %s", ref)
+        started = time.monotonic()
+        try:
+            await self.docker.images.pull(ref, timeout=None)
+        except (DockerError, aiohttp.ClientError, OSError) as e:
+            raise _engine_error(e, f"could not pull image {ref}") from None
+        log.info("pulled image %s in %.1f s", ref, time.monotonic() - started)
+
+    # -- containers -----------------------------------------------------------
+
+    async def create(self, spec: ContainerSpec) -> str:
+        config: dict[str, Any] = {
+            "Image": spec.image,
+            "Env": [f"{k}={v}" for k, v in spec.env],
+            "Labels": spec.labels,
+            "AttachStdin": False, "AttachStdout": False, "AttachStderr": False,
+            "Tty": False, "OpenStdin": False,
+            "HostConfig": {
+                "NanoCpus": int(spec.cpu * 1e9),
+                "Memory": spec.mem_mib * 1024 * 1024,
+                "MemorySwap": spec.mem_mib * 1024 * 1024,  # no swap beyond the limit
+                "PidsLimit": spec.pids,
+                "NetworkMode": spec.network,
+                # "local" keeps raw bytes (json-file mangles non-UTF-8) and
+                # holds enough history to resume reading after a daemon restart.
+                "LogConfig": {"Type": "local", "Config": {
+                    "max-size": "64m", "max-file": "4", "compress": "false"}},
+                "AutoRemove": False,
+            },
+        }
+        if spec.cmd is not None:
+            config["Cmd"] = spec.cmd
+        if spec.entrypoint is not None:
+            config["Entrypoint"] = spec.entrypoint
+        try:
+            container = await self.docker.containers.create(config, name=spec.name)
+        except DockerError as e:
+            raise _engine_error(e, "could not create the container") from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise _engine_error(e, "could not create the container") from None
+        return str(container.id)
+
+    async def start(self, container_id: str) -> None:
+        try:
+            async with self.docker._query(f"containers/{container_id}/start", method="POST",
+                                          timeout=_QUICK):
+                pass
+        except (DockerError, aiohttp.ClientError, OSError) as e:
+            raise _engine_error(e, "could not start the container") from None
+
+    async def wait(self, container_id: str) -> int:
+        """Block until the container exits; its exit code."""
+        try:
+            data = await self.docker._query_json(
+                f"containers/{container_id}/wait", method="POST", timeout=_NO_TIMEOUT)
+        except (DockerError, aiohttp.ClientError, OSError) as e:
+            raise _engine_error(e, "lost the container while waiting for it") from None
+        if data.get("Error") and data["Error"].get("Message"):
+            log.warning("engine reported on wait for %s: %s", container_id[:12],
+                        data["Error"]["Message"])
+        return int(data["StatusCode"])
+
+    async def stop(self, container_id: str, grace_seconds: float) -> None:
+        """SIGTERM, then SIGKILL after the grace period (the engine does both)."""
+        try:
+            async with self.docker._query(
+                    f"containers/{container_id}/stop", method="POST",
+                    params={"t": max(0, round(grace_seconds))}, timeout=_NO_TIMEOUT):
+                pass
+        except DockerError as e:
+            if e.status in (304, 404):  # already stopped, or gone
+                return
+            raise _engine_error(e, "could not stop the container") from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise _engine_error(e, "could not stop the container") from None
+
+    async def remove(self, container_id: str) -> None:
+        try:
+            async with self.docker._query(
+                    f"containers/{container_id}", method="DELETE",
+                    params={"force": True, "v": True}, timeout=_QUICK):
+                pass
+        except DockerError as e:
+            if e.status == 404:
+                return
+            raise _engine_error(e, "could not remove the container") from None
+        except (aiohttp.ClientError, OSError) as e:
+            raise _engine_error(e, "could not remove the container") from None
+
+    async def output(self, container_id: str, since_ns: int = 0) -> AsyncIterator[OutputChunk]:
+        """The container's output from its start (or `since_ns`) until it exits,
+        one chunk per message the engine logged, as raw bytes with their stream and
+        time. Ends when the container has exited and everything was delivered."""
+        params: dict[str, Any] = {"follow": True, "stdout": True, "stderr": True,
+                                  "timestamps": True}
+        if since_ns:
+            params["since"] = f"{since_ns // 1_000_000_000}.{since_ns % 1_000_000_000:09d}"
+        try:
+            async with self.docker._query(f"containers/{container_id}/logs", params=params,
+                                          timeout=_NO_TIMEOUT) as response:
+                content = response.content
+                parse_ts = _TimestampParser()
+                while True:
+                    try:
+                        header = await content.readexactly(_FRAME.size)
+                    except asyncio.IncompleteReadError as e:
+                        if e.partial:
+                            log.warning("output of %s ended inside a frame header",
+                                        container_id[:12])
+                        return
+                    stream, size = _FRAME.unpack(header)
+                    payload = await content.readexactly(size) if size else b""
+                    ts_ns, data = parse_ts.split(payload)
+                    yield OutputChunk(stream if stream in (1, 2) else 1, ts_ns, data)
+        except DockerError as e:
+            raise _engine_error(e, "could not read the container's output") from None
+        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as e:
+            raise _engine_error(e, "lost the container's output stream") from None
+
+    async def list_containers(self, labels: dict[str, str]) -> list[dict[str, Any]]:
+        """All containers (running or not) carrying every given label."""
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        try:
+            return await self.docker._query_json(
+                "containers/json", params={"all": True, "filters": json.dumps(filters)},
+                timeout=_QUICK)
+        except (DockerError, aiohttp.ClientError, OSError) as e:
+            raise _engine_error(e, "could not list containers") from None
+
+
+class _TimestampParser:
+    """Splits `2026-11-28T19:44:30.123456789Z <message>` into (ns, message),
+    caching the per-second part so each message costs a slice and an int()."""
+
+    def __init__(self) -> None:
+        self._second: bytes = b""
+        self._second_ns = 0
+
+    def split(self, payload: bytes) -> tuple[int, bytes]:
+        space = payload.find(b" ")
+        if space < 20 or payload[19:20] not in (b".", b"Z"):
+            return time.time_ns(), payload  # no timestamp: keep every byte
+        stamp, data = payload[:space], payload[space + 1:]
+        second = stamp[:19]
+        if second != self._second:
+            try:
+                tm = time.strptime(second.decode("ascii"), "%Y-%m-%dT%H:%M:%S")
+            except (ValueError, UnicodeDecodeError):
+                return time.time_ns(), payload
+            self._second, self._second_ns = second, calendar.timegm(tm) * 1_000_000_000
+        frac = stamp[20:].rstrip(b"Z")
+        nanos = int(frac.ljust(9, b"0")[:9]) if frac.isdigit() else 0
+        return self._second_ns + nanos, data
+
+
+def _reason(e: BaseException) -> str:
+    if isinstance(e, DockerError):
+        return str(e.message).strip()
+    if isinstance(e, TimeoutError):
+        return "timed out"
+    return str(e).strip() or type(e).__name__
+
+
+def _engine_error(e: BaseException, what: str) -> EngineError:
+    if isinstance(e, DockerError):
+        if e.status == 900:  # aiodocker's "cannot connect"
+            return EngineUnavailable(f"{what}: the Docker engine does not answer", e.status)
+        if e.status == 404 and "image" in str(e.message).lower():
+            return ImageNotFound(f"{what}: {_reason(e)}", e.status)
+        return EngineError(f"{what}: {_reason(e)}", e.status)
+    if isinstance(e, (aiohttp.ClientConnectionError, ConnectionError, FileNotFoundError)):
+        return EngineUnavailable(f"{what}: the Docker engine does not answer ({_reason(e)})")
+    return EngineError(f"{what}: {_reason(e)}")

@@ -1,0 +1,160 @@
+"""The run log file format: the only module that reads or writes `<data_dir>/logs/`.
+
+A log file is a sequence of records, each the bytes one container wrote in one
+message, exactly as written (no decoding: a non-UTF-8 byte survives), framed by a
+fixed header:
+
+    stream   1 byte   1 = stdout, 2 = stderr
+    ts       8 bytes  big-endian signed nanoseconds since the epoch (the engine's)
+    length   4 bytes  big-endian payload size
+    payload  `length` bytes
+
+Records are appended in the order the engine delivered them, so concatenating
+the payloads gives stdout and stderr interleaved as written, and each piece keeps
+its time and stream for filtering. Readers stream the file in chunks, so memory
+stays bounded whatever the size of the log.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+STDOUT = 1
+STDERR = 2
+HEADER = struct.Struct(">BqI")
+READ_CHUNK = 64 * 1024
+
+
+@dataclass
+class Record:
+    stream: int
+    ts_ns: int
+    data: bytes
+    offset: int  # where the record's header starts in the file
+
+
+class LogStore:
+    """Where run logs live on disk: one file per run, named by the run id."""
+
+    def __init__(self, logs_dir: Path) -> None:
+        self.dir = logs_dir
+
+    def prepare(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def path(self, run_id: str) -> Path:
+        # Run ids are UUIDs the store handed out; never a user-given path.
+        if not run_id or "/" in run_id or run_id.startswith("."):
+            raise ValueError(f"not a run id: {run_id!r}")
+        return self.dir / f"{run_id}.log"
+
+    def writer(self, run_id: str) -> LogWriter:
+        return LogWriter(self.path(run_id))
+
+    def delete(self, run_ids: list[str]) -> None:
+        for run_id in run_ids:
+            try:
+                self.path(run_id).unlink()
+            except FileNotFoundError:
+                pass
+
+    def text(self, run_id: str, tail: int | None = None) -> Iterator[bytes]:
+        """The run's output as written, in chunks; with `tail`, only its last lines."""
+        try:
+            f = open(self.path(run_id), "rb")
+        except FileNotFoundError:
+            return
+        with f:
+            start = _tail_start(f, tail) if tail is not None else (0, 0)
+            f.seek(start[0])
+            skip = start[1]
+            pending: list[bytes] = []
+            size = 0
+            for record in _records(f):
+                data = record.data[skip:] if skip else record.data
+                skip = 0
+                pending.append(data)
+                size += len(data)
+                if size >= READ_CHUNK:
+                    yield b"".join(pending)
+                    pending, size = [], 0
+            if pending:
+                yield b"".join(pending)
+
+
+class LogWriter:
+    """Appends records for one run; flushed after every record so readers see it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._f: BinaryIO = open(path, "ab")
+        self.bytes_written = self._f.tell()
+
+    def write(self, stream: int, ts_ns: int, data: bytes) -> None:
+        self._f.write(HEADER.pack(stream, ts_ns, len(data)))
+        self._f.write(data)
+        self._f.flush()
+        self.bytes_written += HEADER.size + len(data)
+
+    def close(self) -> None:
+        if self._f.closed:
+            return
+        try:
+            self._f.flush()
+            os.fsync(self._f.fileno())
+        except OSError:
+            pass  # the writer already reported the failed write
+        finally:
+            try:
+                self._f.close()
+            except OSError:
+                pass
+
+
+def _records(f: BinaryIO) -> Iterator[Record]:
+    """Records from the current position; a torn record at the end (still being
+    written, or cut by a crash) ends the iteration."""
+    while True:
+        offset = f.tell()
+        header = f.read(HEADER.size)
+        if len(header) < HEADER.size:
+            return
+        stream, ts_ns, length = HEADER.unpack(header)
+        data = f.read(length)
+        if len(data) < length:
+            return
+        yield Record(stream, ts_ns, data, offset)
+
+
+def _tail_start(f: BinaryIO, lines: int) -> tuple[int, int]:
+    """(record offset, byte within its payload) where the last `lines` lines begin.
+
+    One pass keeping at most lines+1 line starts: time grows with the file,
+    memory does not."""
+    if lines <= 0:
+        f.seek(0, os.SEEK_END)
+        return f.tell(), 0
+    starts: deque[tuple[int, int]] = deque(maxlen=lines + 1)
+    starts.append((0, 0))
+    ends_with_newline = False
+    f.seek(0)
+    for record in _records(f):
+        data = record.data
+        if not data:
+            continue
+        i = data.find(b"\n")
+        while i != -1:
+            if i + 1 < len(data):
+                starts.append((record.offset, i + 1))
+            else:  # the next line starts in the next record
+                starts.append((f.tell(), 0))
+            i = data.find(b"\n", i + 1)
+        ends_with_newline = data.endswith(b"\n")
+    if ends_with_newline:
+        starts.pop()  # the empty "line" after the final newline
+    return starts[0] if len(starts) <= lines else starts[-lines]

@@ -1,0 +1,118 @@
+"""What runnerd keeps: runners, their env variables, runs and API keys.
+
+Plain dataclasses, shared by the store (which reads and writes them), the
+scheduler and executor (which move runs along) and the API (which renders them).
+Times are integer milliseconds since the epoch, UTC; the API formats them.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass
+
+
+class Status(str, enum.Enum):
+    PENDING = "pending"      # queued, no container yet
+    RUNNING = "running"      # container started
+    SUCCEEDED = "succeeded"  # exited 0
+    FAILED = "failed"        # see FailureReason
+
+
+TERMINAL_STATUSES = frozenset({Status.SUCCEEDED, Status.FAILED})
+ACTIVE_STATUSES = frozenset({Status.PENDING, Status.RUNNING})
+
+
+class FailureReason(str, enum.Enum):
+    NONZERO_EXIT = "nonzero_exit"
+    TIMEOUT = "timeout"
+    CANCELED = "canceled"
+    IMAGE_PULL_FAILED = "image_pull_failed"
+    START_FAILED = "start_failed"
+    LOST = "lost"
+
+
+class Scope(str, enum.Enum):
+    FULL = "full"  # every method
+    READ = "read"  # GET only
+
+
+@dataclass
+class EnvVariable:
+    """A default env variable of a runner; every run of it gets it unless overridden."""
+
+    id: str
+    runner_id: str
+    env_key: str
+    env_val: str
+    created_at: int
+    updated_at: int
+
+
+@dataclass
+class Runner:
+    """A container job definition. `run_command` (run as `sh -c`) and `argv` (exec
+    form) exclude each other; with neither the image's own CMD runs."""
+
+    id: str
+    name: str
+    image_name: str
+    image_tag: str
+    run_command: str | None
+    argv: list[str] | None
+    entrypoint: str | None
+    timeout_seconds: int
+    instance_type: str  # slug into the config's instance types
+    created_at: int
+    updated_at: int
+
+    @property
+    def image(self) -> str:
+        return f"{self.image_name}:{self.image_tag}"
+
+
+@dataclass
+class Run:
+    """One execution of a runner. What it runs is copied from the runner when it
+    is triggered, so editing the runner later never changes a queued run.
+
+    `env` is the merged environment (runner defaults, then the run's overrides)
+    as (key, value) pairs; `cpu`, `mem` (MiB) and `pids` are the instance type's
+    limits at trigger time.
+    """
+
+    id: str
+    runner_id: str
+    status: Status
+    image: str
+    command: str | None
+    argv: list[str] | None
+    entrypoint: str | None
+    env: list[tuple[str, str]]
+    timeout_seconds: int
+    instance_type: str
+    cpu: float
+    mem: int
+    pids: int
+    exit_code: int | None
+    failure_reason: FailureReason | None
+    error: str | None
+    container_id: str | None
+    started_at: int | None
+    completed_at: int | None
+    created_at: int
+    updated_at: int
+    seq: int = 0  # queue order; also the cursor for `before=` pages
+
+
+@dataclass
+class ApiKey:
+    id: str
+    name: str
+    scope: Scope
+    created_at: int
+    last_used_at: int | None
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000

@@ -1,0 +1,479 @@
+"""All of runnerd's SQL, over one aiosqlite connection to one SQLite file (WAL).
+
+Every method is one transaction, committed before it returns, so whatever the
+API answered for is on disk. One asyncio lock serialises them: the connection
+is shared by every coroutine and SQLite transactions must not interleave.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import uuid
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterable
+
+import aiosqlite
+
+from .models import (
+    ACTIVE_STATUSES, ApiKey, EnvVariable, FailureReason, Run, Runner, Scope, Status, now_ms,
+)
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS api_keys (
+    id           TEXT PRIMARY KEY,
+    name         TEXT NOT NULL UNIQUE,
+    scope        TEXT NOT NULL CHECK (scope IN ('full', 'read')),
+    secret_hash  TEXT NOT NULL UNIQUE,
+    created_at   INTEGER NOT NULL,
+    last_used_at INTEGER
+);
+CREATE TABLE IF NOT EXISTS runners (
+    id              TEXT PRIMARY KEY,
+    name            TEXT NOT NULL UNIQUE,
+    image_name      TEXT NOT NULL,
+    image_tag       TEXT NOT NULL,
+    run_command     TEXT,
+    argv            TEXT,              -- JSON array, or NULL
+    entrypoint      TEXT,
+    timeout_seconds INTEGER NOT NULL,
+    instance_type   TEXT NOT NULL,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS runner_env_variables (
+    id         TEXT PRIMARY KEY,
+    runner_id  TEXT NOT NULL REFERENCES runners (id) ON DELETE CASCADE,
+    env_key    TEXT NOT NULL,
+    env_val    TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    UNIQUE (runner_id, env_key)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+    id              TEXT NOT NULL UNIQUE,
+    runner_id       TEXT NOT NULL REFERENCES runners (id) ON DELETE CASCADE,
+    status          TEXT NOT NULL CHECK (status IN ('pending', 'running', 'succeeded', 'failed')),
+    image           TEXT NOT NULL,
+    command         TEXT,
+    argv            TEXT,              -- JSON array, or NULL
+    entrypoint      TEXT,
+    env             TEXT NOT NULL,     -- JSON array of [key, value]
+    timeout_seconds INTEGER NOT NULL,
+    instance_type   TEXT NOT NULL,
+    cpu             REAL NOT NULL,
+    mem             INTEGER NOT NULL,
+    pids            INTEGER NOT NULL,
+    exit_code       INTEGER,
+    failure_reason  TEXT,
+    error           TEXT,
+    container_id    TEXT,
+    started_at      INTEGER,
+    completed_at    INTEGER,
+    created_at      INTEGER NOT NULL,
+    updated_at      INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS runs_by_runner ON runs (runner_id, seq);
+CREATE INDEX IF NOT EXISTS runs_by_runner_status ON runs (runner_id, status, seq);
+CREATE INDEX IF NOT EXISTS runs_active ON runs (status, seq) WHERE status IN ('pending', 'running');
+"""
+
+RUNNER_COLUMNS = ("name", "image_name", "image_tag", "run_command", "argv", "entrypoint",
+                  "timeout_seconds", "instance_type")
+
+
+class StoreError(Exception):
+    pass
+
+
+class NotFound(StoreError):
+    pass
+
+
+class Conflict(StoreError):
+    """A uniqueness or state rule was broken; the message says which, naming the field."""
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: aiosqlite.Connection | None = None
+        self._lock = asyncio.Lock()
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = await aiosqlite.connect(self.path, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        try:
+            await self._db.execute("PRAGMA busy_timeout = 10000")
+            await self._db.execute("PRAGMA journal_mode = WAL")
+            await self._db.execute("PRAGMA synchronous = FULL")
+            await self._db.execute("PRAGMA foreign_keys = ON")
+            async with self._tx() as db:
+                for statement in _statements(SCHEMA):
+                    await db.execute(statement)
+                await db.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),))
+                await db.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('daemon_id', ?)",
+                    (str(uuid.uuid4()),))
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        if self._db is not None:
+            db, self._db = self._db, None
+            await db.close()
+
+    async def __aenter__(self) -> Store:
+        await self.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @asynccontextmanager
+    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
+        """One write transaction, holding the lock; rolled back on any error."""
+        assert self._db is not None, "store is not open"
+        async with self._lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+
+    async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        assert self._db is not None, "store is not open"
+        async with self._lock:
+            async with self._db.execute(sql, tuple(params)) as cur:
+                return list(await cur.fetchall())
+
+    async def _one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+        rows = await self._all(sql, params)
+        return rows[0] if rows else None
+
+    async def daemon_id(self) -> str:
+        row = await self._one("SELECT value FROM meta WHERE key = 'daemon_id'")
+        assert row is not None
+        return str(row["value"])
+
+    # -- API keys -----------------------------------------------------------
+
+    async def create_api_key(self, name: str, scope: Scope, secret_hash: str) -> ApiKey:
+        key = ApiKey(id=str(uuid.uuid4()), name=name, scope=scope, created_at=now_ms(),
+                     last_used_at=None)
+        try:
+            async with self._tx() as db:
+                await db.execute(
+                    "INSERT INTO api_keys (id, name, scope, secret_hash, created_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (key.id, name, scope.value, secret_hash, key.created_at))
+        except sqlite3.IntegrityError:
+            raise Conflict(f"an API key named {name!r} already exists") from None
+        return key
+
+    async def list_api_keys(self) -> list[ApiKey]:
+        rows = await self._all("SELECT * FROM api_keys ORDER BY created_at, name")
+        return [_api_key(r) for r in rows]
+
+    async def revoke_api_key(self, name: str) -> bool:
+        async with self._tx() as db:
+            cur = await db.execute("DELETE FROM api_keys WHERE name = ?", (name,))
+            return cur.rowcount > 0
+
+    async def api_key_by_hash(self, secret_hash: str) -> ApiKey | None:
+        row = await self._one("SELECT * FROM api_keys WHERE secret_hash = ?", (secret_hash,))
+        return _api_key(row) if row else None
+
+    # -- runners ------------------------------------------------------------
+
+    async def create_runner(self, fields: dict[str, Any],
+                            env: list[tuple[str, str]]) -> Runner:
+        now = now_ms()
+        runner_id = str(uuid.uuid4())
+        values = [_runner_value(c, fields.get(c)) for c in RUNNER_COLUMNS]
+        try:
+            async with self._tx() as db:
+                await db.execute(
+                    f"INSERT INTO runners (id, {', '.join(RUNNER_COLUMNS)}, created_at, updated_at)"
+                    f" VALUES (?, {', '.join('?' for _ in RUNNER_COLUMNS)}, ?, ?)",
+                    (runner_id, *values, now, now))
+                await _insert_env(db, runner_id, env, now)
+        except sqlite3.IntegrityError:
+            raise Conflict(f"name: a runner named {fields['name']!r} already exists") from None
+        runner = await self.get_runner(runner_id)
+        assert runner is not None
+        return runner
+
+    async def get_runner(self, runner_id: str) -> Runner | None:
+        row = await self._one("SELECT * FROM runners WHERE id = ?", (runner_id,))
+        return _runner(row) if row else None
+
+    async def list_runners(self) -> list[Runner]:
+        rows = await self._all("SELECT * FROM runners ORDER BY created_at, name")
+        return [_runner(r) for r in rows]
+
+    async def update_runner(self, runner_id: str, fields: dict[str, Any],
+                            env: list[tuple[str, str]] | None) -> Runner:
+        """Set the given columns; `env` (when not None) replaces all env variables."""
+        now = now_ms()
+        columns = [c for c in RUNNER_COLUMNS if c in fields]
+        try:
+            async with self._tx() as db:
+                sets = "".join(f"{c} = ?, " for c in columns)
+                cur = await db.execute(
+                    f"UPDATE runners SET {sets}updated_at = ? WHERE id = ?",
+                    (*[_runner_value(c, fields[c]) for c in columns], now, runner_id))
+                if cur.rowcount == 0:
+                    raise NotFound(runner_id)
+                if env is not None:
+                    await db.execute("DELETE FROM runner_env_variables WHERE runner_id = ?",
+                                     (runner_id,))
+                    await _insert_env(db, runner_id, env, now)
+        except sqlite3.IntegrityError:
+            raise Conflict(f"name: a runner named {fields.get('name')!r} already exists") from None
+        runner = await self.get_runner(runner_id)
+        assert runner is not None
+        return runner
+
+    async def delete_runner(self, runner_id: str) -> list[str]:
+        """Delete a runner with its env variables and runs; returns the run ids.
+        Refused while it has pending or running runs."""
+        async with self._tx() as db:
+            async with db.execute("SELECT 1 FROM runners WHERE id = ?", (runner_id,)) as cur:
+                if await cur.fetchone() is None:
+                    raise NotFound(runner_id)
+            async with db.execute(
+                    "SELECT count(*) FROM runs WHERE runner_id = ? AND status IN (?, ?)",
+                    (runner_id, *[s.value for s in ACTIVE_STATUSES])) as cur:
+                row = await cur.fetchone()
+                if row is not None and row[0] > 0:
+                    raise Conflict("the runner has pending or running runs")
+            async with db.execute("SELECT id FROM runs WHERE runner_id = ?", (runner_id,)) as cur:
+                run_ids = [r[0] for r in await cur.fetchall()]
+            await db.execute("DELETE FROM runs WHERE runner_id = ?", (runner_id,))
+            await db.execute("DELETE FROM runners WHERE id = ?", (runner_id,))
+        return run_ids
+
+    # -- runner env variables -----------------------------------------------
+
+    async def list_env(self, runner_id: str) -> list[EnvVariable]:
+        rows = await self._all(
+            "SELECT * FROM runner_env_variables WHERE runner_id = ? ORDER BY env_key",
+            (runner_id,))
+        return [_env(r) for r in rows]
+
+    async def get_env(self, runner_id: str, env_id: str) -> EnvVariable | None:
+        row = await self._one(
+            "SELECT * FROM runner_env_variables WHERE runner_id = ? AND id = ?",
+            (runner_id, env_id))
+        return _env(row) if row else None
+
+    async def create_env(self, runner_id: str, env_key: str, env_val: str) -> EnvVariable:
+        now = now_ms()
+        env_id = str(uuid.uuid4())
+        try:
+            async with self._tx() as db:
+                await db.execute(
+                    "INSERT INTO runner_env_variables"
+                    " (id, runner_id, env_key, env_val, created_at, updated_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    (env_id, runner_id, env_key, env_val, now, now))
+        except sqlite3.IntegrityError:
+            raise Conflict(f"env_key: {env_key!r} is already set on this runner") from None
+        env = await self.get_env(runner_id, env_id)
+        assert env is not None
+        return env
+
+    async def update_env(self, runner_id: str, env_id: str, fields: dict[str, str]) -> EnvVariable:
+        columns = [c for c in ("env_key", "env_val") if c in fields]
+        try:
+            async with self._tx() as db:
+                sets = "".join(f"{c} = ?, " for c in columns)
+                cur = await db.execute(
+                    f"UPDATE runner_env_variables SET {sets}updated_at = ?"
+                    " WHERE runner_id = ? AND id = ?",
+                    (*[fields[c] for c in columns], now_ms(), runner_id, env_id))
+                if cur.rowcount == 0:
+                    raise NotFound(env_id)
+        except sqlite3.IntegrityError:
+            raise Conflict(
+                f"env_key: {fields.get('env_key')!r} is already set on this runner") from None
+        env = await self.get_env(runner_id, env_id)
+        assert env is not None
+        return env
+
+    async def delete_env(self, runner_id: str, env_id: str) -> bool:
+        async with self._tx() as db:
+            cur = await db.execute(
+                "DELETE FROM runner_env_variables WHERE runner_id = ? AND id = ?",
+                (runner_id, env_id))
+            return cur.rowcount > 0
+
+    # -- runs ---------------------------------------------------------------
+
+    async def create_run(self, runner: Runner, env: list[tuple[str, str]], cpu: float,
+                         mem: int, pids: int) -> Run:
+        """Queue a run of `runner` with the merged `env` and the instance type's limits."""
+        now = now_ms()
+        run_id = str(uuid.uuid4())
+        async with self._tx() as db:
+            await db.execute(
+                "INSERT INTO runs (id, runner_id, status, image, command, argv, entrypoint,"
+                " env, timeout_seconds, instance_type, cpu, mem, pids, created_at, updated_at)"
+                " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (run_id, runner.id, runner.image, runner.run_command, _json_or_null(runner.argv),
+                 runner.entrypoint, json.dumps(env), runner.timeout_seconds,
+                 runner.instance_type, cpu, mem, pids, now, now))
+        run = await self.get_run(run_id)
+        assert run is not None
+        return run
+
+    async def get_run(self, run_id: str, runner_id: str | None = None) -> Run | None:
+        if runner_id is None:
+            row = await self._one("SELECT * FROM runs WHERE id = ?", (run_id,))
+        else:
+            row = await self._one("SELECT * FROM runs WHERE id = ? AND runner_id = ?",
+                                  (run_id, runner_id))
+        return _run(row) if row else None
+
+    async def list_runs(self, runner_id: str, *, limit: int, status: Status | None = None,
+                        before: str | None = None) -> list[Run]:
+        """Newest first. `before` is a run id: only runs queued before it."""
+        where = ["runner_id = ?"]
+        params: list[Any] = [runner_id]
+        if status is not None:
+            where.append("status = ?")
+            params.append(status.value)
+        if before is not None:
+            where.append("seq < (SELECT seq FROM runs WHERE id = ? AND runner_id = ?)")
+            params += [before, runner_id]
+        rows = await self._all(
+            f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?",
+            (*params, limit))
+        return [_run(r) for r in rows]
+
+    async def next_pending(self, exclude: Iterable[str] = ()) -> Run | None:
+        """The oldest pending run not in `exclude` (runs the scheduler already holds)."""
+        exclude = list(exclude)
+        marks = ", ".join("?" for _ in exclude)
+        not_in = f" AND id NOT IN ({marks})" if exclude else ""
+        row = await self._one(
+            f"SELECT * FROM runs WHERE status = 'pending'{not_in} ORDER BY seq LIMIT 1",
+            exclude)
+        return _run(row) if row else None
+
+    async def set_container(self, run_id: str, container_id: str) -> None:
+        async with self._tx() as db:
+            await db.execute("UPDATE runs SET container_id = ?, updated_at = ? WHERE id = ?",
+                             (container_id, now_ms(), run_id))
+
+    async def mark_running(self, run_id: str, container_id: str, started_at: int) -> Run:
+        async with self._tx() as db:
+            cur = await db.execute(
+                "UPDATE runs SET status = 'running', container_id = ?, started_at = ?,"
+                " updated_at = ? WHERE id = ? AND status = 'pending'",
+                (container_id, started_at, started_at, run_id))
+            if cur.rowcount == 0:
+                raise Conflict(f"run {run_id} is no longer pending")
+        run = await self.get_run(run_id)
+        assert run is not None
+        return run
+
+    async def finish_run(self, run_id: str, status: Status, *, exit_code: int | None,
+                         failure_reason: FailureReason | None, error: str | None,
+                         completed_at: int | None = None) -> Run:
+        """Move a pending or running run to its final status; never backwards."""
+        assert status in (Status.SUCCEEDED, Status.FAILED)
+        completed_at = completed_at or now_ms()
+        async with self._tx() as db:
+            cur = await db.execute(
+                "UPDATE runs SET status = ?, exit_code = ?, failure_reason = ?, error = ?,"
+                " completed_at = ?, updated_at = ? WHERE id = ? AND status IN (?, ?)",
+                (status.value, exit_code, failure_reason.value if failure_reason else None,
+                 error, completed_at, completed_at, run_id,
+                 *[s.value for s in ACTIVE_STATUSES]))
+            if cur.rowcount == 0:
+                raise Conflict(f"run {run_id} has already completed")
+        run = await self.get_run(run_id)
+        assert run is not None
+        return run
+
+    async def runs_with_status(self, status: Status) -> list[Run]:
+        rows = await self._all("SELECT * FROM runs WHERE status = ? ORDER BY seq",
+                               (status.value,))
+        return [_run(r) for r in rows]
+
+
+# -- rows → models --------------------------------------------------------------
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+async def _insert_env(db: aiosqlite.Connection, runner_id: str,
+                      env: list[tuple[str, str]], now: int) -> None:
+    await db.executemany(
+        "INSERT INTO runner_env_variables (id, runner_id, env_key, env_val, created_at,"
+        " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+        [(str(uuid.uuid4()), runner_id, k, v, now, now) for k, v in env])
+
+
+def _json_or_null(value: Any) -> str | None:
+    return None if value is None else json.dumps(value)
+
+
+def _runner_value(column: str, value: Any) -> Any:
+    return _json_or_null(value) if column == "argv" else value
+
+
+def _api_key(row: sqlite3.Row) -> ApiKey:
+    return ApiKey(id=row["id"], name=row["name"], scope=Scope(row["scope"]),
+                  created_at=row["created_at"], last_used_at=row["last_used_at"])
+
+
+def _runner(row: sqlite3.Row) -> Runner:
+    return Runner(
+        id=row["id"], name=row["name"], image_name=row["image_name"],
+        image_tag=row["image_tag"], run_command=row["run_command"],
+        argv=json.loads(row["argv"]) if row["argv"] is not None else None,
+        entrypoint=row["entrypoint"], timeout_seconds=row["timeout_seconds"],
+        instance_type=row["instance_type"], created_at=row["created_at"],
+        updated_at=row["updated_at"])
+
+
+def _env(row: sqlite3.Row) -> EnvVariable:
+    return EnvVariable(id=row["id"], runner_id=row["runner_id"], env_key=row["env_key"],
+                       env_val=row["env_val"], created_at=row["created_at"],
+                       updated_at=row["updated_at"])
+
+
+def _run(row: sqlite3.Row) -> Run:
+    return Run(
+        seq=row["seq"], id=row["id"], runner_id=row["runner_id"], status=Status(row["status"]),
+        image=row["image"], command=row["command"],
+        argv=json.loads(row["argv"]) if row["argv"] is not None else None,
+        entrypoint=row["entrypoint"], env=[(k, v) for k, v in json.loads(row["env"])],
+        timeout_seconds=row["timeout_seconds"], instance_type=row["instance_type"],
+        cpu=row["cpu"], mem=row["mem"], pids=row["pids"], exit_code=row["exit_code"],
+        failure_reason=FailureReason(row["failure_reason"]) if row["failure_reason"] else None,
+        error=row["error"], container_id=row["container_id"], started_at=row["started_at"],
+        completed_at=row["completed_at"], created_at=row["created_at"],
+        updated_at=row["updated_at"])
