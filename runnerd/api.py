@@ -15,7 +15,7 @@ from .auth import hash_secret, secret_from_header
 from .config import Config
 from .engine import Engine, EngineError
 from .logs import LogStore
-from .models import Scope
+from .models import TERMINAL_STATUSES, FailureReason, Scope, Status
 from .scheduler import Scheduler
 from .store import Conflict, NotFound, Store
 
@@ -27,7 +27,6 @@ ENGINE = web.AppKey("engine", Engine)
 LOGS = web.AppKey("logs", LogStore)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 
-MAX_BODY_BYTES = 1024 * 1024
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -36,7 +35,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def make_app(config: Config, store: Store, engine: Engine, logs: LogStore,
              scheduler: Scheduler) -> web.Application:
     app = web.Application(middlewares=[errors_middleware, auth_middleware],
-                          client_max_size=MAX_BODY_BYTES)
+                          client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
     app[STORE] = store
     app[ENGINE] = engine
@@ -57,6 +56,7 @@ def make_app(config: Config, store: Store, engine: Engine, logs: LogStore,
     r.add_post("/v1/runners/{runner_id}/runs", trigger_run)
     r.add_get("/v1/runners/{runner_id}/runs/{run_id}", get_run)
     r.add_get("/v1/runners/{runner_id}/runs/{run_id}/logs", run_logs)
+    r.add_post("/v1/runners/{runner_id}/runs/{run_id}/cancel", cancel_run)
     return app
 
 
@@ -261,10 +261,41 @@ async def trigger_run(request: web.Request) -> web.Response:
         raise schemas.Invalid([
             f"instance_type: the runner's instance type {runner.instance_type!r} is no longer "
             f"configured; PATCH the runner to one of {', '.join(sorted(config.instance_types))}"])
+    idempotency_key = schemas.parse_idempotency_key(request.headers.get("Idempotency-Key"))
     env = schemas.merge_env(await store.list_env(runner.id), overrides)
-    run = await store.create_run(runner, env, itype.cpu, itype.mem, itype.pids)
-    request.app[SCHEDULER].wake()
-    log.info("run %s of runner %s queued", run.id, runner.id)
+    run, created = await store.create_run(runner, env, itype.cpu, itype.mem, itype.pids,
+                                          idempotency_key=idempotency_key)
+    if created:
+        request.app[SCHEDULER].wake()
+        log.info("run %s of runner %s queued", run.id, runner.id)
+    return web.json_response({"run": schemas.run_json(run, config.tz)})
+
+
+async def cancel_run(request: web.Request) -> web.Response:
+    """Pending: failed/canceled at once, never started. Running: its container is
+    stopped, then failed/canceled with the exit code it ended with. Cancelling a
+    canceled run again answers as the first time; any other ended run → 409."""
+    store = request.app[STORE]
+    config = request.app[CONFIG]
+    run = await _run_or_404(request)
+    if run.status is Status.PENDING:
+        canceled = await store.cancel_pending(run.id, "The run was canceled before it started.")
+        if canceled is not None:
+            log.info("run %s canceled while pending", run.id)
+            return web.json_response({"run": schemas.run_json(canceled, config.tz)})
+        run = await _run_or_404(request)  # it started meanwhile
+    if run.status is Status.RUNNING:
+        grace = config.docker.stop_grace_seconds
+        stopped = await request.app[SCHEDULER].cancel(
+            run.id, "The run was canceled.", wait_seconds=grace + 15)
+        if not stopped:
+            raise web.HTTPServiceUnavailable(reason="Run Not Yet Re-Attached")
+        log.info("run %s canceled while running", run.id)
+        run = await _run_or_404(request)
+    if run.status is Status.FAILED and run.failure_reason is FailureReason.CANCELED:
+        return web.json_response({"run": schemas.run_json(run, config.tz)})
+    if run.status in TERMINAL_STATUSES:
+        raise web.HTTPConflict()
     return web.json_response({"run": schemas.run_json(run, config.tz)})
 
 

@@ -47,6 +47,7 @@ DEFAULT_INSTANCE_TYPE = "standard-s"
 @dataclass(frozen=True)
 class ServerConfig:
     listen: str = DEFAULT_LISTEN
+    max_body_bytes: int = 1024 * 1024
 
     @property
     def host(self) -> str:
@@ -60,6 +61,7 @@ class ServerConfig:
 @dataclass(frozen=True)
 class StorageConfig:
     data_dir: Path = field(default_factory=lambda: default_data_dir())
+    max_log_bytes: int = 100 * 1024 * 1024  # per run; past it output is dropped
 
     @property
     def db_path(self) -> Path:
@@ -80,6 +82,7 @@ class DockerConfig:
 @dataclass(frozen=True)
 class SchedulerConfig:
     max_concurrent_runs: int = 4
+    on_shutdown: str = "leave"  # "leave" running containers for the next start, or "stop" them
 
 
 @dataclass(frozen=True)
@@ -131,9 +134,14 @@ def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
                 "default_instance_type", "instance_types"}
     _no_unknown_keys(data, top_keys, "")
 
-    server = _section(data, "server", ServerConfig, {"listen": _listen})
-    storage = _section(data, "storage", StorageConfig,
-                       {"data_dir": lambda k, v: _path(k, v, base_dir)})
+    server = _section(data, "server", ServerConfig, {
+        "listen": _listen,
+        "max_body_bytes": lambda k, v: _int(k, v, 1024, 1024 * 1024 * 1024),
+    })
+    storage = _section(data, "storage", StorageConfig, {
+        "data_dir": lambda k, v: _path(k, v, base_dir),
+        "max_log_bytes": lambda k, v: _int(k, v, 1024, 2**50),
+    })
     docker = _section(data, "docker", DockerConfig, {
         "url": _docker_url,
         "network": _nonempty_str,
@@ -141,6 +149,7 @@ def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     })
     scheduler = _section(data, "scheduler", SchedulerConfig, {
         "max_concurrent_runs": lambda k, v: _int(k, v, 1, 1000),
+        "on_shutdown": lambda k, v: _choice(k, v, ("leave", "stop")),
     })
 
     timezone = data.get("timezone")
@@ -250,6 +259,12 @@ def _path(key: str, value: Any, base_dir: Path | None) -> Path:
     if not p.is_absolute() and base_dir is not None:
         p = base_dir / p
     return p
+
+
+def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ConfigError(f"{key}: must be one of {', '.join(map(repr, choices))}, got {value!r}")
+    return str(value)
 
 
 def _nonempty_str(key: str, value: Any) -> str:

@@ -23,7 +23,7 @@ SHUTDOWN_SECONDS = 5.0  # in-flight requests get this long to finish on stop
 
 
 async def serve(config: Config) -> None:
-    logs = LogStore(config.storage.logs_dir)
+    logs = LogStore(config.storage.logs_dir, config.storage.max_log_bytes)
     logs.prepare()
     store = Store(config.storage.db_path)
     await store.open()
@@ -36,10 +36,11 @@ async def serve(config: Config) -> None:
             log.info("Docker engine %s answers", version.get("Version", "?"))
         except EngineError as e:
             log.warning("%s; runs stay pending until it does", e)
-        executor = Executor(store, engine, logs, daemon_id=await store.daemon_id(),
+        daemon_id = await store.daemon_id()
+        executor = Executor(store, engine, logs, daemon_id=daemon_id,
                             network=config.docker.network,
                             stop_grace_seconds=config.docker.stop_grace_seconds)
-        scheduler = Scheduler(store, executor,
+        scheduler = Scheduler(store, executor, engine=engine, daemon_id=daemon_id,
                               max_concurrent_runs=config.scheduler.max_concurrent_runs)
         app = make_app(config, store, engine, logs, scheduler)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS,
@@ -58,7 +59,8 @@ async def serve(config: Config) -> None:
         if runner is not None:
             await runner.cleanup()  # stop accepting, let in-flight requests finish
         if scheduler is not None:
-            await scheduler.stop()
+            await scheduler.stop(stop_runs=config.scheduler.on_shutdown == "stop",
+                                 grace_seconds=config.docker.stop_grace_seconds)
         await engine.close()
         await store.close()
         log.info("stopped")

@@ -65,6 +65,19 @@ class ContainerSpec:
 
 
 @dataclass
+class ContainerState:
+    """What the engine says of a container: `status` is Docker's (created,
+    running, exited, ...), `exit_code` meaningful once it is not running."""
+
+    id: str
+    status: str
+    running: bool
+    exit_code: int
+    started_at: str
+    labels: dict[str, str]
+
+
+@dataclass
 class OutputChunk:
     stream: int  # 1 stdout, 2 stderr
     ts_ns: int   # when the engine received it
@@ -231,6 +244,23 @@ class Engine:
         except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as e:
             raise _engine_error(e, "lost the container's output stream") from None
 
+    async def inspect(self, container_id: str) -> ContainerState | None:
+        """The container's state, or None when the engine has no such container."""
+        try:
+            data = await self.docker._query_json(f"containers/{container_id}/json",
+                                                 timeout=_QUICK)
+        except DockerError as e:
+            if e.status == 404:
+                return None
+            raise _engine_error(e, "could not inspect the container") from None
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            raise _engine_error(e, "could not inspect the container") from None
+        state = data.get("State") or {}
+        return ContainerState(
+            id=data["Id"], status=state.get("Status", ""), running=bool(state.get("Running")),
+            exit_code=int(state.get("ExitCode") or 0), started_at=state.get("StartedAt", ""),
+            labels=(data.get("Config") or {}).get("Labels") or {})
+
     async def list_containers(self, labels: dict[str, str]) -> list[dict[str, Any]]:
         """All containers (running or not) carrying every given label."""
         filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
@@ -282,6 +312,7 @@ def _engine_error(e: BaseException, what: str) -> EngineError:
         if e.status == 404 and "image" in str(e.message).lower():
             return ImageNotFound(f"{what}: {_reason(e)}", e.status)
         return EngineError(f"{what}: {_reason(e)}", e.status)
-    if isinstance(e, (aiohttp.ClientConnectionError, ConnectionError, FileNotFoundError)):
+    if isinstance(e, (aiohttp.ClientConnectionError, ConnectionError, FileNotFoundError,
+                      TimeoutError)):
         return EngineUnavailable(f"{what}: the Docker engine does not answer ({_reason(e)})")
     return EngineError(f"{what}: {_reason(e)}")

@@ -45,31 +45,56 @@ def container_command(run: Run) -> tuple[list[str] | None, list[str] | None]:
 
 
 class Executor:
+    """Carries runs to a final status; survives engine outages and daemon restarts.
+
+    The store is the truth for a run's status, the engine for its container; a
+    run moves to `running` in the store *before* its container is started, so a
+    cancel that wins that race means the container never starts, and a crash
+    leaves a running run whose container the next start can find by its name.
+    """
+
     def __init__(self, store: Store, engine: Engine, logs: LogStore, *, daemon_id: str,
-                 network: str, stop_grace_seconds: float) -> None:
+                 network: str, stop_grace_seconds: float,
+                 engine_retry_seconds: float = 30.0) -> None:
         self.store = store
         self.engine = engine
         self.logs = logs
         self.daemon_id = daemon_id
         self.network = network
         self.stop_grace_seconds = stop_grace_seconds
+        self.engine_retry_seconds = engine_retry_seconds
+        self._containers: dict[str, str] = {}  # run id -> container id, while watched
+        self._cancels: dict[str, str] = {}     # run id -> why it is being stopped
+
+    # -- entry points ---------------------------------------------------------
 
     async def execute(self, run: Run) -> Run:
-        """Run it to a final status. Raises EngineUnavailable, leaving the run
-        pending, when the engine does not answer before the container started."""
+        """A pending run, to its final status. Raises EngineUnavailable, leaving
+        the run pending, when the engine does not answer before it started."""
         if not await self._ensure_image(run):
             return await self._current(run)
-        container_id = await self._start(run)
+        container_id = await self._create_and_start(run)
         if container_id is None:
             return await self._current(run)
-        try:
-            return await self._supervise(run, container_id)
-        finally:
-            try:
-                await self.engine.remove(container_id)
-            except EngineError as e:
-                log.warning("run %s: could not remove container %s: %s",
-                            run.id, container_id[:12], e)
+        return await self._follow(run, container_id)
+
+    async def recover(self, run: Run) -> Run:
+        """A run the store has as `running` from before a restart: re-attach to its
+        container, finalise it if it exited meanwhile, or mark it lost."""
+        return await self._follow(run, run.container_id or container_name(run.id))
+
+    async def stop_run(self, run_id: str, why: str) -> bool:
+        """Stop a watched run's container (SIGTERM, then SIGKILL after the grace);
+        its run ends `failed`/`canceled` with `why` as the error. False when this
+        executor is not watching the run."""
+        container_id = self._containers.get(run_id)
+        if container_id is None:
+            return False
+        self._cancels.setdefault(run_id, why)
+        await self.engine.stop(container_id, self.stop_grace_seconds)
+        return True
+
+    # -- steps ----------------------------------------------------------------
 
     async def _ensure_image(self, run: Run) -> bool:
         try:
@@ -85,43 +110,119 @@ class Executor:
                                error=f"{e}.")
             return False
 
-    async def _start(self, run: Run) -> str | None:
+    async def _create_and_start(self, run: Run) -> str | None:
         cmd, entrypoint = container_command(run)
         spec = ContainerSpec(
             name=container_name(run.id), image=run.image, cmd=cmd, entrypoint=entrypoint,
             env=run.env, cpu=run.cpu, mem_mib=run.mem, pids=run.pids, network=self.network,
             labels={LABEL_DAEMON: self.daemon_id, LABEL_RUN: run.id, LABEL_RUNNER: run.runner_id})
-        container_id: str | None = None
         try:
-            container_id = await self.engine.create(spec)
-            await self.store.set_container(run.id, container_id)
-            await self.engine.start(container_id)
+            try:
+                container_id = await self.engine.create(spec)
+            except EngineError as e:
+                if e.status != 409:
+                    raise
+                # The name is taken: a container created for this run before a
+                # crash, never started. Start over with a fresh one.
+                await self.engine.remove(spec.name)
+                container_id = await self.engine.create(spec)
         except EngineUnavailable:
-            if container_id is not None:
-                await self._remove_quietly(container_id)
             raise
         except EngineError as e:
-            log.info("run %s failed: container did not start: %s", run.id, e)
-            if container_id is not None:
-                await self._remove_quietly(container_id)
+            log.info("run %s failed: container could not be created: %s", run.id, e)
             await self._finish(run, exit_code=None, reason=FailureReason.START_FAILED,
                                error=f"{e}.")
             return None
-        await self.store.mark_running(run.id, container_id, now_ms())
+        try:
+            await self.store.mark_running(run.id, container_id, now_ms())
+        except Conflict:
+            # Canceled while we were pulling or creating: it never starts.
+            await self._remove_quietly(container_id)
+            return None
+        self._containers[run.id] = container_id  # a cancel from here on stops it
+        try:
+            await self.engine.start(container_id)
+            if run.id in self._cancels:  # canceled between the store and the start
+                await self.engine.stop(container_id, self.stop_grace_seconds)
+        except EngineUnavailable:
+            # Running in the store, container state unknown: following it settles
+            # that once the engine answers again.
+            return container_id
+        except EngineError as e:
+            log.info("run %s failed: container did not start: %s", run.id, e)
+            self._containers.pop(run.id, None)
+            await self._remove_quietly(container_id)
+            await self._finish(run, exit_code=None, reason=FailureReason.START_FAILED,
+                               error=f"{e}.")
+            return None
         log.info("run %s started in container %s", run.id, container_id[:12])
         return container_id
 
-    async def _supervise(self, run: Run, container_id: str) -> Run:
+    async def _follow(self, run: Run, container_id: str) -> Run:
+        """Watch a running run's container until it ends, then record and remove it.
+
+        Losing the engine does not decide anything: once it answers again the run
+        is settled from what it reports (still running: watch on; exited: its
+        exit code; gone: `lost`)."""
         run = await self._current(run)
-        assert run.started_at is not None
         writer = self.logs.writer(run.id)
-        output = asyncio.create_task(self._copy_output(run, container_id, writer))
-        timed_out = False
+        self._containers[run.id] = container_id
         try:
-            deadline = run.started_at / 1000 + run.timeout_seconds
+            while True:
+                try:
+                    outcome = await self._watch(run, container_id, writer)
+                    break
+                except EngineError as e:
+                    log.warning("run %s: lost touch with the engine (%s); waiting for it",
+                                run.id, e)
+                    await self._wait_for_engine()
+        finally:
+            self._containers.pop(run.id, None)
+            writer.close()
+        why = self._cancels.pop(run.id, None)
+        if outcome is None:
+            done = await self._finish(
+                run, exit_code=None, reason=FailureReason.LOST,
+                error="The run's container disappeared: the engine no longer knows it, so "
+                      "its result is unknown.")
+            return done
+        exit_code, timed_out = outcome
+        if why is not None:
+            done = await self._finish(run, exit_code=exit_code, reason=FailureReason.CANCELED,
+                                      error=why)
+        elif timed_out:
+            done = await self._finish(
+                run, exit_code=exit_code, reason=FailureReason.TIMEOUT,
+                error=f"The run exceeded its timeout of {run.timeout_seconds} seconds "
+                      "and was stopped.")
+        elif exit_code != 0:
+            done = await self._finish(run, exit_code=exit_code, reason=FailureReason.NONZERO_EXIT,
+                                      error=f"The command exited with code {exit_code}.")
+        else:
+            done = await self._finish(run, exit_code=0, reason=None, error=None)
+        await self._remove_quietly(container_id)
+        return done
+
+    async def _watch(self, run: Run, container_id: str,
+                     writer: LogWriter) -> tuple[int, bool] | None:
+        """(exit code, timed out) once the container has exited and its output is
+        in the log; None when the engine has no such container."""
+        state = await self.engine.inspect(container_id)
+        if state is None:
+            return None
+        if state.status == "created":  # moved to running, then the daemon or engine died
+            await self.engine.start(container_id)
+        output = asyncio.create_task(self._copy_output(run, container_id, writer))
+        try:
+            timed_out = False
+            assert run.started_at is not None
+            remaining = run.started_at / 1000 + run.timeout_seconds - time.time()
             try:
-                exit_code = await asyncio.wait_for(self.engine.wait(container_id),
-                                                   max(0.0, deadline - time.time()))
+                if state.status in ("exited", "dead"):
+                    exit_code = state.exit_code  # ended while nobody watched
+                else:
+                    exit_code = await asyncio.wait_for(self.engine.wait(container_id),
+                                                       max(0.001, remaining))
             except TimeoutError:
                 timed_out = True
                 log.info("run %s timed out after %d s; stopping its container",
@@ -129,34 +230,16 @@ class Executor:
                 await self.engine.stop(container_id, self.stop_grace_seconds)
                 exit_code = await self.engine.wait(container_id)
             await self._drain(run, output)
-        except EngineError as e:
-            output.cancel()
+            return exit_code, timed_out
+        finally:
+            if not output.done():
+                output.cancel()
             await asyncio.gather(output, return_exceptions=True)
-            writer.close()
-            log.warning("run %s lost: %s", run.id, e)
-            return await self._finish(run, exit_code=None, reason=FailureReason.LOST,
-                                      error=f"{e}.")
-        except BaseException:
-            output.cancel()
-            await asyncio.gather(output, return_exceptions=True)
-            writer.close()
-            raise
-        writer.close()
-        if timed_out:
-            return await self._finish(
-                run, exit_code=exit_code, reason=FailureReason.TIMEOUT,
-                error=f"The run exceeded its timeout of {run.timeout_seconds} seconds "
-                      "and was stopped.")
-        if exit_code != 0:
-            return await self._finish(run, exit_code=exit_code,
-                                      reason=FailureReason.NONZERO_EXIT,
-                                      error=f"The command exited with code {exit_code}.")
-        return await self._finish(run, exit_code=0, reason=None, error=None)
 
     async def _copy_output(self, run: Run, container_id: str, writer: LogWriter) -> None:
         broken = False
-        async for chunk in self.engine.output(container_id):
-            if broken:
+        async for chunk in self.engine.output(container_id, since_ns=writer.last_ts_ns):
+            if broken or writer.seen(chunk.ts_ns):
                 continue  # keep reading so the container is never blocked on output
             try:
                 writer.write(chunk.stream, chunk.ts_ns, chunk.data)
@@ -170,11 +253,20 @@ class Executor:
         try:
             await asyncio.wait_for(asyncio.shield(output), OUTPUT_DRAIN_SECONDS)
         except TimeoutError:
-            output.cancel()
             log.warning("run %s: output still streaming %d s after exit; log may be cut",
                         run.id, OUTPUT_DRAIN_SECONDS)
         except EngineError as e:
             log.warning("run %s: output stream broke: %s; log may be cut", run.id, e)
+
+    async def _wait_for_engine(self) -> None:
+        delay = 0.5
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self.engine.version()
+                return
+            except EngineError:
+                delay = min(self.engine_retry_seconds, delay * 2)
 
     async def _finish(self, run: Run, *, exit_code: int | None, reason: FailureReason | None,
                       error: str | None) -> Run:
@@ -196,4 +288,5 @@ class Executor:
         try:
             await self.engine.remove(container_id)
         except EngineError as e:
-            log.warning("could not remove container %s: %s", container_id[:12], e)
+            log.warning("could not remove container %s: %s; it is removed at the next start",
+                        container_id[:12], e)

@@ -4,7 +4,7 @@ A log file is a sequence of records, each the bytes one container wrote in one
 message, exactly as written (no decoding: a non-UTF-8 byte survives), framed by a
 fixed header:
 
-    stream   1 byte   1 = stdout, 2 = stderr
+    stream   1 byte   1 = stdout, 2 = stderr, 3 = a note from runnerd
     ts       8 bytes  big-endian signed nanoseconds since the epoch (the engine's)
     length   4 bytes  big-endian payload size
     payload  `length` bytes
@@ -26,6 +26,7 @@ from typing import BinaryIO, Iterator
 
 STDOUT = 1
 STDERR = 2
+MARKER = 3  # written by runnerd itself (e.g. the log limit notice), shown as text
 HEADER = struct.Struct(">BqI")
 READ_CHUNK = 64 * 1024
 
@@ -41,8 +42,9 @@ class Record:
 class LogStore:
     """Where run logs live on disk: one file per run, named by the run id."""
 
-    def __init__(self, logs_dir: Path) -> None:
+    def __init__(self, logs_dir: Path, max_log_bytes: int = 100 * 1024 * 1024) -> None:
         self.dir = logs_dir
+        self.max_log_bytes = max_log_bytes
 
     def prepare(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -54,7 +56,10 @@ class LogStore:
         return self.dir / f"{run_id}.log"
 
     def writer(self, run_id: str) -> LogWriter:
-        return LogWriter(self.path(run_id))
+        """Open a run's log for appending. After a restart this resumes where the
+        file ends: a torn last record (a write cut by a crash) is cut off, and the
+        writer knows the last record's time so the caller can skip what it has."""
+        return LogWriter(self.path(run_id), self.max_log_bytes)
 
     def delete(self, run_ids: list[str]) -> None:
         for run_id in run_ids:
@@ -88,18 +93,64 @@ class LogStore:
 
 
 class LogWriter:
-    """Appends records for one run; flushed after every record so readers see it."""
+    """Appends records for one run; flushed after every record so readers see it.
 
-    def __init__(self, path: Path) -> None:
+    `last_ts_ns` and `records_at_last_ts` describe the newest record on disk: an
+    output stream resumed from that time repeats those records, and `seen()` says
+    which incoming chunks are such repeats. Past `max_bytes` of output one marker
+    line is written and the rest is dropped.
+    """
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
         self.path = path
-        self._f: BinaryIO = open(path, "ab")
-        self.bytes_written = self._f.tell()
+        self.max_bytes = max_bytes
+        self.last_ts_ns = 0
+        self.records_at_last_ts = 0
+        self.output_bytes = 0
+        self.truncated = False
+        self._repeats_left = 0
+        self._f: BinaryIO = open(path, "a+b")
+        self._f.seek(0)
+        end = 0
+        for header in _headers(self._f):
+            stream, ts_ns, length, end = header
+            if stream == MARKER:
+                self.truncated = True
+                continue
+            self.output_bytes += length
+            if ts_ns == self.last_ts_ns:
+                self.records_at_last_ts += 1
+            else:
+                self.last_ts_ns, self.records_at_last_ts = ts_ns, 1
+        self._f.truncate(end)  # drop a torn record left by a crash
+        self._f.seek(end)
+        self._repeats_left = self.records_at_last_ts
+
+    def seen(self, ts_ns: int) -> bool:
+        """True for a chunk already on disk (when resuming from `last_ts_ns`)."""
+        if ts_ns < self.last_ts_ns:
+            return True
+        if ts_ns == self.last_ts_ns and self._repeats_left > 0:
+            self._repeats_left -= 1
+            return True
+        return False
 
     def write(self, stream: int, ts_ns: int, data: bytes) -> None:
-        self._f.write(HEADER.pack(stream, ts_ns, len(data)))
-        self._f.write(data)
+        if self.truncated:
+            return
+        if self.output_bytes + len(data) > self.max_bytes:
+            self.truncated = True
+            stream, data = MARKER, (f"[runnerd] log limit of {self.max_bytes} bytes reached; "
+                                    "further output of this run is dropped\n").encode()
+        else:
+            self.output_bytes += len(data)
+        self._f.write(HEADER.pack(stream, ts_ns, len(data)) + data)
         self._f.flush()
-        self.bytes_written += HEADER.size + len(data)
+        if ts_ns == self.last_ts_ns:
+            self.records_at_last_ts += 1
+        else:
+            self.last_ts_ns, self.records_at_last_ts = ts_ns, 1
+        self._repeats_left = 0
 
     def close(self) -> None:
         if self._f.closed:
@@ -114,6 +165,22 @@ class LogWriter:
                 self._f.close()
             except OSError:
                 pass
+
+
+def _headers(f: BinaryIO) -> Iterator[tuple[int, int, int, int]]:
+    """(stream, ts, length, end offset) of each complete record, reading headers only."""
+    f.seek(0, os.SEEK_END)
+    size = f.tell()
+    f.seek(0)
+    offset = 0
+    while offset + HEADER.size <= size:
+        f.seek(offset)
+        stream, ts_ns, length = HEADER.unpack(f.read(HEADER.size))
+        end = offset + HEADER.size + length
+        if end > size:
+            return
+        yield stream, ts_ns, length, end
+        offset = end
 
 
 def _records(f: BinaryIO) -> Iterator[Record]:

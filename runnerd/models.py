@@ -63,6 +63,7 @@ class Runner:
     entrypoint: str | None
     timeout_seconds: int
     instance_type: str  # slug into the config's instance types
+    max_concurrent_runs: int | None  # None: only the daemon's limit; 1: never overlap
     created_at: int
     updated_at: int
 

@@ -1,9 +1,15 @@
 """Queue policy: which pending run starts next, and how many run at once.
 
-One loop claims pending runs oldest first while a slot of the global semaphore
-is free and hands each to the executor in a task of its own. A trigger wakes it
-at once (`wake()`); there is no polling delay. When the engine does not answer,
-the run stays pending and the loop backs off before trying again.
+One loop claims pending runs oldest first while fewer than `max_concurrent_runs`
+are in flight (and the run's runner is under its own `max_concurrent_runs`), and
+hands each to the executor in a task of its own. A trigger wakes it at once
+(`wake()`); there is no polling delay. The loop is the only thing that starts
+runs, so the limits hold whatever requests interleave.
+
+Before the first claim it reconciles with the engine: runs left `running` by an
+earlier process are re-attached (or finalised), and containers of ended runs
+are removed. When the engine does not answer, runs stay pending and the loop
+backs off before trying again.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import asyncio
 import logging
 from typing import Protocol
 
-from .engine import EngineUnavailable
+from .engine import LABEL_DAEMON, LABEL_RUN, Engine, EngineError, EngineUnavailable
 from .models import ACTIVE_STATUSES, FailureReason, Run, Status
 from .store import Conflict, Store
 
@@ -24,18 +30,23 @@ BACKOFF_MAX = 30.0
 
 class RunExecutor(Protocol):
     async def execute(self, run: Run) -> Run: ...
+    async def recover(self, run: Run) -> Run: ...
+    async def stop_run(self, run_id: str, why: str) -> bool: ...
 
 
 class Scheduler:
-    def __init__(self, store: Store, executor: RunExecutor, *, max_concurrent_runs: int) -> None:
+    def __init__(self, store: Store, executor: RunExecutor, *, max_concurrent_runs: int,
+                 engine: Engine | None = None, daemon_id: str | None = None) -> None:
         self.store = store
         self.executor = executor
+        self.engine = engine  # for reconciliation; None in unit tests with a fake executor
+        self.daemon_id = daemon_id
         self.max_concurrent_runs = max_concurrent_runs
-        self._slots = asyncio.Semaphore(max_concurrent_runs)
         self._wakeup = asyncio.Event()
         self._active: dict[str, asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._backoff = 0.0
+        self.reconciled = asyncio.Event()
 
     @property
     def active_run_ids(self) -> set[str]:
@@ -48,16 +59,39 @@ class Scheduler:
     def start(self) -> None:
         self._loop_task = asyncio.create_task(self._loop(), name="runnerd-scheduler")
 
-    async def stop(self) -> None:
-        """Stop claiming runs and cancel the ones in flight (their containers stay
-        as they are; their runs stay as the store has them)."""
-        tasks = [t for t in (self._loop_task, *self._active.values()) if t is not None]
+    async def cancel(self, run_id: str, why: str, wait_seconds: float) -> bool:
+        """Stop a running run here and wait (bounded) until it is recorded.
+        False when no run of that id is in flight in this process."""
+        task = self._active.get(run_id)
+        if task is None:
+            return False
+        await self.executor.stop_run(run_id, why)
+        try:
+            await asyncio.wait_for(asyncio.shield(task), wait_seconds)
+        except TimeoutError:
+            log.warning("run %s: still stopping after %.0f s", run_id, wait_seconds)
+        return True
+
+    async def stop(self, *, stop_runs: bool = False, grace_seconds: float = 10.0) -> None:
+        """Stop claiming runs. With `stop_runs`, stop their containers and record
+        them `failed`/`canceled`; otherwise leave the containers running, for the
+        next start to re-attach."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+            self._loop_task = None
+        if stop_runs and self._active:
+            why = "runnerd was shut down and stopped the run (on_shutdown = \"stop\")."
+            await asyncio.gather(
+                *(self.cancel(run_id, why, grace_seconds + 10) for run_id in list(self._active)),
+                return_exceptions=True)
+        tasks = list(self._active.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        self._loop_task = None
 
     async def _loop(self) -> None:
+        await self._reconcile_until_done()
         while True:
             try:
                 await self._claim_and_start()
@@ -68,24 +102,23 @@ class Scheduler:
                 await asyncio.sleep(BACKOFF_MAX)
 
     async def _claim_and_start(self) -> None:
-        await self._slots.acquire()
-        try:
-            if self._backoff:
-                await asyncio.sleep(self._backoff)  # the engine is down: triggers can wait
-            self._wakeup.clear()  # before the query, so a trigger during it is not missed
-            run = await self.store.next_pending(exclude=self._active)
-        except BaseException:
-            self._slots.release()
-            raise
+        if self._backoff:
+            await asyncio.sleep(self._backoff)  # the engine is down: triggers can wait
+        self._wakeup.clear()  # before the query, so a trigger during it is not missed
+        run = None
+        if len(self._active) < self.max_concurrent_runs:
+            run = await self.store.next_pending(in_flight=list(self._active))
         if run is None:
-            self._slots.release()
             await self._wakeup.wait()
             return
-        self._active[run.id] = asyncio.create_task(self._execute(run), name=f"run-{run.id}")
+        self._spawn(run, self.executor.execute)
 
-    async def _execute(self, run: Run) -> None:
+    def _spawn(self, run: Run, step) -> None:  # type: ignore[no-untyped-def]
+        self._active[run.id] = asyncio.create_task(self._execute(run, step), name=f"run-{run.id}")
+
+    async def _execute(self, run: Run, step) -> None:  # type: ignore[no-untyped-def]
         try:
-            await self.executor.execute(run)
+            await step(run)
             self._backoff = 0.0
         except EngineUnavailable as e:
             self._backoff = min(BACKOFF_MAX, max(BACKOFF_FIRST, self._backoff * 2))
@@ -97,7 +130,6 @@ class Scheduler:
             await self._fail_after_bug(run)
         finally:
             self._active.pop(run.id, None)
-            self._slots.release()
             self.wake()
 
     async def _fail_after_bug(self, run: Run) -> None:
@@ -114,3 +146,40 @@ class Scheduler:
                       "the daemon's log has the details.")
         except Conflict:
             pass
+
+    # -- reconciliation ---------------------------------------------------------
+
+    async def _reconcile_until_done(self) -> None:
+        delay = BACKOFF_FIRST
+        while True:
+            try:
+                await self._reconcile()
+                self.reconciled.set()
+                return
+            except EngineUnavailable as e:
+                log.warning("cannot reconcile with the engine yet: %s; retrying in %.1f s",
+                            e, delay)
+                await asyncio.sleep(delay)
+                delay = min(BACKOFF_MAX, delay * 2)
+
+    async def _reconcile(self) -> None:
+        """Re-attach runs an earlier process left running; remove containers of
+        runs that have ended (the process died between recording and removing)."""
+        running = await self.store.runs_with_status(Status.RUNNING)
+        if self.engine is not None and self.daemon_id is not None:
+            containers = await self.engine.list_containers({LABEL_DAEMON: self.daemon_id})
+            running_ids = {r.id for r in running}
+            for c in containers:
+                run_id = (c.get("Labels") or {}).get(LABEL_RUN, "")
+                if run_id in running_ids:
+                    continue
+                run = await self.store.get_run(run_id) if run_id else None
+                if run is None or run.status not in ACTIVE_STATUSES:
+                    try:
+                        await self.engine.remove(c["Id"])
+                        log.info("removed container %s of ended run %s", c["Id"][:12], run_id)
+                    except EngineError as e:
+                        log.warning("could not remove container %s: %s", c["Id"][:12], e)
+        for run in running:
+            log.info("run %s was running before the restart: re-attaching", run.id)
+            self._spawn(run, self.executor.recover)

@@ -39,7 +39,9 @@ RUNS_LIMIT_DEFAULT, RUNS_LIMIT_MAX = 50, 1000
 TAIL_MAX = 1_000_000
 
 RUNNER_FIELDS = ("name", "image_name", "image_tag", "run_command", "argv", "entrypoint",
-                 "timeout_seconds", "instance_type", "env_variables")
+                 "timeout_seconds", "instance_type", "max_concurrent_runs", "env_variables")
+RUNNER_MAX_CONCURRENT = 1000
+IDEMPOTENCY_KEY_MAX = 255
 
 
 class Invalid(Exception):
@@ -214,6 +216,13 @@ def parse_runner(body: Any, config: Config, *, partial: bool) -> tuple[dict[str,
                    f"instance_type must be a string, got {_json_type(slug)}")
         else:
             out["instance_type"] = slug
+    if given("max_concurrent_runs") or not partial:
+        limit = data.get("max_concurrent_runs")
+        if limit is None:
+            out["max_concurrent_runs"] = None
+        elif (limit := c.integer("max_concurrent_runs", limit, 1,
+                                 RUNNER_MAX_CONCURRENT)) is not None:
+            out["max_concurrent_runs"] = limit
     env: list[tuple[str, str]] | None = None
     if given("env_variables"):
         env = _env_list(c, data["env_variables"], "env_variables")
@@ -327,6 +336,16 @@ def parse_trigger(body: Any) -> list[tuple[str, str]]:
     return env or []
 
 
+def parse_idempotency_key(value: str | None) -> str | None:
+    """The `Idempotency-Key` header: 1-255 visible ASCII characters, or absent."""
+    if value is None:
+        return None
+    if not 1 <= len(value) <= IDEMPOTENCY_KEY_MAX or not all(33 <= ord(ch) <= 126 for ch in value):
+        raise Invalid([f"Idempotency-Key header must be 1 to {IDEMPOTENCY_KEY_MAX} visible "
+                       "ASCII characters without spaces"])
+    return value
+
+
 def merge_env(defaults: list[EnvVariable], overrides: list[tuple[str, str]]) -> list[tuple[str, str]]:
     """The runner's defaults, then the run's overrides, each key once."""
     merged = {e.env_key: e.env_val for e in defaults}
@@ -393,6 +412,7 @@ def runner_json(runner: Runner, config: Config) -> dict[str, Any]:
         "argv": runner.argv,
         "entrypoint": runner.entrypoint,
         "timeout_seconds": runner.timeout_seconds,
+        "max_concurrent_runs": runner.max_concurrent_runs,
         "instance_type": {
             "slug": runner.instance_type,
             "name": itype.name if itype else None,

@@ -21,7 +21,7 @@ from .models import (
     ACTIVE_STATUSES, ApiKey, EnvVariable, FailureReason, Run, Runner, Scope, Status, now_ms,
 )
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -87,8 +87,20 @@ CREATE INDEX IF NOT EXISTS runs_by_runner_status ON runs (runner_id, status, seq
 CREATE INDEX IF NOT EXISTS runs_active ON runs (status, seq) WHERE status IN ('pending', 'running');
 """
 
+# Each later schema version: the statements that bring the one before it up to it.
+MIGRATIONS: dict[int, list[str]] = {
+    2: [
+        "ALTER TABLE runners ADD COLUMN max_concurrent_runs INTEGER",
+        "ALTER TABLE runs ADD COLUMN idempotency_key TEXT",
+        "CREATE UNIQUE INDEX runs_idempotency ON runs (runner_id, idempotency_key)"
+        " WHERE idempotency_key IS NOT NULL",
+    ],
+}
+
 RUNNER_COLUMNS = ("name", "image_name", "image_tag", "run_command", "argv", "entrypoint",
-                  "timeout_seconds", "instance_type")
+                  "timeout_seconds", "instance_type", "max_concurrent_runs")
+
+IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
 
 
 class StoreError(Exception):
@@ -124,8 +136,20 @@ class Store:
                 for statement in _statements(SCHEMA):
                     await db.execute(statement)
                 await db.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                    (str(SCHEMA_VERSION),))
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1')")
+                async with db.execute(
+                        "SELECT value FROM meta WHERE key = 'schema_version'") as cur:
+                    row = await cur.fetchone()
+                version = int(row[0]) if row else 1
+                if version > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"the database {self.path} is from a newer runnerd (schema "
+                        f"{version}, this one knows {SCHEMA_VERSION}); upgrade runnerd")
+                for target in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in MIGRATIONS[target]:
+                        await db.execute(statement)
+                await db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                                 (str(SCHEMA_VERSION),))
                 await db.execute(
                     "INSERT OR IGNORE INTO meta (key, value) VALUES ('daemon_id', ?)",
                     (str(uuid.uuid4()),))
@@ -329,21 +353,42 @@ class Store:
     # -- runs ---------------------------------------------------------------
 
     async def create_run(self, runner: Runner, env: list[tuple[str, str]], cpu: float,
-                         mem: int, pids: int) -> Run:
-        """Queue a run of `runner` with the merged `env` and the instance type's limits."""
+                         mem: int, pids: int, idempotency_key: str | None = None
+                         ) -> tuple[Run, bool]:
+        """Queue a run of `runner` with the merged `env` and the instance type's
+        limits; (run, True). With an `idempotency_key` already used for this runner
+        in the last 24 hours: (that first run, False) and nothing is queued. The
+        UNIQUE index decides, so concurrent requests cannot both insert."""
         now = now_ms()
         run_id = str(uuid.uuid4())
         async with self._tx() as db:
-            await db.execute(
+            if idempotency_key is not None:
+                # A key older than the window is free again.
+                await db.execute(
+                    "UPDATE runs SET idempotency_key = NULL WHERE runner_id = ?"
+                    " AND idempotency_key = ? AND created_at < ?",
+                    (runner.id, idempotency_key, now - IDEMPOTENCY_WINDOW_MS))
+            cur = await db.execute(
                 "INSERT INTO runs (id, runner_id, status, image, command, argv, entrypoint,"
-                " env, timeout_seconds, instance_type, cpu, mem, pids, created_at, updated_at)"
-                " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " env, timeout_seconds, instance_type, cpu, mem, pids, idempotency_key,"
+                " created_at, updated_at)"
+                " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT (runner_id, idempotency_key)"
+                " WHERE idempotency_key IS NOT NULL DO NOTHING",
                 (run_id, runner.id, runner.image, runner.run_command, _json_or_null(runner.argv),
                  runner.entrypoint, json.dumps(env), runner.timeout_seconds,
-                 runner.instance_type, cpu, mem, pids, now, now))
+                 runner.instance_type, cpu, mem, pids, idempotency_key, now, now))
+            created = cur.rowcount == 1
+            if not created:
+                async with db.execute(
+                        "SELECT id FROM runs WHERE runner_id = ? AND idempotency_key = ?",
+                        (runner.id, idempotency_key)) as c:
+                    row = await c.fetchone()
+                    assert row is not None
+                    run_id = row[0]
         run = await self.get_run(run_id)
         assert run is not None
-        return run
+        return run, created
 
     async def get_run(self, run_id: str, runner_id: str | None = None) -> Run | None:
         if runner_id is None:
@@ -369,20 +414,33 @@ class Store:
             (*params, limit))
         return [_run(r) for r in rows]
 
-    async def next_pending(self, exclude: Iterable[str] = ()) -> Run | None:
-        """The oldest pending run not in `exclude` (runs the scheduler already holds)."""
-        exclude = list(exclude)
-        marks = ", ".join("?" for _ in exclude)
-        not_in = f" AND id NOT IN ({marks})" if exclude else ""
+    async def next_pending(self, in_flight: list[str] | None = None) -> Run | None:
+        """The oldest pending run that may start now: not already in flight (held by
+        the scheduler), and of a runner below its own `max_concurrent_runs`, counting
+        its running runs and its runs in flight."""
+        in_flight = in_flight or []
+        marks = ", ".join("?" for _ in in_flight)  # SQLite takes an empty IN ()
         row = await self._one(
-            f"SELECT * FROM runs WHERE status = 'pending'{not_in} ORDER BY seq LIMIT 1",
-            exclude)
+            "SELECT r.* FROM runs r JOIN runners n ON n.id = r.runner_id"
+            f" WHERE r.status = 'pending' AND r.id NOT IN ({marks})"
+            " AND (n.max_concurrent_runs IS NULL OR n.max_concurrent_runs > ("
+            "   SELECT count(*) FROM runs x WHERE x.runner_id = r.runner_id"
+            f"  AND (x.status = 'running' OR x.id IN ({marks}))))"
+            " ORDER BY r.seq LIMIT 1",
+            [*in_flight, *in_flight])
         return _run(row) if row else None
 
-    async def set_container(self, run_id: str, container_id: str) -> None:
+    async def cancel_pending(self, run_id: str, error: str) -> Run | None:
+        """Pending → failed/canceled at once; None when it is no longer pending."""
+        now = now_ms()
         async with self._tx() as db:
-            await db.execute("UPDATE runs SET container_id = ?, updated_at = ? WHERE id = ?",
-                             (container_id, now_ms(), run_id))
+            cur = await db.execute(
+                "UPDATE runs SET status = 'failed', failure_reason = 'canceled', error = ?,"
+                " completed_at = ?, updated_at = ? WHERE id = ? AND status = 'pending'",
+                (error, now, now, run_id))
+            if cur.rowcount == 0:
+                return None
+        return await self.get_run(run_id)
 
     async def mark_running(self, run_id: str, container_id: str, started_at: int) -> Run:
         async with self._tx() as db:
@@ -455,8 +513,8 @@ def _runner(row: sqlite3.Row) -> Runner:
         image_tag=row["image_tag"], run_command=row["run_command"],
         argv=json.loads(row["argv"]) if row["argv"] is not None else None,
         entrypoint=row["entrypoint"], timeout_seconds=row["timeout_seconds"],
-        instance_type=row["instance_type"], created_at=row["created_at"],
-        updated_at=row["updated_at"])
+        instance_type=row["instance_type"], max_concurrent_runs=row["max_concurrent_runs"],
+        created_at=row["created_at"], updated_at=row["updated_at"])
 
 
 def _env(row: sqlite3.Row) -> EnvVariable:

@@ -133,8 +133,9 @@ class Daemon:
 
 
 def write_config(path: Path, data_dir: Path, extra: str = "", *,
-                 max_concurrent_runs: int = 4) -> None:
+                 max_concurrent_runs: int = 4, top_level: str = "") -> None:
     """A test config: loopback on a free port, no network for containers, short grace.
+    `top_level` is TOML for top-level keys (e.g. `timezone = "UTC"`), written first;
     `extra` is TOML appended verbatim; tables given there replace these."""
     sections = {
         "server": 'listen = "127.0.0.1:0"',
@@ -145,7 +146,7 @@ def write_config(path: Path, data_dir: Path, extra: str = "", *,
     given = set(re.findall(r"^\[(\w+)\]", extra, re.M))
     text = "".join(f"[{name}]\n{body}\n\n" for name, body in sections.items()
                    if name not in given)
-    path.write_text(text + extra)
+    path.write_text((top_level + "\n" if top_level else "") + text + extra)
 
 
 @pytest.fixture(scope="session")
@@ -167,12 +168,12 @@ def start_daemon(tmp_path: Path, docker_engine: str) -> Iterator[Callable[..., D
     started: list[Daemon] = []
 
     def start(extra_config: str = "", *, max_concurrent_runs: int = 4,
-              name: str | None = None) -> Daemon:
+              top_level: str = "", name: str | None = None) -> Daemon:
         d = tmp_path / (name or f"daemon{len(started)}")
         d.mkdir()
         config_path = d / "config.toml"
         write_config(config_path, d / "data", extra_config,
-                     max_concurrent_runs=max_concurrent_runs)
+                     max_concurrent_runs=max_concurrent_runs, top_level=top_level)
         daemon = Daemon(dir=d, config_path=config_path, extra_config=extra_config)
         daemon.key = daemon.create_key("test")
         daemon.start()
