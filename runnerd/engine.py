@@ -188,18 +188,28 @@ class Engine:
         return int(data["StatusCode"])
 
     async def stop(self, container_id: str, grace_seconds: float) -> None:
-        """SIGTERM, then SIGKILL after the grace period (the engine does both)."""
+        """SIGTERM (whatever the image's STOPSIGNAL), then SIGKILL once the grace
+        period (which may be fractional) has passed; returns when it has exited."""
+        if not await self._signal(container_id, "SIGTERM"):
+            return
+        try:
+            await asyncio.wait_for(self.wait(container_id), grace_seconds)
+        except TimeoutError:
+            await self._signal(container_id, "SIGKILL")
+
+    async def _signal(self, container_id: str, signal: str) -> bool:
+        """False when the container is not running (or gone) any more."""
         try:
             async with self.docker._query(
-                    f"containers/{container_id}/stop", method="POST",
-                    params={"t": max(0, round(grace_seconds))}, timeout=_NO_TIMEOUT):
-                pass
+                    f"containers/{container_id}/kill", method="POST",
+                    params={"signal": signal}, timeout=_QUICK):
+                return True
         except DockerError as e:
-            if e.status in (304, 404):  # already stopped, or gone
-                return
-            raise _engine_error(e, "could not stop the container") from None
+            if e.status in (404, 409):  # gone, or not running
+                return False
+            raise _engine_error(e, "could not signal the container") from None
         except (aiohttp.ClientError, OSError) as e:
-            raise _engine_error(e, "could not stop the container") from None
+            raise _engine_error(e, "could not signal the container") from None
 
     async def remove(self, container_id: str) -> None:
         try:
