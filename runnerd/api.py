@@ -289,7 +289,9 @@ async def cancel_run(request: web.Request) -> web.Response:
         stopped = await request.app[SCHEDULER].cancel(
             run.id, "The run was canceled.", wait_seconds=grace + 15)
         if not stopped:
-            raise web.HTTPServiceUnavailable(reason="Run Not Yet Re-Attached")
+            # Between the store and the engine (starting, or re-attaching after a
+            # restart) for a moment: nothing was changed, the client may retry.
+            raise web.HTTPServiceUnavailable(reason="Run Is Starting, Retry Cancel")
         log.info("run %s canceled while running", run.id)
         run = await _run_or_404(request)
     if run.status is Status.FAILED and run.failure_reason is FailureReason.CANCELED:

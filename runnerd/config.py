@@ -123,7 +123,7 @@ def load(path: str | os.PathLike[str] | None) -> Config:
         raise ConfigError(f"config file {path} does not exist") from None
     except OSError as e:
         raise ConfigError(f"config file {path} cannot be read: {e.strerror}") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"config file {path} is not valid TOML: {e}") from None
     return from_dict(data, base_dir=Path(path).resolve().parent)
 

@@ -89,7 +89,7 @@ class Executor:
         executor is not watching the run."""
         container_id = self._containers.get(run_id)
         if container_id is None:
-            return False
+            return False  # not started or not re-attached yet: the caller may retry
         self._cancels.setdefault(run_id, why)
         await self.engine.stop(container_id, self.stop_grace_seconds)
         return True

@@ -109,7 +109,12 @@ class LogWriter:
         self.output_bytes = 0
         self.truncated = False
         self._repeats_left = 0
-        self._f: BinaryIO = open(path, "a+b")
+        self.open_error: OSError | None = None
+        try:
+            self._f: BinaryIO | None = open(path, "a+b")
+        except OSError as e:  # e.g. disk full: write() reports it, once, to the caller
+            self._f, self.open_error = None, e
+            return
         self._f.seek(0)
         end = 0
         for header in _headers(self._f):
@@ -136,6 +141,8 @@ class LogWriter:
         return False
 
     def write(self, stream: int, ts_ns: int, data: bytes) -> None:
+        if self._f is None:
+            raise self.open_error or OSError("log file is not open")
         if self.truncated:
             return
         if self.output_bytes + len(data) > self.max_bytes:
@@ -153,7 +160,7 @@ class LogWriter:
         self._repeats_left = 0
 
     def close(self) -> None:
-        if self._f.closed:
+        if self._f is None or self._f.closed:
             return
         try:
             self._f.flush()

@@ -46,6 +46,7 @@ class Scheduler:
         self._active: dict[str, asyncio.Task[None]] = {}
         self._loop_task: asyncio.Task[None] | None = None
         self._backoff = 0.0
+        self._retry_at = 0.0  # loop time before which the engine is not tried again
         self.reconciled = asyncio.Event()
 
     @property
@@ -65,7 +66,8 @@ class Scheduler:
         task = self._active.get(run_id)
         if task is None:
             return False
-        await self.executor.stop_run(run_id, why)
+        if not await self.executor.stop_run(run_id, why):
+            return False
         try:
             await asyncio.wait_for(asyncio.shield(task), wait_seconds)
         except TimeoutError:
@@ -102,8 +104,9 @@ class Scheduler:
                 await asyncio.sleep(BACKOFF_MAX)
 
     async def _claim_and_start(self) -> None:
-        if self._backoff:
-            await asyncio.sleep(self._backoff)  # the engine is down: triggers can wait
+        delay = self._retry_at - asyncio.get_running_loop().time()
+        if delay > 0:
+            await asyncio.sleep(delay)  # the engine was down: triggers can wait
         self._wakeup.clear()  # before the query, so a trigger during it is not missed
         run = None
         if len(self._active) < self.max_concurrent_runs:
@@ -122,6 +125,7 @@ class Scheduler:
             self._backoff = 0.0
         except EngineUnavailable as e:
             self._backoff = min(BACKOFF_MAX, max(BACKOFF_FIRST, self._backoff * 2))
+            self._retry_at = asyncio.get_running_loop().time() + self._backoff
             log.warning("run %s stays pending: %s; retrying in %.1f s", run.id, e, self._backoff)
         except asyncio.CancelledError:
             raise

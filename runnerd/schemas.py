@@ -362,7 +362,7 @@ def parse_run_list_query(query: Any) -> tuple[int, Status | None, str | None]:
     limit = RUNS_LIMIT_DEFAULT
     if "limit" in query:
         raw = query["limit"]
-        if not raw.isdigit() or not 1 <= int(raw) <= RUNS_LIMIT_MAX:
+        if not _is_count(raw) or not 1 <= int(raw) <= RUNS_LIMIT_MAX:
             c.fail(f"limit must be a whole number from 1 to {RUNS_LIMIT_MAX}, got {raw[:20]!r}")
         else:
             limit = int(raw)
@@ -376,8 +376,16 @@ def parse_run_list_query(query: Any) -> tuple[int, Status | None, str | None]:
     before = query.get("before")
     if before is not None and not is_uuid(before):
         c.fail(f"before must be a run id (a UUID), got {before[:40]!r}")
+    elif before is not None:
+        before = before.lower()
     c.done()
     return limit, status, before
+
+
+def _is_count(raw: str) -> bool:
+    """Plain ASCII digits, short enough for int() (which takes '²' and refuses
+    very long strings)."""
+    return 0 < len(raw) <= 12 and raw.isascii() and raw.isdigit()
 
 
 def parse_tail(query: Any) -> int | None:
@@ -388,7 +396,7 @@ def parse_tail(query: Any) -> int | None:
     tail = None
     if "tail" in query:
         raw = query["tail"]
-        if not raw.isdigit() or int(raw) > TAIL_MAX:
+        if not _is_count(raw) or int(raw) > TAIL_MAX:
             c.fail(f"tail must be a whole number from 0 to {TAIL_MAX}, got {raw[:20]!r}")
         else:
             tail = int(raw)
