@@ -114,8 +114,9 @@ async def read_json(request: web.Request) -> Any:
         return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise schemas.Invalid(["body is not valid UTF-8"]) from None
-    except (json.JSONDecodeError, RecursionError) as e:
-        message = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+    except (ValueError, RecursionError) as e:  # ValueError: e.g. a 5000-digit number
+        message = (e.msg if isinstance(e, json.JSONDecodeError) else
+                   "nested too deeply" if isinstance(e, RecursionError) else str(e))
         raise schemas.Invalid([f"body is not valid JSON: {message}"]) from None
 
 

@@ -98,6 +98,12 @@ class _Checker:
         if "\x00" in value:
             self.fail(f"{field} must not contain NUL characters")
             return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            self.fail(f"{field} must be valid Unicode text, without lone surrogates "
+                      "such as \\ud800")
+            return None
         if not min_len <= len(value) <= max_len:
             self.fail(f"{field} must be {min_len} to {max_len} characters long, "
                       f"got {len(value)}" if min_len else
