@@ -287,8 +287,12 @@ async def cancel_run(request: web.Request) -> web.Response:
         run = await _run_or_404(request)  # it started meanwhile
     if run.status is Status.RUNNING:
         grace = config.docker.stop_grace_seconds
-        stopped = await request.app[SCHEDULER].cancel(
-            run.id, "The run was canceled.", wait_seconds=grace + 15)
+        try:
+            stopped = await request.app[SCHEDULER].cancel(
+                run.id, "The run was canceled.", wait_seconds=grace + 15)
+        except EngineError:
+            raise web.HTTPServiceUnavailable(
+                reason="Docker Engine Unavailable, Retry Cancel") from None
         if not stopped:
             # Between the store and the engine (starting, or re-attaching after a
             # restart) for a moment: nothing was changed, the client may retry.

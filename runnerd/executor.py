@@ -90,8 +90,14 @@ class Executor:
         container_id = self._containers.get(run_id)
         if container_id is None:
             return False  # not started or not re-attached yet: the caller may retry
+        first = run_id not in self._cancels
         self._cancels.setdefault(run_id, why)
-        await self.engine.stop(container_id, self.stop_grace_seconds)
+        try:
+            await self.engine.stop(container_id, self.stop_grace_seconds)
+        except EngineError:
+            if first:  # not stopped: the run must not be recorded as canceled
+                self._cancels.pop(run_id, None)
+            raise
         return True
 
     # -- steps ----------------------------------------------------------------
@@ -238,6 +244,7 @@ class Executor:
 
     async def _copy_output(self, run: Run, container_id: str, writer: LogWriter) -> None:
         broken = False
+        writer.resume()
         async for chunk in self.engine.output(container_id, since_ns=writer.last_ts_ns):
             if broken or writer.seen(chunk.ts_ns):
                 continue  # keep reading so the container is never blocked on output

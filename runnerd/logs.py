@@ -131,6 +131,10 @@ class LogWriter:
         self._f.seek(end)
         self._repeats_left = self.records_at_last_ts
 
+    def resume(self) -> None:
+        """A new output stream starts from `last_ts_ns`: skip what it repeats."""
+        self._repeats_left = self.records_at_last_ts
+
     def seen(self, ts_ns: int) -> bool:
         """True for a chunk already on disk (when resuming from `last_ts_ns`)."""
         if ts_ns < self.last_ts_ns:
