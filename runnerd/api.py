@@ -14,8 +14,8 @@ from . import schemas
 from .auth import hash_secret, secret_from_header
 from .config import Config
 from .engine import Engine, EngineError
-from .logs import LogStore
-from .models import TERMINAL_STATUSES, FailureReason, Scope, Status
+from .logs import LogStore, Record
+from .models import TERMINAL_STATUSES, FailureReason, Run, Scope, Status
 from .scheduler import Scheduler
 from .store import Conflict, NotFound, Store
 
@@ -26,6 +26,10 @@ STORE = web.AppKey("store", Store)
 ENGINE = web.AppKey("engine", Engine)
 LOGS = web.AppKey("logs", LogStore)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
+STOPPING = web.AppKey("stopping", asyncio.Event)  # set when the daemon begins to stop
+
+FOLLOW_RECHECK_SECONDS = 1.0  # a follower re-reads the run's status at least this often
+SLOW_CLIENT_SECONDS = 10.0    # a client that accepts no bytes this long is dropped
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
@@ -41,6 +45,7 @@ def make_app(config: Config, store: Store, engine: Engine, logs: LogStore,
     app[ENGINE] = engine
     app[LOGS] = logs
     app[SCHEDULER] = scheduler
+    app[STOPPING] = asyncio.Event()
     r = app.router
     r.add_get("/healthz", healthz)
     r.add_get("/v1/runners", list_runners)
@@ -81,8 +86,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         if isinstance(e, web.HTTPMethodNotAllowed):
             response.headers["Allow"] = ", ".join(sorted(e.allowed_methods))
         return response
-    except asyncio.CancelledError:
-        raise
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise  # the client went away: nothing to answer
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
         return error_response(500, "Internal Server Error")
@@ -319,10 +324,30 @@ async def _run_or_404(request: web.Request) -> Any:
 
 
 async def run_logs(request: web.Request) -> web.StreamResponse:
+    """The run's output: text/plain (optionally `follow`ing it live), Server-Sent
+    Events (`Accept: text/event-stream`, always live) or a JSON page."""
     run = await _run_or_404(request)
-    tail = schemas.parse_tail(request.query)
-    chunks = request.app[LOGS].text(run.id, tail)
+    accept = request.headers.get("Accept", "")
+    if "text/event-stream" in accept:
+        return await _logs_sse(request, run)
+    if "application/json" in accept and "text/plain" not in accept:
+        return await _logs_json(request, run)
+    tail, follow = schemas.parse_text_logs_query(request.query)
     response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
+    if follow:
+        offset, skip = (await asyncio.to_thread(request.app[LOGS].tail_start, run.id, tail)
+                        if tail is not None else (0, 0))
+
+        async def emit(records: list[Record]) -> None:
+            nonlocal skip
+            data = b"".join(r.data for r in records)
+            await _send(request, response, data[skip:])
+            skip = 0
+        await response.prepare(request)
+        await _follow(request, run, offset, emit)
+        await response.write_eof()
+        return response
+    chunks = request.app[LOGS].text(run.id, tail)
     await response.prepare(request)
     try:
         while True:
@@ -330,8 +355,108 @@ async def run_logs(request: web.Request) -> web.StreamResponse:
             chunk = await asyncio.to_thread(next, chunks, None)
             if chunk is None:
                 break
-            await response.write(chunk)
+            await _send(request, response, chunk)
     finally:
         chunks.close()
     await response.write_eof()
     return response
+
+
+async def _logs_json(request: web.Request, run: Run) -> web.Response:
+    page = schemas.parse_json_logs_query(request.query)
+    logs = request.app[LOGS]
+    after = _cursor(logs, run.id, page.after, "after")
+    if page.before is not None:
+        _cursor(logs, run.id, page.before, "before")
+    records = await asyncio.to_thread(logs.page, run.id, limit=page.limit, after=after,
+                                      before=page.before, stream=page.stream)
+    tz = request.app[CONFIG].tz
+    return web.json_response({"logs": [
+        schemas.log_entry_json(r.offset, r.stream, r.ts_ns, r.data, tz) for r in records]})
+
+
+async def _logs_sse(request: web.Request, run: Run) -> web.StreamResponse:
+    cursor, stream = schemas.parse_sse_logs_query(request.query,
+                                                  request.headers.get("Last-Event-ID"))
+    logs = request.app[LOGS]
+    offset = _cursor(logs, run.id, cursor, "Last-Event-ID") or 0
+    tz = request.app[CONFIG].tz
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache"})
+    await response.prepare(request)
+
+    async def emit(records: list[Record]) -> None:
+        events = []
+        for r in records:
+            if stream is not None and schemas.LOG_STREAMS.get(
+                    schemas.LOG_STREAM_NAMES.get(r.stream, "")) != stream:
+                continue
+            entry = schemas.log_entry_json(r.offset, r.stream, r.ts_ns, r.data, tz)
+            events.append(f"id: {r.offset}\nevent: log\ndata: "
+                          f"{json.dumps({k: entry[k] for k in ('ts', 'stream', 'msg')})}\n\n")
+        if events:
+            await _send(request, response, "".join(events).encode())
+
+    final = await _follow(request, run, offset, emit)
+    if final is not None:
+        await _send(request, response, ("event: end\ndata: " + json.dumps(
+            schemas.run_json(final, tz)) + "\n\n").encode())
+    await response.write_eof()
+    return response
+
+
+def _cursor(logs: LogStore, run_id: str, cursor: int | None, name: str) -> int | None:
+    """Where reading goes on after the entry `cursor`; 400 when it is not one."""
+    if cursor is None:
+        return None
+    try:
+        return logs.after(run_id, cursor)
+    except ValueError:
+        raise schemas.Invalid([f"{name}: {cursor} is not a log entry id of this run"]) from None
+
+
+async def _follow(request: web.Request, run: Run, offset: int,
+                  emit: Callable[[list[Record]], Awaitable[None]]) -> Run | None:
+    """Hand every record from `offset` to `emit` as it is written, until the run
+    has completed and all its output is out (→ the final Run) or the daemon stops
+    (→ None). Waits on the writer's notifications, not on a timer."""
+    logs = request.app[LOGS]
+    store = request.app[STORE]
+    stopping = request.app[STOPPING]
+    completed: Run | None = None
+    while True:
+        changed = logs.changed(run.id)
+        try:
+            records, offset = await asyncio.to_thread(logs.read, run.id, offset)
+            if records:
+                await emit(records)
+                continue
+            if completed is not None:
+                return completed  # completed, and read to the end after that
+            current = await store.get_run(run.id)
+            if current is None or current.status in TERMINAL_STATUSES:
+                completed = current or run
+                continue  # one more read: output written just before it completed
+            if stopping.is_set():
+                return None
+            stop_wait = asyncio.ensure_future(stopping.wait())
+            try:
+                await asyncio.wait({changed, stop_wait}, timeout=FOLLOW_RECHECK_SECONDS,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop_wait.cancel()
+        finally:
+            changed.cancel()
+
+
+async def _send(request: web.Request, response: web.StreamResponse, data: bytes) -> None:
+    """Write, or drop a client that does not read: nothing is buffered without bound."""
+    if not data:
+        return
+    try:
+        await asyncio.wait_for(response.write(data), SLOW_CLIENT_SECONDS)
+    except TimeoutError:
+        log.info("dropping a client that stopped reading %s", request.path)
+        if request.transport is not None:
+            request.transport.abort()
+        raise ConnectionResetError("client stopped reading") from None

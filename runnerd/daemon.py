@@ -9,7 +9,7 @@ import signal
 
 from aiohttp import web
 
-from .api import make_app
+from .api import STOPPING, make_app
 from .config import Config
 from .engine import Engine, EngineError
 from .executor import Executor
@@ -28,6 +28,7 @@ async def serve(config: Config) -> None:
     store = Store(config.storage.db_path)
     await store.open()
     engine = Engine(config.docker.url)
+    app: web.Application | None = None
     runner: web.AppRunner | None = None
     scheduler: Scheduler | None = None
     try:
@@ -56,6 +57,8 @@ async def serve(config: Config) -> None:
         await _until_stopped()
         log.info("stopping")
     finally:
+        if app is not None:
+            app[STOPPING].set()  # log followers end their streams
         if runner is not None:
             await runner.cleanup()  # stop accepting, let in-flight requests finish
         if scheduler is not None:

@@ -224,11 +224,14 @@ class Engine:
         except (aiohttp.ClientError, OSError) as e:
             raise _engine_error(e, "could not remove the container") from None
 
-    async def output(self, container_id: str, since_ns: int = 0) -> AsyncIterator[OutputChunk]:
-        """The container's output from its start (or `since_ns`) until it exits,
-        one chunk per message the engine logged, as raw bytes with their stream and
-        time. Ends when the container has exited and everything was delivered."""
-        params: dict[str, Any] = {"follow": True, "stdout": True, "stderr": True,
+    async def output(self, container_id: str, since_ns: int = 0,
+                     follow: bool = True) -> AsyncIterator[OutputChunk]:
+        """The container's output from its start (or `since_ns`, inclusive), one
+        chunk per message the engine logged, as raw bytes with their stream and
+        time. Following, it ends when the container has exited; the engine may
+        then still hold a last message (a final line without newline): read once
+        more without `follow` to get it."""
+        params: dict[str, Any] = {"follow": follow, "stdout": True, "stderr": True,
                                   "timestamps": True}
         if since_ns:
             params["since"] = f"{since_ns // 1_000_000_000}.{since_ns % 1_000_000_000:09d}"

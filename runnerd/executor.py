@@ -236,16 +236,21 @@ class Executor:
                 await self.engine.stop(container_id, self.stop_grace_seconds)
                 exit_code = await self.engine.wait(container_id)
             await self._drain(run, output)
+            # The follow stream can end before the engine logged the very last
+            # message; a plain read from the last one we have catches it.
+            await self._copy_output(run, container_id, writer, follow=False)
             return exit_code, timed_out
         finally:
             if not output.done():
                 output.cancel()
             await asyncio.gather(output, return_exceptions=True)
 
-    async def _copy_output(self, run: Run, container_id: str, writer: LogWriter) -> None:
+    async def _copy_output(self, run: Run, container_id: str, writer: LogWriter,
+                           follow: bool = True) -> None:
         broken = False
         writer.resume()
-        async for chunk in self.engine.output(container_id, since_ns=writer.last_ts_ns):
+        async for chunk in self.engine.output(container_id, since_ns=writer.last_ts_ns,
+                                              follow=follow):
             if broken or writer.seen(chunk.ts_ns):
                 continue  # keep reading so the container is never blocked on output
             try:

@@ -17,18 +17,25 @@ stays bounded whatever the size of the log.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import struct
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Callable, Iterator
 
 STDOUT = 1
 STDERR = 2
 MARKER = 3  # written by runnerd itself (e.g. the log limit notice), shown as text
 HEADER = struct.Struct(">BqI")
 READ_CHUNK = 64 * 1024
+_MAX_RECORD = 16 * 1024 * 1024  # no engine message is near this: a sanity bound for cursors
+
+
+def _stream_of(record: Record) -> int:
+    """A runnerd note counts as stderr for filtering."""
+    return STDERR if record.stream == MARKER else record.stream
 
 
 @dataclass
@@ -45,6 +52,29 @@ class LogStore:
     def __init__(self, logs_dir: Path, max_log_bytes: int = 100 * 1024 * 1024) -> None:
         self.dir = logs_dir
         self.max_log_bytes = max_log_bytes
+        self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+
+    # -- change notification: followers wait, writers wake them ------------------
+
+    def changed(self, run_id: str) -> asyncio.Future[None]:
+        """A future done at the next write to (or close of) the run's log. Take it
+        *before* reading, so a write in between is not missed."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(run_id, set()).add(fut)
+        fut.add_done_callback(lambda f: self._forget(run_id, f))
+        return fut
+
+    def _forget(self, run_id: str, fut: asyncio.Future[None]) -> None:
+        waiters = self._waiters.get(run_id)
+        if waiters is not None:
+            waiters.discard(fut)
+            if not waiters:
+                del self._waiters[run_id]
+
+    def notify(self, run_id: str) -> None:
+        for fut in list(self._waiters.get(run_id, ())):
+            if not fut.done():
+                fut.set_result(None)
 
     def prepare(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -59,7 +89,8 @@ class LogStore:
         """Open a run's log for appending. After a restart this resumes where the
         file ends: a torn last record (a write cut by a crash) is cut off, and the
         writer knows the last record's time so the caller can skip what it has."""
-        return LogWriter(self.path(run_id), self.max_log_bytes)
+        return LogWriter(self.path(run_id), self.max_log_bytes,
+                         on_change=lambda: self.notify(run_id))
 
     def delete(self, run_ids: list[str]) -> None:
         for run_id in run_ids:
@@ -67,6 +98,76 @@ class LogStore:
                 self.path(run_id).unlink()
             except FileNotFoundError:
                 pass
+
+    def read(self, run_id: str, offset: int, max_bytes: int = READ_CHUNK) -> tuple[list[Record], int]:
+        """Complete records from `offset` (a record boundary), about `max_bytes` of
+        them; and the offset to read on from."""
+        records: list[Record] = []
+        try:
+            f = open(self.path(run_id), "rb")
+        except FileNotFoundError:
+            return records, offset
+        with f:
+            f.seek(offset)
+            size = 0
+            for record in _records(f):
+                records.append(record)
+                size += len(record.data)
+                offset = record.offset + HEADER.size + len(record.data)
+                if size >= max_bytes:
+                    break
+        return records, offset
+
+    def after(self, run_id: str, cursor: int) -> int:
+        """The offset of the record after the one at `cursor`; ValueError when
+        `cursor` is not where a record of this log starts."""
+        try:
+            with open(self.path(run_id), "rb") as f:
+                f.seek(cursor)
+                header = f.read(HEADER.size)
+                if cursor < 0 or len(header) < HEADER.size:
+                    raise ValueError(cursor)
+                stream, ts_ns, length = HEADER.unpack(header)
+                if stream not in (STDOUT, STDERR, MARKER) or length > _MAX_RECORD:
+                    raise ValueError(cursor)
+                return cursor + HEADER.size + length
+        except FileNotFoundError:
+            raise ValueError(cursor) from None
+
+    def page(self, run_id: str, *, limit: int, after: int | None = None,
+             before: int | None = None, stream: int | None = None) -> list[Record]:
+        """Up to `limit` records (of `stream` only, if given): the first ones after
+        the cursor `after`, or the last ones before the cursor `before`, or the
+        first ones of the log."""
+        try:
+            f = open(self.path(run_id), "rb")
+        except FileNotFoundError:
+            return []
+        with f:
+            if before is not None:
+                last: deque[Record] = deque(maxlen=limit)
+                for record in _records(f):
+                    if record.offset >= before:
+                        break
+                    if stream is None or _stream_of(record) == stream:
+                        last.append(record)
+                return list(last)
+            f.seek(after if after is not None else 0)
+            out: list[Record] = []
+            for record in _records(f):
+                if stream is None or _stream_of(record) == stream:
+                    out.append(record)
+                    if len(out) >= limit:
+                        break
+            return out
+
+    def tail_start(self, run_id: str, tail: int) -> tuple[int, int]:
+        """(record offset, bytes to skip in it) where the last `tail` lines begin."""
+        try:
+            with open(self.path(run_id), "rb") as f:
+                return _tail_start(f, tail)
+        except FileNotFoundError:
+            return 0, 0
 
     def text(self, run_id: str, tail: int | None = None) -> Iterator[bytes]:
         """The run's output as written, in chunks; with `tail`, only its last lines."""
@@ -101,9 +202,11 @@ class LogWriter:
     line is written and the rest is dropped.
     """
 
-    def __init__(self, path: Path, max_bytes: int) -> None:
+    def __init__(self, path: Path, max_bytes: int,
+                 on_change: Callable[[], None] | None = None) -> None:
         self.path = path
         self.max_bytes = max_bytes
+        self._on_change = on_change
         self.last_ts_ns = 0
         self.records_at_last_ts = 0
         self.output_bytes = 0
@@ -157,6 +260,8 @@ class LogWriter:
             self.output_bytes += len(data)
         self._f.write(HEADER.pack(stream, ts_ns, len(data)) + data)
         self._f.flush()
+        if self._on_change is not None:
+            self._on_change()
         if ts_ns == self.last_ts_ns:
             self.records_at_last_ts += 1
         else:
@@ -176,6 +281,8 @@ class LogWriter:
                 self._f.close()
             except OSError:
                 pass
+            if self._on_change is not None:
+                self._on_change()
 
 
 def _headers(f: BinaryIO) -> Iterator[tuple[int, int, int, int]]:

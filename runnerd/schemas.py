@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import shlex
 import uuid
+from dataclasses import dataclass
 from datetime import tzinfo
 from typing import Any
 
@@ -37,6 +38,9 @@ TIMEOUT_RANGE = (1, 86400)
 DEFAULT_TIMEOUT = 3600
 RUNS_LIMIT_DEFAULT, RUNS_LIMIT_MAX = 50, 1000
 TAIL_MAX = 1_000_000
+LOGS_LIMIT_DEFAULT, LOGS_LIMIT_MAX = 200, 2500
+LOG_STREAMS = {"stdout": 1, "stderr": 2}
+LOG_STREAM_NAMES = {1: "stdout", 2: "stderr", 3: "stderr"}  # 3: runnerd's own notes
 
 RUNNER_FIELDS = ("name", "image_name", "image_tag", "run_command", "argv", "entrypoint",
                  "timeout_seconds", "instance_type", "max_concurrent_runs", "env_variables")
@@ -395,10 +399,13 @@ def _is_count(raw: str) -> bool:
 
 
 def parse_tail(query: Any) -> int | None:
+    return parse_text_logs_query(query)[0]
+
+
+def parse_text_logs_query(query: Any) -> tuple[int | None, bool]:
+    """`tail` and `follow` of GET …/logs as text/plain."""
     c = _Checker()
-    for key in query:
-        if key != "tail":
-            c.fail(f"{_show_key(key)} is not a known query parameter (known: tail)")
+    _known_query(c, query, ("tail", "follow"))
     tail = None
     if "tail" in query:
         raw = query["tail"]
@@ -406,8 +413,86 @@ def parse_tail(query: Any) -> int | None:
             c.fail(f"tail must be a whole number from 0 to {TAIL_MAX}, got {raw[:20]!r}")
         else:
             tail = int(raw)
+    follow = _flag(c, query, "follow")
     c.done()
-    return tail
+    return tail, follow
+
+
+@dataclass
+class LogsPage:
+    limit: int
+    after: int | None
+    before: int | None
+    stream: int | None
+
+
+def parse_json_logs_query(query: Any) -> LogsPage:
+    """`limit`, `after`, `before`, `stream` of GET …/logs as JSON."""
+    c = _Checker()
+    _known_query(c, query, ("limit", "after", "before", "stream"))
+    limit = LOGS_LIMIT_DEFAULT
+    if "limit" in query:
+        raw = query["limit"]
+        if not _is_count(raw) or not 1 <= int(raw) <= LOGS_LIMIT_MAX:
+            c.fail(f"limit must be a whole number from 1 to {LOGS_LIMIT_MAX}, got {raw[:20]!r}")
+        else:
+            limit = int(raw)
+    cursors: dict[str, int | None] = {"after": None, "before": None}
+    for key in cursors:
+        if key in query:
+            raw = query[key]
+            if not _is_count(raw):
+                c.fail(f"{key} must be a log entry id from this log, got {raw[:40]!r}")
+            else:
+                cursors[key] = int(raw)
+    if cursors["after"] is not None and cursors["before"] is not None:
+        c.fail("after and before cannot be used together")
+    stream = _stream_filter(c, query)
+    c.done()
+    return LogsPage(limit, cursors["after"], cursors["before"], stream)
+
+
+def parse_sse_logs_query(query: Any, last_event_id: str | None) -> tuple[int | None, int | None]:
+    """(resume cursor from `Last-Event-ID`, stream filter) of GET …/logs as SSE."""
+    c = _Checker()
+    _known_query(c, query, ("stream",))
+    cursor = None
+    if last_event_id is not None and last_event_id.strip():
+        if not _is_count(last_event_id.strip()):
+            c.fail(f"Last-Event-ID header must be a log entry id, got {last_event_id[:40]!r}")
+        else:
+            cursor = int(last_event_id.strip())
+    stream = _stream_filter(c, query)
+    c.done()
+    return cursor, stream
+
+
+def _known_query(c: _Checker, query: Any, known: tuple[str, ...]) -> None:
+    for key in query:
+        if key not in known:
+            c.fail(f"{_show_key(key)} is not a known query parameter (known: {', '.join(known)})")
+
+
+def _flag(c: _Checker, query: Any, key: str) -> bool:
+    raw = query.get(key)
+    if raw is None:
+        return False
+    if raw.lower() in ("true", "1", "yes", ""):
+        return True
+    if raw.lower() in ("false", "0", "no"):
+        return False
+    c.fail(f"{key} must be true or false, got {raw[:20]!r}")
+    return False
+
+
+def _stream_filter(c: _Checker, query: Any) -> int | None:
+    raw = query.get("stream")
+    if raw is None:
+        return None
+    if raw not in LOG_STREAMS:
+        c.fail(f"stream must be stdout or stderr, got {raw[:20]!r}")
+        return None
+    return LOG_STREAMS[raw]
 
 
 # -- rendering ------------------------------------------------------------------
@@ -445,6 +530,19 @@ def env_json(env: EnvVariable, tz: tzinfo) -> dict[str, Any]:
         "env_val": env.env_val,
         "created_at": format_ms(env.created_at, tz),
         "updated_at": format_ms(env.updated_at, tz),
+    }
+
+
+def log_entry_json(offset: int, stream: int, ts_ns: int, data: bytes,
+                   tz: tzinfo) -> dict[str, Any]:
+    """One piece of output: a line (or a part of a very long line), decoded as
+    UTF-8 with undecodable bytes replaced; `id` is its cursor."""
+    msg = data.decode("utf-8", "replace")
+    return {
+        "id": str(offset),
+        "ts": format_ms(ts_ns // 1_000_000, tz),
+        "stream": LOG_STREAM_NAMES.get(stream, "stdout"),
+        "msg": msg[:-1] if msg.endswith("\n") else msg,
     }
 
 
