@@ -247,16 +247,14 @@ class Executor:
 
     async def _copy_output(self, run: Run, container_id: str, writer: LogWriter,
                            follow: bool = True) -> None:
-        broken = False
         writer.resume()
         async for chunk in self.engine.output(container_id, since_ns=writer.last_ts_ns,
                                               follow=follow):
-            if broken or writer.seen(chunk.ts_ns):
-                continue  # keep reading so the container is never blocked on output
+            if writer.seen(chunk.ts_ns):
+                continue
             try:
                 writer.write(chunk.stream, chunk.ts_ns, chunk.data)
-            except OSError as e:
-                broken = True  # e.g. disk full: said once, not per line
+            except OSError as e:  # raised once (e.g. disk full); later output is dropped
                 log.error("run %s: cannot write its log %s: %s; dropping further output",
                           run.id, writer.path, e.strerror or e)
 

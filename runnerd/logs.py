@@ -211,6 +211,7 @@ class LogWriter:
         self.records_at_last_ts = 0
         self.output_bytes = 0
         self.truncated = False
+        self.failed = False
         self._repeats_left = 0
         self.open_error: OSError | None = None
         try:
@@ -248,10 +249,19 @@ class LogWriter:
         return False
 
     def write(self, stream: int, ts_ns: int, data: bytes) -> None:
+        """Append a record. The first failed write raises OSError (e.g. disk full);
+        after it, output is dropped silently, so the caller reports it once."""
+        if self.failed or self.truncated:
+            return
+        try:
+            self._write(stream, ts_ns, data)
+        except OSError:
+            self.failed = True
+            raise
+
+    def _write(self, stream: int, ts_ns: int, data: bytes) -> None:
         if self._f is None:
             raise self.open_error or OSError("log file is not open")
-        if self.truncated:
-            return
         if self.output_bytes + len(data) > self.max_bytes:
             self.truncated = True
             stream, data = MARKER, (f"[runnerd] log limit of {self.max_bytes} bytes reached; "
