@@ -4,13 +4,14 @@ they parse with `schemas`, act through the store and scheduler, and render."""
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import logging
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from . import schemas
+from . import metrics, schemas
 from .auth import hash_secret, secret_from_header
 from .config import Config
 from .engine import Engine, EngineError
@@ -38,7 +39,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def make_app(config: Config, store: Store, engine: Engine, logs: LogStore,
              scheduler: Scheduler) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware, auth_middleware],
+    app = web.Application(middlewares=[metrics.http_middleware, errors_middleware,
+                                       auth_middleware],
                           client_max_size=config.server.max_body_bytes)
     app[CONFIG] = config
     app[STORE] = store
@@ -48,6 +50,7 @@ def make_app(config: Config, store: Store, engine: Engine, logs: LogStore,
     app[STOPPING] = asyncio.Event()
     r = app.router
     r.add_get("/healthz", healthz)
+    r.add_get("/metrics", metrics_endpoint)
     r.add_get("/v1/runners", list_runners)
     r.add_post("/v1/runners", create_runner)
     r.add_get("/v1/runners/{runner_id}", get_runner)
@@ -136,11 +139,28 @@ def _id(request: web.Request, name: str) -> str:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    queue = await request.app[STORE].count_active()
     try:
-        await request.app[ENGINE].version()
+        version = await request.app[ENGINE].version()
     except EngineError as e:
-        return web.json_response({"status": "unavailable", "error": str(e)}, status=503)
-    return web.json_response({"status": "ok"})
+        return web.json_response({"status": "unavailable", "error": str(e), "queue": queue},
+                                 status=503)
+    return web.json_response({
+        "status": "ok",
+        "engine": {"version": version.get("Version"), "api_version": version.get("ApiVersion")},
+        "queue": queue,
+    })
+
+
+async def metrics_endpoint(request: web.Request) -> web.Response:
+    token = request.app[CONFIG].server.metrics_token
+    if token is not None:
+        given = secret_from_header(request.headers.get("Authorization")) or ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return error_response(401, "Unauthorized")
+    queue = await request.app[STORE].count_active()
+    body = metrics.render(queue["pending"], queue["running"])
+    return web.Response(body=body, headers={"Content-Type": metrics.CONTENT_TYPE})
 
 
 # -- runners ----------------------------------------------------------------------
@@ -287,6 +307,7 @@ async def cancel_run(request: web.Request) -> web.Response:
     if run.status is Status.PENDING:
         canceled = await store.cancel_pending(run.id, "The run was canceled before it started.")
         if canceled is not None:
+            metrics.run_completed(canceled)
             log.info("run %s canceled while pending", run.id)
             return web.json_response({"run": schemas.run_json(canceled, config.tz)})
         run = await _run_or_404(request)  # it started meanwhile

@@ -48,6 +48,7 @@ DEFAULT_INSTANCE_TYPE = "standard-s"
 class ServerConfig:
     listen: str = DEFAULT_LISTEN
     max_body_bytes: int = 1024 * 1024
+    metrics_token: str | None = None  # when set, GET /metrics needs "Bearer <token>"
 
     @property
     def host(self) -> str:
@@ -137,6 +138,7 @@ def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     server = _section(data, "server", ServerConfig, {
         "listen": _listen,
         "max_body_bytes": lambda k, v: _int(k, v, 1024, 1024 * 1024 * 1024),
+        "metrics_token": _nonempty_str,
     })
     storage = _section(data, "storage", StorageConfig, {
         "data_dir": lambda k, v: _path(k, v, base_dir),

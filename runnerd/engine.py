@@ -20,6 +20,8 @@ import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError
 
+from . import metrics
+
 log = logging.getLogger("runnerd.engine")
 
 # Labels on every container runnerd makes: whose it is, and for which run.
@@ -120,9 +122,9 @@ class Engine:
         except DockerError as e:
             if e.status == 404:
                 return False
-            raise _engine_error(e, f"could not inspect image {ref}") from None
+            raise _engine_error(e, f"could not inspect image {ref}", "inspect_image") from None
         except (aiohttp.ClientError, OSError) as e:
-            raise _engine_error(e, f"could not inspect image {ref}") from None
+            raise _engine_error(e, f"could not inspect image {ref}", "inspect_image") from None
 
     async def pull(self, ref: str) -> None:
         log.info("pulling image %s", ref)
@@ -130,7 +132,9 @@ class Engine:
         try:
             await self.docker.images.pull(ref, timeout=None)
         except (DockerError, aiohttp.ClientError, OSError) as e:
-            raise _engine_error(e, f"could not pull image {ref}") from None
+            metrics.image_pulled(ok=False)
+            raise _engine_error(e, f"could not pull image {ref}", "pull") from None
+        metrics.image_pulled(ok=True)
         log.info("pulled image %s in %.1f s", ref, time.monotonic() - started)
 
     # -- containers -----------------------------------------------------------
@@ -162,9 +166,9 @@ class Engine:
         try:
             container = await self.docker.containers.create(config, name=spec.name)
         except DockerError as e:
-            raise _engine_error(e, "could not create the container") from None
+            raise _engine_error(e, "could not create the container", "create") from None
         except (aiohttp.ClientError, OSError) as e:
-            raise _engine_error(e, "could not create the container") from None
+            raise _engine_error(e, "could not create the container", "create") from None
         return str(container.id)
 
     async def start(self, container_id: str) -> None:
@@ -173,7 +177,7 @@ class Engine:
                                           timeout=_QUICK):
                 pass
         except (DockerError, aiohttp.ClientError, OSError) as e:
-            raise _engine_error(e, "could not start the container") from None
+            raise _engine_error(e, "could not start the container", "start") from None
 
     async def wait(self, container_id: str) -> int:
         """Block until the container exits; its exit code."""
@@ -181,7 +185,7 @@ class Engine:
             data = await self.docker._query_json(
                 f"containers/{container_id}/wait", method="POST", timeout=_NO_TIMEOUT)
         except (DockerError, aiohttp.ClientError, OSError) as e:
-            raise _engine_error(e, "lost the container while waiting for it") from None
+            raise _engine_error(e, "lost the container while waiting for it", "wait") from None
         if data.get("Error") and data["Error"].get("Message"):
             log.warning("engine reported on wait for %s: %s", container_id[:12],
                         data["Error"]["Message"])
@@ -207,9 +211,9 @@ class Engine:
         except DockerError as e:
             if e.status in (404, 409):  # gone, or not running
                 return False
-            raise _engine_error(e, "could not signal the container") from None
+            raise _engine_error(e, "could not signal the container", "kill") from None
         except (aiohttp.ClientError, OSError) as e:
-            raise _engine_error(e, "could not signal the container") from None
+            raise _engine_error(e, "could not signal the container", "kill") from None
 
     async def remove(self, container_id: str) -> None:
         try:
@@ -220,9 +224,9 @@ class Engine:
         except DockerError as e:
             if e.status == 404:
                 return
-            raise _engine_error(e, "could not remove the container") from None
+            raise _engine_error(e, "could not remove the container", "remove") from None
         except (aiohttp.ClientError, OSError) as e:
-            raise _engine_error(e, "could not remove the container") from None
+            raise _engine_error(e, "could not remove the container", "remove") from None
 
     async def output(self, container_id: str, since_ns: int = 0,
                      follow: bool = True) -> AsyncIterator[OutputChunk]:
@@ -253,9 +257,9 @@ class Engine:
                     ts_ns, data = parse_ts.split(payload)
                     yield OutputChunk(stream if stream in (1, 2) else 1, ts_ns, data)
         except DockerError as e:
-            raise _engine_error(e, "could not read the container's output") from None
+            raise _engine_error(e, "could not read the container's output", "logs") from None
         except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as e:
-            raise _engine_error(e, "lost the container's output stream") from None
+            raise _engine_error(e, "lost the container's output stream", "logs") from None
 
     async def inspect(self, container_id: str) -> ContainerState | None:
         """The container's state, or None when the engine has no such container."""
@@ -265,9 +269,9 @@ class Engine:
         except DockerError as e:
             if e.status == 404:
                 return None
-            raise _engine_error(e, "could not inspect the container") from None
+            raise _engine_error(e, "could not inspect the container", "inspect") from None
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
-            raise _engine_error(e, "could not inspect the container") from None
+            raise _engine_error(e, "could not inspect the container", "inspect") from None
         state = data.get("State") or {}
         return ContainerState(
             id=data["Id"], status=state.get("Status", ""), running=bool(state.get("Running")),
@@ -282,7 +286,7 @@ class Engine:
                 "containers/json", params={"all": True, "filters": json.dumps(filters)},
                 timeout=_QUICK)
         except (DockerError, aiohttp.ClientError, OSError) as e:
-            raise _engine_error(e, "could not list containers") from None
+            raise _engine_error(e, "could not list containers", "list") from None
 
 
 class _TimestampParser:
@@ -318,7 +322,8 @@ def _reason(e: BaseException) -> str:
     return str(e).strip() or type(e).__name__
 
 
-def _engine_error(e: BaseException, what: str) -> EngineError:
+def _engine_error(e: BaseException, what: str, operation: str) -> EngineError:
+    metrics.engine_error(operation)
     if isinstance(e, DockerError):
         if e.status == 900:  # aiodocker's "cannot connect"
             return EngineUnavailable(f"{what}: the Docker engine does not answer", e.status)

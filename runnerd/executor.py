@@ -13,6 +13,7 @@ import logging
 import shlex
 import time
 
+from . import metrics
 from .engine import (
     LABEL_DAEMON, LABEL_RUN, LABEL_RUNNER, ContainerSpec, Engine, EngineError, EngineUnavailable,
 )
@@ -140,7 +141,7 @@ class Executor:
                                error=f"{e}.")
             return None
         try:
-            await self.store.mark_running(run.id, container_id, now_ms())
+            metrics.run_started(await self.store.mark_running(run.id, container_id, now_ms()))
         except Conflict:
             # Canceled while we were pulling or creating: it never starts.
             await self._remove_quietly(container_id)
@@ -288,6 +289,7 @@ class Executor:
             return await self._current(run)  # someone else completed it (e.g. cancel)
         log.info("run %s %s (exit code %s%s)", run.id, status.value, exit_code,
                  f", {reason.value}" if reason else "")
+        metrics.run_completed(done)
         return done
 
     async def _current(self, run: Run) -> Run:

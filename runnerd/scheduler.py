@@ -18,6 +18,7 @@ import asyncio
 import logging
 from typing import Protocol
 
+from . import metrics
 from .engine import LABEL_DAEMON, LABEL_RUN, Engine, EngineError, EngineUnavailable
 from .models import ACTIVE_STATUSES, FailureReason, Run, Status
 from .store import Conflict, Store
@@ -144,10 +145,10 @@ class Scheduler:
         reason = FailureReason.START_FAILED if current.status is Status.PENDING \
             else FailureReason.LOST
         try:
-            await self.store.finish_run(
+            metrics.run_completed(await self.store.finish_run(
                 run.id, Status.FAILED, exit_code=None, failure_reason=reason,
                 error="runnerd hit an internal error running this run; "
-                      "the daemon's log has the details.")
+                      "the daemon's log has the details."))
         except Conflict:
             pass
 

@@ -473,6 +473,15 @@ class Store:
         assert run is not None
         return run
 
+    async def count_active(self) -> dict[str, int]:
+        """How many runs are pending and running now."""
+        rows = await self._all(
+            "SELECT status, count(*) AS n FROM runs WHERE status IN ('pending', 'running')"
+            " GROUP BY status")
+        counts = {"pending": 0, "running": 0}
+        counts.update({r["status"]: r["n"] for r in rows})
+        return counts
+
     async def runs_with_status(self, status: Status) -> list[Run]:
         rows = await self._all("SELECT * FROM runs WHERE status = ? ORDER BY seq",
                                (status.value,))
