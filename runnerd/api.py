@@ -307,7 +307,6 @@ async def cancel_run(request: web.Request) -> web.Response:
     if run.status is Status.PENDING:
         canceled = await store.cancel_pending(run.id, "The run was canceled before it started.")
         if canceled is not None:
-            metrics.run_completed(canceled)
             log.info("run %s canceled while pending", run.id)
             return web.json_response({"run": schemas.run_json(canceled, config.tz)})
         run = await _run_or_404(request)  # it started meanwhile

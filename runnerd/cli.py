@@ -1,4 +1,5 @@
-"""The `runnerd` command: `serve` runs the daemon, `keys` manages API keys."""
+"""The `runnerd` command: `serve` runs the daemon, `keys` manages API keys; `runners`,
+`env`, `runs` and `logs` talk to a running daemon over its API (see client.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from . import __version__
+from . import client
 from . import config as config_mod
 from .auth import hash_secret, new_secret
 from .models import Scope
@@ -26,6 +28,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    if not getattr(args, "needs_config", True):
+        return int(args.func(args) or 0)  # a client command: only the daemon's API
     try:
         config = config_mod.load(_config_path(args.config))
     except config_mod.ConfigError as e:
@@ -61,7 +65,110 @@ def _parser() -> argparse.ArgumentParser:
     revoke.add_argument("name")
     revoke.add_argument("--config", metavar="PATH", help=config_help)
     revoke.set_defaults(func=_keys_revoke)
+
+    _client_parsers(sub)
     return parser
+
+
+def _client_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """`runners`, `env`, `runs`, `logs`: commands that talk to a running daemon."""
+    common = argparse.ArgumentParser(add_help=False)
+    conn = common.add_argument_group("daemon")
+    conn.add_argument("--url", metavar="URL",
+                      help=f"the daemon (default: $RUNNERD_URL, else {client.DEFAULT_URL})")
+    conn.add_argument("--token", metavar="KEY",
+                      help="API key (default: $RUNNERD_TOKEN; required)")
+    conn.add_argument("--json", action="store_true",
+                      help="print the API's JSON answer instead of a table, for scripts")
+
+    def command(parent: "argparse._SubParsersAction[argparse.ArgumentParser]", name: str,
+                func: client.Command, help: str) -> argparse.ArgumentParser:
+        p = parent.add_parser(name, parents=[common], help=help, description=help)
+        p.set_defaults(func=client.run, command=func, needs_config=False)
+        return p
+
+    env_help = "an env variable KEY=VAL (repeatable)"
+
+    def runner_fields(p: argparse.ArgumentParser, create: bool) -> None:
+        p.add_argument("--name", required=create, help="3-50 characters, unique")
+        p.add_argument("--image", required=create,
+                       help="image name, e.g. busybox or registry:5000/team/job "
+                            "(a tag may be appended: busybox:1.36)")
+        p.add_argument("--tag", help="image tag (default: latest)")
+        cmd = p.add_mutually_exclusive_group()
+        cmd.add_argument("--command", dest="command_line", metavar="SHELL_COMMAND",
+                         help="run as sh -c SHELL_COMMAND")
+        cmd.add_argument("--argv-json", metavar="JSON",
+                         help="exec form as a JSON array, e.g. '[\"sleep\", \"30\"]'")
+        p.add_argument("--entrypoint", help="replaces the image's ENTRYPOINT ('' clears it)")
+        p.add_argument("--timeout", type=int, metavar="SECONDS",
+                       help="timeout_seconds, 1-86400 (default 3600)")
+        p.add_argument("--instance-type", metavar="SLUG")
+        p.add_argument("--max-concurrent-runs", type=client.max_runs, metavar="N",
+                       help="1-1000, or 'none' for only the daemon's limit")
+        p.add_argument("-e", "--env", action="append", type=client.key_val,
+                       metavar="KEY=VAL",
+                       help=env_help if create else
+                       env_help + "; replaces ALL the runner's env variables "
+                       "(to change one, use: runnerd env set)")
+
+    runners = sub.add_parser("runners", help="list, show, create, update, delete runners")
+    runners_sub = runners.add_subparsers(metavar="ACTION", required=True)
+    command(runners_sub, "list", client.runners_list, "list runners")
+    p = command(runners_sub, "show", client.runners_show, "show a runner")
+    p.add_argument("runner", metavar="ID_OR_NAME")
+    p = command(runners_sub, "create", client.runners_create, "create a runner")
+    runner_fields(p, create=True)
+    p = command(runners_sub, "update", client.runners_update,
+                "change some of a runner's fields")
+    p.add_argument("runner", metavar="ID_OR_NAME")
+    runner_fields(p, create=False)
+    p = command(runners_sub, "delete", client.runners_delete,
+                "delete a runner with its runs and logs")
+    p.add_argument("runner", metavar="ID_OR_NAME")
+
+    env = sub.add_parser("env", help="a runner's default env variables")
+    env_sub = env.add_subparsers(metavar="ACTION", required=True)
+    p = command(env_sub, "list", client.env_list, "list a runner's env variables")
+    p.add_argument("runner", metavar="RUNNER", help="runner id or name")
+    p = command(env_sub, "set", client.env_set, "create or change env variables")
+    p.add_argument("runner", metavar="RUNNER", help="runner id or name")
+    p.add_argument("pairs", nargs="+", type=client.key_val, metavar="KEY=VAL")
+    p = command(env_sub, "unset", client.env_unset, "delete env variables by key")
+    p.add_argument("runner", metavar="RUNNER", help="runner id or name")
+    p.add_argument("keys", nargs="+", metavar="KEY")
+
+    runs = sub.add_parser("runs", help="list, show, trigger, cancel runs")
+    runs_sub = runs.add_subparsers(metavar="ACTION", required=True)
+    p = command(runs_sub, "list", client.runs_list, "list a runner's runs, newest first")
+    p.add_argument("runner", metavar="RUNNER", help="runner id or name")
+    p.add_argument("--status", help="only runs in this status: pending, running, "
+                                    "succeeded or failed")
+    p.add_argument("--limit", type=int, help="at most this many (1-1000, default 50)")
+    p.add_argument("--before", metavar="RUN", help="only runs queued before this run (paging)")
+    p = command(runs_sub, "show", client.runs_show, "show a run")
+    p.add_argument("runner", metavar="RUNNER", help="runner id or name")
+    p.add_argument("run", metavar="RUN", help="run id")
+    p = command(runs_sub, "trigger", client.runs_trigger,
+                "queue a run; with --wait, print its output and exit with its exit code")
+    p.add_argument("runner", metavar="RUNNER", help="runner id or name")
+    p.add_argument("-e", "--env", action="append", type=client.key_val, metavar="KEY=VAL",
+                   help="override an env variable for this run only (repeatable)")
+    p.add_argument("--idempotency-key", metavar="K",
+                   help="a retry with the same key within 24 h queues nothing new")
+    p.add_argument("--wait", action="store_true",
+                   help="follow the output until the run ends and exit with its exit code "
+                        "(124 timeout, 125 could not start, 126 lost, 130 canceled)")
+    p = command(runs_sub, "cancel", client.runs_cancel, "cancel a pending or running run")
+    p.add_argument("runner", metavar="RUNNER", help="runner id or name")
+    p.add_argument("run", metavar="RUN", help="run id")
+
+    p = command(sub, "logs", client.logs, "print a run's output")
+    p.add_argument("runner", metavar="RUNNER", help="runner id or name")
+    p.add_argument("run", metavar="RUN", help="run id")
+    p.add_argument("-f", "--follow", action="store_true",
+                   help="keep printing output as it is written, until the run ends")
+    p.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
 
 
 def _config_path(given: str | None) -> str | None:

@@ -87,11 +87,27 @@ class SchedulerConfig:
 
 
 @dataclass(frozen=True)
+class RetentionConfig:
+    max_age_days: float | None = None        # completed runs older than this are deleted
+    max_runs_per_runner: int | None = None   # keep only this many completed runs per runner
+    sweep_interval_seconds: float = 3600.0
+
+
+@dataclass(frozen=True)
+class WebhooksConfig:
+    secret: str | None = None  # HMAC-SHA256 key for X-Runnerd-Signature; needed for webhook_url
+    timeout_seconds: float = 10.0        # per delivery attempt
+    max_retry_seconds: float = 3600.0    # after a run completed, how long failed deliveries retry
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     docker: DockerConfig = field(default_factory=DockerConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
     timezone: str | None = None  # None: the host's
     default_instance_type: str = DEFAULT_INSTANCE_TYPE
     instance_types: dict[str, InstanceType] = field(
@@ -131,8 +147,8 @@ def load(path: str | os.PathLike[str] | None) -> Config:
 
 def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     """Build a Config from parsed TOML, naming the key of the first problem."""
-    top_keys = {"server", "storage", "docker", "scheduler", "timezone",
-                "default_instance_type", "instance_types"}
+    top_keys = {"server", "storage", "docker", "scheduler", "retention", "webhooks",
+                "timezone", "default_instance_type", "instance_types"}
     _no_unknown_keys(data, top_keys, "")
 
     server = _section(data, "server", ServerConfig, {
@@ -152,6 +168,16 @@ def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     scheduler = _section(data, "scheduler", SchedulerConfig, {
         "max_concurrent_runs": lambda k, v: _int(k, v, 1, 1000),
         "on_shutdown": lambda k, v: _choice(k, v, ("leave", "stop")),
+    })
+    retention = _section(data, "retention", RetentionConfig, {
+        "max_age_days": lambda k, v: _number(k, v, 0.001, 36500),
+        "max_runs_per_runner": lambda k, v: _int(k, v, 1, 10_000_000),
+        "sweep_interval_seconds": lambda k, v: _number(k, v, 1, 7 * 86400),
+    })
+    webhooks = _section(data, "webhooks", WebhooksConfig, {
+        "secret": _webhook_secret,
+        "timeout_seconds": lambda k, v: _number(k, v, 0.1, 300),
+        "max_retry_seconds": lambda k, v: _number(k, v, 0, 7 * 86400),
     })
 
     timezone = data.get("timezone")
@@ -174,7 +200,7 @@ def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
             f"({', '.join(sorted(instance_types))})")
 
     return Config(server=server, storage=storage, docker=docker, scheduler=scheduler,
-                  timezone=timezone, default_instance_type=default_type,
+                  retention=retention, webhooks=webhooks, timezone=timezone, default_instance_type=default_type,
                   instance_types=instance_types)
 
 
@@ -261,6 +287,13 @@ def _path(key: str, value: Any, base_dir: Path | None) -> Path:
     if not p.is_absolute() and base_dir is not None:
         p = base_dir / p
     return p
+
+
+def _webhook_secret(key: str, value: Any) -> str:
+    value = _nonempty_str(key, value)
+    if len(value) < 16:
+        raise ConfigError(f"{key}: must be at least 16 characters (use a random string)")
+    return value
 
 
 def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:

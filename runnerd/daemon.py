@@ -1,5 +1,5 @@
-"""`runnerd serve`: wires store, engine, executor, scheduler and API into one
-process, and takes them down in order on SIGTERM or SIGINT."""
+"""`runnerd serve`: wires store, engine, executor, scheduler, side loops and API
+into one process, and takes them down in order on SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
@@ -9,17 +9,22 @@ import signal
 
 from aiohttp import web
 
+from . import metrics
 from .api import STOPPING, make_app
 from .config import Config
 from .engine import Engine, EngineError
 from .executor import Executor
 from .logs import LogStore
+from .notify import notify, watchdog_interval
+from .retention import Retention
 from .scheduler import Scheduler
 from .store import Store
+from .webhooks import Notifier
 
 log = logging.getLogger("runnerd")
 
 SHUTDOWN_SECONDS = 5.0  # in-flight requests get this long to finish on stop
+READY_WAIT_SECONDS = 60.0  # READY=1 waits this long for the queue to be reconciled
 
 
 async def serve(config: Config) -> None:
@@ -31,6 +36,10 @@ async def serve(config: Config) -> None:
     app: web.Application | None = None
     runner: web.AppRunner | None = None
     scheduler: Scheduler | None = None
+    notifier = Notifier(store, config.webhooks, config.tz)
+    retention = Retention(store, logs, config.retention)
+    side_tasks: list[asyncio.Task[None]] = []
+    store.on_run_completed += [metrics.run_completed, notifier.run_completed]
     try:
         try:
             version = await engine.version()
@@ -54,9 +63,16 @@ async def serve(config: Config) -> None:
             log.info("listening on http://%s:%d (data in %s)",
                      f"[{host}]" if ":" in host else host, port, config.storage.data_dir)
         scheduler.start()
+        notifier.start()
+        retention.start()
+        side_tasks.append(asyncio.create_task(_tell_systemd(store, scheduler)))
         await _until_stopped()
         log.info("stopping")
     finally:
+        notify("STOPPING=1")
+        for task in side_tasks:
+            task.cancel()
+        await asyncio.gather(*side_tasks, return_exceptions=True)
         if app is not None:
             app[STOPPING].set()  # log followers end their streams
         if runner is not None:
@@ -64,9 +80,34 @@ async def serve(config: Config) -> None:
         if scheduler is not None:
             await scheduler.stop(stop_runs=config.scheduler.on_shutdown == "stop",
                                  grace_seconds=config.docker.stop_grace_seconds)
+        await retention.stop()
+        await notifier.stop()
         await engine.close()
         await store.close()
         log.info("stopped")
+
+
+async def _tell_systemd(store: Store, scheduler: Scheduler) -> None:
+    """READY=1 once the API listens and the queue is reconciled; then watchdog
+    pings from this event loop (a hung loop stops them, and systemd restarts us)
+    carrying the queue depth as STATUS."""
+    try:
+        await asyncio.wait_for(scheduler.reconciled.wait(), READY_WAIT_SECONDS)
+        status = "STATUS=serving"
+    except TimeoutError:
+        status = "STATUS=serving; the Docker engine does not answer yet"
+        log.warning("the queue is not reconciled yet (engine down?); telling systemd we are "
+                    "ready anyway")
+    notify("READY=1", status)
+    interval = watchdog_interval() or 30.0
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            queue = await store.count_active()
+            status = f"STATUS=serving; {queue['pending']} pending, {queue['running']} running"
+        except Exception:  # the ping itself must not depend on the database
+            status = "STATUS=serving"
+        notify("WATCHDOG=1", status)
 
 
 async def _until_stopped() -> None:

@@ -191,15 +191,17 @@ class Engine:
                         data["Error"]["Message"])
         return int(data["StatusCode"])
 
-    async def stop(self, container_id: str, grace_seconds: float) -> None:
+    async def stop(self, container_id: str, grace_seconds: float) -> bool:
         """SIGTERM (whatever the image's STOPSIGNAL), then SIGKILL once the grace
-        period (which may be fractional) has passed; returns when it has exited."""
+        period (which may be fractional) has passed; returns when it has exited.
+        False when it was not running (already exited, or gone)."""
         if not await self._signal(container_id, "SIGTERM"):
-            return
+            return False
         try:
             await asyncio.wait_for(self.wait(container_id), grace_seconds)
         except TimeoutError:
             await self._signal(container_id, "SIGKILL")
+        return True
 
     async def _signal(self, container_id: str, signal: str) -> bool:
         """False when the container is not running (or gone) any more."""

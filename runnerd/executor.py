@@ -72,34 +72,45 @@ class Executor:
     async def execute(self, run: Run) -> Run:
         """A pending run, to its final status. Raises EngineUnavailable, leaving
         the run pending, when the engine does not answer before it started."""
-        if not await self._ensure_image(run):
-            return await self._current(run)
-        container_id = await self._create_and_start(run)
-        if container_id is None:
-            return await self._current(run)
-        return await self._follow(run, container_id)
+        try:
+            if not await self._ensure_image(run):
+                return await self._current(run)
+            container_id = await self._create_and_start(run)
+            if container_id is None:
+                return await self._current(run)
+            return await self._follow(run, container_id)
+        finally:
+            self._cancels.pop(run.id, None)
 
     async def recover(self, run: Run) -> Run:
         """A run the store has as `running` from before a restart: re-attach to its
         container, finalise it if it exited meanwhile, or mark it lost."""
-        return await self._follow(run, run.container_id or container_name(run.id))
+        try:
+            return await self._follow(run, run.container_id or container_name(run.id))
+        finally:
+            self._cancels.pop(run.id, None)
 
     async def stop_run(self, run_id: str, why: str) -> bool:
-        """Stop a watched run's container (SIGTERM, then SIGKILL after the grace);
-        its run ends `failed`/`canceled` with `why` as the error. False when this
-        executor is not watching the run."""
-        container_id = self._containers.get(run_id)
-        if container_id is None:
-            return False  # not started or not re-attached yet: the caller may retry
+        """Cancel an in-flight run: its container is stopped (SIGTERM, then SIGKILL
+        after the grace) and the run ends `failed`/`canceled` with `why` as the
+        error. True when the container was signalled now; False when the run is
+        not being watched yet (the cancel is kept and applied as soon as it is:
+        before its container starts, or right after) or had already exited (its
+        own result stands)."""
         first = run_id not in self._cancels
         self._cancels.setdefault(run_id, why)
+        container_id = self._containers.get(run_id)
+        if container_id is None:
+            return False
         try:
-            await self.engine.stop(container_id, self.stop_grace_seconds)
+            signalled = await self.engine.stop(container_id, self.stop_grace_seconds)
         except EngineError:
             if first:  # not stopped: the run must not be recorded as canceled
                 self._cancels.pop(run_id, None)
             raise
-        return True
+        if not signalled and first:
+            self._cancels.pop(run_id, None)
+        return signalled
 
     # -- steps ----------------------------------------------------------------
 
@@ -140,15 +151,19 @@ class Executor:
             await self._finish(run, exit_code=None, reason=FailureReason.START_FAILED,
                                error=f"{e}.")
             return None
+        if run.id in self._cancels:  # canceled while pulling or creating: never starts
+            await self._remove_quietly(container_id)
+            await self.store.cancel_pending(run.id, self._cancels[run.id])
+            return None
         try:
             metrics.run_started(await self.store.mark_running(run.id, container_id, now_ms()))
         except Conflict:
-            # Canceled while we were pulling or creating: it never starts.
+            # Canceled (through the store) while we were pulling or creating.
             await self._remove_quietly(container_id)
             return None
-        self._containers[run.id] = container_id  # a cancel from here on stops it
         try:
             await self.engine.start(container_id)
+            self._containers[run.id] = container_id  # a cancel from here on stops it
             if run.id in self._cancels:  # canceled between the store and the start
                 await self.engine.stop(container_id, self.stop_grace_seconds)
         except EngineUnavailable:
@@ -175,6 +190,11 @@ class Executor:
         writer = self.logs.writer(run.id)
         self._containers[run.id] = container_id
         try:
+            if run.id in self._cancels:  # canceled before we were watching
+                try:
+                    await self.engine.stop(container_id, self.stop_grace_seconds)
+                except EngineError as e:
+                    log.warning("run %s: could not stop it for its cancel: %s", run.id, e)
             while True:
                 try:
                     outcome = await self._watch(run, container_id, writer)
@@ -200,8 +220,8 @@ class Executor:
         elif timed_out:
             done = await self._finish(
                 run, exit_code=exit_code, reason=FailureReason.TIMEOUT,
-                error=f"The run exceeded its timeout of {run.timeout_seconds} seconds "
-                      "and was stopped.")
+                error=f"The run exceeded its timeout of {run.timeout_seconds} "
+                      f"second{'s' if run.timeout_seconds != 1 else ''} and was stopped.")
         elif exit_code != 0:
             done = await self._finish(run, exit_code=exit_code, reason=FailureReason.NONZERO_EXIT,
                                       error=f"The command exited with code {exit_code}.")
@@ -289,7 +309,6 @@ class Executor:
             return await self._current(run)  # someone else completed it (e.g. cancel)
         log.info("run %s %s (exit code %s%s)", run.id, status.value, exit_code,
                  f", {reason.value}" if reason else "")
-        metrics.run_completed(done)
         return done
 
     async def _current(self, run: Run) -> Run:

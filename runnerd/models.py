@@ -64,6 +64,7 @@ class Runner:
     timeout_seconds: int
     instance_type: str  # slug into the config's instance types
     max_concurrent_runs: int | None  # None: only the daemon's limit; 1: never overlap
+    webhook_url: str | None  # POSTed to when a run completes
     created_at: int
     updated_at: int
 
@@ -103,6 +104,8 @@ class Run:
     completed_at: int | None
     created_at: int
     updated_at: int
+    webhook_url: str | None = None     # copied from the runner at trigger time
+    webhook_status: str | None = None  # None, "pending", "delivered" or "failed"
     seq: int = 0  # queue order; also the cursor for `before=` pages
 
 

@@ -18,8 +18,8 @@ import asyncio
 import logging
 from typing import Protocol
 
-from . import metrics
 from .engine import LABEL_DAEMON, LABEL_RUN, Engine, EngineError, EngineUnavailable
+from .executor import container_name
 from .models import ACTIVE_STATUSES, FailureReason, Run, Status
 from .store import Conflict, Store
 
@@ -67,8 +67,7 @@ class Scheduler:
         task = self._active.get(run_id)
         if task is None:
             return False
-        if not await self.executor.stop_run(run_id, why):
-            return False
+        await self.executor.stop_run(run_id, why)  # kept and applied if not watched yet
         try:
             await asyncio.wait_for(asyncio.shield(task), wait_seconds)
         except TimeoutError:
@@ -83,15 +82,36 @@ class Scheduler:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
             self._loop_task = None
-        if stop_runs and self._active:
-            why = "runnerd was shut down and stopped the run (on_shutdown = \"stop\")."
+        why = "runnerd was shut down and stopped the run (on_shutdown = \"stop\")."
+        in_flight = list(self._active)
+        if stop_runs and in_flight:
             await asyncio.gather(
-                *(self.cancel(run_id, why, grace_seconds + 10) for run_id in list(self._active)),
+                *(self.cancel(run_id, why, grace_seconds + 10) for run_id in in_flight),
                 return_exceptions=True)
         tasks = list(self._active.values())
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if stop_runs:
+            await self._stop_leftovers(in_flight, why)
+
+    async def _stop_leftovers(self, run_ids: list[str], why: str) -> None:
+        """Backstop for `stop`: a run still `running` after its task ended (it was
+        cut off mid-start) gets its container removed and is recorded canceled."""
+        for run_id in run_ids:
+            run = await self.store.get_run(run_id)
+            if run is None or run.status is not Status.RUNNING:
+                continue
+            if self.engine is not None:
+                try:
+                    await self.engine.remove(run.container_id or container_name(run_id))
+                except EngineError as e:
+                    log.warning("run %s: could not remove its container: %s", run_id, e)
+            try:
+                await self.store.finish_run(run_id, Status.FAILED, exit_code=None,
+                                            failure_reason=FailureReason.CANCELED, error=why)
+            except Conflict:
+                pass
 
     async def _loop(self) -> None:
         await self._reconcile_until_done()
@@ -145,10 +165,10 @@ class Scheduler:
         reason = FailureReason.START_FAILED if current.status is Status.PENDING \
             else FailureReason.LOST
         try:
-            metrics.run_completed(await self.store.finish_run(
+            await self.store.finish_run(
                 run.id, Status.FAILED, exit_code=None, failure_reason=reason,
                 error="runnerd hit an internal error running this run; "
-                      "the daemon's log has the details."))
+                      "the daemon's log has the details.")
         except Conflict:
             pass
 

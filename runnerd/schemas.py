@@ -12,6 +12,7 @@ import shlex
 import uuid
 from dataclasses import dataclass
 from datetime import tzinfo
+from urllib.parse import urlsplit
 from typing import Any
 
 from .config import Config
@@ -43,7 +44,9 @@ LOG_STREAMS = {"stdout": 1, "stderr": 2}
 LOG_STREAM_NAMES = {1: "stdout", 2: "stderr", 3: "stderr"}  # 3: runnerd's own notes
 
 RUNNER_FIELDS = ("name", "image_name", "image_tag", "run_command", "argv", "entrypoint",
-                 "timeout_seconds", "instance_type", "max_concurrent_runs", "env_variables")
+                 "timeout_seconds", "instance_type", "max_concurrent_runs", "webhook_url",
+                 "env_variables")
+WEBHOOK_URL_MAX = 2000
 RUNNER_MAX_CONCURRENT = 1000
 IDEMPOTENCY_KEY_MAX = 255
 
@@ -233,6 +236,20 @@ def parse_runner(body: Any, config: Config, *, partial: bool) -> tuple[dict[str,
         elif (limit := c.integer("max_concurrent_runs", limit, 1,
                                  RUNNER_MAX_CONCURRENT)) is not None:
             out["max_concurrent_runs"] = limit
+    if given("webhook_url") or not partial:
+        url = c.text("webhook_url", data.get("webhook_url"), min_len=1, max_len=WEBHOOK_URL_MAX,
+                     nullable=True)
+        if url is not None:
+            problem = _webhook_url_problem(url)
+            if problem:
+                c.fail(f"webhook_url {problem}")
+            elif config.webhooks.secret is None:
+                c.fail("webhook_url needs [webhooks] secret in the daemon's config, to sign "
+                       "deliveries")
+            else:
+                out["webhook_url"] = url
+        elif data.get("webhook_url") is None:
+            out["webhook_url"] = None
     env: list[tuple[str, str]] | None = None
     if given("env_variables"):
         env = _env_list(c, data["env_variables"], "env_variables")
@@ -240,6 +257,21 @@ def parse_runner(body: Any, config: Config, *, partial: bool) -> tuple[dict[str,
         env = []
     c.done()
     return out, env
+
+
+def _webhook_url_problem(url: str) -> str | None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        return "is not a valid URL"
+    if parts.scheme not in ("http", "https"):
+        return "must be an http:// or https:// URL"
+    if not parts.hostname:
+        return "must name a host"
+    if any(ch.isspace() or ord(ch) < 32 for ch in url):
+        return "must not contain spaces or control characters"
+    return None
 
 
 def check_command_exclusive(run_command: str | None, argv: list[str] | None) -> None:
@@ -512,6 +544,7 @@ def runner_json(runner: Runner, config: Config) -> dict[str, Any]:
         "entrypoint": runner.entrypoint,
         "timeout_seconds": runner.timeout_seconds,
         "max_concurrent_runs": runner.max_concurrent_runs,
+        "webhook_url": runner.webhook_url,
         "instance_type": {
             "slug": runner.instance_type,
             "name": itype.name if itype else None,
@@ -560,4 +593,5 @@ def run_json(run: Run, tz: tzinfo) -> dict[str, Any]:
         "entrypoint": run.entrypoint,
         "failure_reason": run.failure_reason.value if run.failure_reason else None,
         "error": run.error,
+        "webhook_status": run.webhook_status,
     }

@@ -13,7 +13,7 @@ import sqlite3
 import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterable
+from typing import Any, AsyncIterator, Callable, Iterable
 
 import aiosqlite
 
@@ -21,7 +21,7 @@ from .models import (
     ACTIVE_STATUSES, ApiKey, EnvVariable, FailureReason, Run, Runner, Scope, Status, now_ms,
 )
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -95,10 +95,23 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE UNIQUE INDEX runs_idempotency ON runs (runner_id, idempotency_key)"
         " WHERE idempotency_key IS NOT NULL",
     ],
+    3: [
+        "ALTER TABLE runners ADD COLUMN webhook_url TEXT",
+        "ALTER TABLE runs ADD COLUMN webhook_url TEXT",
+        # NULL: no webhook; 'pending' (to deliver), 'delivered' or 'failed'
+        "ALTER TABLE runs ADD COLUMN webhook_status TEXT",
+        "CREATE INDEX runs_webhook_pending ON runs (completed_at)"
+        " WHERE webhook_status = 'pending'",
+        "CREATE INDEX runs_completed ON runs (completed_at)"
+        " WHERE status IN ('succeeded', 'failed')",
+    ],
 }
+# Setting a completed run's webhook status: 'pending' when it has a webhook.
+_WEBHOOK_ON_COMPLETION = ("webhook_status = CASE WHEN webhook_url IS NOT NULL"
+                          " THEN 'pending' END")
 
 RUNNER_COLUMNS = ("name", "image_name", "image_tag", "run_command", "argv", "entrypoint",
-                  "timeout_seconds", "instance_type", "max_concurrent_runs")
+                  "timeout_seconds", "instance_type", "max_concurrent_runs", "webhook_url")
 
 IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
 
@@ -120,6 +133,8 @@ class Store:
         self.path = path
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
+        # Called with each run that reached its final status, after the commit.
+        self.on_run_completed: list[Callable[[Run], None]] = []
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -371,13 +386,14 @@ class Store:
             cur = await db.execute(
                 "INSERT INTO runs (id, runner_id, status, image, command, argv, entrypoint,"
                 " env, timeout_seconds, instance_type, cpu, mem, pids, idempotency_key,"
-                " created_at, updated_at)"
-                " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " webhook_url, created_at, updated_at)"
+                " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (runner_id, idempotency_key)"
                 " WHERE idempotency_key IS NOT NULL DO NOTHING",
                 (run_id, runner.id, runner.image, runner.run_command, _json_or_null(runner.argv),
                  runner.entrypoint, json.dumps(env), runner.timeout_seconds,
-                 runner.instance_type, cpu, mem, pids, idempotency_key, now, now))
+                 runner.instance_type, cpu, mem, pids, idempotency_key, runner.webhook_url,
+                 now, now))
             created = cur.rowcount == 1
             if not created:
                 async with db.execute(
@@ -436,11 +452,15 @@ class Store:
         async with self._tx() as db:
             cur = await db.execute(
                 "UPDATE runs SET status = 'failed', failure_reason = 'canceled', error = ?,"
-                " completed_at = ?, updated_at = ? WHERE id = ? AND status = 'pending'",
+                f" completed_at = ?, updated_at = ?, {_WEBHOOK_ON_COMPLETION}"
+                " WHERE id = ? AND status = 'pending'",
                 (error, now, now, run_id))
             if cur.rowcount == 0:
                 return None
-        return await self.get_run(run_id)
+        run = await self.get_run(run_id)
+        assert run is not None
+        self._completed(run)
+        return run
 
     async def mark_running(self, run_id: str, container_id: str, started_at: int) -> Run:
         async with self._tx() as db:
@@ -463,7 +483,8 @@ class Store:
         async with self._tx() as db:
             cur = await db.execute(
                 "UPDATE runs SET status = ?, exit_code = ?, failure_reason = ?, error = ?,"
-                " completed_at = ?, updated_at = ? WHERE id = ? AND status IN (?, ?)",
+                f" completed_at = ?, updated_at = ?, {_WEBHOOK_ON_COMPLETION}"
+                " WHERE id = ? AND status IN (?, ?)",
                 (status.value, exit_code, failure_reason.value if failure_reason else None,
                  error, completed_at, completed_at, run_id,
                  *[s.value for s in ACTIVE_STATUSES]))
@@ -471,7 +492,55 @@ class Store:
                 raise Conflict(f"run {run_id} has already completed")
         run = await self.get_run(run_id)
         assert run is not None
+        self._completed(run)
         return run
+
+    def _completed(self, run: Run) -> None:
+        for listener in self.on_run_completed:
+            listener(run)
+
+    # -- webhooks -------------------------------------------------------------
+
+    async def pending_webhooks(self, limit: int, exclude: list[str]) -> list[Run]:
+        """Completed runs whose webhook is still to be delivered, oldest first."""
+        marks = ", ".join("?" for _ in exclude)
+        rows = await self._all(
+            f"SELECT * FROM runs WHERE webhook_status = 'pending' AND id NOT IN ({marks})"
+            " ORDER BY completed_at LIMIT ?", (*exclude, limit))
+        return [_run(r) for r in rows]
+
+    async def set_webhook_status(self, run_id: str, status: str) -> None:
+        async with self._tx() as db:
+            await db.execute("UPDATE runs SET webhook_status = ? WHERE id = ?", (status, run_id))
+
+    # -- retention --------------------------------------------------------------
+
+    async def delete_expired_runs(self, *, completed_before: int | None,
+                                  keep_per_runner: int | None, batch: int = 500) -> list[str]:
+        """Delete up to `batch` completed runs that are past either limit: completed
+        before `completed_before`, or beyond the newest `keep_per_runner` completed
+        runs of their runner. Pending and running runs are never touched."""
+        where = []
+        params: list[Any] = []
+        if completed_before is not None:
+            where.append("(status IN ('succeeded', 'failed') AND completed_at < ?)")
+            params.append(completed_before)
+        if keep_per_runner is not None:
+            where.append(
+                "id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER ("
+                "  PARTITION BY runner_id ORDER BY seq DESC) AS newer"
+                "  FROM runs WHERE status IN ('succeeded', 'failed')) WHERE newer > ?)")
+            params.append(keep_per_runner)
+        if not where:
+            return []
+        async with self._tx() as db:
+            async with db.execute(
+                    f"SELECT id FROM runs WHERE {' OR '.join(where)} LIMIT ?",
+                    (*params, batch)) as cur:
+                ids = [r[0] for r in await cur.fetchall()]
+            await db.executemany("DELETE FROM runs WHERE id = ? AND status IN"
+                                 " ('succeeded', 'failed')", [(i,) for i in ids])
+        return ids
 
     async def count_active(self) -> dict[str, int]:
         """How many runs are pending and running now."""
@@ -523,7 +592,8 @@ def _runner(row: sqlite3.Row) -> Runner:
         argv=json.loads(row["argv"]) if row["argv"] is not None else None,
         entrypoint=row["entrypoint"], timeout_seconds=row["timeout_seconds"],
         instance_type=row["instance_type"], max_concurrent_runs=row["max_concurrent_runs"],
-        created_at=row["created_at"], updated_at=row["updated_at"])
+        webhook_url=row["webhook_url"], created_at=row["created_at"],
+        updated_at=row["updated_at"])
 
 
 def _env(row: sqlite3.Row) -> EnvVariable:
@@ -543,4 +613,5 @@ def _run(row: sqlite3.Row) -> Run:
         failure_reason=FailureReason(row["failure_reason"]) if row["failure_reason"] else None,
         error=row["error"], container_id=row["container_id"], started_at=row["started_at"],
         completed_at=row["completed_at"], created_at=row["created_at"],
-        updated_at=row["updated_at"])
+        updated_at=row["updated_at"], webhook_url=row["webhook_url"],
+        webhook_status=row["webhook_status"])

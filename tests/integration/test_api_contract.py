@@ -213,7 +213,9 @@ async def test_bearer_key_and_bare_key_both_authenticate(api: Api) -> None:
 
 async def test_healthz_needs_no_key_and_answers_ok(api: Api) -> None:
     status, body = await api.get("/healthz", key="")
-    assert (status, body) == (200, {"status": "ok"})
+    assert (status, body["status"]) == (200, "ok"), body
+    assert body["engine"]["version"] and body["engine"]["api_version"], body
+    assert set(body["queue"]) == {"pending", "running"}, body
 
 
 async def test_read_key_can_get_everything_but_every_write_is_403(

@@ -134,7 +134,7 @@ async def test_engine_unreachable_healthz_503_triggers_stay_pending_and_run_when
     assert (await healthz(api))[0] == 503
 
     await proxy.start()
-    assert (await wait_health(api, 200)) == {"status": "ok"}
+    assert (await wait_health(api, 200))["status"] == "ok"
     # No manual step: the queue runs by itself.
     for i, run in enumerate(runs):
         done = await api.wait_done(runner["id"], run["id"], timeout=RECOVERY_DEADLINE)
@@ -351,9 +351,10 @@ async def test_cancel_while_engine_is_slow_starting_the_container_stops_it_once_
     cancel = asyncio.create_task(
         api.post(f"/v1/runners/{runner['id']}/runs/{run['id']}/cancel"))
 
-    async def signalled() -> bool:
-        return proxy.seen(r"/kill") >= 1 or cancel.done()
-    await wait_until(signalled, timeout=20, what="the cancel to reach the engine")
+    # The executor keeps the cancel while the start is held and applies it right
+    # after the container starts; give the request a moment to reach the daemon.
+    await asyncio.sleep(0.5)
+    assert not cancel.done()
     proxy.release()
     status, body = await cancel
     assert status == 200, (body, daemon_errors(daemon))
