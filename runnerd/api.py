@@ -11,7 +11,7 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from . import metrics, schemas
+from . import metrics, openapi, schemas
 from .auth import hash_secret, secret_from_header
 from .config import Config
 from .engine import Engine, EngineError
@@ -29,6 +29,7 @@ LOGS = web.AppKey("logs", LogStore)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 STOPPING = web.AppKey("stopping", asyncio.Event)  # set when the daemon begins to stop
 
+OPENAPI_PATH = "/v1/openapi.json"  # the one /v1 path that needs no key
 FOLLOW_RECHECK_SECONDS = 1.0  # a follower re-reads the run's status at least this often
 SLOW_CLIENT_SECONDS = 10.0    # a client that accepts no bytes this long is dropped
 
@@ -51,6 +52,7 @@ def make_app(config: Config, store: Store, engine: Engine, logs: LogStore,
     r = app.router
     r.add_get("/healthz", healthz)
     r.add_get("/metrics", metrics_endpoint)
+    r.add_get("/v1/openapi.json", openapi_document)
     r.add_get("/v1/runners", list_runners)
     r.add_post("/v1/runners", create_runner)
     r.add_get("/v1/runners/{runner_id}", get_runner)
@@ -98,7 +100,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith("/v1/") or request.path == "/v1":
+    if (request.path.startswith("/v1/") or request.path == "/v1") and \
+            request.path != OPENAPI_PATH:
         secret = secret_from_header(request.headers.get("Authorization"))
         key = await request.app[STORE].api_key_by_hash(hash_secret(secret)) if secret else None
         if key is None:
@@ -150,6 +153,10 @@ async def healthz(request: web.Request) -> web.Response:
         "engine": {"version": version.get("Version"), "api_version": version.get("ApiVersion")},
         "queue": queue,
     })
+
+
+async def openapi_document(request: web.Request) -> web.Response:
+    return web.json_response(openapi.document())
 
 
 async def metrics_endpoint(request: web.Request) -> web.Response:
