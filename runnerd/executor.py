@@ -198,11 +198,17 @@ class Executor:
             while True:
                 try:
                     outcome = await self._watch(run, container_id, writer)
+                    if outcome is not None:
+                        # The follow stream can end before the engine logged the very
+                        # last message; a plain read over the last moments catches it.
+                        writer = self._reopen(writer, run.id)
+                        await self._copy_output(run, container_id, writer, follow=False)
                     break
                 except EngineError as e:
                     log.warning("run %s: lost touch with the engine (%s); waiting for it",
                                 run.id, e)
                     await self._wait_for_engine()
+                    writer = self._reopen(writer, run.id)
         finally:
             self._containers.pop(run.id, None)
             writer.close()
@@ -257,9 +263,6 @@ class Executor:
                 await self.engine.stop(container_id, self.stop_grace_seconds)
                 exit_code = await self.engine.wait(container_id)
             await self._drain(run, output)
-            # The follow stream can end before the engine logged the very last
-            # message; a plain read from the last one we have catches it.
-            await self._copy_output(run, container_id, writer, follow=False)
             return exit_code, timed_out
         finally:
             if not output.done():
@@ -268,16 +271,22 @@ class Executor:
 
     async def _copy_output(self, run: Run, container_id: str, writer: LogWriter,
                            follow: bool = True) -> None:
-        writer.resume()
-        async for chunk in self.engine.output(container_id, since_ns=writer.last_ts_ns,
+        async for chunk in self.engine.output(container_id, since_ns=writer.since_ns,
                                               follow=follow):
-            if writer.seen(chunk.ts_ns):
+            if writer.seen(chunk.ts_ns, chunk.stream):
                 continue
             try:
                 writer.write(chunk.stream, chunk.ts_ns, chunk.data)
             except OSError as e:  # raised once (e.g. disk full); later output is dropped
                 log.error("run %s: cannot write its log %s: %s; dropping further output",
                           run.id, writer.path, e.strerror or e)
+
+    def _reopen(self, writer: LogWriter, run_id: str) -> LogWriter:
+        """A writer prepared to resume from what is on disk now (see LogWriter)."""
+        writer.close()
+        fresh = self.logs.writer(run_id)
+        fresh.failed = fresh.failed or writer.failed  # a write error is reported once
+        return fresh
 
     async def _drain(self, run: Run, output: asyncio.Task[None]) -> None:
         """The container has exited: let the rest of its output arrive."""

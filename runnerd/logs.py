@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import os
 import struct
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
@@ -30,6 +30,9 @@ STDERR = 2
 MARKER = 3  # written by runnerd itself (e.g. the log limit notice), shown as text
 HEADER = struct.Struct(">BqI")
 READ_CHUNK = 64 * 1024
+# stdout and stderr are timestamped by separate readers in the engine, so their
+# times may be slightly out of order; a resumed stream starts this much earlier.
+RESUME_MARGIN_NS = 2_000_000_000
 _MAX_RECORD = 16 * 1024 * 1024  # no engine message is near this: a sanity bound for cursors
 
 
@@ -196,10 +199,12 @@ class LogStore:
 class LogWriter:
     """Appends records for one run; flushed after every record so readers see it.
 
-    `last_ts_ns` and `records_at_last_ts` describe the newest record on disk: an
-    output stream resumed from that time repeats those records, and `seen()` says
-    which incoming chunks are such repeats. Past `max_bytes` of output one marker
-    line is written and the rest is dropped.
+    Opening a writer on an existing log prepares a resume: the engine's output is
+    read again from `since_ns` (a margin before the newest record on disk, since
+    stdout and stderr timestamps can be slightly out of order), and `seen()` tells
+    which of the repeated chunks are already on disk, by their exact (time,
+    stream). Past `max_bytes` of output one marker line is written and the rest
+    is dropped.
     """
 
     def __init__(self, path: Path, max_bytes: int,
@@ -207,44 +212,40 @@ class LogWriter:
         self.path = path
         self.max_bytes = max_bytes
         self._on_change = on_change
-        self.last_ts_ns = 0
-        self.records_at_last_ts = 0
+        self.since_ns = 0
         self.output_bytes = 0
         self.truncated = False
         self.failed = False
-        self._repeats_left = 0
+        self._on_disk: Counter[tuple[int, int]] = Counter()
         self.open_error: OSError | None = None
         try:
             self._f: BinaryIO | None = open(path, "a+b")
         except OSError as e:  # e.g. disk full: write() reports it, once, to the caller
             self._f, self.open_error = None, e
             return
-        self._f.seek(0)
         end = 0
-        for header in _headers(self._f):
-            stream, ts_ns, length, end = header
+        newest = 0
+        recent: deque[tuple[int, int]] = deque()
+        for stream, ts_ns, length, end in _headers(self._f):
             if stream == MARKER:
                 self.truncated = True
                 continue
             self.output_bytes += length
-            if ts_ns == self.last_ts_ns:
-                self.records_at_last_ts += 1
-            else:
-                self.last_ts_ns, self.records_at_last_ts = ts_ns, 1
+            newest = max(newest, ts_ns)
+            recent.append((ts_ns, stream))
+            while recent and recent[0][0] < newest - 2 * RESUME_MARGIN_NS:
+                recent.popleft()
         self._f.truncate(end)  # drop a torn record left by a crash
         self._f.seek(end)
-        self._repeats_left = self.records_at_last_ts
+        if newest:
+            self.since_ns = max(1, newest - RESUME_MARGIN_NS)
+            self._on_disk.update(r for r in recent if r[0] >= self.since_ns)
 
-    def resume(self) -> None:
-        """A new output stream starts from `last_ts_ns`: skip what it repeats."""
-        self._repeats_left = self.records_at_last_ts
-
-    def seen(self, ts_ns: int) -> bool:
-        """True for a chunk already on disk (when resuming from `last_ts_ns`)."""
-        if ts_ns < self.last_ts_ns:
-            return True
-        if ts_ns == self.last_ts_ns and self._repeats_left > 0:
-            self._repeats_left -= 1
+    def seen(self, ts_ns: int, stream: int) -> bool:
+        """True for a chunk of a resumed stream that is already on disk."""
+        key = (ts_ns, stream)
+        if self._on_disk.get(key, 0) > 0:
+            self._on_disk[key] -= 1
             return True
         return False
 
@@ -272,11 +273,6 @@ class LogWriter:
         self._f.flush()
         if self._on_change is not None:
             self._on_change()
-        if ts_ns == self.last_ts_ns:
-            self.records_at_last_ts += 1
-        else:
-            self.last_ts_ns, self.records_at_last_ts = ts_ns, 1
-        self._repeats_left = 0
 
     def close(self) -> None:
         if self._f is None or self._f.closed:

@@ -12,9 +12,11 @@ from typing import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import (
-    CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector,
+    CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector,
     ProcessCollector, generate_latest,
 )
+
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from .models import Run
 
@@ -49,7 +51,8 @@ HTTP_LATENCY = Histogram(
     "runnerd_http_request_duration_seconds", "HTTP request latency, by method and route.",
     ["method", "route"], registry=REGISTRY)
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+# The classic text format generate_latest() writes (and every Prometheus reads).
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 
 def run_started(run: Run) -> None:

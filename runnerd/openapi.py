@@ -17,7 +17,8 @@ from .models import FailureReason, Status
 
 JSON = "application/json"
 # `2026-01-15T10:01:00.000+01:00`: milliseconds and a UTC offset, always.
-TIME_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}[+-][0-9]{2}:[0-9]{2}$"
+TIME_PATTERN = (r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}"
+                r"[+-][0-9]{2}:[0-9]{2}$")
 NO_NUL = "^[^\\u0000]*$"  # no string the API takes may hold a NUL character
 WEBHOOK_STATUSES = ("pending", "delivered", "failed")
 WEBHOOK_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#]+([/?#]\S*)?$"
@@ -376,14 +377,22 @@ COMPONENT_SCHEMAS: dict[str, Any] = {
                                    description="Every problem found, each naming its field."),
     "Error": closed_all({"status": {"type": "integer", "minimum": 400, "maximum": 599},
                          "error": {"type": "string"}}),
-    "Health": obj({"status": {"const": "ok"}}, required=["status"], closed=False,
-                  description="The Docker engine answers. Further fields (the engine "
-                              "version, the queue depth) may be present."),
+    "QueueDepth": closed_all({"pending": {"type": "integer", "minimum": 0},
+                              "running": {"type": "integer", "minimum": 0}},
+                             description="How many runs are pending and running now."),
+    "Health": obj({"status": {"const": "ok"},
+                   "engine": obj({"version": {"type": ["string", "null"]},
+                                  "api_version": {"type": ["string", "null"]}},
+                                 closed=False, description="The Docker engine's version."),
+                   "queue": ref("QueueDepth")},
+                  required=["status"], closed=False,
+                  description="The Docker engine answers. More fields may be added."),
     "HealthUnavailable": obj({"status": {"const": "unavailable"},
-                              "error": {"type": "string"}},
+                              "error": {"type": "string"},
+                              "queue": ref("QueueDepth")},
                              required=["status", "error"], closed=False,
                              description="The Docker engine does not answer; `error` says "
-                                         "why."),
+                                         "why. More fields may be added."),
 }
 
 PARAMETERS: dict[str, Any] = {
@@ -450,11 +459,8 @@ def _paths() -> dict[str, Any]:
             description="No key needed.", security=[])},
         "/metrics": {"get": operation(
             "getMetrics", OPS, "Prometheus metrics",
-            {"200": {"description": "The metrics in Prometheus' text exposition format "
-                                    "(OpenMetrics when the scraper asks for it).",
-                     "content": {"text/plain": {"schema": {"type": "string"}},
-                                 "application/openmetrics-text": {
-                                     "schema": {"type": "string"}}}},
+            {"200": {"description": "The metrics in Prometheus' text exposition format.",
+                     "content": {"text/plain": {"schema": {"type": "string"}}}},
              **errors(401)},
             description="Runs by final status and failure_reason, runs pending and running, "
                         "run duration and queue wait histograms, image pulls, Docker API "

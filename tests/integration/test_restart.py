@@ -353,7 +353,9 @@ async def _mixed_workload_rounds(start_daemon: Callable[..., Daemon],
             canceled = [j for j in jobs if runs[j.run_id]["failure_reason"] == "canceled"]
             for job in canceled:
                 run = runs[job.run_id]
-                assert run["status"] == "failed" and run["exit_code"] is not None, \
+                # canceled before its container started: no exit code, no output
+                assert run["status"] == "failed" and (
+                    run["exit_code"] is not None or run["started_at"] is None), \
                     f"{job.kind} {run} {seed_note}"
                 assert job.output.startswith(logs[job.run_id]), \
                     f"{job.kind} run {job.run_id}: log {logs[job.run_id]!r} is not a prefix " \

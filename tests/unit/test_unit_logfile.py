@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from runnerd.logs import HEADER, MARKER, READ_CHUNK, STDERR, STDOUT, LogStore
+from runnerd.logs import HEADER, MARKER, READ_CHUNK, RESUME_MARGIN_NS, STDERR, STDOUT, LogStore
 
 RUN = "0b7c9a52-0000-4000-8000-000000000001"
 
@@ -208,18 +208,38 @@ def test_a_writer_reopening_a_log_cuts_off_a_torn_header(logs: LogStore) -> None
 
 
 def test_a_reopened_writer_knows_which_resumed_chunks_it_already_has(logs: LogStore) -> None:
-    write_records(logs, RUN, [(STDOUT, 5, b"a"), (STDOUT, 7, b"b"), (STDERR, 7, b"c")])
+    s = 1_000_000_000
+    base = 100 * s
+    write_records(logs, RUN, [(STDOUT, base, b"old"), (STDOUT, base + 5 * s, b"a"),
+                              (STDERR, base + 4 * s, b"late-stamped err"),
+                              (STDOUT, base + 7 * s, b"b"), (STDERR, base + 7 * s, b"c")])
     w = logs.writer(RUN)
     try:
-        assert (w.last_ts_ns, w.records_at_last_ts) == (7, 2)
-        # the engine resends from ts 7: both records at 7 are repeats, a third is new
-        assert w.seen(6) is True
-        assert w.seen(7) is True
-        assert w.seen(7) is True
-        assert w.seen(7) is False
-        assert w.seen(8) is False
+        # resumes a margin before the newest record: out-of-order stamps are covered
+        assert w.since_ns == base + 7 * s - RESUME_MARGIN_NS
+        # the engine resends from since_ns: what is on disk is recognised by (time,
+        # stream), each exactly once; anything else is new, whatever its time
+        assert w.seen(base + 5 * s, STDOUT) is True
+        assert w.seen(base + 7 * s, STDOUT) is True
+        assert w.seen(base + 7 * s, STDERR) is True
+        assert w.seen(base + 7 * s, STDERR) is False
+        assert w.seen(base + 6 * s, STDOUT) is False  # never written: new
+        assert w.seen(base + 8 * s, STDOUT) is False
     finally:
         w.close()
+
+
+def test_a_fresh_writer_treats_every_chunk_as_new_even_out_of_time_order(
+        logs: LogStore) -> None:
+    w = logs.writer(RUN)
+    try:
+        assert w.since_ns == 0
+        w.write(STDOUT, 10, b"later stamp first\n")
+        assert w.seen(9, STDERR) is False  # an earlier stamp arriving after is kept
+        w.write(STDERR, 9, b"earlier stamp second\n")
+    finally:
+        w.close()
+    assert read_all(logs, RUN) == b"later stamp first\nearlier stamp second\n"
 
 
 def test_output_past_the_limit_is_replaced_by_one_marker_and_then_dropped(
