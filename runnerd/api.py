@@ -14,9 +14,11 @@ from aiohttp import web
 from . import metrics, openapi, schemas
 from .auth import hash_secret, secret_from_header
 from .config import Config
-from .engine import Engine, EngineError
+from . import images
+from .engine import Engine, EngineError, EngineUnavailable
+from .executor import Executor
 from .logs import LogStore, Record
-from .models import TERMINAL_STATUSES, FailureReason, Run, Scope, Status
+from .models import TERMINAL_STATUSES, FailureReason, Run, Scope, Status, now_ms
 from .scheduler import Scheduler
 from .store import Conflict, NotFound, Store
 
@@ -27,6 +29,7 @@ STORE = web.AppKey("store", Store)
 ENGINE = web.AppKey("engine", Engine)
 LOGS = web.AppKey("logs", LogStore)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
+EXECUTOR = web.AppKey("executor", Executor)
 STOPPING = web.AppKey("stopping", asyncio.Event)  # set when the daemon begins to stop
 
 OPENAPI_PATH = "/v1/openapi.json"  # the one /v1 path that needs no key
@@ -39,7 +42,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def make_app(config: Config, store: Store, engine: Engine, logs: LogStore,
-             scheduler: Scheduler) -> web.Application:
+             scheduler: Scheduler, executor: Executor | None = None) -> web.Application:
     app = web.Application(middlewares=[metrics.http_middleware, errors_middleware,
                                        auth_middleware],
                           client_max_size=config.server.max_body_bytes)
@@ -48,6 +51,8 @@ def make_app(config: Config, store: Store, engine: Engine, logs: LogStore,
     app[ENGINE] = engine
     app[LOGS] = logs
     app[SCHEDULER] = scheduler
+    if executor is not None:
+        app[EXECUTOR] = executor
     app[STOPPING] = asyncio.Event()
     r = app.router
     r.add_get("/healthz", healthz)
@@ -67,6 +72,12 @@ def make_app(config: Config, store: Store, engine: Engine, logs: LogStore,
     r.add_get("/v1/runners/{runner_id}/runs/{run_id}", get_run)
     r.add_get("/v1/runners/{runner_id}/runs/{run_id}/logs", run_logs)
     r.add_post("/v1/runners/{runner_id}/runs/{run_id}/cancel", cancel_run)
+    r.add_post("/v1/runners/{runner_id}/warm", warm_runner)
+    r.add_get("/v1/container_registries", list_registries)
+    r.add_post("/v1/container_registries", create_registry)
+    r.add_get("/v1/container_registries/{registry_id}", get_registry)
+    r.add_patch("/v1/container_registries/{registry_id}", update_registry)
+    r.add_delete("/v1/container_registries/{registry_id}", delete_registry)
     return app
 
 
@@ -191,9 +202,16 @@ async def get_runner(request: web.Request) -> web.Response:
     return web.json_response({"runner": schemas.runner_json(runner, request.app[CONFIG])})
 
 
+async def _check_registry(request: web.Request, fields: dict[str, Any]) -> None:
+    registry_id = fields.get("container_registry_id")
+    if registry_id is not None and await request.app[STORE].get_registry(registry_id) is None:
+        raise schemas.Invalid([f"container_registry_id: no container registry {registry_id}"])
+
+
 async def create_runner(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     fields, env = schemas.parse_runner(await read_json(request), config, partial=False)
+    await _check_registry(request, fields)
     try:
         runner = await request.app[STORE].create_runner(fields, env or [])
     except Conflict as e:
@@ -208,6 +226,7 @@ async def update_runner(request: web.Request) -> web.Response:
     fields, env = schemas.parse_runner(await read_json(request), config, partial=True)
     schemas.check_command_exclusive(fields.get("run_command", runner.run_command),
                                     fields.get("argv", runner.argv))
+    await _check_registry(request, fields)
     try:
         runner = await request.app[STORE].update_runner(runner.id, fields, env)
     except NotFound:
@@ -297,11 +316,95 @@ async def trigger_run(request: web.Request) -> web.Response:
     idempotency_key = schemas.parse_idempotency_key(request.headers.get("Idempotency-Key"))
     env = schemas.merge_env(await store.list_env(runner.id), overrides)
     run, created = await store.create_run(runner, env, itype.cpu, itype.mem, itype.pids,
-                                          idempotency_key=idempotency_key)
+                                          idempotency_key=idempotency_key,
+                                          image=await _image_of(store, runner))
     if created:
         request.app[SCHEDULER].wake()
         log.info("run %s of runner %s queued", run.id, runner.id)
     return web.json_response({"run": schemas.run_json(run, config.tz)})
+
+
+async def _image_of(store: Store, runner: Any) -> str:
+    """The full reference to pull: under the runner's registry host, if it has one."""
+    host = None
+    if runner.container_registry_id is not None:
+        registry = await store.get_registry(runner.container_registry_id)
+        host = registry.host if registry is not None else None
+    return images.reference(runner.image_name, runner.image_tag, host)
+
+
+async def warm_runner(request: web.Request) -> web.Response:
+    """Pull the runner's image now (whatever its pull policy); 400 with the pull
+    error when that fails."""
+    store = request.app[STORE]
+    runner = await _runner_or_404(request)
+    ref = await _image_of(store, runner)
+    try:
+        await request.app[EXECUTOR].pull(ref, runner.container_registry_id)
+    except EngineUnavailable:
+        raise web.HTTPServiceUnavailable(reason="Docker Engine Unavailable") from None
+    except EngineError as e:
+        raise schemas.Invalid([f"image_name: {e}"]) from None
+    runner = await store.set_warmed(runner.id, now_ms())
+    log.info("runner %s warmed: image %s pulled", runner.id, ref)
+    return web.json_response({"runner": schemas.runner_json(runner, request.app[CONFIG])})
+
+
+# -- container registries -------------------------------------------------------------
+
+
+async def _registry_or_404(request: web.Request) -> Any:
+    registry = await request.app[STORE].get_registry(_id(request, "registry_id"))
+    if registry is None:
+        raise web.HTTPNotFound()
+    return registry
+
+
+async def list_registries(request: web.Request) -> web.Response:
+    tz = request.app[CONFIG].tz
+    registries = await request.app[STORE].list_registries()
+    return web.json_response({"container_registries": [
+        schemas.registry_json(r, tz) for r in registries]})
+
+
+async def get_registry(request: web.Request) -> web.Response:
+    registry = await _registry_or_404(request)
+    return web.json_response({"container_registry": schemas.registry_json(
+        registry, request.app[CONFIG].tz)})
+
+
+async def create_registry(request: web.Request) -> web.Response:
+    fields = schemas.parse_registry(await read_json(request), partial=False)
+    try:
+        registry = await request.app[STORE].create_registry(fields)
+    except Conflict as e:
+        raise schemas.Invalid([str(e)]) from None
+    log.info("container registry %s (%s) created", registry.id, registry.host)
+    return web.json_response({"container_registry": schemas.registry_json(
+        registry, request.app[CONFIG].tz)})
+
+
+async def update_registry(request: web.Request) -> web.Response:
+    registry = await _registry_or_404(request)
+    fields = schemas.parse_registry(await read_json(request), partial=True)
+    try:
+        registry = await request.app[STORE].update_registry(registry.id, fields)
+    except NotFound:
+        raise web.HTTPNotFound() from None
+    except Conflict as e:
+        raise schemas.Invalid([str(e)]) from None
+    return web.json_response({"container_registry": schemas.registry_json(
+        registry, request.app[CONFIG].tz)})
+
+
+async def delete_registry(request: web.Request) -> web.Response:
+    try:
+        await request.app[STORE].delete_registry(_id(request, "registry_id"))
+    except NotFound:
+        raise web.HTTPNotFound() from None
+    except Conflict:
+        raise web.HTTPConflict() from None
+    return web.json_response({"deleted": True})
 
 
 async def cancel_run(request: web.Request) -> web.Response:

@@ -16,7 +16,8 @@ from . import client
 from . import config as config_mod
 from .auth import hash_secret, new_secret
 from .models import Scope
-from .store import Conflict, Store
+from .crypto import SecretKeyError
+from .store import Conflict, Store, StoreError
 from .timefmt import format_ms
 
 SYSTEM_CONFIG = Path("/etc/runnerd/config.toml")
@@ -194,7 +195,7 @@ def _serve(args: argparse.Namespace, config: config_mod.Config) -> int:
     setup_logging()
     try:
         asyncio.run(serve(config))
-    except OSError as e:
+    except (OSError, SecretKeyError, StoreError) as e:
         logging.getLogger("runnerd").error("cannot start: %s", e)
         return 1
     return 0
@@ -202,11 +203,11 @@ def _serve(args: argparse.Namespace, config: config_mod.Config) -> int:
 
 def _with_store(config: config_mod.Config, action) -> int:  # type: ignore[no-untyped-def]
     async def run() -> int:
-        async with Store(config.storage.db_path) as store:
+        async with Store(config.storage.db_path, config.storage.secret_key_path) as store:
             return int(await action(store))
     try:
         return asyncio.run(run())
-    except OSError as e:
+    except (OSError, SecretKeyError, StoreError) as e:
         print(f"runnerd: cannot open the database in {config.storage.data_dir}: {e}",
               file=sys.stderr)
         return 1

@@ -63,6 +63,11 @@ class ServerConfig:
 class StorageConfig:
     data_dir: Path = field(default_factory=lambda: default_data_dir())
     max_log_bytes: int = 100 * 1024 * 1024  # per run; past it output is dropped
+    secret_key_file: Path | None = None  # None: <data_dir>/secret.key
+
+    @property
+    def secret_key_path(self) -> Path:
+        return self.secret_key_file or self.data_dir / "secret.key"
 
     @property
     def db_path(self) -> Path:
@@ -159,6 +164,7 @@ def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     storage = _section(data, "storage", StorageConfig, {
         "data_dir": lambda k, v: _path(k, v, base_dir),
         "max_log_bytes": lambda k, v: _int(k, v, 1024, 2**50),
+        "secret_key_file": lambda k, v: _path(k, v, base_dir),
     })
     docker = _section(data, "docker", DockerConfig, {
         "url": _docker_url,

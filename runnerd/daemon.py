@@ -30,7 +30,7 @@ READY_WAIT_SECONDS = 60.0  # READY=1 waits this long for the queue to be reconci
 async def serve(config: Config) -> None:
     logs = LogStore(config.storage.logs_dir, config.storage.max_log_bytes)
     logs.prepare()
-    store = Store(config.storage.db_path)
+    store = Store(config.storage.db_path, config.storage.secret_key_path)
     await store.open()
     engine = Engine(config.docker.url)
     app: web.Application | None = None
@@ -52,7 +52,7 @@ async def serve(config: Config) -> None:
                             stop_grace_seconds=config.docker.stop_grace_seconds)
         scheduler = Scheduler(store, executor, engine=engine, daemon_id=daemon_id,
                               max_concurrent_runs=config.scheduler.max_concurrent_runs)
-        app = make_app(config, store, engine, logs, scheduler)
+        app = make_app(config, store, engine, logs, scheduler, executor)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS,
                                handle_signals=False)
         await runner.setup()

@@ -21,6 +21,7 @@ import aiohttp
 from aiodocker.exceptions import DockerError
 
 from . import metrics
+from .images import auth_address
 
 log = logging.getLogger("runnerd.engine")
 
@@ -31,6 +32,7 @@ LABEL_RUNNER = "io.runnerd.runner"
 
 _FRAME = struct.Struct(">BxxxL")  # Docker's multiplexed stream: stream, size
 _QUICK = aiohttp.ClientTimeout(total=10)
+PROGRESS_LOG_SECONDS = 5.0
 _NO_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None)  # long streams
 
 
@@ -64,6 +66,16 @@ class ContainerSpec:
     pids: int
     network: str
     labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class RegistryCredentials:
+    host: str
+    username: str
+    password: str
+
+    def __repr__(self) -> str:  # never print the password
+        return f"RegistryCredentials(host={self.host!r}, username={self.username!r})"
 
 
 @dataclass
@@ -126,14 +138,35 @@ class Engine:
         except (aiohttp.ClientError, OSError) as e:
             raise _engine_error(e, f"could not inspect image {ref}", "inspect_image") from None
 
-    async def pull(self, ref: str) -> None:
-        log.info("pulling image %s", ref)
-        started = time.monotonic()
+    async def pull(self, ref: str, credentials: RegistryCredentials | None = None) -> None:
+        """Pull `ref` (with the registry's credentials, sent as X-Registry-Auth).
+        Progress goes to the log at most every PROGRESS_LOG_SECONDS; an error
+        names what the registry answered, never the credentials."""
+        log.info("pulling image %s%s", ref,
+                 f" as {credentials.username} from {credentials.host}" if credentials else "")
+        started = last_report = time.monotonic()
+        auth = None
+        if credentials is not None:
+            auth = {"username": credentials.username, "password": credentials.password,
+                    "serveraddress": auth_address(credentials.host)}
+        layers: dict[str, str] = {}
         try:
-            await self.docker.images.pull(ref, timeout=None)
+            async for event in self.docker.images.pull(ref, auth=auth, stream=True,
+                                                        timeout=None):
+                if event.get("id") and event.get("status"):
+                    layers[event["id"]] = event["status"]
+                if time.monotonic() - last_report >= PROGRESS_LOG_SECONDS:
+                    last_report = time.monotonic()
+                    done = sum(1 for s in layers.values()
+                               if s in ("Pull complete", "Already exists"))
+                    log.info("pulling image %s: %d of %d layers done", ref, done, len(layers))
         except (DockerError, aiohttp.ClientError, OSError) as e:
             metrics.image_pulled(ok=False)
-            raise _engine_error(e, f"could not pull image {ref}", "pull") from None
+            error = _engine_error(e, f"could not pull image {ref}", "pull")
+            if credentials is not None and credentials.password:
+                error = type(error)(str(error).replace(credentials.password, "***"),
+                                    error.status)
+            raise error from None
         metrics.image_pulled(ok=True)
         log.info("pulled image %s in %.1f s", ref, time.monotonic() - started)
 

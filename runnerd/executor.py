@@ -16,6 +16,7 @@ import time
 from . import metrics
 from .engine import (
     LABEL_DAEMON, LABEL_RUN, LABEL_RUNNER, ContainerSpec, Engine, EngineError, EngineUnavailable,
+    RegistryCredentials,
 )
 from .logs import LogStore, LogWriter
 from .models import FailureReason, Run, Status, now_ms
@@ -66,6 +67,7 @@ class Executor:
         self.engine_retry_seconds = engine_retry_seconds
         self._containers: dict[str, str] = {}  # run id -> container id, while watched
         self._cancels: dict[str, str] = {}     # run id -> why it is being stopped
+        self._pulls: dict[str, asyncio.Future[None]] = {}  # image ref -> the pull under way
 
     # -- entry points ---------------------------------------------------------
 
@@ -115,10 +117,15 @@ class Executor:
     # -- steps ----------------------------------------------------------------
 
     async def _ensure_image(self, run: Run) -> bool:
+        """Apply the run's pull policy; False (the run failed) when it cannot."""
         try:
-            if await self.engine.has_image(run.image):
+            policy = run.image_pull_policy
+            if policy != "always" and await self.engine.has_image(run.image):
                 return True
-            await self.engine.pull(run.image)
+            if policy == "never":
+                raise EngineError(f"image {run.image} is not present and the runner's "
+                                  "image_pull_policy is \"never\"")
+            await self.pull(run.image, run.container_registry_id)
             return True
         except EngineUnavailable:
             raise
@@ -127,6 +134,26 @@ class Executor:
             await self._finish(run, exit_code=None, reason=FailureReason.IMAGE_PULL_FAILED,
                                error=f"{e}.")
             return False
+
+    async def pull(self, ref: str, registry_id: str | None) -> None:
+        """Pull `ref` with the registry's credentials. Concurrent pulls of the same
+        reference share one: the engine is asked once, every caller gets the result."""
+        pulling = self._pulls.get(ref)
+        if pulling is None:
+            pulling = asyncio.ensure_future(self._pull(ref, registry_id))
+            self._pulls[ref] = pulling
+            pulling.add_done_callback(lambda _: self._pulls.pop(ref, None))
+        await asyncio.shield(pulling)
+
+    async def _pull(self, ref: str, registry_id: str | None) -> None:
+        credentials = None
+        if registry_id is not None:
+            found = await self.store.registry_credentials(registry_id)
+            if found is None:
+                raise EngineError(f"could not pull image {ref}: its container registry "
+                                  "was deleted")
+            credentials = RegistryCredentials(*found)
+        await self.engine.pull(ref, credentials)
 
     async def _create_and_start(self, run: Run) -> str | None:
         cmd, entrypoint = container_command(run)

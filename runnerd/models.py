@@ -65,6 +65,9 @@ class Runner:
     instance_type: str  # slug into the config's instance types
     max_concurrent_runs: int | None  # None: only the daemon's limit; 1: never overlap
     webhook_url: str | None  # POSTed to when a run completes
+    container_registry_id: str | None  # whose host and credentials pull the image
+    image_pull_policy: str | None  # if_not_present (None), always, never
+    warmed_at: int | None  # last POST …/warm that pulled the image
     created_at: int
     updated_at: int
 
@@ -106,7 +109,22 @@ class Run:
     updated_at: int
     webhook_url: str | None = None     # copied from the runner at trigger time
     webhook_status: str | None = None  # None, "pending", "delivered" or "failed"
+    container_registry_id: str | None = None
+    image_pull_policy: str = "if_not_present"
     seq: int = 0  # queue order; also the cursor for `before=` pages
+
+
+@dataclass
+class ContainerRegistry:
+    """A registry runnerd pulls from with credentials; the password never leaves
+    the store except to the engine."""
+
+    id: str
+    name: str
+    host: str
+    username: str
+    created_at: int
+    updated_at: int
 
 
 @dataclass

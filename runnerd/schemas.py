@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 from typing import Any
 
 from .config import Config
-from .models import EnvVariable, Run, Runner, Status
+from .models import ContainerRegistry, EnvVariable, Run, Runner, Status
 from .timefmt import format_ms
 
 ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -45,7 +45,10 @@ LOG_STREAM_NAMES = {1: "stdout", 2: "stderr", 3: "stderr"}  # 3: runnerd's own n
 
 RUNNER_FIELDS = ("name", "image_name", "image_tag", "run_command", "argv", "entrypoint",
                  "timeout_seconds", "instance_type", "max_concurrent_runs", "webhook_url",
-                 "env_variables")
+                 "container_registry_id", "image_pull_policy", "env_variables")
+PULL_POLICIES = ("if_not_present", "always", "never")
+REGISTRY_FIELDS = ("name", "host", "username", "password")
+REGISTRY_HOST = re.compile(rf"{_DOMAIN}\Z")
 WEBHOOK_URL_MAX = 2000
 RUNNER_MAX_CONCURRENT = 1000
 IDEMPOTENCY_KEY_MAX = 255
@@ -250,6 +253,22 @@ def parse_runner(body: Any, config: Config, *, partial: bool) -> tuple[dict[str,
                 out["webhook_url"] = url
         elif data.get("webhook_url") is None:
             out["webhook_url"] = None
+    if given("container_registry_id") or not partial:
+        registry_id = data.get("container_registry_id")
+        if registry_id is None:
+            out["container_registry_id"] = None
+        elif not isinstance(registry_id, str) or not is_uuid(registry_id):
+            c.fail("container_registry_id must be the id (a UUID) of a container registry, "
+                   "or null")
+        else:
+            out["container_registry_id"] = registry_id.lower()
+    if given("image_pull_policy") or not partial:
+        policy = data.get("image_pull_policy", "if_not_present")
+        if policy not in PULL_POLICIES:
+            c.fail(f"image_pull_policy must be one of {', '.join(PULL_POLICIES)}, "
+                   f"got {policy!r}"[:200])
+        else:
+            out["image_pull_policy"] = policy
     env: list[tuple[str, str]] | None = None
     if given("env_variables"):
         env = _env_list(c, data["env_variables"], "env_variables")
@@ -339,6 +358,44 @@ def _env_key(c: _Checker, value: Any, field: str) -> str | None:
                "not starting with a digit")
         return None
     return key
+
+
+def parse_registry(body: Any, *, partial: bool) -> dict[str, str]:
+    """A container registry create (`partial=False`) or PATCH body."""
+    c = _Checker()
+    data = c.object(body, REGISTRY_FIELDS)
+    out: dict[str, str] = {}
+    limits = {"name": (NAME_LEN[0], NAME_LEN[1]), "host": (1, 255), "username": (1, 255),
+              "password": (1, 4096)}
+    for field in REGISTRY_FIELDS:
+        if field not in data:
+            if not partial:
+                c.fail(f"{field} is required")
+            continue
+        value = c.text(field, data[field], min_len=limits[field][0], max_len=limits[field][1])
+        if value is None:
+            continue
+        if field == "host" and not REGISTRY_HOST.match(value):
+            c.fail(f"host must be a registry host such as 'registry.example.com:5000' or "
+                   f"'ghcr.io' (no scheme, no path), got {value[:100]!r}")
+            continue
+        out[field] = value
+    if partial and not data and not c.errors:
+        c.fail("body must set at least one of " + ", ".join(REGISTRY_FIELDS))
+    c.done()
+    return out
+
+
+def registry_json(registry: ContainerRegistry, tz: tzinfo) -> dict[str, Any]:
+    """Never the password."""
+    return {
+        "id": registry.id,
+        "name": registry.name,
+        "host": registry.host,
+        "username": registry.username,
+        "created_at": format_ms(registry.created_at, tz),
+        "updated_at": format_ms(registry.updated_at, tz),
+    }
 
 
 def parse_env_variable(body: Any, *, partial: bool) -> dict[str, str]:
@@ -545,6 +602,9 @@ def runner_json(runner: Runner, config: Config) -> dict[str, Any]:
         "timeout_seconds": runner.timeout_seconds,
         "max_concurrent_runs": runner.max_concurrent_runs,
         "webhook_url": runner.webhook_url,
+        "container_registry_id": runner.container_registry_id,
+        "image_pull_policy": runner.image_pull_policy or "if_not_present",
+        "warmed_at": format_ms(runner.warmed_at, tz),
         "instance_type": {
             "slug": runner.instance_type,
             "name": itype.name if itype else None,

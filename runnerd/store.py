@@ -17,11 +17,14 @@ from typing import Any, AsyncIterator, Callable, Iterable
 
 import aiosqlite
 
+from .crypto import PREFIX as CRYPTO_PREFIX
+from .crypto import SecretBox, SecretKeyError, load_key
+
 from .models import (
-    ACTIVE_STATUSES, ApiKey, EnvVariable, FailureReason, Run, Runner, Scope, Status, now_ms,
+    ACTIVE_STATUSES, ApiKey, ContainerRegistry, EnvVariable, FailureReason, Run, Runner, Scope, Status, now_ms,
 )
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -105,13 +108,26 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX runs_completed ON runs (completed_at)"
         " WHERE status IN ('succeeded', 'failed')",
     ],
+    4: [
+        "CREATE TABLE container_registries ("
+        " id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, host TEXT NOT NULL,"
+        " username TEXT NOT NULL, password TEXT NOT NULL,"  # password: encrypted
+        " created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL)",
+        "ALTER TABLE runners ADD COLUMN container_registry_id TEXT"
+        " REFERENCES container_registries (id)",
+        "ALTER TABLE runners ADD COLUMN image_pull_policy TEXT",
+        "ALTER TABLE runners ADD COLUMN warmed_at INTEGER",
+        "ALTER TABLE runs ADD COLUMN container_registry_id TEXT",
+        "ALTER TABLE runs ADD COLUMN image_pull_policy TEXT",
+    ],
 }
 # Setting a completed run's webhook status: 'pending' when it has a webhook.
 _WEBHOOK_ON_COMPLETION = ("webhook_status = CASE WHEN webhook_url IS NOT NULL"
                           " THEN 'pending' END")
 
 RUNNER_COLUMNS = ("name", "image_name", "image_tag", "run_command", "argv", "entrypoint",
-                  "timeout_seconds", "instance_type", "max_concurrent_runs", "webhook_url")
+                  "timeout_seconds", "instance_type", "max_concurrent_runs", "webhook_url",
+                  "container_registry_id", "image_pull_policy")
 
 IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
 
@@ -129,8 +145,10 @@ class Conflict(StoreError):
 
 
 class Store:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, secret_key_file: Path | None = None) -> None:
         self.path = path
+        self.secret_key_file = secret_key_file or path.parent / "secret.key"
+        self._box: SecretBox | None = None
         self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
         # Called with each run that reached its final status, after the commit.
@@ -168,9 +186,42 @@ class Store:
                 await db.execute(
                     "INSERT OR IGNORE INTO meta (key, value) VALUES ('daemon_id', ?)",
                     (str(uuid.uuid4()),))
+            await self._open_secrets()
         except BaseException:
             await self.close()
             raise
+
+    @property
+    def box(self) -> SecretBox:
+        assert self._box is not None, "store is not open"
+        return self._box
+
+    async def _open_secrets(self) -> None:
+        """Load the secret key; on first use make it and encrypt what was stored in
+        plain text before; refuse a key that is not this database's."""
+        row = await self._one("SELECT value FROM meta WHERE key = 'secret_check'")
+        box = SecretBox(load_key(self.secret_key_file, create=row is None))
+        if row is not None:
+            if not box.matches(row["value"]):
+                raise SecretKeyError(
+                    f"the secret key in {self.secret_key_file} is not the key this database "
+                    "was encrypted with; restore the original key file from your backup")
+            self._box = box
+            return
+        async with self._tx() as db:
+            async with db.execute("SELECT id, env_val FROM runner_env_variables") as cur:
+                env_rows = list(await cur.fetchall())
+            await db.executemany(
+                "UPDATE runner_env_variables SET env_val = ? WHERE id = ?",
+                [(box.encrypt(v), i) for i, v in env_rows if not v.startswith(CRYPTO_PREFIX)])
+            async with db.execute("SELECT id, env FROM runs") as cur:
+                run_rows = list(await cur.fetchall())
+            await db.executemany(
+                "UPDATE runs SET env = ? WHERE id = ?",
+                [(box.encrypt(v), i) for i, v in run_rows if not v.startswith(CRYPTO_PREFIX)])
+            await db.execute("INSERT INTO meta (key, value) VALUES ('secret_check', ?)",
+                             (box.check_value(),))
+        self._box = box
 
     async def close(self) -> None:
         if self._db is not None:
@@ -253,7 +304,7 @@ class Store:
                     f"INSERT INTO runners (id, {', '.join(RUNNER_COLUMNS)}, created_at, updated_at)"
                     f" VALUES (?, {', '.join('?' for _ in RUNNER_COLUMNS)}, ?, ?)",
                     (runner_id, *values, now, now))
-                await _insert_env(db, runner_id, env, now)
+                await _insert_env(db, self.box, runner_id, env, now)
         except sqlite3.IntegrityError:
             raise Conflict(f"name: a runner named {fields['name']!r} already exists") from None
         runner = await self.get_runner(runner_id)
@@ -284,7 +335,7 @@ class Store:
                 if env is not None:
                     await db.execute("DELETE FROM runner_env_variables WHERE runner_id = ?",
                                      (runner_id,))
-                    await _insert_env(db, runner_id, env, now)
+                    await _insert_env(db, self.box, runner_id, env, now)
         except sqlite3.IntegrityError:
             raise Conflict(f"name: a runner named {fields.get('name')!r} already exists") from None
         runner = await self.get_runner(runner_id)
@@ -316,13 +367,13 @@ class Store:
         rows = await self._all(
             "SELECT * FROM runner_env_variables WHERE runner_id = ? ORDER BY env_key",
             (runner_id,))
-        return [_env(r) for r in rows]
+        return [self._env_row(r) for r in rows]
 
     async def get_env(self, runner_id: str, env_id: str) -> EnvVariable | None:
         row = await self._one(
             "SELECT * FROM runner_env_variables WHERE runner_id = ? AND id = ?",
             (runner_id, env_id))
-        return _env(row) if row else None
+        return self._env_row(row) if row else None
 
     async def create_env(self, runner_id: str, env_key: str, env_val: str) -> EnvVariable:
         now = now_ms()
@@ -333,7 +384,7 @@ class Store:
                     "INSERT INTO runner_env_variables"
                     " (id, runner_id, env_key, env_val, created_at, updated_at)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
-                    (env_id, runner_id, env_key, env_val, now, now))
+                    (env_id, runner_id, env_key, self.box.encrypt(env_val), now, now))
         except sqlite3.IntegrityError:
             raise Conflict(f"env_key: {env_key!r} is already set on this runner") from None
         env = await self.get_env(runner_id, env_id)
@@ -348,7 +399,8 @@ class Store:
                 cur = await db.execute(
                     f"UPDATE runner_env_variables SET {sets}updated_at = ?"
                     " WHERE runner_id = ? AND id = ?",
-                    (*[fields[c] for c in columns], now_ms(), runner_id, env_id))
+                    (*[self.box.encrypt(fields[c]) if c == "env_val" else fields[c]
+                       for c in columns], now_ms(), runner_id, env_id))
                 if cur.rowcount == 0:
                     raise NotFound(env_id)
         except sqlite3.IntegrityError:
@@ -368,8 +420,8 @@ class Store:
     # -- runs ---------------------------------------------------------------
 
     async def create_run(self, runner: Runner, env: list[tuple[str, str]], cpu: float,
-                         mem: int, pids: int, idempotency_key: str | None = None
-                         ) -> tuple[Run, bool]:
+                         mem: int, pids: int, idempotency_key: str | None = None,
+                         image: str | None = None) -> tuple[Run, bool]:
         """Queue a run of `runner` with the merged `env` and the instance type's
         limits; (run, True). With an `idempotency_key` already used for this runner
         in the last 24 hours: (that first run, False) and nothing is queued. The
@@ -386,13 +438,15 @@ class Store:
             cur = await db.execute(
                 "INSERT INTO runs (id, runner_id, status, image, command, argv, entrypoint,"
                 " env, timeout_seconds, instance_type, cpu, mem, pids, idempotency_key,"
-                " webhook_url, created_at, updated_at)"
-                " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " webhook_url, container_registry_id, image_pull_policy, created_at, updated_at)"
+                " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (runner_id, idempotency_key)"
                 " WHERE idempotency_key IS NOT NULL DO NOTHING",
-                (run_id, runner.id, runner.image, runner.run_command, _json_or_null(runner.argv),
-                 runner.entrypoint, json.dumps(env), runner.timeout_seconds,
+                (run_id, runner.id, image or runner.image, runner.run_command,
+                 _json_or_null(runner.argv),
+                 runner.entrypoint, self.box.encrypt(json.dumps(env)), runner.timeout_seconds,
                  runner.instance_type, cpu, mem, pids, idempotency_key, runner.webhook_url,
+                 runner.container_registry_id, runner.image_pull_policy or "if_not_present",
                  now, now))
             created = cur.rowcount == 1
             if not created:
@@ -412,7 +466,7 @@ class Store:
         else:
             row = await self._one("SELECT * FROM runs WHERE id = ? AND runner_id = ?",
                                   (run_id, runner_id))
-        return _run(row) if row else None
+        return self._run_row(row) if row else None
 
     async def list_runs(self, runner_id: str, *, limit: int, status: Status | None = None,
                         before: str | None = None) -> list[Run]:
@@ -428,7 +482,7 @@ class Store:
         rows = await self._all(
             f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?",
             (*params, limit))
-        return [_run(r) for r in rows]
+        return [self._run_row(r) for r in rows]
 
     async def next_pending(self, in_flight: list[str] | None = None) -> Run | None:
         """The oldest pending run that may start now: not already in flight (held by
@@ -444,7 +498,7 @@ class Store:
             f"  AND (x.status = 'running' OR x.id IN ({marks}))))"
             " ORDER BY r.seq LIMIT 1",
             [*in_flight, *in_flight])
-        return _run(row) if row else None
+        return self._run_row(row) if row else None
 
     async def cancel_pending(self, run_id: str, error: str) -> Run | None:
         """Pending → failed/canceled at once; None when it is no longer pending."""
@@ -495,9 +549,90 @@ class Store:
         self._completed(run)
         return run
 
+    def _run_row(self, row: sqlite3.Row) -> Run:
+        return _run(row, self.box)
+
+    def _env_row(self, row: sqlite3.Row) -> EnvVariable:
+        return _env(row, self.box)
+
     def _completed(self, run: Run) -> None:
         for listener in self.on_run_completed:
             listener(run)
+
+    # -- container registries ---------------------------------------------------
+
+    async def create_registry(self, fields: dict[str, str]) -> ContainerRegistry:
+        now = now_ms()
+        registry_id = str(uuid.uuid4())
+        try:
+            async with self._tx() as db:
+                await db.execute(
+                    "INSERT INTO container_registries (id, name, host, username, password,"
+                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (registry_id, fields["name"], fields["host"], fields["username"],
+                     self.box.encrypt(fields["password"]), now, now))
+        except sqlite3.IntegrityError:
+            raise Conflict(f"name: a container registry named {fields['name']!r} "
+                           "already exists") from None
+        registry = await self.get_registry(registry_id)
+        assert registry is not None
+        return registry
+
+    async def get_registry(self, registry_id: str) -> ContainerRegistry | None:
+        row = await self._one("SELECT * FROM container_registries WHERE id = ?", (registry_id,))
+        return _registry(row) if row else None
+
+    async def list_registries(self) -> list[ContainerRegistry]:
+        rows = await self._all("SELECT * FROM container_registries ORDER BY created_at, name")
+        return [_registry(r) for r in rows]
+
+    async def registry_credentials(self, registry_id: str) -> tuple[str, str, str] | None:
+        """(host, username, password) for a pull; the only way the password leaves."""
+        row = await self._one("SELECT host, username, password FROM container_registries"
+                              " WHERE id = ?", (registry_id,))
+        if row is None:
+            return None
+        return row["host"], row["username"], self.box.decrypt(row["password"])
+
+    async def update_registry(self, registry_id: str, fields: dict[str, str]) -> ContainerRegistry:
+        columns = [c for c in ("name", "host", "username", "password") if c in fields]
+        values = [self.box.encrypt(fields[c]) if c == "password" else fields[c] for c in columns]
+        try:
+            async with self._tx() as db:
+                sets = "".join(f"{c} = ?, " for c in columns)
+                cur = await db.execute(
+                    f"UPDATE container_registries SET {sets}updated_at = ? WHERE id = ?",
+                    (*values, now_ms(), registry_id))
+                if cur.rowcount == 0:
+                    raise NotFound(registry_id)
+        except sqlite3.IntegrityError:
+            raise Conflict(f"name: a container registry named {fields.get('name')!r} "
+                           "already exists") from None
+        registry = await self.get_registry(registry_id)
+        assert registry is not None
+        return registry
+
+    async def delete_registry(self, registry_id: str) -> None:
+        """Refused (Conflict) while a runner uses it."""
+        async with self._tx() as db:
+            async with db.execute("SELECT count(*) FROM runners WHERE container_registry_id = ?",
+                                  (registry_id,)) as cur:
+                row = await cur.fetchone()
+                if row is not None and row[0] > 0:
+                    raise Conflict("the container registry is used by a runner")
+            cur2 = await db.execute("DELETE FROM container_registries WHERE id = ?",
+                                    (registry_id,))
+            if cur2.rowcount == 0:
+                raise NotFound(registry_id)
+
+    async def set_warmed(self, runner_id: str, warmed_at: int) -> Runner:
+        async with self._tx() as db:
+            await db.execute("UPDATE runners SET warmed_at = ? WHERE id = ?",
+                             (warmed_at, runner_id))
+        runner = await self.get_runner(runner_id)
+        if runner is None:
+            raise NotFound(runner_id)
+        return runner
 
     # -- webhooks -------------------------------------------------------------
 
@@ -507,7 +642,7 @@ class Store:
         rows = await self._all(
             f"SELECT * FROM runs WHERE webhook_status = 'pending' AND id NOT IN ({marks})"
             " ORDER BY completed_at LIMIT ?", (*exclude, limit))
-        return [_run(r) for r in rows]
+        return [self._run_row(r) for r in rows]
 
     async def set_webhook_status(self, run_id: str, status: str) -> None:
         async with self._tx() as db:
@@ -554,7 +689,7 @@ class Store:
     async def runs_with_status(self, status: Status) -> list[Run]:
         rows = await self._all("SELECT * FROM runs WHERE status = ? ORDER BY seq",
                                (status.value,))
-        return [_run(r) for r in rows]
+        return [self._run_row(r) for r in rows]
 
 
 # -- rows → models --------------------------------------------------------------
@@ -564,12 +699,12 @@ def _statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
 
 
-async def _insert_env(db: aiosqlite.Connection, runner_id: str,
+async def _insert_env(db: aiosqlite.Connection, box: SecretBox, runner_id: str,
                       env: list[tuple[str, str]], now: int) -> None:
     await db.executemany(
         "INSERT INTO runner_env_variables (id, runner_id, env_key, env_val, created_at,"
         " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-        [(str(uuid.uuid4()), runner_id, k, v, now, now) for k, v in env])
+        [(str(uuid.uuid4()), runner_id, k, box.encrypt(v), now, now) for k, v in env])
 
 
 def _json_or_null(value: Any) -> str | None:
@@ -585,6 +720,12 @@ def _api_key(row: sqlite3.Row) -> ApiKey:
                   created_at=row["created_at"], last_used_at=row["last_used_at"])
 
 
+def _registry(row: sqlite3.Row) -> ContainerRegistry:
+    return ContainerRegistry(id=row["id"], name=row["name"], host=row["host"],
+                             username=row["username"], created_at=row["created_at"],
+                             updated_at=row["updated_at"])
+
+
 def _runner(row: sqlite3.Row) -> Runner:
     return Runner(
         id=row["id"], name=row["name"], image_name=row["image_name"],
@@ -592,26 +733,29 @@ def _runner(row: sqlite3.Row) -> Runner:
         argv=json.loads(row["argv"]) if row["argv"] is not None else None,
         entrypoint=row["entrypoint"], timeout_seconds=row["timeout_seconds"],
         instance_type=row["instance_type"], max_concurrent_runs=row["max_concurrent_runs"],
-        webhook_url=row["webhook_url"], created_at=row["created_at"],
-        updated_at=row["updated_at"])
+        webhook_url=row["webhook_url"], container_registry_id=row["container_registry_id"],
+        image_pull_policy=row["image_pull_policy"], warmed_at=row["warmed_at"],
+        created_at=row["created_at"], updated_at=row["updated_at"])
 
 
-def _env(row: sqlite3.Row) -> EnvVariable:
+def _env(row: sqlite3.Row, box: SecretBox) -> EnvVariable:
     return EnvVariable(id=row["id"], runner_id=row["runner_id"], env_key=row["env_key"],
-                       env_val=row["env_val"], created_at=row["created_at"],
+                       env_val=box.decrypt(row["env_val"]), created_at=row["created_at"],
                        updated_at=row["updated_at"])
 
 
-def _run(row: sqlite3.Row) -> Run:
+def _run(row: sqlite3.Row, box: SecretBox) -> Run:
     return Run(
         seq=row["seq"], id=row["id"], runner_id=row["runner_id"], status=Status(row["status"]),
         image=row["image"], command=row["command"],
         argv=json.loads(row["argv"]) if row["argv"] is not None else None,
-        entrypoint=row["entrypoint"], env=[(k, v) for k, v in json.loads(row["env"])],
+        entrypoint=row["entrypoint"], env=[(k, v) for k, v in json.loads(box.decrypt(row["env"]))],
         timeout_seconds=row["timeout_seconds"], instance_type=row["instance_type"],
         cpu=row["cpu"], mem=row["mem"], pids=row["pids"], exit_code=row["exit_code"],
         failure_reason=FailureReason(row["failure_reason"]) if row["failure_reason"] else None,
         error=row["error"], container_id=row["container_id"], started_at=row["started_at"],
         completed_at=row["completed_at"], created_at=row["created_at"],
         updated_at=row["updated_at"], webhook_url=row["webhook_url"],
-        webhook_status=row["webhook_status"])
+        webhook_status=row["webhook_status"],
+        container_registry_id=row["container_registry_id"],
+        image_pull_policy=row["image_pull_policy"] or "if_not_present")

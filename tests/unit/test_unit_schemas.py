@@ -45,6 +45,7 @@ def test_parse_runner_fills_in_every_default_on_create() -> None:
         "name": "nightly", "image_name": "busybox", "image_tag": "latest", "run_command": None,
         "argv": None, "entrypoint": None, "timeout_seconds": 3600,
         "instance_type": "standard-s", "max_concurrent_runs": None, "webhook_url": None,
+        "container_registry_id": None, "image_pull_policy": "if_not_present",
     }
     assert env == []
 
@@ -67,7 +68,8 @@ def test_parse_runner_keeps_every_given_value() -> None:
             "env_variables": [{"env_key": "A", "env_val": "1"}, {"env_key": "_b2", "env_val": ""}]}
     out, env = parse_runner(body, CONFIG, partial=False)
     assert out == {k: v for k, v in body.items() if k != "env_variables"} | {
-        "run_command": None, "webhook_url": None}
+        "run_command": None, "webhook_url": None, "container_registry_id": None,
+        "image_pull_policy": "if_not_present"}
     assert env == [("A", "1"), ("_b2", "")]
 
 
