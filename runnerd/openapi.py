@@ -235,7 +235,27 @@ RUNNER_INPUT_PROPERTIES: dict[str, Any] = {
                                    "`X-Runnerd-Signature: sha256=<hex HMAC-SHA256 of the "
                                    "body>`. Needs `[webhooks] secret` in the daemon's config "
                                    "(without it a non-null value is a 400). Null: no webhook."},
+    "container_registry_id": {"type": ["string", "null"], "format": "uuid",
+                              "description": "A container registry whose host and "
+                                             "credentials pull the image; `image_name` may "
+                                             "then omit the host. An unknown id is a 400."},
+    "image_pull_policy": {"type": "string", "enum": list(schemas.PULL_POLICIES),
+                          "default": "if_not_present",
+                          "description": "`if_not_present`: pull only when the image is "
+                                         "missing; `always`: pull before every run; "
+                                         "`never`: fail (`image_pull_failed`) when missing."},
     "env_variables": ENV_VARIABLES_INPUT,
+}
+
+REGISTRY_HOST_SCHEMA = text(255, 1, pattern=_anchored(schemas.REGISTRY_HOST.pattern),
+                            description="e.g. `registry.example.com:5000` or `ghcr.io`; no "
+                                        "scheme, no path.")
+REGISTRY_INPUT_PROPERTIES: dict[str, Any] = {
+    "name": text(schemas.NAME_LEN[1], schemas.NAME_LEN[0], description="Unique."),
+    "host": REGISTRY_HOST_SCHEMA,
+    "username": text(255, 1),
+    "password": text(4096, 1, description="Stored encrypted; never shown again.",
+                     writeOnly=True),
 }
 
 RUN_DESCRIPTION = (
@@ -270,6 +290,9 @@ COMPONENT_SCHEMAS: dict[str, Any] = {
         "max_concurrent_runs": {"type": ["integer", "null"], "minimum": 1,
                                 "maximum": schemas.RUNNER_MAX_CONCURRENT},
         "webhook_url": {"type": ["string", "null"]},
+        "container_registry_id": {"type": ["string", "null"], "format": "uuid"},
+        "image_pull_policy": {"type": "string", "enum": list(schemas.PULL_POLICIES)},
+        "warmed_at": ref("NullableTimestamp"),
         "instance_type": ref("InstanceType"),
         "created_at": ref("Timestamp"),
         "updated_at": ref("Timestamp"),
@@ -364,6 +387,20 @@ COMPONENT_SCHEMAS: dict[str, Any] = {
                           "contentSchema": ref("Run")}}},
         ],
     },
+    "ContainerRegistry": closed_all({
+        "id": UUID,
+        "name": {"type": "string"},
+        "host": {"type": "string"},
+        "username": {"type": "string"},
+        "created_at": ref("Timestamp"),
+        "updated_at": ref("Timestamp"),
+    }, description="A registry runnerd pulls from with credentials. Never the password."),
+    "ContainerRegistryCreate": obj(REGISTRY_INPUT_PROPERTIES,
+                                   required=["name", "host", "username", "password"]),
+    "ContainerRegistryUpdate": obj(REGISTRY_INPUT_PROPERTIES, minProperties=1),
+    "ContainerRegistryResponse": closed_all({"container_registry": ref("ContainerRegistry")}),
+    "ContainerRegistryList": closed_all({"container_registries": {
+        "type": "array", "items": ref("ContainerRegistry")}}),
     "RunnerResponse": closed_all({"runner": ref("Runner")}),
     "RunnerList": closed_all({"runners": {"type": "array", "items": ref("Runner")}}),
     "EnvVariableResponse": closed_all({"env_variable": ref("EnvVariable")}),
@@ -402,6 +439,8 @@ PARAMETERS: dict[str, Any] = {
               "description": "A run's id; the run must belong to the runner."},
     "EnvId": {"name": "env_id", "in": "path", "required": True, "schema": UUID,
               "description": "An env variable's id; it must belong to the runner."},
+    "RegistryId": {"name": "registry_id", "in": "path", "required": True, "schema": UUID,
+                   "description": "A container registry's id."},
 }
 
 SECURITY_SCHEMES: dict[str, Any] = {
@@ -425,6 +464,7 @@ SECURITY_SCHEMES: dict[str, Any] = {
 RUNNERS = "runners"
 ENV = "env variables"
 RUNS = "runs"
+REGISTRIES = "container registries"
 OPS = "operations"
 
 LOGS_DESCRIPTION = (
@@ -500,6 +540,40 @@ def _paths() -> dict[str, Any]:
                 {"200": ok("Deleted", "Deleted, with its env variables, runs and logs."),
                  **errors(401, 403, 404, 409)},
                 description="409 while it has pending or running runs."),
+        },
+        "/v1/runners/{runner_id}/warm": {
+            "parameters": [runner_id],
+            "post": operation(
+                "warmRunner", RUNNERS, "Pull the runner's image now",
+                {"200": ok("RunnerResponse", "Pulled; `warmed_at` is set."),
+                 **errors(400, 401, 403, 404, 503)},
+                description="Pulls whatever the pull policy; 400 with the registry's answer "
+                            "when the pull fails."),
+        },
+        "/v1/container_registries": {
+            "get": operation("listContainerRegistries", REGISTRIES, "List container registries",
+                             {"200": ok("ContainerRegistryList", "All registries."),
+                              **errors(401)}),
+            "post": operation(
+                "createContainerRegistry", REGISTRIES, "Add a container registry",
+                {"200": ok("ContainerRegistryResponse", "The new registry."),
+                 **errors(400, 401, 403, 413, 415)},
+                body=json_body(ref("ContainerRegistryCreate"))),
+        },
+        "/v1/container_registries/{registry_id}": {
+            "parameters": [param("RegistryId")],
+            "get": operation("getContainerRegistry", REGISTRIES, "Show a container registry",
+                             {"200": ok("ContainerRegistryResponse", "The registry."),
+                              **errors(401, 404)}),
+            "patch": operation(
+                "updateContainerRegistry", REGISTRIES, "Change a container registry",
+                {"200": ok("ContainerRegistryResponse", "The registry as it is now."),
+                 **errors(400, 401, 403, 404, 413, 415)},
+                body=json_body(ref("ContainerRegistryUpdate"))),
+            "delete": operation(
+                "deleteContainerRegistry", REGISTRIES, "Delete a container registry",
+                {"200": ok("Deleted", "Deleted."), **errors(401, 403, 404, 409)},
+                description="409 while a runner uses it."),
         },
         "/v1/runners/{runner_id}/env_variables": {
             "parameters": [runner_id],
@@ -646,6 +720,7 @@ def document() -> dict[str, Any]:
             {"name": RUNNERS, "description": "Container job definitions."},
             {"name": ENV, "description": "A runner's default env variables."},
             {"name": RUNS, "description": "Executions of a runner, and their output."},
+            {"name": REGISTRIES, "description": "Private registries images are pulled from."},
             {"name": OPS, "description": "Health, metrics and this document."},
         ],
         "paths": _paths(),
