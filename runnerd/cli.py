@@ -107,6 +107,11 @@ def _client_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") 
         p.add_argument("--instance-type", metavar="SLUG")
         p.add_argument("--max-concurrent-runs", type=client.max_runs, metavar="N",
                        help="1-1000, or 'none' for only the daemon's limit")
+        p.add_argument("--registry", metavar="REGISTRY_ID",
+                       help="container registry id to pull with, or 'none'")
+        p.add_argument("--pull-policy", choices=["if_not_present", "always", "never"])
+        p.add_argument("--webhook-url", metavar="URL",
+                       help="POSTed when a run completes, or 'none'")
         p.add_argument("-e", "--env", action="append", type=client.key_val,
                        metavar="KEY=VAL",
                        help=env_help if create else
@@ -124,6 +129,9 @@ def _client_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") 
                 "change some of a runner's fields")
     p.add_argument("runner", metavar="ID_OR_NAME")
     runner_fields(p, create=False)
+    p = command(runners_sub, "warm", client.runners_warm,
+                "pull the runner's image now (with a progress bar)")
+    p.add_argument("runner", metavar="ID_OR_NAME")
     p = command(runners_sub, "delete", client.runners_delete,
                 "delete a runner with its runs and logs")
     p.add_argument("runner", metavar="ID_OR_NAME")

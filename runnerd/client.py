@@ -21,6 +21,7 @@ import json
 import os
 import re
 import sys
+import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Awaitable, Callable
 
@@ -112,9 +113,12 @@ class Client:
 
     async def request(self, method: str, path: str, *, body: Any = None,
                       params: dict[str, str] | None = None,
-                      headers: dict[str, str] | None = None) -> Any:
+                      headers: dict[str, str] | None = None,
+                      timeout: aiohttp.ClientTimeout | None = None) -> Any:
         """The decoded JSON answer; ApiError for any status >= 400."""
         kwargs: dict[str, Any] = {"params": params, "headers": dict(headers or {})}
+        if timeout is not None:
+            kwargs["timeout"] = timeout
         if body is not None:
             kwargs["data"] = json.dumps(body).encode()
             kwargs["headers"]["Content-Type"] = "application/json"
@@ -361,6 +365,12 @@ def _runner_body(args: argparse.Namespace, *, create: bool) -> dict[str, Any]:
         body["instance_type"] = args.instance_type
     if args.max_concurrent_runs is not None:
         body["max_concurrent_runs"] = args.max_concurrent_runs
+    if args.registry is not None:
+        body["container_registry_id"] = None if args.registry == "none" else args.registry
+    if args.pull_policy is not None:
+        body["image_pull_policy"] = args.pull_policy
+    if args.webhook_url is not None:
+        body["webhook_url"] = None if args.webhook_url == "none" else args.webhook_url
     if args.env:
         body["env_variables"] = _env_body(args.env)
     return body
@@ -424,6 +434,39 @@ async def runners_update(c: Client, args: argparse.Namespace) -> int:
         _print_json(data)
     else:
         _show(data["runner"])
+    return EXIT_OK
+
+
+async def runners_warm(c: Client, args: argparse.Namespace) -> int:
+    """Pull the runner's image now; a progress bar on stderr while the daemon pulls."""
+    runner = await c.runner(args.runner)
+    request = asyncio.ensure_future(c.request(
+        "POST", f"/v1/runners/{runner['id']}/warm",
+        timeout=aiohttp.ClientTimeout(total=None, sock_read=None)))
+    show = sys.stderr.isatty() and not args.json
+    started = time.monotonic()
+    try:
+        while not request.done():
+            if show:
+                elapsed = time.monotonic() - started
+                pos = int(elapsed * 8) % 20
+                bar = "".join("=" if pos <= i < pos + 5 else " " for i in range(24))
+                sys.stderr.write(f"\rpulling {runner['image_name']}:{runner['image_tag']} "
+                                 f"[{bar}] {elapsed:5.1f}s")
+                sys.stderr.flush()
+            await asyncio.wait({request}, timeout=0.125)
+    finally:
+        if show:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+        if not request.done():
+            request.cancel()
+    data = request.result()
+    if args.json:
+        _print_json(data)
+    else:
+        print(f"warmed runner {runner['name']}: image pulled in "
+              f"{time.monotonic() - started:.1f} s")
     return EXIT_OK
 
 
