@@ -69,4 +69,10 @@ def load_key(path: Path, *, create: bool) -> bytes:
         return key
     except OSError as e:
         raise SecretKeyError(f"the secret key file {path} cannot be read: {e.strerror}") from None
+    try:
+        Fernet(key)
+    except (ValueError, TypeError):
+        raise SecretKeyError(f"the secret key file {path} does not hold a valid Fernet key "
+                             "(32 url-safe base64-encoded bytes); restore it from your "
+                             "backup") from None
     return key

@@ -8,6 +8,7 @@ sees an aiodocker type.
 from __future__ import annotations
 
 import asyncio
+import base64
 import calendar
 import json
 import logging
@@ -19,6 +20,7 @@ from typing import Any, AsyncIterator
 import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError
+from aiodocker.jsonstream import json_stream_stream
 
 from . import metrics
 from .images import auth_address
@@ -145,21 +147,31 @@ class Engine:
         log.info("pulling image %s%s", ref,
                  f" as {credentials.username} from {credentials.host}" if credentials else "")
         started = last_report = time.monotonic()
-        auth = None
+        # The header is made here, not by aiodocker's `images.pull(auth=...)`: that
+        # one overwrites serveraddress with the name's first part ("myorg" for
+        # Docker Hub's myorg/job) and raises ValueError for a name without one
+        # ("busybox").
+        headers: dict[str, str] = {}
         if credentials is not None:
             auth = {"username": credentials.username, "password": credentials.password,
                     "serveraddress": auth_address(credentials.host)}
+            headers["X-Registry-Auth"] = base64.urlsafe_b64encode(
+                json.dumps(auth).encode("utf-8")).decode("ascii")
         layers: dict[str, str] = {}
         try:
-            async for event in self.docker.images.pull(ref, auth=auth, stream=True,
-                                                        timeout=None):
-                if event.get("id") and event.get("status"):
-                    layers[event["id"]] = event["status"]
-                if time.monotonic() - last_report >= PROGRESS_LOG_SECONDS:
-                    last_report = time.monotonic()
-                    done = sum(1 for s in layers.values()
-                               if s in ("Pull complete", "Already exists"))
-                    log.info("pulling image %s: %d of %d layers done", ref, done, len(layers))
+            async with self.docker._query("images/create", method="POST",
+                                          params={"fromImage": ref}, headers=headers,
+                                          timeout=_NO_TIMEOUT) as response:
+                # Raises DockerError for an error reported inside the stream.
+                async for event in json_stream_stream(response):
+                    if event.get("id") and event.get("status"):
+                        layers[event["id"]] = event["status"]
+                    if time.monotonic() - last_report >= PROGRESS_LOG_SECONDS:
+                        last_report = time.monotonic()
+                        done = sum(1 for s in layers.values()
+                                   if s in ("Pull complete", "Already exists"))
+                        log.info("pulling image %s: %d of %d layers done", ref, done,
+                                 len(layers))
         except (DockerError, aiohttp.ClientError, OSError) as e:
             metrics.image_pulled(ok=False)
             error = _engine_error(e, f"could not pull image {ref}", "pull")

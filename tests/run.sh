@@ -17,14 +17,18 @@ fi
 
 # 2. A Docker engine that answers. Where none does and we are root, install
 #    Debian's docker.io and start dockerd without networking: no container gets
-#    an address on this machine.
+#    an address on this machine. The registry tests also need Debian's
+#    docker-registry and htpasswd (apache2-utils); they start the registry
+#    themselves, on 127.0.0.1 only.
 docker_ok() { docker version >/dev/null 2>&1; }
-if ! command -v docker >/dev/null 2>&1 || ! command -v dockerd >/dev/null 2>&1 || ! command -v busybox >/dev/null 2>&1; then
+registry_tools_ok() { [ -x /usr/bin/docker-registry ] && command -v htpasswd >/dev/null 2>&1; }
+if ! command -v docker >/dev/null 2>&1 || ! command -v dockerd >/dev/null 2>&1 || ! command -v busybox >/dev/null 2>&1 || ! registry_tools_ok; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    if ! command -v dockerd >/dev/null 2>&1 || ! [ -x /bin/busybox ]; then
-      log "installing docker.io and busybox-static"
+    if ! command -v dockerd >/dev/null 2>&1 || ! [ -x /bin/busybox ] || ! registry_tools_ok; then
+      log "installing docker.io, busybox-static, docker-registry and apache2-utils"
       apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io busybox-static >/dev/null
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io busybox-static \
+        docker-registry apache2-utils >/dev/null
     fi
   fi
 fi

@@ -1,0 +1,172 @@
+"""A real private image registry for the tests: Debian's `docker-registry`
+(distribution 2.x) on 127.0.0.1 with htpasswd auth, holding the test image as
+`<host>/team/job:v1`.
+
+The registry's access log tells what the engine asked it (one line per request,
+in the combined log format), so a test can prove that a pull reached it, with
+which result, or that nothing did.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from conftest import TEST_IMAGE, docker_cli
+
+REGISTRY_BIN = "/usr/bin/docker-registry"
+START_DEADLINE = 30.0
+REPOSITORY = "team/job"
+TAG = "v1"
+# 127.0.0.1 - - [28/Nov/2026:21:16:07 +0000] "HEAD /v2/team/job/manifests/v1 HTTP/1.1" 200 527
+ACCESS_LINE = re.compile(r'^\S+ - \S+ \[[^\]]+\] "([A-Z]+) (\S+) HTTP/[\d.]+" (\d{3}) ', re.M)
+
+
+@dataclass(frozen=True)
+class Request:
+    method: str
+    uri: str
+    status: int
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Registry:
+    """One registry process with one user; `start()`, `push_test_image()`, `stop()`."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        self.username = "ci-puller"
+        # Unique, so a search of a database or a log for it means something.
+        self.password = "regpw-" + secrets.token_hex(16)
+        self.log_path = self.dir / "registry.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def image_ref(self) -> str:
+        """The pushed image, as Docker names it."""
+        return f"{self.host}/{REPOSITORY}:{TAG}"
+
+    def start(self) -> None:
+        for tool in (REGISTRY_BIN, "htpasswd"):
+            if shutil.which(tool) is None:
+                raise AssertionError(f"{tool} is missing; tests/run.sh installs Debian's "
+                                     "docker-registry and apache2-utils")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "storage").mkdir(exist_ok=True)
+        htpasswd = subprocess.run(["htpasswd", "-Bbn", self.username, self.password],
+                                  capture_output=True, text=True, check=True, timeout=30)
+        (self.dir / "htpasswd").write_text(htpasswd.stdout)
+        config = self.dir / "config.yml"
+        config.write_text(
+            "version: 0.1\n"
+            "log:\n  level: info\n"
+            "storage:\n"
+            f"  filesystem:\n    rootdirectory: {self.dir / 'storage'}\n"
+            "  delete:\n    enabled: true\n"
+            f"http:\n  addr: {self.host}\n  secret: {secrets.token_hex(16)}\n"
+            "auth:\n  htpasswd:\n    realm: runnerd-test\n"
+            f"    path: {self.dir / 'htpasswd'}\n")
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=log,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + START_DEADLINE
+        while True:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"docker-registry exited with {self.proc.returncode}:\n"
+                                     f"{self.log_text()[-3000:]}")
+            if self._v2_status() == 401:  # up, and asking for credentials
+                return
+            if time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(f"docker-registry did not answer 401 on /v2/ within "
+                                     f"{START_DEADLINE} s:\n{self.log_text()[-3000:]}")
+            time.sleep(0.05)
+
+    def _v2_status(self) -> int | None:
+        try:
+            with urllib.request.urlopen(f"http://{self.host}/v2/", timeout=2) as resp:
+                return int(resp.status)
+        except urllib.error.HTTPError as e:
+            return int(e.code)
+        except (urllib.error.URLError, OSError):
+            return None
+
+    def push_test_image(self) -> None:
+        """Push the test image as `image_ref`, then forget the credentials and the
+        local tag (so the image is absent locally under that name)."""
+        config_dir = self.dir / "docker-config"  # the CLI's login stays out of ~/.docker
+        config_dir.mkdir(exist_ok=True)
+        env = {**os.environ, "DOCKER_CONFIG": str(config_dir)}
+
+        def cli(*args: str, stdin: str | None = None) -> None:
+            out = subprocess.run(["docker", *args], input=stdin, capture_output=True,
+                                 text=True, env=env, timeout=120)
+            if out.returncode != 0:
+                raise AssertionError(f"docker {args[0]} failed: {out.stdout}{out.stderr}")
+
+        cli("login", self.host, "-u", self.username, "--password-stdin", stdin=self.password)
+        try:
+            cli("tag", TEST_IMAGE, self.image_ref)
+            cli("push", self.image_ref)
+        finally:
+            cli("logout", self.host)
+        self.remove_local()
+
+    def remove_local(self, ref: str | None = None) -> None:
+        """Make sure the engine does not have `ref` (default: the pushed image)."""
+        ref = ref or self.image_ref
+        docker_cli("rmi", "-f", ref, check=False)
+        if self.has_local(ref):
+            raise AssertionError(f"could not remove {ref} from the engine")
+
+    @staticmethod
+    def has_local(ref: str) -> bool:
+        return docker_cli("image", "inspect", ref, check=False).returncode == 0
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    # -- what it was asked ---------------------------------------------------
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def mark(self) -> int:
+        """A point in the log; `requests(since=mark)` lists only what came after."""
+        return self.log_path.stat().st_size
+
+    def requests(self, since: int = 0) -> list[Request]:
+        with open(self.log_path, "rb") as f:
+            f.seek(since)
+            text = f.read().decode("utf-8", "replace")
+        return [Request(m[1], m[2], int(m[3])) for m in ACCESS_LINE.finditer(text)]
+
+    def manifest_requests(self, since: int = 0, repository: str = REPOSITORY,
+                          tag: str = TAG, method: str = "HEAD") -> list[Request]:
+        """Requests for a repository's manifest by tag: one HEAD per pull the
+        engine makes (it then fetches the manifest by digest)."""
+        uri = f"/v2/{repository}/manifests/{tag}"
+        return [r for r in self.requests(since) if r.method == method and r.uri == uri]
