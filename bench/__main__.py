@@ -1,0 +1,132 @@
+"""`python -m bench [--quick] [--only P1,P3] [--out docs/benchmarks.md] [--profile DIR]
+[--profile-gil] [--keep]`
+
+Runs runnerd's benchmark figures against a real Docker engine, each next to a
+baseline measured in the same run, prints the table and writes it (with the
+machine and a note on each figure's method) to a Markdown file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+from types import ModuleType
+
+from . import p1_overhead, p2_drain, p3_trigger, p4_logs, p5_history, p6_queue, report
+from .common import Context, FigureResult, Row, check_engine, remove_bench_containers
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = ROOT / "docs" / "benchmarks.md"
+
+# Each module has TITLE, GOAL (as shown when the figure fails), METHOD and `run(ctx)`.
+FIGURES: dict[str, ModuleType] = {
+    "P1": p1_overhead, "P2": p2_drain, "P3": p3_trigger,
+    "P4": p4_logs, "P5": p5_history, "P6": p6_queue,
+}
+# A figure that runs past this is stopped and reported as an error.
+FIGURE_TIMEOUT = {"quick": 240.0, "full": 1800.0}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench", description=__doc__.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes (a couple of minutes): checks the suite works; "
+                             "the figures are not worth quoting")
+    parser.add_argument("--only", metavar="P1,P3",
+                        help="comma-separated figures to run (default: all)")
+    parser.add_argument("--out", metavar="PATH",
+                        help="Markdown file to write the table to (default: "
+                             "docs/benchmarks.md for a full run of every figure; a --quick "
+                             "or --only run writes no file unless --out is given). Text "
+                             "outside the generated block of an existing file is kept.")
+    parser.add_argument("--profile", metavar="DIR",
+                        help="record every daemon with py-spy: collapsed stacks in DIR/<daemon>-<n>.folded; "
+                             "summarise them with `python -m bench.profile_top FILE`")
+    parser.add_argument("--profile-gil", action="store_true",
+                        help="with --profile: sample only threads holding the GIL (CPU "
+                             "use rather than waits)")
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temp dir with every daemon's log and config")
+    args = parser.parse_args(argv)
+
+    keys = list(FIGURES)
+    if args.only:
+        keys = [k.strip().upper() for k in args.only.split(",") if k.strip()]
+        unknown = [k for k in keys if k not in FIGURES]
+        if unknown:
+            parser.error(f"unknown figure(s) {', '.join(unknown)}; known: {', '.join(FIGURES)}")
+    out: Path | None = Path(args.out) if args.out else None
+    if out is None and not args.quick and not args.only:
+        out = DEFAULT_OUT
+
+    try:
+        version = check_engine()
+    except Exception as e:  # noqa: BLE001
+        print(f"bench: {e}", file=sys.stderr)
+        return 2
+    mode = "quick" if args.quick else "full"
+    print(f"bench: {mode} run of {', '.join(keys)} on Docker engine {version}",
+          file=sys.stderr, flush=True)
+
+    workdir = Path(tempfile.mkdtemp(prefix="runnerd-bench-"))
+    ctx = Context(quick=args.quick, workdir=workdir, keep=args.keep,
+                  profile_gil=args.profile_gil,
+                  profile_dir=Path(args.profile).resolve() if args.profile else None)
+    results: list[FigureResult] = []
+    load_at_start = report.loadavg()
+    started = time.monotonic()
+    try:
+        for key in keys:
+            results.append(run_figure(ctx, key, FIGURES[key], FIGURE_TIMEOUT[mode]))
+    finally:
+        remove_bench_containers()
+        if args.keep:
+            print(f"bench: kept {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    wall = time.monotonic() - started
+
+    print()
+    print(report.text_table(results))
+    if out is not None:
+        report.write(out, report.markdown(results, quick=args.quick, wall_seconds=wall,
+                                          info=report.machine(load_at_start)))
+        print(f"\nwritten to {out}", file=sys.stderr)
+    failed = [r.figure for res in results for r in res.rows if r.error]
+    return 1 if failed else 0
+
+
+def run_figure(ctx: Context, key: str, module: ModuleType, timeout: float) -> FigureResult:
+    title = module.TITLE
+    ctx.log(f"bench: {key} {title} …")
+    t0 = time.monotonic()
+    try:
+        result = asyncio.run(asyncio.wait_for(module.run(ctx), timeout))
+    except BaseException as e:  # noqa: BLE001 - one figure's failure is a table row
+        if isinstance(e, KeyboardInterrupt):
+            raise
+        detail = "".join(traceback.format_exception_only(type(e), e)).strip()
+        if isinstance(e, TimeoutError):
+            detail = f"did not finish within {timeout:.0f} s"
+        ctx.log(f"bench: {key} failed:\n{traceback.format_exc()}")
+        result = FigureResult(key, title, module.METHOD, rows=[
+            Row(f"{key} {title}", "", "", None, module.GOAL, None,
+                error=detail.splitlines()[-1][:300])])
+    result.seconds = time.monotonic() - t0
+    ctx.log(f"bench: {key} done in {result.seconds:.0f} s")
+    for row in result.rows:
+        ctx.log(f"    {row.figure}: {row.runnerd} vs {row.baseline} → "
+                f"{'error' if row.error else row.ratio}")
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())
