@@ -248,6 +248,13 @@ class Api:
         assert status == 200, data
         return data["run"]
 
+    async def wait_status(self, runner_id: str, run_id: str, status: str,
+                          timeout: float = 30) -> dict[str, Any]:
+        async def reached() -> dict[str, Any] | None:
+            run = await self.run(runner_id, run_id)
+            return run if run["status"] == status else None
+        return await wait_until(reached, timeout=timeout, what=f"run {run_id} to be {status}")
+
     async def wait_done(self, runner_id: str, run_id: str, timeout: float = 60) -> dict[str, Any]:
         async def done() -> dict[str, Any] | None:
             run = await self.run(runner_id, run_id)

@@ -65,14 +65,6 @@ async def run_to_end(api: Api, runner_id: str, body: Any = None) -> dict[str, An
     return await api.wait_done(runner_id, run["id"])
 
 
-async def wait_status(api: Api, runner_id: str, run_id: str, status: str,
-                      timeout: float = 30) -> dict[str, Any]:
-    async def reached() -> dict[str, Any] | None:
-        run = await api.run(runner_id, run_id)
-        return run if run["status"] == status else None
-    return await wait_until(reached, timeout=timeout, what=f"run {run_id} to be {status}")
-
-
 def log_file(daemon: Daemon, run_id: str) -> Any:
     return daemon.data_dir / "logs" / f"{run_id}.log"
 
@@ -110,7 +102,7 @@ async def test_metrics_count_runs_by_outcome_queue_durations_and_http_routes(
     before = samples(await metrics_text(api))  # /metrics needs no key by default
 
     blocking = await api.trigger(blocker["id"])
-    await wait_status(api, blocker["id"], blocking["id"], "running")
+    await api.wait_status(blocker["id"], blocking["id"], "running")
     ok_run = await api.trigger(ok["id"])
     bad_run = await api.trigger(bad["id"])
     queued = samples(await metrics_text(api))
@@ -183,7 +175,7 @@ async def test_healthz_reports_engine_version_and_queue_depth(
 
     runner = await api.create_runner(run_command="sleep 60")
     run = await api.trigger(runner["id"])
-    await wait_status(api, runner["id"], run["id"], "running")
+    await api.wait_status(runner["id"], run["id"], "running")
     status, body = await api.get("/healthz", key="")
     assert status == 200 and body["queue"] == {"pending": 0, "running": 1}, body
 
@@ -225,10 +217,10 @@ async def test_retention_never_deletes_or_counts_pending_and_running_runs(
         run_command='if [ "$LONG" = 1 ]; then echo long; sleep 60; else echo quick; fi',
         max_concurrent_runs=2)
     long1 = await api.trigger(a["id"], long_env)
-    await wait_status(api, a["id"], long1["id"], "running")
+    await api.wait_status(a["id"], long1["id"], "running")
     quick = [(await run_to_end(api, a["id"]))["id"] for _ in range(2)]
     long2 = await api.trigger(a["id"], long_env)
-    await wait_status(api, a["id"], long2["id"], "running")
+    await api.wait_status(a["id"], long2["id"], "running")
     waiting = await api.trigger(a["id"], long_env)
     assert (await api.run(a["id"], waiting["id"]))["status"] == "pending"
 

@@ -105,14 +105,6 @@ async def no_containers_left(daemon: Daemon, timeout: float = 20) -> None:
                           f"{daemon_containers(daemon)}")
 
 
-async def wait_status(api: Api, runner_id: str, run_id: str, status: str,
-                      timeout: float = 30) -> dict[str, Any]:
-    async def reached() -> dict[str, Any] | None:
-        run = await api.run(runner_id, run_id)
-        return run if run["status"] == status else None
-    return await wait_until(reached, timeout=timeout, what=f"run {run_id} to be {status}")
-
-
 async def wait_running_with_output(api: Api, runner_id: str, run_id: str, needle: bytes,
                                    timeout: float = 30) -> dict[str, Any]:
     """The run is `running` and `needle` is already in its log."""
@@ -527,7 +519,7 @@ async def test_container_exiting_while_daemon_is_killed_is_finalised_with_its_ex
 async def _timeout_runner(api: Api) -> tuple[dict[str, Any], dict[str, Any]]:
     runner = await api.create_runner(argv=["sleep", "120"], timeout_seconds=3)
     run = await api.trigger(runner["id"])
-    running = await wait_status(api, runner["id"], run["id"], "running")
+    running = await api.wait_status(runner["id"], run["id"], "running")
     return runner, running
 
 
