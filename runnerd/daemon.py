@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from typing import Awaitable
 
 from aiohttp import web
 
@@ -24,6 +25,7 @@ from .webhooks import Notifier
 log = logging.getLogger("runnerd")
 
 SHUTDOWN_SECONDS = 5.0  # in-flight requests get this long to finish on stop
+STEP_SECONDS = 5.0  # any other shutdown step gets this long
 READY_WAIT_SECONDS = 60.0  # READY=1 waits this long for the queue to be reconciled
 
 
@@ -75,16 +77,27 @@ async def serve(config: Config) -> None:
         await asyncio.gather(*side_tasks, return_exceptions=True)
         if app is not None:
             app[STOPPING].set()  # log followers end their streams
-        if runner is not None:
-            await runner.cleanup()  # stop accepting, let in-flight requests finish
+        # Each step is bounded: a stop must end within seconds whatever hangs, and
+        # the log names the step that did.
+        if runner is not None:  # stop accepting, let in-flight requests finish
+            await _bounded("the HTTP server", runner.cleanup(), SHUTDOWN_SECONDS + 5)
         if scheduler is not None:
-            await scheduler.stop(stop_runs=config.scheduler.on_shutdown == "stop",
-                                 grace_seconds=config.docker.stop_grace_seconds)
-        await retention.stop()
-        await notifier.stop()
-        await engine.close()
-        await store.close()
+            await _bounded("the scheduler", scheduler.stop(
+                stop_runs=config.scheduler.on_shutdown == "stop",
+                grace_seconds=config.docker.stop_grace_seconds),
+                config.docker.stop_grace_seconds + 20)
+        await _bounded("retention", retention.stop(), STEP_SECONDS)
+        await _bounded("webhooks", notifier.stop(), STEP_SECONDS)
+        await _bounded("the engine client", engine.close(), STEP_SECONDS)
+        await _bounded("the database", store.close(), STEP_SECONDS)
         log.info("stopped")
+
+
+async def _bounded(what: str, step: Awaitable[None], seconds: float) -> None:
+    try:
+        await asyncio.wait_for(step, seconds)
+    except TimeoutError:
+        log.error("stopping: %s did not stop within %.0f s; going on without it", what, seconds)
 
 
 async def _tell_systemd(store: Store, scheduler: Scheduler) -> None:
