@@ -295,10 +295,10 @@ async def delete_env(request: web.Request) -> web.Response:
 async def list_runs(request: web.Request) -> web.Response:
     runner = await _runner_or_404(request)
     limit, status, before = schemas.parse_run_list_query(request.query)
-    store = request.app[STORE]
-    if before is not None and await store.get_run(before, runner.id) is None:
+    runs = await request.app[STORE].list_runs(runner.id, limit=limit, status=status,
+                                              before=before)
+    if runs is None:
         raise schemas.Invalid([f"before: no run {before} of this runner"])
-    runs = await store.list_runs(runner.id, limit=limit, status=status, before=before)
     tz = request.app[CONFIG].tz
     return web.json_response({"runs": [schemas.run_json(r, tz) for r in runs]})
 
@@ -306,7 +306,7 @@ async def list_runs(request: web.Request) -> web.Response:
 async def trigger_run(request: web.Request) -> web.Response:
     store = request.app[STORE]
     config = request.app[CONFIG]
-    runner = await _runner_or_404(request)
+    runner, runner_env, image = await _runner_for_run(request)
     overrides = schemas.parse_trigger(await read_json(request))
     itype = config.instance_types.get(runner.instance_type)
     if itype is None:
@@ -314,31 +314,30 @@ async def trigger_run(request: web.Request) -> web.Response:
             f"instance_type: the runner's instance type {runner.instance_type!r} is no longer "
             f"configured; PATCH the runner to one of {', '.join(sorted(config.instance_types))}"])
     idempotency_key = schemas.parse_idempotency_key(request.headers.get("Idempotency-Key"))
-    env = schemas.merge_env(await store.list_env(runner.id), overrides)
+    env = schemas.merge_env(runner_env, overrides)
     run, created = await store.create_run(runner, env, itype.cpu, itype.mem, itype.pids,
-                                          idempotency_key=idempotency_key,
-                                          image=await _image_of(store, runner))
+                                          idempotency_key=idempotency_key, image=image)
     if created:
         request.app[SCHEDULER].wake()
         log.info("run %s of runner %s queued", run.id, runner.id)
     return web.json_response({"run": schemas.run_json(run, config.tz)})
 
 
-async def _image_of(store: Store, runner: Any) -> str:
-    """The full reference to pull: under the runner's registry host, if it has one."""
-    host = None
-    if runner.container_registry_id is not None:
-        registry = await store.get_registry(runner.container_registry_id)
-        host = registry.host if registry is not None else None
-    return images.reference(runner.image_name, runner.image_tag, host)
+async def _runner_for_run(request: web.Request) -> tuple[Any, list[Any], str]:
+    """The runner, its env variables and the full image reference a run of it
+    pulls (under its registry's host, if it has one); 404 when there is none."""
+    found = await request.app[STORE].runner_for_run(_id(request, "runner_id"))
+    if found is None:
+        raise web.HTTPNotFound()
+    runner, env, registry_host = found
+    return runner, env, images.reference(runner.image_name, runner.image_tag, registry_host)
 
 
 async def warm_runner(request: web.Request) -> web.Response:
     """Pull the runner's image now (whatever its pull policy); 400 with the pull
     error when that fails."""
     store = request.app[STORE]
-    runner = await _runner_or_404(request)
-    ref = await _image_of(store, runner)
+    runner, _env, ref = await _runner_for_run(request)
     try:
         await request.app[EXECUTOR].pull(ref, runner.container_registry_id)
     except EngineUnavailable:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 
@@ -93,7 +94,7 @@ class Run:
     command: str | None
     argv: list[str] | None
     entrypoint: str | None
-    env: list[tuple[str, str]]
+    env: Sequence[tuple[str, str]]  # the store's is decrypted on first use
     timeout_seconds: int
     instance_type: str
     cpu: float

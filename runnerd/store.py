@@ -1,8 +1,18 @@
 """All of runnerd's SQL, over one aiosqlite connection to one SQLite file (WAL).
 
-Every method is one transaction, committed before it returns, so whatever the
-API answered for is on disk. One asyncio lock serialises them: the connection
-is shared by every coroutine and SQLite transactions must not interleave.
+Every operation is one function that runs whole on the connection's thread: one
+hand-off to that thread and one wake-up of the event loop, however many
+statements it holds. Operations that arrive while the thread is busy are taken
+together in its next turn:
+
+- reads first, in one read transaction (one consistent snapshot);
+- then writes, in one write transaction, each under a savepoint of its own so a
+  failing one (a broken uniqueness rule, a run no longer pending) is undone
+  alone and raised to its caller only.
+
+Nobody is answered before the COMMIT that holds their write (synchronous =
+FULL), so whatever the API answered for is on disk; group commit only shares
+that fsync between the writes that were waiting for it.
 """
 
 from __future__ import annotations
@@ -11,9 +21,10 @@ import asyncio
 import json
 import sqlite3
 import uuid
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator, TypeVar
 
 import aiosqlite
 
@@ -23,6 +34,9 @@ from .crypto import SecretBox, SecretKeyError, load_key
 from .models import (
     ACTIVE_STATUSES, ApiKey, ContainerRegistry, EnvVariable, FailureReason, Run, Runner, Scope, Status, now_ms,
 )
+
+T = TypeVar("T")
+Op = Callable[[sqlite3.Connection], T]
 
 SCHEMA_VERSION = 4
 
@@ -144,13 +158,22 @@ class Conflict(StoreError):
     """A uniqueness or state rule was broken; the message says which, naming the field."""
 
 
+
+@dataclass
+class _Pending:
+    fn: Callable[[sqlite3.Connection], Any]
+    write: bool
+    future: asyncio.Future[Any]
+
+
 class Store:
     def __init__(self, path: Path, secret_key_file: Path | None = None) -> None:
         self.path = path
         self.secret_key_file = secret_key_file or path.parent / "secret.key"
         self._box: SecretBox | None = None
         self._db: aiosqlite.Connection | None = None
-        self._lock = asyncio.Lock()
+        self._queue: list[_Pending] = []
+        self._turns: asyncio.Task[None] | None = None
         # Called with each run that reached its final status, after the commit.
         self.on_run_completed: list[Callable[[Run], None]] = []
 
@@ -161,31 +184,7 @@ class Store:
         self._db = await aiosqlite.connect(self.path, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         try:
-            await self._db.execute("PRAGMA busy_timeout = 10000")
-            await self._db.execute("PRAGMA journal_mode = WAL")
-            await self._db.execute("PRAGMA synchronous = FULL")
-            await self._db.execute("PRAGMA foreign_keys = ON")
-            async with self._tx() as db:
-                for statement in _statements(SCHEMA):
-                    await db.execute(statement)
-                await db.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1')")
-                async with db.execute(
-                        "SELECT value FROM meta WHERE key = 'schema_version'") as cur:
-                    row = await cur.fetchone()
-                version = int(row[0]) if row else 1
-                if version > SCHEMA_VERSION:
-                    raise StoreError(
-                        f"the database {self.path} is from a newer runnerd (schema "
-                        f"{version}, this one knows {SCHEMA_VERSION}); upgrade runnerd")
-                for target in range(version + 1, SCHEMA_VERSION + 1):
-                    for statement in MIGRATIONS[target]:
-                        await db.execute(statement)
-                await db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
-                                 (str(SCHEMA_VERSION),))
-                await db.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('daemon_id', ?)",
-                    (str(uuid.uuid4()),))
+            await self._on_thread(_prepare)
             await self._open_secrets()
         except BaseException:
             await self.close()
@@ -199,7 +198,8 @@ class Store:
     async def _open_secrets(self) -> None:
         """Load the secret key; on first use make it and encrypt what was stored in
         plain text before; refuse a key that is not this database's."""
-        row = await self._one("SELECT value FROM meta WHERE key = 'secret_check'")
+        row = await self._read(lambda db: db.execute(
+            "SELECT value FROM meta WHERE key = 'secret_check'").fetchone())
         box = SecretBox(load_key(self.secret_key_file, create=row is None))
         if row is not None:
             if not box.matches(row["value"]):
@@ -208,22 +208,22 @@ class Store:
                     "was encrypted with; restore the original key file from your backup")
             self._box = box
             return
-        async with self._tx() as db:
-            async with db.execute("SELECT id, env_val FROM runner_env_variables") as cur:
-                env_rows = list(await cur.fetchall())
-            await db.executemany(
-                "UPDATE runner_env_variables SET env_val = ? WHERE id = ?",
-                [(box.encrypt(v), i) for i, v in env_rows if not v.startswith(CRYPTO_PREFIX)])
-            async with db.execute("SELECT id, env FROM runs") as cur:
-                run_rows = list(await cur.fetchall())
-            await db.executemany(
-                "UPDATE runs SET env = ? WHERE id = ?",
-                [(box.encrypt(v), i) for i, v in run_rows if not v.startswith(CRYPTO_PREFIX)])
-            await db.execute("INSERT INTO meta (key, value) VALUES ('secret_check', ?)",
-                             (box.check_value(),))
+
+        def encrypt_plain_values(db: sqlite3.Connection) -> None:
+            for table, column in (("runner_env_variables", "env_val"), ("runs", "env")):
+                rows = db.execute(f"SELECT id, {column} FROM {table}").fetchall()
+                db.executemany(
+                    f"UPDATE {table} SET {column} = ? WHERE id = ?",
+                    [(box.encrypt(v), i) for i, v in rows if not v.startswith(CRYPTO_PREFIX)])
+            db.execute("INSERT INTO meta (key, value) VALUES ('secret_check', ?)",
+                       (box.check_value(),))
+
+        await self._write(encrypt_plain_values)
         self._box = box
 
     async def close(self) -> None:
+        if self._turns is not None:
+            await asyncio.gather(self._turns, return_exceptions=True)
         if self._db is not None:
             db, self._db = self._db, None
             await db.close()
@@ -235,28 +235,72 @@ class Store:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    @asynccontextmanager
-    async def _tx(self) -> AsyncIterator[aiosqlite.Connection]:
-        """One write transaction, holding the lock; rolled back on any error."""
-        assert self._db is not None, "store is not open"
-        async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
-            await self._db.execute("COMMIT")
+    # -- operations on the database thread ------------------------------------
+
+    async def _on_thread(self, fn: Op[T]) -> T:
+        """Run `fn(connection)` on the connection's thread, alone."""
+        db = self._db
+        if db is None:
+            raise StoreError("store is not open")
+        # aiosqlite runs each call as one function on its thread; `_execute` hands
+        # it ours, so a whole operation costs one hop instead of one per statement.
+        return await db._execute(fn, db._conn)  # type: ignore[no-any-return]
+
+    async def _read(self, fn: Op[T]) -> T:
+        return await self._submit(fn, write=False)
+
+    async def _write(self, fn: Op[T]) -> T:
+        """`fn` runs inside a write transaction; its result is returned only after
+        that transaction is committed. An exception from it undoes its writes."""
+        return await self._submit(fn, write=True)
+
+    async def _submit(self, fn: Op[T], *, write: bool) -> T:
+        if self._db is None:
+            raise StoreError("store is not open")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(fn, write, future))
+        if self._turns is None:
+            self._turns = asyncio.create_task(self._take_turns(), name="runnerd-store")
+        return await future
+
+    async def _take_turns(self) -> None:
+        """Hand everything queued to the database thread, one batch per turn, until
+        the queue is empty."""
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    outcomes = await self._on_thread(
+                        lambda db: _run_batch(db, [(p.fn, p.write) for p in batch]))
+                except BaseException as e:  # the COMMIT failed, or the store was closed
+                    error = e if isinstance(e, Exception) else StoreError("store closed")
+                    for p in batch:
+                        if not p.future.done():
+                            p.future.set_exception(error)
+                    if not isinstance(e, Exception):
+                        raise
+                    continue
+                for p, (ok, value) in zip(batch, outcomes):
+                    if p.future.done():  # its caller went away; the work is done anyway
+                        continue
+                    if ok:
+                        p.future.set_result(value)
+                    else:
+                        p.future.set_exception(value)
+        finally:
+            self._turns = None
+            for p in self._queue:  # only when cancelled: nobody will run them
+                if not p.future.done():
+                    p.future.set_exception(StoreError("store closed"))
+            self._queue = []
 
     async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        assert self._db is not None, "store is not open"
-        async with self._lock:
-            async with self._db.execute(sql, tuple(params)) as cur:
-                return list(await cur.fetchall())
+        params = tuple(params)
+        return await self._read(lambda db: db.execute(sql, params).fetchall())
 
     async def _one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
-        rows = await self._all(sql, params)
-        return rows[0] if rows else None
+        params = tuple(params)
+        return await self._read(lambda db: db.execute(sql, params).fetchone())
 
     async def daemon_id(self) -> str:
         row = await self._one("SELECT value FROM meta WHERE key = 'daemon_id'")
@@ -268,14 +312,15 @@ class Store:
     async def create_api_key(self, name: str, scope: Scope, secret_hash: str) -> ApiKey:
         key = ApiKey(id=str(uuid.uuid4()), name=name, scope=scope, created_at=now_ms(),
                      last_used_at=None)
-        try:
-            async with self._tx() as db:
-                await db.execute(
+
+        def insert(db: sqlite3.Connection) -> None:
+            with _conflict_as(f"name: an API key named {name!r} already exists"):
+                db.execute(
                     "INSERT INTO api_keys (id, name, scope, secret_hash, created_at)"
                     " VALUES (?, ?, ?, ?, ?)",
                     (key.id, name, scope.value, secret_hash, key.created_at))
-        except sqlite3.IntegrityError:
-            raise Conflict(f"an API key named {name!r} already exists") from None
+
+        await self._write(insert)
         return key
 
     async def list_api_keys(self) -> list[ApiKey]:
@@ -283,9 +328,8 @@ class Store:
         return [_api_key(r) for r in rows]
 
     async def revoke_api_key(self, name: str) -> bool:
-        async with self._tx() as db:
-            cur = await db.execute("DELETE FROM api_keys WHERE name = ?", (name,))
-            return cur.rowcount > 0
+        return await self._write(lambda db: db.execute(
+            "DELETE FROM api_keys WHERE name = ?", (name,)).rowcount > 0)
 
     async def api_key_by_hash(self, secret_hash: str) -> ApiKey | None:
         row = await self._one("SELECT * FROM api_keys WHERE secret_hash = ?", (secret_hash,))
@@ -298,22 +342,45 @@ class Store:
         now = now_ms()
         runner_id = str(uuid.uuid4())
         values = [_runner_value(c, fields.get(c)) for c in RUNNER_COLUMNS]
-        try:
-            async with self._tx() as db:
-                await db.execute(
+        box = self.box
+
+        def insert(db: sqlite3.Connection) -> Runner:
+            with _conflict_as(f"name: a runner named {fields['name']!r} already exists"):
+                db.execute(
                     f"INSERT INTO runners (id, {', '.join(RUNNER_COLUMNS)}, created_at, updated_at)"
                     f" VALUES (?, {', '.join('?' for _ in RUNNER_COLUMNS)}, ?, ?)",
                     (runner_id, *values, now, now))
-                await _insert_env(db, self.box, runner_id, env, now)
-        except sqlite3.IntegrityError:
-            raise Conflict(f"name: a runner named {fields['name']!r} already exists") from None
-        runner = await self.get_runner(runner_id)
-        assert runner is not None
-        return runner
+            _insert_env(db, box, runner_id, env, now)
+            return _runner(_get(db, "runners", runner_id))
+
+        return await self._write(insert)
 
     async def get_runner(self, runner_id: str) -> Runner | None:
         row = await self._one("SELECT * FROM runners WHERE id = ?", (runner_id,))
         return _runner(row) if row else None
+
+    async def runner_for_run(self, runner_id: str) -> tuple[Runner, list[EnvVariable],
+                                                               str | None] | None:
+        """What a run of the runner needs, in one read: the runner, its env
+        variables and its registry's host (None without a registry)."""
+        box = self.box
+
+        def read(db: sqlite3.Connection) -> tuple[Runner, list[EnvVariable], str | None] | None:
+            row = db.execute("SELECT * FROM runners WHERE id = ?", (runner_id,)).fetchone()
+            if row is None:
+                return None
+            runner = _runner(row)
+            env = [_env(r, box) for r in db.execute(
+                "SELECT * FROM runner_env_variables WHERE runner_id = ? ORDER BY env_key",
+                (runner_id,))]
+            host = None
+            if runner.container_registry_id is not None:
+                registry = db.execute("SELECT host FROM container_registries WHERE id = ?",
+                                      (runner.container_registry_id,)).fetchone()
+                host = registry["host"] if registry is not None else None
+            return runner, env, host
+
+        return await self._read(read)
 
     async def list_runners(self) -> list[Runner]:
         rows = await self._all("SELECT * FROM runners ORDER BY created_at, name")
@@ -324,42 +391,42 @@ class Store:
         """Set the given columns; `env` (when not None) replaces all env variables."""
         now = now_ms()
         columns = [c for c in RUNNER_COLUMNS if c in fields]
-        try:
-            async with self._tx() as db:
-                sets = "".join(f"{c} = ?, " for c in columns)
-                cur = await db.execute(
+        box = self.box
+
+        def update(db: sqlite3.Connection) -> Runner:
+            sets = "".join(f"{c} = ?, " for c in columns)
+            with _conflict_as(f"name: a runner named {fields.get('name')!r} already exists"):
+                cur = db.execute(
                     f"UPDATE runners SET {sets}updated_at = ? WHERE id = ?",
                     (*[_runner_value(c, fields[c]) for c in columns], now, runner_id))
-                if cur.rowcount == 0:
-                    raise NotFound(runner_id)
-                if env is not None:
-                    await db.execute("DELETE FROM runner_env_variables WHERE runner_id = ?",
-                                     (runner_id,))
-                    await _insert_env(db, self.box, runner_id, env, now)
-        except sqlite3.IntegrityError:
-            raise Conflict(f"name: a runner named {fields.get('name')!r} already exists") from None
-        runner = await self.get_runner(runner_id)
-        assert runner is not None
-        return runner
+            if cur.rowcount == 0:
+                raise NotFound(runner_id)
+            if env is not None:
+                db.execute("DELETE FROM runner_env_variables WHERE runner_id = ?", (runner_id,))
+                _insert_env(db, box, runner_id, env, now)
+            return _runner(_get(db, "runners", runner_id))
+
+        return await self._write(update)
 
     async def delete_runner(self, runner_id: str) -> list[str]:
         """Delete a runner with its env variables and runs; returns the run ids.
         Refused while it has pending or running runs."""
-        async with self._tx() as db:
-            async with db.execute("SELECT 1 FROM runners WHERE id = ?", (runner_id,)) as cur:
-                if await cur.fetchone() is None:
-                    raise NotFound(runner_id)
-            async with db.execute(
-                    "SELECT count(*) FROM runs WHERE runner_id = ? AND status IN (?, ?)",
-                    (runner_id, *[s.value for s in ACTIVE_STATUSES])) as cur:
-                row = await cur.fetchone()
-                if row is not None and row[0] > 0:
-                    raise Conflict("the runner has pending or running runs")
-            async with db.execute("SELECT id FROM runs WHERE runner_id = ?", (runner_id,)) as cur:
-                run_ids = [r[0] for r in await cur.fetchall()]
-            await db.execute("DELETE FROM runs WHERE runner_id = ?", (runner_id,))
-            await db.execute("DELETE FROM runners WHERE id = ?", (runner_id,))
-        return run_ids
+
+        def delete(db: sqlite3.Connection) -> list[str]:
+            if db.execute("SELECT 1 FROM runners WHERE id = ?", (runner_id,)).fetchone() is None:
+                raise NotFound(runner_id)
+            active = db.execute(
+                "SELECT count(*) FROM runs WHERE runner_id = ? AND status IN (?, ?)",
+                (runner_id, *[s.value for s in ACTIVE_STATUSES])).fetchone()[0]
+            if active > 0:
+                raise Conflict("the runner has pending or running runs")
+            run_ids = [r[0] for r in db.execute("SELECT id FROM runs WHERE runner_id = ?",
+                                                (runner_id,))]
+            db.execute("DELETE FROM runs WHERE runner_id = ?", (runner_id,))
+            db.execute("DELETE FROM runners WHERE id = ?", (runner_id,))
+            return run_ids
+
+        return await self._write(delete)
 
     # -- runner env variables -----------------------------------------------
 
@@ -378,44 +445,43 @@ class Store:
     async def create_env(self, runner_id: str, env_key: str, env_val: str) -> EnvVariable:
         now = now_ms()
         env_id = str(uuid.uuid4())
-        try:
-            async with self._tx() as db:
-                await db.execute(
+        sealed = self.box.encrypt(env_val)
+
+        def insert(db: sqlite3.Connection) -> None:
+            with _conflict_as(f"env_key: {env_key!r} is already set on this runner"):
+                db.execute(
                     "INSERT INTO runner_env_variables"
                     " (id, runner_id, env_key, env_val, created_at, updated_at)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
-                    (env_id, runner_id, env_key, self.box.encrypt(env_val), now, now))
-        except sqlite3.IntegrityError:
-            raise Conflict(f"env_key: {env_key!r} is already set on this runner") from None
-        env = await self.get_env(runner_id, env_id)
-        assert env is not None
-        return env
+                    (env_id, runner_id, env_key, sealed, now, now))
+
+        await self._write(insert)
+        return EnvVariable(id=env_id, runner_id=runner_id, env_key=env_key, env_val=env_val,
+                           created_at=now, updated_at=now)
 
     async def update_env(self, runner_id: str, env_id: str, fields: dict[str, str]) -> EnvVariable:
         columns = [c for c in ("env_key", "env_val") if c in fields]
-        try:
-            async with self._tx() as db:
-                sets = "".join(f"{c} = ?, " for c in columns)
-                cur = await db.execute(
+        values = [self.box.encrypt(fields[c]) if c == "env_val" else fields[c] for c in columns]
+        box = self.box
+
+        def update(db: sqlite3.Connection) -> EnvVariable:
+            sets = "".join(f"{c} = ?, " for c in columns)
+            with _conflict_as(
+                    f"env_key: {fields.get('env_key')!r} is already set on this runner"):
+                row = db.execute(
                     f"UPDATE runner_env_variables SET {sets}updated_at = ?"
-                    " WHERE runner_id = ? AND id = ?",
-                    (*[self.box.encrypt(fields[c]) if c == "env_val" else fields[c]
-                       for c in columns], now_ms(), runner_id, env_id))
-                if cur.rowcount == 0:
-                    raise NotFound(env_id)
-        except sqlite3.IntegrityError:
-            raise Conflict(
-                f"env_key: {fields.get('env_key')!r} is already set on this runner") from None
-        env = await self.get_env(runner_id, env_id)
-        assert env is not None
-        return env
+                    " WHERE runner_id = ? AND id = ? RETURNING *",
+                    (*values, now_ms(), runner_id, env_id)).fetchone()
+            if row is None:
+                raise NotFound(env_id)
+            return _env(row, box)
+
+        return await self._write(update)
 
     async def delete_env(self, runner_id: str, env_id: str) -> bool:
-        async with self._tx() as db:
-            cur = await db.execute(
-                "DELETE FROM runner_env_variables WHERE runner_id = ? AND id = ?",
-                (runner_id, env_id))
-            return cur.rowcount > 0
+        return await self._write(lambda db: db.execute(
+            "DELETE FROM runner_env_variables WHERE runner_id = ? AND id = ?",
+            (runner_id, env_id)).rowcount > 0)
 
     # -- runs ---------------------------------------------------------------
 
@@ -427,38 +493,45 @@ class Store:
         in the last 24 hours: (that first run, False) and nothing is queued. The
         UNIQUE index decides, so concurrent requests cannot both insert."""
         now = now_ms()
-        run_id = str(uuid.uuid4())
-        async with self._tx() as db:
+        run = Run(id=str(uuid.uuid4()), runner_id=runner.id, status=Status.PENDING,
+                  image=image or runner.image, command=runner.run_command, argv=runner.argv,
+                  entrypoint=runner.entrypoint, env=list(env),
+                  timeout_seconds=runner.timeout_seconds, instance_type=runner.instance_type,
+                  cpu=cpu, mem=mem, pids=pids, exit_code=None, failure_reason=None, error=None,
+                  container_id=None, started_at=None, completed_at=None, created_at=now,
+                  updated_at=now, webhook_url=runner.webhook_url,
+                  container_registry_id=runner.container_registry_id,
+                  image_pull_policy=runner.image_pull_policy or "if_not_present")
+        sealed_env = self.box.encrypt(json.dumps(env))
+        box = self.box
+
+        def insert(db: sqlite3.Connection) -> tuple[Run, bool]:
             if idempotency_key is not None:
                 # A key older than the window is free again.
-                await db.execute(
+                db.execute(
                     "UPDATE runs SET idempotency_key = NULL WHERE runner_id = ?"
                     " AND idempotency_key = ? AND created_at < ?",
                     (runner.id, idempotency_key, now - IDEMPOTENCY_WINDOW_MS))
-            cur = await db.execute(
+            row = db.execute(
                 "INSERT INTO runs (id, runner_id, status, image, command, argv, entrypoint,"
                 " env, timeout_seconds, instance_type, cpu, mem, pids, idempotency_key,"
                 " webhook_url, container_registry_id, image_pull_policy, created_at, updated_at)"
                 " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (runner_id, idempotency_key)"
-                " WHERE idempotency_key IS NOT NULL DO NOTHING",
-                (run_id, runner.id, image or runner.image, runner.run_command,
-                 _json_or_null(runner.argv),
-                 runner.entrypoint, self.box.encrypt(json.dumps(env)), runner.timeout_seconds,
-                 runner.instance_type, cpu, mem, pids, idempotency_key, runner.webhook_url,
-                 runner.container_registry_id, runner.image_pull_policy or "if_not_present",
-                 now, now))
-            created = cur.rowcount == 1
-            if not created:
-                async with db.execute(
-                        "SELECT id FROM runs WHERE runner_id = ? AND idempotency_key = ?",
-                        (runner.id, idempotency_key)) as c:
-                    row = await c.fetchone()
-                    assert row is not None
-                    run_id = row[0]
-        run = await self.get_run(run_id)
-        assert run is not None
-        return run, created
+                " WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING seq",
+                (run.id, run.runner_id, run.image, run.command, _json_or_null(run.argv),
+                 run.entrypoint, sealed_env, run.timeout_seconds, run.instance_type, cpu, mem,
+                 pids, idempotency_key, run.webhook_url, run.container_registry_id,
+                 run.image_pull_policy, now, now)).fetchone()
+            if row is not None:
+                run.seq = row[0]
+                return run, True
+            first = db.execute("SELECT * FROM runs WHERE runner_id = ? AND idempotency_key = ?",
+                               (runner.id, idempotency_key)).fetchone()
+            assert first is not None
+            return _run(first, box), False
+
+        return await self._write(insert)
 
     async def get_run(self, run_id: str, runner_id: str | None = None) -> Run | None:
         if runner_id is None:
@@ -469,20 +542,29 @@ class Store:
         return self._run_row(row) if row else None
 
     async def list_runs(self, runner_id: str, *, limit: int, status: Status | None = None,
-                        before: str | None = None) -> list[Run]:
-        """Newest first. `before` is a run id: only runs queued before it."""
+                        before: str | None = None) -> list[Run] | None:
+        """Newest first. `before` is a run id of this runner: only runs queued
+        before it; None when there is no such run."""
         where = ["runner_id = ?"]
         params: list[Any] = [runner_id]
         if status is not None:
             where.append("status = ?")
             params.append(status.value)
-        if before is not None:
-            where.append("seq < (SELECT seq FROM runs WHERE id = ? AND runner_id = ?)")
-            params += [before, runner_id]
-        rows = await self._all(
-            f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?",
-            (*params, limit))
-        return [self._run_row(r) for r in rows]
+
+        def read(db: sqlite3.Connection) -> list[sqlite3.Row] | None:
+            if before is not None:
+                row = db.execute("SELECT seq FROM runs WHERE id = ? AND runner_id = ?",
+                                 (before, runner_id)).fetchone()
+                if row is None:
+                    return None
+                where.append("seq < ?")
+                params.append(row[0])
+            return db.execute(
+                f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?",
+                (*params, limit)).fetchall()
+
+        rows = await self._read(read)
+        return None if rows is None else [self._run_row(r) for r in rows]
 
     async def next_pending(self, in_flight: list[str] | None = None) -> Run | None:
         """The oldest pending run that may start now: not already in flight (held by
@@ -490,12 +572,19 @@ class Store:
         its running runs and its runs in flight."""
         in_flight = in_flight or []
         marks = ", ".join("?" for _ in in_flight)  # SQLite takes an empty IN ()
+        # `status IN ('pending', 'running')` repeats the partial index's own WHERE:
+        # without it SQLite does not use `runs_active` and scans the whole table.
+        # A runner's count is its running runs (on the index) plus its in-flight
+        # runs not yet running (looked up by id), so each run counts once.
         row = await self._one(
             "SELECT r.* FROM runs r JOIN runners n ON n.id = r.runner_id"
-            f" WHERE r.status = 'pending' AND r.id NOT IN ({marks})"
+            " WHERE r.status = 'pending' AND r.status IN ('pending', 'running')"
+            f" AND r.id NOT IN ({marks})"
             " AND (n.max_concurrent_runs IS NULL OR n.max_concurrent_runs > ("
             "   SELECT count(*) FROM runs x WHERE x.runner_id = r.runner_id"
-            f"  AND (x.status = 'running' OR x.id IN ({marks}))))"
+            "   AND x.status = 'running')"
+            f" + (SELECT count(*) FROM runs y WHERE y.id IN ({marks})"
+            "   AND y.runner_id = r.runner_id AND y.status <> 'running'))"
             " ORDER BY r.seq LIMIT 1",
             [*in_flight, *in_flight])
         return self._run_row(row) if row else None
@@ -503,30 +592,28 @@ class Store:
     async def cancel_pending(self, run_id: str, error: str) -> Run | None:
         """Pending → failed/canceled at once; None when it is no longer pending."""
         now = now_ms()
-        async with self._tx() as db:
-            cur = await db.execute(
-                "UPDATE runs SET status = 'failed', failure_reason = 'canceled', error = ?,"
-                f" completed_at = ?, updated_at = ?, {_WEBHOOK_ON_COMPLETION}"
-                " WHERE id = ? AND status = 'pending'",
-                (error, now, now, run_id))
-            if cur.rowcount == 0:
-                return None
-        run = await self.get_run(run_id)
-        assert run is not None
+        row = await self._write(lambda db: db.execute(
+            "UPDATE runs SET status = 'failed', failure_reason = 'canceled', error = ?,"
+            f" completed_at = ?, updated_at = ?, {_WEBHOOK_ON_COMPLETION}"
+            " WHERE id = ? AND status = 'pending' RETURNING *",
+            (error, now, now, run_id)).fetchone())
+        if row is None:
+            return None
+        run = self._run_row(row)
         self._completed(run)
         return run
 
     async def mark_running(self, run_id: str, container_id: str, started_at: int) -> Run:
-        async with self._tx() as db:
-            cur = await db.execute(
+        def update(db: sqlite3.Connection) -> sqlite3.Row:
+            row = db.execute(
                 "UPDATE runs SET status = 'running', container_id = ?, started_at = ?,"
-                " updated_at = ? WHERE id = ? AND status = 'pending'",
-                (container_id, started_at, started_at, run_id))
-            if cur.rowcount == 0:
+                " updated_at = ? WHERE id = ? AND status = 'pending' RETURNING *",
+                (container_id, started_at, started_at, run_id)).fetchone()
+            if row is None:
                 raise Conflict(f"run {run_id} is no longer pending")
-        run = await self.get_run(run_id)
-        assert run is not None
-        return run
+            return row
+
+        return self._run_row(await self._write(update))
 
     async def finish_run(self, run_id: str, status: Status, *, exit_code: int | None,
                          failure_reason: FailureReason | None, error: str | None,
@@ -534,18 +621,20 @@ class Store:
         """Move a pending or running run to its final status; never backwards."""
         assert status in (Status.SUCCEEDED, Status.FAILED)
         completed_at = completed_at or now_ms()
-        async with self._tx() as db:
-            cur = await db.execute(
+
+        def update(db: sqlite3.Connection) -> sqlite3.Row:
+            row = db.execute(
                 "UPDATE runs SET status = ?, exit_code = ?, failure_reason = ?, error = ?,"
                 f" completed_at = ?, updated_at = ?, {_WEBHOOK_ON_COMPLETION}"
-                " WHERE id = ? AND status IN (?, ?)",
+                " WHERE id = ? AND status IN (?, ?) RETURNING *",
                 (status.value, exit_code, failure_reason.value if failure_reason else None,
                  error, completed_at, completed_at, run_id,
-                 *[s.value for s in ACTIVE_STATUSES]))
-            if cur.rowcount == 0:
+                 *[s.value for s in ACTIVE_STATUSES])).fetchone()
+            if row is None:
                 raise Conflict(f"run {run_id} has already completed")
-        run = await self.get_run(run_id)
-        assert run is not None
+            return row
+
+        run = self._run_row(await self._write(update))
         self._completed(run)
         return run
 
@@ -564,19 +653,19 @@ class Store:
     async def create_registry(self, fields: dict[str, str]) -> ContainerRegistry:
         now = now_ms()
         registry_id = str(uuid.uuid4())
-        try:
-            async with self._tx() as db:
-                await db.execute(
+        sealed = self.box.encrypt(fields["password"])
+
+        def insert(db: sqlite3.Connection) -> ContainerRegistry:
+            with _conflict_as(f"name: a container registry named {fields['name']!r} "
+                              "already exists"):
+                db.execute(
                     "INSERT INTO container_registries (id, name, host, username, password,"
                     " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
                     (registry_id, fields["name"], fields["host"], fields["username"],
-                     self.box.encrypt(fields["password"]), now, now))
-        except sqlite3.IntegrityError:
-            raise Conflict(f"name: a container registry named {fields['name']!r} "
-                           "already exists") from None
-        registry = await self.get_registry(registry_id)
-        assert registry is not None
-        return registry
+                     sealed, now, now))
+            return _registry(_get(db, "container_registries", registry_id))
+
+        return await self._write(insert)
 
     async def get_registry(self, registry_id: str) -> ContainerRegistry | None:
         row = await self._one("SELECT * FROM container_registries WHERE id = ?", (registry_id,))
@@ -597,42 +686,43 @@ class Store:
     async def update_registry(self, registry_id: str, fields: dict[str, str]) -> ContainerRegistry:
         columns = [c for c in ("name", "host", "username", "password") if c in fields]
         values = [self.box.encrypt(fields[c]) if c == "password" else fields[c] for c in columns]
-        try:
-            async with self._tx() as db:
-                sets = "".join(f"{c} = ?, " for c in columns)
-                cur = await db.execute(
-                    f"UPDATE container_registries SET {sets}updated_at = ? WHERE id = ?",
-                    (*values, now_ms(), registry_id))
-                if cur.rowcount == 0:
-                    raise NotFound(registry_id)
-        except sqlite3.IntegrityError:
-            raise Conflict(f"name: a container registry named {fields.get('name')!r} "
-                           "already exists") from None
-        registry = await self.get_registry(registry_id)
-        assert registry is not None
-        return registry
+
+        def update(db: sqlite3.Connection) -> ContainerRegistry:
+            sets = "".join(f"{c} = ?, " for c in columns)
+            with _conflict_as(f"name: a container registry named {fields.get('name')!r} "
+                              "already exists"):
+                row = db.execute(
+                    f"UPDATE container_registries SET {sets}updated_at = ? WHERE id = ?"
+                    " RETURNING *", (*values, now_ms(), registry_id)).fetchone()
+            if row is None:
+                raise NotFound(registry_id)
+            return _registry(row)
+
+        return await self._write(update)
 
     async def delete_registry(self, registry_id: str) -> None:
         """Refused (Conflict) while a runner uses it."""
-        async with self._tx() as db:
-            async with db.execute("SELECT count(*) FROM runners WHERE container_registry_id = ?",
-                                  (registry_id,)) as cur:
-                row = await cur.fetchone()
-                if row is not None and row[0] > 0:
-                    raise Conflict("the container registry is used by a runner")
-            cur2 = await db.execute("DELETE FROM container_registries WHERE id = ?",
-                                    (registry_id,))
-            if cur2.rowcount == 0:
+
+        def delete(db: sqlite3.Connection) -> None:
+            users = db.execute("SELECT count(*) FROM runners WHERE container_registry_id = ?",
+                               (registry_id,)).fetchone()[0]
+            if users > 0:
+                raise Conflict("the container registry is used by a runner")
+            if db.execute("DELETE FROM container_registries WHERE id = ?",
+                          (registry_id,)).rowcount == 0:
                 raise NotFound(registry_id)
 
+        await self._write(delete)
+
     async def set_warmed(self, runner_id: str, warmed_at: int) -> Runner:
-        async with self._tx() as db:
-            await db.execute("UPDATE runners SET warmed_at = ? WHERE id = ?",
-                             (warmed_at, runner_id))
-        runner = await self.get_runner(runner_id)
-        if runner is None:
-            raise NotFound(runner_id)
-        return runner
+        def update(db: sqlite3.Connection) -> Runner:
+            row = db.execute("UPDATE runners SET warmed_at = ? WHERE id = ? RETURNING *",
+                             (warmed_at, runner_id)).fetchone()
+            if row is None:
+                raise NotFound(runner_id)
+            return _runner(row)
+
+        return await self._write(update)
 
     # -- webhooks -------------------------------------------------------------
 
@@ -645,8 +735,8 @@ class Store:
         return [self._run_row(r) for r in rows]
 
     async def set_webhook_status(self, run_id: str, status: str) -> None:
-        async with self._tx() as db:
-            await db.execute("UPDATE runs SET webhook_status = ? WHERE id = ?", (status, run_id))
+        await self._write(lambda db: db.execute(
+            "UPDATE runs SET webhook_status = ? WHERE id = ?", (status, run_id)))
 
     # -- retention --------------------------------------------------------------
 
@@ -668,14 +758,15 @@ class Store:
             params.append(keep_per_runner)
         if not where:
             return []
-        async with self._tx() as db:
-            async with db.execute(
-                    f"SELECT id FROM runs WHERE {' OR '.join(where)} LIMIT ?",
-                    (*params, batch)) as cur:
-                ids = [r[0] for r in await cur.fetchall()]
-            await db.executemany("DELETE FROM runs WHERE id = ? AND status IN"
-                                 " ('succeeded', 'failed')", [(i,) for i in ids])
-        return ids
+
+        def delete(db: sqlite3.Connection) -> list[str]:
+            ids = [r[0] for r in db.execute(
+                f"SELECT id FROM runs WHERE {' OR '.join(where)} LIMIT ?", (*params, batch))]
+            db.executemany("DELETE FROM runs WHERE id = ? AND status IN"
+                           " ('succeeded', 'failed')", [(i,) for i in ids])
+            return ids
+
+        return await self._write(delete)
 
     async def count_active(self) -> dict[str, int]:
         """How many runs are pending and running now."""
@@ -687,9 +778,118 @@ class Store:
         return counts
 
     async def runs_with_status(self, status: Status) -> list[Run]:
-        rows = await self._all("SELECT * FROM runs WHERE status = ? ORDER BY seq",
+        active = " AND status IN ('pending', 'running')" if status in ACTIVE_STATUSES else ""
+        rows = await self._all(f"SELECT * FROM runs WHERE status = ?{active} ORDER BY seq",
                                (status.value,))
         return [self._run_row(r) for r in rows]
+
+
+# -- on the database thread --------------------------------------------------------
+
+
+def _prepare(db: sqlite3.Connection) -> None:
+    """Connection settings, then the schema: made, or migrated to this version."""
+    db.execute("PRAGMA busy_timeout = 10000")
+    db.execute("PRAGMA journal_mode = WAL")
+    db.execute("PRAGMA synchronous = FULL")
+    db.execute("PRAGMA foreign_keys = ON")
+
+    def migrate(db: sqlite3.Connection) -> None:
+        for statement in _statements(SCHEMA):
+            db.execute(statement)
+        db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', '1')")
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        version = int(row[0]) if row else 1
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the database {db_path(db)} is from a newer runnerd (schema "
+                f"{version}, this one knows {SCHEMA_VERSION}); upgrade runnerd")
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS[target]:
+                db.execute(statement)
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
+                   (str(SCHEMA_VERSION),))
+        db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('daemon_id', ?)",
+                   (str(uuid.uuid4()),))
+
+    [(ok, error)] = _run_batch(db, [(migrate, True)])
+    if not ok:
+        raise error
+
+
+def db_path(db: sqlite3.Connection) -> str:
+    row = db.execute("PRAGMA database_list").fetchone()
+    return str(row[2]) if row else "?"
+
+
+def _run_batch(db: sqlite3.Connection,
+               ops: list[tuple[Callable[[sqlite3.Connection], Any], bool]]
+               ) -> list[tuple[bool, Any]]:
+    """Run one turn's operations: the reads in one read transaction, then the
+    writes in one write transaction, each write under its own savepoint.
+    Returns (True, result) or (False, exception) per operation, in order; raises
+    only when the transaction as a whole fails (then no write of it happened)."""
+    outcomes: list[tuple[bool, Any]] = [(False, None)] * len(ops)
+    reads = [i for i, (_, write) in enumerate(ops) if not write]
+    writes = [i for i, (_, write) in enumerate(ops) if write]
+    if reads:
+        db.execute("BEGIN")
+        try:
+            for i in reads:
+                outcomes[i] = _attempt(ops[i][0], db)
+        finally:
+            db.execute("COMMIT")  # ends the read snapshot; nothing to write
+    if writes:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if len(writes) == 1:
+                outcomes[writes[0]] = _attempt(ops[writes[0]][0], db)
+                if not outcomes[writes[0]][0]:
+                    db.execute("ROLLBACK")
+                    return outcomes
+            else:
+                for i in writes:
+                    db.execute("SAVEPOINT op")
+                    outcomes[i] = _attempt(ops[i][0], db)
+                    if not outcomes[i][0]:
+                        db.execute("ROLLBACK TO op")
+                    db.execute("RELEASE op")
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+    return outcomes
+
+
+def _attempt(fn: Callable[[sqlite3.Connection], Any], db: sqlite3.Connection
+             ) -> tuple[bool, Any]:
+    try:
+        return True, fn(db)
+    except Exception as e:  # the caller gets it; the batch goes on
+        return False, e
+
+
+class _conflict_as:
+    """Turn a broken uniqueness rule in its block into Conflict(message)."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 tb: object) -> bool:
+        if isinstance(error, sqlite3.IntegrityError) and "UNIQUE" in str(error):
+            raise Conflict(self.message) from None
+        return False
+
+
+def _get(db: sqlite3.Connection, table: str, row_id: str) -> sqlite3.Row:
+    row = db.execute(f"SELECT * FROM {table} WHERE id = ?", (row_id,)).fetchone()
+    assert row is not None, f"{table} {row_id} vanished inside its own transaction"
+    return row
 
 
 # -- rows → models --------------------------------------------------------------
@@ -699,12 +899,13 @@ def _statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
 
 
-async def _insert_env(db: aiosqlite.Connection, box: SecretBox, runner_id: str,
-                      env: list[tuple[str, str]], now: int) -> None:
-    await db.executemany(
-        "INSERT INTO runner_env_variables (id, runner_id, env_key, env_val, created_at,"
-        " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-        [(str(uuid.uuid4()), runner_id, k, box.encrypt(v), now, now) for k, v in env])
+def _insert_env(db: sqlite3.Connection, box: SecretBox, runner_id: str,
+                env: list[tuple[str, str]], now: int) -> None:
+    with _conflict_as("env_variables: an env_key appears twice"):
+        db.executemany(
+            "INSERT INTO runner_env_variables (id, runner_id, env_key, env_val, created_at,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+            [(str(uuid.uuid4()), runner_id, k, box.encrypt(v), now, now) for k, v in env])
 
 
 def _json_or_null(value: Any) -> str | None:
@@ -749,7 +950,7 @@ def _run(row: sqlite3.Row, box: SecretBox) -> Run:
         seq=row["seq"], id=row["id"], runner_id=row["runner_id"], status=Status(row["status"]),
         image=row["image"], command=row["command"],
         argv=json.loads(row["argv"]) if row["argv"] is not None else None,
-        entrypoint=row["entrypoint"], env=[(k, v) for k, v in json.loads(box.decrypt(row["env"]))],
+        entrypoint=row["entrypoint"], env=SealedEnv(box, row["env"]),
         timeout_seconds=row["timeout_seconds"], instance_type=row["instance_type"],
         cpu=row["cpu"], mem=row["mem"], pids=row["pids"], exit_code=row["exit_code"],
         failure_reason=FailureReason(row["failure_reason"]) if row["failure_reason"] else None,
@@ -759,3 +960,33 @@ def _run(row: sqlite3.Row, box: SecretBox) -> Run:
         webhook_status=row["webhook_status"],
         container_registry_id=row["container_registry_id"],
         image_pull_policy=row["image_pull_policy"] or "if_not_present")
+
+
+class SealedEnv(Sequence[tuple[str, str]]):
+    """A run's env as stored (encrypted), decrypted on first use: only the
+    executor needs the values, so listing and polling runs never pay for it."""
+
+    def __init__(self, box: SecretBox, sealed: str) -> None:
+        self._box = box
+        self._sealed = sealed
+        self._pairs: list[tuple[str, str]] | None = None
+
+    def _open(self) -> list[tuple[str, str]]:
+        if self._pairs is None:
+            self._pairs = [(k, v) for k, v in json.loads(self._box.decrypt(self._sealed))]
+        return self._pairs
+
+    def __getitem__(self, index: Any) -> Any:
+        return self._open()[index]
+
+    def __len__(self) -> int:
+        return len(self._open())
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._open())
+
+    def __eq__(self, other: object) -> bool:
+        return list(self) == (list(other) if isinstance(other, Sequence) else other)
+
+    def __repr__(self) -> str:
+        return f"SealedEnv({len(self)} variables)"  # never the values

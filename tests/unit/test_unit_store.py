@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import uuid
 from pathlib import Path
 from contextlib import contextmanager
 from typing import Any, AsyncIterator, Iterator
@@ -230,12 +232,13 @@ async def test_list_runs_before_combined_with_status_pages_that_status_only(
     assert [x.id for x in page1 + page2 + page3] == pending[:6]
 
 
-async def test_list_runs_before_a_run_of_another_runner_is_empty(store: Store) -> None:
+async def test_list_runs_before_a_run_of_another_runner_is_none(store: Store) -> None:
     a, b = await make_runner(store, "aaa"), await make_runner(store, "bbb")
     await queue(store, a)
     foreign = await queue(store, b)
     await queue(store, a)
-    assert await store.list_runs(a.id, limit=10, before=foreign.id) == []
+    assert await store.list_runs(a.id, limit=10, before=foreign.id) is None
+    assert await store.list_runs(a.id, limit=10, before=str(uuid.uuid4())) is None
 
 
 async def test_next_pending_is_the_oldest_and_skips_runs_in_flight(store: Store) -> None:
@@ -498,3 +501,81 @@ async def test_a_database_from_a_newer_runnerd_is_refused(tmp_path: Path) -> Non
     with pytest.raises(StoreError, match="newer"):
         await store.open()
     await store.close()
+
+
+# -- group commit, query plans, sealed env ------------------------------------------
+
+
+async def test_concurrent_writes_share_transactions_and_a_failing_one_fails_alone(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "runnerd.db"
+    async with Store(path) as store:
+        taken = await make_runner(store, "taken")
+        turns = 0
+        real = Store._on_thread
+
+        async def counting(self: Store, fn: Any) -> Any:
+            nonlocal turns
+            turns += 1
+            return await real(self, fn)
+
+        monkeypatch.setattr(Store, "_on_thread", counting)
+        names = [f"r{i}" for i in range(40)]
+        outcomes = await asyncio.gather(
+            *(make_runner(store, n) for n in names[:20]),
+            make_runner(store, "taken"),  # breaks the name rule inside a shared turn
+            *(queue(store, taken) for _ in range(10)),
+            *(make_runner(store, n) for n in names[20:]),
+            return_exceptions=True)
+        monkeypatch.undo()
+        failures = [o for o in outcomes if isinstance(o, BaseException)]
+        assert len(failures) == 1 and isinstance(failures[0], Conflict)
+        assert "name" in str(failures[0])
+        assert turns < len(outcomes) / 4  # 51 writes in a handful of transactions
+    async with Store(path) as store:  # every write that was answered is on disk
+        assert sorted(r.name for r in await store.list_runners()) == sorted(names + ["taken"])
+        assert len(await store.list_runs(taken.id, limit=100)) == 10
+
+
+async def test_reads_in_the_same_turn_as_writes_are_answered(store: Store) -> None:
+    r = await make_runner(store)
+    writes = [queue(store, r) for _ in range(5)]
+    reads = [store.get_runner(r.id) for _ in range(5)]
+    results = await asyncio.gather(*writes, *reads)
+    assert all(x == r for x in results[5:])
+    assert len(await store.list_runs(r.id, limit=10)) == 5
+
+
+@pytest.mark.parametrize("query", ["next_pending", "runs_with_status"])
+async def test_the_scheduler_s_queries_search_the_active_index_not_the_whole_table(
+        tmp_path: Path, query: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "runnerd.db"
+    captured: list[tuple[str, tuple[Any, ...]]] = []
+    async with Store(path) as store:
+        r = await make_runner(store, max_concurrent_runs=2)
+        await queue(store, r)
+        for name in ("_all", "_one"):  # every query with its parameters
+            def spy(real: Any) -> Any:
+                async def query(self: Store, sql: str, params: Any = ()) -> Any:
+                    captured.append((sql, tuple(params)))
+                    return await real(self, sql, params)
+                return query
+            monkeypatch.setattr(Store, name, spy(getattr(Store, name)))
+        if query == "next_pending":
+            await store.next_pending(in_flight=["x"])
+        else:
+            await store.runs_with_status(Status.RUNNING)
+    assert captured
+    with raw_db(path) as db:
+        plans = [row[3] for sql, params in captured
+                 for row in db.execute("EXPLAIN QUERY PLAN " + sql, params)]
+    assert any("runs_active" in p for p in plans), plans
+    assert not any(p.startswith("SCAN") for p in plans), plans
+
+
+async def test_a_run_s_env_is_decrypted_only_when_used_and_never_printed(store: Store) -> None:
+    r = await make_runner(store)
+    run = await queue(store, r, [("TOKEN", "s3cret")])
+    [listed] = await store.list_runs(r.id, limit=1)
+    assert "s3cret" not in repr(listed)
+    assert list(listed.env) == [("TOKEN", "s3cret")] == list(run.env)
