@@ -1,18 +1,29 @@
-"""All of runnerd's SQL, over one aiosqlite connection to one SQLite file (WAL).
+"""All of runnerd's SQL, over SQLite (WAL).
 
-Every operation is one function that runs whole on the connection's thread: one
-hand-off to that thread and one wake-up of the event loop, however many
-statements it holds. Operations that arrive while the thread is busy are taken
-together in its next turn:
+Three connections to the one file:
 
-- reads first, in one read transaction (one consistent snapshot);
-- then writes, in one write transaction, each under a savepoint of its own so a
-  failing one (a broken uniqueness rule, a run no longer pending) is undone
+- the writer, an aiosqlite connection (its own thread): every write;
+- the reader, an aiosqlite connection: reads of unbounded size (whole
+  lists, the scheduler's queries), so they never wait behind a commit;
+- a lookup connection on the event loop's own thread, for bounded reads by
+  index (a row by its id, one page of a list): those take microseconds, less
+  than the hand-off to a thread and back would cost. It never waits for a lock
+  (busy timeout 0); when SQLite is busy the reader does the read instead.
+
+Every operation is one function that runs whole on its connection: one
+hand-off to its thread, however many statements it holds. Operations that
+arrive while a thread is busy are taken together in its next turn:
+
+- on the reader, in one read transaction (one consistent snapshot of what was
+  committed when the turn began);
+- on the writer, in one write transaction, each under a savepoint of its own so
+  a failing one (a broken uniqueness rule, a run no longer pending) is undone
   alone and raised to its caller only.
 
 Nobody is answered before the COMMIT that holds their write (synchronous =
-FULL), so whatever the API answered for is on disk; group commit only shares
-that fsync between the writes that were waiting for it.
+FULL), so whatever the API answered for is on disk, and a read started after a
+write was answered sees it; group commit only shares that fsync between the
+writes that were waiting for it.
 """
 
 from __future__ import annotations
@@ -166,14 +177,84 @@ class _Pending:
     future: asyncio.Future[Any]
 
 
+class _Connection:
+    """One aiosqlite connection (one thread) and the operations queued for it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.db: aiosqlite.Connection | None = None
+        self._queue: list[_Pending] = []
+        self._turns: asyncio.Task[None] | None = None
+
+    async def open(self, path: Path) -> None:
+        self.db = await aiosqlite.connect(path, isolation_level=None)
+        self.db.row_factory = sqlite3.Row
+
+    async def close(self) -> None:
+        if self._turns is not None:
+            await asyncio.gather(self._turns, return_exceptions=True)
+        if self.db is not None:
+            db, self.db = self.db, None
+            await db.close()
+
+    async def alone(self, fn: Op[T]) -> T:
+        """Run `fn(connection)` on the connection's thread, by itself."""
+        db = self.db
+        if db is None:
+            raise StoreError("store is not open")
+        # aiosqlite runs each call as one function on its thread; `_execute` hands
+        # it ours, so a whole operation costs one hop instead of one per statement.
+        return await db._execute(fn, db._conn)  # type: ignore[no-any-return]
+
+    async def submit(self, fn: Op[T], *, write: bool) -> T:
+        if self.db is None:
+            raise StoreError("store is not open")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(fn, write, future))
+        if self._turns is None:
+            self._turns = asyncio.create_task(self._take_turns(), name=f"runnerd-{self.name}")
+        return await future
+
+    async def _take_turns(self) -> None:
+        """Hand everything queued to the thread, one batch per turn, until the
+        queue is empty."""
+        try:
+            while self._queue:
+                batch, self._queue = self._queue, []
+                try:
+                    outcomes = await self.alone(
+                        lambda db: _run_batch(db, [(p.fn, p.write) for p in batch]))
+                except BaseException as e:  # the COMMIT failed, or the store was closed
+                    error = e if isinstance(e, Exception) else StoreError("store closed")
+                    for p in batch:
+                        if not p.future.done():
+                            p.future.set_exception(error)
+                    if not isinstance(e, Exception):
+                        raise
+                    continue
+                for p, (ok, value) in zip(batch, outcomes):
+                    if p.future.done():  # its caller went away; the work is done anyway
+                        continue
+                    if ok:
+                        p.future.set_result(value)
+                    else:
+                        p.future.set_exception(value)
+        finally:
+            self._turns = None
+            for p in self._queue:  # only when cancelled: nobody will run them
+                if not p.future.done():
+                    p.future.set_exception(StoreError("store closed"))
+            self._queue = []
+
+
 class Store:
     def __init__(self, path: Path, secret_key_file: Path | None = None) -> None:
         self.path = path
         self.secret_key_file = secret_key_file or path.parent / "secret.key"
         self._box: SecretBox | None = None
-        self._db: aiosqlite.Connection | None = None
-        self._queue: list[_Pending] = []
-        self._turns: asyncio.Task[None] | None = None
+        self._writer = _Connection("store-writer")
+        self._reader = _Connection("store-reader")
+        self._lookups: sqlite3.Connection | None = None  # on the event loop's thread
         # Called with each run that reached its final status, after the commit.
         self.on_run_completed: list[Callable[[Run], None]] = []
 
@@ -181,10 +262,14 @@ class Store:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = await aiosqlite.connect(self.path, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
         try:
-            await self._on_thread(_prepare)
+            await self._writer.open(self.path)
+            await self._writer.alone(_prepare)
+            await self._reader.open(self.path)
+            await self._reader.alone(_prepare_reader)
+            self._lookups = sqlite3.connect(self.path, timeout=0, isolation_level=None)
+            self._lookups.row_factory = sqlite3.Row
+            _prepare_reader(self._lookups, busy_timeout_ms=0)
             await self._open_secrets()
         except BaseException:
             await self.close()
@@ -222,11 +307,11 @@ class Store:
         self._box = box
 
     async def close(self) -> None:
-        if self._turns is not None:
-            await asyncio.gather(self._turns, return_exceptions=True)
-        if self._db is not None:
-            db, self._db = self._db, None
-            await db.close()
+        if self._lookups is not None:
+            db, self._lookups = self._lookups, None
+            db.close()
+        await self._reader.close()
+        await self._writer.close()
 
     async def __aenter__(self) -> Store:
         await self.open()
@@ -237,62 +322,35 @@ class Store:
 
     # -- operations on the database thread ------------------------------------
 
-    async def _on_thread(self, fn: Op[T]) -> T:
-        """Run `fn(connection)` on the connection's thread, alone."""
-        db = self._db
-        if db is None:
-            raise StoreError("store is not open")
-        # aiosqlite runs each call as one function on its thread; `_execute` hands
-        # it ours, so a whole operation costs one hop instead of one per statement.
-        return await db._execute(fn, db._conn)  # type: ignore[no-any-return]
-
     async def _read(self, fn: Op[T]) -> T:
-        return await self._submit(fn, write=False)
+        """`fn` runs inside a read transaction on the reader."""
+        return await self._reader.submit(fn, write=False)
 
     async def _write(self, fn: Op[T]) -> T:
         """`fn` runs inside a write transaction; its result is returned only after
         that transaction is committed. An exception from it undoes its writes."""
-        return await self._submit(fn, write=True)
+        return await self._writer.submit(fn, write=True)
 
-    async def _submit(self, fn: Op[T], *, write: bool) -> T:
-        if self._db is None:
+    async def _lookup(self, fn: Op[T]) -> T:
+        """A bounded read by index, right here on the event loop's thread (see the
+        module's docstring); on the reader when SQLite is busy."""
+        db = self._lookups
+        if db is None:
             raise StoreError("store is not open")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(fn, write, future))
-        if self._turns is None:
-            self._turns = asyncio.create_task(self._take_turns(), name="runnerd-store")
-        return await future
-
-    async def _take_turns(self) -> None:
-        """Hand everything queued to the database thread, one batch per turn, until
-        the queue is empty."""
         try:
-            while self._queue:
-                batch, self._queue = self._queue, []
-                try:
-                    outcomes = await self._on_thread(
-                        lambda db: _run_batch(db, [(p.fn, p.write) for p in batch]))
-                except BaseException as e:  # the COMMIT failed, or the store was closed
-                    error = e if isinstance(e, Exception) else StoreError("store closed")
-                    for p in batch:
-                        if not p.future.done():
-                            p.future.set_exception(error)
-                    if not isinstance(e, Exception):
-                        raise
-                    continue
-                for p, (ok, value) in zip(batch, outcomes):
-                    if p.future.done():  # its caller went away; the work is done anyway
-                        continue
-                    if ok:
-                        p.future.set_result(value)
-                    else:
-                        p.future.set_exception(value)
-        finally:
-            self._turns = None
-            for p in self._queue:  # only when cancelled: nobody will run them
-                if not p.future.done():
-                    p.future.set_exception(StoreError("store closed"))
-            self._queue = []
+            db.execute("BEGIN")
+            try:
+                return fn(db)
+            finally:
+                db.execute("COMMIT")
+        except sqlite3.OperationalError as e:
+            if e.sqlite_errorcode & 0xFF not in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+                raise
+        return await self._read(fn)
+
+    async def _lookup_one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
+        params = tuple(params)
+        return await self._lookup(lambda db: db.execute(sql, params).fetchone())
 
     async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         params = tuple(params)
@@ -332,7 +390,8 @@ class Store:
             "DELETE FROM api_keys WHERE name = ?", (name,)).rowcount > 0)
 
     async def api_key_by_hash(self, secret_hash: str) -> ApiKey | None:
-        row = await self._one("SELECT * FROM api_keys WHERE secret_hash = ?", (secret_hash,))
+        row = await self._lookup_one("SELECT * FROM api_keys WHERE secret_hash = ?",
+                                     (secret_hash,))
         return _api_key(row) if row else None
 
     # -- runners ------------------------------------------------------------
@@ -356,7 +415,7 @@ class Store:
         return await self._write(insert)
 
     async def get_runner(self, runner_id: str) -> Runner | None:
-        row = await self._one("SELECT * FROM runners WHERE id = ?", (runner_id,))
+        row = await self._lookup_one("SELECT * FROM runners WHERE id = ?", (runner_id,))
         return _runner(row) if row else None
 
     async def runner_for_run(self, runner_id: str) -> tuple[Runner, list[EnvVariable],
@@ -380,7 +439,7 @@ class Store:
                 host = registry["host"] if registry is not None else None
             return runner, env, host
 
-        return await self._read(read)
+        return await self._lookup(read)
 
     async def list_runners(self) -> list[Runner]:
         rows = await self._all("SELECT * FROM runners ORDER BY created_at, name")
@@ -437,7 +496,7 @@ class Store:
         return [self._env_row(r) for r in rows]
 
     async def get_env(self, runner_id: str, env_id: str) -> EnvVariable | None:
-        row = await self._one(
+        row = await self._lookup_one(
             "SELECT * FROM runner_env_variables WHERE runner_id = ? AND id = ?",
             (runner_id, env_id))
         return self._env_row(row) if row else None
@@ -535,10 +594,10 @@ class Store:
 
     async def get_run(self, run_id: str, runner_id: str | None = None) -> Run | None:
         if runner_id is None:
-            row = await self._one("SELECT * FROM runs WHERE id = ?", (run_id,))
+            row = await self._lookup_one("SELECT * FROM runs WHERE id = ?", (run_id,))
         else:
-            row = await self._one("SELECT * FROM runs WHERE id = ? AND runner_id = ?",
-                                  (run_id, runner_id))
+            row = await self._lookup_one("SELECT * FROM runs WHERE id = ? AND runner_id = ?",
+                                         (run_id, runner_id))
         return self._run_row(row) if row else None
 
     async def list_runs(self, runner_id: str, *, limit: int, status: Status | None = None,
@@ -563,7 +622,7 @@ class Store:
                 f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?",
                 (*params, limit)).fetchall()
 
-        rows = await self._read(read)
+        rows = await self._lookup(read)  # one page: at most `limit` rows, on an index
         return None if rows is None else [self._run_row(r) for r in rows]
 
     async def next_pending(self, in_flight: list[str] | None = None) -> Run | None:
@@ -668,7 +727,8 @@ class Store:
         return await self._write(insert)
 
     async def get_registry(self, registry_id: str) -> ContainerRegistry | None:
-        row = await self._one("SELECT * FROM container_registries WHERE id = ?", (registry_id,))
+        row = await self._lookup_one("SELECT * FROM container_registries WHERE id = ?",
+                                     (registry_id,))
         return _registry(row) if row else None
 
     async def list_registries(self) -> list[ContainerRegistry]:
@@ -815,6 +875,11 @@ def _prepare(db: sqlite3.Connection) -> None:
     [(ok, error)] = _run_batch(db, [(migrate, True)])
     if not ok:
         raise error
+
+
+def _prepare_reader(db: sqlite3.Connection, busy_timeout_ms: int = 10000) -> None:
+    db.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+    db.execute("PRAGMA query_only = ON")
 
 
 def db_path(db: sqlite3.Connection) -> str:

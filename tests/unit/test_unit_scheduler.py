@@ -284,7 +284,7 @@ async def test_engine_unavailable_leaves_the_run_pending_and_it_is_retried(
     sched = make_scheduler()
     sched.start()
     await fake.until(lambda: fake.started.count(run_id) >= 1)
-    await fake.until(lambda: fake.started.count(run_id) == 3 and run_id in fake.running)
+    await fake.until(lambda: fake.started.count(run_id) == 3 and run_id in fake.waiting)
     assert fake.failures[run_id] == []
     assert (await status_of(store, run_id)).status is Status.RUNNING
     fake.release[run_id].set()

@@ -14,6 +14,7 @@ import pytest
 from runnerd.models import FailureReason, Run, Runner, Scope, Status
 from runnerd.store import (
     IDEMPOTENCY_WINDOW_MS, SCHEMA, SCHEMA_VERSION, Conflict, NotFound, Store, StoreError,
+    _Connection,
 )
 
 
@@ -512,14 +513,14 @@ async def test_concurrent_writes_share_transactions_and_a_failing_one_fails_alon
     async with Store(path) as store:
         taken = await make_runner(store, "taken")
         turns = 0
-        real = Store._on_thread
+        real = _Connection.alone
 
-        async def counting(self: Store, fn: Any) -> Any:
+        async def counting(self: _Connection, fn: Any) -> Any:
             nonlocal turns
             turns += 1
             return await real(self, fn)
 
-        monkeypatch.setattr(Store, "_on_thread", counting)
+        monkeypatch.setattr(_Connection, "alone", counting)
         names = [f"r{i}" for i in range(40)]
         outcomes = await asyncio.gather(
             *(make_runner(store, n) for n in names[:20]),
@@ -579,3 +580,33 @@ async def test_a_run_s_env_is_decrypted_only_when_used_and_never_printed(store: 
     [listed] = await store.list_runs(r.id, limit=1)
     assert "s3cret" not in repr(listed)
     assert list(listed.env) == [("TOKEN", "s3cret")] == list(run.env)
+
+
+async def test_a_lookup_that_finds_the_database_busy_is_done_by_the_reader(
+        tmp_path: Path) -> None:
+    # In WAL mode a reader sees SQLITE_BUSY only in rare moments (another process
+    # recovering the WAL index); the loop-thread connection then hands the read on.
+    async with Store(tmp_path / "runnerd.db") as store:
+        r = await make_runner(store)
+        run = await queue(store, r)
+        real = store._lookups
+        assert real is not None
+
+        class Busy:
+            calls = 0
+
+            def execute(self, *args: Any) -> Any:
+                Busy.calls += 1
+                error = sqlite3.OperationalError("database is locked")
+                error.sqlite_errorcode = sqlite3.SQLITE_BUSY  # type: ignore[attr-defined]
+                raise error
+
+        store._lookups = Busy()  # type: ignore[assignment]
+        try:
+            found = await store.get_run(run.id)
+            page = await store.list_runs(r.id, limit=5)
+        finally:
+            store._lookups = real
+        assert Busy.calls == 2
+        assert found is not None and found.id == run.id
+        assert page is not None and [x.id for x in page] == [run.id]
