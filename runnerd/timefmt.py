@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone, tzinfo
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+from datetime import datetime, tzinfo
 
 
 def format_ms(ms: int | None, tz: tzinfo) -> str | None:
     """Milliseconds since the epoch → ISO 8601 with milliseconds and UTC offset."""
     if ms is None:
         return None
-    dt = (_EPOCH + timedelta(milliseconds=ms)).astimezone(tz)  # exact, no float
+    seconds, millis = divmod(ms, 1000)  # whole seconds: exact, no float rounding
+    dt = datetime.fromtimestamp(seconds, tz).replace(microsecond=millis * 1000)
     return dt.isoformat(timespec="milliseconds")
