@@ -15,8 +15,8 @@ import time
 
 from . import metrics
 from .engine import (
-    LABEL_DAEMON, LABEL_RUN, LABEL_RUNNER, ContainerSpec, Engine, EngineError, EngineUnavailable,
-    RegistryCredentials,
+    LABEL_DAEMON, LABEL_RUN, LABEL_RUNNER, ContainerSpec, Engine, EngineError,
+    EngineUnavailable, ImageNotFound, RegistryCredentials,
 )
 from .logs import LogStore, LogWriter
 from .models import FailureReason, Run, Status, now_ms
@@ -68,6 +68,9 @@ class Executor:
         self._containers: dict[str, str] = {}  # run id -> container id, while watched
         self._cancels: dict[str, str] = {}     # run id -> why it is being stopped
         self._pulls: dict[str, asyncio.Future[None]] = {}  # image ref -> the pull under way
+        # Images seen on the engine: a run of one is created without asking first.
+        # Removed behind runnerd's back, the create says 404 and the run pulls then.
+        self._present: set[str] = set()
 
     # -- entry points ---------------------------------------------------------
 
@@ -77,10 +80,11 @@ class Executor:
         try:
             if not await self._ensure_image(run):
                 return await self._current(run)
-            container_id = await self._create_and_start(run)
-            if container_id is None:
+            created = await self._create_and_start(run)
+            if created is None:
                 return await self._current(run)
-            return await self._follow(run, container_id)
+            container_id, started = created
+            return await self._follow(run, container_id, just_started=started)
         finally:
             self._cancels.pop(run.id, None)
 
@@ -120,7 +124,9 @@ class Executor:
         """Apply the run's pull policy; False (the run failed) when it cannot."""
         try:
             policy = run.image_pull_policy
-            if policy != "always" and await self.engine.has_image(run.image):
+            if policy != "always" and (run.image in self._present
+                                       or await self.engine.has_image(run.image)):
+                self._present.add(run.image)
                 return True
             if policy == "never":
                 raise EngineError(f"image {run.image} is not present and the runner's "
@@ -154,8 +160,10 @@ class Executor:
                                   "was deleted")
             credentials = RegistryCredentials(*found)
         await self.engine.pull(ref, credentials)
+        self._present.add(ref)
 
-    async def _create_and_start(self, run: Run) -> str | None:
+    async def _create_and_start(self, run: Run) -> tuple[str, bool] | None:
+        """(container id, whether it surely started); None when the run ended here."""
         cmd, entrypoint = container_command(run)
         spec = ContainerSpec(
             name=container_name(run.id), image=run.image, cmd=cmd, entrypoint=entrypoint,
@@ -165,11 +173,18 @@ class Executor:
             try:
                 container_id = await self.engine.create(spec)
             except EngineError as e:
-                if e.status != 409:
+                if isinstance(e, ImageNotFound) and run.image in self._present:
+                    # The image was removed since runnerd saw it: apply the pull
+                    # policy again (which records the run failed if it cannot).
+                    self._present.discard(run.image)
+                    if not await self._ensure_image(run):
+                        return None
+                elif e.status == 409:
+                    # The name is taken: a container created for this run before a
+                    # crash, never started. Start over with a fresh one.
+                    await self.engine.remove(spec.name)
+                else:
                     raise
-                # The name is taken: a container created for this run before a
-                # crash, never started. Start over with a fresh one.
-                await self.engine.remove(spec.name)
                 container_id = await self.engine.create(spec)
         except EngineUnavailable:
             raise
@@ -196,7 +211,7 @@ class Executor:
         except EngineUnavailable:
             # Running in the store, container state unknown: following it settles
             # that once the engine answers again.
-            return container_id
+            return container_id, False
         except EngineError as e:
             log.info("run %s failed: container did not start: %s", run.id, e)
             self._containers.pop(run.id, None)
@@ -205,10 +220,11 @@ class Executor:
                                error=f"{e}.")
             return None
         log.info("run %s started in container %s", run.id, container_id[:12])
-        return container_id
+        return container_id, True
 
-    async def _follow(self, run: Run, container_id: str) -> Run:
+    async def _follow(self, run: Run, container_id: str, just_started: bool = False) -> Run:
         """Watch a running run's container until it ends, then record and remove it.
+        `just_started`: this process has just started it, so its state is known.
 
         Losing the engine does not decide anything: once it answers again the run
         is settled from what it reports (still running: watch on; exited: its
@@ -224,7 +240,7 @@ class Executor:
                     log.warning("run %s: could not stop it for its cancel: %s", run.id, e)
             while True:
                 try:
-                    outcome = await self._watch(run, container_id, writer)
+                    outcome = await self._watch(run, container_id, writer, just_started)
                     if outcome is not None:
                         # The follow stream can end before the engine logged the very
                         # last message; a plain read over the last moments catches it.
@@ -235,6 +251,7 @@ class Executor:
                     log.warning("run %s: lost touch with the engine (%s); waiting for it",
                                 run.id, e)
                     await self._wait_for_engine()
+                    just_started = False  # who knows what happened meanwhile
                     writer = self._reopen(writer, run.id)
         finally:
             self._containers.pop(run.id, None)
@@ -263,23 +280,27 @@ class Executor:
         await self._remove_quietly(container_id)
         return done
 
-    async def _watch(self, run: Run, container_id: str,
-                     writer: LogWriter) -> tuple[int, bool] | None:
+    async def _watch(self, run: Run, container_id: str, writer: LogWriter,
+                     just_started: bool = False) -> tuple[int, bool] | None:
         """(exit code, timed out) once the container has exited and its output is
         in the log; None when the engine has no such container."""
-        state = await self.engine.inspect(container_id)
-        if state is None:
-            return None
-        if state.status == "created":  # moved to running, then the daemon or engine died
-            await self.engine.start(container_id)
+        ended_with: int | None = None  # the exit code of a container that ended unwatched
+        if not just_started:  # (a container just started is running or exited: wait() tells)
+            state = await self.engine.inspect(container_id)
+            if state is None:
+                return None
+            if state.status == "created":  # marked running, then the daemon or engine died
+                await self.engine.start(container_id)
+            elif state.status in ("exited", "dead"):
+                ended_with = state.exit_code
         output = asyncio.create_task(self._copy_output(run, container_id, writer))
         try:
             timed_out = False
             assert run.started_at is not None
             remaining = run.started_at / 1000 + run.timeout_seconds - time.time()
             try:
-                if state.status in ("exited", "dead"):
-                    exit_code = state.exit_code  # ended while nobody watched
+                if ended_with is not None:
+                    exit_code = ended_with
                 else:
                     exit_code = await asyncio.wait_for(self.engine.wait(container_id),
                                                        max(0.001, remaining))

@@ -387,6 +387,41 @@ async def test_if_not_present_is_the_default_and_pulls_only_when_absent(
     assert len(await manifest_requests(registry, mark)) == 1, registry.requests(mark)
 
 
+async def test_an_image_removed_between_runs_is_pulled_again_by_the_next_run(
+        rapi: RecordingApi, registry: Registry) -> None:
+    # runnerd remembers which images the engine has instead of asking before every
+    # run; an image removed behind its back must still be pulled, not fail the run.
+    cr = await make_registry(rapi, registry)
+    runner = await private_runner(rapi, cr)
+    first = await run_once(rapi, runner)
+    assert first["status"] == "succeeded", first
+    registry.remove_local()
+    before = await image_pulls(rapi)
+
+    second = await run_once(rapi, runner)
+
+    assert second["status"] == "succeeded", second
+    assert (await image_pulls(rapi))["ok"] == before["ok"] + 1
+    assert registry.has_local(registry.image_ref)
+
+
+async def test_never_fails_the_run_cleanly_when_the_image_was_removed_after_a_run(
+        rapi: RecordingApi, registry: Registry) -> None:
+    cr = await make_registry(rapi, registry)
+    runner = await private_runner(rapi, cr, image_pull_policy="never")
+    status, data = await rapi.post(f"/v1/runners/{runner['id']}/warm")
+    assert status == 200, data
+    assert (await run_once(rapi, runner))["status"] == "succeeded"
+    registry.remove_local()
+    mark = registry.mark()
+
+    run = await run_once(rapi, runner)
+
+    assert run["status"] == "failed" and run["failure_reason"] == "image_pull_failed", run
+    assert registry.image_ref in run["error"] and "never" in run["error"], run["error"]
+    assert registry.requests(mark) == []
+
+
 async def test_always_pulls_again_although_the_image_is_present(
         rapi: RecordingApi, registry: Registry) -> None:
     cr = await make_registry(rapi, registry)
