@@ -54,6 +54,9 @@ def make_app(config: Config, store: Store, engine: Engine, logs: LogStore,
     if executor is not None:
         app[EXECUTOR] = executor
     app[STOPPING] = asyncio.Event()
+    # A run's log followers learn that it has completed at once, not at their
+    # next FOLLOW_RECHECK_SECONDS: the log's last write comes before the record.
+    store.on_run_completed.append(lambda run: logs.notify(run.id))
     r = app.router
     r.add_get("/healthz", healthz)
     r.add_get("/metrics", metrics_endpoint)

@@ -33,6 +33,7 @@ import inspect
 import re
 import shlex
 import time
+import types
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -101,7 +102,8 @@ def test_document_is_a_fresh_json_value_each_time() -> None:
 def app_routes() -> set[tuple[str, str]]:
     """(METHOD, path) of every route `make_app` registers; HEAD only where no GET is."""
     params = list(inspect.signature(runnerd_api.make_app).parameters)
-    app = runnerd_api.make_app(Config(), *[None] * (len(params) - 1))
+    store = types.SimpleNamespace(on_run_completed=[])  # all make_app touches of it
+    app = runnerd_api.make_app(Config(), store, *[None] * (len(params) - 2))
     routes = {(r.method.upper(), r.resource.canonical) for r in app.router.routes()
               if r.resource is not None}
     return {(m, p) for m, p in routes if not (m == "HEAD" and ("GET", p) in routes)}
