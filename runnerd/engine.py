@@ -21,6 +21,7 @@ import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError
 from aiodocker.jsonstream import json_stream_stream
+from aiodocker.utils import httpize
 
 from . import metrics
 from .images import auth_address
@@ -36,7 +37,7 @@ _FRAME = struct.Struct(">BxxxL")  # Docker's multiplexed stream: stream, size
 _ENGINE_ERROR = 3  # the stream id of the engine's own messages ("systemerr")
 # Output is read from the engine in pieces of up to this size, each split into its
 # messages in one go: far fewer awaits (and socket pauses) than one per message.
-OUTPUT_READ_BYTES = 1024 * 1024
+OUTPUT_READ_BYTES = 256 * 1024
 _QUICK = aiohttp.ClientTimeout(total=10)
 PROGRESS_LOG_SECONDS = 5.0
 _NO_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None)  # long streams
@@ -107,6 +108,11 @@ LOG_LINE_OVERHEAD = 32
 LOG_PIECE_OVERHEAD = 112
 
 
+# The engine keeps at least this much of a container's log in all (in more files
+# when they are small), so a daemon that restarts while a run writes can read on.
+LOG_KEEP_BYTES = 256 * 1024 * 1024
+
+
 def log_file_bytes(max_log_bytes: int) -> int:
     """The size of the engine's log file for a run that keeps up to `max_log_bytes`
     of output: twice that, so lines of ~30 bytes and more fit with their framing
@@ -128,6 +134,7 @@ class Engine:
     def __init__(self, url: str | None = None) -> None:
         self._url = url
         self._docker: aiodocker.Docker | None = None
+        self._streams: aiohttp.ClientSession | None = None
 
     @property
     def docker(self) -> aiodocker.Docker:
@@ -138,7 +145,23 @@ class Engine:
                 raise EngineUnavailable(f"cannot find the Docker engine: {e}") from None
         return self._docker
 
+    @property
+    def streams(self) -> aiohttp.ClientSession:
+        """A session for output streams, on the engine client's connections, that
+        speaks HTTP/1.0: the engine then sends a stream as it is, where over
+        HTTP/1.1 it makes every message an HTTP chunk, each costing aiohttp a
+        callback and a buffer entry (a quarter of the daemon's time for a flood of
+        short lines). The connection closes at the end of the stream."""
+        if self._streams is None:
+            self._streams = aiohttp.ClientSession(
+                connector=self.docker.connector, connector_owner=False,
+                version=aiohttp.HttpVersion10, timeout=_NO_TIMEOUT)
+        return self._streams
+
     async def close(self) -> None:
+        if self._streams is not None:
+            streams, self._streams = self._streams, None
+            await streams.close()
         if self._docker is not None:
             docker, self._docker = self._docker, None
             await docker.close()
@@ -225,10 +248,11 @@ class Engine:
                 # holds everything runnerd keeps, so it is never rotated while
                 # runnerd reads it: Docker 20.10's follow reader skips or repeats
                 # messages across a rotation when it lags behind the container.
-                # The second file keeps it readable (for a resume after a daemon
+                # Older files keep it readable (for a resume after a daemon
                 # restart) once the container writes past it.
                 "LogConfig": {"Type": "local", "Config": {
-                    "max-size": str(spec.log_file_bytes), "max-file": "2",
+                    "max-size": str(spec.log_file_bytes),
+                    "max-file": str(max(2, -(-LOG_KEEP_BYTES // spec.log_file_bytes))),
                     "compress": "false"}},
                 "AutoRemove": False,
             },
@@ -316,12 +340,16 @@ class Engine:
         if since_ns:
             params["since"] = f"{since_ns // 1_000_000_000}.{since_ns % 1_000_000_000:09d}"
         try:
-            async with self.docker._query(f"containers/{container_id}/logs", params=params,
-                                          timeout=_NO_TIMEOUT) as response:
+            await self.docker._check_version()
+            url = self.docker._canonicalize_url(f"containers/{container_id}/logs")
+            async with self.streams.get(url, params=httpize(params)) as response:
+                if response.status >= 400:
+                    raise DockerError(response.status, _error_message(await response.read()))
                 splitter = _FrameSplitter()
+                content = response.content
                 while True:
                     # read() also raises the stream's buffer limits to this size.
-                    data = await response.content.read(OUTPUT_READ_BYTES)
+                    data = await content.read(OUTPUT_READ_BYTES)
                     if not data:
                         if splitter.pending:
                             log.warning("output of %s ended inside a message",
@@ -441,6 +469,16 @@ class _FrameSplitter:
         frac = payload[20:space].rstrip(b"Z")
         nanos = int(frac.ljust(9, b"0")[:9]) if frac.isdigit() else 0
         return self._second_ns + nanos, space + 1
+
+
+def _error_message(body: bytes) -> str:
+    """The message of an error answer: JSON {"message": ...}, or the text."""
+    text = body.decode("utf-8", "replace")
+    try:
+        message = json.loads(text).get("message")
+    except (ValueError, AttributeError):
+        return text.strip()
+    return str(message) if message else text.strip()
 
 
 def _reason(e: BaseException) -> str:

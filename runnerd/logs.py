@@ -34,11 +34,14 @@ STDOUT = 1
 STDERR = 2
 MARKER = 3  # written by runnerd itself (e.g. the log limit notice), shown as text
 HEADER = struct.Struct(">BqI")
-READ_CHUNK = 1024 * 1024  # readers hand out about this much at a time
-_BLOCK = 1024 * 1024  # files are scanned in blocks of this size
+READ_CHUNK = 256 * 1024  # readers hand out about this much at a time
+_BLOCK = 256 * 1024  # files are scanned in blocks of this size
 # stdout and stderr are timestamped by separate readers in the engine, so their
 # times may be slightly out of order; a resumed stream starts this much earlier.
 RESUME_MARGIN_NS = 2_000_000_000
+# Followers of a log are woken at most this often: a flood of output is written in
+# many small batches, and each wake-up costs a follower a read and a query.
+WAKE_INTERVAL_SECONDS = 0.01
 _MAX_RECORD = 16 * 1024 * 1024  # no engine message is near this: a sanity bound for cursors
 
 
@@ -78,6 +81,8 @@ class LogStore:
         self.max_log_bytes = max_log_bytes
         self.engine_copy = engine_copy
         self._waiters: dict[str, set[asyncio.Future[None]]] = {}
+        self._woken: dict[str, float] = {}  # run id -> when its followers were woken
+        self._wake_later: dict[str, asyncio.TimerHandle] = {}
 
     # -- change notification: followers wait, writers wake them ------------------
 
@@ -97,7 +102,28 @@ class LogStore:
                 del self._waiters[run_id]
 
     def notify(self, run_id: str) -> None:
-        for fut in list(self._waiters.get(run_id, ())):
+        """Wake the run's followers: now, or WAKE_INTERVAL_SECONDS after the last
+        time, for all the writes in between."""
+        if run_id in self._wake_later:
+            return
+        delay = self._woken.get(run_id, 0.0) + WAKE_INTERVAL_SECONDS - time.monotonic()
+        if run_id not in self._waiters:
+            if delay <= 0:
+                self._woken.pop(run_id, None)
+            return
+        if delay > 0:
+            self._wake_later[run_id] = asyncio.get_running_loop().call_later(
+                delay, self._wake, run_id)
+        else:
+            self._wake(run_id)
+
+    def _wake(self, run_id: str) -> None:
+        self._wake_later.pop(run_id, None)
+        waiters = self._waiters.get(run_id)
+        if not waiters:
+            return
+        self._woken[run_id] = time.monotonic()
+        for fut in list(waiters):
             if not fut.done():
                 fut.set_result(None)
 
@@ -130,6 +156,7 @@ class LogStore:
 
     def delete(self, run_ids: list[str]) -> None:
         for run_id in run_ids:
+            self._woken.pop(run_id, None)
             try:
                 self.path(run_id).unlink()
             except FileNotFoundError:
