@@ -13,9 +13,11 @@ from aiohttp import web
 from . import metrics
 from .api import STOPPING, make_app
 from .config import Config
-from .engine import Engine, EngineError
+from .engine import (
+    LOG_LINE_OVERHEAD, LOG_PIECE_OVERHEAD, Engine, EngineError, log_file_bytes,
+)
 from .executor import Executor
-from .logs import LogStore
+from .logs import EngineCopy, LogStore
 from .notify import notify, watchdog_interval
 from .retention import Retention
 from .scheduler import Scheduler
@@ -30,7 +32,9 @@ READY_WAIT_SECONDS = 60.0  # READY=1 waits this long for the queue to be reconci
 
 
 async def serve(config: Config) -> None:
-    logs = LogStore(config.storage.logs_dir, config.storage.max_log_bytes)
+    max_log_bytes = config.storage.max_log_bytes
+    logs = LogStore(config.storage.logs_dir, max_log_bytes, engine_copy=EngineCopy(
+        log_file_bytes(max_log_bytes), LOG_LINE_OVERHEAD, LOG_PIECE_OVERHEAD))
     logs.prepare()
     store = Store(config.storage.db_path, config.storage.secret_key_path)
     await store.open()

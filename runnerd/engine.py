@@ -21,6 +21,7 @@ import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError
 from aiodocker.jsonstream import json_stream_stream
+from aiodocker.utils import httpize
 
 from . import metrics
 from .images import auth_address
@@ -33,6 +34,10 @@ LABEL_RUN = "io.runnerd.run"
 LABEL_RUNNER = "io.runnerd.runner"
 
 _FRAME = struct.Struct(">BxxxL")  # Docker's multiplexed stream: stream, size
+_ENGINE_ERROR = 3  # the stream id of the engine's own messages ("systemerr")
+# Output is read from the engine in pieces of up to this size, each split into its
+# messages in one go: far fewer awaits (and socket pauses) than one per message.
+OUTPUT_READ_BYTES = 256 * 1024
 _QUICK = aiohttp.ClientTimeout(total=10)
 PROGRESS_LOG_SECONDS = 5.0
 _NO_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None)  # long streams
@@ -67,6 +72,7 @@ class ContainerSpec:
     mem_mib: int
     pids: int
     network: str
+    log_file_bytes: int  # the size of the engine's log file for it (see log_file_bytes())
     labels: dict[str, str] = field(default_factory=dict)
 
 
@@ -93,17 +99,42 @@ class ContainerState:
     labels: dict[str, str]
 
 
+# The `local` log driver stores each message as a protobuf entry (stream name, time,
+# the line without its newline) between two 4-byte lengths: at most this many bytes
+# besides the message itself (27-29 measured on 20.10). A piece of a line (a message
+# not ending in a newline: the end of a line longer than the engine's buffer, or a
+# last line without one) also carries a 64-character id and an ordinal.
+LOG_LINE_OVERHEAD = 32
+LOG_PIECE_OVERHEAD = 112
+
+
+# The engine keeps at least this much of a container's log in all (in more files
+# when they are small), so a daemon that restarts while a run writes can read on.
+LOG_KEEP_BYTES = 256 * 1024 * 1024
+
+
+def log_file_bytes(max_log_bytes: int) -> int:
+    """The size of the engine's log file for a run that keeps up to `max_log_bytes`
+    of output: twice that, so lines of ~30 bytes and more fit with their framing
+    (runnerd cuts a log whose framed size could pass it: see LogWriter)."""
+    return 2 * max_log_bytes + 1024 * 1024
+
+
 @dataclass
-class OutputChunk:
-    stream: int  # 1 stdout, 2 stderr
-    ts_ns: int   # when the engine received it
-    data: bytes
+class OutputBatch:
+    """The messages of one read from the engine, in the order it logged them:
+    (stream: 1 stdout or 2 stderr, time in ns the engine received it, bytes).
+    `error` instead is what the engine said went wrong while reading its log."""
+
+    records: list[tuple[int, int, memoryview]]
+    error: str | None = None
 
 
 class Engine:
     def __init__(self, url: str | None = None) -> None:
         self._url = url
         self._docker: aiodocker.Docker | None = None
+        self._streams: aiohttp.ClientSession | None = None
 
     @property
     def docker(self) -> aiodocker.Docker:
@@ -114,7 +145,23 @@ class Engine:
                 raise EngineUnavailable(f"cannot find the Docker engine: {e}") from None
         return self._docker
 
+    @property
+    def streams(self) -> aiohttp.ClientSession:
+        """A session for output streams, on the engine client's connections, that
+        speaks HTTP/1.0: the engine then sends a stream as it is, where over
+        HTTP/1.1 it makes every message an HTTP chunk, each costing aiohttp a
+        callback and a buffer entry (a quarter of the daemon's time for a flood of
+        short lines). The connection closes at the end of the stream."""
+        if self._streams is None:
+            self._streams = aiohttp.ClientSession(
+                connector=self.docker.connector, connector_owner=False,
+                version=aiohttp.HttpVersion10, timeout=_NO_TIMEOUT)
+        return self._streams
+
     async def close(self) -> None:
+        if self._streams is not None:
+            streams, self._streams = self._streams, None
+            await streams.close()
         if self._docker is not None:
             docker, self._docker = self._docker, None
             await docker.close()
@@ -197,10 +244,16 @@ class Engine:
                 "MemorySwap": spec.mem_mib * 1024 * 1024,  # no swap beyond the limit
                 "PidsLimit": spec.pids,
                 "NetworkMode": spec.network,
-                # "local" keeps raw bytes (json-file mangles non-UTF-8) and
-                # holds enough history to resume reading after a daemon restart.
+                # "local" keeps raw bytes (json-file mangles non-UTF-8). One file
+                # holds everything runnerd keeps, so it is never rotated while
+                # runnerd reads it: Docker 20.10's follow reader skips or repeats
+                # messages across a rotation when it lags behind the container.
+                # Older files keep it readable (for a resume after a daemon
+                # restart) once the container writes past it.
                 "LogConfig": {"Type": "local", "Config": {
-                    "max-size": "64m", "max-file": "4", "compress": "false"}},
+                    "max-size": str(spec.log_file_bytes),
+                    "max-file": str(max(2, -(-LOG_KEEP_BYTES // spec.log_file_bytes))),
+                    "compress": "false"}},
                 "AutoRemove": False,
             },
         }
@@ -276,10 +329,10 @@ class Engine:
             raise _engine_error(e, "could not remove the container", "remove") from None
 
     async def output(self, container_id: str, since_ns: int = 0,
-                     follow: bool = True) -> AsyncIterator[OutputChunk]:
-        """The container's output from its start (or `since_ns`, inclusive), one
-        chunk per message the engine logged, as raw bytes with their stream and
-        time. Following, it ends when the container has exited; the engine may
+                     follow: bool = True) -> AsyncIterator[OutputBatch]:
+        """The container's output from its start (or `since_ns`, inclusive), in
+        batches of the messages the engine logged, as raw bytes with their stream
+        and time. Following, it ends when the container has exited; the engine may
         then still hold a last message (a final line without newline): read once
         more without `follow` to get it."""
         params: dict[str, Any] = {"follow": follow, "stdout": True, "stderr": True,
@@ -287,25 +340,29 @@ class Engine:
         if since_ns:
             params["since"] = f"{since_ns // 1_000_000_000}.{since_ns % 1_000_000_000:09d}"
         try:
-            async with self.docker._query(f"containers/{container_id}/logs", params=params,
-                                          timeout=_NO_TIMEOUT) as response:
+            await self.docker._check_version()
+            url = self.docker._canonicalize_url(f"containers/{container_id}/logs")
+            async with self.streams.get(url, params=httpize(params)) as response:
+                if response.status >= 400:
+                    raise DockerError(response.status, _error_message(await response.read()))
+                splitter = _FrameSplitter()
                 content = response.content
-                parse_ts = _TimestampParser()
                 while True:
-                    try:
-                        header = await content.readexactly(_FRAME.size)
-                    except asyncio.IncompleteReadError as e:
-                        if e.partial:
-                            log.warning("output of %s ended inside a frame header",
+                    # read() also raises the stream's buffer limits to this size.
+                    data = await content.read(OUTPUT_READ_BYTES)
+                    if not data:
+                        if splitter.pending:
+                            log.warning("output of %s ended inside a message",
                                         container_id[:12])
                         return
-                    stream, size = _FRAME.unpack(header)
-                    payload = await content.readexactly(size) if size else b""
-                    ts_ns, data = parse_ts.split(payload)
-                    yield OutputChunk(stream if stream in (1, 2) else 1, ts_ns, data)
+                    for batch in splitter.feed(data):
+                        if batch.error is not None:
+                            log.warning("the engine reported on the output of %s: %s",
+                                        container_id[:12], batch.error)
+                        yield batch
         except DockerError as e:
             raise _engine_error(e, "could not read the container's output", "logs") from None
-        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as e:
+        except (aiohttp.ClientError, OSError) as e:
             raise _engine_error(e, "lost the container's output stream", "logs") from None
 
     async def inspect(self, container_id: str) -> ContainerState | None:
@@ -336,29 +393,92 @@ class Engine:
             raise _engine_error(e, "could not list containers", "list") from None
 
 
-class _TimestampParser:
-    """Splits `2026-11-28T19:44:30.123456789Z <message>` into (ns, message),
-    caching the per-second part so each message costs a slice and an int()."""
+class _FrameSplitter:
+    """Splits Docker's multiplexed log stream, fed in pieces of any size, into
+    messages: each an 8-byte frame header (stream, size) and a payload
+    `2026-11-28T19:44:30.123456789Z <message>`. A message's bytes are a memoryview
+    of the piece they came in (no copy)."""
 
     def __init__(self) -> None:
-        self._second: bytes = b""
+        self._rest = b""  # the start of a message cut by the end of the last piece
+        self._second = b""  # the cached date and time to the second, and its ns
         self._second_ns = 0
 
-    def split(self, payload: bytes) -> tuple[int, bytes]:
-        space = payload.find(b" ")
+    @property
+    def pending(self) -> int:
+        return len(self._rest)
+
+    def feed(self, data: bytes) -> list[OutputBatch]:
+        buf = self._rest + data if self._rest else data
+        view = memoryview(buf)
+        end = len(buf)
+        pos = 0
+        batches: list[OutputBatch] = []
+        records: list[tuple[int, int, memoryview]] = []
+        unpack = _FRAME.unpack_from
+        while pos + 8 <= end:
+            stream, size = unpack(buf, pos)
+            start = pos + 8
+            stop = start + size
+            if stop > end:
+                break
+            pos = stop
+            if stream == _ENGINE_ERROR:
+                if records:
+                    batches.append(OutputBatch(records))
+                    records = []
+                text = bytes(view[start:stop]).decode("utf-8", "replace").strip()
+                batches.append(OutputBatch([], error=text or "(no message)"))
+                continue
+            # The engine's stamp: 30 bytes (nanoseconds always 9 digits), a space.
+            if (size > 30 and buf[start + 30] == 0x20 and buf[start + 19] == 0x2E
+                    and buf[start + 29] == 0x5A):
+                second = buf[start:start + 19]
+                if second != self._second and not self._cache_second(second):
+                    ts_ns, skip = time.time_ns(), 0
+                else:
+                    try:
+                        ts_ns, skip = self._second_ns + int(buf[start + 20:start + 29]), 31
+                    except ValueError:
+                        ts_ns, skip = time.time_ns(), 0
+            else:
+                ts_ns, skip = self._stamp(buf[start:stop])
+            records.append((2 if stream == 2 else 1, ts_ns, view[start + skip:stop]))
+        if records or not batches:
+            batches.append(OutputBatch(records))
+        self._rest = buf[pos:] if pos < end else b""
+        return batches
+
+    def _cache_second(self, second: bytes) -> bool:
+        try:
+            tm = time.strptime(second.decode("ascii"), "%Y-%m-%dT%H:%M:%S")
+        except (ValueError, UnicodeDecodeError):
+            return False
+        self._second, self._second_ns = second, calendar.timegm(tm) * 1_000_000_000
+        return True
+
+    def _stamp(self, payload: bytes) -> tuple[int, int]:
+        """(ns, bytes before the message) of a payload whose stamp is not in the
+        usual form; (now, 0) when it has none: every byte is kept."""
+        space = payload.find(b" ", 0, 40)
         if space < 20 or payload[19:20] not in (b".", b"Z"):
-            return time.time_ns(), payload  # no timestamp: keep every byte
-        stamp, data = payload[:space], payload[space + 1:]
-        second = stamp[:19]
-        if second != self._second:
-            try:
-                tm = time.strptime(second.decode("ascii"), "%Y-%m-%dT%H:%M:%S")
-            except (ValueError, UnicodeDecodeError):
-                return time.time_ns(), payload
-            self._second, self._second_ns = second, calendar.timegm(tm) * 1_000_000_000
-        frac = stamp[20:].rstrip(b"Z")
+            return time.time_ns(), 0
+        second = payload[:19]
+        if second != self._second and not self._cache_second(second):
+            return time.time_ns(), 0
+        frac = payload[20:space].rstrip(b"Z")
         nanos = int(frac.ljust(9, b"0")[:9]) if frac.isdigit() else 0
-        return self._second_ns + nanos, data
+        return self._second_ns + nanos, space + 1
+
+
+def _error_message(body: bytes) -> str:
+    """The message of an error answer: JSON {"message": ...}, or the text."""
+    text = body.decode("utf-8", "replace")
+    try:
+        message = json.loads(text).get("message")
+    except (ValueError, AttributeError):
+        return text.strip()
+    return str(message) if message else text.strip()
 
 
 def _reason(e: BaseException) -> str:

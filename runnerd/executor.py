@@ -16,7 +16,7 @@ import time
 from . import metrics
 from .engine import (
     LABEL_DAEMON, LABEL_RUN, LABEL_RUNNER, ContainerSpec, Engine, EngineError,
-    EngineUnavailable, ImageNotFound, RegistryCredentials,
+    EngineUnavailable, ImageNotFound, RegistryCredentials, log_file_bytes,
 )
 from .logs import LogStore, LogWriter
 from .models import FailureReason, Run, Status, now_ms
@@ -168,6 +168,8 @@ class Executor:
         spec = ContainerSpec(
             name=container_name(run.id), image=run.image, cmd=cmd, entrypoint=entrypoint,
             env=run.env, cpu=run.cpu, mem_mib=run.mem, pids=run.pids, network=self.network,
+            log_file_bytes=(self.logs.engine_copy.max_bytes if self.logs.engine_copy
+                            else log_file_bytes(self.logs.max_log_bytes)),
             labels={LABEL_DAEMON: self.daemon_id, LABEL_RUN: run.id, LABEL_RUNNER: run.runner_id})
         try:
             try:
@@ -230,7 +232,7 @@ class Executor:
         is settled from what it reports (still running: watch on; exited: its
         exit code; gone: `lost`)."""
         run = await self._current(run)
-        writer = self.logs.writer(run.id)
+        writer = await self.logs.open_writer(run.id)
         self._containers[run.id] = container_id
         try:
             if run.id in self._cancels:  # canceled before we were watching
@@ -244,7 +246,7 @@ class Executor:
                     if outcome is not None:
                         # The follow stream can end before the engine logged the very
                         # last message; a plain read over the last moments catches it.
-                        writer = self._reopen(writer, run.id)
+                        await asyncio.to_thread(writer.prepare_resume)
                         await self._copy_output(run, container_id, writer, follow=False)
                     break
                 except EngineError as e:
@@ -252,7 +254,7 @@ class Executor:
                                 run.id, e)
                     await self._wait_for_engine()
                     just_started = False  # who knows what happened meanwhile
-                    writer = self._reopen(writer, run.id)
+                    await asyncio.to_thread(writer.prepare_resume)
         finally:
             self._containers.pop(run.id, None)
             writer.close()
@@ -319,22 +321,16 @@ class Executor:
 
     async def _copy_output(self, run: Run, container_id: str, writer: LogWriter,
                            follow: bool = True) -> None:
-        async for chunk in self.engine.output(container_id, since_ns=writer.since_ns,
+        async for batch in self.engine.output(container_id, since_ns=writer.since_ns,
                                               follow=follow):
-            if writer.seen(chunk.ts_ns, chunk.stream):
-                continue
             try:
-                writer.write(chunk.stream, chunk.ts_ns, chunk.data)
+                if batch.error is not None:
+                    writer.note(f"the engine reported an error while runnerd read this "
+                                f"output, which may be incomplete here: {batch.error}")
+                writer.append(batch.records)
             except OSError as e:  # raised once (e.g. disk full); later output is dropped
                 log.error("run %s: cannot write its log %s: %s; dropping further output",
                           run.id, writer.path, e.strerror or e)
-
-    def _reopen(self, writer: LogWriter, run_id: str) -> LogWriter:
-        """A writer prepared to resume from what is on disk now (see LogWriter)."""
-        writer.close()
-        fresh = self.logs.writer(run_id)
-        fresh.failed = fresh.failed or writer.failed  # a write error is reported once
-        return fresh
 
     async def _drain(self, run: Run, output: asyncio.Task[None]) -> None:
         """The container has exited: let the rest of its output arrive."""

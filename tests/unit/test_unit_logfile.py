@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from runnerd.logs import HEADER, MARKER, READ_CHUNK, RESUME_MARGIN_NS, STDERR, STDOUT, LogStore
+from runnerd.logs import (
+    HEADER, MARKER, READ_CHUNK, RESUME_MARGIN_NS, STDERR, STDOUT, EngineCopy, LogStore,
+)
 
 RUN = "0b7c9a52-0000-4000-8000-000000000001"
 
@@ -309,3 +311,69 @@ def test_delete_removes_the_files_and_ignores_missing_ones(logs: LogStore) -> No
     assert not logs.path("r2").exists()
     assert logs.path("keep").exists()
     assert list(logs.text("r1")) == []
+
+
+# -- batches, resume points and the engine's copy ---------------------------------
+
+
+def test_the_resume_point_of_an_open_writer_is_the_one_a_reopened_writer_finds(
+        tmp_path: Path) -> None:
+    rng = random.Random(5)
+    logs = LogStore(tmp_path)
+    s = 1_000_000_000
+    w = logs.writer(RUN)
+    try:
+        ts = 100 * s
+        for _ in range(300):
+            batch = []
+            for _ in range(rng.randrange(0, 20)):
+                ts += rng.randrange(0, s // 4)
+                # stderr stamps may lag behind stdout's a little
+                batch.append((rng.choice((STDOUT, STDERR)), ts - rng.randrange(0, s), b"x\n"))
+            w.append(batch)
+            if rng.random() < 0.1:
+                w.prepare_resume()
+                fresh = logs.writer(RUN)
+                try:
+                    assert (w.since_ns, w._on_disk) == (fresh.since_ns, fresh._on_disk)
+                    assert (w.output_bytes, w.engine_bytes) == (fresh.output_bytes,
+                                                                fresh.engine_bytes)
+                finally:
+                    fresh.close()
+    finally:
+        w.close()
+
+
+def test_a_log_is_cut_before_the_engines_copy_of_many_short_lines_could_overflow(
+        tmp_path: Path) -> None:
+    logs = LogStore(tmp_path, max_log_bytes=1000,
+                    engine_copy=EngineCopy(max_bytes=400, per_line=30, per_piece=100))
+    w = logs.writer(RUN)
+    try:
+        w.append([(STDOUT, i, b"%d\n" % i) for i in range(20)])  # 10 fit: 10 * (2 + 30)
+        w.append([(STDOUT, 99, b"never kept\n")])
+    finally:
+        w.close()
+    text = read_all(logs, RUN)
+    kept, marker = text[:text.index(b"[runnerd]")], text[text.index(b"[runnerd]"):]
+    assert kept == b"".join(b"%d\n" % i for i in range(12))  # 10 * 32 + 2 * 33 <= 400
+    assert marker.startswith(b"[runnerd] log limit of the engine reached after 26 bytes")
+    assert b"never kept" not in text
+    # a writer reopened after a restart knows the log was cut
+    reopened = logs.writer(RUN)
+    try:
+        assert reopened.truncated and reopened.engine_bytes == 10 * 32 + 2 * 33
+    finally:
+        reopened.close()
+
+
+def test_a_piece_of_a_line_counts_more_in_the_engines_copy(tmp_path: Path) -> None:
+    logs = LogStore(tmp_path, engine_copy=EngineCopy(max_bytes=10**6, per_line=30,
+                                                     per_piece=100))
+    write_records(logs, RUN, [(STDOUT, 1, b"line\n"), (STDOUT, 2, b"no newline"),
+                              (MARKER, 3, b"[runnerd] a note\n")])
+    w = logs.writer(RUN)
+    try:
+        assert w.engine_bytes == (5 + 30) + (10 + 100) and not w.truncated
+    finally:
+        w.close()
