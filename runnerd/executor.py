@@ -25,6 +25,7 @@ from .store import Conflict, Store
 log = logging.getLogger("runnerd.executor")
 
 OUTPUT_DRAIN_SECONDS = 30  # after exit, how long the rest of the output may take
+QUIET_START_SECONDS = 0.5  # a run not over by then is followed live; before, read once at exit
 
 
 def container_name(run_id: str) -> str:
@@ -295,29 +296,43 @@ class Executor:
                 await self.engine.start(container_id)
             elif state.status in ("exited", "dead"):
                 ended_with = state.exit_code
-        output = asyncio.create_task(self._copy_output(run, container_id, writer))
+        assert run.started_at is not None
+        deadline = run.started_at / 1000 + run.timeout_seconds
+        waiting = None if ended_with is not None else \
+            asyncio.ensure_future(self.engine.wait(container_id))
+        output: asyncio.Task[None] | None = None
         try:
             timed_out = False
-            assert run.started_at is not None
-            remaining = run.started_at / 1000 + run.timeout_seconds - time.time()
+            if waiting is not None and just_started:
+                # A run that is over within QUIET_START_SECONDS has its output read
+                # once, after it exited (the read below): the engine is spared a
+                # follow stream per short run. Longer runs are followed live.
+                await asyncio.wait({waiting}, timeout=min(
+                    QUIET_START_SECONDS, max(0.001, deadline - time.time())))
+            if waiting is not None and not waiting.done():
+                output = asyncio.create_task(self._copy_output(run, container_id, writer))
             try:
-                if ended_with is not None:
-                    exit_code = ended_with
+                if waiting is None:
+                    exit_code = ended_with  # ended while nobody watched
                 else:
-                    exit_code = await asyncio.wait_for(self.engine.wait(container_id),
-                                                       max(0.001, remaining))
+                    exit_code = await asyncio.wait_for(asyncio.shield(waiting),
+                                                       max(0.001, deadline - time.time()))
             except TimeoutError:
                 timed_out = True
                 log.info("run %s timed out after %d s; stopping its container",
                          run.id, run.timeout_seconds)
                 await self.engine.stop(container_id, self.stop_grace_seconds)
-                exit_code = await self.engine.wait(container_id)
-            await self._drain(run, output)
+                exit_code = await asyncio.shield(waiting)  # type: ignore[arg-type]
+            if output is not None:
+                await self._drain(run, output)
+            assert exit_code is not None
             return exit_code, timed_out
         finally:
-            if not output.done():
-                output.cancel()
-            await asyncio.gather(output, return_exceptions=True)
+            for task in (waiting, output):
+                if task is not None and not task.done():
+                    task.cancel()
+            await asyncio.gather(*(t for t in (waiting, output) if t is not None),
+                                 return_exceptions=True)
 
     async def _copy_output(self, run: Run, container_id: str, writer: LogWriter,
                            follow: bool = True) -> None:
