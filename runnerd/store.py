@@ -331,13 +331,16 @@ class Store:
         that transaction is committed. An exception from it undoes its writes."""
         return await self._writer.submit(fn, write=True)
 
-    async def _lookup(self, fn: Op[T]) -> T:
+    async def _lookup(self, fn: Op[T], *, snapshot: bool = True) -> T:
         """A bounded read by index, right here on the event loop's thread (see the
-        module's docstring); on the reader when SQLite is busy."""
+        module's docstring); on the reader when SQLite is busy. `snapshot`: in one
+        read transaction (not needed for a single statement, which is its own)."""
         db = self._lookups
         if db is None:
             raise StoreError("store is not open")
         try:
+            if not snapshot:
+                return fn(db)
             db.execute("BEGIN")
             try:
                 return fn(db)
@@ -350,7 +353,12 @@ class Store:
 
     async def _lookup_one(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Row | None:
         params = tuple(params)
-        return await self._lookup(lambda db: db.execute(sql, params).fetchone())
+
+        def one(db: sqlite3.Connection) -> sqlite3.Row | None:
+            rows = db.execute(sql, params).fetchall()  # to the end: the statement is done
+            return rows[0] if rows else None
+
+        return await self._lookup(one, snapshot=False)
 
     async def _all(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         params = tuple(params)
