@@ -173,15 +173,16 @@ class Conflict(StoreError):
 @dataclass
 class _Pending:
     fn: Callable[[sqlite3.Connection], Any]
-    write: bool
     future: asyncio.Future[Any]
 
 
 class _Connection:
-    """One aiosqlite connection (one thread) and the operations queued for it."""
+    """One aiosqlite connection (one thread) and the operations queued for it:
+    all reads, or (`writes`) all writes."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, writes: bool) -> None:
         self.name = name
+        self.writes = writes
         self.db: aiosqlite.Connection | None = None
         self._queue: list[_Pending] = []
         self._turns: asyncio.Task[None] | None = None
@@ -206,11 +207,11 @@ class _Connection:
         # it ours, so a whole operation costs one hop instead of one per statement.
         return await db._execute(fn, db._conn)  # type: ignore[no-any-return]
 
-    async def submit(self, fn: Op[T], *, write: bool) -> T:
+    async def submit(self, fn: Op[T]) -> T:
         if self.db is None:
             raise StoreError("store is not open")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(fn, write, future))
+        self._queue.append(_Pending(fn, future))
         if self._turns is None:
             self._turns = asyncio.create_task(self._take_turns(), name=f"runnerd-{self.name}")
         return await future
@@ -221,9 +222,9 @@ class _Connection:
         try:
             while self._queue:
                 batch, self._queue = self._queue, []
+                run_batch = _write_batch if self.writes else _read_batch
                 try:
-                    outcomes = await self.alone(
-                        lambda db: _run_batch(db, [(p.fn, p.write) for p in batch]))
+                    outcomes = await self.alone(lambda db: run_batch(db, [p.fn for p in batch]))
                 except BaseException as e:  # the COMMIT failed, or the store was closed
                     error = e if isinstance(e, Exception) else StoreError("store closed")
                     for p in batch:
@@ -252,8 +253,8 @@ class Store:
         self.path = path
         self.secret_key_file = secret_key_file or path.parent / "secret.key"
         self._box: SecretBox | None = None
-        self._writer = _Connection("store-writer")
-        self._reader = _Connection("store-reader")
+        self._writer = _Connection("store-writer", writes=True)
+        self._reader = _Connection("store-reader", writes=False)
         self._lookups: sqlite3.Connection | None = None  # on the event loop's thread
         # Called with each run that reached its final status, after the commit.
         self.on_run_completed: list[Callable[[Run], None]] = []
@@ -324,12 +325,12 @@ class Store:
 
     async def _read(self, fn: Op[T]) -> T:
         """`fn` runs inside a read transaction on the reader."""
-        return await self._reader.submit(fn, write=False)
+        return await self._reader.submit(fn)
 
     async def _write(self, fn: Op[T]) -> T:
         """`fn` runs inside a write transaction; its result is returned only after
         that transaction is committed. An exception from it undoes its writes."""
-        return await self._writer.submit(fn, write=True)
+        return await self._writer.submit(fn)
 
     async def _lookup(self, fn: Op[T], *, snapshot: bool = True) -> T:
         """A bounded read by index, right here on the event loop's thread (see the
@@ -880,7 +881,7 @@ def _prepare(db: sqlite3.Connection) -> None:
         db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('daemon_id', ?)",
                    (str(uuid.uuid4()),))
 
-    [(ok, error)] = _run_batch(db, [(migrate, True)])
+    [(ok, error)] = _write_batch(db, [migrate])
     if not ok:
         raise error
 
@@ -895,43 +896,43 @@ def db_path(db: sqlite3.Connection) -> str:
     return str(row[2]) if row else "?"
 
 
-def _run_batch(db: sqlite3.Connection,
-               ops: list[tuple[Callable[[sqlite3.Connection], Any], bool]]
-               ) -> list[tuple[bool, Any]]:
-    """Run one turn's operations: the reads in one read transaction, then the
-    writes in one write transaction, each write under its own savepoint.
-    Returns (True, result) or (False, exception) per operation, in order; raises
-    only when the transaction as a whole fails (then no write of it happened)."""
-    outcomes: list[tuple[bool, Any]] = [(False, None)] * len(ops)
-    reads = [i for i, (_, write) in enumerate(ops) if not write]
-    writes = [i for i, (_, write) in enumerate(ops) if write]
-    if reads:
-        db.execute("BEGIN")
-        try:
-            for i in reads:
-                outcomes[i] = _attempt(ops[i][0], db)
-        finally:
-            db.execute("COMMIT")  # ends the read snapshot; nothing to write
-    if writes:
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            if len(writes) == 1:
-                outcomes[writes[0]] = _attempt(ops[writes[0]][0], db)
-                if not outcomes[writes[0]][0]:
-                    db.execute("ROLLBACK")
-                    return outcomes
-            else:
-                for i in writes:
-                    db.execute("SAVEPOINT op")
-                    outcomes[i] = _attempt(ops[i][0], db)
-                    if not outcomes[i][0]:
-                        db.execute("ROLLBACK TO op")
-                    db.execute("RELEASE op")
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
+def _read_batch(db: sqlite3.Connection, ops: list[Callable[[sqlite3.Connection], Any]]
+                ) -> list[tuple[bool, Any]]:
+    """Run one turn's reads in one read transaction (one snapshot). Returns
+    (True, result) or (False, exception) per operation, in order."""
+    db.execute("BEGIN")
+    try:
+        return [_attempt(fn, db) for fn in ops]
+    finally:
+        db.execute("COMMIT")  # ends the read snapshot; nothing to write
+
+
+def _write_batch(db: sqlite3.Connection, ops: list[Callable[[sqlite3.Connection], Any]]
+                 ) -> list[tuple[bool, Any]]:
+    """Run one turn's writes in one write transaction, each under its own
+    savepoint. Returns (True, result) or (False, exception) per operation, in
+    order; raises only when the transaction as a whole fails (then no write of
+    it happened)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if len(ops) == 1:
+            outcomes = [_attempt(ops[0], db)]
+            if not outcomes[0][0]:
                 db.execute("ROLLBACK")
-            raise
+                return outcomes
+        else:
+            outcomes = []
+            for fn in ops:
+                db.execute("SAVEPOINT op")
+                outcomes.append(_attempt(fn, db))
+                if not outcomes[-1][0]:
+                    db.execute("ROLLBACK TO op")
+                db.execute("RELEASE op")
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
     return outcomes
 
 
