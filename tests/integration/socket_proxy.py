@@ -11,6 +11,9 @@ again brings it back on the same path.
 `hold(pattern)` makes the engine slow at one step: a request whose request line
 matches `pattern` (e.g. `POST /v1.41/containers/.../start`) is held — not
 forwarded — until `release()`; `seen(pattern)` counts the requests seen so far.
+`fail(pattern, status)` makes the engine refuse one step: a matching request is
+answered by the proxy itself with that HTTP status and a Docker-style JSON
+`{"message": ...}` (then the connection closes), until `unfail()`.
 Requests are recognised at the start of a chunk the client wrote, which is how
 aiohttp writes them (headers in one write).
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
 
@@ -37,6 +41,8 @@ class SocketProxy:
         self._hold: re.Pattern[str] | None = None
         self._released = asyncio.Event()
         self.held = 0  # requests held back so far
+        self._fail: tuple[re.Pattern[str], int, str] | None = None
+        self.failed = 0  # requests answered with an injected error so far
 
     def hold(self, pattern: str) -> None:
         self._hold = re.compile(pattern)
@@ -45,6 +51,13 @@ class SocketProxy:
     def release(self) -> None:
         self._hold = None
         self._released.set()
+
+    def fail(self, pattern: str, status: int = 500,
+             message: str = "injected engine error") -> None:
+        self._fail = (re.compile(pattern), status, message)
+
+    def unfail(self) -> None:
+        self._fail = None
 
     def seen(self, pattern: str) -> int:
         return sum(1 for line in self.request_lines if re.search(pattern, line))
@@ -78,15 +91,25 @@ class SocketProxy:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(server.wait_closed(), 5)
 
-    async def _maybe_hold(self, data: bytes) -> None:
+    async def _maybe_hold(self, data: bytes) -> bytes | None:
+        """Holds a request while told to; the error answer to send instead of
+        forwarding it, when told to fail it."""
         match = re.match(rb"(GET|POST|PUT|DELETE|HEAD) (\S+) HTTP/1\.[01]\r\n", data)
         if match is None:
-            return
+            return None
         line = match.group(0).decode("latin-1").strip()
         self.request_lines.append(line)
+        if self._fail is not None and self._fail[0].search(line):
+            self.failed += 1
+            _, status, message = self._fail
+            body = json.dumps({"message": message}).encode()
+            return (f"HTTP/1.1 {status} Injected\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                    ).encode("latin-1") + body
         if self._hold is not None and self._hold.search(line):
             self.held += 1
             await self._released.wait()
+        return None
 
     async def _handle(self, client_r: asyncio.StreamReader,
                       client_w: asyncio.StreamWriter) -> None:
@@ -100,7 +123,7 @@ class SocketProxy:
             self._writers.discard(client_w)
             return
         self._writers.add(engine_w)
-        pumps = [asyncio.ensure_future(self._pump(client_r, engine_w, requests=True)),
+        pumps = [asyncio.ensure_future(self._pump(client_r, engine_w, reply=client_w)),
                  asyncio.ensure_future(self._pump(engine_r, client_w))]
         self._tasks.update(pumps)
         try:
@@ -122,8 +145,9 @@ class SocketProxy:
                 w.close()
 
     async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    requests: bool = False) -> bool:
-        """Copy until EOF (True, the EOF passed on) or a broken connection (False)."""
+                    reply: asyncio.StreamWriter | None = None) -> bool:
+        """Copy until EOF (True, the EOF passed on) or a broken connection (False).
+        `reply`: this pump carries requests, and injected errors go back there."""
         try:
             while True:
                 data = await reader.read(65536)
@@ -131,8 +155,12 @@ class SocketProxy:
                     if writer.can_write_eof():
                         writer.write_eof()
                     return True
-                if requests:
-                    await self._maybe_hold(data)
+                if reply is not None:
+                    answer = await self._maybe_hold(data)
+                    if answer is not None:  # refused: answer it, close the connection
+                        reply.write(answer)
+                        await reply.drain()
+                        return False
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):

@@ -11,48 +11,28 @@ the test waits for it to listen.
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import tempfile
-from typing import Any, AsyncIterator, Callable
+from typing import Any, Awaitable, Callable
 
 import aiohttp
 import pytest
-
 from conftest import Api, Daemon, docker_cli, wait_until
-from helpers_engine import LABEL_RUN, EngineProbe, engine_probe
+from faults import (  # noqa: F401 (fixtures)
+    daemon_errors,
+    engine,
+    proxy,
+    start_proxied_daemon,
+    wait_log_line,
+)
+from helpers_engine import LABEL_RUN, EngineProbe
 from socket_proxy import SocketProxy
 
 RECOVERY_DEADLINE = 60  # the scheduler backs off up to 30 s; outages here are short
 
 
 @pytest.fixture
-async def engine() -> AsyncIterator[EngineProbe]:
-    session, probe = await engine_probe()
-    async with session:
-        yield probe
-
-
-@pytest.fixture
-async def proxy() -> AsyncIterator[SocketProxy]:
-    # A short path: unix socket paths are limited to ~107 bytes, tmp_path is long.
-    d = tempfile.mkdtemp(prefix="runnerd-proxy-", dir="/tmp")
-    p = SocketProxy(os.path.join(d, "docker.sock"))
-    await p.start()
-    try:
-        yield p
-    finally:
-        await p.stop()
-        shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
-async def daemon(proxy: SocketProxy, start_daemon: Callable[..., Daemon]) -> Daemon:
+async def daemon(start_proxied_daemon: Callable[..., Awaitable[Daemon]]) -> Daemon:
     """A runnerd whose only way to the engine is the proxy."""
-    extra = (f'[docker]\nurl = "unix://{proxy.path}"\nnetwork = "none"\n'
-             "stop_grace_seconds = 1\n")
-    d: Daemon = await asyncio.to_thread(start_daemon, extra)
-    return d
+    return await start_proxied_daemon()
 
 
 @pytest.fixture
@@ -76,20 +56,6 @@ async def wait_logs(api: Api, runner_id: str, run_id: str, expected: bytes,
     async def has() -> bool:
         return expected in await api.logs(runner_id, run_id)
     await wait_until(has, timeout=timeout, what=f"{expected!r} in the log of run {run_id}")
-
-
-async def wait_log_line(daemon: Daemon, text: str, timeout: float = 20) -> None:
-    async def logged() -> bool:
-        return text in daemon.log_text()
-    await wait_until(logged, timeout=timeout, what=f"the daemon to log {text!r}")
-
-
-def daemon_errors(daemon: Daemon) -> str:
-    """The daemon log's warnings, errors and tracebacks, for failure messages."""
-    lines = daemon.log_text().splitlines()
-    keep = [ln for ln in lines if " WARNING " in ln or " ERROR " in ln
-            or ln.startswith(("Traceback", "  ", "runnerd.", "aiohttp.", "aiodocker."))]
-    return "\n".join(keep[-40:])
 
 
 async def container_of(engine: EngineProbe, run_id: str) -> dict[str, Any]:
