@@ -49,7 +49,7 @@ from .models import (
 T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], T]
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -144,6 +144,28 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE runners ADD COLUMN warmed_at INTEGER",
         "ALTER TABLE runs ADD COLUMN container_registry_id TEXT",
         "ALTER TABLE runs ADD COLUMN image_pull_policy TEXT",
+    ],
+    # run_command and argv exclude each other in the table itself, so two PATCHes
+    # that each set one (each checked against the runner before the other's write)
+    # cannot leave both set. SQLite adds a CHECK only by rebuilding the table:
+    # migrations run with foreign keys off, so dropping the old one cascades to
+    # nothing. A row with both (possible before) keeps run_command, the one runs used.
+    5: [
+        "CREATE TABLE runners_v5 ("
+        " id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, image_name TEXT NOT NULL,"
+        " image_tag TEXT NOT NULL, run_command TEXT, argv TEXT, entrypoint TEXT,"
+        " timeout_seconds INTEGER NOT NULL, instance_type TEXT NOT NULL,"
+        " created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL,"
+        " max_concurrent_runs INTEGER, webhook_url TEXT,"
+        " container_registry_id TEXT REFERENCES container_registries (id),"
+        " image_pull_policy TEXT, warmed_at INTEGER,"
+        " CONSTRAINT run_command_or_argv CHECK (run_command IS NULL OR argv IS NULL))",
+        "INSERT INTO runners_v5 SELECT id, name, image_name, image_tag, run_command,"
+        " CASE WHEN run_command IS NULL THEN argv END, entrypoint, timeout_seconds,"
+        " instance_type, created_at, updated_at, max_concurrent_runs, webhook_url,"
+        " container_registry_id, image_pull_policy, warmed_at FROM runners",
+        "DROP TABLE runners",
+        "ALTER TABLE runners_v5 RENAME TO runners",
     ],
 }
 # Setting a completed run's webhook status: 'pending' when it has a webhook.
@@ -413,7 +435,7 @@ class Store:
         box = self.box
 
         def insert(db: sqlite3.Connection) -> Runner:
-            with _conflict_as(f"name: a runner named {fields['name']!r} already exists"):
+            with _runner_rules(fields):
                 db.execute(
                     f"INSERT INTO runners (id, {', '.join(RUNNER_COLUMNS)}, created_at, updated_at)"
                     f" VALUES (?, {', '.join('?' for _ in RUNNER_COLUMNS)}, ?, ?)",
@@ -463,7 +485,7 @@ class Store:
 
         def update(db: sqlite3.Connection) -> Runner:
             sets = "".join(f"{c} = ?, " for c in columns)
-            with _conflict_as(f"name: a runner named {fields.get('name')!r} already exists"):
+            with _runner_rules(fields):
                 cur = db.execute(
                     f"UPDATE runners SET {sets}updated_at = ? WHERE id = ?",
                     (*[_runner_value(c, fields[c]) for c in columns], now, runner_id))
@@ -753,10 +775,25 @@ class Store:
         return row["host"], row["username"], self.box.decrypt(row["password"])
 
     async def update_registry(self, registry_id: str, fields: dict[str, str]) -> ContainerRegistry:
+        """Set the given fields. A new `host` or `username` needs the `password` in
+        the same call (else Conflict naming it): the stored password must never
+        go to another host, or as another user. Checked in the write itself, so
+        no concurrent change slips between the check and the update."""
         columns = [c for c in ("name", "host", "username", "password") if c in fields]
         values = [self.box.encrypt(fields[c]) if c == "password" else fields[c] for c in columns]
 
         def update(db: sqlite3.Connection) -> ContainerRegistry:
+            if "password" not in fields and ("host" in fields or "username" in fields):
+                current = db.execute("SELECT host, username FROM container_registries"
+                                     " WHERE id = ?", (registry_id,)).fetchone()
+                if current is None:
+                    raise NotFound(registry_id)
+                changed = [c for c in ("host", "username")
+                           if c in fields and fields[c] != current[c]]
+                if changed:
+                    raise Conflict(
+                        f"password: required when {' and '.join(changed)} changes: the "
+                        "stored password is never sent to another host or as another user")
             sets = "".join(f"{c} = ?, " for c in columns)
             with _conflict_as(f"name: a container registry named {fields.get('name')!r} "
                               "already exists"):
@@ -861,7 +898,7 @@ def _prepare(db: sqlite3.Connection) -> None:
     db.execute("PRAGMA busy_timeout = 10000")
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = FULL")
-    db.execute("PRAGMA foreign_keys = ON")
+    db.execute("PRAGMA foreign_keys = OFF")  # for the migrations (v5 rebuilds a table)
 
     def migrate(db: sqlite3.Connection) -> None:
         for statement in _statements(SCHEMA):
@@ -876,6 +913,10 @@ def _prepare(db: sqlite3.Connection) -> None:
         for target in range(version + 1, SCHEMA_VERSION + 1):
             for statement in MIGRATIONS[target]:
                 db.execute(statement)
+        if version < SCHEMA_VERSION and (broken := db.execute(
+                "PRAGMA foreign_key_check").fetchone()) is not None:
+            raise StoreError(f"the database {db_path(db)} has a {broken[0]} row that refers "
+                             f"to a missing {broken[2]} row; nothing was migrated")
         db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
                    (str(SCHEMA_VERSION),))
         db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('daemon_id', ?)",
@@ -884,6 +925,7 @@ def _prepare(db: sqlite3.Connection) -> None:
     [(ok, error)] = _write_batch(db, [migrate])
     if not ok:
         raise error
+    db.execute("PRAGMA foreign_keys = ON")
 
 
 def _prepare_reader(db: sqlite3.Connection, busy_timeout_ms: int = 10000) -> None:
@@ -945,19 +987,36 @@ def _attempt(fn: Callable[[sqlite3.Connection], Any], db: sqlite3.Connection
 
 
 class _conflict_as:
-    """Turn a broken uniqueness rule in its block into Conflict(message)."""
+    """Turn a broken rule in its block into Conflict with the message given for its
+    kind: uniqueness (`message`), a foreign key, a CHECK. Any other stays as it is."""
 
-    def __init__(self, message: str) -> None:
-        self.message = message
+    def __init__(self, message: str, *, foreign_key: str | None = None,
+                 check: str | None = None) -> None:
+        self.messages = {sqlite3.SQLITE_CONSTRAINT_UNIQUE: message,
+                         sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY: foreign_key,
+                         sqlite3.SQLITE_CONSTRAINT_CHECK: check}
 
     def __enter__(self) -> None:
         return None
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  tb: object) -> bool:
-        if isinstance(error, sqlite3.IntegrityError) and "UNIQUE" in str(error):
-            raise Conflict(self.message) from None
+        if isinstance(error, sqlite3.IntegrityError):
+            message = self.messages.get(error.sqlite_errorcode)
+            if message is not None:
+                raise Conflict(message) from None
         return False
+
+
+def _runner_rules(fields: dict[str, Any]) -> _conflict_as:
+    """The rules a runner write can break, each named by its field. The API checks
+    them first; these catch what changed between its check and the write."""
+    return _conflict_as(
+        f"name: a runner named {fields.get('name')!r} already exists",
+        foreign_key=f"container_registry_id: no container registry "
+                    f"{fields.get('container_registry_id')} (it was deleted meanwhile)",
+        check="run_command and argv cannot both be set: the runner was changed meanwhile; "
+              "set the other one to null in the same request")
 
 
 def _get(db: sqlite3.Connection, table: str, row_id: str) -> sqlite3.Row:
