@@ -10,6 +10,7 @@ from typing import Awaitable
 
 from aiohttp import web
 
+from . import datadir
 from . import metrics
 from .api import STOPPING, make_app
 from .config import Config
@@ -32,6 +33,7 @@ READY_WAIT_SECONDS = 60.0  # READY=1 waits this long for the queue to be reconci
 
 
 async def serve(config: Config) -> None:
+    datadir.lock(config.storage.data_dir)  # one daemon per data dir, until we exit
     max_log_bytes = config.storage.max_log_bytes
     logs = LogStore(config.storage.logs_dir, max_log_bytes, engine_copy=EngineCopy(
         log_file_bytes(max_log_bytes), LOG_LINE_OVERHEAD, LOG_PIECE_OVERHEAD))
