@@ -177,7 +177,9 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
     token = request.app[CONFIG].server.metrics_token
     if token is not None:
         given = secret_from_header(request.headers.get("Authorization")) or ""
-        if not hmac.compare_digest(given.encode(), token.encode()):
+        # Header bytes that are not UTF-8 arrive as lone surrogates: compared as the
+        # bytes they were, they simply do not match.
+        if not hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode()):
             return error_response(401, "Unauthorized")
     queue = await request.app[STORE].count_active()
     body = metrics.render(queue["pending"], queue["running"])
