@@ -7,13 +7,19 @@ This module is the only place that knows the config's keys. A bad file raises
 from __future__ import annotations
 
 import dataclasses
+import functools
+import ipaddress
+import logging
 import os
+import re
 import tomllib
 import zoneinfo
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any, Callable
+
+import tzlocal
 
 DEFAULT_LISTEN = "127.0.0.1:8420"
 
@@ -103,6 +109,13 @@ class WebhooksConfig:
     secret: str | None = None  # HMAC-SHA256 key for X-Runnerd-Signature; needed for webhook_url
     timeout_seconds: float = 10.0        # per delivery attempt
     max_retry_seconds: float = 3600.0    # after a run completed, how long failed deliveries retry
+    # None: any host. Else the only hosts a webhook_url may name (names or addresses,
+    # normalized by `host_key`): the daemon POSTs wherever a full key tells it to.
+    allowed_hosts: frozenset[str] | None = None
+
+    def allows(self, url_host: str) -> bool:
+        """Whether a webhook URL's host (`urlsplit(url).hostname`) may be POSTed to."""
+        return self.allowed_hosts is None or host_key(url_host) in self.allowed_hosts
 
 
 @dataclass(frozen=True)
@@ -122,8 +135,36 @@ class Config:
     @property
     def tz(self) -> tzinfo:
         if self.timezone is None:
-            return datetime.now().astimezone().tzinfo  # type: ignore[return-value]
+            return host_zone()
         return zoneinfo.ZoneInfo(self.timezone)
+
+
+@functools.cache
+def host_zone() -> tzinfo:
+    """The host's time zone ($TZ, else /etc/localtime), with its DST rules: each
+    time gets the offset in force at that time, not the one in force at start."""
+    try:
+        tzlocal.reload_localzone()  # now, not what tzlocal cached before (host_zone caches)
+        return tzlocal.get_localzone()
+    except zoneinfo.ZoneInfoNotFoundError:  # e.g. a POSIX rule in $TZ
+        fixed = datetime.now().astimezone().tzinfo
+        logging.getLogger("runnerd").warning(
+            "the host's time zone (TZ=%r) is not an IANA zone such as Europe/Berlin; times "
+            "use the offset in force now (%s) all year: set timezone in the config",
+            os.environ.get("TZ"), fixed)
+        return fixed  # type: ignore[return-value]
+
+
+def host_key(host: str) -> str:
+    """A host as `[webhooks] allowed_hosts` compares it: lowercase, no trailing dot,
+    an IP address in its one canonical form (so `::1` matches `[0::1]`)."""
+    host = host.strip().lower().rstrip(".")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host
 
 
 def default_data_dir() -> Path:
@@ -159,7 +200,7 @@ def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     server = _section(data, "server", ServerConfig, {
         "listen": _listen,
         "max_body_bytes": lambda k, v: _int(k, v, 1024, 1024 * 1024 * 1024),
-        "metrics_token": _nonempty_str,
+        "metrics_token": _token,
     })
     storage = _section(data, "storage", StorageConfig, {
         "data_dir": lambda k, v: _path(k, v, base_dir),
@@ -184,6 +225,7 @@ def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
         "secret": _webhook_secret,
         "timeout_seconds": lambda k, v: _number(k, v, 0.1, 300),
         "max_retry_seconds": lambda k, v: _number(k, v, 0, 7 * 86400),
+        "allowed_hosts": _host_list,
     })
 
     timezone = data.get("timezone")
@@ -293,6 +335,43 @@ def _path(key: str, value: Any, base_dir: Path | None) -> Path:
     if not p.is_absolute() and base_dir is not None:
         p = base_dir / p
     return p
+
+
+def _token(key: str, value: Any) -> str:
+    value = _nonempty_str(key, value)
+    if value != value.strip():
+        raise ConfigError(f"{key}: must not begin or end with spaces (a client's "
+                          "Authorization header is read without them, so it could never match)")
+    return value
+
+
+_HOST_NAME = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*"
+                        r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+
+
+def _host_list(key: str, value: Any) -> frozenset[str]:
+    if not isinstance(value, list) or not value:
+        raise ConfigError(f"{key}: must be a non-empty list of host names or addresses, such "
+                          "as [\"hooks.example.com\", \"10.0.0.7\"] (leave it out to allow any "
+                          f"host), got {value!r}")
+    hosts = set()
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            raise ConfigError(f"{key}[{i}]: must be a host name or address, got {item!r}")
+        host = host_key(item)
+        if not _is_ip(host) and not _HOST_NAME.match(host):
+            raise ConfigError(f"{key}[{i}]: {item!r} is not a host name or address (give "
+                              "the host alone: no scheme, port or path)")
+        hosts.add(host)
+    return frozenset(hosts)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
 
 
 def _webhook_secret(key: str, value: Any) -> str:

@@ -246,6 +246,9 @@ def parse_runner(body: Any, config: Config, *, partial: bool) -> tuple[dict[str,
             problem = _webhook_url_problem(url)
             if problem:
                 c.fail(f"webhook_url {problem}")
+            elif not config.webhooks.allows(host := urlsplit(url).hostname or ""):
+                c.fail(f"webhook_url: the host {host[:100]!r} is not in the daemon's "
+                       "[webhooks] allowed_hosts")
             elif config.webhooks.secret is None:
                 c.fail("webhook_url needs [webhooks] secret in the daemon's config, to sign "
                        "deliveries")

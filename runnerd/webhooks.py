@@ -16,6 +16,7 @@ import hmac
 import json
 import logging
 import time
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -99,6 +100,13 @@ class Notifier:
         secret = self.config.secret
         if secret is None:
             log.warning("run %s: webhook not sent: no [webhooks] secret configured", run.id)
+            return "failed"
+        # Checked again here: the URL was allowed when it was set, under the config
+        # of that time; the one in force now decides.
+        host = urlsplit(run.webhook_url).hostname or ""
+        if not self.config.allows(host):
+            log.warning("run %s: webhook not sent: its host %r is not in [webhooks] "
+                        "allowed_hosts", run.id, host)
             return "failed"
         body = json.dumps({"run": run_json(run, self.tz), "runner_id": run.runner_id}).encode()
         headers = {"Content-Type": "application/json",
