@@ -364,7 +364,8 @@ def _runner_body(args: argparse.Namespace, *, create: bool) -> dict[str, Any]:
     if args.instance_type is not None:
         body["instance_type"] = args.instance_type
     if args.max_concurrent_runs is not None:
-        body["max_concurrent_runs"] = args.max_concurrent_runs
+        body["max_concurrent_runs"] = (None if args.max_concurrent_runs == NO_LIMIT
+                                       else args.max_concurrent_runs)
     if args.registry is not None:
         body["container_registry_id"] = None if args.registry == "none" else args.registry
     if args.pull_policy is not None:
@@ -376,10 +377,13 @@ def _runner_body(args: argparse.Namespace, *, create: bool) -> dict[str, Any]:
     return body
 
 
-def max_runs(text: str) -> int | None:
-    """argparse type of `--max-concurrent-runs`: a number, or `none` for no limit."""
+NO_LIMIT = "none"  # `--max-concurrent-runs none`; not None, which is "not given"
+
+
+def max_runs(text: str) -> int | str:
+    """argparse type of `--max-concurrent-runs`: a number, or NO_LIMIT for `none`."""
     if text.lower() in ("none", "null", "unlimited"):
-        return None
+        return NO_LIMIT
     try:
         return int(text)
     except ValueError:
