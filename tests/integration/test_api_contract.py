@@ -17,6 +17,7 @@ import json
 import re
 import uuid
 from datetime import datetime, timedelta, timezone
+from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
 import aiohttp
@@ -26,6 +27,8 @@ from yarl import URL
 from conftest import (
     TEST_IMAGE_NAME, TEST_IMAGE_TAG, Api, Daemon, runnerd_cli, wait_until, write_config,
 )
+from runnerd.api import READ_METHODS, make_app
+from runnerd.config import Config
 
 TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}[+-]\d{2}:\d{2}$")
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -218,6 +221,32 @@ async def test_healthz_needs_no_key_and_answers_ok(api: Api) -> None:
     assert set(body["queue"]) == {"pending", "running"}, body
 
 
+def write_routes() -> list[tuple[str, str]]:
+    """Every (method, path template) under /v1 that is not a read, from the app's own
+    route table: a route added later is in this list without anyone adding it."""
+    stand_in_store = SimpleNamespace(on_run_completed=[])  # make_app only registers a listener
+    app = make_app(Config(), stand_in_store, None, None, None)  # type: ignore[arg-type]
+    routes = set()
+    for route in app.router.routes():
+        info = route.resource.get_info() if route.resource is not None else {}
+        path = info.get("path") or info.get("formatter") or ""
+        if path.startswith("/v1/") and route.method not in READ_METHODS:
+            routes.add((route.method, path))
+    return sorted(routes)
+
+
+# Plausible bodies, so that a write that got through would do something.
+WRITE_BODIES: dict[tuple[str, str], Any] = {
+    ("POST", "/v1/runners"): runner_body(),
+    ("PATCH", "/v1/runners/{runner_id}"): {"timeout_seconds": 5},
+    ("POST", "/v1/runners/{runner_id}/env_variables"): {"env_key": "B", "env_val": "2"},
+    ("PATCH", "/v1/runners/{runner_id}/env_variables/{env_id}"): {"env_val": "9"},
+    ("POST", "/v1/container_registries"): {"name": "ro-reg", "host": "registry.example.com",
+                                           "username": "u", "password": "p"},
+    ("PATCH", "/v1/container_registries/{registry_id}"): {"name": "renamed-by-ro"},
+}
+
+
 async def test_read_key_can_get_everything_but_every_write_is_403(
         api: Api, daemon: Daemon) -> None:
     read_key = daemon.create_key(uniq("ro"), "read")
@@ -226,31 +255,42 @@ async def test_read_key_can_get_everything_but_every_write_is_403(
     rid = runner["id"]
     status, body = await api.get(f"/v1/runners/{rid}/env_variables")
     env_id = body["env_variables"][0]["id"]
+    run = await api.trigger(rid)
+    await api.wait_done(rid, run["id"])
+    status, body = await api.post("/v1/container_registries", {
+        "name": uniq("reg"), "host": "registry.example.com", "username": "u", "password": "p"})
+    assert status == 200, body
+    registry = body["container_registry"]
+    ids = {"runner_id": rid, "env_id": env_id, "run_id": run["id"],
+           "registry_id": registry["id"]}
 
     for path in ("/v1/runners", f"/v1/runners/{rid}", f"/v1/runners/{rid}/runs",
-                 f"/v1/runners/{rid}/env_variables"):
+                 f"/v1/runners/{rid}/env_variables", "/v1/container_registries",
+                 f"/v1/container_registries/{registry['id']}"):
         status, body = await api.get(path, key=read_key)
         assert status == 200, (path, body)
 
-    writes = [
-        ("POST", "/v1/runners", runner_body()),
-        ("PATCH", f"/v1/runners/{rid}", {"timeout_seconds": 5}),
-        ("DELETE", f"/v1/runners/{rid}", None),
-        ("POST", f"/v1/runners/{rid}/runs", {}),
-        ("POST", f"/v1/runners/{rid}/env_variables", {"env_key": "B", "env_val": "2"}),
-        ("PATCH", f"/v1/runners/{rid}/env_variables/{env_id}", {"env_val": "9"}),
-        ("DELETE", f"/v1/runners/{rid}/env_variables/{env_id}", None),
-    ]
-    for method, path, req in writes:
+    writes = write_routes()
+    assert ("POST", "/v1/runners/{runner_id}/warm") in writes, writes  # the table is read
+    assert ("DELETE", "/v1/container_registries/{registry_id}") in writes, writes
+    for method, template in writes:
+        placeholders = set(re.findall(r"{(\w+)}", template))
+        assert placeholders <= set(ids), f"{method} {template}: give this test an id for it"
+        path = template.format(**ids)
+        req = WRITE_BODIES.get((method, template), {})
         status, body = await api.request(method, path, json_body=req, key=read_key)
         assert (status, body) == (403, FORBIDDEN), (method, path)
 
     # nothing changed
     status, body = await api.get(f"/v1/runners/{rid}")
     assert status == 200 and body["runner"] == runner
-    assert await run_ids(api, rid) == []
+    assert await run_ids(api, rid) == [run["id"]]
+    status, body = await api.get(f"/v1/runners/{rid}/runs/{run['id']}")
+    assert body["run"]["status"] == "succeeded", body
     status, body = await api.get(f"/v1/runners/{rid}/env_variables")
     assert [(e["env_key"], e["env_val"]) for e in body["env_variables"]] == [("A", "1")]
+    status, body = await api.get(f"/v1/container_registries/{registry['id']}")
+    assert status == 200 and body["container_registry"] == registry, body
 
 
 async def test_revoked_key_stops_working_immediately(api: Api, daemon: Daemon) -> None:
