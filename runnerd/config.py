@@ -146,7 +146,7 @@ def host_zone() -> tzinfo:
     try:
         tzlocal.reload_localzone()  # now, not what tzlocal cached before (host_zone caches)
         return tzlocal.get_localzone()
-    except zoneinfo.ZoneInfoNotFoundError:  # e.g. a POSIX rule in $TZ
+    except (LookupError, ValueError, OSError):  # e.g. a POSIX rule in $TZ
         fixed = datetime.now().astimezone().tzinfo
         logging.getLogger("runnerd").warning(
             "the host's time zone (TZ=%r) is not an IANA zone such as Europe/Berlin; times "
@@ -345,8 +345,8 @@ def _token(key: str, value: Any) -> str:
     return value
 
 
-_HOST_NAME = re.compile(r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*"
-                        r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+_HOST_NAME = re.compile(r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*"
+                        r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z")  # "_": DNS allows it
 
 
 def _host_list(key: str, value: Any) -> frozenset[str]:

@@ -107,11 +107,13 @@ def assert_alive(daemon: Daemon) -> None:
 
 def assert_nothing_outside_data_dir(daemon: Daemon) -> None:
     """The daemon's directory holds only what the test and runnerd put there: its
-    config and log, and in data_dir the database, its secret key and `<run id>.log` files."""
+    config and log, and in data_dir the database, its secret key, the daemon's lock file
+    and `<run id>.log` files."""
     top = sorted(p.name for p in daemon.dir.iterdir())
     assert top == ["config.toml", "daemon.log", "data"], top
     data = {p.name for p in daemon.data_dir.iterdir()}
-    assert data <= {"runnerd.db", "runnerd.db-wal", "runnerd.db-shm", "logs", "secret.key"}, data
+    assert data <= {"runnerd.db", "runnerd.db-wal", "runnerd.db-shm", "logs", "secret.key",
+                    "runnerd.lock"}, data
     logs = [p.name for p in (daemon.data_dir / "logs").iterdir()]
     assert all(UUID_LOG.match(name) for name in logs), logs
     assert_no_runnerd_errors(daemon)
