@@ -205,15 +205,18 @@ class Engine:
                     "for %s, not sized from [scheduler] max_concurrent_runs", url)
         return url, None
 
+    def _timed_out(self, what: str, operation: str) -> EngineTimeout:
+        metrics.engine_error(operation)
+        return EngineTimeout(f"{what}: the Docker engine did not answer within "
+                             f"{self.request_timeout:g} s")
+
     async def _bounded(self, call: Awaitable[T], what: str, operation: str) -> T:
         """`call` within request_timeout; past it an EngineTimeout saying so."""
         try:
             async with asyncio.timeout(self.request_timeout):
                 return await call
         except TimeoutError:
-            metrics.engine_error(operation)
-            raise EngineTimeout(f"{what}: the Docker engine did not answer within "
-                                f"{self.request_timeout:g} s") from None
+            raise self._timed_out(what, operation) from None
 
     @asynccontextmanager
     async def _quick(self, path: str, what: str, operation: str,
@@ -227,9 +230,7 @@ class Engine:
                     finally:
                         response.release()
         except TimeoutError:
-            metrics.engine_error(operation)
-            raise EngineTimeout(f"{what}: the Docker engine did not answer within "
-                                f"{self.request_timeout:g} s") from None
+            raise self._timed_out(what, operation) from None
 
     @property
     def streams(self) -> aiohttp.ClientSession:
@@ -330,9 +331,6 @@ class Engine:
                        "or the engine stopped sending)")
             log.warning("pull of image %s aborted: %s", ref, why)
             raise EngineError(f"could not pull image {ref}: {why}") from None
-        except asyncio.CancelledError:
-            log.info("pull of image %s canceled after %.1f s", ref, time.monotonic() - started)
-            raise
         except (DockerError, aiohttp.ClientError, OSError) as e:
             metrics.image_pulled(ok=False)
             error = _engine_error(e, f"could not pull image {ref}", "pull")

@@ -207,9 +207,11 @@ class Executor:
     async def _prepare(self, run: Run) -> str | None:
         """Image and container of a run, in a task that a cancel (stop_run) cuts
         short and that may take `start_timeout_seconds` at most; the container's
-        id, or None when the run ended here (failed, or canceled)."""
+        id, or None when the run ended here (failed, or canceled).
+
+        A cancel here is recorded by whoever made it: the API has already marked
+        the run canceled; a daemon that stops leaves it pending, for its next start."""
         if run.id in self._cancels:  # canceled while being picked
-            await self.store.cancel_pending(run.id, self._cancels[run.id])
             return None
         self._stage[run.id] = (FailureReason.IMAGE_PULL_FAILED, "the engine was looking up "
                                f"image {run.image}")
@@ -236,9 +238,7 @@ class Executor:
                           f"({seconds} s): {stage}.")
                 return None
         if preparing.cancelled():  # canceled (stop_run): it is not to start
-            why = self._cancels.get(run.id, "The run was canceled before it started.")
-            if await self.store.cancel_pending(run.id, why) is not None:
-                log.info("run %s canceled before it started", run.id)
+            log.info("run %s: its start was stopped (canceled); %s", run.id, stage)
             return None
         return preparing.result()
 
