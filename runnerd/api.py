@@ -424,6 +424,8 @@ async def cancel_run(request: web.Request) -> web.Response:
         canceled = await store.cancel_pending(run.id, "The run was canceled before it started.")
         if canceled is not None:
             log.info("run %s canceled while pending", run.id)
+            # If it was being started (pulling, creating), that stops now.
+            await request.app[SCHEDULER].cancel(run.id, canceled.error or "", wait_seconds=0)
             return web.json_response({"run": schemas.run_json(canceled, config.tz)})
         run = await _run_or_404(request)  # it started meanwhile
     if run.status is Status.RUNNING:

@@ -89,6 +89,9 @@ class DockerConfig:
     url: str | None = None  # None: DOCKER_HOST, else the local socket
     network: str = "bridge"
     stop_grace_seconds: float = 10.0
+    request_timeout_seconds: float = 60.0  # each short engine call (create, start, inspect, ...)
+    pull_stall_seconds: float = 120.0      # a pull with no progress for this long is aborted
+    start_timeout_seconds: float = 3600.0  # a run's pull + create, from when it is picked
 
 
 @dataclass(frozen=True)
@@ -211,6 +214,9 @@ def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
         "url": _docker_url,
         "network": _nonempty_str,
         "stop_grace_seconds": lambda k, v: _number(k, v, 0, 3600),
+        "request_timeout_seconds": lambda k, v: _number(k, v, 1, 3600),
+        "pull_stall_seconds": lambda k, v: _number(k, v, 1, 86400),
+        "start_timeout_seconds": lambda k, v: _number(k, v, 1, 7 * 86400),
     })
     scheduler = _section(data, "scheduler", SchedulerConfig, {
         "max_concurrent_runs": lambda k, v: _int(k, v, 1, 1000),

@@ -15,7 +15,8 @@ from . import metrics
 from .api import STOPPING, make_app
 from .config import Config
 from .engine import (
-    LOG_LINE_OVERHEAD, LOG_PIECE_OVERHEAD, Engine, EngineError, log_file_bytes,
+    LOG_LINE_OVERHEAD, LOG_PIECE_OVERHEAD, Engine, EngineError, connection_limit,
+    log_file_bytes,
 )
 from .executor import Executor
 from .logs import EngineCopy, LogStore
@@ -40,7 +41,10 @@ async def serve(config: Config) -> None:
     logs.prepare()
     store = Store(config.storage.db_path, config.storage.secret_key_path)
     await store.open()
-    engine = Engine(config.docker.url)
+    engine = Engine(config.docker.url, request_timeout=config.docker.request_timeout_seconds,
+                    pull_timeout=config.docker.start_timeout_seconds,
+                    pull_stall=config.docker.pull_stall_seconds,
+                    max_connections=connection_limit(config.scheduler.max_concurrent_runs))
     app: web.Application | None = None
     runner: web.AppRunner | None = None
     scheduler: Scheduler | None = None
@@ -57,7 +61,8 @@ async def serve(config: Config) -> None:
         daemon_id = await store.daemon_id()
         executor = Executor(store, engine, logs, daemon_id=daemon_id,
                             network=config.docker.network,
-                            stop_grace_seconds=config.docker.stop_grace_seconds)
+                            stop_grace_seconds=config.docker.stop_grace_seconds,
+                            start_timeout_seconds=config.docker.start_timeout_seconds)
         scheduler = Scheduler(store, executor, engine=engine, daemon_id=daemon_id,
                               max_concurrent_runs=config.scheduler.max_concurrent_runs)
         app = make_app(config, store, engine, logs, scheduler, executor)

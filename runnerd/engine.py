@@ -12,10 +12,12 @@ import base64
 import calendar
 import json
 import logging
+import os
 import struct
 import time
-from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, fields
+from typing import Any, AsyncIterator, Awaitable, TypeVar
 
 import aiodocker
 import aiohttp
@@ -38,9 +40,23 @@ _ENGINE_ERROR = 3  # the stream id of the engine's own messages ("systemerr")
 # Output is read from the engine in pieces of up to this size, each split into its
 # messages in one go: far fewer awaits (and socket pauses) than one per message.
 OUTPUT_READ_BYTES = 256 * 1024
-_QUICK = aiohttp.ClientTimeout(total=10)
 PROGRESS_LOG_SECONDS = 5.0
-_NO_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None)  # long streams
+# Bounds are applied with asyncio.timeout around each call (waiting for a pooled
+# connection included), so aiohttp's own timeouts are off everywhere.
+_NO_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None)
+VERSION_TIMEOUT_SECONDS = 5.0  # the health probe: an engine slower than this is "down"
+# Connections the engine client may hold at once: each running run holds two for
+# as long as it runs (its wait and its output stream), and this many more are
+# kept for creates, starts, stops, inspects, pulls and the health probe.
+CONNECTION_HEADROOM = 32
+_SOCKETS = ("/run/docker.sock", "/var/run/docker.sock")
+
+T = TypeVar("T")
+
+
+def connection_limit(max_concurrent_runs: int) -> int:
+    """The engine client's connection pool size for that many runs at once."""
+    return 2 * max_concurrent_runs + CONNECTION_HEADROOM
 
 
 class EngineError(Exception):
@@ -53,6 +69,10 @@ class EngineError(Exception):
 
 class EngineUnavailable(EngineError):
     """The engine does not answer at all."""
+
+
+class EngineTimeout(EngineUnavailable):
+    """The engine took the request but did not answer it in time."""
 
 
 class ImageNotFound(EngineError):
@@ -74,6 +94,12 @@ class ContainerSpec:
     network: str
     log_file_bytes: int  # the size of the engine's log file for it (see log_file_bytes())
     labels: dict[str, str] = field(default_factory=dict)
+
+    def __repr__(self) -> str:  # env values are secrets: only their names are shown
+        shown = ", ".join(
+            f"{f.name}={[k for k, _ in self.env]!r}" if f.name == "env"
+            else f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
+        return f"ContainerSpec({shown})"
 
 
 @dataclass
@@ -131,19 +157,80 @@ class OutputBatch:
 
 
 class Engine:
-    def __init__(self, url: str | None = None) -> None:
+    """The engine client. Every call is bounded: short calls by `request_timeout`
+    seconds, a pull by `pull_timeout` in all and by `pull_stall` without a progress
+    event; only a container's wait and its output stream last as long as it runs.
+    `max_connections` sizes the connection pool (see connection_limit())."""
+
+    def __init__(self, url: str | None = None, *, request_timeout: float = 60.0,
+                 pull_timeout: float = 3600.0, pull_stall: float = 120.0,
+                 max_connections: int = connection_limit(4)) -> None:
         self._url = url
+        self.request_timeout = request_timeout
+        self.pull_timeout = pull_timeout
+        self.pull_stall = pull_stall
+        self.max_connections = max_connections
         self._docker: aiodocker.Docker | None = None
         self._streams: aiohttp.ClientSession | None = None
 
     @property
     def docker(self) -> aiodocker.Docker:
         if self._docker is None:
+            url, connector = self._connector()
             try:
-                self._docker = aiodocker.Docker(url=self._url)
+                self._docker = aiodocker.Docker(url=url, connector=connector,
+                                                timeout=_NO_TIMEOUT)
             except ValueError as e:
                 raise EngineUnavailable(f"cannot find the Docker engine: {e}") from None
         return self._docker
+
+    def _connector(self) -> tuple[str | None, aiohttp.BaseConnector | None]:
+        """(the URL for aiodocker, a pool of `max_connections` to the engine) for
+        the addresses runnerd documents (unix socket, tcp/http/https); no pool for
+        the others (ssh, DOCKER_TLS_VERIFY's client certificates): aiodocker makes
+        one, of aiohttp's default size (100)."""
+        url = self._url or os.environ.get("DOCKER_HOST")
+        if url is None:
+            url = next((f"unix://{p}" for p in _SOCKETS if os.path.exists(p)), None)
+        if url is None:
+            return self._url, None  # aiodocker says what it could not find
+        if url.startswith("unix://"):
+            # aiodocker's own name for a unix socket in URLs (the path is the pool's)
+            return "unix://localhost", aiohttp.UnixConnector(url[len("unix://"):],
+                                                            limit=self.max_connections)
+        if url.startswith(("tcp://", "http://", "https://")) \
+                and os.environ.get("DOCKER_TLS_VERIFY", "0") != "1":
+            return url, aiohttp.TCPConnector(limit=self.max_connections)
+        log.warning("the Docker engine client's connection pool is aiohttp's default (100) "
+                    "for %s, not sized from [scheduler] max_concurrent_runs", url)
+        return url, None
+
+    def _timed_out(self, what: str, operation: str) -> EngineTimeout:
+        metrics.engine_error(operation)
+        return EngineTimeout(f"{what}: the Docker engine did not answer within "
+                             f"{self.request_timeout:g} s")
+
+    async def _bounded(self, call: Awaitable[T], what: str, operation: str) -> T:
+        """`call` within request_timeout; past it an EngineTimeout saying so."""
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                return await call
+        except TimeoutError:
+            raise self._timed_out(what, operation) from None
+
+    @asynccontextmanager
+    async def _quick(self, path: str, what: str, operation: str,
+                     **kw: Any) -> AsyncIterator[aiohttp.ClientResponse]:
+        """A short request (answer read or released within request_timeout)."""
+        try:
+            async with asyncio.timeout(self.request_timeout):
+                async with self.docker._query(path, timeout=_NO_TIMEOUT, **kw) as response:
+                    try:
+                        yield response
+                    finally:
+                        response.release()
+        except TimeoutError:
+            raise self._timed_out(what, operation) from None
 
     @property
     def streams(self) -> aiohttp.ClientSession:
@@ -165,11 +252,13 @@ class Engine:
         if self._docker is not None:
             docker, self._docker = self._docker, None
             await docker.close()
+            if docker.connector is not None and not docker.connector.closed:
+                await docker.connector.close()  # ours (passed in), not aiodocker's to close
 
     async def version(self) -> dict[str, Any]:
         """The engine's version info; raises EngineUnavailable when it does not answer."""
         try:
-            async with asyncio.timeout(5):
+            async with asyncio.timeout(min(VERSION_TIMEOUT_SECONDS, self.request_timeout)):
                 return await self.docker._query_json("version", versioned_api=False)
         except (DockerError, aiohttp.ClientError, OSError, TimeoutError) as e:
             raise EngineUnavailable(f"the Docker engine does not answer: {_reason(e)}") from None
@@ -178,7 +267,8 @@ class Engine:
 
     async def has_image(self, ref: str) -> bool:
         try:
-            await self.docker.images.inspect(ref)
+            await self._bounded(self.docker.images.inspect(ref), f"could not inspect image {ref}",
+                                "inspect_image")
             return True
         except DockerError as e:
             if e.status == 404:
@@ -190,7 +280,12 @@ class Engine:
     async def pull(self, ref: str, credentials: RegistryCredentials | None = None) -> None:
         """Pull `ref` (with the registry's credentials, sent as X-Registry-Auth).
         Progress goes to the log at most every PROGRESS_LOG_SECONDS; an error
-        names what the registry answered, never the credentials."""
+        names what the registry answered, never the credentials.
+
+        A pull with no progress event for `pull_stall` seconds, or not done after
+        `pull_timeout`, is aborted with an EngineError saying so. Aborting (that,
+        or the caller's cancel) closes the request, which makes the engine stop
+        the pull."""
         log.info("pulling image %s%s", ref,
                  f" as {credentials.username} from {credentials.host}" if credentials else "")
         started = last_report = time.monotonic()
@@ -205,20 +300,37 @@ class Engine:
             headers["X-Registry-Auth"] = base64.urlsafe_b64encode(
                 json.dumps(auth).encode("utf-8")).decode("ascii")
         layers: dict[str, str] = {}
+        loop = asyncio.get_running_loop()
         try:
-            async with self.docker._query("images/create", method="POST",
-                                          params={"fromImage": ref}, headers=headers,
-                                          timeout=_NO_TIMEOUT) as response:
-                # Raises DockerError for an error reported inside the stream.
-                async for event in json_stream_stream(response):
-                    if event.get("id") and event.get("status"):
-                        layers[event["id"]] = event["status"]
-                    if time.monotonic() - last_report >= PROGRESS_LOG_SECONDS:
-                        last_report = time.monotonic()
-                        done = sum(1 for s in layers.values()
-                                   if s in ("Pull complete", "Already exists"))
-                        log.info("pulling image %s: %d of %d layers done", ref, done,
-                                 len(layers))
+            async with asyncio.timeout(self.pull_timeout) as total, \
+                    asyncio.timeout(self.pull_stall) as stall:
+                async with self.docker._query("images/create", method="POST",
+                                              params={"fromImage": ref}, headers=headers,
+                                              timeout=_NO_TIMEOUT) as response:
+                    try:
+                        # Raises DockerError for an error reported inside the stream.
+                        async for event in json_stream_stream(response):
+                            stall.reschedule(loop.time() + self.pull_stall)
+                            if event.get("id") and event.get("status"):
+                                layers[event["id"]] = event["status"]
+                            if time.monotonic() - last_report >= PROGRESS_LOG_SECONDS:
+                                last_report = time.monotonic()
+                                done = sum(1 for s in layers.values()
+                                           if s in ("Pull complete", "Already exists"))
+                                log.info("pulling image %s: %d of %d layers done", ref,
+                                         done, len(layers))
+                    finally:
+                        response.close()  # unread to the end: the engine stops the pull
+        except TimeoutError:
+            metrics.image_pulled(ok=False)
+            metrics.engine_error("pull")
+            if total.expired():
+                why = f"not done after {self.pull_timeout:g} s"
+            else:
+                why = (f"it stalled: no progress for {self.pull_stall:g} s (the registry "
+                       "or the engine stopped sending)")
+            log.warning("pull of image %s aborted: %s", ref, why)
+            raise EngineError(f"could not pull image {ref}: {why}") from None
         except (DockerError, aiohttp.ClientError, OSError) as e:
             metrics.image_pulled(ok=False)
             error = _engine_error(e, f"could not pull image {ref}", "pull")
@@ -262,7 +374,9 @@ class Engine:
         if spec.entrypoint is not None:
             config["Entrypoint"] = spec.entrypoint
         try:
-            container = await self.docker.containers.create(config, name=spec.name)
+            container = await self._bounded(
+                self.docker.containers.create(config, name=spec.name),
+                "could not create the container", "create")
         except DockerError as e:
             raise _engine_error(e, "could not create the container", "create") from None
         except (aiohttp.ClientError, OSError) as e:
@@ -271,8 +385,8 @@ class Engine:
 
     async def start(self, container_id: str) -> None:
         try:
-            async with self.docker._query(f"containers/{container_id}/start", method="POST",
-                                          timeout=_QUICK):
+            async with self._quick(f"containers/{container_id}/start",
+                                   "could not start the container", "start", method="POST"):
                 pass
         except (DockerError, aiohttp.ClientError, OSError) as e:
             raise _engine_error(e, "could not start the container", "start") from None
@@ -304,9 +418,9 @@ class Engine:
     async def _signal(self, container_id: str, signal: str) -> bool:
         """False when the container is not running (or gone) any more."""
         try:
-            async with self.docker._query(
-                    f"containers/{container_id}/kill", method="POST",
-                    params={"signal": signal}, timeout=_QUICK):
+            async with self._quick(f"containers/{container_id}/kill",
+                                   "could not signal the container", "kill", method="POST",
+                                   params={"signal": signal}):
                 return True
         except DockerError as e:
             if e.status in (404, 409):  # gone, or not running
@@ -317,9 +431,9 @@ class Engine:
 
     async def remove(self, container_id: str) -> None:
         try:
-            async with self.docker._query(
-                    f"containers/{container_id}", method="DELETE",
-                    params={"force": True, "v": True}, timeout=_QUICK):
+            async with self._quick(f"containers/{container_id}",
+                                   "could not remove the container", "remove", method="DELETE",
+                                   params={"force": True, "v": True}):
                 pass
         except DockerError as e:
             if e.status == 404:
@@ -368,13 +482,14 @@ class Engine:
     async def inspect(self, container_id: str) -> ContainerState | None:
         """The container's state, or None when the engine has no such container."""
         try:
-            data = await self.docker._query_json(f"containers/{container_id}/json",
-                                                 timeout=_QUICK)
+            data = await self._bounded(
+                self.docker._query_json(f"containers/{container_id}/json"),
+                "could not inspect the container", "inspect")
         except DockerError as e:
             if e.status == 404:
                 return None
             raise _engine_error(e, "could not inspect the container", "inspect") from None
-        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+        except (aiohttp.ClientError, OSError) as e:
             raise _engine_error(e, "could not inspect the container", "inspect") from None
         state = data.get("State") or {}
         return ContainerState(
@@ -386,9 +501,9 @@ class Engine:
         """All containers (running or not) carrying every given label."""
         filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
         try:
-            return await self.docker._query_json(
-                "containers/json", params={"all": True, "filters": json.dumps(filters)},
-                timeout=_QUICK)
+            return await self._bounded(self.docker._query_json(
+                "containers/json", params={"all": True, "filters": json.dumps(filters)}),
+                "could not list containers", "list")
         except (DockerError, aiohttp.ClientError, OSError) as e:
             raise _engine_error(e, "could not list containers", "list") from None
 

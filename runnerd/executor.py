@@ -15,7 +15,7 @@ import time
 
 from . import metrics
 from .engine import (
-    LABEL_DAEMON, LABEL_RUN, LABEL_RUNNER, ContainerSpec, Engine, EngineError,
+    LABEL_DAEMON, LABEL_RUN, LABEL_RUNNER, ContainerSpec, Engine, EngineError, EngineTimeout,
     EngineUnavailable, ImageNotFound, RegistryCredentials, log_file_bytes,
 )
 from .logs import LogStore, LogWriter
@@ -47,6 +47,14 @@ def container_command(run: Run) -> tuple[list[str] | None, list[str] | None]:
     return cmd, entrypoint
 
 
+class _SharedPull:
+    """One pull under way and how many callers wait for it."""
+
+    def __init__(self, task: asyncio.Task[None]) -> None:
+        self.task = task
+        self.waiters = 0
+
+
 class Executor:
     """Carries runs to a final status; survives engine outages and daemon restarts.
 
@@ -54,11 +62,16 @@ class Executor:
     run moves to `running` in the store *before* its container is started, so a
     cancel that wins that race means the container never starts, and a crash
     leaves a running run whose container the next start can find by its name.
+
+    A run's way to a container (image, pull, create) is a task of its own, bounded
+    by `start_timeout_seconds` and cut short by a cancel: a hung registry or
+    engine never holds a slot for longer, and a canceled run stops waiting at once.
     """
 
     def __init__(self, store: Store, engine: Engine, logs: LogStore, *, daemon_id: str,
                  network: str, stop_grace_seconds: float,
-                 engine_retry_seconds: float = 30.0) -> None:
+                 engine_retry_seconds: float = 30.0,
+                 start_timeout_seconds: float = 3600.0) -> None:
         self.store = store
         self.engine = engine
         self.logs = logs
@@ -66,9 +79,15 @@ class Executor:
         self.network = network
         self.stop_grace_seconds = stop_grace_seconds
         self.engine_retry_seconds = engine_retry_seconds
+        self.start_timeout_seconds = start_timeout_seconds
         self._containers: dict[str, str] = {}  # run id -> container id, while watched
         self._cancels: dict[str, str] = {}     # run id -> why it is being stopped
-        self._pulls: dict[str, asyncio.Future[None]] = {}  # image ref -> the pull under way
+        self._pulls: dict[str, _SharedPull] = {}  # image ref -> the pull under way
+        self._preparing: dict[str, asyncio.Task[str | None]] = {}  # run id -> image + create
+        # run id -> what its preparation is at: the failure if the start deadline
+        # passes there, and how the error says it
+        self._stage: dict[str, tuple[FailureReason, str]] = {}
+        self._cleanups: set[asyncio.Task[None]] = set()  # removals of unwanted containers
         # Images seen on the engine: a run of one is created without asking first.
         # Removed behind runnerd's back, the create says 404 and the run pulls then.
         self._present: set[str] = set()
@@ -79,8 +98,6 @@ class Executor:
         """A pending run, to its final status. Raises EngineUnavailable, leaving
         the run pending, when the engine does not answer before it started."""
         try:
-            if not await self._ensure_image(run):
-                return await self._current(run)
             created = await self._create_and_start(run)
             if created is None:
                 return await self._current(run)
@@ -106,6 +123,9 @@ class Executor:
         own result stands)."""
         first = run_id not in self._cancels
         self._cancels.setdefault(run_id, why)
+        preparing = self._preparing.get(run_id)
+        if preparing is not None:  # pulling or creating: that stops now
+            preparing.cancel()
         container_id = self._containers.get(run_id)
         if container_id is None:
             return False
@@ -132,6 +152,12 @@ class Executor:
             if policy == "never":
                 raise EngineError(f"image {run.image} is not present and the runner's "
                                   "image_pull_policy is \"never\"")
+            # A pull is long: not for a run canceled while it was being picked.
+            current = await self.store.get_run(run.id)
+            if current is not None and current.status is not Status.PENDING:
+                return False
+            self._stage[run.id] = (FailureReason.IMAGE_PULL_FAILED,
+                                   f"the pull of image {run.image} was still going")
             await self.pull(run.image, run.container_registry_id)
             return True
         except EngineUnavailable:
@@ -144,13 +170,28 @@ class Executor:
 
     async def pull(self, ref: str, registry_id: str | None) -> None:
         """Pull `ref` with the registry's credentials. Concurrent pulls of the same
-        reference share one: the engine is asked once, every caller gets the result."""
-        pulling = self._pulls.get(ref)
-        if pulling is None:
-            pulling = asyncio.ensure_future(self._pull(ref, registry_id))
-            self._pulls[ref] = pulling
-            pulling.add_done_callback(lambda _: self._pulls.pop(ref, None))
-        await asyncio.shield(pulling)
+        reference share one: the engine is asked once, every caller gets the result.
+        A caller canceled meanwhile stops waiting at once; the pull itself goes on
+        while another caller waits for it, and is stopped when none does."""
+        shared = self._pulls.get(ref)
+        if shared is None:
+            shared = _SharedPull(asyncio.ensure_future(self._pull(ref, registry_id)))
+            self._pulls[ref] = shared
+
+            def done(_: object, shared: _SharedPull = shared) -> None:
+                if self._pulls.get(ref) is shared:
+                    del self._pulls[ref]
+            shared.task.add_done_callback(done)
+        shared.waiters += 1
+        try:
+            await asyncio.shield(shared.task)
+        finally:
+            shared.waiters -= 1
+            if shared.waiters == 0 and not shared.task.done():
+                log.info("stopping the pull of image %s: nothing waits for it any more", ref)
+                shared.task.cancel()
+                if self._pulls.get(ref) is shared:
+                    del self._pulls[ref]
 
     async def _pull(self, ref: str, registry_id: str | None) -> None:
         credentials = None
@@ -163,8 +204,49 @@ class Executor:
         await self.engine.pull(ref, credentials)
         self._present.add(ref)
 
-    async def _create_and_start(self, run: Run) -> tuple[str, bool] | None:
-        """(container id, whether it surely started); None when the run ended here."""
+    async def _prepare(self, run: Run) -> str | None:
+        """Image and container of a run, in a task that a cancel (stop_run) cuts
+        short and that may take `start_timeout_seconds` at most; the container's
+        id, or None when the run ended here (failed, or canceled).
+
+        A cancel here is recorded by whoever made it: the API has already marked
+        the run canceled; a daemon that stops leaves it pending, for its next start."""
+        if run.id in self._cancels:  # canceled while being picked
+            return None
+        self._stage[run.id] = (FailureReason.IMAGE_PULL_FAILED, "the engine was looking up "
+                               f"image {run.image}")
+        preparing = asyncio.ensure_future(self._image_and_container(run))
+        self._preparing[run.id] = preparing
+        try:
+            await asyncio.wait({preparing}, timeout=self.start_timeout_seconds)
+        except asyncio.CancelledError:  # the daemon stops: so does the preparation
+            preparing.cancel()
+            raise
+        finally:
+            self._preparing.pop(run.id, None)
+            reason, stage = self._stage.pop(run.id, (FailureReason.START_FAILED, "?"))
+        if not preparing.done():
+            preparing.cancel()
+            await asyncio.gather(preparing, return_exceptions=True)
+            if preparing.cancelled():
+                seconds = f"{self.start_timeout_seconds:g}"
+                log.warning("run %s failed: not started within %s s: %s", run.id, seconds,
+                            stage)
+                await self._finish(
+                    run, exit_code=None, reason=reason,
+                    error=f"The run did not start within [docker] start_timeout_seconds "
+                          f"({seconds} s): {stage}.")
+                return None
+        if preparing.cancelled():  # canceled (stop_run): it is not to start
+            log.info("run %s: its start was stopped (canceled); %s", run.id, stage)
+            return None
+        return preparing.result()
+
+    async def _image_and_container(self, run: Run) -> str | None:
+        if not await self._ensure_image(run):
+            return None
+        self._stage[run.id] = (FailureReason.START_FAILED,
+                               "the engine was creating its container")
         cmd, entrypoint = container_command(run)
         spec = ContainerSpec(
             name=container_name(run.id), image=run.image, cmd=cmd, entrypoint=entrypoint,
@@ -174,7 +256,9 @@ class Executor:
             labels={LABEL_DAEMON: self.daemon_id, LABEL_RUN: run.id, LABEL_RUNNER: run.runner_id})
         try:
             try:
-                container_id = await self.engine.create(spec)
+                container_id = await self._create(spec)
+            except EngineTimeout:
+                raise
             except EngineError as e:
                 if isinstance(e, ImageNotFound) and run.image in self._present:
                     # The image was removed since runnerd saw it: apply the pull
@@ -188,13 +272,46 @@ class Executor:
                     await self.engine.remove(spec.name)
                 else:
                     raise
-                container_id = await self.engine.create(spec)
+                container_id = await self._create(spec)
+        except EngineTimeout as e:
+            # Failed, not left pending: a run whose create hangs would be picked
+            # first again and hold its slot for ever. The engine may still make the
+            # container: removed here if it did by now, else at the next start.
+            log.warning("run %s failed: %s", run.id, e)
+            await self._remove_quietly(spec.name)
+            await self._finish(run, exit_code=None, reason=FailureReason.START_FAILED,
+                               error=f"{e}.")
+            return None
         except EngineUnavailable:
             raise
         except EngineError as e:
             log.info("run %s failed: container could not be created: %s", run.id, e)
             await self._finish(run, exit_code=None, reason=FailureReason.START_FAILED,
                                error=f"{e}.")
+            return None
+        return container_id
+
+    async def _create(self, spec: ContainerSpec) -> str:
+        """The engine's create, which a cancel of the caller does not cut: the
+        request runs on (bounded), and the container it makes is removed."""
+        creating = asyncio.ensure_future(self.engine.create(spec))
+        try:
+            return await asyncio.shield(creating)
+        except asyncio.CancelledError:
+            creating.add_done_callback(self._remove_when_created)
+            raise
+
+    def _remove_when_created(self, creating: asyncio.Future[str]) -> None:
+        if creating.cancelled() or creating.exception() is not None:
+            return
+        task = asyncio.ensure_future(self._remove_quietly(creating.result()))
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
+
+    async def _create_and_start(self, run: Run) -> tuple[str, bool] | None:
+        """(container id, whether it surely started); None when the run ended here."""
+        container_id = await self._prepare(run)
+        if container_id is None:
             return None
         if run.id in self._cancels:  # canceled while pulling or creating: never starts
             await self._remove_quietly(container_id)
@@ -211,6 +328,16 @@ class Executor:
             self._containers[run.id] = container_id  # a cancel from here on stops it
             if run.id in self._cancels:  # canceled between the store and the start
                 await self.engine.stop(container_id, self.stop_grace_seconds)
+        except EngineTimeout as e:
+            # The engine took the start and did not answer: the container is
+            # removed (force: whether it started or not) and the run failed, so a
+            # hung start never holds the slot.
+            log.warning("run %s failed: %s", run.id, e)
+            self._containers.pop(run.id, None)
+            await self._remove_quietly(container_id)
+            await self._finish(run, exit_code=None, reason=FailureReason.START_FAILED,
+                               error=f"{e}.")
+            return None
         except EngineUnavailable:
             # Running in the store, container state unknown: following it settles
             # that once the engine answers again.

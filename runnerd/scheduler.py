@@ -62,12 +62,15 @@ class Scheduler:
         self._loop_task = asyncio.create_task(self._loop(), name="runnerd-scheduler")
 
     async def cancel(self, run_id: str, why: str, wait_seconds: float) -> bool:
-        """Stop a running run here and wait (bounded) until it is recorded.
-        False when no run of that id is in flight in this process."""
+        """Stop a run in flight here (running, or still pulling or creating) and
+        wait (bounded; not at all for 0) until it is recorded. False when no run
+        of that id is in flight in this process."""
         task = self._active.get(run_id)
         if task is None:
             return False
         await self.executor.stop_run(run_id, why)  # kept and applied if not watched yet
+        if wait_seconds <= 0:
+            return True
         try:
             await asyncio.wait_for(asyncio.shield(task), wait_seconds)
         except TimeoutError:
