@@ -242,12 +242,10 @@ class Scheduler:
             why = str(e)
         elif is_store_fault(e):
             why = f"the database failed: {_describe(e)}"
-            try:
-                current = await self.store.get_run(run.id)
-            except Exception:
-                current = None  # the database is down: the claim will find out
+            current = await retry_store(f"run {run.id}: reading it",
+                                        lambda: self.store.get_run(run.id))
             if current is not None and current.status is not Status.PENDING:
-                return False
+                return False  # it started: its container may be running
         else:
             return False
         self._backoff = min(BACKOFF_MAX, max(BACKOFF_FIRST, self._backoff * 2))
