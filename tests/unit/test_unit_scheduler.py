@@ -609,3 +609,29 @@ async def test_a_damaged_database_in_a_runs_task_ends_the_scheduler_loop(
         with pytest.raises(scheduler_module.RunTaskFailed, match=f"run-{run_id}: DatabaseError"):
             await asyncio.shield(sched.task)
     assert (await status_of(store, run_id)).status is Status.PENDING
+
+
+def test_real_sqlite_errors_are_classed_as_passing_or_damaged(tmp_path: Path) -> None:
+    """What the loop retries and what ends it, on SQLite's own errors."""
+    from runnerd.retry import is_database_damaged, is_store_fault
+
+    path = tmp_path / "t.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    with pytest.raises(sqlite3.OperationalError) as locked:
+        other.execute("INSERT INTO t VALUES (1)")
+    assert is_store_fault(locked.value) and not is_database_damaged(locked.value)
+    holder.execute("ROLLBACK")
+    holder.close()
+    other.close()
+
+    with pytest.raises(sqlite3.OperationalError) as no_table:  # a bug: not retried
+        sqlite3.connect(path).execute("SELECT * FROM missing")
+    assert not is_store_fault(no_table.value) and is_database_damaged(no_table.value)
+
+    path.write_bytes(b"not a database, " * 512)
+    with pytest.raises(sqlite3.DatabaseError) as damaged:
+        sqlite3.connect(path).execute("SELECT * FROM t")
+    assert is_database_damaged(damaged.value) and not is_store_fault(damaged.value)
