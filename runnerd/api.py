@@ -156,17 +156,19 @@ def _id(request: web.Request, name: str) -> str:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """200 while runs can start: the engine answers and the scheduler claims runs."""
     queue = await request.app[STORE].count_active()
     try:
         version = await request.app[ENGINE].version()
     except EngineError as e:
         return web.json_response({"status": "unavailable", "error": str(e), "queue": queue},
                                  status=503)
-    return web.json_response({
-        "status": "ok",
-        "engine": {"version": version.get("Version"), "api_version": version.get("ApiVersion")},
-        "queue": queue,
-    })
+    engine = {"version": version.get("Version"), "api_version": version.get("ApiVersion")}
+    health = request.app[SCHEDULER].health
+    if not health.ok:
+        return web.json_response({"status": "unavailable", "error": health.why,
+                                  "engine": engine, "queue": queue}, status=503)
+    return web.json_response({"status": "ok", "engine": engine, "queue": queue})
 
 
 async def openapi_document(request: web.Request) -> web.Response:

@@ -79,7 +79,9 @@ async def serve(config: Config) -> None:
         notifier.start()
         retention.start()
         side_tasks.append(asyncio.create_task(_tell_systemd(store, scheduler)))
-        await _until_stopped()
+        await _until_stopped_or_failed({
+            "the scheduler": scheduler.task, "webhook deliveries": notifier.task,
+            "retention": retention.task, "the systemd watchdog": side_tasks[-1]})
         log.info("stopping")
     finally:
         notify("STOPPING=1")
@@ -132,6 +134,29 @@ async def _tell_systemd(store: Store, scheduler: Scheduler) -> None:
         except Exception:  # the ping itself must not depend on the database
             status = "STATUS=serving"
         notify("WATCHDOG=1", status)
+
+
+async def _until_stopped_or_failed(tasks: dict[str, asyncio.Task[None] | None]) -> None:
+    """Until SIGTERM or SIGINT; or until one of the background tasks ends, which
+    none does on its own: each survives what it can (see its loop), and past that
+    runnerd exits non-zero, with one ERROR line naming the task and its error,
+    for the service manager to restart it. (The systemd watchdog task survives
+    nothing: without its pings systemd would kill runnerd anyway, later.)"""
+    watched = {task: name for name, task in tasks.items() if task is not None}
+    stopped = asyncio.ensure_future(_until_stopped())
+    try:
+        done, _ = await asyncio.wait({stopped, *watched}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        await asyncio.gather(stopped, return_exceptions=True)
+    for task in done:
+        if task in watched:
+            error = None if task.cancelled() else task.exception()
+            log.error("%s stopped: %s; exiting, for the service manager to restart runnerd",
+                      watched[task], "cancelled" if task.cancelled() else
+                      "it returned" if error is None else
+                      f"{type(error).__name__}: {str(error) or '(no message)'}")
+            raise SystemExit(1)
 
 
 async def _until_stopped() -> None:

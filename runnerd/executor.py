@@ -20,6 +20,7 @@ from .engine import (
 )
 from .logs import LogStore, LogWriter
 from .models import FailureReason, Run, Status, now_ms
+from .retry import retry_store
 from .store import Conflict, Store
 
 log = logging.getLogger("runnerd.executor")
@@ -323,6 +324,11 @@ class Executor:
             # Canceled (through the store) while we were pulling or creating.
             await self._remove_quietly(container_id)
             return None
+        except Exception:
+            # Not recorded (the database failed): the run stays pending, and its
+            # container must not be left behind.
+            await self._remove_quietly(container_id)
+            raise
         try:
             await self.engine.start(container_id)
             self._containers[run.id] = container_id  # a cancel from here on stops it
@@ -358,11 +364,14 @@ class Executor:
 
         Losing the engine does not decide anything: once it answers again the run
         is settled from what it reports (still running: watch on; exited: its
-        exit code; gone: `lost`)."""
-        run = await self._current(run)
-        writer = await self.logs.open_writer(run.id)
+        exit code; gone: `lost`). Any other error while watching (its log cannot
+        be opened, the engine answered nonsense, a bug) stops the container
+        before the run is recorded: it never runs on unwatched, outside the limits."""
+        run = await retry_store(f"run {run.id}: reading it", lambda: self._current(run))
         self._containers[run.id] = container_id
+        writer: LogWriter | None = None
         try:
+            writer = await self.logs.open_writer(run.id)
             if run.id in self._cancels:  # canceled before we were watching
                 try:
                     await self.engine.stop(container_id, self.stop_grace_seconds)
@@ -383,9 +392,21 @@ class Executor:
                     await self._wait_for_engine()
                     just_started = False  # who knows what happened meanwhile
                     await asyncio.to_thread(writer.prepare_resume)
+        except Exception as e:
+            log.error("run %s: cannot watch its container: %s; stopping it", run.id,
+                      f"{type(e).__name__}: {e}" if str(e) else type(e).__name__,
+                      exc_info=not isinstance(e, OSError))
+            self._containers.pop(run.id, None)
+            await self._stop_for_good(run, container_id)
+            self._cancels.pop(run.id, None)
+            return await self._finish(
+                run, exit_code=None, reason=FailureReason.LOST,
+                error="runnerd could not watch the run's container and stopped it, so its "
+                      "result is unknown; the daemon's log has the details.")
         finally:
             self._containers.pop(run.id, None)
-            writer.close()
+            if writer is not None:
+                writer.close()
         why = self._cancels.pop(run.id, None)
         if outcome is None:
             done = await self._finish(
@@ -409,6 +430,18 @@ class Executor:
             done = await self._finish(run, exit_code=0, reason=None, error=None)
         await self._remove_quietly(container_id)
         return done
+
+    async def _stop_for_good(self, run: Run, container_id: str) -> None:
+        """Kill and remove a container nobody can watch; until the engine has done
+        it, the run stays in flight (holding its slot), waiting for the engine."""
+        while True:
+            try:
+                await self.engine.remove(container_id)  # forced: kills it first
+                return
+            except EngineError as e:
+                log.warning("run %s: could not stop its container: %s; waiting for the "
+                            "engine", run.id, e)
+                await self._wait_for_engine()
 
     async def _watch(self, run: Run, container_id: str, writer: LogWriter,
                      just_started: bool = False) -> tuple[int, bool] | None:
@@ -496,10 +529,14 @@ class Executor:
 
     async def _finish(self, run: Run, *, exit_code: int | None, reason: FailureReason | None,
                       error: str | None) -> Run:
+        """Record the run's outcome; while the database refuses it, tried again
+        (the run stays `running` and in flight, and its container is kept)."""
         status = Status.SUCCEEDED if reason is None else Status.FAILED
         try:
-            done = await self.store.finish_run(run.id, status, exit_code=exit_code,
-                                               failure_reason=reason, error=error)
+            done = await retry_store(
+                f"run {run.id}: recording it {status.value}",
+                lambda: self.store.finish_run(run.id, status, exit_code=exit_code,
+                                              failure_reason=reason, error=error))
         except Conflict:
             return await self._current(run)  # someone else completed it (e.g. cancel)
         log.info("run %s %s (exit code %s%s)", run.id, status.value, exit_code,

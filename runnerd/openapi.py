@@ -428,8 +428,10 @@ COMPONENT_SCHEMAS: dict[str, Any] = {
                               "error": {"type": "string"},
                               "queue": ref("QueueDepth")},
                              required=["status", "error"], closed=False,
-                             description="The Docker engine does not answer; `error` says "
-                                         "why. More fields may be added."),
+                             description="The Docker engine does not answer, or the "
+                                         "scheduler is not claiming runs (backing off after "
+                                         "an engine or database error); `error` says why. "
+                                         "More fields may be added."),
 }
 
 PARAMETERS: dict[str, Any] = {
@@ -493,7 +495,8 @@ def _paths() -> dict[str, Any]:
         "/healthz": {"get": operation(
             "getHealth", OPS, "Whether the daemon and its Docker engine answer",
             {"200": ok("Health", "The Docker engine answers."),
-             "503": {"description": "The Docker engine does not answer.",
+             "503": {"description": "The Docker engine does not answer, or the scheduler "
+                                    "is not claiming runs.",
                      "content": {JSON: {"schema": ref("HealthUnavailable")}}},
              **errors()},
             description="No key needed.", security=[])},

@@ -13,9 +13,12 @@ import time
 
 from .config import RetentionConfig
 from .logs import LogStore
+from .retry import is_store_fault
 from .store import Store
 
 log = logging.getLogger("runnerd.retention")
+
+RETRY_FIRST = 1.0  # a failed sweep is tried again after this, doubling up to the interval
 
 
 class Retention:
@@ -28,6 +31,11 @@ class Retention:
     @property
     def enabled(self) -> bool:
         return self.config.max_age_days is not None or self.config.max_runs_per_runner is not None
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The sweep loop's task (None when retention is off), for the daemon to supervise."""
+        return self._task
 
     def start(self) -> None:
         if self.enabled:
@@ -56,11 +64,20 @@ class Retention:
         return deleted
 
     async def _loop(self) -> None:
+        # Survives every error: a warning (with a traceback when it is not the
+        # database failing), then the sweep is tried again sooner than the next
+        # interval, backing off up to it. Deleting can always wait.
+        delay = RETRY_FIRST
         while True:
             try:
                 await self.sweep()
+                delay = RETRY_FIRST
+                wait = self.config.sweep_interval_seconds
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("retention sweep failed; trying again at the next interval")
-            await asyncio.sleep(self.config.sweep_interval_seconds)
+            except Exception as e:
+                wait = min(delay, self.config.sweep_interval_seconds)
+                delay = wait * 2
+                log.warning("retention sweep failed: %s; trying again in %.0f s",
+                            str(e) or type(e).__name__, wait, exc_info=not is_store_fault(e))
+            await asyncio.sleep(wait)

@@ -10,23 +10,42 @@ Before the first claim it reconciles with the engine: runs left `running` by an
 earlier process are re-attached (or finalised), and containers of ended runs
 are removed. When the engine does not answer, runs stay pending and the loop
 backs off before trying again.
+
+Nothing stops the loop but `stop()`: an error from the engine or the database in
+any step (reconciling, claiming, a run's start) is logged with the back-off, and
+`health` says why no run is claimed meanwhile (`/healthz` answers 503 with it).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass
 from typing import Protocol
 
 from .engine import LABEL_DAEMON, LABEL_RUN, Engine, EngineError, EngineUnavailable
 from .executor import container_name
 from .models import ACTIVE_STATUSES, FailureReason, Run, Status
+from .retry import is_database_damaged, is_store_fault, retry_store
 from .store import Conflict, Store
 
 log = logging.getLogger("runnerd.scheduler")
 
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
+
+
+@dataclass(frozen=True)
+class Health:
+    """Whether the scheduler is claiming runs; `why` not, when it is not."""
+
+    ok: bool
+    why: str | None = None
+
+
+class RunTaskFailed(Exception):
+    """A run's task ended with an error it cannot survive (a damaged database):
+    it ends the scheduler's loop with it, and the daemon exits."""
 
 
 class RunExecutor(Protocol):
@@ -48,11 +67,29 @@ class Scheduler:
         self._loop_task: asyncio.Task[None] | None = None
         self._backoff = 0.0
         self._retry_at = 0.0  # loop time before which the engine is not tried again
+        self._problem: str | None = None  # why runs are not claimed now, while backing off
+        self._fatal: RunTaskFailed | None = None  # a run's task could not survive its error
         self.reconciled = asyncio.Event()
 
     @property
     def active_run_ids(self) -> set[str]:
         return set(self._active)
+
+    @property
+    def health(self) -> Health:
+        """Not ok while the loop backs off after an error (engine or database), or
+        when its task has ended (it never should: the daemon then exits)."""
+        task = self._loop_task
+        if task is not None and task.done():
+            return Health(False, self._problem or "the scheduler stopped")
+        if self._problem is not None:
+            return Health(False, self._problem)
+        return Health(True)
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The loop's task, for the daemon to supervise."""
+        return self._loop_task
 
     def wake(self) -> None:
         """A run was queued (or a slot may have freed): look at the queue now."""
@@ -117,15 +154,31 @@ class Scheduler:
                 pass
 
     async def _loop(self) -> None:
-        await self._reconcile_until_done()
+        # Survives the engine or the database not answering (an error, a 500, a
+        # lock, a full disk): back-off, a warning per attempt, and `health` says
+        # why; a restart would not bring them back sooner, and the API stays up
+        # meanwhile. Anything else (a damaged database, a bug) ends the loop, and
+        # the daemon, which supervises it, exits non-zero for systemd to restart it.
+        delay = BACKOFF_FIRST
         while True:
             try:
+                if self._fatal is not None:
+                    raise self._fatal
+                if not self.reconciled.is_set():
+                    await self._reconcile()
+                    self.reconciled.set()
                 await self._claim_and_start()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("scheduler step failed; retrying in %.0f s", BACKOFF_MAX)
-                await asyncio.sleep(BACKOFF_MAX)
+                delay = BACKOFF_FIRST
+            except Exception as e:
+                if not isinstance(e, EngineError) and not is_store_fault(e):
+                    self._problem = f"the scheduler stopped: {_describe(e)}"
+                    raise
+                what = "reconcile with the engine" if not self.reconciled.is_set() \
+                    else "claim runs"
+                self._problem = f"cannot {what}: {_describe(e)}; retrying in {delay:.1f} s"
+                log.warning("scheduler: %s", self._problem)
+                await asyncio.sleep(delay)
+                delay = min(BACKOFF_MAX, delay * 2)
 
     async def _claim_and_start(self) -> None:
         delay = self._retry_at - asyncio.get_running_loop().time()
@@ -135,60 +188,97 @@ class Scheduler:
         run = None
         if len(self._active) < self.max_concurrent_runs:
             run = await self.store.next_pending(in_flight=list(self._active))
+        self._problem = None  # claiming again (a run that fails to start says so anew)
         if run is None:
             await self._wakeup.wait()
             return
         self._spawn(run, self.executor.execute)
 
     def _spawn(self, run: Run, step) -> None:  # type: ignore[no-untyped-def]
-        self._active[run.id] = asyncio.create_task(self._execute(run, step), name=f"run-{run.id}")
+        if run.id not in self._active:  # (a reconcile retried after a partial failure)
+            task = asyncio.create_task(self._execute(run, step), name=f"run-{run.id}")
+            task.add_done_callback(self._run_task_done)
+            self._active[run.id] = task
+
+    def _run_task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None or self._fatal is not None:
+            return
+        e = task.exception()
+        self._fatal = RunTaskFailed(f"{task.get_name()}: {type(e).__name__}: {_describe(e)}")
+        self._fatal.__cause__ = e
+        self.wake()
 
     async def _execute(self, run: Run, step) -> None:  # type: ignore[no-untyped-def]
+        # A run's task survives its own errors: the engine or the database not
+        # answering leaves the run pending and backs the whole loop off (they are
+        # down for every run); a bug fails a pending run, and a running one stays
+        # owned (its slot held) and is watched again, since its container may be
+        # running on.
+        delay = BACKOFF_FIRST
         try:
-            await step(run)
-            self._backoff = 0.0
-        except EngineUnavailable as e:
-            self._backoff = min(BACKOFF_MAX, max(BACKOFF_FIRST, self._backoff * 2))
-            self._retry_at = asyncio.get_running_loop().time() + self._backoff
-            log.warning("run %s stays pending: %s; retrying in %.1f s", run.id, e, self._backoff)
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("run %s: unexpected error in the executor", run.id)
-            await self._fail_after_bug(run)
+            while True:
+                try:
+                    await step(run)
+                    self._backoff = 0.0
+                    return
+                except Exception as e:
+                    if is_database_damaged(e):
+                        raise  # the daemon exits: no run can be recorded any more
+                    if await self._stays_pending(run, e):
+                        return
+                    log.exception("run %s: unexpected error in the executor", run.id)
+                if not await self._fail_after_bug(run):
+                    return
+                log.warning("run %s is still running: watching it again in %.1f s",
+                            run.id, delay)
+                await asyncio.sleep(delay)
+                delay = min(BACKOFF_MAX, delay * 2)
+                step = self.executor.recover
         finally:
             self._active.pop(run.id, None)
             self.wake()
 
-    async def _fail_after_bug(self, run: Run) -> None:
-        """A bug must not leave the run pending (it would be claimed again at once)."""
-        current = await self.store.get_run(run.id)
+    async def _stays_pending(self, run: Run, e: Exception) -> bool:
+        """True when `e` is the engine or the database not answering and the run is
+        still pending: it is claimed again after the back-off."""
+        if isinstance(e, EngineUnavailable):
+            why = str(e)
+        elif is_store_fault(e):
+            why = f"the database failed: {_describe(e)}"
+            current = await retry_store(f"run {run.id}: reading it",
+                                        lambda: self.store.get_run(run.id))
+            if current is not None and current.status is not Status.PENDING:
+                return False  # it started: its container may be running
+        else:
+            return False
+        self._backoff = min(BACKOFF_MAX, max(BACKOFF_FIRST, self._backoff * 2))
+        self._retry_at = asyncio.get_running_loop().time() + self._backoff
+        self._problem = f"run {run.id} stays pending: {why}; retrying in {self._backoff:.1f} s"
+        log.warning("%s", self._problem)
+        return True
+
+    async def _fail_after_bug(self, run: Run) -> bool:
+        """A bug must not leave the run pending (it would be claimed again at once):
+        it is recorded failed. True when the run is running: its container may be
+        running, so it must neither be recorded `lost` nor lose its slot."""
+        current = await retry_store(
+            f"run {run.id}: reading it", lambda: self.store.get_run(run.id))
         if current is None or current.status not in ACTIVE_STATUSES:
-            return
-        reason = FailureReason.START_FAILED if current.status is Status.PENDING \
-            else FailureReason.LOST
+            return False
+        if current.status is Status.RUNNING:
+            return True
         try:
-            await self.store.finish_run(
-                run.id, Status.FAILED, exit_code=None, failure_reason=reason,
-                error="runnerd hit an internal error running this run; "
-                      "the daemon's log has the details.")
+            await retry_store(
+                f"run {run.id}: recording its failure", lambda: self.store.finish_run(
+                    run.id, Status.FAILED, exit_code=None,
+                    failure_reason=FailureReason.START_FAILED,
+                    error="runnerd hit an internal error running this run; "
+                          "the daemon's log has the details."))
         except Conflict:
             pass
+        return False
 
     # -- reconciliation ---------------------------------------------------------
-
-    async def _reconcile_until_done(self) -> None:
-        delay = BACKOFF_FIRST
-        while True:
-            try:
-                await self._reconcile()
-                self.reconciled.set()
-                return
-            except EngineUnavailable as e:
-                log.warning("cannot reconcile with the engine yet: %s; retrying in %.1f s",
-                            e, delay)
-                await asyncio.sleep(delay)
-                delay = min(BACKOFF_MAX, delay * 2)
 
     async def _reconcile(self) -> None:
         """Re-attach runs an earlier process left running; remove containers of
@@ -211,3 +301,8 @@ class Scheduler:
         for run in running:
             log.info("run %s was running before the restart: re-attaching", run.id)
             self._spawn(run, self.executor.recover)
+
+
+def _describe(e: BaseException) -> str:
+    """An error for a log line or /healthz: its message, or its type without one."""
+    return str(e) or type(e).__name__

@@ -23,6 +23,7 @@ import aiohttp
 from . import __version__
 from .config import WebhooksConfig
 from .models import Run
+from .retry import is_store_fault, retry_store
 from .schemas import run_json
 from .store import Store
 
@@ -52,6 +53,11 @@ class Notifier:
         if run.webhook_url is not None:
             self._wakeup.set()
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The delivery loop's task, for the daemon to supervise."""
+        return self._loop_task
+
     def start(self) -> None:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.config.timeout_seconds),
@@ -67,6 +73,9 @@ class Notifier:
             await self._session.close()
 
     async def _loop(self) -> None:
+        # Survives every error: back-off and a warning each time (a traceback
+        # when it is not the database failing); deliveries wait in the store.
+        delay = BACKOFF_FIRST
         while True:
             try:
                 self._wakeup.clear()
@@ -75,22 +84,34 @@ class Notifier:
                     if room > 0 else []
                 for run in runs:
                     self._in_flight[run.id] = asyncio.create_task(self._deliver(run))
+                delay = BACKOFF_FIRST
                 await self._wakeup.wait()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("webhook loop step failed; retrying in %.0f s", BACKOFF_MAX)
-                await asyncio.sleep(BACKOFF_MAX)
+            except Exception as e:
+                log.warning("webhooks: cannot read the deliveries to make: %s; retrying in "
+                            "%.0f s", str(e) or type(e).__name__, delay,
+                            exc_info=not is_store_fault(e))
+                await asyncio.sleep(delay)
+                delay = min(BACKOFF_MAX, delay * 2)
 
     async def _deliver(self, run: Run) -> None:
+        # A delivery's outcome is recorded however long the database takes: a
+        # delivered webhook recorded `failed` (or left pending, sent again) is wrong.
         try:
-            status = await self._attempts(run)
-            await self.store.set_webhook_status(run.id, status)
+            try:
+                status = await self._attempts(run)
+            except asyncio.CancelledError:
+                raise  # stays pending: delivered after the next start
+            except Exception:
+                log.exception("run %s: webhook delivery failed unexpectedly", run.id)
+                status = "failed"
+            await retry_store(f"run {run.id}: recording its webhook {status}",
+                              lambda: self.store.set_webhook_status(run.id, status), log)
         except asyncio.CancelledError:
-            raise  # stays pending: delivered after the next start
-        except Exception:
-            log.exception("run %s: webhook delivery failed unexpectedly", run.id)
-            await self.store.set_webhook_status(run.id, "failed")
+            raise
+        except Exception:  # the database is damaged: it stays pending, for the next start
+            log.exception("run %s: cannot record its webhook delivery", run.id)
         finally:
             self._in_flight.pop(run.id, None)
             self._wakeup.set()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
@@ -10,7 +11,7 @@ from typing import Any, AsyncIterator, Callable
 import pytest
 
 import runnerd.scheduler as scheduler_module
-from runnerd.engine import EngineUnavailable
+from runnerd.engine import EngineError, EngineUnavailable
 from runnerd.models import FailureReason, Run, Runner, Status
 from runnerd.scheduler import Scheduler
 from runnerd.store import Conflict, Store
@@ -343,17 +344,24 @@ async def test_an_unexpected_executor_error_fails_the_run_and_the_scheduler_keep
     assert fake.started.count(broken) == 1  # never claimed again
 
 
-async def test_an_executor_error_after_the_run_started_fails_it_as_lost(
-        store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]) -> None:
+async def test_an_executor_error_after_the_run_started_keeps_it_owned_and_watches_it_again(
+        store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its container may be running: never `lost` for a bug, and its slot stays held."""
+    monkeypatch.setattr(scheduler_module, "BACKOFF_FIRST", 0.01)
     runner = await make_runner(store)
-    (run_id,) = await queue(store, runner)
+    run_id, waiting = await queue(store, runner, 2)
     fake.failures[run_id] = [ValueError("bug while following")]
     fake.fail_after_running.add(run_id)
-    sched = make_scheduler()
+    sched = make_scheduler(max_concurrent_runs=1)
     sched.start()
-    failed = await until_status(store, run_id, Status.FAILED)
-    assert failed.failure_reason is FailureReason.LOST
-    assert fake.started == [run_id]
+    await fake.until(lambda: fake.recovered == [run_id] and run_id in fake.waiting)
+    assert (await status_of(store, run_id)).status is Status.RUNNING
+    await settle(store)
+    assert fake.started == [run_id]  # the slot stayed held: the second run waits
+    fake.release[run_id].set()
+    await until_status(store, run_id, Status.SUCCEEDED)
+    await fake.until(lambda: waiting in fake.running)
 
 
 # -- restart reconciliation ------------------------------------------------------
@@ -476,3 +484,154 @@ async def test_finish_conflict_after_a_cancel_does_not_break_the_scheduler(
     with pytest.raises(Conflict):
         await store.finish_run(first, Status.SUCCEEDED, exit_code=0, failure_reason=None,
                                error=None)
+
+
+# -- surviving faults, and the health it reports ---------------------------------
+
+
+def store_fault(message: str = "database is locked") -> sqlite3.OperationalError:
+    """What the store raises when SQLite is locked past its busy timeout."""
+    e = sqlite3.OperationalError(message)
+    e.sqlite_errorcode = sqlite3.SQLITE_BUSY  # type: ignore[attr-defined]
+    return e
+
+
+class FlakyEngine:
+    """Reconciliation's engine: the container list fails `failures` times first."""
+
+    def __init__(self, failures: list[Exception]) -> None:
+        self.failures = failures
+        self.lists = 0
+
+    async def list_containers(self, labels: dict[str, str]) -> list[dict[str, Any]]:
+        self.lists += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        return []
+
+
+async def until_health(sched: Scheduler, ok: bool, timeout: float = DEADLINE) -> str | None:
+    async with asyncio.timeout(timeout):
+        while sched.health.ok is not ok:
+            await asyncio.sleep(0.001)
+    return sched.health.why
+
+
+async def test_scheduler_survives_engine_500_on_container_list_while_reconciling(
+        store: Store, fake: FakeExecutor, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scheduler_module, "BACKOFF_FIRST", 0.05)
+    engine = FlakyEngine([EngineError("could not list containers: HTTP 500", status=500)] * 3)
+    sched = Scheduler(store, fake, max_concurrent_runs=2, engine=engine,  # type: ignore[arg-type]
+                      daemon_id="d")
+    runner = await make_runner(store)
+    (run_id,) = await queue(store, runner)
+    sched.start()
+    try:
+        why = await until_health(sched, False)
+        assert why and "reconcile" in why and "HTTP 500" in why and "retrying in" in why
+        assert (await status_of(store, run_id)).status is Status.PENDING
+        await fake.until(lambda: run_id in fake.waiting)
+        assert engine.lists == 4 and sched.reconciled.is_set()
+        assert sched.health.ok
+    finally:
+        fake.release[run_id].set()
+        await sched.stop()
+
+
+async def test_scheduler_survives_store_error_on_claim(
+        store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scheduler_module, "BACKOFF_FIRST", 0.05)
+    runner = await make_runner(store)
+    (run_id,) = await queue(store, runner)
+    real = store.next_pending
+    faults = [store_fault("disk I/O error")] * 2
+
+    async def flaky(*a: Any, **kw: Any) -> Any:
+        if faults:
+            raise faults.pop(0)
+        return await real(*a, **kw)
+
+    monkeypatch.setattr(store, "next_pending", flaky)
+    sched = make_scheduler()
+    sched.start()
+    why = await until_health(sched, False)
+    assert why and "claim runs" in why and "disk I/O error" in why
+    await fake.until(lambda: run_id in fake.waiting)
+    assert sched.health.ok
+    fake.release[run_id].set()
+    await until_status(store, run_id, Status.SUCCEEDED)
+
+
+async def test_store_error_starting_a_run_leaves_it_pending_and_it_is_retried(
+        store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(scheduler_module, "BACKOFF_FIRST", 0.05)
+    runner = await make_runner(store)
+    (run_id,) = await queue(store, runner)
+    fake.failures[run_id] = [store_fault()]
+    sched = make_scheduler()
+    sched.start()
+    why = await until_health(sched, False)
+    assert why and run_id in why and "database is locked" in why
+    assert (await status_of(store, run_id)).status is Status.PENDING
+    await fake.until(lambda: fake.started.count(run_id) == 2 and run_id in fake.waiting)
+    fake.release[run_id].set()
+    await until_status(store, run_id, Status.SUCCEEDED)
+    assert sched.health.ok
+
+
+async def test_a_bug_in_the_scheduler_loop_ends_it_and_health_says_so(
+        store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(*a: Any, **kw: Any) -> Any:
+        raise TypeError("bug in the claim")
+
+    monkeypatch.setattr(store, "next_pending", broken)
+    sched = make_scheduler()
+    sched.start()
+    assert sched.task is not None
+    async with asyncio.timeout(DEADLINE):
+        with pytest.raises(TypeError):
+            await asyncio.shield(sched.task)
+    assert not sched.health.ok and "bug in the claim" in (sched.health.why or "")
+
+
+async def test_a_damaged_database_in_a_runs_task_ends_the_scheduler_loop(
+        store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]) -> None:
+    runner = await make_runner(store)
+    (run_id,) = await queue(store, runner)
+    fake.failures[run_id] = [sqlite3.DatabaseError("database disk image is malformed")]
+    sched = make_scheduler()
+    sched.start()
+    assert sched.task is not None
+    async with asyncio.timeout(DEADLINE):
+        with pytest.raises(scheduler_module.RunTaskFailed, match=f"run-{run_id}: DatabaseError"):
+            await asyncio.shield(sched.task)
+    assert (await status_of(store, run_id)).status is Status.PENDING
+
+
+def test_real_sqlite_errors_are_classed_as_passing_or_damaged(tmp_path: Path) -> None:
+    """What the loop retries and what ends it, on SQLite's own errors."""
+    from runnerd.retry import is_database_damaged, is_store_fault
+
+    path = tmp_path / "t.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN IMMEDIATE")
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    with pytest.raises(sqlite3.OperationalError) as locked:
+        other.execute("INSERT INTO t VALUES (1)")
+    assert is_store_fault(locked.value) and not is_database_damaged(locked.value)
+    holder.execute("ROLLBACK")
+    holder.close()
+    other.close()
+
+    with pytest.raises(sqlite3.OperationalError) as no_table:  # a bug: not retried
+        sqlite3.connect(path).execute("SELECT * FROM missing")
+    assert not is_store_fault(no_table.value) and is_database_damaged(no_table.value)
+
+    path.write_bytes(b"not a database, " * 512)
+    with pytest.raises(sqlite3.DatabaseError) as damaged:
+        sqlite3.connect(path).execute("SELECT * FROM t")
+    assert is_database_damaged(damaged.value) and not is_store_fault(damaged.value)
