@@ -485,8 +485,7 @@ async def run_logs(request: web.Request) -> web.StreamResponse:
                 skip = 0
             await response.prepare(request)
             await _follow(request, run, offset, emit)
-            await response.write_eof()
-            return response
+            return await _end(request, response)
     await response.prepare(request)
     # File reads happen in the log read pool: a big log never stalls other requests.
     async with contextlib.aclosing(logs.text_chunks(run.id, tail)) as chunks:
@@ -543,8 +542,7 @@ async def _stream_sse(request: web.Request, run: Run, offset: int,
     if final is not None:
         await _send(request, response, ("event: end\ndata: " + json.dumps(
             schemas.run_json(final, tz)) + "\n\n").encode())
-    await response.write_eof()
-    return response
+    return await _end(request, response)
 
 
 async def _cursor(logs: LogStore, run_id: str, cursor: int | None, name: str) -> int | None:
@@ -598,8 +596,9 @@ FOLLOWERS = web.AppKey("followers", Followers)
 async def _follow(request: web.Request, run: Run, offset: int,
                   emit: Callable[[list[Record]], Awaitable[None]]) -> Run | None:
     """Hand every record from `offset` to `emit` as it is written, until the run
-    has completed and all its output is out (→ the final Run) or the daemon stops
-    (→ None). Waits on the writer's notifications, not on a timer."""
+    has completed and all its output is out (→ the final Run), or the daemon stops
+    or the client has gone (→ None). Waits on the writer's notifications, not on a
+    timer."""
     logs = request.app[LOGS]
     store = request.app[STORE]
     stopping = request.app[STOPPING]
@@ -619,6 +618,10 @@ async def _follow(request: web.Request, run: Run, offset: int,
                 continue  # one more read: output written just before it completed
             if stopping.is_set():
                 return None
+            if request.transport is None or request.transport.is_closing():
+                # The client left (aiohttp does not cancel the handler): free its
+                # follower slot instead of waiting for output that nobody reads.
+                return None
             stop_wait = asyncio.ensure_future(stopping.wait())
             try:
                 await asyncio.wait({changed, stop_wait}, timeout=FOLLOW_RECHECK_SECONDS,
@@ -627,6 +630,16 @@ async def _follow(request: web.Request, run: Run, offset: int,
                 stop_wait.cancel()
         finally:
             changed.cancel()
+
+
+async def _end(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """End a live stream, unless its client has gone: there is no one to tell."""
+    if request.transport is not None and not request.transport.is_closing():
+        try:
+            await response.write_eof()
+        except ConnectionResetError:
+            pass
+    return response
 
 
 async def _send(request: web.Request, response: web.StreamResponse, data: bytes) -> None:

@@ -1,0 +1,123 @@
+"""Log reads on a real daemon: a tail and a page before a cursor of a large log of
+short lines are exactly its last lines (guided by the index beside the log, rebuilt
+when it is missing), and live log streams past `[server] max_log_followers` are
+refused with a 503 naming the key."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import aiohttp
+
+from conftest import Api, Daemon, wait_until
+from runnerd.logs import HEADER
+
+JSON = {"Accept": "application/json"}
+SSE = {"Accept": "text/event-stream"}
+LINES = 200_000
+
+
+def record_offsets(path: Path) -> list[int]:
+    """The offset of every record of a log file: its entries' ids."""
+    data = path.read_bytes()
+    offsets, pos = [], 0
+    while pos + HEADER.size <= len(data):
+        offsets.append(pos)
+        pos += HEADER.size + HEADER.unpack_from(data, pos)[2]
+    return offsets
+
+
+async def test_tail_of_a_large_log_of_short_lines_is_exactly_its_last_lines(
+        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
+    daemon = start_daemon()
+    api = Api(http, daemon.url, daemon.key)
+    runner = await api.create_runner(run_command=f"seq 1 {LINES}", timeout_seconds=300)
+    run = await api.trigger(runner["id"])
+    done = await api.wait_done(runner["id"], run["id"], timeout=240)
+    assert (done["status"], done["exit_code"]) == ("succeeded", 0), done
+
+    full = await api.logs(runner["id"], run["id"])
+    assert full == b"".join(b"%d\n" % i for i in range(1, LINES + 1)), full[-200:]
+    lines = full.splitlines(keepends=True)
+    log_path = daemon.data_dir / "logs" / f"{run['id']}.log"
+    index_path = log_path.with_suffix(".idx")
+    assert log_path.stat().st_size > 3 * 1024 * 1024  # many records: one per line
+    assert index_path.exists()
+
+    async def check_reads() -> None:
+        for n in (5, 1, 1000):
+            assert await api.logs(runner["id"], run["id"], f"?tail={n}") == b"".join(
+                lines[-n:]), n
+        offsets = record_offsets(log_path)
+        status, body = await api.get(
+            f"/v1/runners/{runner['id']}/runs/{run['id']}/logs?before={offsets[-1]}&limit=5",
+            headers=JSON)
+        assert status == 200, body
+        assert [(e["id"], e["msg"]) for e in body["logs"]] == [
+            (str(offsets[i]), str(i + 1)) for i in range(len(offsets) - 6, len(offsets) - 1)]
+
+    await check_reads()
+    # A log from before there were indexes: read whole once, indexed again.
+    daemon.stop()
+    index_path.unlink()
+    daemon.start()
+    api = Api(http, daemon.url, daemon.key)
+    await check_reads()
+    assert index_path.exists()
+
+
+async def open_stream(api: Api, runner_id: str, run_id: str, sse: bool
+                      ) -> aiohttp.ClientResponse:
+    url = f"{api.url}/v1/runners/{runner_id}/runs/{run_id}/logs"
+    if sse:
+        return await api.session.get(url, headers={**api.headers(), **SSE})
+    return await api.session.get(url, params={"follow": "true"}, headers=api.headers())
+
+
+async def test_live_log_streams_past_the_configured_cap_get_503_naming_the_key(
+        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
+    daemon = start_daemon("[server]\nmax_log_followers = 2\n")
+    api = Api(http, daemon.url, daemon.key)
+    runner = await api.create_runner(run_command="echo started; sleep 600",
+                                     timeout_seconds=900)
+    run = await api.trigger(runner["id"])
+    await api.wait_status(runner["id"], run["id"], "running", timeout=60)
+    streams: list[aiohttp.ClientResponse] = []
+    try:
+        streams.append(await open_stream(api, runner["id"], run["id"], sse=False))
+        streams.append(await open_stream(api, runner["id"], run["id"], sse=True))
+        assert [s.status for s in streams] == [200, 200]
+        assert await asyncio.wait_for(streams[0].content.readline(), 60) == b"started\n"
+
+        for sse in (False, True):
+            refused = await open_stream(api, runner["id"], run["id"], sse=sse)
+            body: Any = json.loads(await refused.read())
+            assert refused.status == 503, body
+            assert body["status"] == 503
+            assert "max_log_followers" in body["error"] and "2" in body["error"], body
+            assert refused.headers.get("Retry-After")
+        # Reads that are not live are not counted.
+        assert await api.logs(runner["id"], run["id"], "?tail=1") == b"started\n"
+        refusals = [ln for ln in daemon.log_text().splitlines() if "max_log_followers" in ln]
+        assert len(refusals) == 1, refusals  # one line for the stretch at the cap
+
+        # A client that leaves a quiet run (no output to write) frees its slot too.
+        streams.pop(0).close()
+
+        async def admitted() -> bool:
+            s = await open_stream(api, runner["id"], run["id"], sse=False)
+            if s.status == 200:
+                streams.append(s)
+                return True
+            s.close()
+            return False
+        await wait_until(admitted, timeout=30, what="a follower to be admitted again")
+        assert await asyncio.wait_for(streams[-1].content.readline(), 60) == b"started\n"
+    finally:
+        for s in streams:
+            s.close()
+    daemon.stop()
+    assert "Traceback" not in daemon.log_text(), daemon.log_text()[-3000:]
