@@ -432,6 +432,9 @@ class LogStore:
             index = _Index.load(index_f) if index_f is not None else None
             if index is not None:
                 index.trusted(f, size)
+            elif index_f is not None:  # no valid header: as if there were none
+                index_f.close()
+                index_f = None
             if writing or size == 0:
                 return index if index is not None else _NoIndex()
             last = index.mark(index.count) if index is not None else _START
@@ -443,19 +446,22 @@ class LogStore:
             _scan(f, last, interval, entries)
             if index is not None and not entries:
                 return index
+            tmp = path.with_suffix(".idx.tmp")
             try:
                 if index is None:
-                    tmp = path.with_suffix(".idx.tmp")
-                    with _open(tmp, "wb") as out:
-                        out.write(_Index.header(interval) + b"".join(entries))
-                    os.replace(tmp, path)
+                    try:
+                        with _open(tmp, "wb") as out:
+                            out.write(_Index.header(interval) + b"".join(entries))
+                        os.replace(tmp, path)
+                    finally:
+                        tmp.unlink(missing_ok=True)
                 else:
                     with _open(path, "r+b") as out:
                         out.truncate(_Index.HEAD.size + index.count * _Index.SIZE)
                         out.seek(0, os.SEEK_END)
                         out.write(b"".join(entries))
-            except OSError as e:  # e.g. disk full: reads go on, scanning more
-                log.warning("cannot write the log index %s: %s", path, e.strerror or e)
+            except OSError as e:  # e.g. disk full (the writer said so): reads scan more
+                log.debug("cannot write the log index %s: %s", path, e.strerror or e)
                 if index_f is not None:
                     index_f.close()
                 return index if index is not None else _NoIndex()
