@@ -132,6 +132,12 @@ class _Tally:
         if ts_ns > self.newest:
             self.newest = ts_ns
 
+    def update(self, output: int, stdout: int, stderr: int, lines: int, newest: int) -> None:
+        """Take the counts a writer kept while appending."""
+        self.output, self.stdout, self.stderr, self.lines = output, stdout, stderr, lines
+        if newest > self.newest:
+            self.newest = newest
+
     def entries(self, stream: int | None) -> int:
         """How many records of `stream` (all if None) a page would show."""
         if stream is None:
@@ -749,8 +755,10 @@ class LogWriter:
         else:
             max_stored, per_line, per_piece = -1, 0, 0
         tally = self._tally
-        n_out, n_err, lines = tally.stdout, tally.stderr, tally.lines
-        pos, next_mark = self._end, self._next_mark
+        # Only stdout records are counted in the loop; stderr ones are the rest.
+        n_out, lines, out_before, err_before = tally.stdout, tally.lines, tally.stdout, \
+            tally.stderr
+        pos, next_mark, header_size = self._end, self._next_mark, HEADER.size
         entries: list[bytes] = []
         newest = 0
         cut: tuple[int, bytes] | None = None  # (time, the limit note) when the log is cut
@@ -766,26 +774,22 @@ class LogWriter:
                 break
             header = pack(stream, ts_ns, n)
             if pos >= next_mark:
-                tally.output, tally.stdout, tally.stderr, tally.lines = output, n_out, n_err, lines
-                if newest > tally.newest:
-                    tally.newest = newest
+                tally.update(output, n_out, err_before + len(parts) // 2 - (n_out - out_before),
+                             lines, newest)
                 entries.append(_Index.pack(pos, header, tally))
                 next_mark = pos + self._interval
             output += n
             stored += cost
-            if stream == STDOUT:
+            if stream == 1:  # STDOUT
                 n_out += 1
-            else:
-                n_err += 1
             if line:
                 lines += 1
             if ts_ns > newest:
                 newest = ts_ns
             parts += (header, data)
-            pos += HEADER.size + n
-        tally.output, tally.stdout, tally.stderr, tally.lines = output, n_out, n_err, lines
-        if newest > tally.newest:
-            tally.newest = newest
+            pos += header_size + n
+        tally.update(output, n_out, err_before + len(parts) // 2 - (n_out - out_before), lines,
+                     newest)
         self._next_mark = next_mark
         self.output_bytes, self.engine_bytes = output, stored
         if newest:
