@@ -31,8 +31,11 @@ def record_offsets(path: Path) -> list[int]:
 
 
 async def test_tail_of_a_large_log_of_short_lines_is_exactly_its_last_lines(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
-    daemon = start_daemon()
+        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession,
+        tmp_path: Path) -> None:
+    # One log read thread: concurrent reads queue for it, none fails.
+    daemon = start_daemon(f'[storage]\ndata_dir = "{tmp_path / "logs-daemon" / "data"}"\n'
+                          "log_read_threads = 1\n", name="logs-daemon")
     api = Api(http, daemon.url, daemon.key)
     runner = await api.create_runner(run_command=f"seq 1 {LINES}", timeout_seconds=300)
     run = await api.trigger(runner["id"])
@@ -60,6 +63,9 @@ async def test_tail_of_a_large_log_of_short_lines_is_exactly_its_last_lines(
             (str(offsets[i]), str(i + 1)) for i in range(len(offsets) - 6, len(offsets) - 1)]
 
     await check_reads()
+    tails = await asyncio.gather(*(api.logs(runner["id"], run["id"], f"?tail={n}")
+                                   for n in range(1, 41)))
+    assert tails == [b"".join(lines[-n:]) for n in range(1, 41)]
     # A log from before there were indexes: read whole once, indexed again.
     daemon.stop()
     index_path.unlink()
@@ -79,7 +85,7 @@ async def open_stream(api: Api, runner_id: str, run_id: str, sse: bool
 
 async def test_live_log_streams_past_the_configured_cap_get_503_naming_the_key(
         start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
-    daemon = start_daemon("[server]\nmax_log_followers = 2\n")
+    daemon = start_daemon('[server]\nlisten = "127.0.0.1:0"\nmax_log_followers = 2\n')
     api = Api(http, daemon.url, daemon.key)
     runner = await api.create_runner(run_command="echo started; sleep 600",
                                      timeout_seconds=900)
