@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import aiohttp
 
-from conftest import Api, Daemon, wait_until
+from conftest import Api, Daemon, docker_cli, wait_until
 from runnerd.logs import HEADER
 
 JSON = {"Accept": "application/json"}
@@ -126,4 +126,40 @@ async def test_live_log_streams_past_the_configured_cap_get_503_naming_the_key(
         for s in streams:
             s.close()
     daemon.stop()
+    assert "Traceback" not in daemon.log_text(), daemon.log_text()[-3000:]
+
+
+async def test_log_index_torn_by_a_crash_is_repaired_and_the_log_stays_exact(
+        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
+    """The daemon died while appending to a run's log index (and its last entries
+    never reached the disk); the restarted daemon resumes the run from the log."""
+    daemon = start_daemon()
+    api = Api(http, daemon.url, daemon.key)
+    runner = await api.create_runner(
+        run_command="seq 1 30000; while [ ! -e /tmp/go ]; do sleep 0.1; done; seq 30001 60000",
+        timeout_seconds=300)
+    run = await api.trigger(runner["id"])
+
+    async def first_half_read() -> bool:
+        tail = await api.logs(runner["id"], run["id"], "?tail=1")
+        return tail == b"30000\n"
+    await wait_until(first_half_read, timeout=120, what="the first half of the output")
+    daemon.kill()
+    index_path = daemon.data_dir / "logs" / f"{run['id']}.idx"
+    index = index_path.read_bytes()
+    assert len(index) > 200, len(index)  # entries beyond the header
+    index_path.write_bytes(index[:len(index) // 2 - 7])  # half lost, the last entry torn
+
+    daemon.start()
+    api = Api(http, daemon.url, daemon.key)
+    await api.wait_status(runner["id"], run["id"], "running", timeout=60)
+    # The tail of the resumed log is right before any more output arrives.
+    assert await api.logs(runner["id"], run["id"], "?tail=2") == b"29999\n30000\n"
+    docker_cli("exec", f"runnerd-{run['id']}", "touch", "/tmp/go")
+    done = await api.wait_done(runner["id"], run["id"], timeout=120)
+    assert (done["status"], done["exit_code"]) == ("succeeded", 0), done
+    assert await api.logs(runner["id"], run["id"]) == b"".join(
+        b"%d\n" % i for i in range(1, 60001))
+    assert await api.logs(runner["id"], run["id"], "?tail=3") == b"59998\n59999\n60000\n"
+    assert index_path.stat().st_size > len(index)  # repaired and grown
     assert "Traceback" not in daemon.log_text(), daemon.log_text()[-3000:]
