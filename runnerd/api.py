@@ -4,10 +4,11 @@ they parse with `schemas`, act through the store and scheduler, and render."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterator
 
 from aiohttp import web
 
@@ -54,6 +55,7 @@ def make_app(config: Config, store: Store, engine: Engine, logs: LogStore,
     if executor is not None:
         app[EXECUTOR] = executor
     app[STOPPING] = asyncio.Event()
+    app[FOLLOWERS] = Followers(config.server.max_log_followers)
     # A run's log followers learn that it has completed at once, not at their
     # next FOLLOW_RECHECK_SECONDS: the log's last write comes before the record.
     store.on_run_completed.append(lambda run: logs.notify(run.id))
@@ -473,31 +475,28 @@ async def run_logs(request: web.Request) -> web.StreamResponse:
     if "application/json" in accept and "text/plain" not in accept:
         return await _logs_json(request, run)
     tail, follow = schemas.parse_text_logs_query(request.query)
+    logs = request.app[LOGS]
     response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     if follow:
-        offset, skip = (await asyncio.to_thread(request.app[LOGS].tail_start, run.id, tail)
-                        if tail is not None else (0, 0))
+        with request.app[FOLLOWERS].slot() as admitted:
+            if not admitted:
+                return request.app[FOLLOWERS].refusal()
+            offset, skip = (await logs.reading(logs.tail_start, run.id, tail)
+                            if tail is not None else (0, 0))
 
-        async def emit(records: list[Record]) -> None:
-            nonlocal skip
-            data = b"".join(r.data for r in records)
-            await _send(request, response, data[skip:])
-            skip = 0
-        await response.prepare(request)
-        await _follow(request, run, offset, emit)
-        await response.write_eof()
-        return response
-    chunks = request.app[LOGS].text(run.id, tail)
+            async def emit(records: list[Record]) -> None:
+                nonlocal skip
+                data = b"".join(r.data for r in records)
+                await _send(request, response, data[skip:])
+                skip = 0
+            await response.prepare(request)
+            await _follow(request, run, offset, emit)
+            return await _end(request, response)
     await response.prepare(request)
-    try:
-        while True:
-            # File reads happen off the event loop: a big log never stalls other requests.
-            chunk = await asyncio.to_thread(next, chunks, None)
-            if chunk is None:
-                break
+    # File reads happen in the log read pool: a big log never stalls other requests.
+    async with contextlib.aclosing(logs.text_chunks(run.id, tail)) as chunks:
+        async for chunk in chunks:
             await _send(request, response, chunk)
-    finally:
-        chunks.close()
     await response.write_eof()
     return response
 
@@ -505,11 +504,11 @@ async def run_logs(request: web.Request) -> web.StreamResponse:
 async def _logs_json(request: web.Request, run: Run) -> web.Response:
     page = schemas.parse_json_logs_query(request.query)
     logs = request.app[LOGS]
-    after = _cursor(logs, run.id, page.after, "after")
+    after = await _cursor(logs, run.id, page.after, "after")
     if page.before is not None:
-        _cursor(logs, run.id, page.before, "before")
-    records = await asyncio.to_thread(logs.page, run.id, limit=page.limit, after=after,
-                                      before=page.before, stream=page.stream)
+        await _cursor(logs, run.id, page.before, "before")
+    records = await logs.reading(logs.page, run.id, limit=page.limit, after=after,
+                                 before=page.before, stream=page.stream)
     tz = request.app[CONFIG].tz
     return web.json_response({"logs": [
         schemas.log_entry_json(r.offset, r.stream, r.ts_ns, r.data, tz) for r in records]})
@@ -519,7 +518,15 @@ async def _logs_sse(request: web.Request, run: Run) -> web.StreamResponse:
     cursor, stream = schemas.parse_sse_logs_query(request.query,
                                                   request.headers.get("Last-Event-ID"))
     logs = request.app[LOGS]
-    offset = _cursor(logs, run.id, cursor, "Last-Event-ID") or 0
+    offset = await _cursor(logs, run.id, cursor, "Last-Event-ID") or 0
+    with request.app[FOLLOWERS].slot() as admitted:
+        if not admitted:
+            return request.app[FOLLOWERS].refusal()
+        return await _stream_sse(request, run, offset, stream)
+
+
+async def _stream_sse(request: web.Request, run: Run, offset: int,
+                      stream: int | None) -> web.StreamResponse:
     tz = request.app[CONFIG].tz
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
                                            "Cache-Control": "no-cache"})
@@ -541,25 +548,63 @@ async def _logs_sse(request: web.Request, run: Run) -> web.StreamResponse:
     if final is not None:
         await _send(request, response, ("event: end\ndata: " + json.dumps(
             schemas.run_json(final, tz)) + "\n\n").encode())
-    await response.write_eof()
-    return response
+    return await _end(request, response)
 
 
-def _cursor(logs: LogStore, run_id: str, cursor: int | None, name: str) -> int | None:
+async def _cursor(logs: LogStore, run_id: str, cursor: int | None, name: str) -> int | None:
     """Where reading goes on after the entry `cursor`; 400 when it is not one."""
     if cursor is None:
         return None
     try:
-        return logs.after(run_id, cursor)
+        return await logs.reading(logs.after, run_id, cursor)
     except ValueError:
         raise schemas.Invalid([f"{name}: {cursor} is not a log entry id of this run"]) from None
+
+
+class Followers:
+    """Counts the live log streams (follow, SSE): each holds a connection, a task and
+    reads in the log read pool, so past `[server] max_log_followers` more are refused."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+        self._refusing = False  # logged once per stretch at the limit
+
+    @contextlib.contextmanager
+    def slot(self) -> Iterator[bool]:
+        """True (and a slot held until the block ends) when under the limit."""
+        if self.count >= self.limit:
+            if not self._refusing:
+                self._refusing = True
+                log.warning("%d log followers stream at once, the most [server] "
+                            "max_log_followers allows; refusing more with 503", self.limit)
+            yield False
+            return
+        self.count += 1
+        try:
+            yield True
+        finally:
+            self.count -= 1
+            if self.count < self.limit:
+                self._refusing = False
+
+    def refusal(self) -> web.Response:
+        response = error_response(
+            503, f"Too many log followers: {self.limit} live log streams are open, the most "
+                 "[server] max_log_followers allows; retry later")
+        response.headers["Retry-After"] = "5"
+        return response
+
+
+FOLLOWERS = web.AppKey("followers", Followers)
 
 
 async def _follow(request: web.Request, run: Run, offset: int,
                   emit: Callable[[list[Record]], Awaitable[None]]) -> Run | None:
     """Hand every record from `offset` to `emit` as it is written, until the run
-    has completed and all its output is out (→ the final Run) or the daemon stops
-    (→ None). Waits on the writer's notifications, not on a timer."""
+    has completed and all its output is out (→ the final Run), or the daemon stops
+    or the client has gone (→ None). Waits on the writer's notifications, not on a
+    timer."""
     logs = request.app[LOGS]
     store = request.app[STORE]
     stopping = request.app[STOPPING]
@@ -567,7 +612,7 @@ async def _follow(request: web.Request, run: Run, offset: int,
     while True:
         changed = logs.changed(run.id)
         try:
-            records, offset = await asyncio.to_thread(logs.read, run.id, offset)
+            records, offset = await logs.reading(logs.read, run.id, offset)
             if records:
                 await emit(records)
                 continue
@@ -579,6 +624,10 @@ async def _follow(request: web.Request, run: Run, offset: int,
                 continue  # one more read: output written just before it completed
             if stopping.is_set():
                 return None
+            if request.transport is None or request.transport.is_closing():
+                # The client left (aiohttp does not cancel the handler): free its
+                # follower slot instead of waiting for output that nobody reads.
+                return None
             stop_wait = asyncio.ensure_future(stopping.wait())
             try:
                 await asyncio.wait({changed, stop_wait}, timeout=FOLLOW_RECHECK_SECONDS,
@@ -587,6 +636,16 @@ async def _follow(request: web.Request, run: Run, offset: int,
                 stop_wait.cancel()
         finally:
             changed.cancel()
+
+
+async def _end(request: web.Request, response: web.StreamResponse) -> web.StreamResponse:
+    """End a live stream, unless its client has gone: there is no one to tell."""
+    if request.transport is not None and not request.transport.is_closing():
+        try:
+            await response.write_eof()
+        except ConnectionResetError:
+            pass
+    return response
 
 
 async def _send(request: web.Request, response: web.StreamResponse, data: bytes) -> None:

@@ -55,6 +55,7 @@ class ServerConfig:
     listen: str = DEFAULT_LISTEN
     max_body_bytes: int = 1024 * 1024
     metrics_token: str | None = None  # when set, GET /metrics needs "Bearer <token>"
+    max_log_followers: int = 200  # live log streams (follow, SSE) at once; past it 503
 
     @property
     def host(self) -> str:
@@ -70,6 +71,7 @@ class StorageConfig:
     data_dir: Path = field(default_factory=lambda: default_data_dir())
     max_log_bytes: int = 100 * 1024 * 1024  # per run; past it output is dropped
     secret_key_file: Path | None = None  # None: <data_dir>/secret.key
+    log_read_threads: int = 4  # the thread pool API reads of log files run in
 
     @property
     def secret_key_path(self) -> Path:
@@ -204,11 +206,13 @@ def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
         "listen": _listen,
         "max_body_bytes": lambda k, v: _int(k, v, 1024, 1024 * 1024 * 1024),
         "metrics_token": _token,
+        "max_log_followers": lambda k, v: _int(k, v, 1, 100_000),
     })
     storage = _section(data, "storage", StorageConfig, {
         "data_dir": lambda k, v: _path(k, v, base_dir),
         "max_log_bytes": lambda k, v: _int(k, v, 1024, 2**50),
         "secret_key_file": lambda k, v: _path(k, v, base_dir),
+        "log_read_threads": lambda k, v: _int(k, v, 1, 256),
     })
     docker = _section(data, "docker", DockerConfig, {
         "url": _docker_url,

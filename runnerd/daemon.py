@@ -37,7 +37,8 @@ async def serve(config: Config) -> None:
     datadir.lock(config.storage.data_dir)  # one daemon per data dir, until we exit
     max_log_bytes = config.storage.max_log_bytes
     logs = LogStore(config.storage.logs_dir, max_log_bytes, engine_copy=EngineCopy(
-        log_file_bytes(max_log_bytes), LOG_LINE_OVERHEAD, LOG_PIECE_OVERHEAD))
+        log_file_bytes(max_log_bytes), LOG_LINE_OVERHEAD, LOG_PIECE_OVERHEAD),
+        read_threads=config.storage.log_read_threads)
     logs.prepare()
     store = Store(config.storage.db_path, config.storage.secret_key_path)
     await store.open()

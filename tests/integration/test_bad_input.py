@@ -26,7 +26,7 @@ from conftest import TEST_IMAGE_NAME, TEST_IMAGE_TAG, Api, Daemon
 
 MIB = 1024 * 1024
 SQLITE_MAGIC = b"SQLite format 3"
-UUID_LOG = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.log\Z")
+UUID_LOG = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\.(log|idx)\Z")
 NOT_FOUND = {"status": 404, "error": "Not Found"}
 JSON = {"Content-Type": "application/json"}
 
@@ -108,7 +108,7 @@ def assert_alive(daemon: Daemon) -> None:
 def assert_nothing_outside_data_dir(daemon: Daemon) -> None:
     """The daemon's directory holds only what the test and runnerd put there: its
     config and log, and in data_dir the database, its secret key, the daemon's lock file
-    and `<run id>.log` files."""
+    and `<run id>.log` files with their `<run id>.idx` indexes."""
     top = sorted(p.name for p in daemon.dir.iterdir())
     assert top == ["config.toml", "daemon.log", "data"], top
     data = {p.name for p in daemon.data_dir.iterdir()}
