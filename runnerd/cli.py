@@ -222,9 +222,9 @@ def _serve(args: argparse.Namespace, config: config_mod.Config) -> int:
         took = time.monotonic() - (stopped.started or time.monotonic())
         if stopped.problems:
             log.error("stopped in %.1f s after %s, forced: %s (exit status %d)", took,
-                      stopped.signal, "; ".join(stopped.problems), status)
+                      stopped.reason, "; ".join(stopped.problems), status)
         else:
-            log.info("stopped in %.1f s after %s (exit status %d)", took, stopped.signal,
+            log.info("stopped in %.1f s after %s (exit status %d)", took, stopped.reason,
                      status)
     daemon.exit_now(status)
 

@@ -78,7 +78,10 @@ def stop_bounds(config: Config) -> StopBounds:
     scheduler = STEP_SECONDS
     if config.scheduler.on_shutdown == "stop":  # the engine's stop grace, then the records
         scheduler = config.docker.stop_grace_seconds + 5
-    return StopBounds(tasks=STEP_SECONDS, http=SHUTDOWN_SECONDS + 1, scheduler=scheduler,
+    # aiohttp waits SHUTDOWN_SECONDS for in-flight requests, cancels them, waits as
+    # long again for that to take, and rounds each wait up to a whole second.
+    http = 2 * (SHUTDOWN_SECONDS + 1) + 1
+    return StopBounds(tasks=STEP_SECONDS, http=http, scheduler=scheduler,
                       services=STEP_SECONDS, database=STEP_SECONDS, threads=STEP_SECONDS)
 
 
@@ -86,7 +89,7 @@ def stop_bounds(config: Config) -> StopBounds:
 class Stopped:
     """How a stop went: `problems` names each step that hung or failed."""
 
-    signal: str | None = None
+    reason: str | None = None  # what began the stop: "SIGTERM", ...
     problems: list[str] = field(default_factory=list)
     started: float | None = None  # time.monotonic() when the stop began
 
@@ -150,12 +153,12 @@ async def serve(config: Config) -> Stopped:
             side_tasks.append(asyncio.create_task(_tell_systemd(store, scheduler)))
             await stop.serving()
         except asyncio.CancelledError:
-            if stop.signal is None:
+            if stop.reason is None:
                 raise
             task = asyncio.current_task()
             if task is not None:
                 task.uncancel()  # our own cut to the start-up, not a cancel from outside
-        log.info("stopping on %s", stop.signal)
+        log.info("stopping on %s", stop.reason)
     finally:
         stop.begin()
         notify("STOPPING=1")
@@ -194,7 +197,7 @@ class _StopSignal:
 
     def __init__(self, bounds: StopBounds) -> None:
         self.bounds = bounds
-        self.signal: str | None = None
+        self.reason: str | None = None
         self.outcome = Stopped()
         self._requested = asyncio.Event()
         self._task = asyncio.current_task()  # cut short while starting
@@ -210,9 +213,15 @@ class _StopSignal:
 
     def _on_signal(self, sig: int) -> None:
         name = signal.Signals(sig).name
-        if self.signal is not None:
+        if self.reason is not None:
             hard_exit(f"{name} during the stop", self._running_steps)
-        self.signal = self.outcome.signal = name
+        self.request(name)
+
+    def request(self, why: str) -> None:
+        """Begin the stop (a signal, or whatever else must end the daemon)."""
+        if self.reason is not None:
+            return
+        self.reason = self.outcome.reason = why
         self._requested.set()
         self.begin()
         if self._task is not None:
