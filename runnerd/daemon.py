@@ -10,12 +10,14 @@ import concurrent.futures.thread
 import logging
 import os
 import queue
+import selectors
 import signal
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any, Awaitable, Callable, Iterable, NoReturn
 
 from aiohttp import web
@@ -292,33 +294,42 @@ async def _threads_idle() -> None:
 def _busy_threads(*, daemon: bool = False) -> list[str]:
     """Threads other than this one that would keep the process alive (with
     `daemon`, also daemon threads in our code) and are doing something, each with
-    where, e.g. "runnerd-worker_0 in logs.py:214 tail_start". A pool's thread
-    waiting for work is not busy."""
+    where, e.g. "runnerd-worker_0 in logs.py:214 tail_start" (or, seen from the
+    deadline's timer, "MainThread in ..."). A pool's thread waiting for work is
+    not busy."""
     frames = sys._current_frames()
     busy = []
     for thread in threading.enumerate():
-        if thread is threading.current_thread() or thread is threading.main_thread() \
-                or (thread.daemon and not daemon) or thread.ident not in frames:
+        if thread is threading.current_thread() or (thread.daemon and not daemon) \
+                or thread.ident not in frames:
             continue
-        ours = other = None
+        ours = first = None  # innermost frame of our code; innermost at all
         frame = frames[thread.ident]
-        while frame is not None and ours is None:  # innermost first
+        while frame is not None and ours is None:
             filename = frame.f_code.co_filename
             if filename.startswith(_OUR_CODE):
                 ours = frame
-            elif other is None and filename not in _PLUMBING:
-                other = frame
+            if first is None and filename not in _PLUMBING:
+                first = frame
             frame = frame.f_back
-        where = ours or (other if not thread.daemon else None)
-        if where is not None:
-            busy.append(f"{thread.name} in {Path(where.f_code.co_filename).name}:"
-                        f"{where.f_lineno} {where.f_code.co_name}")
+        if first is None or (thread.daemon and ours is None):
+            continue  # waiting for work, or not ours to name
+        where = f"{thread.name} in {_location(first)}"
+        if ours is not None and ours is not first:
+            where += f" (from {_location(ours)})"
+        busy.append(where)
     return busy
 
 
+def _location(frame: FrameType) -> str:
+    return f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno} {frame.f_code.co_name}"
+
+
 _OUR_CODE = str(Path(__file__).parent) + os.sep
-# Where a thread that waits for work sits: a pool's worker loop, its queue.
-_PLUMBING = {threading.__file__, concurrent.futures.thread.__file__, queue.__file__}
+# Where a thread that waits for work sits: a pool's worker loop, its queue, an
+# event loop's select.
+_PLUMBING = {threading.__file__, concurrent.futures.thread.__file__, queue.__file__,
+             selectors.__file__, asyncio.base_events.__file__, asyncio.events.__file__}
 
 
 def _describe(error: BaseException) -> str:

@@ -167,6 +167,23 @@ async def test_sigterm_while_runnerd_keys_create_waits_for_the_database_write_lo
 # -- steps that raise, hang, or swallow their cancel ----------------------------------
 
 
+HANGING_WEBHOOKS_STOP = """
+    import asyncio
+    import logging
+    import runnerd.webhooks
+
+    async def stop(self):
+        logging.getLogger("runnerd").info("injected: webhooks' stop hangs")
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                pass  # and ignores every cancel
+
+    runnerd.webhooks.Notifier.stop = stop
+"""
+
+
 async def test_a_shutdown_step_that_raises_does_not_skip_the_later_ones(
         start_daemon: Callable[..., Daemon], inject: Callable[[str], None]) -> None:
     inject("""
@@ -197,21 +214,7 @@ async def test_a_shutdown_step_that_raises_does_not_skip_the_later_ones(
 
 async def test_a_shutdown_step_that_hangs_is_cut_off_at_its_bound_and_the_stop_is_forced(
         start_daemon: Callable[..., Daemon], inject: Callable[[str], None]) -> None:
-    inject("""
-        import asyncio
-        import logging
-        import runnerd.webhooks
-
-        async def stop(self):
-            logging.getLogger("runnerd").info("injected: webhooks' stop hangs")
-            while True:
-                try:
-                    await asyncio.sleep(3600)
-                except asyncio.CancelledError:
-                    pass  # and ignores every cancel
-
-        runnerd.webhooks.Notifier.stop = stop
-    """)
+    inject(HANGING_WEBHOOKS_STOP)
     daemon = await asyncio.to_thread(start_daemon)
     wal = daemon.data_dir / "runnerd.db-wal"
     status = await stop(daemon)
@@ -221,6 +224,45 @@ async def test_a_shutdown_step_that_hangs_is_cut_off_at_its_bound_and_the_stop_i
     assert status == EXIT_FORCED, log
     assert "forced: webhooks did not stop within 3 s" in last_line(daemon)
     assert not wal.exists(), "the database was not closed: a later step was skipped"
+
+
+async def test_a_second_sigterm_during_the_stop_exits_at_once_naming_the_step(
+        start_daemon: Callable[..., Daemon], inject: Callable[[str], None]) -> None:
+    inject(HANGING_WEBHOOKS_STOP)
+    daemon = await asyncio.to_thread(start_daemon)
+    assert daemon.proc is not None
+    daemon.proc.send_signal(signal.SIGTERM)
+    await wait_log_line(daemon, "injected: webhooks' stop hangs")
+    status = await stop(daemon)  # the second one
+    assert status == EXIT_FORCED, daemon.log_text()
+    line = last_line(daemon)
+    assert "stopping: SIGTERM during the stop (in step: " in line and "webhooks" in line, line
+    assert f"exiting now (exit status {EXIT_FORCED})" in line
+
+
+async def test_a_step_that_blocks_the_event_loop_is_ended_by_the_hard_exit_at_the_deadline(
+        start_daemon: Callable[..., Daemon], inject: Callable[[str], None]) -> None:
+    inject("""
+        import logging
+        import time
+        import runnerd.retention
+
+        def blocking_stop(self):
+            logging.getLogger("runnerd").info("injected: retention's stop blocks the loop")
+            time.sleep(600)
+
+        async def stop(self):
+            blocking_stop(self)
+
+        runnerd.retention.Retention.stop = stop
+    """)
+    daemon = await asyncio.to_thread(start_daemon)
+    deadline = stop_bounds(config_mod.load(str(daemon.config_path))).deadline
+    status = await stop(daemon)
+    assert status == EXIT_FORCED, daemon.log_text()
+    line = last_line(daemon)
+    assert f"stopping: not stopped {deadline:.0f} s after the stop began (in step: " in line, line
+    assert "MainThread in sitecustomize.py" in line and "blocking_stop" in line, line
 
 
 async def test_sigterm_when_a_side_loop_swallows_its_cancel_exits_within_bound(
@@ -261,7 +303,8 @@ async def test_sigterm_during_a_long_log_scan_exits_within_bound(
         http: aiohttp.ClientSession) -> None:
     inject("""
         import logging
-                import runnerd.logs
+        import time
+        import runnerd.logs
 
         _page = runnerd.logs.LogStore.page
 
