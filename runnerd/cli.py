@@ -8,6 +8,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -198,15 +199,49 @@ def setup_logging() -> None:
 
 
 def _serve(args: argparse.Namespace, config: config_mod.Config) -> int:
-    from .daemon import serve
+    """Runs the daemon on a loop of our own rather than asyncio.run, whose exit
+    waits without a bound for the default executor's threads; the process ends
+    with daemon.exit_now, the exit status saying how the stop went."""
+    from . import daemon
 
     setup_logging()
+    log = logging.getLogger("runnerd")
+    loop = asyncio.new_event_loop()
+    status = 1
+    stopped: daemon.Stopped | None = None
     try:
-        asyncio.run(serve(config))
+        stopped = loop.run_until_complete(daemon.serve(config))
+        status = stopped.exit_status
     except (OSError, SecretKeyError, StoreError) as e:
-        logging.getLogger("runnerd").error("cannot start: %s", e)
-        return 1
-    return 0
+        log.error("cannot start: %s", e)
+    except BaseException:
+        log.exception("runnerd failed")
+    finally:
+        _close_loop(loop)
+    if stopped is not None:
+        took = time.monotonic() - (stopped.started or time.monotonic())
+        if stopped.problems:
+            log.error("stopped in %.1f s after %s, forced: %s (exit status %d)", took,
+                      stopped.reason, "; ".join(stopped.problems), status)
+        else:
+            log.info("stopped in %.1f s after %s (exit status %d)", took, stopped.reason,
+                     status)
+    daemon.exit_now(status)
+
+
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what is left (steps a bounded stop went on without), let it end for
+    at most half a second, and close the loop without waiting for executor threads."""
+    try:
+        left = asyncio.all_tasks(loop)
+        for task in left:
+            task.cancel()
+        gens = loop.create_task(loop.shutdown_asyncgens())
+        loop.run_until_complete(asyncio.wait({*left, gens}, timeout=0.5))
+    except Exception:
+        logging.getLogger("runnerd").exception("stopping: closing the event loop failed")
+    finally:
+        loop.close()
 
 
 def _with_store(config: config_mod.Config, action) -> int:  # type: ignore[no-untyped-def]

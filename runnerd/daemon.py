@@ -1,17 +1,28 @@
 """`runnerd serve`: wires store, engine, executor, scheduler, side loops and API
-into one process, and takes them down in order on SIGTERM or SIGINT."""
+into one process, and takes them down in order on SIGTERM or SIGINT, each step
+bounded (`stop_bounds`) so that a stop always ends, and says how it went."""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import concurrent.futures.thread
 import logging
+import os
+import queue
+import selectors
 import signal
-from typing import Awaitable
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any, Awaitable, Callable, Iterable, NoReturn
 
 from aiohttp import web
 
-from . import datadir
-from . import metrics
+from . import datadir, metrics
 from .api import STOPPING, make_app
 from .config import Config
 from .engine import (
@@ -29,89 +40,371 @@ from .webhooks import Notifier
 log = logging.getLogger("runnerd")
 
 SHUTDOWN_SECONDS = 5.0  # in-flight requests get this long to finish on stop
-STEP_SECONDS = 5.0  # any other shutdown step gets this long
+STEP_SECONDS = 3.0  # any other shutdown step gets this long
+DATABASE_WAIT_SECONDS = 2.0  # of the database step: writes in flight finish, or are aborted
+HARD_EXIT_SECONDS = 2.0  # past the steps' bounds the process exits, whatever still runs
 READY_WAIT_SECONDS = 60.0  # READY=1 waits this long for the queue to be reconciled
 
+EXIT_FAILED = 1  # a background task ended (see _until_stopped_or_failed)
+EXIT_FORCED = 3  # the stop had to cut a step short or leave a thread behind
 
-async def serve(config: Config) -> None:
-    datadir.lock(config.storage.data_dir)  # one daemon per data dir, until we exit
-    max_log_bytes = config.storage.max_log_bytes
-    logs = LogStore(config.storage.logs_dir, max_log_bytes, engine_copy=EngineCopy(
-        log_file_bytes(max_log_bytes), LOG_LINE_OVERHEAD, LOG_PIECE_OVERHEAD),
-        read_threads=config.storage.log_read_threads)
-    logs.prepare()
-    store = Store(config.storage.db_path, config.storage.secret_key_path)
-    await store.open()
+
+@dataclass(frozen=True)
+class StopBounds:
+    """How long each shutdown step may take. Steps in one phase run side by side;
+    `deadline` bounds the whole stop, and the unit's TimeoutStopSec must be above
+    it (a unit test checks the default config's)."""
+
+    tasks: float  # side loops (the systemd notifier)
+    http: float  # stop accepting; in-flight requests finish
+    scheduler: float  # stop claiming runs; with on_shutdown = "stop", stop them
+    services: float  # retention, webhooks, the engine client (each)
+    database: float  # writes in flight, then close
+    threads: float  # worker threads (asyncio.to_thread, log reads) finish
+
+    @property
+    def phases(self) -> list[float]:
+        return [max(self.tasks, self.http, self.scheduler), self.services, self.database,
+                self.threads]
+
+    @property
+    def total(self) -> float:
+        return sum(self.phases)
+
+    @property
+    def deadline(self) -> float:
+        """Seconds after the signal at which the process exits in any case."""
+        return self.total + HARD_EXIT_SECONDS
+
+
+def stop_bounds(config: Config) -> StopBounds:
+    """The one place the shutdown's time limits come from."""
+    scheduler = STEP_SECONDS
+    if config.scheduler.on_shutdown == "stop":  # the engine's stop grace, then the records
+        scheduler = config.docker.stop_grace_seconds + 5
+    # aiohttp waits SHUTDOWN_SECONDS for in-flight requests, cancels them, waits as
+    # long again for that to take, and rounds each wait up to a whole second.
+    http = 2 * (SHUTDOWN_SECONDS + 1) + 1
+    return StopBounds(tasks=STEP_SECONDS, http=http, scheduler=scheduler,
+                      services=STEP_SECONDS, database=STEP_SECONDS, threads=STEP_SECONDS)
+
+
+@dataclass
+class Stopped:
+    """How a stop went: `problems` names each step that hung or failed."""
+
+    reason: str | None = None  # what began the stop: "SIGTERM", ...
+    problems: list[str] = field(default_factory=list)
+    started: float | None = None  # time.monotonic() when the stop began
+    failed: bool = False  # a background task ended: the daemon must be restarted
+
+    @property
+    def exit_status(self) -> int:
+        if self.failed:
+            return EXIT_FAILED
+        return EXIT_FORCED if self.problems else 0
+
+
+async def serve(config: Config) -> Stopped:
+    """Run until SIGTERM or SIGINT, then stop. Start-up errors are raised (after
+    what was started is stopped); a signal during start-up cuts it short."""
+    bounds = stop_bounds(config)
+    stop = _StopSignal(bounds)
+    loop = asyncio.get_running_loop()
+    # asyncio.to_thread's threads, named, and ours to shut down without waiting.
+    workers = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="runnerd-worker")
+    loop.set_default_executor(workers)
+    store: Store | None = None
     engine = Engine(config.docker.url, request_timeout=config.docker.request_timeout_seconds,
                     pull_timeout=config.docker.start_timeout_seconds,
                     pull_stall=config.docker.pull_stall_seconds,
                     max_connections=connection_limit(config.scheduler.max_concurrent_runs))
+    logs: LogStore | None = None
     app: web.Application | None = None
     runner: web.AppRunner | None = None
     scheduler: Scheduler | None = None
-    notifier = Notifier(store, config.webhooks, config.tz)
-    retention = Retention(store, logs, config.retention)
+    notifier: Notifier | None = None
+    retention: Retention | None = None
     side_tasks: list[asyncio.Task[None]] = []
-    store.on_run_completed += [metrics.run_completed, notifier.run_completed]
     try:
         try:
-            version = await engine.version()
-            log.info("Docker engine %s answers", version.get("Version", "?"))
-        except EngineError as e:
-            log.warning("%s; runs stay pending until it does", e)
-        daemon_id = await store.daemon_id()
-        executor = Executor(store, engine, logs, daemon_id=daemon_id,
-                            network=config.docker.network,
-                            stop_grace_seconds=config.docker.stop_grace_seconds,
-                            start_timeout_seconds=config.docker.start_timeout_seconds)
-        scheduler = Scheduler(store, executor, engine=engine, daemon_id=daemon_id,
-                              max_concurrent_runs=config.scheduler.max_concurrent_runs)
-        app = make_app(config, store, engine, logs, scheduler, executor)
-        runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS,
-                               handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, config.server.host, config.server.port)
-        await site.start()
-        for address in runner.addresses:
-            host, port = address[0], address[1]
-            log.info("listening on http://%s:%d (data in %s)",
-                     f"[{host}]" if ":" in host else host, port, config.storage.data_dir)
-        scheduler.start()
-        notifier.start()
-        retention.start()
-        side_tasks.append(asyncio.create_task(_tell_systemd(store, scheduler)))
-        await _until_stopped_or_failed({
-            "the scheduler": scheduler.task, "webhook deliveries": notifier.task,
-            "retention": retention.task, "the systemd watchdog": side_tasks[-1]})
-        log.info("stopping")
+            datadir.lock(config.storage.data_dir)  # one daemon per data dir, until we exit
+            max_log_bytes = config.storage.max_log_bytes
+            logs = LogStore(config.storage.logs_dir, max_log_bytes, engine_copy=EngineCopy(
+                log_file_bytes(max_log_bytes), LOG_LINE_OVERHEAD, LOG_PIECE_OVERHEAD),
+                read_threads=config.storage.log_read_threads)
+            logs.prepare()
+            store = Store(config.storage.db_path, config.storage.secret_key_path)
+            await store.open()
+            notifier = Notifier(store, config.webhooks, config.tz)
+            retention = Retention(store, logs, config.retention)
+            store.on_run_completed += [metrics.run_completed, notifier.run_completed]
+            try:
+                version = await engine.version()
+                log.info("Docker engine %s answers", version.get("Version", "?"))
+            except EngineError as e:
+                log.warning("%s; runs stay pending until it does", e)
+            daemon_id = await store.daemon_id()
+            executor = Executor(store, engine, logs, daemon_id=daemon_id,
+                                network=config.docker.network,
+                                stop_grace_seconds=config.docker.stop_grace_seconds,
+                                start_timeout_seconds=config.docker.start_timeout_seconds)
+            scheduler = Scheduler(store, executor, engine=engine, daemon_id=daemon_id,
+                                  max_concurrent_runs=config.scheduler.max_concurrent_runs)
+            app = make_app(config, store, engine, logs, scheduler, executor)
+            runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS,
+                                   handle_signals=False)
+            await runner.setup()
+            site = web.TCPSite(runner, config.server.host, config.server.port)
+            await site.start()
+            for address in runner.addresses:
+                host, port = address[0], address[1]
+                log.info("listening on http://%s:%d (data in %s)",
+                         f"[{host}]" if ":" in host else host, port, config.storage.data_dir)
+            scheduler.start()
+            notifier.start()
+            retention.start()
+            side_tasks.append(asyncio.create_task(_tell_systemd(store, scheduler)))
+            await _until_stopped_or_failed(stop, {
+                "the scheduler": scheduler.task, "webhook deliveries": notifier.task,
+                "retention": retention.task, "the systemd watchdog": side_tasks[-1]})
+        except asyncio.CancelledError:
+            if stop.reason is None:
+                raise
+            task = asyncio.current_task()
+            if task is not None:
+                task.uncancel()  # our own cut to the start-up, not a cancel from outside
+        log.info("stopping on %s", stop.reason)
     finally:
+        stop.begin()
         notify("STOPPING=1")
-        for task in side_tasks:
-            task.cancel()
-        await asyncio.gather(*side_tasks, return_exceptions=True)
         if app is not None:
             app[STOPPING].set()  # log followers end their streams
-        # Each step is bounded: a stop must end within seconds whatever hangs, and
-        # the log names the step that did.
+        # Each step is bounded and one that raises does not skip the rest: a stop
+        # must end within seconds whatever hangs, and the log names the step that did.
+        steps: list[tuple[Any, ...]] = [
+            ("the side tasks", _cancel(side_tasks), bounds.tasks)]
         if runner is not None:  # stop accepting, let in-flight requests finish
-            await _bounded("the HTTP server", runner.cleanup(), SHUTDOWN_SECONDS + 5)
+            steps.append(("the HTTP server", runner.cleanup(), bounds.http))
         if scheduler is not None:
-            await _bounded("the scheduler", scheduler.stop(
+            steps.append(("the scheduler", scheduler.stop(
                 stop_runs=config.scheduler.on_shutdown == "stop",
-                grace_seconds=config.docker.stop_grace_seconds),
-                config.docker.stop_grace_seconds + 20)
-        await _bounded("retention", retention.stop(), STEP_SECONDS)
-        await _bounded("webhooks", notifier.stop(), STEP_SECONDS)
-        await _bounded("the engine client", engine.close(), STEP_SECONDS)
-        await _bounded("the database", store.close(), STEP_SECONDS)
-        log.info("stopped")
+                grace_seconds=config.docker.stop_grace_seconds), bounds.scheduler))
+        await stop.phase(steps)
+        steps = [("the engine client", engine.close(), bounds.services)]
+        if retention is not None:
+            steps.append(("retention", retention.stop(), bounds.services))
+        if notifier is not None:
+            steps.append(("webhooks", notifier.stop(), bounds.services))
+        await stop.phase(steps)
+        if store is not None:
+            await stop.phase([("the database", store.close(DATABASE_WAIT_SECONDS),
+                               bounds.database)])
+        if logs is not None:
+            logs.close()  # the log read pool: its busy threads are waited for below
+        workers.shutdown(wait=False, cancel_futures=True)
+        await stop.phase([("the worker threads", _threads_idle(), bounds.threads,
+                            _busy_threads)])
+    return stop.outcome
 
 
-async def _bounded(what: str, step: Awaitable[None], seconds: float) -> None:
+class _StopSignal:
+    """SIGTERM/SIGINT: the first begins the stop (cutting a start-up short); a
+    second one during the stop, or the stop outliving its deadline, ends the
+    process at once with an ERROR naming what still ran."""
+
+    def __init__(self, bounds: StopBounds) -> None:
+        self.bounds = bounds
+        self.reason: str | None = None
+        self.outcome = Stopped()
+        self._requested = asyncio.Event()
+        self._task = asyncio.current_task()  # cut short while starting
+        self._running_steps: list[str] = []
+        self._timer: threading.Timer | None = None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._on_signal, sig)
+
+    async def serving(self) -> None:
+        self._task = None
+        await self._requested.wait()
+
+    def _on_signal(self, sig: int) -> None:
+        name = signal.Signals(sig).name
+        if self.reason is not None:
+            hard_exit(f"{name} during the stop", self._running_steps)
+        self.request(name)
+
+    def request(self, why: str) -> None:
+        """Begin the stop (a signal, or whatever else must end the daemon)."""
+        if self.reason is not None:
+            return
+        self.reason = self.outcome.reason = why
+        self._requested.set()
+        self.begin()
+        if self._task is not None:
+            self._task.cancel()
+
+    def begin(self) -> None:
+        """Start the deadline (at the signal, or when a failed start-up stops)."""
+        if self._timer is not None:
+            return
+        self.outcome.started = time.monotonic()
+        deadline = self.bounds.deadline
+        self._timer = threading.Timer(deadline, lambda: hard_exit(
+            f"not stopped {deadline:.0f} s after the stop began", self._running_steps))
+        self._timer.daemon = True
+        self._timer.name = "runnerd-stop-deadline"
+        self._timer.start()
+
+    async def phase(self, steps: list[tuple[Any, ...]]) -> None:
+        """Run `steps` (the arguments of `_bounded`) side by side, each within its
+        own bound."""
+        self._running_steps = [step[0] for step in steps]
+        problems = await asyncio.gather(*(_bounded(*step) for step in steps))
+        self.outcome.problems += [p for p in problems if p is not None]
+        self._running_steps = []
+
+
+async def _bounded(what: str, step: Awaitable[None], seconds: float,
+                   busy: Callable[[], list[str]] | None = None) -> str | None:
+    """Run one shutdown step for at most `seconds`. One that hangs is cancelled
+    and left behind, not awaited (its own cleanup may hang too, as a database
+    close behind a lock wait can); one that raises is logged. Either way the
+    steps after it run. `busy` names what is still at work, for the log. Returns
+    what went wrong, or None."""
+    task = asyncio.ensure_future(step)
+    done, _ = await asyncio.wait({task}, timeout=seconds)
+    if not done:
+        task.cancel()
+        still = busy() if busy is not None else []
+        detail = f" (busy: {', '.join(still)})" if still else ""
+        log.error("stopping: %s did not stop within %.0f s%s; going on without it",
+                  what, seconds, detail)
+        return f"{what} did not stop within {seconds:.0f} s"
+    error = asyncio.CancelledError() if task.cancelled() else task.exception()
+    if error is not None:
+        log.error("stopping: %s failed (%s); going on", what, _describe(error),
+                  exc_info=error)
+        return f"{what} failed ({_describe(error)})"
+    return None
+
+
+async def _cancel(tasks: Iterable[asyncio.Task[None]]) -> None:
+    """Cancel `tasks` and wait until they end, cancelling again any that lives
+    on: Python 3.11's asyncio.wait_for swallows a cancel that arrives just as
+    what it waits for completes (the task then goes on as if never cancelled)."""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.1)
+
+
+async def _threads_idle() -> None:
+    """Until no worker thread is busy (a log scan, a file delete)."""
+    while _busy_threads():
+        await asyncio.sleep(0.05)
+
+
+def _busy_threads(*, daemon: bool = False) -> list[str]:
+    """Threads other than this one that would keep the process alive (with
+    `daemon`, also daemon threads in our code) and are doing something, each with
+    where, e.g. "runnerd-worker_0 in logs.py:214 tail_start" (or, seen from the
+    deadline's timer, "MainThread in ..."). A pool's thread waiting for work is
+    not busy."""
+    frames = sys._current_frames()
+    busy = []
+    for thread in threading.enumerate():
+        if thread is threading.current_thread() or (thread.daemon and not daemon) \
+                or thread.ident not in frames:
+            continue
+        ours = first = None  # innermost frame of our code; innermost at all
+        frame = frames[thread.ident]
+        while frame is not None and ours is None:
+            filename = frame.f_code.co_filename
+            if filename.startswith(_OUR_CODE):
+                ours = frame
+            if first is None and filename not in _PLUMBING:
+                first = frame
+            frame = frame.f_back
+        if first is None or (thread.daemon and ours is None):
+            continue  # waiting for work, or not ours to name
+        where = f"{thread.name} in {_location(first)}"
+        if ours is not None and ours is not first:
+            where += f" (from {_location(ours)})"
+        busy.append(where)
+    return busy
+
+
+def _location(frame: FrameType) -> str:
+    return f"{Path(frame.f_code.co_filename).name}:{frame.f_lineno} {frame.f_code.co_name}"
+
+
+_OUR_CODE = str(Path(__file__).parent) + os.sep
+# Where a thread that waits for work sits: a pool's worker loop, its queue, an
+# event loop's select.
+_PLUMBING = {threading.__file__, concurrent.futures.thread.__file__, queue.__file__,
+             selectors.__file__, asyncio.base_events.__file__, asyncio.events.__file__}
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+async def _until_stopped_or_failed(stop: _StopSignal,
+                                   tasks: dict[str, asyncio.Task[None] | None]) -> None:
+    """Until SIGTERM or SIGINT; or until one of the background tasks ends, which
+    none does on its own: each survives what it can (see its loop), and past that
+    runnerd stops and exits non-zero, with one ERROR line naming the task and its
+    error, for the service manager to restart it. (The systemd watchdog task
+    survives nothing: without its pings systemd would kill runnerd anyway, later.)"""
+    watched = {task: name for name, task in tasks.items() if task is not None}
+    serving = asyncio.ensure_future(stop.serving())
     try:
-        await asyncio.wait_for(step, seconds)
-    except TimeoutError:
-        log.error("stopping: %s did not stop within %.0f s; going on without it", what, seconds)
+        done, _ = await asyncio.wait({serving, *watched}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        serving.cancel()
+        await asyncio.gather(serving, return_exceptions=True)
+    for task in done:
+        if task in watched:
+            error = None if task.cancelled() else task.exception()
+            log.error("%s stopped: %s; exiting, for the service manager to restart runnerd",
+                      watched[task], "cancelled" if task.cancelled() else
+                      "it returned" if error is None else
+                      f"{type(error).__name__}: {str(error) or '(no message)'}")
+            stop.outcome.failed = True
+            stop.request(f"{watched[task]} stopped")
+            return
+
+
+def hard_exit(why: str, steps: list[str]) -> NoReturn:
+    """Exit now with EXIT_FORCED, after one ERROR line saying what still ran."""
+    still = [f"in step: {', '.join(steps)}"] if steps else []
+    busy = _busy_threads(daemon=True)
+    if busy:
+        still.append(f"busy threads: {', '.join(busy)}")
+    detail = f" ({'; '.join(still)})" if still else ""
+    message = f"stopping: {why}{detail}; exiting now (exit status {EXIT_FORCED})"
+    # From a thread of its own: a log handler stuck on a full pipe must not keep
+    # the process alive either.
+    writer = threading.Thread(target=log.error, args=(message,), daemon=True)
+    writer.start()
+    writer.join(1.0)
+    exit_now(EXIT_FORCED)
+
+
+def exit_now(status: int) -> NoReturn:
+    """Flush the logs and end the process without the interpreter's exit, which
+    would wait for every non-daemon thread (a pool's busy worker) however long
+    it takes; everything of ours is closed by now."""
+    try:
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        os._exit(status)
 
 
 async def _tell_systemd(store: Store, scheduler: Scheduler) -> None:
@@ -135,38 +428,3 @@ async def _tell_systemd(store: Store, scheduler: Scheduler) -> None:
         except Exception:  # the ping itself must not depend on the database
             status = "STATUS=serving"
         notify("WATCHDOG=1", status)
-
-
-async def _until_stopped_or_failed(tasks: dict[str, asyncio.Task[None] | None]) -> None:
-    """Until SIGTERM or SIGINT; or until one of the background tasks ends, which
-    none does on its own: each survives what it can (see its loop), and past that
-    runnerd exits non-zero, with one ERROR line naming the task and its error,
-    for the service manager to restart it. (The systemd watchdog task survives
-    nothing: without its pings systemd would kill runnerd anyway, later.)"""
-    watched = {task: name for name, task in tasks.items() if task is not None}
-    stopped = asyncio.ensure_future(_until_stopped())
-    try:
-        done, _ = await asyncio.wait({stopped, *watched}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopped.cancel()
-        await asyncio.gather(stopped, return_exceptions=True)
-    for task in done:
-        if task in watched:
-            error = None if task.cancelled() else task.exception()
-            log.error("%s stopped: %s; exiting, for the service manager to restart runnerd",
-                      watched[task], "cancelled" if task.cancelled() else
-                      "it returned" if error is None else
-                      f"{type(error).__name__}: {str(error) or '(no message)'}")
-            raise SystemExit(1)
-
-
-async def _until_stopped() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await stop.wait()
-    finally:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)

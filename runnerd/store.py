@@ -29,8 +29,11 @@ writes that were waiting for it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
+import threading
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -50,6 +53,12 @@ T = TypeVar("T")
 Op = Callable[[sqlite3.Connection], T]
 
 SCHEMA_VERSION = 5
+
+# A write waits this long for another process's write lock (`runnerd keys create`,
+# a backup), in slices this short so that a closing store stops waiting at once:
+# SQLite's own busy wait cannot be interrupted.
+WRITE_LOCK_WAIT_SECONDS = 10.0
+_LOCK_SLICE_MS = 100
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -208,14 +217,31 @@ class _Connection:
         self.db: aiosqlite.Connection | None = None
         self._queue: list[_Pending] = []
         self._turns: asyncio.Task[None] | None = None
+        self._closing = threading.Event()  # read on the thread: stop waiting for locks
 
     async def open(self, path: Path) -> None:
-        self.db = await aiosqlite.connect(path, isolation_level=None)
+        db = aiosqlite.connect(path, isolation_level=None)
+        # aiosqlite 0.22 makes its (non-daemon) thread in Connection() and starts it
+        # on the first await. As a daemon thread it cannot keep the process alive
+        # when a close is cut short; its name says which one hung.
+        db._thread.daemon = True
+        db._thread.name = f"runnerd-{self.name}"
+        self.db = await db
         self.db.row_factory = sqlite3.Row
 
-    async def close(self) -> None:
+    async def close(self, wait_seconds: float | None = None) -> None:
+        """Finish the operations in flight, waiting at most `wait_seconds`; past
+        that, abort them (their callers get StoreError) and close."""
         if self._turns is not None:
-            await asyncio.gather(self._turns, return_exceptions=True)
+            turns = self._turns
+            done, _ = await asyncio.wait({turns}, timeout=wait_seconds)
+            if not done:
+                self._closing.set()  # a write waiting for a lock gives up
+                if self.db is not None:
+                    with contextlib.suppress(ValueError, sqlite3.Error):
+                        self.db._conn.interrupt()  # a long statement stops (thread-safe)
+                turns.cancel()
+                await asyncio.gather(turns, return_exceptions=True)
         if self.db is not None:
             db, self.db = self.db, None
             await db.close()
@@ -244,9 +270,13 @@ class _Connection:
         try:
             while self._queue:
                 batch, self._queue = self._queue, []
-                run_batch = _write_batch if self.writes else _read_batch
+                ops = [p.fn for p in batch]
                 try:
-                    outcomes = await self.alone(lambda db: run_batch(db, [p.fn for p in batch]))
+                    if self.writes:
+                        outcomes = await self.alone(
+                            lambda db: _write_batch(db, ops, self._closing))
+                    else:
+                        outcomes = await self.alone(lambda db: _read_batch(db, ops))
                 except BaseException as e:  # the COMMIT failed, or the store was closed
                     error = e if isinstance(e, Exception) else StoreError("store closed")
                     for p in batch:
@@ -329,12 +359,19 @@ class Store:
         await self._write(encrypt_plain_values)
         self._box = box
 
-    async def close(self) -> None:
+    async def close(self, wait_seconds: float | None = None) -> None:
+        """Finish what is in flight (at most `wait_seconds`, then abort it) and
+        close every connection."""
+        self.on_run_completed.clear()  # its listeners hold objects that hold the store
         if self._lookups is not None:
             db, self._lookups = self._lookups, None
             db.close()
-        await self._reader.close()
-        await self._writer.close()
+        outcomes = await asyncio.gather(self._reader.close(wait_seconds),
+                                        self._writer.close(wait_seconds),
+                                        return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
 
     async def __aenter__(self) -> Store:
         await self.open()
@@ -899,6 +936,7 @@ def _prepare(db: sqlite3.Connection) -> None:
     db.execute("PRAGMA journal_mode = WAL")
     db.execute("PRAGMA synchronous = FULL")
     db.execute("PRAGMA foreign_keys = OFF")  # for the migrations (v5 rebuilds a table)
+    db.execute(f"PRAGMA busy_timeout = {_LOCK_SLICE_MS}")  # _begin_write waits longer
 
     def migrate(db: sqlite3.Connection) -> None:
         for statement in _statements(SCHEMA):
@@ -949,13 +987,29 @@ def _read_batch(db: sqlite3.Connection, ops: list[Callable[[sqlite3.Connection],
         db.execute("COMMIT")  # ends the read snapshot; nothing to write
 
 
-def _write_batch(db: sqlite3.Connection, ops: list[Callable[[sqlite3.Connection], Any]]
-                 ) -> list[tuple[bool, Any]]:
+def _begin_write(db: sqlite3.Connection, closing: threading.Event | None) -> None:
+    """BEGIN IMMEDIATE, waiting up to WRITE_LOCK_WAIT_SECONDS for another
+    process's write lock, one busy_timeout slice at a time; StoreError at once
+    when the store is `closing`."""
+    deadline = time.monotonic() + WRITE_LOCK_WAIT_SECONDS
+    while True:
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as e:
+            if e.sqlite_errorcode & 0xFF != sqlite3.SQLITE_BUSY or time.monotonic() > deadline:
+                raise
+        if closing is not None and closing.is_set():
+            raise StoreError("store closed while waiting for another process's write lock")
+
+
+def _write_batch(db: sqlite3.Connection, ops: list[Callable[[sqlite3.Connection], Any]],
+                 closing: threading.Event | None = None) -> list[tuple[bool, Any]]:
     """Run one turn's writes in one write transaction, each under its own
     savepoint. Returns (True, result) or (False, exception) per operation, in
     order; raises only when the transaction as a whole fails (then no write of
     it happened)."""
-    db.execute("BEGIN IMMEDIATE")
+    _begin_write(db, closing)
     try:
         if len(ops) == 1:
             outcomes = [_attempt(ops[0], db)]

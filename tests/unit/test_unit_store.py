@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import uuid
 from pathlib import Path
 from contextlib import contextmanager
@@ -610,3 +611,76 @@ async def test_a_lookup_that_finds_the_database_busy_is_done_by_the_reader(
         assert Busy.calls == 2
         assert found is not None and found.id == run.id
         assert page is not None and [x.id for x in page] == [run.id]
+
+
+# -- lifecycle: threads and closing ---------------------------------------------------
+
+
+def _store_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("runnerd-store-")]
+
+
+async def test_store_threads_are_named_daemon_threads_that_end_at_close(tmp_path: Path) -> None:
+    """Pins how store.py drives aiosqlite 0.22's thread (made in Connection(),
+    started on the first await): a daemon thread cannot keep the process alive."""
+    store = Store(tmp_path / "runnerd.db")
+    await store.open()
+    threads = _store_threads()
+    assert sorted(t.name for t in threads) == ["runnerd-store-reader", "runnerd-store-writer"]
+    assert all(t.daemon and t.is_alive() for t in threads)
+    await store.close()
+    for t in threads:
+        t.join(5)
+    assert not any(t.is_alive() for t in threads)
+
+
+async def test_close_while_a_write_waits_for_another_process_lock_aborts_it_promptly(
+        tmp_path: Path) -> None:
+    path = tmp_path / "runnerd.db"
+    store = Store(path)
+    await store.open()
+    runner = await make_runner(store)
+    other = sqlite3.connect(path, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # as `runnerd keys create` or a backup would hold it
+    try:
+        waiting = asyncio.create_task(queue(store, runner))
+        await asyncio.sleep(0.3)  # the write is in its lock wait (10 s at most)
+        assert not waiting.done()
+        await asyncio.wait_for(store.close(wait_seconds=0.2), 5)  # not the 10 s lock wait
+        with pytest.raises(StoreError, match="closed"):
+            await waiting
+        for _ in range(100):  # the thread ends right after its last call
+            if not any(t.is_alive() for t in _store_threads()):
+                break
+            await asyncio.sleep(0.02)
+        assert not [(t.name, t.is_alive()) for t in _store_threads() if t.is_alive()]
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    async with Store(path) as store:  # the aborted write left nothing behind
+        assert await store.list_runs(runner.id, limit=10) == []
+
+
+async def test_a_write_waits_for_another_process_lock_and_then_commits(tmp_path: Path) -> None:
+    path = tmp_path / "runnerd.db"
+    async with Store(path) as store:
+        runner = await make_runner(store)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN EXCLUSIVE")
+        waiting = asyncio.create_task(queue(store, runner))
+        await asyncio.sleep(0.5)  # several lock slices
+        assert not waiting.done()
+        other.execute("ROLLBACK")
+        other.close()
+        run = await asyncio.wait_for(waiting, 5)
+        assert [r.id for r in await store.list_runs(runner.id, limit=10)] == [run.id]
+
+
+async def test_close_clears_run_completed_listeners(tmp_path: Path) -> None:
+    """They hold the daemon's parts, which hold the store: a reference cycle that
+    would keep the connections from being collected."""
+    store = Store(tmp_path / "runnerd.db")
+    await store.open()
+    store.on_run_completed.append(lambda run: None)
+    await store.close()
+    assert store.on_run_completed == []
