@@ -34,7 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_mod.load(_config_path(args.config))
     except config_mod.ConfigError as e:
-        print(f"runnerd: bad config: {e}", file=sys.stderr)
+        # at err priority under journald: `journalctl -p err` shows why the unit failed
+        print(f"{'<3>' if _stderr_is_journal() else ''}runnerd: bad config: {e}",
+              file=sys.stderr)
         return 2
     return int(args.func(args, config) or 0)
 

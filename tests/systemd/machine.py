@@ -131,7 +131,10 @@ class Machine:
         return out.strip().rsplit("cursor: ", 1)[-1]
 
     def journal(self, cursor: str, *args: str) -> str:
-        return self.sh(f"journalctl --no-pager -u runnerd --after-cursor={shlex.quote(cursor)} "
+        """runnerd's journal from `cursor` on. --cursor, not --after-cursor: with a
+        filter (-p) journalctl 252 seeks to the first match after the cursor and then
+        skips it as if it were the cursor's own entry."""
+        return self.sh(f"journalctl --no-pager -u runnerd --cursor={shlex.quote(cursor)} "
                        + " ".join(shlex.quote(a) for a in args)).stdout
 
     def ensure_running(self) -> None:

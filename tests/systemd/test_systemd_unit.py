@@ -56,6 +56,14 @@ async def run_reaches(machine: Machine, runner: dict[str, Any], run_id: str,
                             what=f"run {run_id} to be {status}")
 
 
+async def journal_shows(machine: Machine, cursor: str, text: str, *args: str) -> None:
+    """`text` in runnerd's journal since `cursor` (journald files stream lines a moment
+    after they are written, so wait for it)."""
+    async def shown() -> bool:
+        return text in machine.journal(cursor, "-o", "cat", *args)
+    await wait_until(shown, timeout=30, interval=0.2, what=f"{text!r} in the journal")
+
+
 async def restarted(machine: Machine, old_pid: str, timeout: float = 60) -> dict[str, str]:
     async def back() -> dict[str, str] | None:
         state = machine.show("MainPID", "ActiveState", "NRestarts")
@@ -110,7 +118,7 @@ async def test_watchdog_restarts_runnerd_when_its_event_loop_stops(machine: Mach
         machine.sh(f"kill -STOP {before['MainPID']}")  # alive, but its loop sends nothing
         after = await restarted(machine, before["MainPID"])
         assert int(after["NRestarts"]) == int(before["NRestarts"]) + 1
-        assert "Watchdog timeout" in machine.journal(cursor, "-o", "cat")
+        await journal_shows(machine, cursor, "Watchdog timeout")
     finally:
         machine.sh(f"rm -f {WATCHDOG_DROP_IN} && systemctl daemon-reload")
         machine.sh("systemctl restart runnerd")
@@ -163,7 +171,9 @@ async def test_bad_config_exits_2_and_is_not_restarted(machine: Machine) -> None
         # failed for good: not "auto-restart", which a restart loop would be in
         assert state == {"ActiveState": "failed", "SubState": "failed",
                          "ExecMainStatus": "2", "NRestarts": "0"}, state
-        assert "docker.netwrok: unknown key" in machine.journal(cursor, "-o", "cat")
+
+        await journal_shows(machine, cursor, "runnerd: bad config: docker.netwrok: unknown key",
+                            "-p", "err")  # filed as an error
     finally:
         machine.sh(f"rm -f {BAD_CONFIG_DROP_IN} && systemctl daemon-reload && "
                    "systemctl reset-failed runnerd && systemctl start runnerd")
@@ -189,7 +199,7 @@ async def test_journal_files_runnerd_warnings_at_warning_priority(
     assert all(e["PRIORITY"] == "4" for e in ours), ours
     assert any(f"run {run['id']} stays pending" in e["MESSAGE"] for e in ours), ours
     # info lines are filed as info: in the journal, but not at -p warning
-    assert "INFO runnerd.executor: run " in machine.journal(cursor, "-o", "cat")
+    await journal_shows(machine, cursor, f"INFO runnerd.executor: run {run['id']} started")
     assert not [e for e in entries if e["MESSAGE"].startswith("INFO")], entries
 
 

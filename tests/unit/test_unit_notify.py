@@ -174,3 +174,17 @@ def test_log_lines_get_priorities_only_when_stderr_is_the_journal_stream(tmp_pat
             else:
                 assert line.endswith(" WARNING runnerd: engine gone"), line
                 assert not line.startswith("<"), line  # with our own timestamp instead
+
+
+def test_bad_config_error_is_at_err_priority_when_stderr_is_the_journal_stream(
+        tmp_path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[docker]\nnetwrok = "none"\n')
+    out = tmp_path / "stderr"
+    with out.open("w") as f:
+        st = os.fstat(f.fileno())
+        done = subprocess.run([sys.executable, "-m", "runnerd", "serve", "--config", str(bad)],
+                              stderr=f, timeout=30,
+                              env={**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+    assert done.returncode == 2
+    assert out.read_text().startswith("<3>runnerd: bad config: docker.netwrok: unknown key")
