@@ -58,9 +58,10 @@ async def tell_systemd(ready: asyncio.Event, status_text: Callable[[], Awaitable
     - then STATUS= the text of `status_text()` whenever it changes, checked once a
       second (so at most one STATUS a second), each check bounded in time.
 
-    Outside systemd (no $NOTIFY_SOCKET) it returns at once."""
+    Outside systemd (no $NOTIFY_SOCKET) it sends and checks nothing, but, like every
+    side task of the daemon, still runs until cancelled: its end means a failure."""
     if _address() is None:
-        return
+        await asyncio.Event().wait()
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(_watchdog(watchdog_interval()), name="runnerd-watchdog")
         tasks.create_task(_ready_and_status(ready, status_text, ready_wait_seconds),

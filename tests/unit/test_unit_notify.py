@@ -112,16 +112,26 @@ async def test_status_is_sent_with_ready_and_once_per_change(
         await asyncio.gather(task, return_exceptions=True)
 
 
-async def test_without_notify_socket_nothing_is_checked(
+async def test_without_notify_socket_nothing_is_checked_and_the_task_runs_on(
         monkeypatch: pytest.MonkeyPatch) -> None:
+    """The daemon supervises it like its other side tasks: it must not end by itself."""
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    monkeypatch.setattr(notify, "STATUS_EVERY_SECONDS", 0.001)
+    checks = 0
 
     async def status() -> str:
-        raise AssertionError("status checked outside systemd")
+        nonlocal checks
+        checks += 1
+        return "serving"
 
     ready = asyncio.Event()
     ready.set()
-    await asyncio.wait_for(notify.tell_systemd(ready, status, ready_wait_seconds=1), 5)
+    task = asyncio.create_task(notify.tell_systemd(ready, status, ready_wait_seconds=1))
+    await asyncio.sleep(0.05)  # many status periods
+    assert not task.done()
+    assert checks == 0
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
 
 
 def record(level: int, msg: str, exc: bool = False) -> logging.LogRecord:
