@@ -35,7 +35,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = config_mod.load(_config_path(args.config))
     except config_mod.ConfigError as e:
-        print(f"runnerd: bad config: {e}", file=sys.stderr)
+        # at err priority under journald: `journalctl -p err` shows why the unit failed
+        print(f"{'<3>' if _stderr_is_journal() else ''}runnerd: bad config: {e}",
+              file=sys.stderr)
         return 2
     return int(args.func(args, config) or 0)
 
@@ -189,12 +191,39 @@ def _config_path(given: str | None) -> str | None:
     return str(SYSTEM_CONFIG) if SYSTEM_CONFIG.exists() else None
 
 
+class JournalFormatter(logging.Formatter):
+    """Prefixes every line with its sd-daemon(3) priority (`<4>` for a warning), so
+    journald files it at that priority and `journalctl -p warning` finds it. Every
+    line: a traceback is many lines, and journald reads each as an entry."""
+
+    PRIORITIES = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4,
+                  logging.INFO: 6, logging.DEBUG: 7}
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = next((p for level, p in self.PRIORITIES.items() if record.levelno >= level), 7)
+        return "\n".join(f"<{priority}>{line}" for line in super().format(record).splitlines())
+
+
+def _stderr_is_journal() -> bool:
+    """$JOURNAL_STREAM names the journal stream systemd connected stderr to; a child
+    that inherited the variable but writes elsewhere (a pipe, a terminal) is not."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+        return (st.st_dev, st.st_ino) == (int(device), int(inode))
+    except (ValueError, OSError):
+        return False
+
+
 def setup_logging() -> None:
-    """Plain lines to stderr; journald adds its own timestamps, a terminal gets ours."""
-    under_journald = bool(os.environ.get("JOURNAL_STREAM"))
-    fmt = "%(levelname)s %(name)s: %(message)s" if under_journald else \
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=logging.INFO, format=fmt, stream=sys.stderr)
+    """Plain lines to stderr; journald gets priority prefixes and adds its own
+    timestamps, anything else gets ours."""
+    handler = logging.StreamHandler(sys.stderr)
+    if _stderr_is_journal():
+        handler.setFormatter(JournalFormatter("%(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 

@@ -31,7 +31,7 @@ from .engine import (
 )
 from .executor import Executor
 from .logs import EngineCopy, LogStore
-from .notify import notify, watchdog_interval
+from .notify import notify, tell_systemd
 from .retention import Retention
 from .scheduler import Scheduler
 from .store import Store
@@ -44,6 +44,7 @@ STEP_SECONDS = 3.0  # any other shutdown step gets this long
 DATABASE_WAIT_SECONDS = 2.0  # of the database step: writes in flight finish, or are aborted
 HARD_EXIT_SECONDS = 2.0  # past the steps' bounds the process exits, whatever still runs
 READY_WAIT_SECONDS = 60.0  # READY=1 waits this long for the queue to be reconciled
+ENGINE_CHECK_SECONDS = 5.0  # systemd's STATUS asks the engine at most this often
 
 EXIT_FAILED = 1  # a background task ended (see _until_stopped_or_failed)
 EXIT_FORCED = 3  # the stop had to cut a step short or leave a thread behind
@@ -164,7 +165,9 @@ async def serve(config: Config) -> Stopped:
             scheduler.start()
             notifier.start()
             retention.start()
-            side_tasks.append(asyncio.create_task(_tell_systemd(store, scheduler)))
+            side_tasks.append(asyncio.create_task(tell_systemd(
+                scheduler.reconciled, _service_status(store, engine, scheduler),
+                ready_wait_seconds=READY_WAIT_SECONDS)))
             await _until_stopped_or_failed(stop, {
                 "the scheduler": scheduler.task, "webhook deliveries": notifier.task,
                 "retention": retention.task, "the systemd watchdog": side_tasks[-1]})
@@ -407,24 +410,31 @@ def exit_now(status: int) -> NoReturn:
         os._exit(status)
 
 
-async def _tell_systemd(store: Store, scheduler: Scheduler) -> None:
-    """READY=1 once the API listens and the queue is reconciled; then watchdog
-    pings from this event loop (a hung loop stops them, and systemd restarts us)
-    carrying the queue depth as STATUS."""
-    try:
-        await asyncio.wait_for(scheduler.reconciled.wait(), READY_WAIT_SECONDS)
-        status = "STATUS=serving"
-    except TimeoutError:
-        status = "STATUS=serving; the Docker engine does not answer yet"
-        log.warning("the queue is not reconciled yet (engine down?); telling systemd we are "
-                    "ready anyway")
-    notify("READY=1", status)
-    interval = watchdog_interval() or 30.0
-    while True:
-        await asyncio.sleep(interval)
-        try:
-            queue = await store.count_active()
-            status = f"STATUS=serving; {queue['pending']} pending, {queue['running']} running"
-        except Exception:  # the ping itself must not depend on the database
-            status = "STATUS=serving"
-        notify("WATCHDOG=1", status)
+def _service_status(store: Store, engine: Engine,
+                    scheduler: Scheduler) -> Callable[[], Awaitable[str]]:
+    """systemd's STATUS text: the queue counts, whether the engine answers (asked
+    at most every ENGINE_CHECK_SECONDS, not at every check: the scheduler only
+    notices an outage while it tries to start runs), and why the scheduler is not
+    claiming runs when it is not."""
+    engine_note = ""
+    next_check = 0.0
+
+    async def status() -> str:
+        nonlocal engine_note, next_check
+        queue = await store.count_active()
+        now = asyncio.get_running_loop().time()
+        if now >= next_check:
+            next_check = now + ENGINE_CHECK_SECONDS
+            try:
+                async with asyncio.timeout(ENGINE_CHECK_SECONDS / 2):  # within the check's bound
+                    await engine.version()
+                engine_note = ""
+            except (EngineError, TimeoutError):
+                engine_note = "; the Docker engine does not answer, runs stay pending"
+        health = scheduler.health
+        note = engine_note or (f"; not claiming runs: {health.why}" if not health.ok else
+                               "" if scheduler.reconciled.is_set() else
+                               "; not reconciled with the Docker engine yet")
+        return f"serving; {queue['pending']} pending, {queue['running']} running{note}"
+
+    return status

@@ -481,9 +481,9 @@ async def test_systemd_gets_ready_watchdog_pings_and_stopping(
     daemon = start_daemon()
     api = api_for(http, daemon)
 
-    ready = await next_datagram(sock, 30)
-    assert ready.get("READY") == "1", ready
-    assert ready.get("STATUS"), ready
+    while (ready := await next_datagram(sock, 30)).get("READY") != "1":
+        assert ready == {"WATCHDOG": "1"}, ready  # pings may come first
+    assert ready.get("STATUS") == "serving; 0 pending, 0 running", ready  # the queue depth
     status, body = await api.get("/healthz", key="")  # ready means serving
     assert status == 200, body
 
@@ -494,7 +494,6 @@ async def test_systemd_gets_ready_watchdog_pings_and_stopping(
         message = await next_datagram(sock, max(0.01, deadline - loop.time()))
         if message.get("WATCHDOG") == "1":
             pings += 1
-            assert "pending" in message.get("STATUS", ""), message  # the queue depth
     assert pings >= 2
 
     stop = asyncio.ensure_future(asyncio.to_thread(daemon.stop))
@@ -503,6 +502,6 @@ async def test_systemd_gets_ready_watchdog_pings_and_stopping(
             message = await next_datagram(sock, 10)
             if message.get("STOPPING") == "1":
                 break
-            assert message.get("WATCHDOG") == "1", message
+            assert message.get("WATCHDOG") == "1" or "STATUS" in message, message
     finally:
         assert await stop == 0, daemon.log_text()

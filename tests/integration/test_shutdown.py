@@ -275,9 +275,9 @@ async def test_sigterm_when_a_side_loop_swallows_its_cancel_exits_within_bound(
         import logging
         import runnerd.daemon
 
-        assert hasattr(runnerd.daemon, "_tell_systemd"), "the injection point moved"
+        assert hasattr(runnerd.daemon, "tell_systemd"), "the injection point moved"
 
-        async def swallowing(store, scheduler):
+        async def swallowing(ready, status_text, **kw):
             logging.getLogger("runnerd").info("injected: a side loop that swallows a cancel")
             try:
                 await asyncio.sleep(3600)
@@ -286,7 +286,7 @@ async def test_sigterm_when_a_side_loop_swallows_its_cancel_exits_within_bound(
             while True:
                 await asyncio.sleep(30)
 
-        runnerd.daemon._tell_systemd = swallowing
+        runnerd.daemon.tell_systemd = swallowing
     """)
     daemon = await asyncio.to_thread(start_daemon)
     await wait_log_line(daemon, "injected: a side loop that swallows a cancel")

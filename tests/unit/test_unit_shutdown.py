@@ -64,7 +64,7 @@ async def test_a_step_that_hangs_even_in_its_cancel_is_left_behind_at_its_bound(
 
 async def test_cancel_ends_a_task_that_swallows_one_cancel() -> None:
     """Python 3.11's asyncio.wait_for returns normally when cancelled just as what
-    it awaits completes: daemon._tell_systemd's wait for the reconciled queue,
+    it awaits completes: the systemd notifier's wait for the reconciled queue (as it was),
     cancelled by a SIGTERM right after start, then sleeps on forever."""
     reconciled = asyncio.Event()
 
