@@ -124,6 +124,7 @@ async def serve(config: Config) -> Stopped:
     app: web.Application | None = None
     runner: web.AppRunner | None = None
     scheduler: Scheduler | None = None
+    executor: Executor | None = None
     notifier: Notifier | None = None
     retention: Retention | None = None
     side_tasks: list[asyncio.Task[None]] = []
@@ -194,7 +195,7 @@ async def serve(config: Config) -> Stopped:
                 stop_runs=config.scheduler.on_shutdown == "stop",
                 grace_seconds=config.docker.stop_grace_seconds), bounds.scheduler))
         await stop.phase(steps)
-        steps = [("the engine client", engine.close(), bounds.services)]
+        steps = [("the engine client", _close_engine(executor, engine), bounds.services)]
         if retention is not None:
             steps.append(("retention", retention.stop(), bounds.services))
         if notifier is not None:
@@ -291,6 +292,14 @@ async def _bounded(what: str, step: Awaitable[None], seconds: float,
                   exc_info=error)
         return f"{what} failed ({_describe(error)})"
     return None
+
+
+async def _close_engine(executor: Executor | None, engine: Engine) -> None:
+    """The executor's last engine calls (removing containers no run wants), then
+    the client: no request may start on a closed one."""
+    if executor is not None:
+        await executor.close(wait_seconds=min(1.0, STEP_SECONDS / 3))
+    await engine.close()
 
 
 async def _cancel(tasks: Iterable[asyncio.Task[None]]) -> None:

@@ -307,7 +307,23 @@ class Executor:
             return
         task = asyncio.ensure_future(self._remove_quietly(creating.result()))
         self._cleanups.add(task)
-        task.add_done_callback(self._cleanups.discard)
+        task.add_done_callback(self._cleanup_done)
+
+    def _cleanup_done(self, task: asyncio.Task[None]) -> None:
+        self._cleanups.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("could not remove a container made for a run that no longer wants "
+                        "it: %s; it is removed at the next start", task.exception())
+
+    async def close(self, wait_seconds: float = 1.0) -> None:
+        """Before the engine client closes: the removals of containers no run wants
+        get `wait_seconds` to finish, then are stopped (the next start removes
+        what is left, with the containers of other ended runs)."""
+        if self._cleanups:
+            _, pending = await asyncio.wait(set(self._cleanups), timeout=wait_seconds)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def _create_and_start(self, run: Run) -> tuple[str, bool] | None:
         """(container id, whether it surely started); None when the run ended here."""
