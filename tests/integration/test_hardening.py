@@ -12,16 +12,15 @@ import re
 import sqlite3
 import subprocess
 import sys
-from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, AsyncIterator, Callable
+from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
-from aiohttp import web
 
 from conftest import TEST_IMAGE_NAME, TEST_IMAGE_TAG, Api, Daemon, wait_until
+from webhook_receiver import Receiver, receiver  # noqa: F401 (fixture)
 
 SECRET = "0123456789abcdef-secret"
 
@@ -66,28 +65,6 @@ async def test_cli_update_max_concurrent_runs_none_sends_null_and_clears_the_lim
 
 # -- times in the host's zone, DST-correct -------------------------------------------------
 
-
-@dataclass
-class Receiver:
-    url: str = ""
-    bodies: list[bytes] = field(default_factory=list)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.bodies.append(await request.read())
-        return web.Response(text="ok")
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    rec = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", rec.handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.5, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    rec.url = "http://127.0.0.1:%d/hook" % runner.addresses[0][1]
-    yield rec
-    await runner.cleanup()
 
 
 BERLIN = ZoneInfo("Europe/Berlin")

@@ -14,15 +14,14 @@ import shutil
 import socket
 import sqlite3
 import tempfile
-from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any, Callable
 
 import aiohttp
 import pytest
-from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import Api, Daemon, wait_until, write_config
+from webhook_receiver import Receiver, receiver  # noqa: F401 (fixture)
 
 SECRET = "0123456789abcdef-secret"
 WEBHOOKS = f'[webhooks]\nsecret = "{SECRET}"\n'
@@ -295,35 +294,6 @@ async def test_deleting_a_runner_deletes_its_runs_and_their_log_files(
 
 # -- webhooks ------------------------------------------------------------------------
 
-
-@dataclass
-class Receiver:
-    """An HTTP server in the test that records each POST and answers per `respond`."""
-
-    url: str = ""
-    requests: list[tuple[bytes, dict[str, str]]] = field(default_factory=list)
-    respond: Callable[[int], Awaitable[int]] | None = None
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        self.requests.append((body, dict(request.headers)))
-        status = await self.respond(len(self.requests)) if self.respond else 200
-        return web.Response(status=status, text="ok")
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    rec = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", rec.handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.5, handle_signals=False)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    host, port = runner.addresses[0][:2]
-    rec.url = f"http://{host}:{port}/hook"
-    yield rec
-    await runner.cleanup()
 
 
 def assert_signed(body: bytes, headers: dict[str, str]) -> None:

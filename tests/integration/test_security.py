@@ -24,6 +24,7 @@ import pytest
 from aiohttp import web
 
 from conftest import Api, Daemon, runnerd_cli, wait_until, write_config
+from webhook_receiver import Receiver, receiver  # noqa: F401 (fixture)
 
 SERVE_DEADLINE = 30.0
 SECRET = "0123456789abcdef-secret"
@@ -217,28 +218,6 @@ async def test_metrics_token_with_surrounding_spaces_stops_serve_with_exit_2_nam
 
 # -- webhooks: allowed_hosts ---------------------------------------------------------------
 
-
-@dataclass
-class Receiver:
-    url: str = ""
-    bodies: list[bytes] = field(default_factory=list)
-
-    async def handle(self, request: web.Request) -> web.Response:
-        self.bodies.append(await request.read())
-        return web.Response(text="ok")
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    rec = Receiver()
-    app = web.Application()
-    app.router.add_post("/hook", rec.handle)
-    runner = web.AppRunner(app, shutdown_timeout=0.5, handle_signals=False)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    rec.url = "http://127.0.0.1:%d/hook" % runner.addresses[0][1]
-    yield rec
-    await runner.cleanup()
 
 
 def webhooks_config(allowed: list[str] | None) -> str:
