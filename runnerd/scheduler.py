@@ -125,8 +125,11 @@ class Scheduler:
         why = "runnerd was shut down and stopped the run (on_shutdown = \"stop\")."
         in_flight = list(self._active)
         if stop_runs and in_flight:
+            # The grace, then a little for the records: the daemon bounds this whole
+            # step at grace + 5 s (daemon.stop_bounds), and the leftovers below
+            # need their share of it.
             await asyncio.gather(
-                *(self.cancel(run_id, why, grace_seconds + 10) for run_id in in_flight),
+                *(self.cancel(run_id, why, grace_seconds + 2) for run_id in in_flight),
                 return_exceptions=True)
         tasks = list(self._active.values())
         for task in tasks:
