@@ -26,8 +26,12 @@ DEFAULT_OUT = ROOT / "docs" / "benchmarks.md"
 
 # Each module has TITLE, GOAL (as shown when the figure fails), METHOD and `run(ctx)`.
 FIGURES: dict[str, ModuleType] = {
-    "P1": p1_overhead, "P2": p2_drain, "P3": p3_trigger,
-    "P4": p4_logs, "P5": p5_history, "P6": p6_queue,
+    "P1": p1_overhead,
+    "P2": p2_drain,
+    "P3": p3_trigger,
+    "P4": p4_logs,
+    "P5": p5_history,
+    "P6": p6_queue,
 }
 # A figure that runs past this is stopped and reported as an error.
 FIGURE_TIMEOUT = {"quick": 240.0, "full": 1800.0}
@@ -35,26 +39,41 @@ FIGURE_TIMEOUT = {"quick": 240.0, "full": 1800.0}
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench", description=__doc__.split("\n\n")[1],
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="small sizes (a couple of minutes): checks the suite works; "
-                             "the figures are not worth quoting")
-    parser.add_argument("--only", metavar="P1,P3",
-                        help="comma-separated figures to run (default: all)")
-    parser.add_argument("--out", metavar="PATH",
-                        help="Markdown file to write the table to (default: "
-                             "docs/benchmarks.md for a full run of every figure; a --quick "
-                             "or --only run writes no file unless --out is given). Text "
-                             "outside the generated block of an existing file is kept.")
-    parser.add_argument("--profile", metavar="DIR",
-                        help="record every daemon with py-spy: collapsed stacks in DIR/<daemon>-<n>.folded; "
-                             "summarise them with `python -m bench.profile_top FILE`")
-    parser.add_argument("--profile-gil", action="store_true",
-                        help="with --profile: sample only threads holding the GIL (CPU "
-                             "use rather than waits)")
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the temp dir with every daemon's log and config")
+        prog="python -m bench",
+        description=__doc__.split("\n\n")[1],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="small sizes (a couple of minutes): checks the suite works; "
+        "the figures are not worth quoting",
+    )
+    parser.add_argument(
+        "--only", metavar="P1,P3", help="comma-separated figures to run (default: all)"
+    )
+    parser.add_argument(
+        "--out",
+        metavar="PATH",
+        help="Markdown file to write the table to (default: "
+        "docs/benchmarks.md for a full run of every figure; a --quick "
+        "or --only run writes no file unless --out is given). Text "
+        "outside the generated block of an existing file is kept.",
+    )
+    parser.add_argument(
+        "--profile",
+        metavar="DIR",
+        help="record every daemon with py-spy: collapsed stacks in DIR/<daemon>-<n>.folded; "
+        "summarise them with `python -m bench.profile_top FILE`",
+    )
+    parser.add_argument(
+        "--profile-gil",
+        action="store_true",
+        help="with --profile: sample only threads holding the GIL (CPU use rather than waits)",
+    )
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the temp dir with every daemon's log and config"
+    )
     args = parser.parse_args(argv)
 
     keys = list(FIGURES)
@@ -73,13 +92,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: {e}", file=sys.stderr)
         return 2
     mode = "quick" if args.quick else "full"
-    print(f"bench: {mode} run of {', '.join(keys)} on Docker engine {version}",
-          file=sys.stderr, flush=True)
+    print(
+        f"bench: {mode} run of {', '.join(keys)} on Docker engine {version}",
+        file=sys.stderr,
+        flush=True,
+    )
 
     workdir = Path(tempfile.mkdtemp(prefix="runnerd-bench-"))
-    ctx = Context(quick=args.quick, workdir=workdir, keep=args.keep,
-                  profile_gil=args.profile_gil,
-                  profile_dir=Path(args.profile).resolve() if args.profile else None)
+    ctx = Context(
+        quick=args.quick,
+        workdir=workdir,
+        keep=args.keep,
+        profile_gil=args.profile_gil,
+        profile_dir=Path(args.profile).resolve() if args.profile else None,
+    )
     results: list[FigureResult] = []
     load_at_start = report.loadavg()
     started = time.monotonic()
@@ -97,8 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report.text_table(results))
     if out is not None:
-        report.write(out, report.markdown(results, quick=args.quick, wall_seconds=wall,
-                                          info=report.machine(load_at_start)))
+        report.write(
+            out,
+            report.markdown(
+                results, quick=args.quick, wall_seconds=wall, info=report.machine(load_at_start)
+            ),
+        )
         print(f"\nwritten to {out}", file=sys.stderr)
     failed = [r.figure for res in results for r in res.rows if r.error]
     return 1 if failed else 0
@@ -117,14 +147,29 @@ def run_figure(ctx: Context, key: str, module: ModuleType, timeout: float) -> Fi
         if isinstance(e, TimeoutError):
             detail = f"did not finish within {timeout:.0f} s"
         ctx.log(f"bench: {key} failed:\n{traceback.format_exc()}")
-        result = FigureResult(key, title, module.METHOD, rows=[
-            Row(f"{key} {title}", "", "", None, module.GOAL, None,
-                error=detail.splitlines()[-1][:300])])
+        result = FigureResult(
+            key,
+            title,
+            module.METHOD,
+            rows=[
+                Row(
+                    f"{key} {title}",
+                    "",
+                    "",
+                    None,
+                    module.GOAL,
+                    None,
+                    error=detail.splitlines()[-1][:300],
+                )
+            ],
+        )
     result.seconds = time.monotonic() - t0
     ctx.log(f"bench: {key} done in {result.seconds:.0f} s")
     for row in result.rows:
-        ctx.log(f"    {row.figure}: {row.runnerd} vs {row.baseline} → "
-                f"{'error' if row.error else row.ratio}")
+        ctx.log(
+            f"    {row.figure}: {row.runnerd} vs {row.baseline} → "
+            f"{'error' if row.error else row.ratio}"
+        )
     return result
 
 

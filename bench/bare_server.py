@@ -17,9 +17,16 @@ from aiohttp import web
 async def trigger(request: web.Request) -> web.Response:
     body = json.loads(await request.read() or b"null")
     env = body.get("env_variables", []) if isinstance(body, dict) else []
-    return web.json_response({"run": {
-        "id": str(uuid.uuid4()), "runner_id": request.match_info["runner_id"],
-        "status": "pending", "env_count": len(env)}})
+    return web.json_response(
+        {
+            "run": {
+                "id": str(uuid.uuid4()),
+                "runner_id": request.match_info["runner_id"],
+                "status": "pending",
+                "env_count": len(env),
+            }
+        }
+    )
 
 
 async def serve() -> None:

@@ -21,16 +21,17 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
 
 TEST_IMAGE = os.environ.get("RUNNERD_TEST_IMAGE", "runnerd-test/busybox:latest")
 TEST_IMAGE_NAME, _, TEST_IMAGE_TAG = TEST_IMAGE.rpartition(":")
-LABEL_DAEMON = "io.runnerd.daemon"   # what runnerd puts on its containers
-LABEL_BENCH = "io.runnerd.bench"     # what the baseline puts on its own containers
+LABEL_DAEMON = "io.runnerd.daemon"  # what runnerd puts on its containers
+LABEL_BENCH = "io.runnerd.bench"  # what the baseline puts on its own containers
 LISTENING = re.compile(rb"listening on (http://\S+)")
 UNREACHABLE_ENGINE = "unix:///nonexistent/runnerd-bench-no-engine.sock"
 MiB = 1024 * 1024
@@ -58,9 +59,9 @@ class Row:
 
 @dataclass
 class FigureResult:
-    key: str                     # "P1"
-    title: str                   # "per-run overhead"
-    method: str                  # one paragraph: how it is measured
+    key: str  # "P1"
+    title: str  # "per-run overhead"
+    method: str  # one paragraph: how it is measured
     rows: list[Row] = field(default_factory=list)
     details: list[str] = field(default_factory=list)  # measured extras for the notes
     size_note: str | None = None  # "ran at N instead of M because …"
@@ -70,10 +71,10 @@ class FigureResult:
 @dataclass
 class Context:
     quick: bool
-    workdir: Path                 # a temp dir of this suite run; removed at the end
+    workdir: Path  # a temp dir of this suite run; removed at the end
     profile_dir: Path | None = None
-    keep: bool = False            # keep `workdir` (daemon logs and configs) at the end
-    profile_gil: bool = False     # py-spy --gil: only samples holding the GIL (CPU, not waits)
+    keep: bool = False  # keep `workdir` (daemon logs and configs) at the end
+    profile_gil: bool = False  # py-spy --gil: only samples holding the GIL (CPU, not waits)
     log: Callable[[str], None] = lambda msg: print(msg, file=sys.stderr, flush=True)
 
     def tempdir(self, name: str) -> Path:
@@ -115,15 +116,18 @@ def human_bytes(n: float) -> str:
 # -- the engine, through the docker CLI (set-up and clean-up only) -----------------------
 
 
-def docker_cli(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check,
-                          timeout=timeout)
+def docker_cli(
+    *args: str, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, check=check, timeout=timeout
+    )
 
 
 def remove_containers(label: str) -> int:
     ids = docker_cli("ps", "-aq", "--filter", f"label={label}", check=False).stdout.split()
     for start in range(0, len(ids), 100):
-        docker_cli("rm", "-f", *ids[start:start + 100], check=False, timeout=300)
+        docker_cli("rm", "-f", *ids[start : start + 100], check=False, timeout=300)
     return len(ids)
 
 
@@ -137,8 +141,10 @@ def engine_version() -> str:
 def check_engine() -> str:
     version = engine_version()
     if docker_cli("image", "inspect", TEST_IMAGE, check=False).returncode != 0:
-        raise RuntimeError(f"the test image {TEST_IMAGE} is missing; `bash tests/run.sh` "
-                           "builds it (offline, from busybox-static)")
+        raise RuntimeError(
+            f"the test image {TEST_IMAGE} is missing; `bash tests/run.sh` "
+            "builds it (offline, from busybox-static)"
+        )
     return version
 
 
@@ -152,9 +158,16 @@ class Daemon:
     (this engine has no bridge), short stop grace; `docker_url` points it at
     another engine (UNREACHABLE_ENGINE: runs stay pending)."""
 
-    def __init__(self, ctx: Context, name: str, *, max_concurrent_runs: int = 4,
-                 docker_url: str | None = None, max_log_bytes: int | None = None,
-                 on_shutdown: str = "leave") -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        name: str,
+        *,
+        max_concurrent_runs: int = 4,
+        docker_url: str | None = None,
+        max_log_bytes: int | None = None,
+        on_shutdown: str = "leave",
+    ) -> None:
         self.ctx = ctx
         self.name = name
         self.dir = ctx.tempdir(name)
@@ -197,13 +210,26 @@ class Daemon:
             "[storage]\n" + "\n".join(storage) + "\n\n"
             "[docker]\n" + "\n".join(docker) + "\n\n"
             f"[scheduler]\nmax_concurrent_runs = {self.max_concurrent_runs}\n"
-            f'on_shutdown = "{self.on_shutdown}"\n')
+            f'on_shutdown = "{self.on_shutdown}"\n'
+        )
 
     def create_key(self, name: str = "bench") -> str:
         out = subprocess.run(
-            [sys.executable, "-m", "runnerd", "keys", "create", "--name", name,
-             "--config", str(self.config_path)],
-            capture_output=True, text=True, timeout=60)
+            [
+                sys.executable,
+                "-m",
+                "runnerd",
+                "keys",
+                "create",
+                "--name",
+                name,
+                "--config",
+                str(self.config_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         if out.returncode != 0:
             raise RuntimeError(f"runnerd keys create failed: {out.stderr.strip()}")
         self.key = out.stdout.strip().splitlines()[-1]
@@ -218,7 +244,10 @@ class Daemon:
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "runnerd", "serve", "--config", str(self.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         log.close()
         deadline = t0 + timeout
         with open(self.log_path, "rb") as f:
@@ -232,12 +261,14 @@ class Daemon:
                     self.url = match.group(1).decode()
                     break
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"runnerd exited with {self.proc.returncode}:\n"
-                                       f"{self.log_tail()}")
+                    raise RuntimeError(
+                        f"runnerd exited with {self.proc.returncode}:\n{self.log_tail()}"
+                    )
                 if time.perf_counter() > deadline:
                     self.stop()
-                    raise RuntimeError(f"runnerd did not listen within {timeout:.0f} s:\n"
-                                       f"{self.log_tail()}")
+                    raise RuntimeError(
+                        f"runnerd did not listen within {timeout:.0f} s:\n{self.log_tail()}"
+                    )
                 time.sleep(0.002)
         self._starts += 1
         self._start_profiler()
@@ -299,9 +330,23 @@ class Daemon:
         self.ctx.profile_dir.mkdir(parents=True, exist_ok=True)
         out = self.ctx.profile_dir / f"{self.name}-{self._starts}.folded"
         self._profiler = subprocess.Popen(
-            ["py-spy", "record", "--pid", str(self.pid), "--rate", "200", "--format", "raw",
-             "--threads", *(["--gil"] if self.ctx.profile_gil else []), "--output", str(out)],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            [
+                "py-spy",
+                "record",
+                "--pid",
+                str(self.pid),
+                "--rate",
+                "200",
+                "--format",
+                "raw",
+                "--threads",
+                *(["--gil"] if self.ctx.profile_gil else []),
+                "--output",
+                str(out),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     def _stop_profiler(self) -> None:
         if self._profiler is None:
@@ -346,6 +391,7 @@ class CpuMeter:
 
     def _read(self) -> dict[str, float]:
         import resource
+
         kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # waited-for children: docker CLI
         out = {"bench's finished children": kids.ru_utime + kids.ru_stime}
         for name, pid in self.pids.items():
@@ -373,8 +419,10 @@ class CpuMeter:
         self.wall = getattr(self, "wall", 0.0) + other.wall
 
     def summary(self) -> str:
-        return ", ".join(f"{k} {v:.1f} s" for k, v in self.used.items() if v >= 0.05) + \
-            f" of CPU in {self.wall:.1f} s wall"
+        return (
+            ", ".join(f"{k} {v:.1f} s" for k, v in self.used.items() if v >= 0.05)
+            + f" of CPU in {self.wall:.1f} s wall"
+        )
 
 
 def proc_status_kib(pid: int, field_name: str) -> int:
@@ -462,25 +510,34 @@ class Api:
         return data
 
     async def create_runner(self, command: str, **fields: Any) -> str:
-        body = {"name": f"bench-{uuid.uuid4().hex[:10]}", "image_name": TEST_IMAGE_NAME,
-                "image_tag": TEST_IMAGE_TAG, "run_command": command, "timeout_seconds": 3600,
-                **fields}
+        body = {
+            "name": f"bench-{uuid.uuid4().hex[:10]}",
+            "image_name": TEST_IMAGE_NAME,
+            "image_tag": TEST_IMAGE_TAG,
+            "run_command": command,
+            "timeout_seconds": 3600,
+            **fields,
+        }
         return (await self.ok("POST", "/v1/runners", body))["runner"]["id"]
 
     async def trigger(self, runner_id: str, body: Any = None) -> dict[str, Any]:
-        return (await self.ok("POST", f"/v1/runners/{runner_id}/runs",
-                              body if body is not None else {}))["run"]
+        return (
+            await self.ok("POST", f"/v1/runners/{runner_id}/runs", body if body is not None else {})
+        )["run"]
 
     async def run(self, runner_id: str, run_id: str) -> dict[str, Any]:
         return (await self.ok("GET", f"/v1/runners/{runner_id}/runs/{run_id}"))["run"]
 
-    async def follow_to_end(self, runner_id: str, run_id: str,
-                            on_chunk: Callable[[bytes], None] | None = None) -> int:
+    async def follow_to_end(
+        self, runner_id: str, run_id: str, on_chunk: Callable[[bytes], None] | None = None
+    ) -> int:
         """Read `…/logs?follow=true` until the daemon ends the stream; bytes read."""
         n = 0
         async with self.session.get(
-                f"{self.url}/v1/runners/{runner_id}/runs/{run_id}/logs",
-                params={"follow": "true"}, headers=self.headers) as resp:
+            f"{self.url}/v1/runners/{runner_id}/runs/{run_id}/logs",
+            params={"follow": "true"},
+            headers=self.headers,
+        ) as resp:
             if resp.status != 200:
                 raise RuntimeError(f"follow answered {resp.status}: {await resp.text()}"[:500])
             async for chunk in resp.content.iter_any():
@@ -489,8 +546,9 @@ class Api:
                     on_chunk(chunk)
         return n
 
-    async def wait_completed(self, runner_id: str, run_id: str, *, interval: float,
-                             timeout: float = 600) -> dict[str, Any]:
+    async def wait_completed(
+        self, runner_id: str, run_id: str, *, interval: float, timeout: float = 600
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
             run = await self.run(runner_id, run_id)
@@ -503,8 +561,8 @@ class Api:
 
 def session(limit: int = 100, timeout: float = 3600) -> aiohttp.ClientSession:
     return aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=limit),
-        timeout=aiohttp.ClientTimeout(total=timeout))
+        connector=aiohttp.TCPConnector(limit=limit), timeout=aiohttp.ClientTimeout(total=timeout)
+    )
 
 
 def count_runs(db_path: Path, where: str) -> int:
@@ -517,8 +575,9 @@ def count_runs(db_path: Path, where: str) -> int:
 # -- the engine baseline: aiodocker directly, runnerd's own container config ---------------
 
 
-def container_config(cmd: list[str], *, log_max_size: str = "64m",
-                     log_max_file: str = "4") -> dict[str, Any]:
+def container_config(
+    cmd: list[str], *, log_max_size: str = "64m", log_max_file: str = "4"
+) -> dict[str, Any]:
     """The container runnerd creates for a run of instance type standard-s
     (runnerd/engine.py `Engine.create`), labelled as the bench's own."""
     return {
@@ -526,16 +585,21 @@ def container_config(cmd: list[str], *, log_max_size: str = "64m",
         "Cmd": cmd,
         "Env": [],
         "Labels": {LABEL_BENCH: SESSION},
-        "AttachStdin": False, "AttachStdout": False, "AttachStderr": False,
-        "Tty": False, "OpenStdin": False,
+        "AttachStdin": False,
+        "AttachStdout": False,
+        "AttachStderr": False,
+        "Tty": False,
+        "OpenStdin": False,
         "HostConfig": {
             "NanoCpus": int(1.0 * 1e9),
             "Memory": 1024 * MiB,
             "MemorySwap": 1024 * MiB,
             "PidsLimit": 512,
             "NetworkMode": "none",
-            "LogConfig": {"Type": "local", "Config": {
-                "max-size": log_max_size, "max-file": log_max_file, "compress": "false"}},
+            "LogConfig": {
+                "Type": "local",
+                "Config": {"max-size": log_max_size, "max-file": log_max_file, "compress": "false"},
+            },
             "AutoRemove": False,
         },
     }
@@ -547,6 +611,7 @@ class DirectEngine:
 
     def __init__(self) -> None:
         import aiodocker  # only the baseline talks to the engine directly
+
         self.docker = aiodocker.Docker()
 
     async def close(self) -> None:
@@ -554,7 +619,8 @@ class DirectEngine:
 
     async def create(self, config: dict[str, Any]) -> str:
         container = await self.docker.containers.create(
-            config, name=f"runnerd-bench-{uuid.uuid4()}")
+            config, name=f"runnerd-bench-{uuid.uuid4()}"
+        )
         return str(container.id)
 
     async def start(self, cid: str) -> None:
@@ -562,19 +628,21 @@ class DirectEngine:
             pass
 
     async def wait(self, cid: str) -> int:
-        data = await self.docker._query_json(f"containers/{cid}/wait", method="POST",
-                                             timeout=aiohttp.ClientTimeout(total=None))
+        data = await self.docker._query_json(
+            f"containers/{cid}/wait", method="POST", timeout=aiohttp.ClientTimeout(total=None)
+        )
         return int(data["StatusCode"])
 
     async def logs(self, cid: str) -> bytes:
         async with self.docker._query(
-                f"containers/{cid}/logs",
-                params={"stdout": True, "stderr": True, "follow": False}) as resp:
+            f"containers/{cid}/logs", params={"stdout": True, "stderr": True, "follow": False}
+        ) as resp:
             return await resp.read()
 
     async def remove(self, cid: str) -> None:
-        async with self.docker._query(f"containers/{cid}", method="DELETE",
-                                      params={"force": True, "v": True}):
+        async with self.docker._query(
+            f"containers/{cid}", method="DELETE", params={"force": True, "v": True}
+        ):
             pass
 
     async def run(self, cmd: list[str]) -> int:
@@ -617,13 +685,19 @@ async def template_run(db_path: Path, runner_id: str, secret_key: Path) -> dict[
     return row
 
 
-def seed_runs(db_path: Path, template: dict[str, Any], n: int, *, completed: bool,
-              batch: int = 50_000, progress: Callable[[int], None] | None = None) -> None:
+def seed_runs(
+    db_path: Path,
+    template: dict[str, Any],
+    n: int,
+    *,
+    completed: bool,
+    batch: int = 50_000,
+    progress: Callable[[int], None] | None = None,
+) -> None:
     """Insert `n` runs copied from `template` with sqlite3, straight into a stopped
     daemon's database: completed (succeeded, 1 in 20 failed) or pending."""
     columns = [c for c in template if c != "seq"]
-    sql = (f"INSERT INTO runs ({', '.join(columns)}) "
-           f"VALUES ({', '.join('?' for _ in columns)})")
+    sql = f"INSERT INTO runs ({', '.join(columns)}) VALUES ({', '.join('?' for _ in columns)})"
     base_ms = int(time.time() * 1000) - n * 1000  # one run a second, ending now
     idx = {c: i for i, c in enumerate(columns)}
     proto = [template[c] for c in columns]

@@ -6,8 +6,19 @@ from __future__ import annotations
 import time
 
 from .common import (
-    Api, Context, CpuMeter, Daemon, DirectEngine, FigureResult, Row, fmt_ratio, mean,
-    ms, percentile, remove_bench_containers, session,
+    Api,
+    Context,
+    CpuMeter,
+    Daemon,
+    DirectEngine,
+    FigureResult,
+    Row,
+    fmt_ratio,
+    mean,
+    ms,
+    percentile,
+    remove_bench_containers,
+    session,
 )
 
 TITLE = "per-run overhead"
@@ -51,8 +62,9 @@ async def run(ctx: Context) -> FigureResult:
                 done = await api.run(runner_id, run["id"])
                 elapsed = time.perf_counter() - t0
                 if done["status"] != "succeeded":
-                    raise RuntimeError(f"run ended {done['status']} after the follow "
-                                       f"stream ended: {done}")
+                    raise RuntimeError(
+                        f"run ended {done['status']} after the follow stream ended: {done}"
+                    )
                 return elapsed
 
             async def runnerd_poll() -> float:
@@ -100,24 +112,36 @@ async def run(ctx: Context) -> FigureResult:
         remove_bench_containers()
 
     b = mean(base_t)
-    for label, times in (("P1 per-run overhead (follow logs)", follow_t),
-                         ("P1 per-run overhead (poll 5 ms)", poll_t)):
+    for label, times in (
+        ("P1 per-run overhead (follow logs)", follow_t),
+        ("P1 per-run overhead (poll 5 ms)", poll_t),
+    ):
         ratio = mean(times) / b
-        result.rows.append(Row(label, f"{ms(mean(times))}/run", f"{ms(b)}/run", ratio,
-                               GOAL, ratio <= LIMIT))
+        result.rows.append(
+            Row(label, f"{ms(mean(times))}/run", f"{ms(b)}/run", ratio, GOAL, ratio <= LIMIT)
+        )
         result.details.append(
             f"{label}: {n} runs, mean {ms(mean(times))}, median {ms(percentile(times, 50))}, "
             f"max {ms(max(times))}; mean overhead over the baseline "
-            f"{ms(mean(times) - b)} per run ({fmt_ratio(ratio)}).")
+            f"{ms(mean(times) - b)} per run ({fmt_ratio(ratio)})."
+        )
     result.details.append(
-        "CPU per run — runnerd, following: " + _per_run(f_cpu, n) + "; runnerd, polling: "
-        + _per_run(p_cpu, n) + "; baseline: " + _per_run(b_cpu, 2 * n) + ".")
+        "CPU per run — runnerd, following: "
+        + _per_run(f_cpu, n)
+        + "; runnerd, polling: "
+        + _per_run(p_cpu, n)
+        + "; baseline: "
+        + _per_run(b_cpu, 2 * n)
+        + "."
+    )
     result.details.append(
         f"Baseline (aiodocker create/start/wait/logs/remove): {len(base_t)} runs, mean "
-        f"{ms(b)}, median {ms(percentile(base_t, 50))}, max {ms(max(base_t))}.")
+        f"{ms(b)}, median {ms(percentile(base_t, 50))}, max {ms(max(base_t))}."
+    )
     return result
 
 
 def _per_run(meter: CpuMeter, runs: int) -> str:
-    return ", ".join(f"{k} {v / runs * 1000:.0f} ms" for k, v in meter.used.items()
-                     if v >= 0.0005 * runs)
+    return ", ".join(
+        f"{k} {v / runs * 1000:.0f} ms" for k, v in meter.used.items() if v >= 0.0005 * runs
+    )

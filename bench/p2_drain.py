@@ -7,7 +7,14 @@ import asyncio
 import time
 
 from .common import (
-    Api, Context, CpuMeter, Daemon, DirectEngine, FigureResult, Row, count_runs,
+    Api,
+    Context,
+    CpuMeter,
+    Daemon,
+    DirectEngine,
+    FigureResult,
+    Row,
+    count_runs,
     remove_bench_containers,
     session,
 )
@@ -99,12 +106,22 @@ async def run(ctx: Context) -> FigureResult:
 
     r_tp, b_tp = n / run_t, n / base_t
     ratio = r_tp / b_tp
-    result.rows.append(Row(f"P2 {TITLE} ({n} runs, 8 at a time)", f"{r_tp:.2f} runs/s",
-                           f"{b_tp:.2f} runs/s", ratio, GOAL, ratio >= LIMIT))
+    result.rows.append(
+        Row(
+            f"P2 {TITLE} ({n} runs, 8 at a time)",
+            f"{r_tp:.2f} runs/s",
+            f"{b_tp:.2f} runs/s",
+            ratio,
+            GOAL,
+            ratio >= LIMIT,
+        )
+    )
     result.details.append(
         f"{n} runs each side in two bursts: runnerd {run_t:.1f} s in all "
         f"({run_t / n * 1000:.0f} ms/run), baseline {base_t:.1f} s "
-        f"({base_t / n * 1000:.0f} ms/run).")
-    result.details.append(f"CPU, runnerd side: {r_cpu.summary()}; baseline side: "
-                          f"{b_cpu.summary()}.")
+        f"({base_t / n * 1000:.0f} ms/run)."
+    )
+    result.details.append(
+        f"CPU, runnerd side: {r_cpu.summary()}; baseline side: {b_cpu.summary()}."
+    )
     return result

@@ -15,7 +15,15 @@ from pathlib import Path
 import aiohttp
 
 from .common import (
-    UNREACHABLE_ENGINE, Api, Context, CpuMeter, Daemon, FigureResult, Row, ms, percentile,
+    UNREACHABLE_ENGINE,
+    Api,
+    Context,
+    CpuMeter,
+    Daemon,
+    FigureResult,
+    Row,
+    ms,
+    percentile,
     session,
 )
 
@@ -24,12 +32,18 @@ GOAL = "≥ 0.4×; p99 ≤ 20 ms"
 RATIO_LIMIT = 0.4
 P99_LIMIT = 0.020
 CLIENTS = 32
-BODY = json.dumps({"env_variables": [{"env_key": "BENCH", "env_val": "1"},
-                                     {"env_key": "TRIGGERED_BY", "env_val": "bench"}]})
+BODY = json.dumps(
+    {
+        "env_variables": [
+            {"env_key": "BENCH", "env_val": "1"},
+            {"env_key": "TRIGGERED_BY", "env_val": "bench"},
+        ]
+    }
+)
 
 METHOD = (
     "Execution is paused by starting the daemon with an engine it cannot reach "
-    "(`[docker] url = \"unix:///nonexistent/…\"`): triggers are accepted and queued, runs "
+    '(`[docker] url = "unix:///nonexistent/…"`): triggers are accepted and queued, runs '
     "stay pending, no container is made. 32 concurrent clients (one aiohttp session, 32 "
     "connections kept alive, in the bench process) POST `…/runs` with a two-variable "
     "`env_variables` body in a closed loop, each sending its next request as soon as the "
@@ -43,8 +57,9 @@ METHOD = (
 )
 
 
-async def load(http: aiohttp.ClientSession, url: str, headers: dict[str, str],
-               seconds: float) -> tuple[int, list[float]]:
+async def load(
+    http: aiohttp.ClientSession, url: str, headers: dict[str, str], seconds: float
+) -> tuple[int, list[float]]:
     """(answers, latencies) of CLIENTS closed-loop clients over `seconds`."""
     latencies: list[float] = []
     deadline = time.perf_counter() + seconds
@@ -68,9 +83,12 @@ async def load(http: aiohttp.ClientSession, url: str, headers: dict[str, str],
 
 class BareServer:
     def __init__(self) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "bench.bare_server"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     cwd=str(Path(__file__).resolve().parent.parent))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.bare_server"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            cwd=str(Path(__file__).resolve().parent.parent),
+        )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline().decode()
         m = re.search(r"listening on (http://\S+)", line)
@@ -109,8 +127,9 @@ async def run(ctx: Context) -> FigureResult:
             b_lat: list[float] = []
             r_cpu, b_cpu = CpuMeter(), CpuMeter()
             for i in range(rounds):
-                ctx.log(f"P3: round {i + 1}/{rounds}: bare server, then runnerd, "
-                        f"{seconds:.0f} s each")
+                ctx.log(
+                    f"P3: round {i + 1}/{rounds}: bare server, then runnerd, {seconds:.0f} s each"
+                )
                 with CpuMeter(bare_server=bare.proc.pid) as m:
                     n, lat = await load(http, b_url, api.json_headers, seconds)
                 b_cpu.add(m)
@@ -131,22 +150,33 @@ async def run(ctx: Context) -> FigureResult:
     r_rps, b_rps = r_n / total, b_n / total
     ratio = r_rps / b_rps
     r_p99, b_p99 = percentile(r_lat, 99), percentile(b_lat, 99)
-    result.rows.append(Row(
-        f"P3 {TITLE} ({CLIENTS} clients)",
-        f"{r_rps:.0f} req/s, p99 {ms(r_p99)}", f"{b_rps:.0f} req/s, p99 {ms(b_p99)}",
-        ratio, GOAL, ratio >= RATIO_LIMIT and r_p99 <= P99_LIMIT))
+    result.rows.append(
+        Row(
+            f"P3 {TITLE} ({CLIENTS} clients)",
+            f"{r_rps:.0f} req/s, p99 {ms(r_p99)}",
+            f"{b_rps:.0f} req/s, p99 {ms(b_p99)}",
+            ratio,
+            GOAL,
+            ratio >= RATIO_LIMIT and r_p99 <= P99_LIMIT,
+        )
+    )
     result.details.append(
         f"runnerd: {r_n} triggers in {total:.0f} s = {r_rps:.0f} req/s; latency p50 "
         f"{ms(percentile(r_lat, 50))}, p99 {ms(r_p99)}, max {ms(max(r_lat))}. "
         f"Ratio {'met' if ratio >= RATIO_LIMIT else 'missed'} (≥ 0.4×), p99 "
-        f"{'met' if r_p99 <= P99_LIMIT else 'missed'} (≤ 20 ms).")
+        f"{'met' if r_p99 <= P99_LIMIT else 'missed'} (≤ 20 ms)."
+    )
     result.details.append(
         f"bare aiohttp: {b_n} requests in {total:.0f} s = {b_rps:.0f} req/s; latency p50 "
-        f"{ms(percentile(b_lat, 50))}, p99 {ms(b_p99)}, max {ms(max(b_lat))}.")
-    result.details.append(f"CPU while loading runnerd: {r_cpu.summary()}; while loading "
-                          f"the bare server: {b_cpu.summary()}.")
+        f"{ms(percentile(b_lat, 50))}, p99 {ms(b_p99)}, max {ms(max(b_lat))}."
+    )
+    result.details.append(
+        f"CPU while loading runnerd: {r_cpu.summary()}; while loading "
+        f"the bare server: {b_cpu.summary()}."
+    )
     result.details.append(
         f"With {CLIENTS} clients always waiting, mean latency ≈ {CLIENTS} ÷ throughput "
         f"(Little's law): a p99 ≤ 20 ms at this concurrency needs roughly ≥ "
-        f"{CLIENTS / 0.020:.0f} req/s.")
+        f"{CLIENTS / 0.020:.0f} req/s."
+    )
     return result

@@ -8,9 +8,19 @@ import hashlib
 import time
 
 from .common import (
-    MiB, Api, Context, CpuMeter, Daemon, DirectEngine, FigureResult, Row, RssSampler,
+    Api,
+    Context,
+    CpuMeter,
+    Daemon,
+    DirectEngine,
+    FigureResult,
+    MiB,
+    Row,
+    RssSampler,
     container_config,
-    human_bytes, remove_bench_containers, session,
+    human_bytes,
+    remove_bench_containers,
+    session,
 )
 
 TITLE = "big logs"
@@ -21,8 +31,7 @@ LINE = 1024  # bytes per line, newline included: one engine message each
 
 
 def command(size: int) -> str:
-    return (f"L=$(head -c {LINE - 1} /dev/zero | tr '\\0' x); "
-            f'yes "$L" | head -c {size}')
+    return f"L=$(head -c {LINE - 1} /dev/zero | tr '\\0' x); yes \"$L\" | head -c {size}"
 
 
 METHOD = (
@@ -81,14 +90,16 @@ async def run(ctx: Context) -> FigureResult:
         log_mib = size * 2 // MiB + 64  # room for the local driver's framing
         with CpuMeter() as base_cpu:
             t0 = time.perf_counter()
-            cid = await direct.create(container_config(cmd, log_max_size=f"{log_mib}m",
-                                                       log_max_file="1"))
+            cid = await direct.create(
+                container_config(cmd, log_max_size=f"{log_mib}m", log_max_file="1")
+            )
             try:
                 await direct.start(cid)
                 code = await direct.wait(cid)
                 with open(base_file, "wb") as out:
                     proc = await asyncio.create_subprocess_exec(
-                        "docker", "logs", cid, stdout=out, stderr=asyncio.subprocess.PIPE)
+                        "docker", "logs", cid, stdout=out, stderr=asyncio.subprocess.PIPE
+                    )
                     _, err = await proc.communicate()
                 base_t = time.perf_counter() - t0
             except BaseException:
@@ -96,8 +107,9 @@ async def run(ctx: Context) -> FigureResult:
                 raise
         await direct.remove(cid)
         if code != 0 or proc.returncode != 0:
-            raise RuntimeError(f"baseline: exit {code}, docker logs {proc.returncode}: "
-                               f"{err.decode()[:300]}")
+            raise RuntimeError(
+                f"baseline: exit {code}, docker logs {proc.returncode}: {err.decode()[:300]}"
+            )
         base_n, base_sha = await asyncio.to_thread(file_digest, str(base_file))
         base_file.unlink()
 
@@ -121,8 +133,10 @@ async def run(ctx: Context) -> FigureResult:
                 h = hashlib.sha256()
                 got_n = 0
                 t1 = time.perf_counter()
-                async with http.get(f"{daemon.url}/v1/runners/{runner_id}/runs/"
-                                    f"{run['id']}/logs", headers=api.headers) as resp:
+                async with http.get(
+                    f"{daemon.url}/v1/runners/{runner_id}/runs/{run['id']}/logs",
+                    headers=api.headers,
+                ) as resp:
                     if resp.status != 200:
                         raise RuntimeError(f"GET logs answered {resp.status}")
                     async for chunk in resp.content.iter_chunked(1 << 20):
@@ -137,37 +151,52 @@ async def run(ctx: Context) -> FigureResult:
         remove_bench_containers()
 
     exact = {
-        "followed": (follow_n, follow_sha), "GET logs": (got_n, h.hexdigest()),
-        "docker logs": (base_n, base_sha)}
-    wrong = [f"{k}: {n} bytes, sha256 {s[:12]}…" for k, (n, s) in exact.items()
-             if n != size or s != want]
+        "followed": (follow_n, follow_sha),
+        "GET logs": (got_n, h.hexdigest()),
+        "docker logs": (base_n, base_sha),
+    }
+    wrong = [
+        f"{k}: {n} bytes, sha256 {s[:12]}…" for k, (n, s) in exact.items() if n != size or s != want
+    ]
     growth = rss.growth_kib
     # throughput: the bytes the client got per second (a lossy capture counts only
     # what arrived), over the baseline's
     r_tp, b_tp = follow_n / MiB / run_t, base_n / MiB / base_t
     ratio = r_tp / b_tp
     met = ratio >= RATIO_LIMIT and growth <= RSS_LIMIT_KIB and not wrong
-    result.rows.append(Row(
-        f"P4 {TITLE} ({human_bytes(size)}, byte-exact: {'yes' if not wrong else 'NO'})",
-        f"{r_tp:.1f} MiB/s ({human_bytes(follow_n)} in {run_t:.1f} s), "
-        f"RSS +{growth / 1024:.1f} MiB",
-        f"{b_tp:.1f} MiB/s ({human_bytes(base_n)} in {base_t:.1f} s)", ratio, GOAL, met))
+    result.rows.append(
+        Row(
+            f"P4 {TITLE} ({human_bytes(size)}, byte-exact: {'yes' if not wrong else 'NO'})",
+            f"{r_tp:.1f} MiB/s ({human_bytes(follow_n)} in {run_t:.1f} s), "
+            f"RSS +{growth / 1024:.1f} MiB",
+            f"{b_tp:.1f} MiB/s ({human_bytes(base_n)} in {base_t:.1f} s)",
+            ratio,
+            GOAL,
+            met,
+        )
+    )
     result.details.append(
         f"runnerd: trigger → whole output followed → run succeeded in {run_t:.1f} s; the "
         f"stored log read back with a plain GET in {read_t:.1f} s "
         f"({size / MiB / read_t:.0f} MiB/s). Baseline: create/start/wait + `docker logs` "
-        f"into a file in {base_t:.1f} s.")
-    result.details.append(f"CPU, runnerd side: {run_cpu.summary()}. Baseline side: "
-                          f"{base_cpu.summary()} (the container's own CPU is not counted).")
+        f"into a file in {base_t:.1f} s."
+    )
+    result.details.append(
+        f"CPU, runnerd side: {run_cpu.summary()}. Baseline side: "
+        f"{base_cpu.summary()} (the container's own CPU is not counted)."
+    )
     result.details.append(
         f"Daemon VmRSS {rss.rss_before / 1024:.1f} MiB before the trigger, peak "
         f"{rss.peak_kib / 1024:.1f} MiB ({len(rss.samples)} samples): growth "
-        f"{growth / 1024:.1f} MiB ({'met' if growth <= RSS_LIMIT_KIB else 'missed'}, ≤ 50 MiB).")
+        f"{growth / 1024:.1f} MiB ({'met' if growth <= RSS_LIMIT_KIB else 'missed'}, ≤ 50 MiB)."
+    )
     if wrong:
-        result.details.append(f"NOT byte-exact (want {size} bytes, sha256 {want[:12]}…): "
-                              + "; ".join(wrong))
+        result.details.append(
+            f"NOT byte-exact (want {size} bytes, sha256 {want[:12]}…): " + "; ".join(wrong)
+        )
     else:
         result.details.append(
             f"Byte-exact: the followed stream, the plain GET and `docker logs` each gave "
-            f"{size} bytes with sha256 {want[:16]}…, as generated in Python.")
+            f"{size} bytes with sha256 {want[:16]}…, as generated in Python."
+        )
     return result

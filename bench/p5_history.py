@@ -7,11 +7,21 @@ import asyncio
 import random
 import sqlite3
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from .common import (
-    UNREACHABLE_ENGINE, Api, Context, Daemon, FigureResult, Row, mean, ms, percentile, seed_runs,
-    session, template_run,
+    UNREACHABLE_ENGINE,
+    Api,
+    Context,
+    Daemon,
+    FigureResult,
+    Row,
+    mean,
+    ms,
+    percentile,
+    seed_runs,
+    session,
+    template_run,
 )
 
 TITLE = "history"
@@ -31,7 +41,7 @@ METHOD = (
     "sends each request kind sequentially (10 warm-ups, then N timed): the first page of "
     "the runner's runs (`GET …/runs`, default limit 50); `before=` pages from run ids at "
     "random depths of the history; `GET` of a run at a random depth; and `POST …/runs`. "
-    "Start-up is the time from spawning `runnerd serve` to its \"listening on\" log line "
+    'Start-up is the time from spawning `runnerd serve` to its "listening on" log line '
     "(median of 3). The baseline is the same daemon and requests with 1,000 runs of "
     "history, measured in the same run before the rest is seeded; the ratio is p99 at the "
     "full size ÷ p99 at 1,000 runs (start-up: median ÷ median), so 1.0× means the history "
@@ -45,8 +55,7 @@ METHOD = (
 Measure = dict[str, list[float]]
 
 
-async def measure(ctx: Context, daemon: Daemon, runner_id: str, ids: list[str],
-                  n: int) -> Measure:
+async def measure(ctx: Context, daemon: Daemon, runner_id: str, ids: list[str], n: int) -> Measure:
     out: Measure = {}
     async with session(limit=1) as http:
         api = Api(http, daemon)
@@ -76,16 +85,21 @@ async def measure(ctx: Context, daemon: Daemon, runner_id: str, ids: list[str],
         async def trigger() -> None:
             await api.trigger(runner_id)
 
-        for kind, call in (("list", first_page), ("before", before_page),
-                           ("get", get_run), ("trigger", trigger)):
+        for kind, call in (
+            ("list", first_page),
+            ("before", before_page),
+            ("get", get_run),
+            ("trigger", trigger),
+        ):
             await timed(kind, call)
     return out
 
 
 def sample_ids(db_path, runner_id: str, k: int) -> list[str]:
     with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True) as db:
-        lo, hi = db.execute("SELECT min(seq), max(seq) FROM runs WHERE runner_id = ?",
-                            (runner_id,)).fetchone()
+        lo, hi = db.execute(
+            "SELECT min(seq), max(seq) FROM runs WHERE runner_id = ?", (runner_id,)
+        ).fetchone()
         seqs = random.Random(11).sample(range(lo, hi + 1), min(k * 2, hi - lo + 1))
         marks = ",".join("?" for _ in seqs)
         rows = db.execute(f"SELECT id FROM runs WHERE seq IN ({marks})", seqs).fetchall()
@@ -99,7 +113,9 @@ def settle_pending(db_path) -> int:
         now = int(time.time() * 1000)
         return db.execute(
             "UPDATE runs SET status = 'failed', failure_reason = 'canceled', error = 'bench',"
-            " completed_at = ?, updated_at = ? WHERE status = 'pending'", (now, now)).rowcount
+            " completed_at = ?, updated_at = ? WHERE status = 'pending'",
+            (now, now),
+        ).rowcount
 
 
 async def run_latency(ctx: Context, daemon: Daemon, runner_id: str, k: int) -> list[float]:
@@ -154,8 +170,7 @@ async def run(ctx: Context) -> FigureResult:
         ctx.log(f"P5: {SMALL} runs: start-ups and {n} requests of each kind")
         small_starts = timed_starts(daemon)
         daemon.start()
-        small = await measure(ctx, daemon, runner_id,
-                              sample_ids(daemon.db_path, runner_id, 500), n)
+        small = await measure(ctx, daemon, runner_id, sample_ids(daemon.db_path, runner_id, 500), n)
         daemon.stop()
         settle_pending(daemon.db_path)
         small["run"] = await run_latency(ctx, daemon, runner_id, k)
@@ -166,14 +181,15 @@ async def run(ctx: Context) -> FigureResult:
         def progress(done: int) -> None:
             if done % 200_000 == 0:
                 ctx.log(f"P5: seeded {SMALL + done:,} runs")
-        await asyncio.to_thread(seed_runs, daemon.db_path, template, total - SMALL,
-                                completed=True, progress=progress)
+
+        await asyncio.to_thread(
+            seed_runs, daemon.db_path, template, total - SMALL, completed=True, progress=progress
+        )
         seed_t = time.perf_counter() - t0
         ctx.log(f"P5: {total:,} runs seeded in {seed_t:.0f} s; start-ups and requests")
         big_starts = timed_starts(daemon)
         daemon.start()
-        big = await measure(ctx, daemon, runner_id,
-                            sample_ids(daemon.db_path, runner_id, 500), n)
+        big = await measure(ctx, daemon, runner_id, sample_ids(daemon.db_path, runner_id, 500), n)
         daemon.stop()
         settle_pending(daemon.db_path)
         ctx.log(f"P5: {k} runs of `true` with {total:,} runs of history")
@@ -183,38 +199,68 @@ async def run(ctx: Context) -> FigureResult:
         daemon.close()
 
     size = f"{total:,}"
-    labels = {"list": ("list first page", True), "before": ("list before= page", True),
-              "get": ("get run", False), "trigger": ("trigger", False)}
+    labels = {
+        "list": ("list first page", True),
+        "before": ("list before= page", True),
+        "get": ("get run", False),
+        "trigger": ("trigger", False),
+    }
     for kind, (label, has_goal) in labels.items():
         b99, r99 = percentile(small[kind], 99), percentile(big[kind], 99)
         met = r99 <= LIST_P99_LIMIT if has_goal else None
-        result.rows.append(Row(
-            f"P5 {TITLE}: {label} ({size} runs)",
-            f"p50 {ms(percentile(big[kind], 50))}, p99 {ms(r99)}",
-            f"p50 {ms(percentile(small[kind], 50))}, p99 {ms(b99)} ({SMALL:,} runs)",
-            r99 / b99, "p99 ≤ 5 ms" if has_goal else "(none)", met))
+        result.rows.append(
+            Row(
+                f"P5 {TITLE}: {label} ({size} runs)",
+                f"p50 {ms(percentile(big[kind], 50))}, p99 {ms(r99)}",
+                f"p50 {ms(percentile(small[kind], 50))}, p99 {ms(b99)} ({SMALL:,} runs)",
+                r99 / b99,
+                "p99 ≤ 5 ms" if has_goal else "(none)",
+                met,
+            )
+        )
     b_run, r_run = mean(small["run"]), mean(big["run"])
-    result.rows.append(Row(
-        f"P5 {TITLE}: run of `true`, trigger → completed ({size} runs)",
-        f"{ms(r_run)}/run", f"{ms(b_run)}/run ({SMALL:,} runs)", r_run / b_run,
-        "(none)", None))
+    result.rows.append(
+        Row(
+            f"P5 {TITLE}: run of `true`, trigger → completed ({size} runs)",
+            f"{ms(r_run)}/run",
+            f"{ms(b_run)}/run ({SMALL:,} runs)",
+            r_run / b_run,
+            "(none)",
+            None,
+        )
+    )
     b_start, r_start = percentile(small_starts, 50), percentile(big_starts, 50)
-    result.rows.append(Row(
-        f"P5 {TITLE}: start-up ({size} runs)", f"{r_start:.2f} s", f"{b_start:.2f} s "
-        f"({SMALL:,} runs)", r_start / b_start, "≤ 3 s", r_start <= START_LIMIT))
+    result.rows.append(
+        Row(
+            f"P5 {TITLE}: start-up ({size} runs)",
+            f"{r_start:.2f} s",
+            f"{b_start:.2f} s ({SMALL:,} runs)",
+            r_start / b_start,
+            "≤ 3 s",
+            r_start <= START_LIMIT,
+        )
+    )
     result.details.append(
         f"Seeded {total - SMALL:,} runs in {seed_t:.0f} s; the database is "
-        f"{db_mib:.0f} MiB. {n} timed requests of each kind at each size.")
+        f"{db_mib:.0f} MiB. {n} timed requests of each kind at each size."
+    )
     result.details.append(
-        "Start-ups (s): " + ", ".join(f"{s:.2f}" for s in big_starts) + f" with {size} runs; "
-        + ", ".join(f"{s:.2f}" for s in small_starts) + f" with {SMALL:,}.")
+        "Start-ups (s): "
+        + ", ".join(f"{s:.2f}" for s in big_starts)
+        + f" with {size} runs; "
+        + ", ".join(f"{s:.2f}" for s in small_starts)
+        + f" with {SMALL:,}."
+    )
     result.details.append(
         f"Run of `true` (daemon restarted with the real engine, {k} sequential runs, polled "
         f"every 5 ms): " + ", ".join(f"{x * 1000:.0f}" for x in big["run"]) + f" ms with "
-        f"{size} runs; " + ", ".join(f"{x * 1000:.0f}" for x in small["run"]) +
-        f" ms with {SMALL:,}.")
+        f"{size} runs; "
+        + ", ".join(f"{x * 1000:.0f}" for x in small["run"])
+        + f" ms with {SMALL:,}."
+    )
     for kind, (label, _) in labels.items():
         result.details.append(
             f"{label}: max {ms(max(big[kind]))} with {size} runs, "
-            f"{ms(max(small[kind]))} with {SMALL:,}.")
+            f"{ms(max(small[kind]))} with {SMALL:,}."
+        )
     return result

@@ -8,7 +8,15 @@ import asyncio
 import time
 
 from .common import (
-    Api, Context, Daemon, FigureResult, Row, RssSampler, count_runs, seed_runs, session,
+    Api,
+    Context,
+    Daemon,
+    FigureResult,
+    Row,
+    RssSampler,
+    count_runs,
+    seed_runs,
+    session,
     template_run,
 )
 
@@ -58,8 +66,13 @@ async def drain(ctx: Context, depth: int, sample: int) -> dict[str, float]:
         failed = count_runs(daemon.db_path, "status = 'failed'")
         if failed:
             raise RuntimeError(f"{failed} runs failed while draining:\n{daemon.log_tail()}")
-        return {"start_kib": rss.rss_before, "peak_kib": rss.peak_kib, "drain_s": drain_t,
-                "seed_s": seed_t, "samples": len(rss.samples)}
+        return {
+            "start_kib": rss.rss_before,
+            "peak_kib": rss.peak_kib,
+            "drain_s": drain_t,
+            "seed_s": seed_t,
+            "samples": len(rss.samples),
+        }
     finally:
         daemon.close()
 
@@ -70,22 +83,36 @@ async def run(ctx: Context) -> FigureResult:
     base = await drain(ctx, BASE_DEPTH, sample)
     big = await drain(ctx, deep, sample)
     ratio = big["peak_kib"] / base["peak_kib"]
-    result.rows.append(Row(
-        f"P6 {TITLE}: daemon RSS while draining ({deep:,} pending)",
-        f"peak {big['peak_kib'] / 1024:.1f} MiB", f"peak {base['peak_kib'] / 1024:.1f} MiB "
-        f"({BASE_DEPTH:,} pending)", ratio, GOAL, ratio <= RSS_RATIO_LIMIT))
+    result.rows.append(
+        Row(
+            f"P6 {TITLE}: daemon RSS while draining ({deep:,} pending)",
+            f"peak {big['peak_kib'] / 1024:.1f} MiB",
+            f"peak {base['peak_kib'] / 1024:.1f} MiB ({BASE_DEPTH:,} pending)",
+            ratio,
+            GOAL,
+            ratio <= RSS_RATIO_LIMIT,
+        )
+    )
     r_rate, b_rate = sample / big["drain_s"], sample / base["drain_s"]
-    result.rows.append(Row(
-        f"P6 {TITLE}: drain rate of the first {sample} ({deep:,} pending)",
-        f"{r_rate:.2f} runs/s", f"{b_rate:.2f} runs/s ({BASE_DEPTH:,} pending)",
-        r_rate / b_rate, "(none)", None))
+    result.rows.append(
+        Row(
+            f"P6 {TITLE}: drain rate of the first {sample} ({deep:,} pending)",
+            f"{r_rate:.2f} runs/s",
+            f"{b_rate:.2f} runs/s ({BASE_DEPTH:,} pending)",
+            r_rate / b_rate,
+            "(none)",
+            None,
+        )
+    )
     for depth, m in ((deep, big), (BASE_DEPTH, base)):
         result.details.append(
             f"{depth:,} pending (seeded in {m['seed_s']:.1f} s): VmRSS "
             f"{m['start_kib'] / 1024:.1f} MiB when listening, peak {m['peak_kib'] / 1024:.1f} "
             f"MiB while the first {sample} drained in {m['drain_s']:.1f} s "
-            f"({int(m['samples'])} samples).")
+            f"({int(m['samples'])} samples)."
+        )
     result.size_note = (
         f"{deep:,} runs accepted (seeded); {sample} of them drained, not all: at ~0.3 s of "
-        "engine time per container, draining 100,000 would take hours on this machine.")
+        "engine time per container, draining 100,000 would take hours on this machine."
+    )
     return result

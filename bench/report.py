@@ -50,7 +50,7 @@ def machine(load_at_start: str | None = None) -> dict[str, str]:
         "OS": _os_name(),
         "Docker engine": docker,
         "Python": f"{platform.python_implementation()} {platform.python_version()}",
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "load average (1/5/15 min)": (f"{load_at_start} at start, " if load_at_start else "")
         + f"{loadavg()} at end",
     }
@@ -77,7 +77,7 @@ def text_table(results: list[FigureResult]) -> str:
     rows = [list(HEADER)] + [_cells(r) for res in results for r in res.rows]
     rows = [[c.replace("**", "").replace("\n", " ")[:120] for c in r] for r in rows]
     widths = [max(len(r[i]) for r in rows) for i in range(len(HEADER))]
-    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
     return "\n".join(lines)
 
@@ -86,17 +86,22 @@ def _md_escape(cell: str) -> str:
     return cell.replace("|", "\\|").replace("\n", " ")
 
 
-def markdown(results: list[FigureResult], *, quick: bool, wall_seconds: float,
-             info: dict[str, str]) -> str:
+def markdown(
+    results: list[FigureResult], *, quick: bool, wall_seconds: float, info: dict[str, str]
+) -> str:
     out = [BEGIN, "", "## Results", ""]
-    mode = "quick (`python -m bench --quick`: small sizes, a smoke test — not figures " \
-           "to quote)" if quick else "full (`python -m bench`)"
-    out.append(f"Mode: {mode}. Figures: {', '.join(r.key for r in results)}. "
-               f"Wall time: {wall_seconds / 60:.1f} min.")
+    mode = (
+        "quick (`python -m bench --quick`: small sizes, a smoke test — not figures to quote)"
+        if quick
+        else "full (`python -m bench`)"
+    )
+    out.append(
+        f"Mode: {mode}. Figures: {', '.join(r.key for r in results)}. "
+        f"Wall time: {wall_seconds / 60:.1f} min."
+    )
     out += ["", "### Machine", "", "| | |", "|---|---|"]
     out += [f"| {k} | {_md_escape(v)} |" for k, v in info.items()]
-    out += ["", "### Table", "",
-            "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    out += ["", "### Table", "", "| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
     for res in results:
         for row in res.rows:
             out.append("| " + " | ".join(_md_escape(c) for c in _cells(row)) + " |")

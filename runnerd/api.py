@@ -8,14 +8,14 @@ import contextlib
 import hmac
 import json
 import logging
-from typing import Any, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 from aiohttp import web
 
-from . import metrics, openapi, schemas
+from . import images, metrics, openapi, schemas
 from .auth import hash_secret, secret_from_header
 from .config import Config
-from . import images
 from .engine import Engine, EngineError, EngineUnavailable
 from .executor import Executor
 from .logs import LogStore, Record
@@ -35,18 +35,25 @@ STOPPING = web.AppKey("stopping", asyncio.Event)  # set when the daemon begins t
 
 OPENAPI_PATH = "/v1/openapi.json"  # the one /v1 path that needs no key
 FOLLOW_RECHECK_SECONDS = 1.0  # a follower re-reads the run's status at least this often
-SLOW_CLIENT_SECONDS = 10.0    # a client that accepts no bytes this long is dropped
+SLOW_CLIENT_SECONDS = 10.0  # a client that accepts no bytes this long is dropped
 
 READ_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def make_app(config: Config, store: Store, engine: Engine, logs: LogStore,
-             scheduler: Scheduler, executor: Executor | None = None) -> web.Application:
-    app = web.Application(middlewares=[metrics.http_middleware, errors_middleware,
-                                       auth_middleware],
-                          client_max_size=config.server.max_body_bytes)
+def make_app(
+    config: Config,
+    store: Store,
+    engine: Engine,
+    logs: LogStore,
+    scheduler: Scheduler,
+    executor: Executor | None = None,
+) -> web.Application:
+    app = web.Application(
+        middlewares=[metrics.http_middleware, errors_middleware, auth_middleware],
+        client_max_size=config.server.max_body_bytes,
+    )
     app[CONFIG] = config
     app[STORE] = store
     app[ENGINE] = engine
@@ -116,8 +123,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if (request.path.startswith("/v1/") or request.path == "/v1") and \
-            request.path != OPENAPI_PATH:
+    if (request.path.startswith("/v1/") or request.path == "/v1") and request.path != OPENAPI_PATH:
         secret = secret_from_header(request.headers.get("Authorization"))
         key = await request.app[STORE].api_key_by_hash(hash_secret(secret)) if secret else None
         if key is None:
@@ -133,17 +139,24 @@ async def read_json(request: web.Request) -> Any:
     if not raw.strip():
         return None
     content_type = request.headers.get("Content-Type")
-    if content_type is not None and request.content_type not in (
-            "application/json", "text/json") and not request.content_type.endswith("+json"):
-        raise web.HTTPUnsupportedMediaType(
-            reason="Unsupported Media Type")
+    if (
+        content_type is not None
+        and request.content_type not in ("application/json", "text/json")
+        and not request.content_type.endswith("+json")
+    ):
+        raise web.HTTPUnsupportedMediaType(reason="Unsupported Media Type")
     try:
         return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise schemas.Invalid(["body is not valid UTF-8"]) from None
     except (ValueError, RecursionError) as e:  # ValueError: e.g. a 5000-digit number
-        message = (e.msg if isinstance(e, json.JSONDecodeError) else
-                   "nested too deeply" if isinstance(e, RecursionError) else str(e))
+        message = (
+            e.msg
+            if isinstance(e, json.JSONDecodeError)
+            else "nested too deeply"
+            if isinstance(e, RecursionError)
+            else str(e)
+        )
         raise schemas.Invalid([f"body is not valid JSON: {message}"]) from None
 
 
@@ -163,13 +176,16 @@ async def healthz(request: web.Request) -> web.Response:
     try:
         version = await request.app[ENGINE].version()
     except EngineError as e:
-        return web.json_response({"status": "unavailable", "error": str(e), "queue": queue},
-                                 status=503)
+        return web.json_response(
+            {"status": "unavailable", "error": str(e), "queue": queue}, status=503
+        )
     engine = {"version": version.get("Version"), "api_version": version.get("ApiVersion")}
     health = request.app[SCHEDULER].health
     if not health.ok:
-        return web.json_response({"status": "unavailable", "error": health.why,
-                                  "engine": engine, "queue": queue}, status=503)
+        return web.json_response(
+            {"status": "unavailable", "error": health.why, "engine": engine, "queue": queue},
+            status=503,
+        )
     return web.json_response({"status": "ok", "engine": engine, "queue": queue})
 
 
@@ -233,8 +249,9 @@ async def update_runner(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     runner = await _runner_or_404(request)
     fields, env = schemas.parse_runner(await read_json(request), config, partial=True)
-    schemas.check_command_exclusive(fields.get("run_command", runner.run_command),
-                                    fields.get("argv", runner.argv))
+    schemas.check_command_exclusive(
+        fields.get("run_command", runner.run_command), fields.get("argv", runner.argv)
+    )
     await _check_registry(request, fields)
     try:
         runner = await request.app[STORE].update_runner(runner.id, fields, env)
@@ -304,8 +321,7 @@ async def delete_env(request: web.Request) -> web.Response:
 async def list_runs(request: web.Request) -> web.Response:
     runner = await _runner_or_404(request)
     limit, status, before = schemas.parse_run_list_query(request.query)
-    runs = await request.app[STORE].list_runs(runner.id, limit=limit, status=status,
-                                              before=before)
+    runs = await request.app[STORE].list_runs(runner.id, limit=limit, status=status, before=before)
     if runs is None:
         raise schemas.Invalid([f"before: no run {before} of this runner"])
     tz = request.app[CONFIG].tz
@@ -319,13 +335,17 @@ async def trigger_run(request: web.Request) -> web.Response:
     overrides = schemas.parse_trigger(await read_json(request))
     itype = config.instance_types.get(runner.instance_type)
     if itype is None:
-        raise schemas.Invalid([
-            f"instance_type: the runner's instance type {runner.instance_type!r} is no longer "
-            f"configured; PATCH the runner to one of {', '.join(sorted(config.instance_types))}"])
+        raise schemas.Invalid(
+            [
+                f"instance_type: the runner's instance type {runner.instance_type!r} is no longer "
+                f"configured; PATCH the runner to one of {', '.join(sorted(config.instance_types))}"
+            ]
+        )
     idempotency_key = schemas.parse_idempotency_key(request.headers.get("Idempotency-Key"))
     env = schemas.merge_env(runner_env, overrides)
-    run, created = await store.create_run(runner, env, itype.cpu, itype.mem, itype.pids,
-                                          idempotency_key=idempotency_key, image=image)
+    run, created = await store.create_run(
+        runner, env, itype.cpu, itype.mem, itype.pids, idempotency_key=idempotency_key, image=image
+    )
     if created:
         request.app[SCHEDULER].wake()
         # DEBUG: at hundreds of triggers a second a line each is noise (and 8 % of
@@ -373,14 +393,16 @@ async def _registry_or_404(request: web.Request) -> Any:
 async def list_registries(request: web.Request) -> web.Response:
     tz = request.app[CONFIG].tz
     registries = await request.app[STORE].list_registries()
-    return web.json_response({"container_registries": [
-        schemas.registry_json(r, tz) for r in registries]})
+    return web.json_response(
+        {"container_registries": [schemas.registry_json(r, tz) for r in registries]}
+    )
 
 
 async def get_registry(request: web.Request) -> web.Response:
     registry = await _registry_or_404(request)
-    return web.json_response({"container_registry": schemas.registry_json(
-        registry, request.app[CONFIG].tz)})
+    return web.json_response(
+        {"container_registry": schemas.registry_json(registry, request.app[CONFIG].tz)}
+    )
 
 
 async def create_registry(request: web.Request) -> web.Response:
@@ -390,8 +412,9 @@ async def create_registry(request: web.Request) -> web.Response:
     except Conflict as e:
         raise schemas.Invalid([str(e)]) from None
     log.info("container registry %s (%s) created", registry.id, registry.host)
-    return web.json_response({"container_registry": schemas.registry_json(
-        registry, request.app[CONFIG].tz)})
+    return web.json_response(
+        {"container_registry": schemas.registry_json(registry, request.app[CONFIG].tz)}
+    )
 
 
 async def update_registry(request: web.Request) -> web.Response:
@@ -403,8 +426,9 @@ async def update_registry(request: web.Request) -> web.Response:
         raise web.HTTPNotFound() from None
     except Conflict as e:
         raise schemas.Invalid([str(e)]) from None
-    return web.json_response({"container_registry": schemas.registry_json(
-        registry, request.app[CONFIG].tz)})
+    return web.json_response(
+        {"container_registry": schemas.registry_json(registry, request.app[CONFIG].tz)}
+    )
 
 
 async def delete_registry(request: web.Request) -> web.Response:
@@ -436,10 +460,12 @@ async def cancel_run(request: web.Request) -> web.Response:
         grace = config.docker.stop_grace_seconds
         try:
             stopped = await request.app[SCHEDULER].cancel(
-                run.id, "The run was canceled.", wait_seconds=grace + 15)
+                run.id, "The run was canceled.", wait_seconds=grace + 15
+            )
         except EngineError:
             raise web.HTTPServiceUnavailable(
-                reason="Docker Engine Unavailable, Retry Cancel") from None
+                reason="Docker Engine Unavailable, Retry Cancel"
+            ) from None
         if not stopped:
             # Between the store and the engine (starting, or re-attaching after a
             # restart) for a moment: nothing was changed, the client may retry.
@@ -481,14 +507,16 @@ async def run_logs(request: web.Request) -> web.StreamResponse:
         with request.app[FOLLOWERS].slot() as admitted:
             if not admitted:
                 return request.app[FOLLOWERS].refusal()
-            offset, skip = (await logs.reading(logs.tail_start, run.id, tail)
-                            if tail is not None else (0, 0))
+            offset, skip = (
+                await logs.reading(logs.tail_start, run.id, tail) if tail is not None else (0, 0)
+            )
 
             async def emit(records: list[Record]) -> None:
                 nonlocal skip
                 data = b"".join(r.data for r in records)
                 await _send(request, response, data[skip:])
                 skip = 0
+
             await response.prepare(request)
             await _follow(request, run, offset, emit)
             return await _end(request, response)
@@ -507,16 +535,19 @@ async def _logs_json(request: web.Request, run: Run) -> web.Response:
     after = await _cursor(logs, run.id, page.after, "after")
     if page.before is not None:
         await _cursor(logs, run.id, page.before, "before")
-    records = await logs.reading(logs.page, run.id, limit=page.limit, after=after,
-                                 before=page.before, stream=page.stream)
+    records = await logs.reading(
+        logs.page, run.id, limit=page.limit, after=after, before=page.before, stream=page.stream
+    )
     tz = request.app[CONFIG].tz
-    return web.json_response({"logs": [
-        schemas.log_entry_json(r.offset, r.stream, r.ts_ns, r.data, tz) for r in records]})
+    return web.json_response(
+        {"logs": [schemas.log_entry_json(r.offset, r.stream, r.ts_ns, r.data, tz) for r in records]}
+    )
 
 
 async def _logs_sse(request: web.Request, run: Run) -> web.StreamResponse:
-    cursor, stream = schemas.parse_sse_logs_query(request.query,
-                                                  request.headers.get("Last-Event-ID"))
+    cursor, stream = schemas.parse_sse_logs_query(
+        request.query, request.headers.get("Last-Event-ID")
+    )
     logs = request.app[LOGS]
     offset = await _cursor(logs, run.id, cursor, "Last-Event-ID") or 0
     with request.app[FOLLOWERS].slot() as admitted:
@@ -525,29 +556,38 @@ async def _logs_sse(request: web.Request, run: Run) -> web.StreamResponse:
         return await _stream_sse(request, run, offset, stream)
 
 
-async def _stream_sse(request: web.Request, run: Run, offset: int,
-                      stream: int | None) -> web.StreamResponse:
+async def _stream_sse(
+    request: web.Request, run: Run, offset: int, stream: int | None
+) -> web.StreamResponse:
     tz = request.app[CONFIG].tz
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache"})
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    )
     await response.prepare(request)
 
     async def emit(records: list[Record]) -> None:
         events = []
         for r in records:
-            if stream is not None and schemas.LOG_STREAMS.get(
-                    schemas.LOG_STREAM_NAMES.get(r.stream, "")) != stream:
+            if (
+                stream is not None
+                and schemas.LOG_STREAMS.get(schemas.LOG_STREAM_NAMES.get(r.stream, "")) != stream
+            ):
                 continue
             entry = schemas.log_entry_json(r.offset, r.stream, r.ts_ns, r.data, tz)
-            events.append(f"id: {r.offset}\nevent: log\ndata: "
-                          f"{json.dumps({k: entry[k] for k in ('ts', 'stream', 'msg')})}\n\n")
+            events.append(
+                f"id: {r.offset}\nevent: log\ndata: "
+                f"{json.dumps({k: entry[k] for k in ('ts', 'stream', 'msg')})}\n\n"
+            )
         if events:
             await _send(request, response, "".join(events).encode())
 
     final = await _follow(request, run, offset, emit)
     if final is not None:
-        await _send(request, response, ("event: end\ndata: " + json.dumps(
-            schemas.run_json(final, tz)) + "\n\n").encode())
+        await _send(
+            request,
+            response,
+            ("event: end\ndata: " + json.dumps(schemas.run_json(final, tz)) + "\n\n").encode(),
+        )
     return await _end(request, response)
 
 
@@ -576,8 +616,11 @@ class Followers:
         if self.count >= self.limit:
             if not self._refusing:
                 self._refusing = True
-                log.warning("%d log followers stream at once, the most [server] "
-                            "max_log_followers allows; refusing more with 503", self.limit)
+                log.warning(
+                    "%d log followers stream at once, the most [server] "
+                    "max_log_followers allows; refusing more with 503",
+                    self.limit,
+                )
             yield False
             return
         self.count += 1
@@ -590,8 +633,10 @@ class Followers:
 
     def refusal(self) -> web.Response:
         response = error_response(
-            503, f"Too many log followers: {self.limit} live log streams are open, the most "
-                 "[server] max_log_followers allows; retry later")
+            503,
+            f"Too many log followers: {self.limit} live log streams are open, the most "
+            "[server] max_log_followers allows; retry later",
+        )
         response.headers["Retry-After"] = "5"
         return response
 
@@ -599,8 +644,9 @@ class Followers:
 FOLLOWERS = web.AppKey("followers", Followers)
 
 
-async def _follow(request: web.Request, run: Run, offset: int,
-                  emit: Callable[[list[Record]], Awaitable[None]]) -> Run | None:
+async def _follow(
+    request: web.Request, run: Run, offset: int, emit: Callable[[list[Record]], Awaitable[None]]
+) -> Run | None:
     """Hand every record from `offset` to `emit` as it is written, until the run
     has completed and all its output is out (→ the final Run), or the daemon stops
     or the client has gone (→ None). Waits on the writer's notifications, not on a
@@ -630,8 +676,11 @@ async def _follow(request: web.Request, run: Run, offset: int,
                 return None
             stop_wait = asyncio.ensure_future(stopping.wait())
             try:
-                await asyncio.wait({changed, stop_wait}, timeout=FOLLOW_RECHECK_SECONDS,
-                                   return_when=asyncio.FIRST_COMPLETED)
+                await asyncio.wait(
+                    {changed, stop_wait},
+                    timeout=FOLLOW_RECHECK_SECONDS,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
             finally:
                 stop_wait.cancel()
         finally:

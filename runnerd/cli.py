@@ -9,15 +9,14 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from . import __version__
-from . import client
+from . import __version__, client
 from . import config as config_mod
 from .auth import hash_secret, new_secret
-from .models import Scope
 from .crypto import SecretKeyError
+from .models import Scope
 from .store import Conflict, Store, StoreError
 from .timefmt import format_ms
 
@@ -36,20 +35,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = config_mod.load(_config_path(args.config))
     except config_mod.ConfigError as e:
         # at err priority under journald: `journalctl -p err` shows why the unit failed
-        print(f"{'<3>' if _stderr_is_journal() else ''}runnerd: bad config: {e}",
-              file=sys.stderr)
+        print(f"{'<3>' if _stderr_is_journal() else ''}runnerd: bad config: {e}", file=sys.stderr)
         return 2
     return int(args.func(args, config) or 0)
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="runnerd", description="Run containerized jobs over a REST API.")
+        prog="runnerd", description="Run containerized jobs over a REST API."
+    )
     parser.add_argument("--version", action="version", version=f"runnerd {__version__}")
     sub = parser.add_subparsers(metavar="COMMAND")
 
-    config_help = ("config file (default: $RUNNERD_CONFIG, else /etc/runnerd/config.toml "
-                   "if it exists, else built-in defaults)")
+    config_help = (
+        "config file (default: $RUNNERD_CONFIG, else /etc/runnerd/config.toml "
+        "if it exists, else built-in defaults)"
+    )
 
     serve = sub.add_parser("serve", help="run the daemon")
     serve.add_argument("--config", metavar="PATH", help=config_help)
@@ -74,19 +75,28 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _client_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def _client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """`runners`, `env`, `runs`, `logs`: commands that talk to a running daemon."""
     common = argparse.ArgumentParser(add_help=False)
     conn = common.add_argument_group("daemon")
-    conn.add_argument("--url", metavar="URL",
-                      help=f"the daemon (default: $RUNNERD_URL, else {client.DEFAULT_URL})")
-    conn.add_argument("--token", metavar="KEY",
-                      help="API key (default: $RUNNERD_TOKEN; required)")
-    conn.add_argument("--json", action="store_true",
-                      help="print the API's JSON answer instead of a table, for scripts")
+    conn.add_argument(
+        "--url",
+        metavar="URL",
+        help=f"the daemon (default: $RUNNERD_URL, else {client.DEFAULT_URL})",
+    )
+    conn.add_argument("--token", metavar="KEY", help="API key (default: $RUNNERD_TOKEN; required)")
+    conn.add_argument(
+        "--json",
+        action="store_true",
+        help="print the API's JSON answer instead of a table, for scripts",
+    )
 
-    def command(parent: "argparse._SubParsersAction[argparse.ArgumentParser]", name: str,
-                func: client.Command, help: str) -> argparse.ArgumentParser:
+    def command(
+        parent: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        func: client.Command,
+        help: str,
+    ) -> argparse.ArgumentParser:
         p = parent.add_parser(name, parents=[common], help=help, description=help)
         p.set_defaults(func=client.run, command=func, needs_config=False)
         return p
@@ -95,31 +105,56 @@ def _client_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") 
 
     def runner_fields(p: argparse.ArgumentParser, create: bool) -> None:
         p.add_argument("--name", required=create, help="3-50 characters, unique")
-        p.add_argument("--image", required=create,
-                       help="image name, e.g. busybox or registry:5000/team/job "
-                            "(a tag may be appended: busybox:1.36)")
+        p.add_argument(
+            "--image",
+            required=create,
+            help="image name, e.g. busybox or registry:5000/team/job "
+            "(a tag may be appended: busybox:1.36)",
+        )
         p.add_argument("--tag", help="image tag (default: latest)")
         cmd = p.add_mutually_exclusive_group()
-        cmd.add_argument("--command", dest="command_line", metavar="SHELL_COMMAND",
-                         help="run as sh -c SHELL_COMMAND")
-        cmd.add_argument("--argv-json", metavar="JSON",
-                         help="exec form as a JSON array, e.g. '[\"sleep\", \"30\"]'")
+        cmd.add_argument(
+            "--command",
+            dest="command_line",
+            metavar="SHELL_COMMAND",
+            help="run as sh -c SHELL_COMMAND",
+        )
+        cmd.add_argument(
+            "--argv-json",
+            metavar="JSON",
+            help='exec form as a JSON array, e.g. \'["sleep", "30"]\'',
+        )
         p.add_argument("--entrypoint", help="replaces the image's ENTRYPOINT ('' clears it)")
-        p.add_argument("--timeout", type=int, metavar="SECONDS",
-                       help="timeout_seconds, 1-86400 (default 3600)")
+        p.add_argument(
+            "--timeout", type=int, metavar="SECONDS", help="timeout_seconds, 1-86400 (default 3600)"
+        )
         p.add_argument("--instance-type", metavar="SLUG")
-        p.add_argument("--max-concurrent-runs", type=client.max_runs, metavar="N",
-                       help="1-1000, or 'none' for only the daemon's limit")
-        p.add_argument("--registry", metavar="REGISTRY_ID",
-                       help="container registry id to pull with, or 'none'")
+        p.add_argument(
+            "--max-concurrent-runs",
+            type=client.max_runs,
+            metavar="N",
+            help="1-1000, or 'none' for only the daemon's limit",
+        )
+        p.add_argument(
+            "--registry",
+            metavar="REGISTRY_ID",
+            help="container registry id to pull with, or 'none'",
+        )
         p.add_argument("--pull-policy", choices=["if_not_present", "always", "never"])
-        p.add_argument("--webhook-url", metavar="URL",
-                       help="POSTed when a run completes, or 'none'")
-        p.add_argument("-e", "--env", action="append", type=client.key_val,
-                       metavar="KEY=VAL",
-                       help=env_help if create else
-                       env_help + "; replaces ALL the runner's env variables "
-                       "(to change one, use: runnerd env set)")
+        p.add_argument(
+            "--webhook-url", metavar="URL", help="POSTed when a run completes, or 'none'"
+        )
+        p.add_argument(
+            "-e",
+            "--env",
+            action="append",
+            type=client.key_val,
+            metavar="KEY=VAL",
+            help=env_help
+            if create
+            else env_help + "; replaces ALL the runner's env variables "
+            "(to change one, use: runnerd env set)",
+        )
 
     runners = sub.add_parser("runners", help="list, show, create, update, delete runners")
     runners_sub = runners.add_subparsers(metavar="ACTION", required=True)
@@ -128,15 +163,19 @@ def _client_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     p.add_argument("runner", metavar="ID_OR_NAME")
     p = command(runners_sub, "create", client.runners_create, "create a runner")
     runner_fields(p, create=True)
-    p = command(runners_sub, "update", client.runners_update,
-                "change some of a runner's fields")
+    p = command(runners_sub, "update", client.runners_update, "change some of a runner's fields")
     p.add_argument("runner", metavar="ID_OR_NAME")
     runner_fields(p, create=False)
-    p = command(runners_sub, "warm", client.runners_warm,
-                "pull the runner's image now (with a progress bar)")
+    p = command(
+        runners_sub,
+        "warm",
+        client.runners_warm,
+        "pull the runner's image now (with a progress bar)",
+    )
     p.add_argument("runner", metavar="ID_OR_NAME")
-    p = command(runners_sub, "delete", client.runners_delete,
-                "delete a runner with its runs and logs")
+    p = command(
+        runners_sub, "delete", client.runners_delete, "delete a runner with its runs and logs"
+    )
     p.add_argument("runner", metavar="ID_OR_NAME")
 
     env = sub.add_parser("env", help="a runner's default env variables")
@@ -154,23 +193,40 @@ def _client_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     runs_sub = runs.add_subparsers(metavar="ACTION", required=True)
     p = command(runs_sub, "list", client.runs_list, "list a runner's runs, newest first")
     p.add_argument("runner", metavar="RUNNER", help="runner id or name")
-    p.add_argument("--status", help="only runs in this status: pending, running, "
-                                    "succeeded or failed")
+    p.add_argument(
+        "--status", help="only runs in this status: pending, running, succeeded or failed"
+    )
     p.add_argument("--limit", type=int, help="at most this many (1-1000, default 50)")
     p.add_argument("--before", metavar="RUN", help="only runs queued before this run (paging)")
     p = command(runs_sub, "show", client.runs_show, "show a run")
     p.add_argument("runner", metavar="RUNNER", help="runner id or name")
     p.add_argument("run", metavar="RUN", help="run id")
-    p = command(runs_sub, "trigger", client.runs_trigger,
-                "queue a run; with --wait, print its output and exit with its exit code")
+    p = command(
+        runs_sub,
+        "trigger",
+        client.runs_trigger,
+        "queue a run; with --wait, print its output and exit with its exit code",
+    )
     p.add_argument("runner", metavar="RUNNER", help="runner id or name")
-    p.add_argument("-e", "--env", action="append", type=client.key_val, metavar="KEY=VAL",
-                   help="override an env variable for this run only (repeatable)")
-    p.add_argument("--idempotency-key", metavar="K",
-                   help="a retry with the same key within 24 h queues nothing new")
-    p.add_argument("--wait", action="store_true",
-                   help="follow the output until the run ends and exit with its exit code "
-                        "(124 timeout, 125 could not start, 126 lost, 130 canceled)")
+    p.add_argument(
+        "-e",
+        "--env",
+        action="append",
+        type=client.key_val,
+        metavar="KEY=VAL",
+        help="override an env variable for this run only (repeatable)",
+    )
+    p.add_argument(
+        "--idempotency-key",
+        metavar="K",
+        help="a retry with the same key within 24 h queues nothing new",
+    )
+    p.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the output until the run ends and exit with its exit code "
+        "(124 timeout, 125 could not start, 126 lost, 130 canceled)",
+    )
     p = command(runs_sub, "cancel", client.runs_cancel, "cancel a pending or running run")
     p.add_argument("runner", metavar="RUNNER", help="runner id or name")
     p.add_argument("run", metavar="RUN", help="run id")
@@ -178,8 +234,12 @@ def _client_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") 
     p = command(sub, "logs", client.logs, "print a run's output")
     p.add_argument("runner", metavar="RUNNER", help="runner id or name")
     p.add_argument("run", metavar="RUN", help="run id")
-    p.add_argument("-f", "--follow", action="store_true",
-                   help="keep printing output as it is written, until the run ends")
+    p.add_argument(
+        "-f",
+        "--follow",
+        action="store_true",
+        help="keep printing output as it is written, until the run ends",
+    )
     p.add_argument("--tail", type=int, metavar="N", help="only the last N lines")
 
 
@@ -196,8 +256,13 @@ class JournalFormatter(logging.Formatter):
     journald files it at that priority and `journalctl -p warning` finds it. Every
     line: a traceback is many lines, and journald reads each as an entry."""
 
-    PRIORITIES = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4,
-                  logging.INFO: 6, logging.DEBUG: 7}
+    PRIORITIES = {
+        logging.CRITICAL: 2,
+        logging.ERROR: 3,
+        logging.WARNING: 4,
+        logging.INFO: 6,
+        logging.DEBUG: 7,
+    }
 
     def format(self, record: logging.LogRecord) -> str:
         priority = next((p for level, p in self.PRIORITIES.items() if record.levelno >= level), 7)
@@ -250,11 +315,15 @@ def _serve(args: argparse.Namespace, config: config_mod.Config) -> int:
     if stopped is not None:
         took = time.monotonic() - (stopped.started or time.monotonic())
         if stopped.problems:
-            log.error("stopped in %.1f s after %s, forced: %s (exit status %d)", took,
-                      stopped.reason, "; ".join(stopped.problems), status)
+            log.error(
+                "stopped in %.1f s after %s, forced: %s (exit status %d)",
+                took,
+                stopped.reason,
+                "; ".join(stopped.problems),
+                status,
+            )
         else:
-            log.info("stopped in %.1f s after %s (exit status %d)", took, stopped.reason,
-                     status)
+            log.info("stopped in %.1f s after %s (exit status %d)", took, stopped.reason, status)
     daemon.exit_now(status)
 
 
@@ -277,11 +346,13 @@ def _with_store(config: config_mod.Config, action) -> int:  # type: ignore[no-un
     async def run() -> int:
         async with Store(config.storage.db_path, config.storage.secret_key_path) as store:
             return int(await action(store))
+
     try:
         return asyncio.run(run())
     except (OSError, SecretKeyError, StoreError) as e:
-        print(f"runnerd: cannot open the database in {config.storage.data_dir}: {e}",
-              file=sys.stderr)
+        print(
+            f"runnerd: cannot open the database in {config.storage.data_dir}: {e}", file=sys.stderr
+        )
         return 1
 
 
@@ -301,6 +372,7 @@ def _keys_create(args: argparse.Namespace, config: config_mod.Config) -> int:
         print(f"Created {args.scope} API key {name!r}. Its secret is shown only now:")
         print(secret)
         return 0
+
     return _with_store(config, action)
 
 
@@ -317,6 +389,7 @@ def _keys_list(args: argparse.Namespace, config: config_mod.Config) -> int:
         for k in keys:
             print(f"{k.name:<{width}}  {k.scope.value:<5}  {format_ms(k.created_at, tz)}")
         return 0
+
     return _with_store(config, action)
 
 
@@ -327,4 +400,5 @@ def _keys_revoke(args: argparse.Namespace, config: config_mod.Config) -> int:
             return 0
         print(f"runnerd: no API key named {args.name!r}", file=sys.stderr)
         return 1
+
     return _with_store(config, action)

@@ -22,20 +22,21 @@ import os
 import re
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import aiohttp
 
 DEFAULT_URL = "http://127.0.0.1:8420"
 
 EXIT_OK = 0
-EXIT_ERROR = 1          # the API answered with an error, or the daemon could not be reached
-EXIT_USAGE = 2          # bad arguments (argparse uses 2 as well)
-EXIT_TIMEOUT = 124      # the run hit its timeout_seconds (as coreutils' `timeout`)
+EXIT_ERROR = 1  # the API answered with an error, or the daemon could not be reached
+EXIT_USAGE = 2  # bad arguments (argparse uses 2 as well)
+EXIT_TIMEOUT = 124  # the run hit its timeout_seconds (as coreutils' `timeout`)
 EXIT_NOT_STARTED = 125  # the run never started: image_pull_failed or start_failed
-EXIT_LOST = 126         # the run's container disappeared: the result is unknown
-EXIT_CANCELED = 130     # the run was canceled (or this client was interrupted: 128 + SIGINT)
+EXIT_LOST = 126  # the run's container disappeared: the result is unknown
+EXIT_CANCELED = 130  # the run was canceled (or this client was interrupted: 128 + SIGINT)
 FAILURE_EXIT_CODES = {
     "timeout": EXIT_TIMEOUT,
     "image_pull_failed": EXIT_NOT_STARTED,
@@ -45,11 +46,11 @@ FAILURE_EXIT_CODES = {
 }
 
 TERMINAL = frozenset({"succeeded", "failed"})
-POLL_SECONDS = 0.5           # status/log polling where the daemon cannot push
+POLL_SECONDS = 0.5  # status/log polling where the daemon cannot push
 CANCEL_RETRY_SECONDS = 15.0  # how long `runs cancel` retries a 503 (run starting)
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=300, sock_connect=10)
 STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None)
-RESUME_WINDOW = 64 * 1024    # bytes of printed output kept to find our place again
+RESUME_WINDOW = 64 * 1024  # bytes of printed output kept to find our place again
 ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
 
@@ -97,9 +98,10 @@ class Client:
 
     async def __aenter__(self) -> Client:
         self._session = aiohttp.ClientSession(
-            headers={"Authorization": f"Bearer {self.token}",
-                     "User-Agent": "runnerd-cli"},
-            timeout=REQUEST_TIMEOUT, auto_decompress=False)
+            headers={"Authorization": f"Bearer {self.token}", "User-Agent": "runnerd-cli"},
+            timeout=REQUEST_TIMEOUT,
+            auto_decompress=False,
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -111,10 +113,16 @@ class Client:
         assert self._session is not None, "use `async with Client(...)`"
         return self._session
 
-    async def request(self, method: str, path: str, *, body: Any = None,
-                      params: dict[str, str] | None = None,
-                      headers: dict[str, str] | None = None,
-                      timeout: aiohttp.ClientTimeout | None = None) -> Any:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+        headers: dict[str, str] | None = None,
+        timeout: aiohttp.ClientTimeout | None = None,
+    ) -> Any:
         """The decoded JSON answer; ApiError for any status >= 400."""
         kwargs: dict[str, Any] = {"params": params, "headers": dict(headers or {})}
         if timeout is not None:
@@ -128,17 +136,20 @@ class Client:
             if resp.status >= 400:
                 raise ApiError(resp.status, resp.reason or "", data)
             if data is None:
-                raise CliError(f"{method} {path}: the daemon answered {resp.status} "
-                               "without a JSON body; is --url a runnerd daemon?")
+                raise CliError(
+                    f"{method} {path}: the daemon answered {resp.status} "
+                    "without a JSON body; is --url a runnerd daemon?"
+                )
             return data
 
     @asynccontextmanager
-    async def stream(self, path: str, params: dict[str, str] | None = None,
-                     headers: dict[str, str] | None = None
-                     ) -> AsyncIterator[aiohttp.ClientResponse]:
+    async def stream(
+        self, path: str, params: dict[str, str] | None = None, headers: dict[str, str] | None = None
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
         """A response to read as it arrives (no overall timeout); ApiError on >= 400."""
-        async with self.session.get(self.url + path, params=params, headers=headers,
-                                    timeout=STREAM_TIMEOUT) as resp:
+        async with self.session.get(
+            self.url + path, params=params, headers=headers, timeout=STREAM_TIMEOUT
+        ) as resp:
             if resp.status >= 400:
                 raise ApiError(resp.status, resp.reason or "", _decode_json(await resp.read()))
             yield resp
@@ -161,16 +172,17 @@ class Client:
         for r in runners:
             if r.get("name") == ref:
                 return r
-        raise CliError(f"no runner with the id or name {ref!r} "
-                       "(see: runnerd runners list)")
+        raise CliError(f"no runner with the id or name {ref!r} (see: runnerd runners list)")
 
     async def run(self, runner: dict[str, Any], run_id: str) -> dict[str, Any]:
         try:
             return (await self.request("GET", _run_path(runner, run_id)))["run"]
         except ApiError as e:
             if e.status == 404:
-                raise CliError(f"runner {runner['name']!r} has no run {run_id!r} "
-                               f"(see: runnerd runs list {runner['name']})") from None
+                raise CliError(
+                    f"runner {runner['name']!r} has no run {run_id!r} "
+                    f"(see: runnerd runs list {runner['name']})"
+                ) from None
             raise
 
 
@@ -194,45 +206,67 @@ Command = Callable[[Client, argparse.Namespace], Awaitable[int]]
 def run(args: argparse.Namespace) -> int:
     """Run the client command `args.command` and map every failure to an exit code."""
     url = (args.url or os.environ.get("RUNNERD_URL") or DEFAULT_URL).strip()
-    token = (args.token if args.token is not None else os.environ.get("RUNNERD_TOKEN", ""))
+    token = args.token if args.token is not None else os.environ.get("RUNNERD_TOKEN", "")
     token = token.strip()
     if not token:
-        return _fail(CliError("no API token: pass --token KEY or set RUNNERD_TOKEN "
-                              "(make a key on the daemon's host with: runnerd keys create "
-                              "--name NAME)", code=EXIT_USAGE))
+        return _fail(
+            CliError(
+                "no API token: pass --token KEY or set RUNNERD_TOKEN "
+                "(make a key on the daemon's host with: runnerd keys create "
+                "--name NAME)",
+                code=EXIT_USAGE,
+            )
+        )
     if not re.match(r"https?://[^/\s]+", url):
-        return _fail(CliError(f"--url must be an http:// or https:// URL, got {url!r}",
-                              code=EXIT_USAGE))
+        return _fail(
+            CliError(f"--url must be an http:// or https:// URL, got {url!r}", code=EXIT_USAGE)
+        )
     if any(ord(c) < 33 or ord(c) > 126 for c in token):
-        return _fail(CliError("the API token must be visible ASCII characters without "
-                              "spaces", code=EXIT_USAGE))
+        return _fail(
+            CliError(
+                "the API token must be visible ASCII characters without spaces", code=EXIT_USAGE
+            )
+        )
     client = Client(url, token)
     command: Command = args.command
 
     async def main() -> int:
         async with client:
             return await command(client, args)
+
     try:
         return asyncio.run(main())
     except CliError as e:
         return _fail(e)
     except aiohttp.ClientConnectorError as e:
         errno = getattr(e.os_error, "errno", None)
-        why = (os.strerror(errno) if isinstance(errno, int) and errno > 0 else
-               getattr(e.os_error, "strerror", None) or str(e.os_error or e))
-        return _fail(CliError(f"cannot reach the daemon at {client.url}: {why}",
-                              *_watch_hint(client)))
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError,
-            aiohttp.ClientOSError) as e:
-        return _fail(CliError(f"lost the connection to the daemon at {client.url}: "
-                              f"{e or type(e).__name__}", *_watch_hint(client)))
+        why = (
+            os.strerror(errno)
+            if isinstance(errno, int) and errno > 0
+            else getattr(e.os_error, "strerror", None) or str(e.os_error or e)
+        )
+        return _fail(
+            CliError(f"cannot reach the daemon at {client.url}: {why}", *_watch_hint(client))
+        )
+    except (
+        aiohttp.ServerDisconnectedError,
+        aiohttp.ClientPayloadError,
+        aiohttp.ClientOSError,
+    ) as e:
+        return _fail(
+            CliError(
+                f"lost the connection to the daemon at {client.url}: {e or type(e).__name__}",
+                *_watch_hint(client),
+            )
+        )
     except aiohttp.InvalidURL as e:
         return _fail(CliError(f"--url {url!r} is not a valid URL ({e})", code=EXIT_USAGE))
     except TimeoutError:
         return _fail(CliError(f"the daemon at {client.url} did not answer in time"))
     except aiohttp.ClientError as e:
-        return _fail(CliError(f"request to the daemon at {client.url} failed: "
-                              f"{e or type(e).__name__}"))
+        return _fail(
+            CliError(f"request to the daemon at {client.url} failed: {e or type(e).__name__}")
+        )
     except KeyboardInterrupt:
         return _fail(CliError("interrupted", *_watch_hint(client), code=EXIT_CANCELED))
     except BrokenPipeError:
@@ -249,8 +283,10 @@ def _watch_hint(client: Client) -> list[str]:
     if client.watching is None:
         return []
     runner, run_id = client.watching
-    return [f"run {run_id} goes on; follow it with: runnerd logs {runner} {run_id} -f, "
-            f"or cancel it with: runnerd runs cancel {runner} {run_id}"]
+    return [
+        f"run {run_id} goes on; follow it with: runnerd logs {runner} {run_id} -f, "
+        f"or cancel it with: runnerd runs cancel {runner} {run_id}"
+    ]
 
 
 def _fail(e: CliError) -> int:
@@ -273,7 +309,7 @@ def _print_json(data: Any) -> None:
 def _table(headers: list[str], rows: list[list[str]]) -> None:
     widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
     for row in [headers, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _cell(value: Any) -> str:
@@ -296,8 +332,10 @@ def _show(obj: dict[str, Any]) -> None:
     width = max(len(k) for k in obj) + 1
     for key, value in obj.items():
         if key == "instance_type" and isinstance(value, dict):
-            shown = f"{value.get('slug')} ({value.get('name')}: {value.get('cpu')} CPU, " \
-                    f"{value.get('mem')} MiB)"
+            shown = (
+                f"{value.get('slug')} ({value.get('name')}: {value.get('cpu')} CPU, "
+                f"{value.get('mem')} MiB)"
+            )
         else:
             shown = _cell(value)
         print(f"{key + ':':<{width}} {shown}")
@@ -339,8 +377,10 @@ def _runner_body(args: argparse.Namespace, *, create: bool) -> dict[str, Any]:
     if args.image is not None:
         name, tag = _split_image(args.image)
         if tag is not None and args.tag is not None:
-            raise CliError(f"--image {args.image!r} has a tag and --tag is given too: "
-                           "give the tag once", code=EXIT_USAGE)
+            raise CliError(
+                f"--image {args.image!r} has a tag and --tag is given too: give the tag once",
+                code=EXIT_USAGE,
+            )
         body["image_name"] = name
         if tag is not None:
             body["image_tag"] = tag
@@ -364,8 +404,9 @@ def _runner_body(args: argparse.Namespace, *, create: bool) -> dict[str, Any]:
     if args.instance_type is not None:
         body["instance_type"] = args.instance_type
     if args.max_concurrent_runs is not None:
-        body["max_concurrent_runs"] = (None if args.max_concurrent_runs == NO_LIMIT
-                                       else args.max_concurrent_runs)
+        body["max_concurrent_runs"] = (
+            None if args.max_concurrent_runs == NO_LIMIT else args.max_concurrent_runs
+        )
     if args.registry is not None:
         body["container_registry_id"] = None if args.registry == "none" else args.registry
     if args.pull_policy is not None:
@@ -402,10 +443,19 @@ async def runners_list(c: Client, args: argparse.Namespace) -> int:
     if not runners:
         print("no runners; create one with: runnerd runners create --name NAME --image IMAGE")
         return EXIT_OK
-    _table(["NAME", "ID", "IMAGE", "INSTANCE TYPE", "TIMEOUT"], [
-        [_cell(r["name"]), r["id"], f"{r['image_name']}:{r['image_tag']}",
-         _cell((r.get("instance_type") or {}).get("slug")), f"{r['timeout_seconds']}s"]
-        for r in runners])
+    _table(
+        ["NAME", "ID", "IMAGE", "INSTANCE TYPE", "TIMEOUT"],
+        [
+            [
+                _cell(r["name"]),
+                r["id"],
+                f"{r['image_name']}:{r['image_tag']}",
+                _cell((r.get("instance_type") or {}).get("slug")),
+                f"{r['timeout_seconds']}s",
+            ]
+            for r in runners
+        ],
+    )
     return EXIT_OK
 
 
@@ -430,8 +480,10 @@ async def runners_create(c: Client, args: argparse.Namespace) -> int:
 async def runners_update(c: Client, args: argparse.Namespace) -> int:
     body = _runner_body(args, create=False)
     if not body:
-        raise CliError("nothing to update: give at least one option "
-                       "(see: runnerd runners update --help)", code=EXIT_USAGE)
+        raise CliError(
+            "nothing to update: give at least one option (see: runnerd runners update --help)",
+            code=EXIT_USAGE,
+        )
     runner = await c.runner(args.runner)
     data = await c.request("PATCH", f"/v1/runners/{runner['id']}", body=body)
     if args.json:
@@ -444,9 +496,13 @@ async def runners_update(c: Client, args: argparse.Namespace) -> int:
 async def runners_warm(c: Client, args: argparse.Namespace) -> int:
     """Pull the runner's image now; a progress bar on stderr while the daemon pulls."""
     runner = await c.runner(args.runner)
-    request = asyncio.ensure_future(c.request(
-        "POST", f"/v1/runners/{runner['id']}/warm",
-        timeout=aiohttp.ClientTimeout(total=None, sock_read=None)))
+    request = asyncio.ensure_future(
+        c.request(
+            "POST",
+            f"/v1/runners/{runner['id']}/warm",
+            timeout=aiohttp.ClientTimeout(total=None, sock_read=None),
+        )
+    )
     show = sys.stderr.isatty() and not args.json
     started = time.monotonic()
     try:
@@ -455,8 +511,10 @@ async def runners_warm(c: Client, args: argparse.Namespace) -> int:
                 elapsed = time.monotonic() - started
                 pos = int(elapsed * 8) % 20
                 bar = "".join("=" if pos <= i < pos + 5 else " " for i in range(24))
-                sys.stderr.write(f"\rpulling {runner['image_name']}:{runner['image_tag']} "
-                                 f"[{bar}] {elapsed:5.1f}s")
+                sys.stderr.write(
+                    f"\rpulling {runner['image_name']}:{runner['image_tag']} "
+                    f"[{bar}] {elapsed:5.1f}s"
+                )
                 sys.stderr.flush()
             await asyncio.wait({request}, timeout=0.125)
     finally:
@@ -469,8 +527,7 @@ async def runners_warm(c: Client, args: argparse.Namespace) -> int:
     if args.json:
         _print_json(data)
     else:
-        print(f"warmed runner {runner['name']}: image pulled in "
-              f"{time.monotonic() - started:.1f} s")
+        print(f"warmed runner {runner['name']}: image pulled in {time.monotonic() - started:.1f} s")
     return EXIT_OK
 
 
@@ -480,8 +537,10 @@ async def runners_delete(c: Client, args: argparse.Namespace) -> int:
         data = await c.request("DELETE", f"/v1/runners/{runner['id']}")
     except ApiError as e:
         if e.status == 409:
-            e.lines.append("the runner has pending or running runs: wait for them, or "
-                           f"cancel them (runnerd runs list {runner['name']} --status running)")
+            e.lines.append(
+                "the runner has pending or running runs: wait for them, or "
+                f"cancel them (runnerd runs list {runner['name']} --status running)"
+            )
         raise
     if args.json:
         _print_json(data)
@@ -504,8 +563,10 @@ async def env_list(c: Client, args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"env_variables": env})
     elif not env:
-        print(f"runner {runner['name']} has no env variables; set one with: "
-              f"runnerd env set {runner['name']} KEY=VAL")
+        print(
+            f"runner {runner['name']} has no env variables; set one with: "
+            f"runnerd env set {runner['name']} KEY=VAL"
+        )
     else:
         _table(["KEY", "VALUE"], [[e["env_key"], _cell(e["env_val"])] for e in env])
     return EXIT_OK
@@ -515,8 +576,11 @@ async def env_set(c: Client, args: argparse.Namespace) -> int:
     pairs: dict[str, str] = {}
     for key, val in args.pairs:
         if not ENV_KEY.match(key):  # checked up front so that nothing is half applied
-            raise CliError(f"{key!r} is not a valid env key: use letters, digits and '_', "
-                           "not starting with a digit", code=EXIT_USAGE)
+            raise CliError(
+                f"{key!r} is not a valid env key: use letters, digits and '_', "
+                "not starting with a digit",
+                code=EXIT_USAGE,
+            )
         pairs[key] = val  # the last one given wins
     runner = await c.runner(args.runner)
     existing = {e["env_key"]: e for e in await _env(c, runner)}
@@ -524,8 +588,7 @@ async def env_set(c: Client, args: argparse.Namespace) -> int:
     base = f"/v1/runners/{runner['id']}/env_variables"
     for key, val in pairs.items():
         if key in existing:
-            data = await c.request("PATCH", f"{base}/{existing[key]['id']}",
-                                   body={"env_val": val})
+            data = await c.request("PATCH", f"{base}/{existing[key]['id']}", body={"env_val": val})
             verb = "updated"
         else:
             data = await c.request("POST", base, body={"env_key": key, "env_val": val})
@@ -543,12 +606,10 @@ async def env_unset(c: Client, args: argparse.Namespace) -> int:
     existing = {e["env_key"]: e for e in await _env(c, runner)}
     missing = [k for k in args.keys if k not in existing]
     if missing:  # checked up front so that nothing is half applied
-        raise CliError(*[f"runner {runner['name']!r} has no env variable {k!r}"
-                         for k in missing])
+        raise CliError(*[f"runner {runner['name']!r} has no env variable {k!r}" for k in missing])
     deleted = []
     for key in dict.fromkeys(args.keys):
-        await c.request("DELETE", f"/v1/runners/{runner['id']}/env_variables/"
-                                  f"{existing[key]['id']}")
+        await c.request("DELETE", f"/v1/runners/{runner['id']}/env_variables/{existing[key]['id']}")
         deleted.append(key)
         if not args.json:
             print(f"deleted {key}")
@@ -561,23 +622,36 @@ async def env_unset(c: Client, args: argparse.Namespace) -> int:
 
 
 def _run_row(r: dict[str, Any]) -> list[str]:
-    return [r["id"], r["status"], _cell(r.get("exit_code")), _when(r.get("started_at")),
-            _when(r.get("completed_at")), _cell(r.get("failure_reason"))]
+    return [
+        r["id"],
+        r["status"],
+        _cell(r.get("exit_code")),
+        _when(r.get("started_at")),
+        _when(r.get("completed_at")),
+        _cell(r.get("failure_reason")),
+    ]
 
 
 async def runs_list(c: Client, args: argparse.Namespace) -> int:
     runner = await c.runner(args.runner)
-    params = {k: str(v) for k, v in (("status", args.status), ("limit", args.limit),
-                                     ("before", args.before)) if v is not None}
+    params = {
+        k: str(v)
+        for k, v in (("status", args.status), ("limit", args.limit), ("before", args.before))
+        if v is not None
+    }
     data = await c.request("GET", f"/v1/runners/{runner['id']}/runs", params=params)
     if args.json:
         _print_json(data)
     elif not data["runs"]:
-        print(f"no runs of runner {runner['name']}" + (f" with status {args.status}"
-                                                       if args.status else ""))
+        print(
+            f"no runs of runner {runner['name']}"
+            + (f" with status {args.status}" if args.status else "")
+        )
     else:
-        _table(["ID", "STATUS", "EXIT", "STARTED", "COMPLETED", "REASON"],
-               [_run_row(r) for r in data["runs"]])
+        _table(
+            ["ID", "STATUS", "EXIT", "STARTED", "COMPLETED", "REASON"],
+            [_run_row(r) for r in data["runs"]],
+        )
     return EXIT_OK
 
 
@@ -595,8 +669,7 @@ async def runs_trigger(c: Client, args: argparse.Namespace) -> int:
     runner = await c.runner(args.runner)
     body = {"env_variables": _env_body(args.env)} if args.env else None
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
-    data = await c.request("POST", f"/v1/runners/{runner['id']}/runs", body=body,
-                           headers=headers)
+    data = await c.request("POST", f"/v1/runners/{runner['id']}/runs", body=body, headers=headers)
     run_ = data["run"]
     if not args.wait:
         if args.json:
@@ -645,8 +718,9 @@ def _report(run_: dict[str, Any]) -> int:
         return EXIT_OK
     reason = run_.get("failure_reason")
     why = run_.get("error") or "no reason given"
-    print(f"runnerd: run {run_['id']} failed ({reason or run_.get('status')}): {why}",
-          file=sys.stderr)
+    print(
+        f"runnerd: run {run_['id']} failed ({reason or run_.get('status')}): {why}", file=sys.stderr
+    )
     if reason in FAILURE_EXIT_CODES:
         return FAILURE_EXIT_CODES[reason]
     code = run_.get("exit_code")
@@ -672,9 +746,11 @@ async def logs(c: Client, args: argparse.Namespace) -> int:
     path = _run_path(runner, run_["id"]) + "/logs"
     if args.json:
         if args.follow:
-            raise CliError("-f cannot be combined with --json; for live structured logs, "
-                           "read the logs endpoint with Accept: text/event-stream",
-                           code=EXIT_USAGE)
+            raise CliError(
+                "-f cannot be combined with --json; for live structured logs, "
+                "read the logs endpoint with Accept: text/event-stream",
+                code=EXIT_USAGE,
+            )
         _print_json({"logs": await _json_logs(c, path, args.tail)})
         return EXIT_OK
     if args.follow:
@@ -694,19 +770,19 @@ async def _json_logs(c: Client, path: str, tail: int | None) -> list[dict[str, A
     entries: list[dict[str, Any]] = []
     params = {"limit": "2500"}
     while True:
-        data = await c.request("GET", path, params=params,
-                               headers={"Accept": "application/json"})
+        data = await c.request("GET", path, params=params, headers={"Accept": "application/json"})
         page = data["logs"]
         entries.extend(page)
         if tail is not None and len(entries) > tail:
-            entries = entries[len(entries) - tail:] if tail else []
+            entries = entries[len(entries) - tail :] if tail else []
         if len(page) < int(params["limit"]) or not page:
             return entries
         params = {"limit": params["limit"], "after": str(page[-1]["id"])}
 
 
-async def follow_logs(c: Client, runner: dict[str, Any], run_id: str,
-                      tail: int | None = None) -> dict[str, Any]:
+async def follow_logs(
+    c: Client, runner: dict[str, Any], run_id: str, tail: int | None = None
+) -> dict[str, Any]:
     """Print the run's output to stdout as it is written, until the run has
     completed; returns the final run.
 

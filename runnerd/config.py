@@ -14,10 +14,11 @@ import os
 import re
 import tomllib
 import zoneinfo
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import tzlocal
 
@@ -92,7 +93,7 @@ class DockerConfig:
     network: str = "bridge"
     stop_grace_seconds: float = 10.0
     request_timeout_seconds: float = 60.0  # each short engine call (create, start, inspect, ...)
-    pull_stall_seconds: float = 120.0      # a pull with no progress for this long is aborted
+    pull_stall_seconds: float = 120.0  # a pull with no progress for this long is aborted
     start_timeout_seconds: float = 3600.0  # a run's pull + create, from when it is picked
 
 
@@ -104,16 +105,16 @@ class SchedulerConfig:
 
 @dataclass(frozen=True)
 class RetentionConfig:
-    max_age_days: float | None = None        # completed runs older than this are deleted
-    max_runs_per_runner: int | None = None   # keep only this many completed runs per runner
+    max_age_days: float | None = None  # completed runs older than this are deleted
+    max_runs_per_runner: int | None = None  # keep only this many completed runs per runner
     sweep_interval_seconds: float = 3600.0
 
 
 @dataclass(frozen=True)
 class WebhooksConfig:
     secret: str | None = None  # HMAC-SHA256 key for X-Runnerd-Signature; needed for webhook_url
-    timeout_seconds: float = 10.0        # per delivery attempt
-    max_retry_seconds: float = 3600.0    # after a run completed, how long failed deliveries retry
+    timeout_seconds: float = 10.0  # per delivery attempt
+    max_retry_seconds: float = 3600.0  # after a run completed, how long failed deliveries retry
     # None: any host. Else the only hosts a webhook_url may name (names or addresses,
     # normalized by `host_key`): the daemon POSTs wherever a full key tells it to.
     allowed_hosts: frozenset[str] | None = None
@@ -156,7 +157,9 @@ def host_zone() -> tzinfo:
         logging.getLogger("runnerd").warning(
             "the host's time zone (TZ=%r) is not an IANA zone such as Europe/Berlin; times "
             "use the offset in force now (%s) all year: set timezone in the config",
-            os.environ.get("TZ"), fixed)
+            os.environ.get("TZ"),
+            fixed,
+        )
         return fixed  # type: ignore[return-value]
 
 
@@ -198,45 +201,84 @@ def load(path: str | os.PathLike[str] | None) -> Config:
 
 def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     """Build a Config from parsed TOML, naming the key of the first problem."""
-    top_keys = {"server", "storage", "docker", "scheduler", "retention", "webhooks",
-                "timezone", "default_instance_type", "instance_types"}
+    top_keys = {
+        "server",
+        "storage",
+        "docker",
+        "scheduler",
+        "retention",
+        "webhooks",
+        "timezone",
+        "default_instance_type",
+        "instance_types",
+    }
     _no_unknown_keys(data, top_keys, "")
 
-    server = _section(data, "server", ServerConfig, {
-        "listen": _listen,
-        "max_body_bytes": lambda k, v: _int(k, v, 1024, 1024 * 1024 * 1024),
-        "metrics_token": _token,
-        "max_log_followers": lambda k, v: _int(k, v, 1, 100_000),
-    })
-    storage = _section(data, "storage", StorageConfig, {
-        "data_dir": lambda k, v: _path(k, v, base_dir),
-        "max_log_bytes": lambda k, v: _int(k, v, 1024, 2**50),
-        "secret_key_file": lambda k, v: _path(k, v, base_dir),
-        "log_read_threads": lambda k, v: _int(k, v, 1, 256),
-    })
-    docker = _section(data, "docker", DockerConfig, {
-        "url": _docker_url,
-        "network": _nonempty_str,
-        "stop_grace_seconds": lambda k, v: _number(k, v, 0, 3600),
-        "request_timeout_seconds": lambda k, v: _number(k, v, 1, 3600),
-        "pull_stall_seconds": lambda k, v: _number(k, v, 1, 86400),
-        "start_timeout_seconds": lambda k, v: _number(k, v, 1, 7 * 86400),
-    })
-    scheduler = _section(data, "scheduler", SchedulerConfig, {
-        "max_concurrent_runs": lambda k, v: _int(k, v, 1, 1000),
-        "on_shutdown": lambda k, v: _choice(k, v, ("leave", "stop")),
-    })
-    retention = _section(data, "retention", RetentionConfig, {
-        "max_age_days": lambda k, v: _number(k, v, 0.001, 36500),
-        "max_runs_per_runner": lambda k, v: _int(k, v, 1, 10_000_000),
-        "sweep_interval_seconds": lambda k, v: _number(k, v, 1, 7 * 86400),
-    })
-    webhooks = _section(data, "webhooks", WebhooksConfig, {
-        "secret": _webhook_secret,
-        "timeout_seconds": lambda k, v: _number(k, v, 0.1, 300),
-        "max_retry_seconds": lambda k, v: _number(k, v, 0, 7 * 86400),
-        "allowed_hosts": _host_list,
-    })
+    server = _section(
+        data,
+        "server",
+        ServerConfig,
+        {
+            "listen": _listen,
+            "max_body_bytes": lambda k, v: _int(k, v, 1024, 1024 * 1024 * 1024),
+            "metrics_token": _token,
+            "max_log_followers": lambda k, v: _int(k, v, 1, 100_000),
+        },
+    )
+    storage = _section(
+        data,
+        "storage",
+        StorageConfig,
+        {
+            "data_dir": lambda k, v: _path(k, v, base_dir),
+            "max_log_bytes": lambda k, v: _int(k, v, 1024, 2**50),
+            "secret_key_file": lambda k, v: _path(k, v, base_dir),
+            "log_read_threads": lambda k, v: _int(k, v, 1, 256),
+        },
+    )
+    docker = _section(
+        data,
+        "docker",
+        DockerConfig,
+        {
+            "url": _docker_url,
+            "network": _nonempty_str,
+            "stop_grace_seconds": lambda k, v: _number(k, v, 0, 3600),
+            "request_timeout_seconds": lambda k, v: _number(k, v, 1, 3600),
+            "pull_stall_seconds": lambda k, v: _number(k, v, 1, 86400),
+            "start_timeout_seconds": lambda k, v: _number(k, v, 1, 7 * 86400),
+        },
+    )
+    scheduler = _section(
+        data,
+        "scheduler",
+        SchedulerConfig,
+        {
+            "max_concurrent_runs": lambda k, v: _int(k, v, 1, 1000),
+            "on_shutdown": lambda k, v: _choice(k, v, ("leave", "stop")),
+        },
+    )
+    retention = _section(
+        data,
+        "retention",
+        RetentionConfig,
+        {
+            "max_age_days": lambda k, v: _number(k, v, 0.001, 36500),
+            "max_runs_per_runner": lambda k, v: _int(k, v, 1, 10_000_000),
+            "sweep_interval_seconds": lambda k, v: _number(k, v, 1, 7 * 86400),
+        },
+    )
+    webhooks = _section(
+        data,
+        "webhooks",
+        WebhooksConfig,
+        {
+            "secret": _webhook_secret,
+            "timeout_seconds": lambda k, v: _number(k, v, 0.1, 300),
+            "max_retry_seconds": lambda k, v: _number(k, v, 0, 7 * 86400),
+            "allowed_hosts": _host_list,
+        },
+    )
 
     timezone = data.get("timezone")
     if timezone is not None:
@@ -244,8 +286,10 @@ def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
         try:
             zoneinfo.ZoneInfo(timezone)
         except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ConfigError(f"timezone: unknown time zone {timezone!r} "
-                              "(use an IANA name such as 'Europe/Berlin' or 'UTC')") from None
+            raise ConfigError(
+                f"timezone: unknown time zone {timezone!r} "
+                "(use an IANA name such as 'Europe/Berlin' or 'UTC')"
+            ) from None
 
     instance_types = dict(BUILTIN_INSTANCE_TYPES)
     if "instance_types" in data:
@@ -255,11 +299,20 @@ def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
     if default_type not in instance_types:
         raise ConfigError(
             f"default_instance_type: {default_type!r} is not one of the instance types "
-            f"({', '.join(sorted(instance_types))})")
+            f"({', '.join(sorted(instance_types))})"
+        )
 
-    return Config(server=server, storage=storage, docker=docker, scheduler=scheduler,
-                  retention=retention, webhooks=webhooks, timezone=timezone, default_instance_type=default_type,
-                  instance_types=instance_types)
+    return Config(
+        server=server,
+        storage=storage,
+        docker=docker,
+        scheduler=scheduler,
+        retention=retention,
+        webhooks=webhooks,
+        timezone=timezone,
+        default_instance_type=default_type,
+        instance_types=instance_types,
+    )
 
 
 Parser = Callable[[str, Any], Any]
@@ -270,8 +323,7 @@ def _section(data: dict[str, Any], name: str, cls: type, parsers: dict[str, Pars
     if not isinstance(raw, dict):
         raise ConfigError(f"{name}: must be a table ([{name}])")
     _no_unknown_keys(raw, set(parsers), name + ".")
-    values = {key: parse(f"{name}.{key}", raw[key]) for key, parse in parsers.items()
-              if key in raw}
+    values = {key: parse(f"{name}.{key}", raw[key]) for key, parse in parsers.items() if key in raw}
     return cls(**values)
 
 
@@ -307,8 +359,9 @@ def _instance_types(raw: Any) -> dict[str, InstanceType]:
 
 
 def _is_slug(s: str) -> bool:
-    return 1 <= len(s) <= 50 and all(c.isascii() and (c.islower() or c.isdigit() or c in "-_")
-                                     for c in s)
+    return 1 <= len(s) <= 50 and all(
+        c.isascii() and (c.islower() or c.isdigit() or c in "-_") for c in s
+    )
 
 
 def _split_listen(listen: str) -> tuple[str, int]:
@@ -325,8 +378,10 @@ def _listen(key: str, value: Any) -> str:
     try:
         _, port = _split_listen(value)
     except ValueError:
-        raise ConfigError(f"{key}: must look like 'HOST:PORT' (e.g. '127.0.0.1:8420' "
-                          f"or '[::1]:8420'), got {value!r}") from None
+        raise ConfigError(
+            f"{key}: must look like 'HOST:PORT' (e.g. '127.0.0.1:8420' "
+            f"or '[::1]:8420'), got {value!r}"
+        ) from None
     if not 0 <= port <= 65535:
         raise ConfigError(f"{key}: port {port} is out of range 0-65535")
     return value
@@ -335,8 +390,9 @@ def _listen(key: str, value: Any) -> str:
 def _docker_url(key: str, value: Any) -> str:
     value = _nonempty_str(key, value)
     if not value.startswith(("unix://", "tcp://", "http://", "https://", "ssh://")):
-        raise ConfigError(f"{key}: must start with unix://, tcp://, http://, https:// "
-                          f"or ssh://, got {value!r}")
+        raise ConfigError(
+            f"{key}: must start with unix://, tcp://, http://, https:// or ssh://, got {value!r}"
+        )
     return value
 
 
@@ -350,28 +406,36 @@ def _path(key: str, value: Any, base_dir: Path | None) -> Path:
 def _token(key: str, value: Any) -> str:
     value = _nonempty_str(key, value)
     if value != value.strip():
-        raise ConfigError(f"{key}: must not begin or end with spaces (a client's "
-                          "Authorization header is read without them, so it could never match)")
+        raise ConfigError(
+            f"{key}: must not begin or end with spaces (a client's "
+            "Authorization header is read without them, so it could never match)"
+        )
     return value
 
 
-_HOST_NAME = re.compile(r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*"
-                        r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z")  # "_": DNS allows it
+_HOST_NAME = re.compile(
+    r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)*"
+    r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\Z"
+)  # "_": DNS allows it
 
 
 def _host_list(key: str, value: Any) -> frozenset[str]:
     if not isinstance(value, list) or not value:
-        raise ConfigError(f"{key}: must be a non-empty list of host names or addresses, such "
-                          "as [\"hooks.example.com\", \"10.0.0.7\"] (leave it out to allow any "
-                          f"host), got {value!r}")
+        raise ConfigError(
+            f"{key}: must be a non-empty list of host names or addresses, such "
+            'as ["hooks.example.com", "10.0.0.7"] (leave it out to allow any '
+            f"host), got {value!r}"
+        )
     hosts = set()
     for i, item in enumerate(value):
         if not isinstance(item, str) or not item.strip():
             raise ConfigError(f"{key}[{i}]: must be a host name or address, got {item!r}")
         host = host_key(item)
         if not _is_ip(host) and not _HOST_NAME.match(host):
-            raise ConfigError(f"{key}[{i}]: {item!r} is not a host name or address (give "
-                              "the host alone: no scheme, port or path)")
+            raise ConfigError(
+                f"{key}[{i}]: {item!r} is not a host name or address (give "
+                "the host alone: no scheme, port or path)"
+            )
         hosts.add(host)
     return frozenset(hosts)
 

@@ -27,8 +27,9 @@ class SecretBox:
         try:
             self._fernet = Fernet(key)
         except (ValueError, TypeError):
-            raise SecretKeyError("the secret key is not a valid Fernet key "
-                                 "(32 url-safe base64-encoded bytes)") from None
+            raise SecretKeyError(
+                "the secret key is not a valid Fernet key (32 url-safe base64-encoded bytes)"
+            ) from None
 
     def encrypt(self, value: str) -> str:
         return PREFIX + self._fernet.encrypt(value.encode("utf-8")).decode("ascii")
@@ -38,7 +39,7 @@ class SecretBox:
         if not stored.startswith(PREFIX):
             return stored
         try:
-            return self._fernet.decrypt(stored[len(PREFIX):].encode("ascii")).decode("utf-8")
+            return self._fernet.decrypt(stored[len(PREFIX) :].encode("ascii")).decode("utf-8")
         except InvalidToken:
             raise SecretKeyError("a stored secret cannot be decrypted with this key") from None
 
@@ -72,7 +73,9 @@ def load_key(path: Path, *, create: bool) -> bytes:
     try:
         Fernet(key)
     except (ValueError, TypeError):
-        raise SecretKeyError(f"the secret key file {path} does not hold a valid Fernet key "
-                             "(32 url-safe base64-encoded bytes); restore it from your "
-                             "backup") from None
+        raise SecretKeyError(
+            f"the secret key file {path} does not hold a valid Fernet key "
+            "(32 url-safe base64-encoded bytes); restore it from your "
+            "backup"
+        ) from None
     return key

@@ -15,10 +15,11 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any, Awaitable, Callable, Iterable, NoReturn
+from typing import Any, NoReturn
 
 from aiohttp import web
 
@@ -26,7 +27,11 @@ from . import datadir, metrics
 from .api import STOPPING, make_app
 from .config import Config
 from .engine import (
-    LOG_LINE_OVERHEAD, LOG_PIECE_OVERHEAD, Engine, EngineError, connection_limit,
+    LOG_LINE_OVERHEAD,
+    LOG_PIECE_OVERHEAD,
+    Engine,
+    EngineError,
+    connection_limit,
     log_file_bytes,
 )
 from .executor import Executor
@@ -65,8 +70,12 @@ class StopBounds:
 
     @property
     def phases(self) -> list[float]:
-        return [max(self.tasks, self.http, self.scheduler), self.services, self.database,
-                self.threads]
+        return [
+            max(self.tasks, self.http, self.scheduler),
+            self.services,
+            self.database,
+            self.threads,
+        ]
 
     @property
     def total(self) -> float:
@@ -86,8 +95,14 @@ def stop_bounds(config: Config) -> StopBounds:
     # aiohttp waits SHUTDOWN_SECONDS for in-flight requests, cancels them, waits as
     # long again for that to take, and rounds each wait up to a whole second.
     http = 2 * (SHUTDOWN_SECONDS + 1) + 1
-    return StopBounds(tasks=STEP_SECONDS, http=http, scheduler=scheduler,
-                      services=STEP_SECONDS, database=STEP_SECONDS, threads=STEP_SECONDS)
+    return StopBounds(
+        tasks=STEP_SECONDS,
+        http=http,
+        scheduler=scheduler,
+        services=STEP_SECONDS,
+        database=STEP_SECONDS,
+        threads=STEP_SECONDS,
+    )
 
 
 @dataclass
@@ -116,10 +131,13 @@ async def serve(config: Config) -> Stopped:
     workers = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="runnerd-worker")
     loop.set_default_executor(workers)
     store: Store | None = None
-    engine = Engine(config.docker.url, request_timeout=config.docker.request_timeout_seconds,
-                    pull_timeout=config.docker.start_timeout_seconds,
-                    pull_stall=config.docker.pull_stall_seconds,
-                    max_connections=connection_limit(config.scheduler.max_concurrent_runs))
+    engine = Engine(
+        config.docker.url,
+        request_timeout=config.docker.request_timeout_seconds,
+        pull_timeout=config.docker.start_timeout_seconds,
+        pull_stall=config.docker.pull_stall_seconds,
+        max_connections=connection_limit(config.scheduler.max_concurrent_runs),
+    )
     logs: LogStore | None = None
     app: web.Application | None = None
     runner: web.AppRunner | None = None
@@ -132,9 +150,14 @@ async def serve(config: Config) -> Stopped:
         try:
             datadir.lock(config.storage.data_dir)  # one daemon per data dir, until we exit
             max_log_bytes = config.storage.max_log_bytes
-            logs = LogStore(config.storage.logs_dir, max_log_bytes, engine_copy=EngineCopy(
-                log_file_bytes(max_log_bytes), LOG_LINE_OVERHEAD, LOG_PIECE_OVERHEAD),
-                read_threads=config.storage.log_read_threads)
+            logs = LogStore(
+                config.storage.logs_dir,
+                max_log_bytes,
+                engine_copy=EngineCopy(
+                    log_file_bytes(max_log_bytes), LOG_LINE_OVERHEAD, LOG_PIECE_OVERHEAD
+                ),
+                read_threads=config.storage.log_read_threads,
+            )
             logs.prepare()
             store = Store(config.storage.db_path, config.storage.secret_key_path)
             await store.open()
@@ -147,31 +170,58 @@ async def serve(config: Config) -> Stopped:
             except EngineError as e:
                 log.warning("%s; runs stay pending until it does", e)
             daemon_id = await store.daemon_id()
-            executor = Executor(store, engine, logs, daemon_id=daemon_id,
-                                network=config.docker.network,
-                                stop_grace_seconds=config.docker.stop_grace_seconds,
-                                start_timeout_seconds=config.docker.start_timeout_seconds)
-            scheduler = Scheduler(store, executor, engine=engine, daemon_id=daemon_id,
-                                  max_concurrent_runs=config.scheduler.max_concurrent_runs)
+            executor = Executor(
+                store,
+                engine,
+                logs,
+                daemon_id=daemon_id,
+                network=config.docker.network,
+                stop_grace_seconds=config.docker.stop_grace_seconds,
+                start_timeout_seconds=config.docker.start_timeout_seconds,
+            )
+            scheduler = Scheduler(
+                store,
+                executor,
+                engine=engine,
+                daemon_id=daemon_id,
+                max_concurrent_runs=config.scheduler.max_concurrent_runs,
+            )
             app = make_app(config, store, engine, logs, scheduler, executor)
-            runner = web.AppRunner(app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS,
-                                   handle_signals=False)
+            runner = web.AppRunner(
+                app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS, handle_signals=False
+            )
             await runner.setup()
             site = web.TCPSite(runner, config.server.host, config.server.port)
             await site.start()
             for address in runner.addresses:
                 host, port = address[0], address[1]
-                log.info("listening on http://%s:%d (data in %s)",
-                         f"[{host}]" if ":" in host else host, port, config.storage.data_dir)
+                log.info(
+                    "listening on http://%s:%d (data in %s)",
+                    f"[{host}]" if ":" in host else host,
+                    port,
+                    config.storage.data_dir,
+                )
             scheduler.start()
             notifier.start()
             retention.start()
-            side_tasks.append(asyncio.create_task(tell_systemd(
-                scheduler.reconciled, _service_status(store, engine, scheduler),
-                ready_wait_seconds=READY_WAIT_SECONDS)))
-            await _until_stopped_or_failed(stop, {
-                "the scheduler": scheduler.task, "webhook deliveries": notifier.task,
-                "retention": retention.task, "the systemd watchdog": side_tasks[-1]})
+            side_tasks.append(
+                asyncio.create_task(
+                    tell_systemd(
+                        scheduler.reconciled,
+                        _service_status(store, engine, scheduler),
+                        ready_wait_seconds=READY_WAIT_SECONDS,
+                    )
+                )
+            )
+            await _until_stopped_or_failed(
+                stop,
+                {
+                    "the scheduler": scheduler.task,
+                    "webhook deliveries": notifier.task,
+                    "retention": retention.task,
+                    "the systemd watchdog": side_tasks[-1],
+                },
+            )
         except asyncio.CancelledError:
             if stop.reason is None:
                 raise
@@ -186,14 +236,20 @@ async def serve(config: Config) -> Stopped:
             app[STOPPING].set()  # log followers end their streams
         # Each step is bounded and one that raises does not skip the rest: a stop
         # must end within seconds whatever hangs, and the log names the step that did.
-        steps: list[tuple[Any, ...]] = [
-            ("the side tasks", _cancel(side_tasks), bounds.tasks)]
+        steps: list[tuple[Any, ...]] = [("the side tasks", _cancel(side_tasks), bounds.tasks)]
         if runner is not None:  # stop accepting, let in-flight requests finish
             steps.append(("the HTTP server", runner.cleanup(), bounds.http))
         if scheduler is not None:
-            steps.append(("the scheduler", scheduler.stop(
-                stop_runs=config.scheduler.on_shutdown == "stop",
-                grace_seconds=config.docker.stop_grace_seconds), bounds.scheduler))
+            steps.append(
+                (
+                    "the scheduler",
+                    scheduler.stop(
+                        stop_runs=config.scheduler.on_shutdown == "stop",
+                        grace_seconds=config.docker.stop_grace_seconds,
+                    ),
+                    bounds.scheduler,
+                )
+            )
         await stop.phase(steps)
         steps = [("the engine client", _close_engine(executor, engine), bounds.services)]
         if retention is not None:
@@ -202,13 +258,13 @@ async def serve(config: Config) -> Stopped:
             steps.append(("webhooks", notifier.stop(), bounds.services))
         await stop.phase(steps)
         if store is not None:
-            await stop.phase([("the database", store.close(DATABASE_WAIT_SECONDS),
-                               bounds.database)])
+            await stop.phase(
+                [("the database", store.close(DATABASE_WAIT_SECONDS), bounds.database)]
+            )
         if logs is not None:
             logs.close()  # the log read pool: its busy threads are waited for below
         workers.shutdown(wait=False, cancel_futures=True)
-        await stop.phase([("the worker threads", _threads_idle(), bounds.threads,
-                            _busy_threads)])
+        await stop.phase([("the worker threads", _threads_idle(), bounds.threads, _busy_threads)])
     return stop.outcome
 
 
@@ -255,8 +311,12 @@ class _StopSignal:
             return
         self.outcome.started = time.monotonic()
         deadline = self.bounds.deadline
-        self._timer = threading.Timer(deadline, lambda: hard_exit(
-            f"not stopped {deadline:.0f} s after the stop began", self._running_steps))
+        self._timer = threading.Timer(
+            deadline,
+            lambda: hard_exit(
+                f"not stopped {deadline:.0f} s after the stop began", self._running_steps
+            ),
+        )
         self._timer.daemon = True
         self._timer.name = "runnerd-stop-deadline"
         self._timer.start()
@@ -270,8 +330,9 @@ class _StopSignal:
         self._running_steps = []
 
 
-async def _bounded(what: str, step: Awaitable[None], seconds: float,
-                   busy: Callable[[], list[str]] | None = None) -> str | None:
+async def _bounded(
+    what: str, step: Awaitable[None], seconds: float, busy: Callable[[], list[str]] | None = None
+) -> str | None:
     """Run one shutdown step for at most `seconds`. One that hangs is cancelled
     and left behind, not awaited (its own cleanup may hang too, as a database
     close behind a lock wait can); one that raises is logged. Either way the
@@ -283,13 +344,13 @@ async def _bounded(what: str, step: Awaitable[None], seconds: float,
         task.cancel()
         still = busy() if busy is not None else []
         detail = f" (busy: {', '.join(still)})" if still else ""
-        log.error("stopping: %s did not stop within %.0f s%s; going on without it",
-                  what, seconds, detail)
+        log.error(
+            "stopping: %s did not stop within %.0f s%s; going on without it", what, seconds, detail
+        )
         return f"{what} did not stop within {seconds:.0f} s"
     error = asyncio.CancelledError() if task.cancelled() else task.exception()
     if error is not None:
-        log.error("stopping: %s failed (%s); going on", what, _describe(error),
-                  exc_info=error)
+        log.error("stopping: %s failed (%s); going on", what, _describe(error), exc_info=error)
         return f"{what} failed ({_describe(error)})"
     return None
 
@@ -328,8 +389,11 @@ def _busy_threads(*, daemon: bool = False) -> list[str]:
     frames = sys._current_frames()
     busy = []
     for thread in threading.enumerate():
-        if thread is threading.current_thread() or (thread.daemon and not daemon) \
-                or thread.ident not in frames:
+        if (
+            thread is threading.current_thread()
+            or (thread.daemon and not daemon)
+            or thread.ident not in frames
+        ):
             continue
         ours = first = None  # innermost frame of our code; innermost at all
         frame = frames[thread.ident]
@@ -356,8 +420,14 @@ def _location(frame: FrameType) -> str:
 _OUR_CODE = str(Path(__file__).parent) + os.sep
 # Where a thread that waits for work sits: a pool's worker loop, its queue, an
 # event loop's select.
-_PLUMBING = {threading.__file__, concurrent.futures.thread.__file__, queue.__file__,
-             selectors.__file__, asyncio.base_events.__file__, asyncio.events.__file__}
+_PLUMBING = {
+    threading.__file__,
+    concurrent.futures.thread.__file__,
+    queue.__file__,
+    selectors.__file__,
+    asyncio.base_events.__file__,
+    asyncio.events.__file__,
+}
 
 
 def _describe(error: BaseException) -> str:
@@ -365,8 +435,9 @@ def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
-async def _until_stopped_or_failed(stop: _StopSignal,
-                                   tasks: dict[str, asyncio.Task[None] | None]) -> None:
+async def _until_stopped_or_failed(
+    stop: _StopSignal, tasks: dict[str, asyncio.Task[None] | None]
+) -> None:
     """Until SIGTERM or SIGINT; or until one of the background tasks ends, which
     none does on its own: each survives what it can (see its loop), and past that
     runnerd stops and exits non-zero, with one ERROR line naming the task and its
@@ -382,10 +453,15 @@ async def _until_stopped_or_failed(stop: _StopSignal,
     for task in done:
         if task in watched:
             error = None if task.cancelled() else task.exception()
-            log.error("%s stopped: %s; exiting, for the service manager to restart runnerd",
-                      watched[task], "cancelled" if task.cancelled() else
-                      "it returned" if error is None else
-                      f"{type(error).__name__}: {str(error) or '(no message)'}")
+            log.error(
+                "%s stopped: %s; exiting, for the service manager to restart runnerd",
+                watched[task],
+                "cancelled"
+                if task.cancelled()
+                else "it returned"
+                if error is None
+                else f"{type(error).__name__}: {str(error) or '(no message)'}",
+            )
             stop.outcome.failed = True
             stop.request(f"{watched[task]} stopped")
             return
@@ -419,8 +495,9 @@ def exit_now(status: int) -> NoReturn:
         os._exit(status)
 
 
-def _service_status(store: Store, engine: Engine,
-                    scheduler: Scheduler) -> Callable[[], Awaitable[str]]:
+def _service_status(
+    store: Store, engine: Engine, scheduler: Scheduler
+) -> Callable[[], Awaitable[str]]:
     """systemd's STATUS text: the queue counts, whether the engine answers (asked
     at most every ENGINE_CHECK_SECONDS, not at every check: the scheduler only
     notices an outage while it tries to start runs), and why the scheduler is not
@@ -441,9 +518,13 @@ def _service_status(store: Store, engine: Engine,
             except (EngineError, TimeoutError):
                 engine_note = "; the Docker engine does not answer, runs stay pending"
         health = scheduler.health
-        note = engine_note or (f"; not claiming runs: {health.why}" if not health.ok else
-                               "" if scheduler.reconciled.is_set() else
-                               "; not reconciled with the Docker engine yet")
+        note = engine_note or (
+            f"; not claiming runs: {health.why}"
+            if not health.ok
+            else ""
+            if scheduler.reconciled.is_set()
+            else "; not reconciled with the Docker engine yet"
+        )
         return f"serving; {queue['pending']} pending, {queue['running']} running{note}"
 
     return status

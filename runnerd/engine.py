@@ -15,9 +15,10 @@ import logging
 import os
 import struct
 import time
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, fields
-from typing import Any, AsyncIterator, Awaitable, TypeVar
+from typing import Any, TypeVar
 
 import aiodocker
 import aiohttp
@@ -97,8 +98,11 @@ class ContainerSpec:
 
     def __repr__(self) -> str:  # env values are secrets: only their names are shown
         shown = ", ".join(
-            f"{f.name}={[k for k, _ in self.env]!r}" if f.name == "env"
-            else f"{f.name}={getattr(self, f.name)!r}" for f in fields(self))
+            f"{f.name}={[k for k, _ in self.env]!r}"
+            if f.name == "env"
+            else f"{f.name}={getattr(self, f.name)!r}"
+            for f in fields(self)
+        )
         return f"ContainerSpec({shown})"
 
 
@@ -162,9 +166,15 @@ class Engine:
     event; only a container's wait and its output stream last as long as it runs.
     `max_connections` sizes the connection pool (see connection_limit())."""
 
-    def __init__(self, url: str | None = None, *, request_timeout: float = 60.0,
-                 pull_timeout: float = 3600.0, pull_stall: float = 120.0,
-                 max_connections: int = connection_limit(4)) -> None:
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        request_timeout: float = 60.0,
+        pull_timeout: float = 3600.0,
+        pull_stall: float = 120.0,
+        max_connections: int = connection_limit(4),
+    ) -> None:
         self._url = url
         self.request_timeout = request_timeout
         self.pull_timeout = pull_timeout
@@ -178,8 +188,7 @@ class Engine:
         if self._docker is None:
             url, connector = self._connector()
             try:
-                self._docker = aiodocker.Docker(url=url, connector=connector,
-                                                timeout=_NO_TIMEOUT)
+                self._docker = aiodocker.Docker(url=url, connector=connector, timeout=_NO_TIMEOUT)
             except ValueError as e:
                 raise EngineUnavailable(f"cannot find the Docker engine: {e}") from None
         return self._docker
@@ -196,19 +205,26 @@ class Engine:
             return self._url, None  # aiodocker says what it could not find
         if url.startswith("unix://"):
             # aiodocker's own name for a unix socket in URLs (the path is the pool's)
-            return "unix://localhost", aiohttp.UnixConnector(url[len("unix://"):],
-                                                            limit=self.max_connections)
-        if url.startswith(("tcp://", "http://", "https://")) \
-                and os.environ.get("DOCKER_TLS_VERIFY", "0") != "1":
+            return "unix://localhost", aiohttp.UnixConnector(
+                url[len("unix://") :], limit=self.max_connections
+            )
+        if (
+            url.startswith(("tcp://", "http://", "https://"))
+            and os.environ.get("DOCKER_TLS_VERIFY", "0") != "1"
+        ):
             return url, aiohttp.TCPConnector(limit=self.max_connections)
-        log.warning("the Docker engine client's connection pool is aiohttp's default (100) "
-                    "for %s, not sized from [scheduler] max_concurrent_runs", url)
+        log.warning(
+            "the Docker engine client's connection pool is aiohttp's default (100) "
+            "for %s, not sized from [scheduler] max_concurrent_runs",
+            url,
+        )
         return url, None
 
     def _timed_out(self, what: str, operation: str) -> EngineTimeout:
         metrics.engine_error(operation)
-        return EngineTimeout(f"{what}: the Docker engine did not answer within "
-                             f"{self.request_timeout:g} s")
+        return EngineTimeout(
+            f"{what}: the Docker engine did not answer within {self.request_timeout:g} s"
+        )
 
     async def _bounded(self, call: Awaitable[T], what: str, operation: str) -> T:
         """`call` within request_timeout; past it an EngineTimeout saying so."""
@@ -219,8 +235,9 @@ class Engine:
             raise self._timed_out(what, operation) from None
 
     @asynccontextmanager
-    async def _quick(self, path: str, what: str, operation: str,
-                     **kw: Any) -> AsyncIterator[aiohttp.ClientResponse]:
+    async def _quick(
+        self, path: str, what: str, operation: str, **kw: Any
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
         """A short request (answer read or released within request_timeout)."""
         try:
             async with asyncio.timeout(self.request_timeout):
@@ -241,8 +258,11 @@ class Engine:
         short lines). The connection closes at the end of the stream."""
         if self._streams is None:
             self._streams = aiohttp.ClientSession(
-                connector=self.docker.connector, connector_owner=False,
-                version=aiohttp.HttpVersion10, timeout=_NO_TIMEOUT)
+                connector=self.docker.connector,
+                connector_owner=False,
+                version=aiohttp.HttpVersion10,
+                timeout=_NO_TIMEOUT,
+            )
         return self._streams
 
     async def close(self) -> None:
@@ -267,8 +287,9 @@ class Engine:
 
     async def has_image(self, ref: str) -> bool:
         try:
-            await self._bounded(self.docker.images.inspect(ref), f"could not inspect image {ref}",
-                                "inspect_image")
+            await self._bounded(
+                self.docker.images.inspect(ref), f"could not inspect image {ref}", "inspect_image"
+            )
             return True
         except DockerError as e:
             if e.status == 404:
@@ -286,8 +307,11 @@ class Engine:
         `pull_timeout`, is aborted with an EngineError saying so. Aborting (that,
         or the caller's cancel) closes the request, which makes the engine stop
         the pull."""
-        log.info("pulling image %s%s", ref,
-                 f" as {credentials.username} from {credentials.host}" if credentials else "")
+        log.info(
+            "pulling image %s%s",
+            ref,
+            f" as {credentials.username} from {credentials.host}" if credentials else "",
+        )
         started = last_report = time.monotonic()
         # The header is made here, not by aiodocker's `images.pull(auth=...)`: that
         # one overwrites serveraddress with the name's first part ("myorg" for
@@ -295,18 +319,28 @@ class Engine:
         # ("busybox").
         headers: dict[str, str] = {}
         if credentials is not None:
-            auth = {"username": credentials.username, "password": credentials.password,
-                    "serveraddress": auth_address(credentials.host)}
+            auth = {
+                "username": credentials.username,
+                "password": credentials.password,
+                "serveraddress": auth_address(credentials.host),
+            }
             headers["X-Registry-Auth"] = base64.urlsafe_b64encode(
-                json.dumps(auth).encode("utf-8")).decode("ascii")
+                json.dumps(auth).encode("utf-8")
+            ).decode("ascii")
         layers: dict[str, str] = {}
         loop = asyncio.get_running_loop()
         try:
-            async with asyncio.timeout(self.pull_timeout) as total, \
-                    asyncio.timeout(self.pull_stall) as stall:
-                async with self.docker._query("images/create", method="POST",
-                                              params={"fromImage": ref}, headers=headers,
-                                              timeout=_NO_TIMEOUT) as response:
+            async with (
+                asyncio.timeout(self.pull_timeout) as total,
+                asyncio.timeout(self.pull_stall) as stall,
+            ):
+                async with self.docker._query(
+                    "images/create",
+                    method="POST",
+                    params={"fromImage": ref},
+                    headers=headers,
+                    timeout=_NO_TIMEOUT,
+                ) as response:
                     try:
                         # Raises DockerError for an error reported inside the stream.
                         async for event in json_stream_stream(response):
@@ -315,10 +349,14 @@ class Engine:
                                 layers[event["id"]] = event["status"]
                             if time.monotonic() - last_report >= PROGRESS_LOG_SECONDS:
                                 last_report = time.monotonic()
-                                done = sum(1 for s in layers.values()
-                                           if s in ("Pull complete", "Already exists"))
-                                log.info("pulling image %s: %d of %d layers done", ref,
-                                         done, len(layers))
+                                done = sum(
+                                    1
+                                    for s in layers.values()
+                                    if s in ("Pull complete", "Already exists")
+                                )
+                                log.info(
+                                    "pulling image %s: %d of %d layers done", ref, done, len(layers)
+                                )
                     finally:
                         response.close()  # unread to the end: the engine stops the pull
         except TimeoutError:
@@ -327,16 +365,17 @@ class Engine:
             if total.expired():
                 why = f"not done after {self.pull_timeout:g} s"
             else:
-                why = (f"it stalled: no progress for {self.pull_stall:g} s (the registry "
-                       "or the engine stopped sending)")
+                why = (
+                    f"it stalled: no progress for {self.pull_stall:g} s (the registry "
+                    "or the engine stopped sending)"
+                )
             log.warning("pull of image %s aborted: %s", ref, why)
             raise EngineError(f"could not pull image {ref}: {why}") from None
         except (DockerError, aiohttp.ClientError, OSError) as e:
             metrics.image_pulled(ok=False)
             error = _engine_error(e, f"could not pull image {ref}", "pull")
             if credentials is not None and credentials.password:
-                error = type(error)(str(error).replace(credentials.password, "***"),
-                                    error.status)
+                error = type(error)(str(error).replace(credentials.password, "***"), error.status)
             raise error from None
         metrics.image_pulled(ok=True)
         log.info("pulled image %s in %.1f s", ref, time.monotonic() - started)
@@ -348,8 +387,11 @@ class Engine:
             "Image": spec.image,
             "Env": [f"{k}={v}" for k, v in spec.env],
             "Labels": spec.labels,
-            "AttachStdin": False, "AttachStdout": False, "AttachStderr": False,
-            "Tty": False, "OpenStdin": False,
+            "AttachStdin": False,
+            "AttachStdout": False,
+            "AttachStderr": False,
+            "Tty": False,
+            "OpenStdin": False,
             "HostConfig": {
                 "NanoCpus": int(spec.cpu * 1e9),
                 "Memory": spec.mem_mib * 1024 * 1024,
@@ -362,10 +404,14 @@ class Engine:
                 # messages across a rotation when it lags behind the container.
                 # Older files keep it readable (for a resume after a daemon
                 # restart) once the container writes past it.
-                "LogConfig": {"Type": "local", "Config": {
-                    "max-size": str(spec.log_file_bytes),
-                    "max-file": str(max(2, -(-LOG_KEEP_BYTES // spec.log_file_bytes))),
-                    "compress": "false"}},
+                "LogConfig": {
+                    "Type": "local",
+                    "Config": {
+                        "max-size": str(spec.log_file_bytes),
+                        "max-file": str(max(2, -(-LOG_KEEP_BYTES // spec.log_file_bytes))),
+                        "compress": "false",
+                    },
+                },
                 "AutoRemove": False,
             },
         }
@@ -376,7 +422,9 @@ class Engine:
         try:
             container = await self._bounded(
                 self.docker.containers.create(config, name=spec.name),
-                "could not create the container", "create")
+                "could not create the container",
+                "create",
+            )
         except DockerError as e:
             raise _engine_error(e, "could not create the container", "create") from None
         except (aiohttp.ClientError, OSError) as e:
@@ -385,8 +433,12 @@ class Engine:
 
     async def start(self, container_id: str) -> None:
         try:
-            async with self._quick(f"containers/{container_id}/start",
-                                   "could not start the container", "start", method="POST"):
+            async with self._quick(
+                f"containers/{container_id}/start",
+                "could not start the container",
+                "start",
+                method="POST",
+            ):
                 pass
         except (DockerError, aiohttp.ClientError, OSError) as e:
             raise _engine_error(e, "could not start the container", "start") from None
@@ -395,12 +447,14 @@ class Engine:
         """Block until the container exits; its exit code."""
         try:
             data = await self.docker._query_json(
-                f"containers/{container_id}/wait", method="POST", timeout=_NO_TIMEOUT)
+                f"containers/{container_id}/wait", method="POST", timeout=_NO_TIMEOUT
+            )
         except (DockerError, aiohttp.ClientError, OSError) as e:
             raise _engine_error(e, "lost the container while waiting for it", "wait") from None
         if data.get("Error") and data["Error"].get("Message"):
-            log.warning("engine reported on wait for %s: %s", container_id[:12],
-                        data["Error"]["Message"])
+            log.warning(
+                "engine reported on wait for %s: %s", container_id[:12], data["Error"]["Message"]
+            )
         return int(data["StatusCode"])
 
     async def stop(self, container_id: str, grace_seconds: float) -> bool:
@@ -418,9 +472,13 @@ class Engine:
     async def _signal(self, container_id: str, signal: str) -> bool:
         """False when the container is not running (or gone) any more."""
         try:
-            async with self._quick(f"containers/{container_id}/kill",
-                                   "could not signal the container", "kill", method="POST",
-                                   params={"signal": signal}):
+            async with self._quick(
+                f"containers/{container_id}/kill",
+                "could not signal the container",
+                "kill",
+                method="POST",
+                params={"signal": signal},
+            ):
                 return True
         except DockerError as e:
             if e.status in (404, 409):  # gone, or not running
@@ -431,9 +489,13 @@ class Engine:
 
     async def remove(self, container_id: str) -> None:
         try:
-            async with self._quick(f"containers/{container_id}",
-                                   "could not remove the container", "remove", method="DELETE",
-                                   params={"force": True, "v": True}):
+            async with self._quick(
+                f"containers/{container_id}",
+                "could not remove the container",
+                "remove",
+                method="DELETE",
+                params={"force": True, "v": True},
+            ):
                 pass
         except DockerError as e:
             if e.status == 404:
@@ -442,15 +504,20 @@ class Engine:
         except (aiohttp.ClientError, OSError) as e:
             raise _engine_error(e, "could not remove the container", "remove") from None
 
-    async def output(self, container_id: str, since_ns: int = 0,
-                     follow: bool = True) -> AsyncIterator[OutputBatch]:
+    async def output(
+        self, container_id: str, since_ns: int = 0, follow: bool = True
+    ) -> AsyncIterator[OutputBatch]:
         """The container's output from its start (or `since_ns`, inclusive), in
         batches of the messages the engine logged, as raw bytes with their stream
         and time. Following, it ends when the container has exited; the engine may
         then still hold a last message (a final line without newline): read once
         more without `follow` to get it."""
-        params: dict[str, Any] = {"follow": follow, "stdout": True, "stderr": True,
-                                  "timestamps": True}
+        params: dict[str, Any] = {
+            "follow": follow,
+            "stdout": True,
+            "stderr": True,
+            "timestamps": True,
+        }
         if since_ns:
             params["since"] = f"{since_ns // 1_000_000_000}.{since_ns % 1_000_000_000:09d}"
         try:
@@ -466,13 +533,15 @@ class Engine:
                     data = await content.read(OUTPUT_READ_BYTES)
                     if not data:
                         if splitter.pending:
-                            log.warning("output of %s ended inside a message",
-                                        container_id[:12])
+                            log.warning("output of %s ended inside a message", container_id[:12])
                         return
                     for batch in splitter.feed(data):
                         if batch.error is not None:
-                            log.warning("the engine reported on the output of %s: %s",
-                                        container_id[:12], batch.error)
+                            log.warning(
+                                "the engine reported on the output of %s: %s",
+                                container_id[:12],
+                                batch.error,
+                            )
                         yield batch
         except DockerError as e:
             raise _engine_error(e, "could not read the container's output", "logs") from None
@@ -484,7 +553,9 @@ class Engine:
         try:
             data = await self._bounded(
                 self.docker._query_json(f"containers/{container_id}/json"),
-                "could not inspect the container", "inspect")
+                "could not inspect the container",
+                "inspect",
+            )
         except DockerError as e:
             if e.status == 404:
                 return None
@@ -493,17 +564,25 @@ class Engine:
             raise _engine_error(e, "could not inspect the container", "inspect") from None
         state = data.get("State") or {}
         return ContainerState(
-            id=data["Id"], status=state.get("Status", ""), running=bool(state.get("Running")),
-            exit_code=int(state.get("ExitCode") or 0), started_at=state.get("StartedAt", ""),
-            labels=(data.get("Config") or {}).get("Labels") or {})
+            id=data["Id"],
+            status=state.get("Status", ""),
+            running=bool(state.get("Running")),
+            exit_code=int(state.get("ExitCode") or 0),
+            started_at=state.get("StartedAt", ""),
+            labels=(data.get("Config") or {}).get("Labels") or {},
+        )
 
     async def list_containers(self, labels: dict[str, str]) -> list[dict[str, Any]]:
         """All containers (running or not) carrying every given label."""
         filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
         try:
-            return await self._bounded(self.docker._query_json(
-                "containers/json", params={"all": True, "filters": json.dumps(filters)}),
-                "could not list containers", "list")
+            return await self._bounded(
+                self.docker._query_json(
+                    "containers/json", params={"all": True, "filters": json.dumps(filters)}
+                ),
+                "could not list containers",
+                "list",
+            )
         except (DockerError, aiohttp.ClientError, OSError) as e:
             raise _engine_error(e, "could not list containers", "list") from None
 
@@ -546,19 +625,23 @@ class _FrameSplitter:
                 batches.append(OutputBatch([], error=text or "(no message)"))
                 continue
             # The engine's stamp: 30 bytes (nanoseconds always 9 digits), a space.
-            if (size > 30 and buf[start + 30] == 0x20 and buf[start + 19] == 0x2E
-                    and buf[start + 29] == 0x5A):
-                second = buf[start:start + 19]
+            if (
+                size > 30
+                and buf[start + 30] == 0x20
+                and buf[start + 19] == 0x2E
+                and buf[start + 29] == 0x5A
+            ):
+                second = buf[start : start + 19]
                 if second != self._second and not self._cache_second(second):
                     ts_ns, skip = time.time_ns(), 0
                 else:
                     try:
-                        ts_ns, skip = self._second_ns + int(buf[start + 20:start + 29]), 31
+                        ts_ns, skip = self._second_ns + int(buf[start + 20 : start + 29]), 31
                     except ValueError:
                         ts_ns, skip = time.time_ns(), 0
             else:
                 ts_ns, skip = self._stamp(buf[start:stop])
-            records.append((2 if stream == 2 else 1, ts_ns, view[start + skip:stop]))
+            records.append((2 if stream == 2 else 1, ts_ns, view[start + skip : stop]))
         if records or not batches:
             batches.append(OutputBatch(records))
         self._rest = buf[pos:] if pos < end else b""
@@ -612,7 +695,8 @@ def _engine_error(e: BaseException, what: str, operation: str) -> EngineError:
         if e.status == 404 and "image" in str(e.message).lower():
             return ImageNotFound(f"{what}: {_reason(e)}", e.status)
         return EngineError(f"{what}: {_reason(e)}", e.status)
-    if isinstance(e, (aiohttp.ClientConnectionError, ConnectionError, FileNotFoundError,
-                      TimeoutError)):
+    if isinstance(
+        e, (aiohttp.ClientConnectionError, ConnectionError, FileNotFoundError, TimeoutError)
+    ):
         return EngineUnavailable(f"{what}: the Docker engine does not answer ({_reason(e)})")
     return EngineError(f"{what}: {_reason(e)}")

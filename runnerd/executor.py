@@ -15,8 +15,17 @@ import time
 
 from . import metrics
 from .engine import (
-    LABEL_DAEMON, LABEL_RUN, LABEL_RUNNER, ContainerSpec, Engine, EngineError, EngineTimeout,
-    EngineUnavailable, ImageNotFound, RegistryCredentials, log_file_bytes,
+    LABEL_DAEMON,
+    LABEL_RUN,
+    LABEL_RUNNER,
+    ContainerSpec,
+    Engine,
+    EngineError,
+    EngineTimeout,
+    EngineUnavailable,
+    ImageNotFound,
+    RegistryCredentials,
+    log_file_bytes,
 )
 from .logs import LogStore, LogWriter
 from .models import FailureReason, Run, Status, now_ms
@@ -69,10 +78,18 @@ class Executor:
     engine never holds a slot for longer, and a canceled run stops waiting at once.
     """
 
-    def __init__(self, store: Store, engine: Engine, logs: LogStore, *, daemon_id: str,
-                 network: str, stop_grace_seconds: float,
-                 engine_retry_seconds: float = 30.0,
-                 start_timeout_seconds: float = 3600.0) -> None:
+    def __init__(
+        self,
+        store: Store,
+        engine: Engine,
+        logs: LogStore,
+        *,
+        daemon_id: str,
+        network: str,
+        stop_grace_seconds: float,
+        engine_retry_seconds: float = 30.0,
+        start_timeout_seconds: float = 3600.0,
+    ) -> None:
         self.store = store
         self.engine = engine
         self.logs = logs
@@ -82,7 +99,7 @@ class Executor:
         self.engine_retry_seconds = engine_retry_seconds
         self.start_timeout_seconds = start_timeout_seconds
         self._containers: dict[str, str] = {}  # run id -> container id, while watched
-        self._cancels: dict[str, str] = {}     # run id -> why it is being stopped
+        self._cancels: dict[str, str] = {}  # run id -> why it is being stopped
         self._pulls: dict[str, _SharedPull] = {}  # image ref -> the pull under way
         self._preparing: dict[str, asyncio.Task[str | None]] = {}  # run id -> image + create
         # run id -> what its preparation is at: the failure if the start deadline
@@ -146,27 +163,33 @@ class Executor:
         """Apply the run's pull policy; False (the run failed) when it cannot."""
         try:
             policy = run.image_pull_policy
-            if policy != "always" and (run.image in self._present
-                                       or await self.engine.has_image(run.image)):
+            if policy != "always" and (
+                run.image in self._present or await self.engine.has_image(run.image)
+            ):
                 self._present.add(run.image)
                 return True
             if policy == "never":
-                raise EngineError(f"image {run.image} is not present and the runner's "
-                                  "image_pull_policy is \"never\"")
+                raise EngineError(
+                    f"image {run.image} is not present and the runner's "
+                    'image_pull_policy is "never"'
+                )
             # A pull is long: not for a run canceled while it was being picked.
             current = await self.store.get_run(run.id)
             if current is not None and current.status is not Status.PENDING:
                 return False
-            self._stage[run.id] = (FailureReason.IMAGE_PULL_FAILED,
-                                   f"the pull of image {run.image} was still going")
+            self._stage[run.id] = (
+                FailureReason.IMAGE_PULL_FAILED,
+                f"the pull of image {run.image} was still going",
+            )
             await self.pull(run.image, run.container_registry_id)
             return True
         except EngineUnavailable:
             raise
         except EngineError as e:
             log.info("run %s failed: image %s could not be pulled: %s", run.id, run.image, e)
-            await self._finish(run, exit_code=None, reason=FailureReason.IMAGE_PULL_FAILED,
-                               error=f"{e}.")
+            await self._finish(
+                run, exit_code=None, reason=FailureReason.IMAGE_PULL_FAILED, error=f"{e}."
+            )
             return False
 
     async def pull(self, ref: str, registry_id: str | None) -> None:
@@ -182,6 +205,7 @@ class Executor:
             def done(_: object, shared: _SharedPull = shared) -> None:
                 if self._pulls.get(ref) is shared:
                     del self._pulls[ref]
+
             shared.task.add_done_callback(done)
         shared.waiters += 1
         try:
@@ -199,8 +223,7 @@ class Executor:
         if registry_id is not None:
             found = await self.store.registry_credentials(registry_id)
             if found is None:
-                raise EngineError(f"could not pull image {ref}: its container registry "
-                                  "was deleted")
+                raise EngineError(f"could not pull image {ref}: its container registry was deleted")
             credentials = RegistryCredentials(*found)
         await self.engine.pull(ref, credentials)
         self._present.add(ref)
@@ -214,8 +237,10 @@ class Executor:
         the run canceled; a daemon that stops leaves it pending, for its next start."""
         if run.id in self._cancels:  # canceled while being picked
             return None
-        self._stage[run.id] = (FailureReason.IMAGE_PULL_FAILED, "the engine was looking up "
-                               f"image {run.image}")
+        self._stage[run.id] = (
+            FailureReason.IMAGE_PULL_FAILED,
+            f"the engine was looking up image {run.image}",
+        )
         preparing = asyncio.ensure_future(self._image_and_container(run))
         self._preparing[run.id] = preparing
         try:
@@ -231,12 +256,14 @@ class Executor:
             await asyncio.gather(preparing, return_exceptions=True)
             if preparing.cancelled():
                 seconds = f"{self.start_timeout_seconds:g}"
-                log.warning("run %s failed: not started within %s s: %s", run.id, seconds,
-                            stage)
+                log.warning("run %s failed: not started within %s s: %s", run.id, seconds, stage)
                 await self._finish(
-                    run, exit_code=None, reason=reason,
+                    run,
+                    exit_code=None,
+                    reason=reason,
                     error=f"The run did not start within [docker] start_timeout_seconds "
-                          f"({seconds} s): {stage}.")
+                    f"({seconds} s): {stage}.",
+                )
                 return None
         if preparing.cancelled():  # canceled (stop_run): it is not to start
             log.info("run %s: its start was stopped (canceled); %s", run.id, stage)
@@ -246,15 +273,25 @@ class Executor:
     async def _image_and_container(self, run: Run) -> str | None:
         if not await self._ensure_image(run):
             return None
-        self._stage[run.id] = (FailureReason.START_FAILED,
-                               "the engine was creating its container")
+        self._stage[run.id] = (FailureReason.START_FAILED, "the engine was creating its container")
         cmd, entrypoint = container_command(run)
         spec = ContainerSpec(
-            name=container_name(run.id), image=run.image, cmd=cmd, entrypoint=entrypoint,
-            env=run.env, cpu=run.cpu, mem_mib=run.mem, pids=run.pids, network=self.network,
-            log_file_bytes=(self.logs.engine_copy.max_bytes if self.logs.engine_copy
-                            else log_file_bytes(self.logs.max_log_bytes)),
-            labels={LABEL_DAEMON: self.daemon_id, LABEL_RUN: run.id, LABEL_RUNNER: run.runner_id})
+            name=container_name(run.id),
+            image=run.image,
+            cmd=cmd,
+            entrypoint=entrypoint,
+            env=run.env,
+            cpu=run.cpu,
+            mem_mib=run.mem,
+            pids=run.pids,
+            network=self.network,
+            log_file_bytes=(
+                self.logs.engine_copy.max_bytes
+                if self.logs.engine_copy
+                else log_file_bytes(self.logs.max_log_bytes)
+            ),
+            labels={LABEL_DAEMON: self.daemon_id, LABEL_RUN: run.id, LABEL_RUNNER: run.runner_id},
+        )
         try:
             try:
                 container_id = await self._create(spec)
@@ -280,15 +317,17 @@ class Executor:
             # container: removed here if it did by now, else at the next start.
             log.warning("run %s failed: %s", run.id, e)
             await self._remove_quietly(spec.name)
-            await self._finish(run, exit_code=None, reason=FailureReason.START_FAILED,
-                               error=f"{e}.")
+            await self._finish(
+                run, exit_code=None, reason=FailureReason.START_FAILED, error=f"{e}."
+            )
             return None
         except EngineUnavailable:
             raise
         except EngineError as e:
             log.info("run %s failed: container could not be created: %s", run.id, e)
-            await self._finish(run, exit_code=None, reason=FailureReason.START_FAILED,
-                               error=f"{e}.")
+            await self._finish(
+                run, exit_code=None, reason=FailureReason.START_FAILED, error=f"{e}."
+            )
             return None
         return container_id
 
@@ -312,8 +351,11 @@ class Executor:
     def _cleanup_done(self, task: asyncio.Task[None]) -> None:
         self._cleanups.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.warning("could not remove a container made for a run that no longer wants "
-                        "it: %s; it is removed at the next start", task.exception())
+            log.warning(
+                "could not remove a container made for a run that no longer wants "
+                "it: %s; it is removed at the next start",
+                task.exception(),
+            )
 
     async def close(self, wait_seconds: float = 1.0) -> None:
         """Before the engine client closes: the removals of containers no run wants
@@ -357,8 +399,9 @@ class Executor:
             log.warning("run %s failed: %s", run.id, e)
             self._containers.pop(run.id, None)
             await self._remove_quietly(container_id)
-            await self._finish(run, exit_code=None, reason=FailureReason.START_FAILED,
-                               error=f"{e}.")
+            await self._finish(
+                run, exit_code=None, reason=FailureReason.START_FAILED, error=f"{e}."
+            )
             return None
         except EngineUnavailable:
             # Running in the store, container state unknown: following it settles
@@ -368,8 +411,9 @@ class Executor:
             log.info("run %s failed: container did not start: %s", run.id, e)
             self._containers.pop(run.id, None)
             await self._remove_quietly(container_id)
-            await self._finish(run, exit_code=None, reason=FailureReason.START_FAILED,
-                               error=f"{e}.")
+            await self._finish(
+                run, exit_code=None, reason=FailureReason.START_FAILED, error=f"{e}."
+            )
             return None
         log.info("run %s started in container %s", run.id, container_id[:12])
         return container_id, True
@@ -403,22 +447,29 @@ class Executor:
                         await self._copy_output(run, container_id, writer, follow=False)
                     break
                 except EngineError as e:
-                    log.warning("run %s: lost touch with the engine (%s); waiting for it",
-                                run.id, e)
+                    log.warning(
+                        "run %s: lost touch with the engine (%s); waiting for it", run.id, e
+                    )
                     await self._wait_for_engine()
                     just_started = False  # who knows what happened meanwhile
                     await asyncio.to_thread(writer.prepare_resume)
         except Exception as e:
-            log.error("run %s: cannot watch its container: %s; stopping it", run.id,
-                      f"{type(e).__name__}: {e}" if str(e) else type(e).__name__,
-                      exc_info=not isinstance(e, OSError))
+            log.error(
+                "run %s: cannot watch its container: %s; stopping it",
+                run.id,
+                f"{type(e).__name__}: {e}" if str(e) else type(e).__name__,
+                exc_info=not isinstance(e, OSError),
+            )
             self._containers.pop(run.id, None)
             await self._stop_for_good(run, container_id)
             self._cancels.pop(run.id, None)
             return await self._finish(
-                run, exit_code=None, reason=FailureReason.LOST,
+                run,
+                exit_code=None,
+                reason=FailureReason.LOST,
                 error="runnerd could not watch the run's container and stopped it, so its "
-                      "result is unknown; the daemon's log has the details.")
+                "result is unknown; the daemon's log has the details.",
+            )
         finally:
             self._containers.pop(run.id, None)
             if writer is not None:
@@ -426,22 +477,33 @@ class Executor:
         why = self._cancels.pop(run.id, None)
         if outcome is None:
             done = await self._finish(
-                run, exit_code=None, reason=FailureReason.LOST,
+                run,
+                exit_code=None,
+                reason=FailureReason.LOST,
                 error="The run's container disappeared: the engine no longer knows it, so "
-                      "its result is unknown.")
+                "its result is unknown.",
+            )
             return done
         exit_code, timed_out = outcome
         if why is not None:
-            done = await self._finish(run, exit_code=exit_code, reason=FailureReason.CANCELED,
-                                      error=why)
+            done = await self._finish(
+                run, exit_code=exit_code, reason=FailureReason.CANCELED, error=why
+            )
         elif timed_out:
             done = await self._finish(
-                run, exit_code=exit_code, reason=FailureReason.TIMEOUT,
+                run,
+                exit_code=exit_code,
+                reason=FailureReason.TIMEOUT,
                 error=f"The run exceeded its timeout of {run.timeout_seconds} "
-                      f"second{'s' if run.timeout_seconds != 1 else ''} and was stopped.")
+                f"second{'s' if run.timeout_seconds != 1 else ''} and was stopped.",
+            )
         elif exit_code != 0:
-            done = await self._finish(run, exit_code=exit_code, reason=FailureReason.NONZERO_EXIT,
-                                      error=f"The command exited with code {exit_code}.")
+            done = await self._finish(
+                run,
+                exit_code=exit_code,
+                reason=FailureReason.NONZERO_EXIT,
+                error=f"The command exited with code {exit_code}.",
+            )
         else:
             done = await self._finish(run, exit_code=0, reason=None, error=None)
         await self._remove_quietly(container_id)
@@ -455,12 +517,14 @@ class Executor:
                 await self.engine.remove(container_id)  # forced: kills it first
                 return
             except EngineError as e:
-                log.warning("run %s: could not stop its container: %s; waiting for the "
-                            "engine", run.id, e)
+                log.warning(
+                    "run %s: could not stop its container: %s; waiting for the engine", run.id, e
+                )
                 await self._wait_for_engine()
 
-    async def _watch(self, run: Run, container_id: str, writer: LogWriter,
-                     just_started: bool = False) -> tuple[int, bool] | None:
+    async def _watch(
+        self, run: Run, container_id: str, writer: LogWriter, just_started: bool = False
+    ) -> tuple[int, bool] | None:
         """(exit code, timed out) once the container has exited and its output is
         in the log; None when the engine has no such container."""
         ended_with: int | None = None  # the exit code of a container that ended unwatched
@@ -474,8 +538,11 @@ class Executor:
                 ended_with = state.exit_code
         assert run.started_at is not None
         deadline = run.started_at / 1000 + run.timeout_seconds
-        waiting = None if ended_with is not None else \
-            asyncio.ensure_future(self.engine.wait(container_id))
+        waiting = (
+            None
+            if ended_with is not None
+            else asyncio.ensure_future(self.engine.wait(container_id))
+        )
         output: asyncio.Task[None] | None = None
         try:
             timed_out = False
@@ -483,20 +550,25 @@ class Executor:
                 # A run that is over within QUIET_START_SECONDS has its output read
                 # once, after it exited (the read below): the engine is spared a
                 # follow stream per short run. Longer runs are followed live.
-                await asyncio.wait({waiting}, timeout=min(
-                    QUIET_START_SECONDS, max(0.001, deadline - time.time())))
+                await asyncio.wait(
+                    {waiting}, timeout=min(QUIET_START_SECONDS, max(0.001, deadline - time.time()))
+                )
             if waiting is not None and not waiting.done():
                 output = asyncio.create_task(self._copy_output(run, container_id, writer))
             try:
                 if waiting is None:
                     exit_code = ended_with  # ended while nobody watched
                 else:
-                    exit_code = await asyncio.wait_for(asyncio.shield(waiting),
-                                                       max(0.001, deadline - time.time()))
+                    exit_code = await asyncio.wait_for(
+                        asyncio.shield(waiting), max(0.001, deadline - time.time())
+                    )
             except TimeoutError:
                 timed_out = True
-                log.info("run %s timed out after %d s; stopping its container",
-                         run.id, run.timeout_seconds)
+                log.info(
+                    "run %s timed out after %d s; stopping its container",
+                    run.id,
+                    run.timeout_seconds,
+                )
                 await self.engine.stop(container_id, self.stop_grace_seconds)
                 exit_code = await asyncio.shield(waiting)  # type: ignore[arg-type]
             if output is not None:
@@ -507,29 +579,41 @@ class Executor:
             for task in (waiting, output):
                 if task is not None and not task.done():
                     task.cancel()
-            await asyncio.gather(*(t for t in (waiting, output) if t is not None),
-                                 return_exceptions=True)
+            await asyncio.gather(
+                *(t for t in (waiting, output) if t is not None), return_exceptions=True
+            )
 
-    async def _copy_output(self, run: Run, container_id: str, writer: LogWriter,
-                           follow: bool = True) -> None:
-        async for batch in self.engine.output(container_id, since_ns=writer.since_ns,
-                                              follow=follow):
+    async def _copy_output(
+        self, run: Run, container_id: str, writer: LogWriter, follow: bool = True
+    ) -> None:
+        async for batch in self.engine.output(
+            container_id, since_ns=writer.since_ns, follow=follow
+        ):
             try:
                 if batch.error is not None:
-                    writer.note(f"the engine reported an error while runnerd read this "
-                                f"output, which may be incomplete here: {batch.error}")
+                    writer.note(
+                        f"the engine reported an error while runnerd read this "
+                        f"output, which may be incomplete here: {batch.error}"
+                    )
                 writer.append(batch.records)
             except OSError as e:  # raised once (e.g. disk full); later output is dropped
-                log.error("run %s: cannot write its log %s: %s; dropping further output",
-                          run.id, writer.path, e.strerror or e)
+                log.error(
+                    "run %s: cannot write its log %s: %s; dropping further output",
+                    run.id,
+                    writer.path,
+                    e.strerror or e,
+                )
 
     async def _drain(self, run: Run, output: asyncio.Task[None]) -> None:
         """The container has exited: let the rest of its output arrive."""
         try:
             await asyncio.wait_for(asyncio.shield(output), OUTPUT_DRAIN_SECONDS)
         except TimeoutError:
-            log.warning("run %s: output still streaming %d s after exit; log may be cut",
-                        run.id, OUTPUT_DRAIN_SECONDS)
+            log.warning(
+                "run %s: output still streaming %d s after exit; log may be cut",
+                run.id,
+                OUTPUT_DRAIN_SECONDS,
+            )
         except EngineError as e:
             log.warning("run %s: output stream broke: %s; log may be cut", run.id, e)
 
@@ -543,20 +627,28 @@ class Executor:
             except EngineError:
                 delay = min(self.engine_retry_seconds, delay * 2)
 
-    async def _finish(self, run: Run, *, exit_code: int | None, reason: FailureReason | None,
-                      error: str | None) -> Run:
+    async def _finish(
+        self, run: Run, *, exit_code: int | None, reason: FailureReason | None, error: str | None
+    ) -> Run:
         """Record the run's outcome; while the database refuses it, tried again
         (the run stays `running` and in flight, and its container is kept)."""
         status = Status.SUCCEEDED if reason is None else Status.FAILED
         try:
             done = await retry_store(
                 f"run {run.id}: recording it {status.value}",
-                lambda: self.store.finish_run(run.id, status, exit_code=exit_code,
-                                              failure_reason=reason, error=error))
+                lambda: self.store.finish_run(
+                    run.id, status, exit_code=exit_code, failure_reason=reason, error=error
+                ),
+            )
         except Conflict:
             return await self._current(run)  # someone else completed it (e.g. cancel)
-        log.info("run %s %s (exit code %s%s)", run.id, status.value, exit_code,
-                 f", {reason.value}" if reason else "")
+        log.info(
+            "run %s %s (exit code %s%s)",
+            run.id,
+            status.value,
+            exit_code,
+            f", {reason.value}" if reason else "",
+        )
         return done
 
     async def _current(self, run: Run) -> Run:
@@ -567,5 +659,8 @@ class Executor:
         try:
             await self.engine.remove(container_id)
         except EngineError as e:
-            log.warning("could not remove container %s: %s; it is removed at the next start",
-                        container_id[:12], e)
+            log.warning(
+                "could not remove container %s: %s; it is removed at the next start",
+                container_id[:12],
+                e,
+            )

@@ -38,10 +38,11 @@ import threading
 import time
 import zlib
 from collections import Counter, deque
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator, BinaryIO, Callable, Iterator, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 log = logging.getLogger("runnerd.logs")
 
@@ -119,7 +120,7 @@ class _Tally:
         n = len(data)
         if stream == MARKER:
             self.notes += 1
-            if bytes(data[:len(_LIMIT_NOTE)]) == _LIMIT_NOTE:
+            if bytes(data[: len(_LIMIT_NOTE)]) == _LIMIT_NOTE:
                 self.flags |= _TRUNCATED
             return
         if stream == STDOUT:
@@ -201,9 +202,17 @@ class _Index:
 
     @classmethod
     def pack(cls, offset: int, header: bytes, tally: _Tally) -> bytes:
-        entry = cls.ENTRY.pack(offset, *HEADER.unpack(header), tally.output, tally.stdout,
-                               tally.stderr, tally.notes, tally.lines, tally.newest,
-                               tally.flags)
+        entry = cls.ENTRY.pack(
+            offset,
+            *HEADER.unpack(header),
+            tally.output,
+            tally.stdout,
+            tally.stderr,
+            tally.notes,
+            tally.lines,
+            tally.newest,
+            tally.flags,
+        )
         return entry + zlib.crc32(entry).to_bytes(4, "big")
 
     def mark(self, i: int) -> _Mark:
@@ -213,10 +222,14 @@ class _Index:
         raw = self.f.read(self.SIZE)
         if len(raw) < self.SIZE or zlib.crc32(raw[:-4]) != int.from_bytes(raw[-4:], "big"):
             raise _Damaged(f"entry {i}")
-        (offset, stream, ts_ns, length, output, stdout, stderr, notes, lines, newest,
-         flags) = self.ENTRY.unpack_from(raw)
-        return _Mark(offset, HEADER.pack(stream, ts_ns, length),
-                     _Tally(output, stdout, stderr, notes, lines, newest, flags))
+        (offset, stream, ts_ns, length, output, stdout, stderr, notes, lines, newest, flags) = (
+            self.ENTRY.unpack_from(raw)
+        )
+        return _Mark(
+            offset,
+            HEADER.pack(stream, ts_ns, length),
+            _Tally(output, stdout, stderr, notes, lines, newest, flags),
+        )
 
     def last(self, key: Callable[[_Mark], int], value: int, hi: int | None = None) -> int:
         """The last mark (up to `hi`) whose key (growing along the log) is at most
@@ -269,9 +282,15 @@ class LogStore:
     """Where run logs live on disk: one file per run, named by the run id, and its
     index beside it."""
 
-    def __init__(self, logs_dir: Path, max_log_bytes: int = 100 * 1024 * 1024,
-                 engine_copy: EngineCopy | None = None, *, read_threads: int = READ_THREADS,
-                 index_interval: int = INDEX_INTERVAL) -> None:
+    def __init__(
+        self,
+        logs_dir: Path,
+        max_log_bytes: int = 100 * 1024 * 1024,
+        engine_copy: EngineCopy | None = None,
+        *,
+        read_threads: int = READ_THREADS,
+        index_interval: int = INDEX_INTERVAL,
+    ) -> None:
         self.dir = logs_dir
         self.max_log_bytes = max_log_bytes
         self.engine_copy = engine_copy
@@ -281,8 +300,9 @@ class LogStore:
         self._wake_later: dict[str, asyncio.TimerHandle] = {}
         # Its own threads: a burst of readers queues here, and the loop's default
         # executor (the writers' resumes, retention, ...) stays free.
-        self._pool = ThreadPoolExecutor(max_workers=read_threads,
-                                        thread_name_prefix="runnerd-log-read")
+        self._pool = ThreadPoolExecutor(
+            max_workers=read_threads, thread_name_prefix="runnerd-log-read"
+        )
         self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         self._writing: Counter[str] = Counter()  # run id -> writers open on its log
 
@@ -315,7 +335,8 @@ class LogStore:
             return
         if delay > 0:
             self._wake_later[run_id] = asyncio.get_running_loop().call_later(
-                delay, self._wake, run_id)
+                delay, self._wake, run_id
+            )
         else:
             self._wake(run_id)
 
@@ -334,8 +355,7 @@ class LogStore:
     async def reading(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn(*args, **kwargs)` in the log read pool: every API read of a log goes
         through here. Past the pool's size, reads wait their turn."""
-        return await asyncio.wrap_future(self._pool.submit(functools.partial(fn, *args,
-                                                                             **kwargs)))
+        return await asyncio.wrap_future(self._pool.submit(functools.partial(fn, *args, **kwargs)))
 
     async def text_chunks(self, run_id: str, tail: int | None = None) -> AsyncIterator[bytes]:
         """text(), each chunk read in the pool. Close it (contextlib.aclosing) when
@@ -387,10 +407,15 @@ class LogStore:
         with self._lock(run_id):
             self._writing[run_id] += 1
             try:
-                return LogWriter(path, self.max_log_bytes, on_change=lambda: self.notify(run_id),
-                                 engine_copy=self.engine_copy, index_path=self.index_path(run_id),
-                                 index_interval=self.index_interval,
-                                 on_close=lambda: self._closed(run_id))
+                return LogWriter(
+                    path,
+                    self.max_log_bytes,
+                    on_change=lambda: self.notify(run_id),
+                    engine_copy=self.engine_copy,
+                    index_path=self.index_path(run_id),
+                    index_interval=self.index_interval,
+                    on_close=lambda: self._closed(run_id),
+                )
             except BaseException:
                 self._closed(run_id)
                 raise
@@ -432,8 +457,9 @@ class LogStore:
             except FileNotFoundError:
                 index_f = None
             except OSError as e:
-                log.warning("cannot open the log index %s: %s; reading the log whole",
-                            path, e.strerror or e)
+                log.warning(
+                    "cannot open the log index %s: %s; reading the log whole", path, e.strerror or e
+                )
                 return _NoIndex()
             index = _Index.load(index_f) if index_f is not None else None
             if index is not None:
@@ -489,8 +515,11 @@ class LogStore:
                 try:
                     return fn(f, index)
                 except _Damaged as e:
-                    log.warning("the log index of run %s is damaged (%s); reading the "
-                                "log without it", run_id, e)
+                    log.warning(
+                        "the log index of run %s is damaged (%s); reading the log without it",
+                        run_id,
+                        e,
+                    )
                     self._drop_index(run_id)
                     return fn(f, _NoIndex())
             finally:
@@ -507,7 +536,9 @@ class LogStore:
 
     # -- reads ---------------------------------------------------------------------
 
-    def read(self, run_id: str, offset: int, max_bytes: int = READ_CHUNK) -> tuple[list[Record], int]:
+    def read(
+        self, run_id: str, offset: int, max_bytes: int = READ_CHUNK
+    ) -> tuple[list[Record], int]:
         """Complete records from `offset` (a record boundary), about `max_bytes` of
         them; and the offset to read on from."""
         records: list[Record] = []
@@ -535,17 +566,26 @@ class LogStore:
             raise ValueError(cursor)
         return found
 
-    def page(self, run_id: str, *, limit: int, after: int | None = None,
-             before: int | None = None, stream: int | None = None) -> list[Record]:
+    def page(
+        self,
+        run_id: str,
+        *,
+        limit: int,
+        after: int | None = None,
+        before: int | None = None,
+        stream: int | None = None,
+    ) -> list[Record]:
         """Up to `limit` records (of `stream` only, if given): the first ones after
         the cursor `after`, or the last ones before the cursor `before`, or the
         first ones of the log."""
         if before is not None:
-            found = self._guided(run_id, lambda f, index: _page_before(
-                f, index, before, limit, stream))
+            found = self._guided(
+                run_id, lambda f, index: _page_before(f, index, before, limit, stream)
+            )
         else:
-            found = self._guided(run_id, lambda f, index: _page_after(
-                f, index, after or 0, limit, stream))
+            found = self._guided(
+                run_id, lambda f, index: _page_after(f, index, after or 0, limit, stream)
+            )
         return found or []
 
     def tail_start(self, run_id: str, tail: int) -> tuple[int, int]:
@@ -589,11 +629,17 @@ class LogWriter:
     dropped.
     """
 
-    def __init__(self, path: Path, max_bytes: int,
-                 on_change: Callable[[], None] | None = None,
-                 engine_copy: EngineCopy | None = None, *,
-                 index_path: Path | None = None, index_interval: int = INDEX_INTERVAL,
-                 on_close: Callable[[], None] | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        max_bytes: int,
+        on_change: Callable[[], None] | None = None,
+        engine_copy: EngineCopy | None = None,
+        *,
+        index_path: Path | None = None,
+        index_interval: int = INDEX_INTERVAL,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
         self.path = path
         self.max_bytes = max_bytes
         self.engine_copy = engine_copy
@@ -623,18 +669,23 @@ class LogWriter:
         index, base = self._open_index(index_path, size)
         entries: list[bytes] = []
         end = _scan(self._f, base, self._interval, entries, self._tally)
-        self._next_mark = (_Index.ENTRY.unpack_from(entries[-1])[0] if entries
-                           else base.offset) + self._interval
+        self._next_mark = (
+            _Index.ENTRY.unpack_from(entries[-1])[0] if entries else base.offset
+        ) + self._interval
         self._write_entries(entries)
         self._f.truncate(end)  # drop a torn record left by a crash
         self._f.seek(end)
         self._end = end
         tally = self._tally
-        per_line, per_piece = (engine_copy.per_line, engine_copy.per_piece) if engine_copy \
-            else (0, 0)
+        per_line, per_piece = (
+            (engine_copy.per_line, engine_copy.per_piece) if engine_copy else (0, 0)
+        )
         self.output_bytes = tally.output
-        self.engine_bytes = (tally.output + tally.lines * per_line
-                             + (tally.stdout + tally.stderr - tally.lines) * per_piece)
+        self.engine_bytes = (
+            tally.output
+            + tally.lines * per_line
+            + (tally.stdout + tally.stderr - tally.lines) * per_piece
+        )
         self.truncated = bool(tally.flags & _TRUNCATED)
         self._newest = tally.newest
         if self._newest:
@@ -682,8 +733,11 @@ class LogWriter:
             reader = _Index(_open(index_path, "rb", buffering=0), index.interval, index.count)
             return reader, reader.mark(reader.count)
         except OSError as e:
-            log.warning("cannot open the log index %s: %s; the log is read whole",
-                        index_path, e.strerror or e)
+            log.warning(
+                "cannot open the log index %s: %s; the log is read whole",
+                index_path,
+                e.strerror or e,
+            )
             self._drop_index_file()
             return None, _START
 
@@ -756,8 +810,7 @@ class LogWriter:
             max_stored, per_line, per_piece = -1, 0, 0
         tally = self._tally
         # Only stdout records are counted in the loop; stderr ones are the rest.
-        n_out, lines, out_before, err_before = tally.stdout, tally.lines, tally.stdout, \
-            tally.stderr
+        n_out, lines, out_before, err_before = tally.stdout, tally.lines, tally.stdout, tally.stderr
         pos, next_mark, header_size = self._end, self._next_mark, HEADER.size
         entries: list[bytes] = []
         newest = 0
@@ -774,8 +827,13 @@ class LogWriter:
                 break
             header = pack(stream, ts_ns, n)
             if pos >= next_mark:
-                tally.update(output, n_out, err_before + len(parts) // 2 - (n_out - out_before),
-                             lines, newest)
+                tally.update(
+                    output,
+                    n_out,
+                    err_before + len(parts) // 2 - (n_out - out_before),
+                    lines,
+                    newest,
+                )
                 entries.append(_Index.pack(pos, header, tally))
                 next_mark = pos + self._interval
             output += n
@@ -788,8 +846,9 @@ class LogWriter:
                 newest = ts_ns
             parts += (header, data)
             pos += header_size + n
-        tally.update(output, n_out, err_before + len(parts) // 2 - (n_out - out_before), lines,
-                     newest)
+        tally.update(
+            output, n_out, err_before + len(parts) // 2 - (n_out - out_before), lines, newest
+        )
         self._next_mark = next_mark
         self.output_bytes, self.engine_bytes = output, stored
         if newest:
@@ -804,12 +863,14 @@ class LogWriter:
         if self.failed or self.truncated or self._f is None:
             return
         parts: list[bytes | memoryview] = []
-        entries = self._note_record(parts, self._end, time.time_ns(),
-                                    f"[runnerd] {text}\n".encode())
+        entries = self._note_record(
+            parts, self._end, time.time_ns(), f"[runnerd] {text}\n".encode()
+        )
         self._append(parts, entries)
 
-    def _note_record(self, parts: list[bytes | memoryview], pos: int, ts_ns: int,
-                     data: bytes) -> list[bytes]:
+    def _note_record(
+        self, parts: list[bytes | memoryview], pos: int, ts_ns: int, data: bytes
+    ) -> list[bytes]:
         """Add a MARKER record at `pos` to `parts`; the index entry it needs, if any."""
         header = HEADER.pack(MARKER, ts_ns, len(data))
         entries = []
@@ -822,14 +883,20 @@ class LogWriter:
 
     def _limit_note(self, output: int, *, over_engine_copy: bool) -> bytes:
         if not over_engine_copy:
-            return (_LIMIT_NOTE + f" of {self.max_bytes} bytes reached; further output of "
-                    "this run is dropped\n".encode())
+            return (
+                _LIMIT_NOTE
+                + f" of {self.max_bytes} bytes reached; further output of "
+                "this run is dropped\n".encode()
+            )
         assert self.engine_copy is not None
-        return (_LIMIT_NOTE + f" of the engine reached after {output} bytes of "
-                f"output: the engine keeps {self.engine_copy.max_bytes} bytes of a run's "
-                f"output, counting up to {self.engine_copy.per_line} bytes more for each "
-                "line, so many short lines fill it first; further output of this run is "
-                "dropped\n".encode())
+        return (
+            _LIMIT_NOTE
+            + f" of the engine reached after {output} bytes of "
+            f"output: the engine keeps {self.engine_copy.max_bytes} bytes of a run's "
+            f"output, counting up to {self.engine_copy.per_line} bytes more for each "
+            "line, so many short lines fill it first; further output of this run is "
+            "dropped\n".encode()
+        )
 
     def _track(self, newest: int) -> None:
         """Remember where this batch starts, for prepare_resume()."""
@@ -882,8 +949,9 @@ class LogWriter:
 _LIMIT_NOTE = b"[runnerd] log limit"
 
 
-def _frames(f: BinaryIO, offset: int, stop: int | None = None,
-            block_size: int = _BLOCK) -> Iterator[tuple[int, int, int, bytes, int, int]]:
+def _frames(
+    f: BinaryIO, offset: int, stop: int | None = None, block_size: int = _BLOCK
+) -> Iterator[tuple[int, int, int, bytes, int, int]]:
     """(offset, stream, ts, block, start, stop) of each complete record from
     `offset` (a record boundary), its payload being block[start:stop]. The file
     is read in large blocks, not a read per record, and not past `stop`; a torn
@@ -918,15 +986,17 @@ def _frames(f: BinaryIO, offset: int, stop: int | None = None,
         pos = 0
 
 
-def _records(f: BinaryIO, offset: int, stop: int | None = None,
-             block_size: int = _BLOCK) -> Iterator[Record]:
+def _records(
+    f: BinaryIO, offset: int, stop: int | None = None, block_size: int = _BLOCK
+) -> Iterator[Record]:
     """Records from `offset` (a record boundary); see _frames."""
     for at, stream, ts_ns, block, start, end in _frames(f, offset, stop, block_size):
         yield Record(stream, ts_ns, block[start:end], at)
 
 
-def _scan(f: BinaryIO, base: _Mark, interval: int, entries: list[bytes],
-          tally: _Tally | None = None) -> int:
+def _scan(
+    f: BinaryIO, base: _Mark, interval: int, entries: list[bytes], tally: _Tally | None = None
+) -> int:
     """Read the log from the mark `base` to its last complete record, adding the
     index entries due on the way to `entries` and what it holds to `tally` (which
     starts as the mark's); the end of the last complete record."""
@@ -950,8 +1020,9 @@ def _segment(index: _Index | _NoIndex, i: int) -> int | None:
     return index.mark(i + 1).offset if i < index.count else None
 
 
-def _checked(f: BinaryIO, mark: _Mark, stop: int | None = None,
-             block_size: int = _BLOCK) -> Iterator[tuple[int, int, int, bytes, int, int]]:
+def _checked(
+    f: BinaryIO, mark: _Mark, stop: int | None = None, block_size: int = _BLOCK
+) -> Iterator[tuple[int, int, int, bytes, int, int]]:
     """_frames from a mark, which must be where its record starts."""
     frames = _frames(f, mark.offset, stop, block_size)
     if mark.offset and (stop is None or stop > mark.offset):
@@ -978,20 +1049,27 @@ def index_block(index: _Index | _NoIndex) -> int:
     return min(_BLOCK, index.interval) if isinstance(index, _Index) else _BLOCK
 
 
-def _matching(f: BinaryIO, index: _Index | _NoIndex, i: int, offset: int, stop: int | None,
-              stream: int | None) -> Iterator[Record]:
+def _matching(
+    f: BinaryIO, index: _Index | _NoIndex, i: int, offset: int, stop: int | None, stream: int | None
+) -> Iterator[Record]:
     """Records of `stream` (all if None) from `offset` (a record boundary in mark
     i's segment) to `stop`; filtered, segments that hold none are not read."""
     block = index_block(index)
     while True:
         end = _segment(index, i)
         mark = index.mark(i)
-        skip = (stream is not None and end is not None
-                and index.mark(i + 1).tally.entries(stream) == mark.tally.entries(stream))
+        skip = (
+            stream is not None
+            and end is not None
+            and index.mark(i + 1).tally.entries(stream) == mark.tally.entries(stream)
+        )
         if not skip:
             limit = end if stop is None or (end is not None and end < stop) else stop
-            frames = (_checked(f, mark, limit, block) if offset == mark.offset
-                      else _frames(f, offset, limit, block))
+            frames = (
+                _checked(f, mark, limit, block)
+                if offset == mark.offset
+                else _frames(f, offset, limit, block)
+            )
             for at, s, ts_ns, data, start, stop_ in frames:
                 if stream is None or (STDERR if s == MARKER else s) == stream:
                     yield Record(s, ts_ns, data[start:stop_], at)
@@ -1001,8 +1079,9 @@ def _matching(f: BinaryIO, index: _Index | _NoIndex, i: int, offset: int, stop: 
         offset = end
 
 
-def _page_after(f: BinaryIO, index: _Index | _NoIndex, after: int, limit: int,
-                stream: int | None) -> list[Record]:
+def _page_after(
+    f: BinaryIO, index: _Index | _NoIndex, after: int, limit: int, stream: int | None
+) -> list[Record]:
     i = index.last(lambda m: m.offset, after)
     out: list[Record] = []
     for record in _matching(f, index, i, after, None, stream):
@@ -1012,14 +1091,16 @@ def _page_after(f: BinaryIO, index: _Index | _NoIndex, after: int, limit: int,
     return out
 
 
-def _page_before(f: BinaryIO, index: _Index | _NoIndex, before: int, limit: int,
-                 stream: int | None) -> list[Record]:
+def _page_before(
+    f: BinaryIO, index: _Index | _NoIndex, before: int, limit: int, stream: int | None
+) -> list[Record]:
     """The last `limit` records of `stream` before `before`: counted from the
     marks, then read from just before the first of them."""
     last = index.last(lambda m: m.offset, before)
     mark = index.mark(last)
     total = mark.tally.entries(stream) + sum(
-        1 for _ in _matching(f, index, last, mark.offset, before, stream))
+        1 for _ in _matching(f, index, last, mark.offset, before, stream)
+    )
     first = max(0, total - limit)  # the entry number (of `stream`) of the first to give
     i = index.last(lambda m: m.tally.entries(stream), first, hi=last)
     mark = index.mark(i)
@@ -1045,8 +1126,7 @@ def _tail_start(f: BinaryIO, index: _Index | _NoIndex, lines: int) -> tuple[int,
     for i in range(index.count, -1, -1):
         starts: list[tuple[int, int]] = []
         last_nonempty: bool | None = None
-        for at, _, _, data, start, stop in _checked(f, index.mark(i), _segment(index, i),
-                                                     block):
+        for at, _, _, data, start, stop in _checked(f, index.mark(i), _segment(index, i), block):
             if start == stop:
                 continue
             j = data.find(b"\n", start, stop)

@@ -8,14 +8,18 @@ middleware times every request. `render()` produces the text format.
 from __future__ import annotations
 
 import time
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from prometheus_client import (
-    CollectorRegistry, Counter, Gauge, Histogram, PlatformCollector,
-    ProcessCollector, generate_latest,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
 )
-
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from .models import Run
@@ -28,28 +32,47 @@ _RUN_BUCKETS = (0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 216
 _WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
 
 RUNS_COMPLETED = Counter(
-    "runnerd_runs_completed", "Runs that reached a final status, by status and failure_reason.",
-    ["status", "failure_reason"], registry=REGISTRY)
+    "runnerd_runs_completed",
+    "Runs that reached a final status, by status and failure_reason.",
+    ["status", "failure_reason"],
+    registry=REGISTRY,
+)
 RUNS_NOW = Gauge(
-    "runnerd_runs", "Runs pending or running right now.", ["status"], registry=REGISTRY)
+    "runnerd_runs", "Runs pending or running right now.", ["status"], registry=REGISTRY
+)
 RUN_DURATION = Histogram(
-    "runnerd_run_duration_seconds", "Time from container start to completion.",
-    buckets=_RUN_BUCKETS, registry=REGISTRY)
+    "runnerd_run_duration_seconds",
+    "Time from container start to completion.",
+    buckets=_RUN_BUCKETS,
+    registry=REGISTRY,
+)
 QUEUE_WAIT = Histogram(
-    "runnerd_run_queue_wait_seconds", "Time from trigger to container start.",
-    buckets=_WAIT_BUCKETS, registry=REGISTRY)
+    "runnerd_run_queue_wait_seconds",
+    "Time from trigger to container start.",
+    buckets=_WAIT_BUCKETS,
+    registry=REGISTRY,
+)
 IMAGE_PULLS = Counter(
-    "runnerd_image_pulls", "Image pulls, by result (ok or error).", ["result"],
-    registry=REGISTRY)
+    "runnerd_image_pulls", "Image pulls, by result (ok or error).", ["result"], registry=REGISTRY
+)
 ENGINE_ERRORS = Counter(
-    "runnerd_docker_api_errors", "Docker Engine API calls that failed, by operation.",
-    ["operation"], registry=REGISTRY)
+    "runnerd_docker_api_errors",
+    "Docker Engine API calls that failed, by operation.",
+    ["operation"],
+    registry=REGISTRY,
+)
 HTTP_REQUESTS = Counter(
-    "runnerd_http_requests", "HTTP requests, by method, route and status.",
-    ["method", "route", "status"], registry=REGISTRY)
+    "runnerd_http_requests",
+    "HTTP requests, by method, route and status.",
+    ["method", "route", "status"],
+    registry=REGISTRY,
+)
 HTTP_LATENCY = Histogram(
-    "runnerd_http_request_duration_seconds", "HTTP request latency, by method and route.",
-    ["method", "route"], registry=REGISTRY)
+    "runnerd_http_request_duration_seconds",
+    "HTTP request latency, by method and route.",
+    ["method", "route"],
+    registry=REGISTRY,
+)
 
 # The classic text format generate_latest() writes (and every Prometheus reads).
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
@@ -61,8 +84,9 @@ def run_started(run: Run) -> None:
 
 
 def run_completed(run: Run) -> None:
-    RUNS_COMPLETED.labels(run.status.value,
-                          run.failure_reason.value if run.failure_reason else "").inc()
+    RUNS_COMPLETED.labels(
+        run.status.value, run.failure_reason.value if run.failure_reason else ""
+    ).inc()
     if run.started_at is not None and run.completed_at is not None:
         RUN_DURATION.observe(max(0.0, (run.completed_at - run.started_at) / 1000))
 

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 
 class Status(str, enum.Enum):
-    PENDING = "pending"      # queued, no container yet
-    RUNNING = "running"      # container started
+    PENDING = "pending"  # queued, no container yet
+    RUNNING = "running"  # container started
     SUCCEEDED = "succeeded"  # exited 0
-    FAILED = "failed"        # see FailureReason
+    FAILED = "failed"  # see FailureReason
 
 
 TERMINAL_STATUSES = frozenset({Status.SUCCEEDED, Status.FAILED})
@@ -108,7 +108,7 @@ class Run:
     completed_at: int | None
     created_at: int
     updated_at: int
-    webhook_url: str | None = None     # copied from the runner at trigger time
+    webhook_url: str | None = None  # copied from the runner at trigger time
     webhook_status: str | None = None  # None, "pending", "delivered" or "failed"
     container_registry_id: str | None = None
     image_pull_policy: str = "if_not_present"

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import os
 import socket
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 log = logging.getLogger("runnerd")
 
@@ -47,8 +47,9 @@ def watchdog_interval() -> float | None:
     return int(usec) / 1_000_000 / 2
 
 
-async def tell_systemd(ready: asyncio.Event, status_text: Callable[[], Awaitable[str]], *,
-                       ready_wait_seconds: float) -> None:
+async def tell_systemd(
+    ready: asyncio.Event, status_text: Callable[[], Awaitable[str]], *, ready_wait_seconds: float
+) -> None:
     """Until cancelled:
 
     - WATCHDOG=1 every half WatchdogSec, from a loop that waits on nothing but the
@@ -64,8 +65,9 @@ async def tell_systemd(ready: asyncio.Event, status_text: Callable[[], Awaitable
         await asyncio.Event().wait()
     async with asyncio.TaskGroup() as tasks:
         tasks.create_task(_watchdog(watchdog_interval()), name="runnerd-watchdog")
-        tasks.create_task(_ready_and_status(ready, status_text, ready_wait_seconds),
-                          name="runnerd-status")
+        tasks.create_task(
+            _ready_and_status(ready, status_text, ready_wait_seconds), name="runnerd-status"
+        )
 
 
 async def _watchdog(interval: float | None) -> None:
@@ -76,16 +78,18 @@ async def _watchdog(interval: float | None) -> None:
         notify("WATCHDOG=1")
 
 
-async def _ready_and_status(ready: asyncio.Event, status_text: Callable[[], Awaitable[str]],
-                            ready_wait_seconds: float) -> None:
+async def _ready_and_status(
+    ready: asyncio.Event, status_text: Callable[[], Awaitable[str]], ready_wait_seconds: float
+) -> None:
     try:
         # Not asyncio.wait_for: in 3.11 it swallows a cancel that comes just as
         # `ready` is set, and the task would go on as if never cancelled.
         async with asyncio.timeout(ready_wait_seconds):
             await ready.wait()
     except TimeoutError:
-        log.warning("the queue is not reconciled yet (engine down?); telling systemd we are "
-                    "ready anyway")
+        log.warning(
+            "the queue is not reconciled yet (engine down?); telling systemd we are ready anyway"
+        )
     sent = await _status(status_text)
     notify("READY=1", f"STATUS={sent}")
     while True:

@@ -17,8 +17,10 @@ from .models import FailureReason, Status
 
 JSON = "application/json"
 # `2026-01-15T10:01:00.000+01:00`: milliseconds and a UTC offset, always.
-TIME_PATTERN = (r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}"
-                r"[+-][0-9]{2}:[0-9]{2}$")
+TIME_PATTERN = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}"
+    r"[+-][0-9]{2}:[0-9]{2}$"
+)
 NO_NUL = "^[^\\u0000]*$"  # no string the API takes may hold a NUL character
 WEBHOOK_STATUSES = ("pending", "delivered", "failed")
 WEBHOOK_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#]+([/?#]\S*)?$"
@@ -59,8 +61,13 @@ def text(max_len: int, min_len: int = 0, **extra: Any) -> dict[str, Any]:
     return schema
 
 
-def obj(properties: dict[str, Any], *, required: list[str] | tuple[str, ...] = (),
-        closed: bool = True, **extra: Any) -> dict[str, Any]:
+def obj(
+    properties: dict[str, Any],
+    *,
+    required: list[str] | tuple[str, ...] = (),
+    closed: bool = True,
+    **extra: Any,
+) -> dict[str, Any]:
     schema: dict[str, Any] = {"type": "object", "properties": properties}
     if required:
         schema["required"] = list(required)
@@ -75,8 +82,9 @@ def closed_all(properties: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return obj(properties, required=list(properties), **extra)
 
 
-def json_body(schema: dict[str, Any], *, required: bool = True,
-              description: str | None = None) -> dict[str, Any]:
+def json_body(
+    schema: dict[str, Any], *, required: bool = True, description: str | None = None
+) -> dict[str, Any]:
     body: dict[str, Any] = {"required": required, "content": {JSON: {"schema": schema}}}
     if description:
         body["description"] = description
@@ -89,8 +97,10 @@ def ok(schema_name: str, description: str) -> dict[str, Any]:
 
 def errors(*codes: int) -> dict[str, Any]:
     """References to the shared error responses; 500 is always possible."""
-    return {str(code): {"$ref": f"#/components/responses/{ERROR_RESPONSES[code][0]}"}
-            for code in sorted({*codes, 500})}
+    return {
+        str(code): {"$ref": f"#/components/responses/{ERROR_RESPONSES[code][0]}"}
+        for code in sorted({*codes, 500})
+    }
 
 
 def param(name: str) -> dict[str, Any]:
@@ -98,14 +108,26 @@ def param(name: str) -> dict[str, Any]:
 
 
 def query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"name": name, "in": "query", "required": False, "schema": schema,
-            "description": description}
+    return {
+        "name": name,
+        "in": "query",
+        "required": False,
+        "schema": schema,
+        "description": description,
+    }
 
 
-def operation(op_id: str, tag: str, summary: str, responses: dict[str, Any], *,
-              description: str | None = None, parameters: list[dict[str, Any]] | None = None,
-              body: dict[str, Any] | None = None,
-              security: list[dict[str, list[str]]] | None = None) -> dict[str, Any]:
+def operation(
+    op_id: str,
+    tag: str,
+    summary: str,
+    responses: dict[str, Any],
+    *,
+    description: str | None = None,
+    parameters: list[dict[str, Any]] | None = None,
+    body: dict[str, Any] | None = None,
+    security: list[dict[str, list[str]]] | None = None,
+) -> dict[str, Any]:
     op: dict[str, Any] = {"operationId": op_id, "tags": [tag], "summary": summary}
     if description:
         op["description"] = description
@@ -123,33 +145,55 @@ def operation(op_id: str, tag: str, summary: str, responses: dict[str, Any], *,
 
 # code → (component response name, reason text, when)
 ERROR_RESPONSES: dict[int, tuple[str, str, str]] = {
-    400: ("BadRequest", "Bad Request",
-          "The request is invalid: not JSON, wrong types, values out of range, unknown "
-          "fields or query parameters. `errors` lists every problem found, each naming "
-          "its field."),
-    401: ("Unauthorized", "Unauthorized",
-          "No API key, or an unknown or revoked one."),
-    403: ("Forbidden", "Forbidden",
-          "A `read` key on anything but GET (and HEAD)."),
-    404: ("NotFound", "Not Found",
-          "No such runner, run or env variable (a malformed id is a 404 too)."),
-    405: ("MethodNotAllowed", "Method Not Allowed",
-          "A method the path does not take; the `Allow` header lists the ones it does."),
-    409: ("Conflict", "Conflict",
-          "Deleting a runner that has pending or running runs; canceling a run that "
-          "ended otherwise than canceled."),
-    413: ("PayloadTooLarge", "Request Entity Too Large",
-          "The body is over `[server] max_body_bytes` (default 1 MiB)."),
-    415: ("UnsupportedMediaType", "Unsupported Media Type",
-          "A non-empty body whose `Content-Type` is not JSON (`application/json`, "
-          "`text/json` or `…+json`; no `Content-Type` at all is read as JSON)."),
-    500: ("InternalServerError", "Internal Server Error",
-          "An unexpected failure (a bug). The traceback goes to the daemon's log, never "
-          "into the response."),
-    503: ("ServiceUnavailable", "Service Unavailable",
-          "The Docker engine does not answer, or the run is between the store and the "
-          "engine (starting, or being re-attached after a restart): nothing was changed, "
-          "retry shortly. `error` says which, e.g. `Run Is Starting, Retry Cancel`."),
+    400: (
+        "BadRequest",
+        "Bad Request",
+        "The request is invalid: not JSON, wrong types, values out of range, unknown "
+        "fields or query parameters. `errors` lists every problem found, each naming "
+        "its field.",
+    ),
+    401: ("Unauthorized", "Unauthorized", "No API key, or an unknown or revoked one."),
+    403: ("Forbidden", "Forbidden", "A `read` key on anything but GET (and HEAD)."),
+    404: (
+        "NotFound",
+        "Not Found",
+        "No such runner, run or env variable (a malformed id is a 404 too).",
+    ),
+    405: (
+        "MethodNotAllowed",
+        "Method Not Allowed",
+        "A method the path does not take; the `Allow` header lists the ones it does.",
+    ),
+    409: (
+        "Conflict",
+        "Conflict",
+        "Deleting a runner that has pending or running runs; canceling a run that "
+        "ended otherwise than canceled.",
+    ),
+    413: (
+        "PayloadTooLarge",
+        "Request Entity Too Large",
+        "The body is over `[server] max_body_bytes` (default 1 MiB).",
+    ),
+    415: (
+        "UnsupportedMediaType",
+        "Unsupported Media Type",
+        "A non-empty body whose `Content-Type` is not JSON (`application/json`, "
+        "`text/json` or `…+json`; no `Content-Type` at all is read as JSON).",
+    ),
+    500: (
+        "InternalServerError",
+        "Internal Server Error",
+        "An unexpected failure (a bug). The traceback goes to the daemon's log, never "
+        "into the response.",
+    ),
+    503: (
+        "ServiceUnavailable",
+        "Service Unavailable",
+        "The Docker engine does not answer, or the run is between the store and the "
+        "engine (starting, or being re-attached after a restart): nothing was changed, "
+        "retry shortly. `error` says which, e.g. `Run Is Starting, Retry Cancel`.",
+    ),
 }
 
 
@@ -161,23 +205,33 @@ def _error_response(code: int) -> dict[str, Any]:
     else:
         schema = {"allOf": [ref("Error"), {"properties": {"status": {"const": code}}}]}
         example = {"status": code, "error": reason}
-    response: dict[str, Any] = {"description": when,
-                                "content": {JSON: {"schema": schema, "example": example}}}
+    response: dict[str, Any] = {
+        "description": when,
+        "content": {JSON: {"schema": schema, "example": example}},
+    }
     if code == 405:
-        response["headers"] = {"Allow": {"description": "The methods the path takes.",
-                                         "schema": {"type": "string"}}}
+        response["headers"] = {
+            "Allow": {"description": "The methods the path takes.", "schema": {"type": "string"}}
+        }
     return response
 
 
 # -- schemas ------------------------------------------------------------------------
 
-TIMESTAMP = {"type": "string", "format": "date-time", "pattern": TIME_PATTERN,
-             "examples": ["2026-01-15T10:01:00.000+01:00"]}
+TIMESTAMP = {
+    "type": "string",
+    "format": "date-time",
+    "pattern": TIME_PATTERN,
+    "examples": ["2026-01-15T10:01:00.000+01:00"],
+}
 UUID = {"type": "string", "format": "uuid"}
 
-ENV_KEY = text(schemas.ENV_KEY_MAX, 1, pattern=_anchored(schemas.ENV_KEY.pattern),
-               description="A variable name: letters, digits and `_`, not starting with "
-                           "a digit.")
+ENV_KEY = text(
+    schemas.ENV_KEY_MAX,
+    1,
+    pattern=_anchored(schemas.ENV_KEY.pattern),
+    description="A variable name: letters, digits and `_`, not starting with a digit.",
+)
 ENV_VAL = text(schemas.ENV_VAL_MAX, description="Any text without NUL characters.")
 
 ENV_VARIABLES_INPUT = {
@@ -185,77 +239,124 @@ ENV_VARIABLES_INPUT = {
     "maxItems": schemas.ENV_MAX_ITEMS,
     "items": ref("EnvVariableInput"),
     "description": "`{env_key, env_val}` pairs; an `env_key` may appear only once (a "
-                   "repeated one is a 400).",
+    "repeated one is a 400).",
 }
 
 RUNNER_INPUT_PROPERTIES: dict[str, Any] = {
-    "name": text(schemas.NAME_LEN[1], schemas.NAME_LEN[0],
-                 pattern="^[^\\u0000-\\u001f\\u007f]*$",
-                 description="Unique among runners; no control characters. A name already "
-                             "taken is a 400 naming the field."),
-    "image_name": text(255, 1, pattern=_anchored(schemas.IMAGE_NAME.pattern),
-                       description="A Docker image name without tag or digest, e.g. "
-                                   "`busybox` or `registry.example.com:5000/team/job` "
-                                   "(lowercase path)."),
-    "image_tag": text(128, 1, pattern=_anchored(schemas.IMAGE_TAG.pattern),
-                      default="latest",
-                      description="Letters, digits, `_`, `.` and `-`, not starting with `.` "
-                                  "or `-`."),
-    "run_command": nullable(text(schemas.RUN_COMMAND_MAX, 1, description=(
-        "Run as `sh -c run_command` (the image needs a `sh`). Excludes `argv`: at most one "
-        "of the two may be non-null (on PATCH: after merging with the runner); with "
-        "neither, the image's own CMD runs."))),
-    "argv": {"type": ["array", "null"], "minItems": 1, "maxItems": schemas.ARGV_MAX_ITEMS,
-             "items": text(schemas.ARGV_ITEM_MAX),
-             "description": "The command in exec form. Excludes `run_command`."},
-    "entrypoint": nullable(text(schemas.ENTRYPOINT_MAX, description=(
-        "Replaces the image's ENTRYPOINT, split into words like a shell would (unbalanced "
-        "quotes are a 400); `\"\"` clears it; null keeps the image's."))),
-    "timeout_seconds": {"type": "integer", "minimum": schemas.TIMEOUT_RANGE[0],
-                        "maximum": schemas.TIMEOUT_RANGE[1],
-                        "default": schemas.DEFAULT_TIMEOUT,
-                        "description": "Counted from `started_at`; past it the container is "
-                                       "stopped and the run fails with `timeout`."},
-    "instance_type": {"type": "string",
-                      "description": "The slug of an instance type of the daemon's config "
-                                     "(built in: `standard-xs`, `standard-s`, `standard-m`); "
-                                     "default the config's `default_instance_type`. Any other "
-                                     "value is a 400.",
-                      "examples": ["standard-s"]},
-    "max_concurrent_runs": {"type": ["integer", "null"], "minimum": 1,
-                            "maximum": schemas.RUNNER_MAX_CONCURRENT,
-                            "description": "At most this many runs of this runner at once; "
-                                           "null (the default): only the daemon's limit; 1: "
-                                           "runs never overlap."},
-    "webhook_url": {"type": ["string", "null"], "minLength": 1,
-                    "maxLength": schemas.WEBHOOK_URL_MAX,
-                    "format": "uri", "pattern": WEBHOOK_URL_PATTERN,
-                    "description": "An http:// or https:// URL POSTed `{\"run\": Run, "
-                                   "\"runner_id\": …}` when a run completes, signed with "
-                                   "`X-Runnerd-Signature: sha256=<hex HMAC-SHA256 of the "
-                                   "body>`. Needs `[webhooks] secret` in the daemon's config "
-                                   "(without it a non-null value is a 400). Null: no webhook."},
-    "container_registry_id": {"type": ["string", "null"], "format": "uuid",
-                              "description": "A container registry whose host and "
-                                             "credentials pull the image; `image_name` may "
-                                             "then omit the host. An unknown id is a 400."},
-    "image_pull_policy": {"type": "string", "enum": list(schemas.PULL_POLICIES),
-                          "default": "if_not_present",
-                          "description": "`if_not_present`: pull only when the image is "
-                                         "missing; `always`: pull before every run; "
-                                         "`never`: fail (`image_pull_failed`) when missing."},
+    "name": text(
+        schemas.NAME_LEN[1],
+        schemas.NAME_LEN[0],
+        pattern="^[^\\u0000-\\u001f\\u007f]*$",
+        description="Unique among runners; no control characters. A name already "
+        "taken is a 400 naming the field.",
+    ),
+    "image_name": text(
+        255,
+        1,
+        pattern=_anchored(schemas.IMAGE_NAME.pattern),
+        description="A Docker image name without tag or digest, e.g. "
+        "`busybox` or `registry.example.com:5000/team/job` "
+        "(lowercase path).",
+    ),
+    "image_tag": text(
+        128,
+        1,
+        pattern=_anchored(schemas.IMAGE_TAG.pattern),
+        default="latest",
+        description="Letters, digits, `_`, `.` and `-`, not starting with `.` or `-`.",
+    ),
+    "run_command": nullable(
+        text(
+            schemas.RUN_COMMAND_MAX,
+            1,
+            description=(
+                "Run as `sh -c run_command` (the image needs a `sh`). Excludes `argv`: at most one "
+                "of the two may be non-null (on PATCH: after merging with the runner); with "
+                "neither, the image's own CMD runs."
+            ),
+        )
+    ),
+    "argv": {
+        "type": ["array", "null"],
+        "minItems": 1,
+        "maxItems": schemas.ARGV_MAX_ITEMS,
+        "items": text(schemas.ARGV_ITEM_MAX),
+        "description": "The command in exec form. Excludes `run_command`.",
+    },
+    "entrypoint": nullable(
+        text(
+            schemas.ENTRYPOINT_MAX,
+            description=(
+                "Replaces the image's ENTRYPOINT, split into words like a shell would (unbalanced "
+                'quotes are a 400); `""` clears it; null keeps the image\'s.'
+            ),
+        )
+    ),
+    "timeout_seconds": {
+        "type": "integer",
+        "minimum": schemas.TIMEOUT_RANGE[0],
+        "maximum": schemas.TIMEOUT_RANGE[1],
+        "default": schemas.DEFAULT_TIMEOUT,
+        "description": "Counted from `started_at`; past it the container is "
+        "stopped and the run fails with `timeout`.",
+    },
+    "instance_type": {
+        "type": "string",
+        "description": "The slug of an instance type of the daemon's config "
+        "(built in: `standard-xs`, `standard-s`, `standard-m`); "
+        "default the config's `default_instance_type`. Any other "
+        "value is a 400.",
+        "examples": ["standard-s"],
+    },
+    "max_concurrent_runs": {
+        "type": ["integer", "null"],
+        "minimum": 1,
+        "maximum": schemas.RUNNER_MAX_CONCURRENT,
+        "description": "At most this many runs of this runner at once; "
+        "null (the default): only the daemon's limit; 1: "
+        "runs never overlap.",
+    },
+    "webhook_url": {
+        "type": ["string", "null"],
+        "minLength": 1,
+        "maxLength": schemas.WEBHOOK_URL_MAX,
+        "format": "uri",
+        "pattern": WEBHOOK_URL_PATTERN,
+        "description": 'An http:// or https:// URL POSTed `{"run": Run, '
+        '"runner_id": …}` when a run completes, signed with '
+        "`X-Runnerd-Signature: sha256=<hex HMAC-SHA256 of the "
+        "body>`. Needs `[webhooks] secret` in the daemon's config "
+        "(without it a non-null value is a 400). Null: no webhook.",
+    },
+    "container_registry_id": {
+        "type": ["string", "null"],
+        "format": "uuid",
+        "description": "A container registry whose host and "
+        "credentials pull the image; `image_name` may "
+        "then omit the host. An unknown id is a 400.",
+    },
+    "image_pull_policy": {
+        "type": "string",
+        "enum": list(schemas.PULL_POLICIES),
+        "default": "if_not_present",
+        "description": "`if_not_present`: pull only when the image is "
+        "missing; `always`: pull before every run; "
+        "`never`: fail (`image_pull_failed`) when missing.",
+    },
     "env_variables": ENV_VARIABLES_INPUT,
 }
 
-REGISTRY_HOST_SCHEMA = text(255, 1, pattern=_anchored(schemas.REGISTRY_HOST.pattern),
-                            description="e.g. `registry.example.com:5000` or `ghcr.io`; no "
-                                        "scheme, no path.")
+REGISTRY_HOST_SCHEMA = text(
+    255,
+    1,
+    pattern=_anchored(schemas.REGISTRY_HOST.pattern),
+    description="e.g. `registry.example.com:5000` or `ghcr.io`; no scheme, no path.",
+)
 REGISTRY_INPUT_PROPERTIES: dict[str, Any] = {
     "name": text(schemas.NAME_LEN[1], schemas.NAME_LEN[0], description="Unique."),
     "host": REGISTRY_HOST_SCHEMA,
     "username": text(255, 1),
-    "password": text(4096, 1, description="Stored encrypted; never shown again.",
-                     writeOnly=True),
+    "password": text(4096, 1, description="Stored encrypted; never shown again.", writeOnly=True),
 }
 
 RUN_DESCRIPTION = (
@@ -264,199 +365,312 @@ RUN_DESCRIPTION = (
     "`failed` (a run that never got a container goes from `pending` straight to `failed`), "
     "never backwards. `started_at` is set when the container starts, `completed_at` when "
     "the run ends; `exit_code` is null until the container has exited. `failure_reason` is "
-    "null unless `failed`; `error` is a readable sentence when it failed.")
+    "null unless `failed`; `error` is a readable sentence when it failed."
+)
 
 COMPONENT_SCHEMAS: dict[str, Any] = {
     "Timestamp": TIMESTAMP,
     "NullableTimestamp": nullable(TIMESTAMP),
-    "InstanceType": closed_all({
-        "slug": {"type": "string"},
-        "name": {"type": ["string", "null"]},
-        "cpu": {"type": ["number", "null"], "description": "CPUs (fractions allowed)"},
-        "mem": {"type": ["integer", "null"], "description": "Memory in MiB"},
-    }, description="The runner's instance type; `name`, `cpu` and `mem` are null when the "
-                   "slug is no longer in the daemon's config."),
-    "Runner": closed_all({
-        "id": UUID,
-        "name": {"type": "string"},
-        "status": {"const": "available"},
-        "image_name": {"type": "string"},
-        "image_tag": {"type": "string"},
-        "run_command": {"type": ["string", "null"]},
-        "argv": {"type": ["array", "null"], "items": {"type": "string"}},
-        "entrypoint": {"type": ["string", "null"]},
-        "timeout_seconds": {"type": "integer", "minimum": schemas.TIMEOUT_RANGE[0],
-                            "maximum": schemas.TIMEOUT_RANGE[1]},
-        "max_concurrent_runs": {"type": ["integer", "null"], "minimum": 1,
-                                "maximum": schemas.RUNNER_MAX_CONCURRENT},
-        "webhook_url": {"type": ["string", "null"]},
-        "container_registry_id": {"type": ["string", "null"], "format": "uuid"},
-        "image_pull_policy": {"type": "string", "enum": list(schemas.PULL_POLICIES)},
-        "warmed_at": ref("NullableTimestamp"),
-        "instance_type": ref("InstanceType"),
-        "created_at": ref("Timestamp"),
-        "updated_at": ref("Timestamp"),
-    }, description="A container job definition."),
-    "RunnerCreate": obj(RUNNER_INPUT_PROPERTIES, required=["name", "image_name"],
-                        description="A new runner. Unknown fields are a 400.",
-                        **{"not": {"required": ["run_command", "argv"],
-                                   "properties": {"run_command": {"type": "string"},
-                                                  "argv": {"type": "array"}}}}),
-    "RunnerUpdate": obj(RUNNER_INPUT_PROPERTIES, description=(
-        "Any fields of a runner, changed together; the others keep their values. "
-        "`env_variables`, when given, replaces all of the runner's env variables. To switch "
-        "between `run_command` and `argv`, set the old one to null in the same request. An "
-        "empty body or `{}` changes nothing. Unknown fields are a 400.")),
-    "EnvVariableInput": obj({"env_key": ENV_KEY, "env_val": ENV_VAL},
-                            required=["env_key", "env_val"]),
-    "EnvVariableCreate": obj({"env_key": ENV_KEY, "env_val": ENV_VAL},
-                             required=["env_key", "env_val"],
-                             description="`env_key` is unique per runner: one already "
-                                         "there is a 400."),
-    "EnvVariableUpdate": obj({"env_key": ENV_KEY, "env_val": ENV_VAL}, minProperties=1,
-                             description="Sets `env_key`, `env_val` or both."),
-    "EnvVariable": closed_all({
-        "id": UUID,
-        "env_key": {"type": "string"},
-        "env_val": {"type": "string"},
-        "created_at": ref("Timestamp"),
-        "updated_at": ref("Timestamp"),
-    }, description="A default env variable of a runner: every run gets it unless the "
-                   "trigger overrides it."),
+    "InstanceType": closed_all(
+        {
+            "slug": {"type": "string"},
+            "name": {"type": ["string", "null"]},
+            "cpu": {"type": ["number", "null"], "description": "CPUs (fractions allowed)"},
+            "mem": {"type": ["integer", "null"], "description": "Memory in MiB"},
+        },
+        description="The runner's instance type; `name`, `cpu` and `mem` are null when the "
+        "slug is no longer in the daemon's config.",
+    ),
+    "Runner": closed_all(
+        {
+            "id": UUID,
+            "name": {"type": "string"},
+            "status": {"const": "available"},
+            "image_name": {"type": "string"},
+            "image_tag": {"type": "string"},
+            "run_command": {"type": ["string", "null"]},
+            "argv": {"type": ["array", "null"], "items": {"type": "string"}},
+            "entrypoint": {"type": ["string", "null"]},
+            "timeout_seconds": {
+                "type": "integer",
+                "minimum": schemas.TIMEOUT_RANGE[0],
+                "maximum": schemas.TIMEOUT_RANGE[1],
+            },
+            "max_concurrent_runs": {
+                "type": ["integer", "null"],
+                "minimum": 1,
+                "maximum": schemas.RUNNER_MAX_CONCURRENT,
+            },
+            "webhook_url": {"type": ["string", "null"]},
+            "container_registry_id": {"type": ["string", "null"], "format": "uuid"},
+            "image_pull_policy": {"type": "string", "enum": list(schemas.PULL_POLICIES)},
+            "warmed_at": ref("NullableTimestamp"),
+            "instance_type": ref("InstanceType"),
+            "created_at": ref("Timestamp"),
+            "updated_at": ref("Timestamp"),
+        },
+        description="A container job definition.",
+    ),
+    "RunnerCreate": obj(
+        RUNNER_INPUT_PROPERTIES,
+        required=["name", "image_name"],
+        description="A new runner. Unknown fields are a 400.",
+        **{
+            "not": {
+                "required": ["run_command", "argv"],
+                "properties": {"run_command": {"type": "string"}, "argv": {"type": "array"}},
+            }
+        },
+    ),
+    "RunnerUpdate": obj(
+        RUNNER_INPUT_PROPERTIES,
+        description=(
+            "Any fields of a runner, changed together; the others keep their values. "
+            "`env_variables`, when given, replaces all of the runner's env variables. To switch "
+            "between `run_command` and `argv`, set the old one to null in the same request. An "
+            "empty body or `{}` changes nothing. Unknown fields are a 400."
+        ),
+    ),
+    "EnvVariableInput": obj(
+        {"env_key": ENV_KEY, "env_val": ENV_VAL}, required=["env_key", "env_val"]
+    ),
+    "EnvVariableCreate": obj(
+        {"env_key": ENV_KEY, "env_val": ENV_VAL},
+        required=["env_key", "env_val"],
+        description="`env_key` is unique per runner: one already there is a 400.",
+    ),
+    "EnvVariableUpdate": obj(
+        {"env_key": ENV_KEY, "env_val": ENV_VAL},
+        minProperties=1,
+        description="Sets `env_key`, `env_val` or both.",
+    ),
+    "EnvVariable": closed_all(
+        {
+            "id": UUID,
+            "env_key": {"type": "string"},
+            "env_val": {"type": "string"},
+            "created_at": ref("Timestamp"),
+            "updated_at": ref("Timestamp"),
+        },
+        description="A default env variable of a runner: every run gets it unless the "
+        "trigger overrides it.",
+    ),
     "RunStatus": {"type": "string", "enum": [s.value for s in Status]},
-    "FailureReason": {"type": ["string", "null"],
-                      "enum": [*(r.value for r in FailureReason), None],
-                      "description": "`nonzero_exit`: the command exited non-zero; "
-                                     "`timeout`: stopped after `timeout_seconds`; "
-                                     "`canceled`: through the API or at shutdown; "
-                                     "`image_pull_failed`, `start_failed`: it never ran; "
-                                     "`lost`: the container disappeared."},
-    "WebhookStatus": {"type": ["string", "null"], "enum": [*WEBHOOK_STATUSES, None],
-                      "description": "Delivery of the runner's webhook for this run: null "
-                                     "when there is none."},
-    "Run": closed_all({
-        "id": UUID,
-        "status": ref("RunStatus"),
-        "exit_code": {"type": ["integer", "null"]},
-        "started_at": ref("NullableTimestamp"),
-        "completed_at": ref("NullableTimestamp"),
-        "created_at": ref("Timestamp"),
-        "updated_at": ref("Timestamp"),
-        "command": {"type": ["string", "null"]},
-        "argv": {"type": ["array", "null"], "items": {"type": "string"}},
-        "entrypoint": {"type": ["string", "null"]},
-        "failure_reason": ref("FailureReason"),
-        "error": {"type": ["string", "null"]},
-        "webhook_status": ref("WebhookStatus"),
-    }, description=RUN_DESCRIPTION),
-    "TriggerRequest": obj({"env_variables": ENV_VARIABLES_INPUT}, description=(
-        "Env overrides for this run only, on top of the runner's env variables. An empty "
-        "body or `{}` is valid.")),
-    "LogEntry": closed_all({
-        "id": {"type": "string", "description": "This entry's cursor, for `after`/`before`."},
-        "ts": ref("Timestamp"),
-        "stream": {"type": "string", "enum": list(schemas.LOG_STREAMS)},
-        "msg": {"type": "string", "description": "One line without its newline (or a part "
-                                                 "of a very long line), decoded as UTF-8 "
-                                                 "with undecodable bytes replaced."},
-    }),
+    "FailureReason": {
+        "type": ["string", "null"],
+        "enum": [*(r.value for r in FailureReason), None],
+        "description": "`nonzero_exit`: the command exited non-zero; "
+        "`timeout`: stopped after `timeout_seconds`; "
+        "`canceled`: through the API or at shutdown; "
+        "`image_pull_failed`, `start_failed`: it never ran; "
+        "`lost`: the container disappeared.",
+    },
+    "WebhookStatus": {
+        "type": ["string", "null"],
+        "enum": [*WEBHOOK_STATUSES, None],
+        "description": "Delivery of the runner's webhook for this run: null when there is none.",
+    },
+    "Run": closed_all(
+        {
+            "id": UUID,
+            "status": ref("RunStatus"),
+            "exit_code": {"type": ["integer", "null"]},
+            "started_at": ref("NullableTimestamp"),
+            "completed_at": ref("NullableTimestamp"),
+            "created_at": ref("Timestamp"),
+            "updated_at": ref("Timestamp"),
+            "command": {"type": ["string", "null"]},
+            "argv": {"type": ["array", "null"], "items": {"type": "string"}},
+            "entrypoint": {"type": ["string", "null"]},
+            "failure_reason": ref("FailureReason"),
+            "error": {"type": ["string", "null"]},
+            "webhook_status": ref("WebhookStatus"),
+        },
+        description=RUN_DESCRIPTION,
+    ),
+    "TriggerRequest": obj(
+        {"env_variables": ENV_VARIABLES_INPUT},
+        description=(
+            "Env overrides for this run only, on top of the runner's env variables. An empty "
+            "body or `{}` is valid."
+        ),
+    ),
+    "LogEntry": closed_all(
+        {
+            "id": {"type": "string", "description": "This entry's cursor, for `after`/`before`."},
+            "ts": ref("Timestamp"),
+            "stream": {"type": "string", "enum": list(schemas.LOG_STREAMS)},
+            "msg": {
+                "type": "string",
+                "description": "One line without its newline (or a part "
+                "of a very long line), decoded as UTF-8 "
+                "with undecodable bytes replaced.",
+            },
+        }
+    ),
     "LogPage": closed_all({"logs": {"type": "array", "items": ref("LogEntry")}}),
-    "LogLine": closed_all({
-        "ts": ref("Timestamp"),
-        "stream": {"type": "string", "enum": list(schemas.LOG_STREAMS)},
-        "msg": {"type": "string"},
-    }, description="The `data` of an `event: log`."),
+    "LogLine": closed_all(
+        {
+            "ts": ref("Timestamp"),
+            "stream": {"type": "string", "enum": list(schemas.LOG_STREAMS)},
+            "msg": {"type": "string"},
+        },
+        description="The `data` of an `event: log`.",
+    ),
     "LogEvent": {
         "description": "One Server-Sent Event of the stream (as OpenAPI 3.1 reads a "
-                       "`text/event-stream` schema: each event). Per line of output an "
-                       "`event: log` whose `id` is the entry's cursor (send it back as "
-                       "`Last-Event-ID` to resume) and whose `data` is JSON "
-                       "`{ts, stream, msg}`; last, once the run has completed and all its "
-                       "output is out, an `event: end` whose `data` is the Run as JSON.",
+        "`text/event-stream` schema: each event). Per line of output an "
+        "`event: log` whose `id` is the entry's cursor (send it back as "
+        "`Last-Event-ID` to resume) and whose `data` is JSON "
+        "`{ts, stream, msg}`; last, once the run has completed and all its "
+        "output is out, an `event: end` whose `data` is the Run as JSON.",
         "oneOf": [
-            {"type": "object", "required": ["event", "id", "data"],
-             "properties": {
-                 "event": {"const": "log"},
-                 "id": {"type": "string"},
-                 "data": {"type": "string", "contentMediaType": JSON,
-                          "contentSchema": ref("LogLine")}}},
-            {"type": "object", "required": ["event", "data"],
-             "properties": {
-                 "event": {"const": "end"},
-                 "data": {"type": "string", "contentMediaType": JSON,
-                          "contentSchema": ref("Run")}}},
+            {
+                "type": "object",
+                "required": ["event", "id", "data"],
+                "properties": {
+                    "event": {"const": "log"},
+                    "id": {"type": "string"},
+                    "data": {
+                        "type": "string",
+                        "contentMediaType": JSON,
+                        "contentSchema": ref("LogLine"),
+                    },
+                },
+            },
+            {
+                "type": "object",
+                "required": ["event", "data"],
+                "properties": {
+                    "event": {"const": "end"},
+                    "data": {
+                        "type": "string",
+                        "contentMediaType": JSON,
+                        "contentSchema": ref("Run"),
+                    },
+                },
+            },
         ],
     },
-    "ContainerRegistry": closed_all({
-        "id": UUID,
-        "name": {"type": "string"},
-        "host": {"type": "string"},
-        "username": {"type": "string"},
-        "created_at": ref("Timestamp"),
-        "updated_at": ref("Timestamp"),
-    }, description="A registry runnerd pulls from with credentials. Never the password."),
-    "ContainerRegistryCreate": obj(REGISTRY_INPUT_PROPERTIES,
-                                   required=["name", "host", "username", "password"]),
+    "ContainerRegistry": closed_all(
+        {
+            "id": UUID,
+            "name": {"type": "string"},
+            "host": {"type": "string"},
+            "username": {"type": "string"},
+            "created_at": ref("Timestamp"),
+            "updated_at": ref("Timestamp"),
+        },
+        description="A registry runnerd pulls from with credentials. Never the password.",
+    ),
+    "ContainerRegistryCreate": obj(
+        REGISTRY_INPUT_PROPERTIES, required=["name", "host", "username", "password"]
+    ),
     "ContainerRegistryUpdate": obj(REGISTRY_INPUT_PROPERTIES, minProperties=1),
     "ContainerRegistryResponse": closed_all({"container_registry": ref("ContainerRegistry")}),
-    "ContainerRegistryList": closed_all({"container_registries": {
-        "type": "array", "items": ref("ContainerRegistry")}}),
+    "ContainerRegistryList": closed_all(
+        {"container_registries": {"type": "array", "items": ref("ContainerRegistry")}}
+    ),
     "RunnerResponse": closed_all({"runner": ref("Runner")}),
     "RunnerList": closed_all({"runners": {"type": "array", "items": ref("Runner")}}),
     "EnvVariableResponse": closed_all({"env_variable": ref("EnvVariable")}),
-    "EnvVariableList": closed_all({"env_variables": {"type": "array",
-                                                     "items": ref("EnvVariable")}}),
+    "EnvVariableList": closed_all(
+        {"env_variables": {"type": "array", "items": ref("EnvVariable")}}
+    ),
     "RunResponse": closed_all({"run": ref("Run")}),
     "RunList": closed_all({"runs": {"type": "array", "items": ref("Run")}}),
     "Deleted": closed_all({"deleted": {"const": True}}),
-    "ValidationErrors": closed_all({"errors": {"type": "array", "minItems": 1,
-                                               "items": {"type": "string"}}},
-                                   description="Every problem found, each naming its field."),
-    "Error": closed_all({"status": {"type": "integer", "minimum": 400, "maximum": 599},
-                         "error": {"type": "string"}}),
-    "QueueDepth": closed_all({"pending": {"type": "integer", "minimum": 0},
-                              "running": {"type": "integer", "minimum": 0}},
-                             description="How many runs are pending and running now."),
-    "Health": obj({"status": {"const": "ok"},
-                   "engine": obj({"version": {"type": ["string", "null"]},
-                                  "api_version": {"type": ["string", "null"]}},
-                                 closed=False, description="The Docker engine's version."),
-                   "queue": ref("QueueDepth")},
-                  required=["status"], closed=False,
-                  description="The Docker engine answers. More fields may be added."),
-    "HealthUnavailable": obj({"status": {"const": "unavailable"},
-                              "error": {"type": "string"},
-                              "queue": ref("QueueDepth")},
-                             required=["status", "error"], closed=False,
-                             description="The Docker engine does not answer, or the "
-                                         "scheduler is not claiming runs (backing off after "
-                                         "an engine or database error); `error` says why. "
-                                         "More fields may be added."),
+    "ValidationErrors": closed_all(
+        {"errors": {"type": "array", "minItems": 1, "items": {"type": "string"}}},
+        description="Every problem found, each naming its field.",
+    ),
+    "Error": closed_all(
+        {"status": {"type": "integer", "minimum": 400, "maximum": 599}, "error": {"type": "string"}}
+    ),
+    "QueueDepth": closed_all(
+        {
+            "pending": {"type": "integer", "minimum": 0},
+            "running": {"type": "integer", "minimum": 0},
+        },
+        description="How many runs are pending and running now.",
+    ),
+    "Health": obj(
+        {
+            "status": {"const": "ok"},
+            "engine": obj(
+                {
+                    "version": {"type": ["string", "null"]},
+                    "api_version": {"type": ["string", "null"]},
+                },
+                closed=False,
+                description="The Docker engine's version.",
+            ),
+            "queue": ref("QueueDepth"),
+        },
+        required=["status"],
+        closed=False,
+        description="The Docker engine answers. More fields may be added.",
+    ),
+    "HealthUnavailable": obj(
+        {
+            "status": {"const": "unavailable"},
+            "error": {"type": "string"},
+            "queue": ref("QueueDepth"),
+        },
+        required=["status", "error"],
+        closed=False,
+        description="The Docker engine does not answer, or the "
+        "scheduler is not claiming runs (backing off after "
+        "an engine or database error); `error` says why. "
+        "More fields may be added.",
+    ),
 }
 
 PARAMETERS: dict[str, Any] = {
-    "RunnerId": {"name": "runner_id", "in": "path", "required": True, "schema": UUID,
-                 "description": "A runner's id."},
-    "RunId": {"name": "run_id", "in": "path", "required": True, "schema": UUID,
-              "description": "A run's id; the run must belong to the runner."},
-    "EnvId": {"name": "env_id", "in": "path", "required": True, "schema": UUID,
-              "description": "An env variable's id; it must belong to the runner."},
-    "RegistryId": {"name": "registry_id", "in": "path", "required": True, "schema": UUID,
-                   "description": "A container registry's id."},
+    "RunnerId": {
+        "name": "runner_id",
+        "in": "path",
+        "required": True,
+        "schema": UUID,
+        "description": "A runner's id.",
+    },
+    "RunId": {
+        "name": "run_id",
+        "in": "path",
+        "required": True,
+        "schema": UUID,
+        "description": "A run's id; the run must belong to the runner.",
+    },
+    "EnvId": {
+        "name": "env_id",
+        "in": "path",
+        "required": True,
+        "schema": UUID,
+        "description": "An env variable's id; it must belong to the runner.",
+    },
+    "RegistryId": {
+        "name": "registry_id",
+        "in": "path",
+        "required": True,
+        "schema": UUID,
+        "description": "A container registry's id.",
+    },
 }
 
 SECURITY_SCHEMES: dict[str, Any] = {
     "apiKey": {
-        "type": "http", "scheme": "bearer",
+        "type": "http",
+        "scheme": "bearer",
         "description": "An API key made with `runnerd keys create --name NAME [--scope "
-                       "full|read]`, sent as `Authorization: Bearer <key>`. The bare key "
-                       "(`Authorization: <key>`) is accepted too. A `read` key may only GET "
-                       "(and HEAD); anything else is a 403.",
+        "full|read]`, sent as `Authorization: Bearer <key>`. The bare key "
+        "(`Authorization: <key>`) is accepted too. A `read` key may only GET "
+        "(and HEAD); anything else is a 403.",
     },
     "metricsToken": {
-        "type": "http", "scheme": "bearer",
+        "type": "http",
+        "scheme": "bearer",
         "description": "`[server] metrics_token` of the daemon's config, as "
-                       "`Authorization: Bearer <token>`; needed only when it is set.",
+        "`Authorization: Bearer <token>`; needed only when it is set.",
     },
 }
 
@@ -477,7 +691,7 @@ LOGS_DESCRIPTION = (
     "(`true`: stream as the container writes, chunked, ending when the run completes). "
     "Without `follow`, what has been written so far (empty while pending).\n"
     "- `application/json` (and not `text/plain`): a page of entries "
-    "`{\"logs\": [{id, ts, stream, msg}]}`; query `limit` (default "
+    '`{"logs": [{id, ts, stream, msg}]}`; query `limit` (default '
     f"{schemas.LOGS_LIMIT_DEFAULT}, max {schemas.LOGS_LIMIT_MAX}), `after` or `before` "
     "(an entry's `id`: the page after or before it; not both), `stream` (`stdout` or "
     "`stderr`).\n"
@@ -486,212 +700,377 @@ LOGS_DESCRIPTION = (
     "the final Run. `Last-Event-ID` resumes after that entry, without gaps or repeats; query "
     "`stream` filters.\n\n"
     "Query parameters that the chosen form does not take are a 400, as are cursors that are "
-    "not entry ids of this run's log.")
+    "not entry ids of this run's log."
+)
 
 
 def _paths() -> dict[str, Any]:
     runner_id, run_id, env_id = param("RunnerId"), param("RunId"), param("EnvId")
     return {
-        "/healthz": {"get": operation(
-            "getHealth", OPS, "Whether the daemon and its Docker engine answer",
-            {"200": ok("Health", "The Docker engine answers."),
-             "503": {"description": "The Docker engine does not answer, or the scheduler "
-                                    "is not claiming runs.",
-                     "content": {JSON: {"schema": ref("HealthUnavailable")}}},
-             **errors()},
-            description="No key needed.", security=[])},
-        "/metrics": {"get": operation(
-            "getMetrics", OPS, "Prometheus metrics",
-            {"200": {"description": "The metrics in Prometheus' text exposition format.",
-                     "content": {"text/plain": {"schema": {"type": "string"}}}},
-             **errors(401)},
-            description="Runs by final status and failure_reason, runs pending and running, "
-                        "run duration and queue wait histograms, image pulls, Docker API "
-                        "errors, HTTP requests by route and status with latency. Needs "
-                        "`[server] metrics_token` as a bearer token when that is set, "
-                        "else no key.",
-            security=[{}, {"metricsToken": []}])},
-        "/v1/openapi.json": {"get": operation(
-            "getOpenApi", OPS, "This document",
-            {"200": {"description": "The OpenAPI 3.1 document of this API.",
-                     "content": {JSON: {"schema": {"type": "object",
-                                                   "required": ["openapi", "info", "paths"]}}}},
-             **errors()},
-            description="No key needed.", security=[])},
+        "/healthz": {
+            "get": operation(
+                "getHealth",
+                OPS,
+                "Whether the daemon and its Docker engine answer",
+                {
+                    "200": ok("Health", "The Docker engine answers."),
+                    "503": {
+                        "description": "The Docker engine does not answer, or the scheduler "
+                        "is not claiming runs.",
+                        "content": {JSON: {"schema": ref("HealthUnavailable")}},
+                    },
+                    **errors(),
+                },
+                description="No key needed.",
+                security=[],
+            )
+        },
+        "/metrics": {
+            "get": operation(
+                "getMetrics",
+                OPS,
+                "Prometheus metrics",
+                {
+                    "200": {
+                        "description": "The metrics in Prometheus' text exposition format.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    **errors(401),
+                },
+                description="Runs by final status and failure_reason, runs pending and running, "
+                "run duration and queue wait histograms, image pulls, Docker API "
+                "errors, HTTP requests by route and status with latency. Needs "
+                "`[server] metrics_token` as a bearer token when that is set, "
+                "else no key.",
+                security=[{}, {"metricsToken": []}],
+            )
+        },
+        "/v1/openapi.json": {
+            "get": operation(
+                "getOpenApi",
+                OPS,
+                "This document",
+                {
+                    "200": {
+                        "description": "The OpenAPI 3.1 document of this API.",
+                        "content": {
+                            JSON: {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["openapi", "info", "paths"],
+                                }
+                            }
+                        },
+                    },
+                    **errors(),
+                },
+                description="No key needed.",
+                security=[],
+            )
+        },
         "/v1/runners": {
-            "get": operation("listRunners", RUNNERS, "List runners, oldest first",
-                             {"200": ok("RunnerList", "All runners."), **errors(401)}),
+            "get": operation(
+                "listRunners",
+                RUNNERS,
+                "List runners, oldest first",
+                {"200": ok("RunnerList", "All runners."), **errors(401)},
+            ),
             "post": operation(
-                "createRunner", RUNNERS, "Create a runner",
-                {"200": ok("RunnerResponse", "The new runner."),
-                 **errors(400, 401, 403, 413, 415)},
-                body=json_body(ref("RunnerCreate"))),
+                "createRunner",
+                RUNNERS,
+                "Create a runner",
+                {"200": ok("RunnerResponse", "The new runner."), **errors(400, 401, 403, 413, 415)},
+                body=json_body(ref("RunnerCreate")),
+            ),
         },
         "/v1/runners/{runner_id}": {
             "parameters": [runner_id],
-            "get": operation("getRunner", RUNNERS, "Show a runner",
-                             {"200": ok("RunnerResponse", "The runner."),
-                              **errors(401, 404)}),
+            "get": operation(
+                "getRunner",
+                RUNNERS,
+                "Show a runner",
+                {"200": ok("RunnerResponse", "The runner."), **errors(401, 404)},
+            ),
             "patch": operation(
-                "updateRunner", RUNNERS, "Change a runner",
-                {"200": ok("RunnerResponse", "The runner as it is now."),
-                 **errors(400, 401, 403, 404, 413, 415)},
+                "updateRunner",
+                RUNNERS,
+                "Change a runner",
+                {
+                    "200": ok("RunnerResponse", "The runner as it is now."),
+                    **errors(400, 401, 403, 404, 413, 415),
+                },
                 description="Runs already triggered keep what they were triggered with.",
-                body=json_body(ref("RunnerUpdate"), required=False)),
+                body=json_body(ref("RunnerUpdate"), required=False),
+            ),
             "delete": operation(
-                "deleteRunner", RUNNERS, "Delete a runner",
-                {"200": ok("Deleted", "Deleted, with its env variables, runs and logs."),
-                 **errors(401, 403, 404, 409)},
-                description="409 while it has pending or running runs."),
+                "deleteRunner",
+                RUNNERS,
+                "Delete a runner",
+                {
+                    "200": ok("Deleted", "Deleted, with its env variables, runs and logs."),
+                    **errors(401, 403, 404, 409),
+                },
+                description="409 while it has pending or running runs.",
+            ),
         },
         "/v1/runners/{runner_id}/warm": {
             "parameters": [runner_id],
             "post": operation(
-                "warmRunner", RUNNERS, "Pull the runner's image now",
-                {"200": ok("RunnerResponse", "Pulled; `warmed_at` is set."),
-                 **errors(400, 401, 403, 404, 503)},
+                "warmRunner",
+                RUNNERS,
+                "Pull the runner's image now",
+                {
+                    "200": ok("RunnerResponse", "Pulled; `warmed_at` is set."),
+                    **errors(400, 401, 403, 404, 503),
+                },
                 description="Pulls whatever the pull policy; 400 with the registry's answer "
-                            "when the pull fails."),
+                "when the pull fails.",
+            ),
         },
         "/v1/container_registries": {
-            "get": operation("listContainerRegistries", REGISTRIES, "List container registries",
-                             {"200": ok("ContainerRegistryList", "All registries."),
-                              **errors(401)}),
+            "get": operation(
+                "listContainerRegistries",
+                REGISTRIES,
+                "List container registries",
+                {"200": ok("ContainerRegistryList", "All registries."), **errors(401)},
+            ),
             "post": operation(
-                "createContainerRegistry", REGISTRIES, "Add a container registry",
-                {"200": ok("ContainerRegistryResponse", "The new registry."),
-                 **errors(400, 401, 403, 413, 415)},
-                body=json_body(ref("ContainerRegistryCreate"))),
+                "createContainerRegistry",
+                REGISTRIES,
+                "Add a container registry",
+                {
+                    "200": ok("ContainerRegistryResponse", "The new registry."),
+                    **errors(400, 401, 403, 413, 415),
+                },
+                body=json_body(ref("ContainerRegistryCreate")),
+            ),
         },
         "/v1/container_registries/{registry_id}": {
             "parameters": [param("RegistryId")],
-            "get": operation("getContainerRegistry", REGISTRIES, "Show a container registry",
-                             {"200": ok("ContainerRegistryResponse", "The registry."),
-                              **errors(401, 404)}),
+            "get": operation(
+                "getContainerRegistry",
+                REGISTRIES,
+                "Show a container registry",
+                {"200": ok("ContainerRegistryResponse", "The registry."), **errors(401, 404)},
+            ),
             "patch": operation(
-                "updateContainerRegistry", REGISTRIES, "Change a container registry",
-                {"200": ok("ContainerRegistryResponse", "The registry as it is now."),
-                 **errors(400, 401, 403, 404, 413, 415)},
-                body=json_body(ref("ContainerRegistryUpdate"))),
+                "updateContainerRegistry",
+                REGISTRIES,
+                "Change a container registry",
+                {
+                    "200": ok("ContainerRegistryResponse", "The registry as it is now."),
+                    **errors(400, 401, 403, 404, 413, 415),
+                },
+                body=json_body(ref("ContainerRegistryUpdate")),
+            ),
             "delete": operation(
-                "deleteContainerRegistry", REGISTRIES, "Delete a container registry",
+                "deleteContainerRegistry",
+                REGISTRIES,
+                "Delete a container registry",
                 {"200": ok("Deleted", "Deleted."), **errors(401, 403, 404, 409)},
-                description="409 while a runner uses it."),
+                description="409 while a runner uses it.",
+            ),
         },
         "/v1/runners/{runner_id}/env_variables": {
             "parameters": [runner_id],
-            "get": operation("listEnvVariables", ENV, "List a runner's env variables, by key",
-                             {"200": ok("EnvVariableList", "The runner's env variables."),
-                              **errors(401, 404)}),
+            "get": operation(
+                "listEnvVariables",
+                ENV,
+                "List a runner's env variables, by key",
+                {"200": ok("EnvVariableList", "The runner's env variables."), **errors(401, 404)},
+            ),
             "post": operation(
-                "createEnvVariable", ENV, "Add an env variable to a runner",
-                {"200": ok("EnvVariableResponse", "The new env variable."),
-                 **errors(400, 401, 403, 404, 413, 415)},
-                body=json_body(ref("EnvVariableCreate"))),
+                "createEnvVariable",
+                ENV,
+                "Add an env variable to a runner",
+                {
+                    "200": ok("EnvVariableResponse", "The new env variable."),
+                    **errors(400, 401, 403, 404, 413, 415),
+                },
+                body=json_body(ref("EnvVariableCreate")),
+            ),
         },
         "/v1/runners/{runner_id}/env_variables/{env_id}": {
             "parameters": [runner_id, env_id],
             "patch": operation(
-                "updateEnvVariable", ENV, "Change an env variable",
-                {"200": ok("EnvVariableResponse", "The env variable as it is now."),
-                 **errors(400, 401, 403, 404, 413, 415)},
-                body=json_body(ref("EnvVariableUpdate"))),
+                "updateEnvVariable",
+                ENV,
+                "Change an env variable",
+                {
+                    "200": ok("EnvVariableResponse", "The env variable as it is now."),
+                    **errors(400, 401, 403, 404, 413, 415),
+                },
+                body=json_body(ref("EnvVariableUpdate")),
+            ),
             "delete": operation(
-                "deleteEnvVariable", ENV, "Delete an env variable",
-                {"200": ok("Deleted", "Deleted."), **errors(401, 403, 404)}),
+                "deleteEnvVariable",
+                ENV,
+                "Delete an env variable",
+                {"200": ok("Deleted", "Deleted."), **errors(401, 403, 404)},
+            ),
         },
         "/v1/runners/{runner_id}/runs": {
             "parameters": [runner_id],
             "get": operation(
-                "listRuns", RUNS, "List a runner's runs, newest first",
+                "listRuns",
+                RUNS,
+                "List a runner's runs, newest first",
                 {"200": ok("RunList", "A page of runs."), **errors(400, 401, 404)},
                 description="Unknown query parameters are a 400.",
                 parameters=[
-                    query("limit", {"type": "integer", "minimum": 1,
-                                    "maximum": schemas.RUNS_LIMIT_MAX,
-                                    "default": schemas.RUNS_LIMIT_DEFAULT},
-                          "How many runs at most."),
+                    query(
+                        "limit",
+                        {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": schemas.RUNS_LIMIT_MAX,
+                            "default": schemas.RUNS_LIMIT_DEFAULT,
+                        },
+                        "How many runs at most.",
+                    ),
                     query("status", ref("RunStatus"), "Only runs in this status."),
-                    query("before", UUID, "Only runs queued before this run, which must be "
-                                          "one of this runner's: pass the last id of a page "
-                                          "to get the next page."),
-                ]),
+                    query(
+                        "before",
+                        UUID,
+                        "Only runs queued before this run, which must be "
+                        "one of this runner's: pass the last id of a page "
+                        "to get the next page.",
+                    ),
+                ],
+            ),
             "post": operation(
-                "triggerRun", RUNS, "Trigger a run",
-                {"200": ok("RunResponse", "The run, `pending`: it is queued and runs "
-                                          "asynchronously. With an `Idempotency-Key` already "
-                                          "used for this runner, the first run as it is now."),
-                 **errors(400, 401, 403, 404, 413, 415)},
+                "triggerRun",
+                RUNS,
+                "Trigger a run",
+                {
+                    "200": ok(
+                        "RunResponse",
+                        "The run, `pending`: it is queued and runs "
+                        "asynchronously. With an `Idempotency-Key` already "
+                        "used for this runner, the first run as it is now.",
+                    ),
+                    **errors(400, 401, 403, 404, 413, 415),
+                },
                 description="The run's environment is the runner's env variables, then the "
-                            "body's overrides on top. A runner whose instance type is no "
-                            "longer configured is a 400.",
-                parameters=[{
-                    "name": "Idempotency-Key", "in": "header", "required": False,
-                    "schema": {"type": "string", "minLength": 1,
-                               "maxLength": schemas.IDEMPOTENCY_KEY_MAX,
-                               "pattern": "^[!-~]+$"},
-                    "description": "Visible ASCII, no spaces. The same key for the same "
-                                   "runner within 24 hours returns the first run instead "
-                                   "of queueing another, also under concurrent requests.",
-                }],
-                body=json_body(ref("TriggerRequest"), required=False)),
+                "body's overrides on top. A runner whose instance type is no "
+                "longer configured is a 400.",
+                parameters=[
+                    {
+                        "name": "Idempotency-Key",
+                        "in": "header",
+                        "required": False,
+                        "schema": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": schemas.IDEMPOTENCY_KEY_MAX,
+                            "pattern": "^[!-~]+$",
+                        },
+                        "description": "Visible ASCII, no spaces. The same key for the same "
+                        "runner within 24 hours returns the first run instead "
+                        "of queueing another, also under concurrent requests.",
+                    }
+                ],
+                body=json_body(ref("TriggerRequest"), required=False),
+            ),
         },
         "/v1/runners/{runner_id}/runs/{run_id}": {
             "parameters": [runner_id, run_id],
-            "get": operation("getRun", RUNS, "Show a run",
-                             {"200": ok("RunResponse", "The run."), **errors(401, 404)}),
+            "get": operation(
+                "getRun",
+                RUNS,
+                "Show a run",
+                {"200": ok("RunResponse", "The run."), **errors(401, 404)},
+            ),
         },
         "/v1/runners/{runner_id}/runs/{run_id}/logs": {
             "parameters": [runner_id, run_id],
             "get": operation(
-                "getRunLogs", RUNS, "A run's output: text, live text, JSON pages or SSE",
-                {"200": {
-                    "description": "The output, in the form `Accept` asked for.",
-                    "content": {
-                        "text/plain": {"schema": {"type": "string"}},
-                        JSON: {"schema": ref("LogPage")},
-                        "text/event-stream": {"schema": ref("LogEvent")},
-                    }},
-                 **errors(400, 401, 404)},
+                "getRunLogs",
+                RUNS,
+                "A run's output: text, live text, JSON pages or SSE",
+                {
+                    "200": {
+                        "description": "The output, in the form `Accept` asked for.",
+                        "content": {
+                            "text/plain": {"schema": {"type": "string"}},
+                            JSON: {"schema": ref("LogPage")},
+                            "text/event-stream": {"schema": ref("LogEvent")},
+                        },
+                    },
+                    **errors(400, 401, 404),
+                },
                 description=LOGS_DESCRIPTION,
                 parameters=[
-                    query("tail", {"type": "integer", "minimum": 0,
-                                   "maximum": schemas.TAIL_MAX},
-                          "text/plain: only the last N lines."),
-                    query("follow", {"type": "boolean", "default": False},
-                          "text/plain: stream the output live until the run completes."),
-                    query("limit", {"type": "integer", "minimum": 1,
-                                    "maximum": schemas.LOGS_LIMIT_MAX,
-                                    "default": schemas.LOGS_LIMIT_DEFAULT},
-                          "application/json: entries per page."),
-                    query("after", {"type": "string"},
-                          "application/json: the page after this entry (an opaque cursor: "
-                          "an entry's `id`)."),
-                    query("before", {"type": "string"},
-                          "application/json: the page before this entry (an entry's `id`)."),
-                    query("stream", {"type": "string", "enum": list(schemas.LOG_STREAMS)},
-                          "application/json, text/event-stream: only this stream."),
-                    {"name": "Last-Event-ID", "in": "header", "required": False,
-                     "schema": {"type": "string"},
-                     "description": "text/event-stream: resume after this entry."},
-                ]),
+                    query(
+                        "tail",
+                        {"type": "integer", "minimum": 0, "maximum": schemas.TAIL_MAX},
+                        "text/plain: only the last N lines.",
+                    ),
+                    query(
+                        "follow",
+                        {"type": "boolean", "default": False},
+                        "text/plain: stream the output live until the run completes.",
+                    ),
+                    query(
+                        "limit",
+                        {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": schemas.LOGS_LIMIT_MAX,
+                            "default": schemas.LOGS_LIMIT_DEFAULT,
+                        },
+                        "application/json: entries per page.",
+                    ),
+                    query(
+                        "after",
+                        {"type": "string"},
+                        "application/json: the page after this entry (an opaque cursor: "
+                        "an entry's `id`).",
+                    ),
+                    query(
+                        "before",
+                        {"type": "string"},
+                        "application/json: the page before this entry (an entry's `id`).",
+                    ),
+                    query(
+                        "stream",
+                        {"type": "string", "enum": list(schemas.LOG_STREAMS)},
+                        "application/json, text/event-stream: only this stream.",
+                    ),
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "required": False,
+                        "schema": {"type": "string"},
+                        "description": "text/event-stream: resume after this entry.",
+                    },
+                ],
+            ),
         },
         "/v1/runners/{runner_id}/runs/{run_id}/cancel": {
             "parameters": [runner_id, run_id],
             "post": operation(
-                "cancelRun", RUNS, "Cancel a run",
-                {"200": ok("RunResponse", "The run, `failed`/`canceled` (a running run "
-                                          "whose container takes longer than "
-                                          "`stop_grace_seconds` + 15 s to stop: as it is "
-                                          "then)."),
-                 **errors(401, 403, 404, 409, 503)},
+                "cancelRun",
+                RUNS,
+                "Cancel a run",
+                {
+                    "200": ok(
+                        "RunResponse",
+                        "The run, `failed`/`canceled` (a running run "
+                        "whose container takes longer than "
+                        "`stop_grace_seconds` + 15 s to stop: as it is "
+                        "then).",
+                    ),
+                    **errors(401, 403, 404, 409, 503),
+                },
                 description="Pending: ends `failed`/`canceled` at once and never starts. "
-                            "Running: the container is stopped (SIGTERM, then SIGKILL after "
-                            "`stop_grace_seconds`), then the run ends `failed`/`canceled` "
-                            "with the exit code it ended with. Already canceled: 200 again, "
-                            "unchanged. Ended otherwise: 409. 503 when the Docker engine does "
-                            "not answer or the run is between the store and the engine: "
-                            "nothing changed, retry. No body."),
+                "Running: the container is stopped (SIGTERM, then SIGKILL after "
+                "`stop_grace_seconds`), then the run ends `failed`/`canceled` "
+                "with the exit code it ended with. Already canceled: 200 again, "
+                "unchanged. Ended otherwise: 409. 503 when the Docker engine does "
+                "not answer or the run is between the store and the engine: "
+                "nothing changed, retry. No body.",
+            ),
         },
     }
 
@@ -704,20 +1083,20 @@ def document() -> dict[str, Any]:
             "title": "runnerd",
             "version": __version__,
             "summary": "Runners (container job definitions) and runs (their executions on a "
-                       "Docker engine) over REST.",
+            "Docker engine) over REST.",
             "description": (
                 "All endpoints but `/healthz`, `/metrics` and `/v1/openapi.json` need an API "
                 "key. Bodies are JSON (`Content-Type: application/json`). Ids are UUIDs; a "
                 "malformed id is a 404. Times look like `2026-01-15T10:01:00.000+01:00` "
                 "(milliseconds and UTC offset) in the daemon's configured time zone. Integer "
                 "fields take JSON integers (`3600.0` is a 400). Every "
-                "GET also answers HEAD. Errors: 400 `{\"errors\": [\"…\"]}`, every other "
-                "error `{\"status\": <code>, \"error\": \"<reason>\"}`; a method a path does "
-                "not take is a 405 with an `Allow` header, an unknown path a 404."),
+                'GET also answers HEAD. Errors: 400 `{"errors": ["…"]}`, every other '
+                'error `{"status": <code>, "error": "<reason>"}`; a method a path does '
+                "not take is a 405 with an `Allow` header, an unknown path a 404."
+            ),
             "license": {"name": "MIT", "identifier": "MIT"},
         },
-        "servers": [{"url": "/", "description": "The daemon (by default "
-                                                "http://127.0.0.1:8420)."}],
+        "servers": [{"url": "/", "description": "The daemon (by default http://127.0.0.1:8420)."}],
         "security": [{"apiKey": []}],
         "tags": [
             {"name": RUNNERS, "description": "Container job definitions."},
@@ -730,8 +1109,9 @@ def document() -> dict[str, Any]:
         "components": {
             "schemas": copy.deepcopy(COMPONENT_SCHEMAS),
             "parameters": copy.deepcopy(PARAMETERS),
-            "responses": {name: _error_response(code)
-                          for code, (name, _, _) in ERROR_RESPONSES.items()},
+            "responses": {
+                name: _error_response(code) for code, (name, _, _) in ERROR_RESPONSES.items()
+            },
             "securitySchemes": copy.deepcopy(SECURITY_SCHEMES),
         },
     }

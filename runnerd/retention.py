@@ -54,7 +54,8 @@ class Retention:
         deleted = 0
         while True:
             ids = await self.store.delete_expired_runs(
-                completed_before=cutoff, keep_per_runner=self.config.max_runs_per_runner)
+                completed_before=cutoff, keep_per_runner=self.config.max_runs_per_runner
+            )
             if not ids:
                 break
             await asyncio.to_thread(self.logs.delete, ids)
@@ -78,6 +79,10 @@ class Retention:
             except Exception as e:
                 wait = min(delay, self.config.sweep_interval_seconds)
                 delay = wait * 2
-                log.warning("retention sweep failed: %s; trying again in %.0f s",
-                            str(e) or type(e).__name__, wait, exc_info=not is_store_fault(e))
+                log.warning(
+                    "retention sweep failed: %s; trying again in %.0f s",
+                    str(e) or type(e).__name__,
+                    wait,
+                    exc_info=not is_store_fault(e),
+                )
             await asyncio.sleep(wait)

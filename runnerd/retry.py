@@ -11,23 +11,33 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from typing import Awaitable, Callable, TypeVar
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 log = logging.getLogger("runnerd")
 
 T = TypeVar("T")
 
 RETRY_FIRST = 0.5  # an operation the database refused is tried again after this,
-RETRY_MAX = 30.0   # doubling up to this
+RETRY_MAX = 30.0  # doubling up to this
 
-_PASSING = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED, sqlite3.SQLITE_FULL,
-                      sqlite3.SQLITE_IOERR, sqlite3.SQLITE_NOMEM})
+_PASSING = frozenset(
+    {
+        sqlite3.SQLITE_BUSY,
+        sqlite3.SQLITE_LOCKED,
+        sqlite3.SQLITE_FULL,
+        sqlite3.SQLITE_IOERR,
+        sqlite3.SQLITE_NOMEM,
+    }
+)
 
 
 def is_store_fault(e: BaseException) -> bool:
     """The database cannot serve now, but may again soon."""
-    return isinstance(e, sqlite3.OperationalError) and \
-        (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF in _PASSING
+    return (
+        isinstance(e, sqlite3.OperationalError)
+        and (getattr(e, "sqlite_errorcode", None) or 0) & 0xFF in _PASSING
+    )
 
 
 def is_database_damaged(e: BaseException) -> bool:
@@ -35,8 +45,7 @@ def is_database_damaged(e: BaseException) -> bool:
     return isinstance(e, sqlite3.DatabaseError) and not is_store_fault(e)
 
 
-async def retry_store(what: str, op: Callable[[], Awaitable[T]],
-                      logger: logging.Logger = log) -> T:
+async def retry_store(what: str, op: Callable[[], Awaitable[T]], logger: logging.Logger = log) -> T:
     """`op()`, tried again with back-off (a warning each time) while the database
     cannot serve: an outcome (a run's result, a webhook's delivery) must not be
     dropped because the disk was full or the database locked for a while."""

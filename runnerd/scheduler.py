@@ -55,8 +55,15 @@ class RunExecutor(Protocol):
 
 
 class Scheduler:
-    def __init__(self, store: Store, executor: RunExecutor, *, max_concurrent_runs: int,
-                 engine: Engine | None = None, daemon_id: str | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        executor: RunExecutor,
+        *,
+        max_concurrent_runs: int,
+        engine: Engine | None = None,
+        daemon_id: str | None = None,
+    ) -> None:
         self.store = store
         self.executor = executor
         self.engine = engine  # for reconciliation; None in unit tests with a fake executor
@@ -122,7 +129,7 @@ class Scheduler:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
             self._loop_task = None
-        why = "runnerd was shut down and stopped the run (on_shutdown = \"stop\")."
+        why = 'runnerd was shut down and stopped the run (on_shutdown = "stop").'
         in_flight = list(self._active)
         if stop_runs and in_flight:
             # The grace, then a little for the records: the daemon bounds this whole
@@ -130,7 +137,8 @@ class Scheduler:
             # need their share of it.
             await asyncio.gather(
                 *(self.cancel(run_id, why, grace_seconds + 2) for run_id in in_flight),
-                return_exceptions=True)
+                return_exceptions=True,
+            )
         tasks = list(self._active.values())
         for task in tasks:
             task.cancel()
@@ -151,8 +159,13 @@ class Scheduler:
                 except EngineError as e:
                     log.warning("run %s: could not remove its container: %s", run_id, e)
             try:
-                await self.store.finish_run(run_id, Status.FAILED, exit_code=None,
-                                            failure_reason=FailureReason.CANCELED, error=why)
+                await self.store.finish_run(
+                    run_id,
+                    Status.FAILED,
+                    exit_code=None,
+                    failure_reason=FailureReason.CANCELED,
+                    error=why,
+                )
             except Conflict:
                 pass
 
@@ -176,8 +189,7 @@ class Scheduler:
                 if not isinstance(e, EngineError) and not is_store_fault(e):
                     self._problem = f"the scheduler stopped: {_describe(e)}"
                     raise
-                what = "reconcile with the engine" if not self.reconciled.is_set() \
-                    else "claim runs"
+                what = "reconcile with the engine" if not self.reconciled.is_set() else "claim runs"
                 self._problem = f"cannot {what}: {_describe(e)}; retrying in {delay:.1f} s"
                 log.warning("scheduler: %s", self._problem)
                 await asyncio.sleep(delay)
@@ -232,8 +244,7 @@ class Scheduler:
                     log.exception("run %s: unexpected error in the executor", run.id)
                 if not await self._fail_after_bug(run):
                     return
-                log.warning("run %s is still running: watching it again in %.1f s",
-                            run.id, delay)
+                log.warning("run %s is still running: watching it again in %.1f s", run.id, delay)
                 await asyncio.sleep(delay)
                 delay = min(BACKOFF_MAX, delay * 2)
                 step = self.executor.recover
@@ -248,8 +259,9 @@ class Scheduler:
             why = str(e)
         elif is_store_fault(e):
             why = f"the database failed: {_describe(e)}"
-            current = await retry_store(f"run {run.id}: reading it",
-                                        lambda: self.store.get_run(run.id))
+            current = await retry_store(
+                f"run {run.id}: reading it", lambda: self.store.get_run(run.id)
+            )
             if current is not None and current.status is not Status.PENDING:
                 return False  # it started: its container may be running
         else:
@@ -264,19 +276,23 @@ class Scheduler:
         """A bug must not leave the run pending (it would be claimed again at once):
         it is recorded failed. True when the run is running: its container may be
         running, so it must neither be recorded `lost` nor lose its slot."""
-        current = await retry_store(
-            f"run {run.id}: reading it", lambda: self.store.get_run(run.id))
+        current = await retry_store(f"run {run.id}: reading it", lambda: self.store.get_run(run.id))
         if current is None or current.status not in ACTIVE_STATUSES:
             return False
         if current.status is Status.RUNNING:
             return True
         try:
             await retry_store(
-                f"run {run.id}: recording its failure", lambda: self.store.finish_run(
-                    run.id, Status.FAILED, exit_code=None,
+                f"run {run.id}: recording its failure",
+                lambda: self.store.finish_run(
+                    run.id,
+                    Status.FAILED,
+                    exit_code=None,
                     failure_reason=FailureReason.START_FAILED,
                     error="runnerd hit an internal error running this run; "
-                          "the daemon's log has the details."))
+                    "the daemon's log has the details.",
+                ),
+            )
         except Conflict:
             pass
         return False

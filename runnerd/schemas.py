@@ -12,8 +12,8 @@ import shlex
 import uuid
 from dataclasses import dataclass
 from datetime import tzinfo
-from urllib.parse import urlsplit
 from typing import Any
+from urllib.parse import urlsplit
 
 from .config import Config
 from .models import ContainerRegistry, EnvVariable, Run, Runner, Status
@@ -43,9 +43,21 @@ LOGS_LIMIT_DEFAULT, LOGS_LIMIT_MAX = 200, 2500
 LOG_STREAMS = {"stdout": 1, "stderr": 2}
 LOG_STREAM_NAMES = {1: "stdout", 2: "stderr", 3: "stderr"}  # 3: runnerd's own notes
 
-RUNNER_FIELDS = ("name", "image_name", "image_tag", "run_command", "argv", "entrypoint",
-                 "timeout_seconds", "instance_type", "max_concurrent_runs", "webhook_url",
-                 "container_registry_id", "image_pull_policy", "env_variables")
+RUNNER_FIELDS = (
+    "name",
+    "image_name",
+    "image_tag",
+    "run_command",
+    "argv",
+    "entrypoint",
+    "timeout_seconds",
+    "instance_type",
+    "max_concurrent_runs",
+    "webhook_url",
+    "container_registry_id",
+    "image_pull_policy",
+    "env_variables",
+)
 PULL_POLICIES = ("if_not_present", "always", "never")
 REGISTRY_FIELDS = ("name", "host", "username", "password")
 REGISTRY_HOST = re.compile(rf"{_DOMAIN}\Z")
@@ -82,8 +94,9 @@ class _Checker:
         if self.errors:
             raise Invalid(self.errors)
 
-    def object(self, body: Any, allowed: tuple[str, ...], where: str | None = None
-               ) -> dict[str, Any]:
+    def object(
+        self, body: Any, allowed: tuple[str, ...], where: str | None = None
+    ) -> dict[str, Any]:
         if body is None and where is None:
             return {}  # an empty request body
         if not isinstance(body, dict):
@@ -95,15 +108,17 @@ class _Checker:
                 self.fail(f"{name} is not a known field (known: {', '.join(allowed)})")
         return {k: v for k, v in body.items() if k in allowed}
 
-    def text(self, field: str, value: Any, *, min_len: int = 0, max_len: int,
-             nullable: bool = False) -> str | None:
+    def text(
+        self, field: str, value: Any, *, min_len: int = 0, max_len: int, nullable: bool = False
+    ) -> str | None:
         if value is None:
             if not nullable:
                 self.fail(f"{field} must be a string, not null")
             return None
         if not isinstance(value, str):
-            self.fail(f"{field} must be a string{' or null' if nullable else ''}, "
-                      f"got {_json_type(value)}")
+            self.fail(
+                f"{field} must be a string{' or null' if nullable else ''}, got {_json_type(value)}"
+            )
             return None
         if "\x00" in value:
             self.fail(f"{field} must not contain NUL characters")
@@ -111,13 +126,16 @@ class _Checker:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            self.fail(f"{field} must be valid Unicode text, without lone surrogates "
-                      "such as \\ud800")
+            self.fail(
+                f"{field} must be valid Unicode text, without lone surrogates such as \\ud800"
+            )
             return None
         if not min_len <= len(value) <= max_len:
-            self.fail(f"{field} must be {min_len} to {max_len} characters long, "
-                      f"got {len(value)}" if min_len else
-                      f"{field} must be at most {max_len} characters long, got {len(value)}")
+            self.fail(
+                f"{field} must be {min_len} to {max_len} characters long, got {len(value)}"
+                if min_len
+                else f"{field} must be at most {max_len} characters long, got {len(value)}"
+            )
             return None
         return value
 
@@ -153,8 +171,9 @@ def _show_key(key: str) -> str:
 # -- runners ----------------------------------------------------------------------
 
 
-def parse_runner(body: Any, config: Config, *, partial: bool) -> tuple[dict[str, Any],
-                                                                       list[tuple[str, str]] | None]:
+def parse_runner(
+    body: Any, config: Config, *, partial: bool
+) -> tuple[dict[str, Any], list[tuple[str, str]] | None]:
     """A runner create (`partial=False`) or PATCH body → (column values, env or None).
 
     On create, defaults are filled in; on PATCH only the given fields are returned."""
@@ -183,22 +202,30 @@ def parse_runner(body: Any, config: Config, *, partial: bool) -> tuple[dict[str,
                 if IMAGE_NAME.match(image):
                     out["image_name"] = image
                 elif re.match(rf"{IMAGE_NAME.pattern[:-2]}[:@]", image):
-                    c.fail("image_name must not include a tag or digest; put the tag in "
-                           "image_tag")
+                    c.fail("image_name must not include a tag or digest; put the tag in image_tag")
                 else:
-                    c.fail(f"image_name {image!r} is not a valid image name (e.g. 'busybox' or "
-                           "'registry.example.com:5000/team/job'; lowercase path)")
+                    c.fail(
+                        f"image_name {image!r} is not a valid image name (e.g. 'busybox' or "
+                        "'registry.example.com:5000/team/job'; lowercase path)"
+                    )
     if given("image_tag") or not partial:
         tag = c.text("image_tag", data.get("image_tag", "latest"), min_len=1, max_len=128)
         if tag is not None:
             if IMAGE_TAG.match(tag):
                 out["image_tag"] = tag
             else:
-                c.fail("image_tag must be 1-128 of letters, digits, '_', '.' and '-', "
-                       "not starting with '.' or '-'")
+                c.fail(
+                    "image_tag must be 1-128 of letters, digits, '_', '.' and '-', "
+                    "not starting with '.' or '-'"
+                )
     if given("run_command") or not partial:
-        command = c.text("run_command", data.get("run_command"), min_len=1,
-                         max_len=RUN_COMMAND_MAX, nullable=True)
+        command = c.text(
+            "run_command",
+            data.get("run_command"),
+            min_len=1,
+            max_len=RUN_COMMAND_MAX,
+            nullable=True,
+        )
         if command is not None or data.get("run_command") is None:
             out["run_command"] = command
     if given("argv") or not partial:
@@ -206,11 +233,14 @@ def parse_runner(body: Any, config: Config, *, partial: bool) -> tuple[dict[str,
         if argv is not None or data.get("argv") is None:
             out["argv"] = argv
     if not partial and out.get("run_command") is not None and out.get("argv") is not None:
-        c.fail("run_command and argv cannot both be set: give one (or neither, to run the "
-               "image's own CMD)")
+        c.fail(
+            "run_command and argv cannot both be set: give one (or neither, to run the "
+            "image's own CMD)"
+        )
     if given("entrypoint") or not partial:
-        entrypoint = c.text("entrypoint", data.get("entrypoint"), max_len=ENTRYPOINT_MAX,
-                            nullable=True)
+        entrypoint = c.text(
+            "entrypoint", data.get("entrypoint"), max_len=ENTRYPOINT_MAX, nullable=True
+        )
         if entrypoint is not None:
             try:
                 shlex.split(entrypoint)
@@ -220,38 +250,51 @@ def parse_runner(body: Any, config: Config, *, partial: bool) -> tuple[dict[str,
         elif data.get("entrypoint") is None:
             out["entrypoint"] = None
     if given("timeout_seconds") or not partial:
-        timeout = c.integer("timeout_seconds", data.get("timeout_seconds", DEFAULT_TIMEOUT),
-                            *TIMEOUT_RANGE)
+        timeout = c.integer(
+            "timeout_seconds", data.get("timeout_seconds", DEFAULT_TIMEOUT), *TIMEOUT_RANGE
+        )
         if timeout is not None:
             out["timeout_seconds"] = timeout
     if given("instance_type") or not partial:
         slug = data.get("instance_type", config.default_instance_type)
         if not isinstance(slug, str) or slug not in config.instance_types:
-            c.fail(f"instance_type must be one of {', '.join(sorted(config.instance_types))}, "
-                   f"got {slug!r}" if isinstance(slug, str) else
-                   f"instance_type must be a string, got {_json_type(slug)}")
+            c.fail(
+                f"instance_type must be one of {', '.join(sorted(config.instance_types))}, "
+                f"got {slug!r}"
+                if isinstance(slug, str)
+                else f"instance_type must be a string, got {_json_type(slug)}"
+            )
         else:
             out["instance_type"] = slug
     if given("max_concurrent_runs") or not partial:
         limit = data.get("max_concurrent_runs")
         if limit is None:
             out["max_concurrent_runs"] = None
-        elif (limit := c.integer("max_concurrent_runs", limit, 1,
-                                 RUNNER_MAX_CONCURRENT)) is not None:
+        elif (
+            limit := c.integer("max_concurrent_runs", limit, 1, RUNNER_MAX_CONCURRENT)
+        ) is not None:
             out["max_concurrent_runs"] = limit
     if given("webhook_url") or not partial:
-        url = c.text("webhook_url", data.get("webhook_url"), min_len=1, max_len=WEBHOOK_URL_MAX,
-                     nullable=True)
+        url = c.text(
+            "webhook_url",
+            data.get("webhook_url"),
+            min_len=1,
+            max_len=WEBHOOK_URL_MAX,
+            nullable=True,
+        )
         if url is not None:
             problem = _webhook_url_problem(url)
             if problem:
                 c.fail(f"webhook_url {problem}")
             elif not config.webhooks.allows(host := urlsplit(url).hostname or ""):
-                c.fail(f"webhook_url: the host {host[:100]!r} is not in the daemon's "
-                       "[webhooks] allowed_hosts")
+                c.fail(
+                    f"webhook_url: the host {host[:100]!r} is not in the daemon's "
+                    "[webhooks] allowed_hosts"
+                )
             elif config.webhooks.secret is None:
-                c.fail("webhook_url needs [webhooks] secret in the daemon's config, to sign "
-                       "deliveries")
+                c.fail(
+                    "webhook_url needs [webhooks] secret in the daemon's config, to sign deliveries"
+                )
             else:
                 out["webhook_url"] = url
         elif data.get("webhook_url") is None:
@@ -261,15 +304,15 @@ def parse_runner(body: Any, config: Config, *, partial: bool) -> tuple[dict[str,
         if registry_id is None:
             out["container_registry_id"] = None
         elif not isinstance(registry_id, str) or not is_uuid(registry_id):
-            c.fail("container_registry_id must be the id (a UUID) of a container registry, "
-                   "or null")
+            c.fail("container_registry_id must be the id (a UUID) of a container registry, or null")
         else:
             out["container_registry_id"] = registry_id.lower()
     if given("image_pull_policy") or not partial:
         policy = data.get("image_pull_policy", "if_not_present")
         if policy not in PULL_POLICIES:
-            c.fail(f"image_pull_policy must be one of {', '.join(PULL_POLICIES)}, "
-                   f"got {policy!r}"[:200])
+            c.fail(
+                f"image_pull_policy must be one of {', '.join(PULL_POLICIES)}, got {policy!r}"[:200]
+            )
         else:
             out["image_pull_policy"] = policy
     env: list[tuple[str, str]] | None = None
@@ -299,8 +342,12 @@ def _webhook_url_problem(url: str) -> str | None:
 def check_command_exclusive(run_command: str | None, argv: list[str] | None) -> None:
     """After a PATCH is merged: run_command and argv still exclude each other."""
     if run_command is not None and argv is not None:
-        raise Invalid(["run_command and argv cannot both be set: set the other one to null "
-                       "in the same request"])
+        raise Invalid(
+            [
+                "run_command and argv cannot both be set: set the other one to null "
+                "in the same request"
+            ]
+        )
 
 
 def _argv(c: _Checker, value: Any) -> list[str] | None:
@@ -321,8 +368,7 @@ def _argv(c: _Checker, value: Any) -> list[str] | None:
 
 def _env_list(c: _Checker, value: Any, field: str) -> list[tuple[str, str]] | None:
     if not isinstance(value, list):
-        c.fail(f"{field} must be an array of {{env_key, env_val}} objects, "
-               f"got {_json_type(value)}")
+        c.fail(f"{field} must be an array of {{env_key, env_val}} objects, got {_json_type(value)}")
         return None
     if len(value) > ENV_MAX_ITEMS:
         c.fail(f"{field} may hold at most {ENV_MAX_ITEMS} items, got {len(value)}")
@@ -357,8 +403,10 @@ def _env_list(c: _Checker, value: Any, field: str) -> list[tuple[str, str]] | No
 def _env_key(c: _Checker, value: Any, field: str) -> str | None:
     key = c.text(field, value, min_len=1, max_len=ENV_KEY_MAX)
     if key is not None and not ENV_KEY.match(key):
-        c.fail(f"{field} {key!r} is not a valid name: use letters, digits and '_', "
-               "not starting with a digit")
+        c.fail(
+            f"{field} {key!r} is not a valid name: use letters, digits and '_', "
+            "not starting with a digit"
+        )
         return None
     return key
 
@@ -368,8 +416,12 @@ def parse_registry(body: Any, *, partial: bool) -> dict[str, str]:
     c = _Checker()
     data = c.object(body, REGISTRY_FIELDS)
     out: dict[str, str] = {}
-    limits = {"name": (NAME_LEN[0], NAME_LEN[1]), "host": (1, 255), "username": (1, 255),
-              "password": (1, 4096)}
+    limits = {
+        "name": (NAME_LEN[0], NAME_LEN[1]),
+        "host": (1, 255),
+        "username": (1, 255),
+        "password": (1, 4096),
+    }
     for field in REGISTRY_FIELDS:
         if field not in data:
             if not partial:
@@ -379,8 +431,10 @@ def parse_registry(body: Any, *, partial: bool) -> dict[str, str]:
         if value is None:
             continue
         if field == "host" and not REGISTRY_HOST.match(value):
-            c.fail(f"host must be a registry host such as 'registry.example.com:5000' or "
-                   f"'ghcr.io' (no scheme, no path), got {value[:100]!r}")
+            c.fail(
+                f"host must be a registry host such as 'registry.example.com:5000' or "
+                f"'ghcr.io' (no scheme, no path), got {value[:100]!r}"
+            )
             continue
         out[field] = value
     if partial and not data and not c.errors:
@@ -443,12 +497,18 @@ def parse_idempotency_key(value: str | None) -> str | None:
     if value is None:
         return None
     if not 1 <= len(value) <= IDEMPOTENCY_KEY_MAX or not all(33 <= ord(ch) <= 126 for ch in value):
-        raise Invalid([f"Idempotency-Key header must be 1 to {IDEMPOTENCY_KEY_MAX} visible "
-                       "ASCII characters without spaces"])
+        raise Invalid(
+            [
+                f"Idempotency-Key header must be 1 to {IDEMPOTENCY_KEY_MAX} visible "
+                "ASCII characters without spaces"
+            ]
+        )
     return value
 
 
-def merge_env(defaults: list[EnvVariable], overrides: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def merge_env(
+    defaults: list[EnvVariable], overrides: list[tuple[str, str]]
+) -> list[tuple[str, str]]:
     """The runner's defaults, then the run's overrides, each key once."""
     merged = {e.env_key: e.env_val for e in defaults}
     merged.update(overrides)
@@ -460,7 +520,9 @@ def parse_run_list_query(query: Any) -> tuple[int, Status | None, str | None]:
     c = _Checker()
     for key in query:
         if key not in ("limit", "status", "before"):
-            c.fail(f"{_show_key(key)} is not a known query parameter (known: limit, status, before)")
+            c.fail(
+                f"{_show_key(key)} is not a known query parameter (known: limit, status, before)"
+            )
     limit = RUNS_LIMIT_DEFAULT
     if "limit" in query:
         raw = query["limit"]
@@ -473,8 +535,10 @@ def parse_run_list_query(query: Any) -> tuple[int, Status | None, str | None]:
         try:
             status = Status(query["status"])
         except ValueError:
-            c.fail(f"status must be one of {', '.join(s.value for s in Status)}, "
-                   f"got {query['status'][:20]!r}")
+            c.fail(
+                f"status must be one of {', '.join(s.value for s in Status)}, "
+                f"got {query['status'][:20]!r}"
+            )
     before = query.get("before")
     if before is not None and not is_uuid(before):
         c.fail(f"before must be a run id (a UUID), got {before[:40]!r}")
@@ -629,8 +693,7 @@ def env_json(env: EnvVariable, tz: tzinfo) -> dict[str, Any]:
     }
 
 
-def log_entry_json(offset: int, stream: int, ts_ns: int, data: bytes,
-                   tz: tzinfo) -> dict[str, Any]:
+def log_entry_json(offset: int, stream: int, ts_ns: int, data: bytes, tz: tzinfo) -> dict[str, Any]:
     """One piece of output: a line (or a part of a very long line), decoded as
     UTF-8 with undecodable bytes replaced; `id` is its cursor."""
     msg = data.decode("utf-8", "replace")

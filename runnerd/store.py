@@ -35,18 +35,26 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, TypeVar
+from typing import Any, TypeVar
 
 import aiosqlite
 
 from .crypto import PREFIX as CRYPTO_PREFIX
 from .crypto import SecretBox, SecretKeyError, load_key
-
 from .models import (
-    ACTIVE_STATUSES, ApiKey, ContainerRegistry, EnvVariable, FailureReason, Run, Runner, Scope, Status, now_ms,
+    ACTIVE_STATUSES,
+    ApiKey,
+    ContainerRegistry,
+    EnvVariable,
+    FailureReason,
+    Run,
+    Runner,
+    Scope,
+    Status,
+    now_ms,
 )
 
 T = TypeVar("T")
@@ -137,8 +145,7 @@ MIGRATIONS: dict[int, list[str]] = {
         "ALTER TABLE runs ADD COLUMN webhook_url TEXT",
         # NULL: no webhook; 'pending' (to deliver), 'delivered' or 'failed'
         "ALTER TABLE runs ADD COLUMN webhook_status TEXT",
-        "CREATE INDEX runs_webhook_pending ON runs (completed_at)"
-        " WHERE webhook_status = 'pending'",
+        "CREATE INDEX runs_webhook_pending ON runs (completed_at) WHERE webhook_status = 'pending'",
         "CREATE INDEX runs_completed ON runs (completed_at)"
         " WHERE status IN ('succeeded', 'failed')",
     ],
@@ -178,12 +185,22 @@ MIGRATIONS: dict[int, list[str]] = {
     ],
 }
 # Setting a completed run's webhook status: 'pending' when it has a webhook.
-_WEBHOOK_ON_COMPLETION = ("webhook_status = CASE WHEN webhook_url IS NOT NULL"
-                          " THEN 'pending' END")
+_WEBHOOK_ON_COMPLETION = "webhook_status = CASE WHEN webhook_url IS NOT NULL THEN 'pending' END"
 
-RUNNER_COLUMNS = ("name", "image_name", "image_tag", "run_command", "argv", "entrypoint",
-                  "timeout_seconds", "instance_type", "max_concurrent_runs", "webhook_url",
-                  "container_registry_id", "image_pull_policy")
+RUNNER_COLUMNS = (
+    "name",
+    "image_name",
+    "image_tag",
+    "run_command",
+    "argv",
+    "entrypoint",
+    "timeout_seconds",
+    "instance_type",
+    "max_concurrent_runs",
+    "webhook_url",
+    "container_registry_id",
+    "image_pull_policy",
+)
 
 IDEMPOTENCY_WINDOW_MS = 24 * 3600 * 1000
 
@@ -198,7 +215,6 @@ class NotFound(StoreError):
 
 class Conflict(StoreError):
     """A uniqueness or state rule was broken; the message says which, naming the field."""
-
 
 
 @dataclass
@@ -273,10 +289,11 @@ class _Connection:
                 ops = [p.fn for p in batch]
                 try:
                     if self.writes:
-                        outcomes = await self.alone(
-                            lambda db: _write_batch(db, ops, self._closing))
+                        # Both lambdas are awaited in this iteration: binding `ops` late is safe.
+                        closing = self._closing
+                        outcomes = await self.alone(lambda db: _write_batch(db, ops, closing))  # noqa: B023
                     else:
-                        outcomes = await self.alone(lambda db: _read_batch(db, ops))
+                        outcomes = await self.alone(lambda db: _read_batch(db, ops))  # noqa: B023
                 except BaseException as e:  # the COMMIT failed, or the store was closed
                     error = e if isinstance(e, Exception) else StoreError("store closed")
                     for p in batch:
@@ -285,7 +302,7 @@ class _Connection:
                     if not isinstance(e, Exception):
                         raise
                     continue
-                for p, (ok, value) in zip(batch, outcomes):
+                for p, (ok, value) in zip(batch, outcomes, strict=True):
                     if p.future.done():  # its caller went away; the work is done anyway
                         continue
                     if ok:
@@ -336,14 +353,16 @@ class Store:
     async def _open_secrets(self) -> None:
         """Load the secret key; on first use make it and encrypt what was stored in
         plain text before; refuse a key that is not this database's."""
-        row = await self._read(lambda db: db.execute(
-            "SELECT value FROM meta WHERE key = 'secret_check'").fetchone())
+        row = await self._read(
+            lambda db: db.execute("SELECT value FROM meta WHERE key = 'secret_check'").fetchone()
+        )
         box = SecretBox(load_key(self.secret_key_file, create=row is None))
         if row is not None:
             if not box.matches(row["value"]):
                 raise SecretKeyError(
                     f"the secret key in {self.secret_key_file} is not the key this database "
-                    "was encrypted with; restore the original key file from your backup")
+                    "was encrypted with; restore the original key file from your backup"
+                )
             self._box = box
             return
 
@@ -352,9 +371,11 @@ class Store:
                 rows = db.execute(f"SELECT id, {column} FROM {table}").fetchall()
                 db.executemany(
                     f"UPDATE {table} SET {column} = ? WHERE id = ?",
-                    [(box.encrypt(v), i) for i, v in rows if not v.startswith(CRYPTO_PREFIX)])
-            db.execute("INSERT INTO meta (key, value) VALUES ('secret_check', ?)",
-                       (box.check_value(),))
+                    [(box.encrypt(v), i) for i, v in rows if not v.startswith(CRYPTO_PREFIX)],
+                )
+            db.execute(
+                "INSERT INTO meta (key, value) VALUES ('secret_check', ?)", (box.check_value(),)
+            )
 
         await self._write(encrypt_plain_values)
         self._box = box
@@ -366,9 +387,11 @@ class Store:
         if self._lookups is not None:
             db, self._lookups = self._lookups, None
             db.close()
-        outcomes = await asyncio.gather(self._reader.close(wait_seconds),
-                                        self._writer.close(wait_seconds),
-                                        return_exceptions=True)
+        outcomes = await asyncio.gather(
+            self._reader.close(wait_seconds),
+            self._writer.close(wait_seconds),
+            return_exceptions=True,
+        )
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
@@ -436,15 +459,17 @@ class Store:
     # -- API keys -----------------------------------------------------------
 
     async def create_api_key(self, name: str, scope: Scope, secret_hash: str) -> ApiKey:
-        key = ApiKey(id=str(uuid.uuid4()), name=name, scope=scope, created_at=now_ms(),
-                     last_used_at=None)
+        key = ApiKey(
+            id=str(uuid.uuid4()), name=name, scope=scope, created_at=now_ms(), last_used_at=None
+        )
 
         def insert(db: sqlite3.Connection) -> None:
             with _conflict_as(f"name: an API key named {name!r} already exists"):
                 db.execute(
                     "INSERT INTO api_keys (id, name, scope, secret_hash, created_at)"
                     " VALUES (?, ?, ?, ?, ?)",
-                    (key.id, name, scope.value, secret_hash, key.created_at))
+                    (key.id, name, scope.value, secret_hash, key.created_at),
+                )
 
         await self._write(insert)
         return key
@@ -454,18 +479,17 @@ class Store:
         return [_api_key(r) for r in rows]
 
     async def revoke_api_key(self, name: str) -> bool:
-        return await self._write(lambda db: db.execute(
-            "DELETE FROM api_keys WHERE name = ?", (name,)).rowcount > 0)
+        return await self._write(
+            lambda db: db.execute("DELETE FROM api_keys WHERE name = ?", (name,)).rowcount > 0
+        )
 
     async def api_key_by_hash(self, secret_hash: str) -> ApiKey | None:
-        row = await self._lookup_one("SELECT * FROM api_keys WHERE secret_hash = ?",
-                                     (secret_hash,))
+        row = await self._lookup_one("SELECT * FROM api_keys WHERE secret_hash = ?", (secret_hash,))
         return _api_key(row) if row else None
 
     # -- runners ------------------------------------------------------------
 
-    async def create_runner(self, fields: dict[str, Any],
-                            env: list[tuple[str, str]]) -> Runner:
+    async def create_runner(self, fields: dict[str, Any], env: list[tuple[str, str]]) -> Runner:
         now = now_ms()
         runner_id = str(uuid.uuid4())
         values = [_runner_value(c, fields.get(c)) for c in RUNNER_COLUMNS]
@@ -476,7 +500,8 @@ class Store:
                 db.execute(
                     f"INSERT INTO runners (id, {', '.join(RUNNER_COLUMNS)}, created_at, updated_at)"
                     f" VALUES (?, {', '.join('?' for _ in RUNNER_COLUMNS)}, ?, ?)",
-                    (runner_id, *values, now, now))
+                    (runner_id, *values, now, now),
+                )
             _insert_env(db, box, runner_id, env, now)
             return _runner(_get(db, "runners", runner_id))
 
@@ -486,8 +511,9 @@ class Store:
         row = await self._lookup_one("SELECT * FROM runners WHERE id = ?", (runner_id,))
         return _runner(row) if row else None
 
-    async def runner_for_run(self, runner_id: str) -> tuple[Runner, list[EnvVariable],
-                                                               str | None] | None:
+    async def runner_for_run(
+        self, runner_id: str
+    ) -> tuple[Runner, list[EnvVariable], str | None] | None:
         """What a run of the runner needs, in one read: the runner, its env
         variables and its registry's host (None without a registry)."""
         box = self.box
@@ -497,13 +523,19 @@ class Store:
             if row is None:
                 return None
             runner = _runner(row)
-            env = [_env(r, box) for r in db.execute(
-                "SELECT * FROM runner_env_variables WHERE runner_id = ? ORDER BY env_key",
-                (runner_id,))]
+            env = [
+                _env(r, box)
+                for r in db.execute(
+                    "SELECT * FROM runner_env_variables WHERE runner_id = ? ORDER BY env_key",
+                    (runner_id,),
+                )
+            ]
             host = None
             if runner.container_registry_id is not None:
-                registry = db.execute("SELECT host FROM container_registries WHERE id = ?",
-                                      (runner.container_registry_id,)).fetchone()
+                registry = db.execute(
+                    "SELECT host FROM container_registries WHERE id = ?",
+                    (runner.container_registry_id,),
+                ).fetchone()
                 host = registry["host"] if registry is not None else None
             return runner, env, host
 
@@ -513,8 +545,9 @@ class Store:
         rows = await self._all("SELECT * FROM runners ORDER BY created_at, name")
         return [_runner(r) for r in rows]
 
-    async def update_runner(self, runner_id: str, fields: dict[str, Any],
-                            env: list[tuple[str, str]] | None) -> Runner:
+    async def update_runner(
+        self, runner_id: str, fields: dict[str, Any], env: list[tuple[str, str]] | None
+    ) -> Runner:
         """Set the given columns; `env` (when not None) replaces all env variables."""
         now = now_ms()
         columns = [c for c in RUNNER_COLUMNS if c in fields]
@@ -525,7 +558,8 @@ class Store:
             with _runner_rules(fields):
                 cur = db.execute(
                     f"UPDATE runners SET {sets}updated_at = ? WHERE id = ?",
-                    (*[_runner_value(c, fields[c]) for c in columns], now, runner_id))
+                    (*[_runner_value(c, fields[c]) for c in columns], now, runner_id),
+                )
             if cur.rowcount == 0:
                 raise NotFound(runner_id)
             if env is not None:
@@ -544,11 +578,13 @@ class Store:
                 raise NotFound(runner_id)
             active = db.execute(
                 "SELECT count(*) FROM runs WHERE runner_id = ? AND status IN (?, ?)",
-                (runner_id, *[s.value for s in ACTIVE_STATUSES])).fetchone()[0]
+                (runner_id, *[s.value for s in ACTIVE_STATUSES]),
+            ).fetchone()[0]
             if active > 0:
                 raise Conflict("the runner has pending or running runs")
-            run_ids = [r[0] for r in db.execute("SELECT id FROM runs WHERE runner_id = ?",
-                                                (runner_id,))]
+            run_ids = [
+                r[0] for r in db.execute("SELECT id FROM runs WHERE runner_id = ?", (runner_id,))
+            ]
             db.execute("DELETE FROM runs WHERE runner_id = ?", (runner_id,))
             db.execute("DELETE FROM runners WHERE id = ?", (runner_id,))
             return run_ids
@@ -559,14 +595,14 @@ class Store:
 
     async def list_env(self, runner_id: str) -> list[EnvVariable]:
         rows = await self._all(
-            "SELECT * FROM runner_env_variables WHERE runner_id = ? ORDER BY env_key",
-            (runner_id,))
+            "SELECT * FROM runner_env_variables WHERE runner_id = ? ORDER BY env_key", (runner_id,)
+        )
         return [self._env_row(r) for r in rows]
 
     async def get_env(self, runner_id: str, env_id: str) -> EnvVariable | None:
         row = await self._lookup_one(
-            "SELECT * FROM runner_env_variables WHERE runner_id = ? AND id = ?",
-            (runner_id, env_id))
+            "SELECT * FROM runner_env_variables WHERE runner_id = ? AND id = ?", (runner_id, env_id)
+        )
         return self._env_row(row) if row else None
 
     async def create_env(self, runner_id: str, env_key: str, env_val: str) -> EnvVariable:
@@ -580,11 +616,18 @@ class Store:
                     "INSERT INTO runner_env_variables"
                     " (id, runner_id, env_key, env_val, created_at, updated_at)"
                     " VALUES (?, ?, ?, ?, ?, ?)",
-                    (env_id, runner_id, env_key, sealed, now, now))
+                    (env_id, runner_id, env_key, sealed, now, now),
+                )
 
         await self._write(insert)
-        return EnvVariable(id=env_id, runner_id=runner_id, env_key=env_key, env_val=env_val,
-                           created_at=now, updated_at=now)
+        return EnvVariable(
+            id=env_id,
+            runner_id=runner_id,
+            env_key=env_key,
+            env_val=env_val,
+            created_at=now,
+            updated_at=now,
+        )
 
     async def update_env(self, runner_id: str, env_id: str, fields: dict[str, str]) -> EnvVariable:
         columns = [c for c in ("env_key", "env_val") if c in fields]
@@ -593,12 +636,12 @@ class Store:
 
         def update(db: sqlite3.Connection) -> EnvVariable:
             sets = "".join(f"{c} = ?, " for c in columns)
-            with _conflict_as(
-                    f"env_key: {fields.get('env_key')!r} is already set on this runner"):
+            with _conflict_as(f"env_key: {fields.get('env_key')!r} is already set on this runner"):
                 row = db.execute(
                     f"UPDATE runner_env_variables SET {sets}updated_at = ?"
                     " WHERE runner_id = ? AND id = ? RETURNING *",
-                    (*values, now_ms(), runner_id, env_id)).fetchone()
+                    (*values, now_ms(), runner_id, env_id),
+                ).fetchone()
             if row is None:
                 raise NotFound(env_id)
             return _env(row, box)
@@ -606,29 +649,59 @@ class Store:
         return await self._write(update)
 
     async def delete_env(self, runner_id: str, env_id: str) -> bool:
-        return await self._write(lambda db: db.execute(
-            "DELETE FROM runner_env_variables WHERE runner_id = ? AND id = ?",
-            (runner_id, env_id)).rowcount > 0)
+        return await self._write(
+            lambda db: (
+                db.execute(
+                    "DELETE FROM runner_env_variables WHERE runner_id = ? AND id = ?",
+                    (runner_id, env_id),
+                ).rowcount
+                > 0
+            )
+        )
 
     # -- runs ---------------------------------------------------------------
 
-    async def create_run(self, runner: Runner, env: list[tuple[str, str]], cpu: float,
-                         mem: int, pids: int, idempotency_key: str | None = None,
-                         image: str | None = None) -> tuple[Run, bool]:
+    async def create_run(
+        self,
+        runner: Runner,
+        env: list[tuple[str, str]],
+        cpu: float,
+        mem: int,
+        pids: int,
+        idempotency_key: str | None = None,
+        image: str | None = None,
+    ) -> tuple[Run, bool]:
         """Queue a run of `runner` with the merged `env` and the instance type's
         limits; (run, True). With an `idempotency_key` already used for this runner
         in the last 24 hours: (that first run, False) and nothing is queued. The
         UNIQUE index decides, so concurrent requests cannot both insert."""
         now = now_ms()
-        run = Run(id=str(uuid.uuid4()), runner_id=runner.id, status=Status.PENDING,
-                  image=image or runner.image, command=runner.run_command, argv=runner.argv,
-                  entrypoint=runner.entrypoint, env=list(env),
-                  timeout_seconds=runner.timeout_seconds, instance_type=runner.instance_type,
-                  cpu=cpu, mem=mem, pids=pids, exit_code=None, failure_reason=None, error=None,
-                  container_id=None, started_at=None, completed_at=None, created_at=now,
-                  updated_at=now, webhook_url=runner.webhook_url,
-                  container_registry_id=runner.container_registry_id,
-                  image_pull_policy=runner.image_pull_policy or "if_not_present")
+        run = Run(
+            id=str(uuid.uuid4()),
+            runner_id=runner.id,
+            status=Status.PENDING,
+            image=image or runner.image,
+            command=runner.run_command,
+            argv=runner.argv,
+            entrypoint=runner.entrypoint,
+            env=list(env),
+            timeout_seconds=runner.timeout_seconds,
+            instance_type=runner.instance_type,
+            cpu=cpu,
+            mem=mem,
+            pids=pids,
+            exit_code=None,
+            failure_reason=None,
+            error=None,
+            container_id=None,
+            started_at=None,
+            completed_at=None,
+            created_at=now,
+            updated_at=now,
+            webhook_url=runner.webhook_url,
+            container_registry_id=runner.container_registry_id,
+            image_pull_policy=runner.image_pull_policy or "if_not_present",
+        )
         sealed_env = self.box.encrypt(json.dumps(env))
         box = self.box
 
@@ -638,7 +711,8 @@ class Store:
                 db.execute(
                     "UPDATE runs SET idempotency_key = NULL WHERE runner_id = ?"
                     " AND idempotency_key = ? AND created_at < ?",
-                    (runner.id, idempotency_key, now - IDEMPOTENCY_WINDOW_MS))
+                    (runner.id, idempotency_key, now - IDEMPOTENCY_WINDOW_MS),
+                )
             row = db.execute(
                 "INSERT INTO runs (id, runner_id, status, image, command, argv, entrypoint,"
                 " env, timeout_seconds, instance_type, cpu, mem, pids, idempotency_key,"
@@ -646,15 +720,34 @@ class Store:
                 " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (runner_id, idempotency_key)"
                 " WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING seq",
-                (run.id, run.runner_id, run.image, run.command, _json_or_null(run.argv),
-                 run.entrypoint, sealed_env, run.timeout_seconds, run.instance_type, cpu, mem,
-                 pids, idempotency_key, run.webhook_url, run.container_registry_id,
-                 run.image_pull_policy, now, now)).fetchone()
+                (
+                    run.id,
+                    run.runner_id,
+                    run.image,
+                    run.command,
+                    _json_or_null(run.argv),
+                    run.entrypoint,
+                    sealed_env,
+                    run.timeout_seconds,
+                    run.instance_type,
+                    cpu,
+                    mem,
+                    pids,
+                    idempotency_key,
+                    run.webhook_url,
+                    run.container_registry_id,
+                    run.image_pull_policy,
+                    now,
+                    now,
+                ),
+            ).fetchone()
             if row is not None:
                 run.seq = row[0]
                 return run, True
-            first = db.execute("SELECT * FROM runs WHERE runner_id = ? AND idempotency_key = ?",
-                               (runner.id, idempotency_key)).fetchone()
+            first = db.execute(
+                "SELECT * FROM runs WHERE runner_id = ? AND idempotency_key = ?",
+                (runner.id, idempotency_key),
+            ).fetchone()
             assert first is not None
             return _run(first, box), False
 
@@ -664,12 +757,14 @@ class Store:
         if runner_id is None:
             row = await self._lookup_one("SELECT * FROM runs WHERE id = ?", (run_id,))
         else:
-            row = await self._lookup_one("SELECT * FROM runs WHERE id = ? AND runner_id = ?",
-                                         (run_id, runner_id))
+            row = await self._lookup_one(
+                "SELECT * FROM runs WHERE id = ? AND runner_id = ?", (run_id, runner_id)
+            )
         return self._run_row(row) if row else None
 
-    async def list_runs(self, runner_id: str, *, limit: int, status: Status | None = None,
-                        before: str | None = None) -> list[Run] | None:
+    async def list_runs(
+        self, runner_id: str, *, limit: int, status: Status | None = None, before: str | None = None
+    ) -> list[Run] | None:
         """Newest first. `before` is a run id of this runner: only runs queued
         before it; None when there is no such run."""
         where = ["runner_id = ?"]
@@ -680,15 +775,17 @@ class Store:
 
         def read(db: sqlite3.Connection) -> list[sqlite3.Row] | None:
             if before is not None:
-                row = db.execute("SELECT seq FROM runs WHERE id = ? AND runner_id = ?",
-                                 (before, runner_id)).fetchone()
+                row = db.execute(
+                    "SELECT seq FROM runs WHERE id = ? AND runner_id = ?", (before, runner_id)
+                ).fetchone()
                 if row is None:
                     return None
                 where.append("seq < ?")
                 params.append(row[0])
             return db.execute(
                 f"SELECT * FROM runs WHERE {' AND '.join(where)} ORDER BY seq DESC LIMIT ?",
-                (*params, limit)).fetchall()
+                (*params, limit),
+            ).fetchall()
 
         rows = await self._lookup(read)  # one page: at most `limit` rows, on an index
         return None if rows is None else [self._run_row(r) for r in rows]
@@ -713,17 +810,21 @@ class Store:
             f" + (SELECT count(*) FROM runs y WHERE y.id IN ({marks})"
             "   AND y.runner_id = r.runner_id AND y.status <> 'running'))"
             " ORDER BY r.seq LIMIT 1",
-            [*in_flight, *in_flight])
+            [*in_flight, *in_flight],
+        )
         return self._run_row(row) if row else None
 
     async def cancel_pending(self, run_id: str, error: str) -> Run | None:
         """Pending → failed/canceled at once; None when it is no longer pending."""
         now = now_ms()
-        row = await self._write(lambda db: db.execute(
-            "UPDATE runs SET status = 'failed', failure_reason = 'canceled', error = ?,"
-            f" completed_at = ?, updated_at = ?, {_WEBHOOK_ON_COMPLETION}"
-            " WHERE id = ? AND status = 'pending' RETURNING *",
-            (error, now, now, run_id)).fetchone())
+        row = await self._write(
+            lambda db: db.execute(
+                "UPDATE runs SET status = 'failed', failure_reason = 'canceled', error = ?,"
+                f" completed_at = ?, updated_at = ?, {_WEBHOOK_ON_COMPLETION}"
+                " WHERE id = ? AND status = 'pending' RETURNING *",
+                (error, now, now, run_id),
+            ).fetchone()
+        )
         if row is None:
             return None
         run = self._run_row(row)
@@ -735,16 +836,24 @@ class Store:
             row = db.execute(
                 "UPDATE runs SET status = 'running', container_id = ?, started_at = ?,"
                 " updated_at = ? WHERE id = ? AND status = 'pending' RETURNING *",
-                (container_id, started_at, started_at, run_id)).fetchone()
+                (container_id, started_at, started_at, run_id),
+            ).fetchone()
             if row is None:
                 raise Conflict(f"run {run_id} is no longer pending")
             return row
 
         return self._run_row(await self._write(update))
 
-    async def finish_run(self, run_id: str, status: Status, *, exit_code: int | None,
-                         failure_reason: FailureReason | None, error: str | None,
-                         completed_at: int | None = None) -> Run:
+    async def finish_run(
+        self,
+        run_id: str,
+        status: Status,
+        *,
+        exit_code: int | None,
+        failure_reason: FailureReason | None,
+        error: str | None,
+        completed_at: int | None = None,
+    ) -> Run:
         """Move a pending or running run to its final status; never backwards."""
         assert status in (Status.SUCCEEDED, Status.FAILED)
         completed_at = completed_at or now_ms()
@@ -754,9 +863,17 @@ class Store:
                 "UPDATE runs SET status = ?, exit_code = ?, failure_reason = ?, error = ?,"
                 f" completed_at = ?, updated_at = ?, {_WEBHOOK_ON_COMPLETION}"
                 " WHERE id = ? AND status IN (?, ?) RETURNING *",
-                (status.value, exit_code, failure_reason.value if failure_reason else None,
-                 error, completed_at, completed_at, run_id,
-                 *[s.value for s in ACTIVE_STATUSES])).fetchone()
+                (
+                    status.value,
+                    exit_code,
+                    failure_reason.value if failure_reason else None,
+                    error,
+                    completed_at,
+                    completed_at,
+                    run_id,
+                    *[s.value for s in ACTIVE_STATUSES],
+                ),
+            ).fetchone()
             if row is None:
                 raise Conflict(f"run {run_id} has already completed")
             return row
@@ -783,20 +900,30 @@ class Store:
         sealed = self.box.encrypt(fields["password"])
 
         def insert(db: sqlite3.Connection) -> ContainerRegistry:
-            with _conflict_as(f"name: a container registry named {fields['name']!r} "
-                              "already exists"):
+            with _conflict_as(
+                f"name: a container registry named {fields['name']!r} already exists"
+            ):
                 db.execute(
                     "INSERT INTO container_registries (id, name, host, username, password,"
                     " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    (registry_id, fields["name"], fields["host"], fields["username"],
-                     sealed, now, now))
+                    (
+                        registry_id,
+                        fields["name"],
+                        fields["host"],
+                        fields["username"],
+                        sealed,
+                        now,
+                        now,
+                    ),
+                )
             return _registry(_get(db, "container_registries", registry_id))
 
         return await self._write(insert)
 
     async def get_registry(self, registry_id: str) -> ContainerRegistry | None:
-        row = await self._lookup_one("SELECT * FROM container_registries WHERE id = ?",
-                                     (registry_id,))
+        row = await self._lookup_one(
+            "SELECT * FROM container_registries WHERE id = ?", (registry_id,)
+        )
         return _registry(row) if row else None
 
     async def list_registries(self) -> list[ContainerRegistry]:
@@ -805,8 +932,9 @@ class Store:
 
     async def registry_credentials(self, registry_id: str) -> tuple[str, str, str] | None:
         """(host, username, password) for a pull; the only way the password leaves."""
-        row = await self._one("SELECT host, username, password FROM container_registries"
-                              " WHERE id = ?", (registry_id,))
+        row = await self._one(
+            "SELECT host, username, password FROM container_registries WHERE id = ?", (registry_id,)
+        )
         if row is None:
             return None
         return row["host"], row["username"], self.box.decrypt(row["password"])
@@ -821,22 +949,28 @@ class Store:
 
         def update(db: sqlite3.Connection) -> ContainerRegistry:
             if "password" not in fields and ("host" in fields or "username" in fields):
-                current = db.execute("SELECT host, username FROM container_registries"
-                                     " WHERE id = ?", (registry_id,)).fetchone()
+                current = db.execute(
+                    "SELECT host, username FROM container_registries WHERE id = ?", (registry_id,)
+                ).fetchone()
                 if current is None:
                     raise NotFound(registry_id)
-                changed = [c for c in ("host", "username")
-                           if c in fields and fields[c] != current[c]]
+                changed = [
+                    c for c in ("host", "username") if c in fields and fields[c] != current[c]
+                ]
                 if changed:
                     raise Conflict(
                         f"password: required when {' and '.join(changed)} changes: the "
-                        "stored password is never sent to another host or as another user")
+                        "stored password is never sent to another host or as another user"
+                    )
             sets = "".join(f"{c} = ?, " for c in columns)
-            with _conflict_as(f"name: a container registry named {fields.get('name')!r} "
-                              "already exists"):
+            with _conflict_as(
+                f"name: a container registry named {fields.get('name')!r} already exists"
+            ):
                 row = db.execute(
                     f"UPDATE container_registries SET {sets}updated_at = ? WHERE id = ?"
-                    " RETURNING *", (*values, now_ms(), registry_id)).fetchone()
+                    " RETURNING *",
+                    (*values, now_ms(), registry_id),
+                ).fetchone()
             if row is None:
                 raise NotFound(registry_id)
             return _registry(row)
@@ -847,20 +981,24 @@ class Store:
         """Refused (Conflict) while a runner uses it."""
 
         def delete(db: sqlite3.Connection) -> None:
-            users = db.execute("SELECT count(*) FROM runners WHERE container_registry_id = ?",
-                               (registry_id,)).fetchone()[0]
+            users = db.execute(
+                "SELECT count(*) FROM runners WHERE container_registry_id = ?", (registry_id,)
+            ).fetchone()[0]
             if users > 0:
                 raise Conflict("the container registry is used by a runner")
-            if db.execute("DELETE FROM container_registries WHERE id = ?",
-                          (registry_id,)).rowcount == 0:
+            if (
+                db.execute("DELETE FROM container_registries WHERE id = ?", (registry_id,)).rowcount
+                == 0
+            ):
                 raise NotFound(registry_id)
 
         await self._write(delete)
 
     async def set_warmed(self, runner_id: str, warmed_at: int) -> Runner:
         def update(db: sqlite3.Connection) -> Runner:
-            row = db.execute("UPDATE runners SET warmed_at = ? WHERE id = ? RETURNING *",
-                             (warmed_at, runner_id)).fetchone()
+            row = db.execute(
+                "UPDATE runners SET warmed_at = ? WHERE id = ? RETURNING *", (warmed_at, runner_id)
+            ).fetchone()
             if row is None:
                 raise NotFound(runner_id)
             return _runner(row)
@@ -874,17 +1012,23 @@ class Store:
         marks = ", ".join("?" for _ in exclude)
         rows = await self._all(
             f"SELECT * FROM runs WHERE webhook_status = 'pending' AND id NOT IN ({marks})"
-            " ORDER BY completed_at LIMIT ?", (*exclude, limit))
+            " ORDER BY completed_at LIMIT ?",
+            (*exclude, limit),
+        )
         return [self._run_row(r) for r in rows]
 
     async def set_webhook_status(self, run_id: str, status: str) -> None:
-        await self._write(lambda db: db.execute(
-            "UPDATE runs SET webhook_status = ? WHERE id = ?", (status, run_id)))
+        await self._write(
+            lambda db: db.execute(
+                "UPDATE runs SET webhook_status = ? WHERE id = ?", (status, run_id)
+            )
+        )
 
     # -- retention --------------------------------------------------------------
 
-    async def delete_expired_runs(self, *, completed_before: int | None,
-                                  keep_per_runner: int | None, batch: int = 500) -> list[str]:
+    async def delete_expired_runs(
+        self, *, completed_before: int | None, keep_per_runner: int | None, batch: int = 500
+    ) -> list[str]:
         """Delete up to `batch` completed runs that are past either limit: completed
         before `completed_before`, or beyond the newest `keep_per_runner` completed
         runs of their runner. Pending and running runs are never touched."""
@@ -897,16 +1041,23 @@ class Store:
             where.append(
                 "id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER ("
                 "  PARTITION BY runner_id ORDER BY seq DESC) AS newer"
-                "  FROM runs WHERE status IN ('succeeded', 'failed')) WHERE newer > ?)")
+                "  FROM runs WHERE status IN ('succeeded', 'failed')) WHERE newer > ?)"
+            )
             params.append(keep_per_runner)
         if not where:
             return []
 
         def delete(db: sqlite3.Connection) -> list[str]:
-            ids = [r[0] for r in db.execute(
-                f"SELECT id FROM runs WHERE {' OR '.join(where)} LIMIT ?", (*params, batch))]
-            db.executemany("DELETE FROM runs WHERE id = ? AND status IN"
-                           " ('succeeded', 'failed')", [(i,) for i in ids])
+            ids = [
+                r[0]
+                for r in db.execute(
+                    f"SELECT id FROM runs WHERE {' OR '.join(where)} LIMIT ?", (*params, batch)
+                )
+            ]
+            db.executemany(
+                "DELETE FROM runs WHERE id = ? AND status IN ('succeeded', 'failed')",
+                [(i,) for i in ids],
+            )
             return ids
 
         return await self._write(delete)
@@ -915,15 +1066,17 @@ class Store:
         """How many runs are pending and running now."""
         rows = await self._all(
             "SELECT status, count(*) AS n FROM runs WHERE status IN ('pending', 'running')"
-            " GROUP BY status")
+            " GROUP BY status"
+        )
         counts = {"pending": 0, "running": 0}
         counts.update({r["status"]: r["n"] for r in rows})
         return counts
 
     async def runs_with_status(self, status: Status) -> list[Run]:
         active = " AND status IN ('pending', 'running')" if status in ACTIVE_STATUSES else ""
-        rows = await self._all(f"SELECT * FROM runs WHERE status = ?{active} ORDER BY seq",
-                               (status.value,))
+        rows = await self._all(
+            f"SELECT * FROM runs WHERE status = ?{active} ORDER BY seq", (status.value,)
+        )
         return [self._run_row(r) for r in rows]
 
 
@@ -947,18 +1100,23 @@ def _prepare(db: sqlite3.Connection) -> None:
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"the database {db_path(db)} is from a newer runnerd (schema "
-                f"{version}, this one knows {SCHEMA_VERSION}); upgrade runnerd")
+                f"{version}, this one knows {SCHEMA_VERSION}); upgrade runnerd"
+            )
         for target in range(version + 1, SCHEMA_VERSION + 1):
             for statement in MIGRATIONS[target]:
                 db.execute(statement)
-        if version < SCHEMA_VERSION and (broken := db.execute(
-                "PRAGMA foreign_key_check").fetchone()) is not None:
-            raise StoreError(f"the database {db_path(db)} has a {broken[0]} row that refers "
-                             f"to a missing {broken[2]} row; nothing was migrated")
-        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
-                   (str(SCHEMA_VERSION),))
-        db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('daemon_id', ?)",
-                   (str(uuid.uuid4()),))
+        if (
+            version < SCHEMA_VERSION
+            and (broken := db.execute("PRAGMA foreign_key_check").fetchone()) is not None
+        ):
+            raise StoreError(
+                f"the database {db_path(db)} has a {broken[0]} row that refers "
+                f"to a missing {broken[2]} row; nothing was migrated"
+            )
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION),))
+        db.execute(
+            "INSERT OR IGNORE INTO meta (key, value) VALUES ('daemon_id', ?)", (str(uuid.uuid4()),)
+        )
 
     [(ok, error)] = _write_batch(db, [migrate])
     if not ok:
@@ -976,8 +1134,9 @@ def db_path(db: sqlite3.Connection) -> str:
     return str(row[2]) if row else "?"
 
 
-def _read_batch(db: sqlite3.Connection, ops: list[Callable[[sqlite3.Connection], Any]]
-                ) -> list[tuple[bool, Any]]:
+def _read_batch(
+    db: sqlite3.Connection, ops: list[Callable[[sqlite3.Connection], Any]]
+) -> list[tuple[bool, Any]]:
     """Run one turn's reads in one read transaction (one snapshot). Returns
     (True, result) or (False, exception) per operation, in order."""
     db.execute("BEGIN")
@@ -1003,8 +1162,11 @@ def _begin_write(db: sqlite3.Connection, closing: threading.Event | None) -> Non
             raise StoreError("store closed while waiting for another process's write lock")
 
 
-def _write_batch(db: sqlite3.Connection, ops: list[Callable[[sqlite3.Connection], Any]],
-                 closing: threading.Event | None = None) -> list[tuple[bool, Any]]:
+def _write_batch(
+    db: sqlite3.Connection,
+    ops: list[Callable[[sqlite3.Connection], Any]],
+    closing: threading.Event | None = None,
+) -> list[tuple[bool, Any]]:
     """Run one turn's writes in one write transaction, each under its own
     savepoint. Returns (True, result) or (False, exception) per operation, in
     order; raises only when the transaction as a whole fails (then no write of
@@ -1032,8 +1194,7 @@ def _write_batch(db: sqlite3.Connection, ops: list[Callable[[sqlite3.Connection]
     return outcomes
 
 
-def _attempt(fn: Callable[[sqlite3.Connection], Any], db: sqlite3.Connection
-             ) -> tuple[bool, Any]:
+def _attempt(fn: Callable[[sqlite3.Connection], Any], db: sqlite3.Connection) -> tuple[bool, Any]:
     try:
         return True, fn(db)
     except Exception as e:  # the caller gets it; the batch goes on
@@ -1044,17 +1205,21 @@ class _conflict_as:
     """Turn a broken rule in its block into Conflict with the message given for its
     kind: uniqueness (`message`), a foreign key, a CHECK. Any other stays as it is."""
 
-    def __init__(self, message: str, *, foreign_key: str | None = None,
-                 check: str | None = None) -> None:
-        self.messages = {sqlite3.SQLITE_CONSTRAINT_UNIQUE: message,
-                         sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY: foreign_key,
-                         sqlite3.SQLITE_CONSTRAINT_CHECK: check}
+    def __init__(
+        self, message: str, *, foreign_key: str | None = None, check: str | None = None
+    ) -> None:
+        self.messages = {
+            sqlite3.SQLITE_CONSTRAINT_UNIQUE: message,
+            sqlite3.SQLITE_CONSTRAINT_FOREIGNKEY: foreign_key,
+            sqlite3.SQLITE_CONSTRAINT_CHECK: check,
+        }
 
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 tb: object) -> bool:
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, tb: object
+    ) -> bool:
         if isinstance(error, sqlite3.IntegrityError):
             message = self.messages.get(error.sqlite_errorcode)
             if message is not None:
@@ -1068,9 +1233,10 @@ def _runner_rules(fields: dict[str, Any]) -> _conflict_as:
     return _conflict_as(
         f"name: a runner named {fields.get('name')!r} already exists",
         foreign_key=f"container_registry_id: no container registry "
-                    f"{fields.get('container_registry_id')} (it was deleted meanwhile)",
+        f"{fields.get('container_registry_id')} (it was deleted meanwhile)",
         check="run_command and argv cannot both be set: the runner was changed meanwhile; "
-              "set the other one to null in the same request")
+        "set the other one to null in the same request",
+    )
 
 
 def _get(db: sqlite3.Connection, table: str, row_id: str) -> sqlite3.Row:
@@ -1086,13 +1252,15 @@ def _statements(script: str) -> list[str]:
     return [s.strip() for s in script.split(";") if s.strip()]
 
 
-def _insert_env(db: sqlite3.Connection, box: SecretBox, runner_id: str,
-                env: list[tuple[str, str]], now: int) -> None:
+def _insert_env(
+    db: sqlite3.Connection, box: SecretBox, runner_id: str, env: list[tuple[str, str]], now: int
+) -> None:
     with _conflict_as("env_variables: an env_key appears twice"):
         db.executemany(
             "INSERT INTO runner_env_variables (id, runner_id, env_key, env_val, created_at,"
             " updated_at) VALUES (?, ?, ?, ?, ?, ?)",
-            [(str(uuid.uuid4()), runner_id, k, box.encrypt(v), now, now) for k, v in env])
+            [(str(uuid.uuid4()), runner_id, k, box.encrypt(v), now, now) for k, v in env],
+        )
 
 
 def _json_or_null(value: Any) -> str | None:
@@ -1104,49 +1272,87 @@ def _runner_value(column: str, value: Any) -> Any:
 
 
 def _api_key(row: sqlite3.Row) -> ApiKey:
-    return ApiKey(id=row["id"], name=row["name"], scope=Scope(row["scope"]),
-                  created_at=row["created_at"], last_used_at=row["last_used_at"])
+    return ApiKey(
+        id=row["id"],
+        name=row["name"],
+        scope=Scope(row["scope"]),
+        created_at=row["created_at"],
+        last_used_at=row["last_used_at"],
+    )
 
 
 def _registry(row: sqlite3.Row) -> ContainerRegistry:
-    return ContainerRegistry(id=row["id"], name=row["name"], host=row["host"],
-                             username=row["username"], created_at=row["created_at"],
-                             updated_at=row["updated_at"])
+    return ContainerRegistry(
+        id=row["id"],
+        name=row["name"],
+        host=row["host"],
+        username=row["username"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
 
 
 def _runner(row: sqlite3.Row) -> Runner:
     return Runner(
-        id=row["id"], name=row["name"], image_name=row["image_name"],
-        image_tag=row["image_tag"], run_command=row["run_command"],
+        id=row["id"],
+        name=row["name"],
+        image_name=row["image_name"],
+        image_tag=row["image_tag"],
+        run_command=row["run_command"],
         argv=json.loads(row["argv"]) if row["argv"] is not None else None,
-        entrypoint=row["entrypoint"], timeout_seconds=row["timeout_seconds"],
-        instance_type=row["instance_type"], max_concurrent_runs=row["max_concurrent_runs"],
-        webhook_url=row["webhook_url"], container_registry_id=row["container_registry_id"],
-        image_pull_policy=row["image_pull_policy"], warmed_at=row["warmed_at"],
-        created_at=row["created_at"], updated_at=row["updated_at"])
+        entrypoint=row["entrypoint"],
+        timeout_seconds=row["timeout_seconds"],
+        instance_type=row["instance_type"],
+        max_concurrent_runs=row["max_concurrent_runs"],
+        webhook_url=row["webhook_url"],
+        container_registry_id=row["container_registry_id"],
+        image_pull_policy=row["image_pull_policy"],
+        warmed_at=row["warmed_at"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
 
 
 def _env(row: sqlite3.Row, box: SecretBox) -> EnvVariable:
-    return EnvVariable(id=row["id"], runner_id=row["runner_id"], env_key=row["env_key"],
-                       env_val=box.decrypt(row["env_val"]), created_at=row["created_at"],
-                       updated_at=row["updated_at"])
+    return EnvVariable(
+        id=row["id"],
+        runner_id=row["runner_id"],
+        env_key=row["env_key"],
+        env_val=box.decrypt(row["env_val"]),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
 
 
 def _run(row: sqlite3.Row, box: SecretBox) -> Run:
     return Run(
-        seq=row["seq"], id=row["id"], runner_id=row["runner_id"], status=Status(row["status"]),
-        image=row["image"], command=row["command"],
+        seq=row["seq"],
+        id=row["id"],
+        runner_id=row["runner_id"],
+        status=Status(row["status"]),
+        image=row["image"],
+        command=row["command"],
         argv=json.loads(row["argv"]) if row["argv"] is not None else None,
-        entrypoint=row["entrypoint"], env=SealedEnv(box, row["env"]),
-        timeout_seconds=row["timeout_seconds"], instance_type=row["instance_type"],
-        cpu=row["cpu"], mem=row["mem"], pids=row["pids"], exit_code=row["exit_code"],
+        entrypoint=row["entrypoint"],
+        env=SealedEnv(box, row["env"]),
+        timeout_seconds=row["timeout_seconds"],
+        instance_type=row["instance_type"],
+        cpu=row["cpu"],
+        mem=row["mem"],
+        pids=row["pids"],
+        exit_code=row["exit_code"],
         failure_reason=FailureReason(row["failure_reason"]) if row["failure_reason"] else None,
-        error=row["error"], container_id=row["container_id"], started_at=row["started_at"],
-        completed_at=row["completed_at"], created_at=row["created_at"],
-        updated_at=row["updated_at"], webhook_url=row["webhook_url"],
+        error=row["error"],
+        container_id=row["container_id"],
+        started_at=row["started_at"],
+        completed_at=row["completed_at"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+        webhook_url=row["webhook_url"],
         webhook_status=row["webhook_status"],
         container_registry_id=row["container_registry_id"],
-        image_pull_policy=row["image_pull_policy"] or "if_not_present")
+        image_pull_policy=row["image_pull_policy"] or "if_not_present",
+    )
 
 
 class SealedEnv(Sequence[tuple[str, str]]):

@@ -61,7 +61,8 @@ class Notifier:
     def start(self) -> None:
         self._session = aiohttp.ClientSession(
             timeout=aiohttp.ClientTimeout(total=self.config.timeout_seconds),
-            headers={"User-Agent": f"runnerd/{__version__}"})
+            headers={"User-Agent": f"runnerd/{__version__}"},
+        )
         self._loop_task = asyncio.create_task(self._loop(), name="runnerd-webhooks")
 
     async def stop(self) -> None:
@@ -80,8 +81,11 @@ class Notifier:
             try:
                 self._wakeup.clear()
                 room = MAX_IN_FLIGHT - len(self._in_flight)
-                runs = await self.store.pending_webhooks(room, list(self._in_flight)) \
-                    if room > 0 else []
+                runs = (
+                    await self.store.pending_webhooks(room, list(self._in_flight))
+                    if room > 0
+                    else []
+                )
                 for run in runs:
                     self._in_flight[run.id] = asyncio.create_task(self._deliver(run))
                 delay = BACKOFF_FIRST
@@ -89,9 +93,12 @@ class Notifier:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                log.warning("webhooks: cannot read the deliveries to make: %s; retrying in "
-                            "%.0f s", str(e) or type(e).__name__, delay,
-                            exc_info=not is_store_fault(e))
+                log.warning(
+                    "webhooks: cannot read the deliveries to make: %s; retrying in %.0f s",
+                    str(e) or type(e).__name__,
+                    delay,
+                    exc_info=not is_store_fault(e),
+                )
                 await asyncio.sleep(delay)
                 delay = min(BACKOFF_MAX, delay * 2)
 
@@ -106,8 +113,11 @@ class Notifier:
             except Exception:
                 log.exception("run %s: webhook delivery failed unexpectedly", run.id)
                 status = "failed"
-            await retry_store(f"run {run.id}: recording its webhook {status}",
-                              lambda: self.store.set_webhook_status(run.id, status), log)
+            await retry_store(
+                f"run {run.id}: recording its webhook {status}",
+                lambda: self.store.set_webhook_status(run.id, status),
+                log,
+            )
         except asyncio.CancelledError:
             raise
         except Exception:  # the database is damaged: it stays pending, for the next start
@@ -126,33 +136,49 @@ class Notifier:
         # of that time; the one in force now decides.
         host = urlsplit(run.webhook_url).hostname or ""
         if not self.config.allows(host):
-            log.warning("run %s: webhook not sent: its host %r is not in [webhooks] "
-                        "allowed_hosts", run.id, host)
+            log.warning(
+                "run %s: webhook not sent: its host %r is not in [webhooks] allowed_hosts",
+                run.id,
+                host,
+            )
             return "failed"
         body = json.dumps({"run": run_json(run, self.tz), "runner_id": run.runner_id}).encode()
-        headers = {"Content-Type": "application/json",
-                   "X-Runnerd-Signature": signature(secret, body),
-                   "X-Runnerd-Delivery": run.id}
+        headers = {
+            "Content-Type": "application/json",
+            "X-Runnerd-Signature": signature(secret, body),
+            "X-Runnerd-Delivery": run.id,
+        }
         give_up_at = (run.completed_at or 0) / 1000 + self.config.max_retry_seconds
         delay = BACKOFF_FIRST
         attempt = 0
         while True:
             attempt += 1
             try:
-                async with self._session.post(run.webhook_url, data=body, headers=headers,
-                                              allow_redirects=False) as response:
+                async with self._session.post(
+                    run.webhook_url, data=body, headers=headers, allow_redirects=False
+                ) as response:
                     if 200 <= response.status < 300:
                         log.info("run %s: webhook delivered (attempt %d)", run.id, attempt)
                         return "delivered"
                     problem = f"HTTP {response.status}"
             except (aiohttp.ClientError, OSError) as e:
-                problem = type(e).__name__ if isinstance(e, TimeoutError) else str(e) or \
-                    type(e).__name__
+                problem = (
+                    type(e).__name__ if isinstance(e, TimeoutError) else str(e) or type(e).__name__
+                )
             if time.time() + delay > give_up_at:
-                log.warning("run %s: webhook failed after %d attempts (last: %s); giving up",
-                            run.id, attempt, problem)
+                log.warning(
+                    "run %s: webhook failed after %d attempts (last: %s); giving up",
+                    run.id,
+                    attempt,
+                    problem,
+                )
                 return "failed"
-            log.info("run %s: webhook attempt %d failed (%s); retrying in %.0f s",
-                     run.id, attempt, problem, delay)
+            log.info(
+                "run %s: webhook attempt %d failed (%s); retrying in %.0f s",
+                run.id,
+                attempt,
+                problem,
+                delay,
+            )
             await asyncio.sleep(delay)
             delay = min(BACKOFF_MAX, delay * 2)

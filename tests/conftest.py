@@ -16,9 +16,10 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -31,17 +32,28 @@ LISTENING = re.compile(r"listening on (http://\S+)")
 
 
 def docker_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], capture_output=True, text=True, check=check,
-                          timeout=120)
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, check=check, timeout=120
+    )
 
 
 def runnerd_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "runnerd", *args], capture_output=True,
-                          text=True, check=check, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "runnerd", *args],
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=60,
+    )
 
 
-async def wait_until(predicate: Callable[[], Awaitable[Any]], *, timeout: float,
-                     interval: float = 0.05, what: str = "condition") -> Any:
+async def wait_until(
+    predicate: Callable[[], Awaitable[Any]],
+    *,
+    timeout: float,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> Any:
     """Poll `predicate` until it returns something truthy; fail after `timeout` s."""
     deadline = time.monotonic() + timeout
     while True:
@@ -80,8 +92,9 @@ class Daemon:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def create_key(self, name: str, scope: str = "full") -> str:
-        out = runnerd_cli("keys", "create", "--name", name, "--scope", scope,
-                          "--config", str(self.config_path))
+        out = runnerd_cli(
+            "keys", "create", "--name", name, "--scope", scope, "--config", str(self.config_path)
+        )
         return out.stdout.strip().splitlines()[-1]
 
     def start(self) -> None:
@@ -89,21 +102,24 @@ class Daemon:
         offset = log.tell()  # a restarted daemon appends: only its own lines count
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "runnerd", "serve", "--config", str(self.config_path)],
-            stdout=log, stderr=subprocess.STDOUT)
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         log.close()
         deadline = time.monotonic() + START_DEADLINE
         while time.monotonic() < deadline:
-            match = LISTENING.search(
-                self.log_path.read_bytes()[offset:].decode("utf-8", "replace"))
+            match = LISTENING.search(self.log_path.read_bytes()[offset:].decode("utf-8", "replace"))
             if match:
                 self.url = match.group(1)
                 return
             if self.proc.poll() is not None:
-                raise AssertionError(f"runnerd exited with {self.proc.returncode}:\n"
-                                     f"{self.log_text()}")
+                raise AssertionError(
+                    f"runnerd exited with {self.proc.returncode}:\n{self.log_text()}"
+                )
             time.sleep(0.05)
-        raise AssertionError(f"runnerd did not listen within {START_DEADLINE} s:\n"
-                             f"{self.log_text()}")
+        raise AssertionError(
+            f"runnerd did not listen within {START_DEADLINE} s:\n{self.log_text()}"
+        )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
         assert self.proc is not None
@@ -114,7 +130,9 @@ class Daemon:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
-            raise AssertionError(f"runnerd did not exit within {timeout} s of signal {sig}")
+            raise AssertionError(
+                f"runnerd did not exit within {timeout} s of signal {sig}"
+            ) from None
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
@@ -125,15 +143,22 @@ class Daemon:
             daemon_id = self.daemon_id()
         except sqlite3.Error:
             return []
-        ids = docker_cli("ps", "-aq", "--filter", f"label={LABEL_DAEMON}={daemon_id}",
-                         check=False).stdout.split()
+        ids = docker_cli(
+            "ps", "-aq", "--filter", f"label={LABEL_DAEMON}={daemon_id}", check=False
+        ).stdout.split()
         if ids:
             docker_cli("rm", "-f", *ids, check=False)
         return ids
 
 
-def write_config(path: Path, data_dir: Path, extra: str = "", *,
-                 max_concurrent_runs: int = 4, top_level: str = "") -> None:
+def write_config(
+    path: Path,
+    data_dir: Path,
+    extra: str = "",
+    *,
+    max_concurrent_runs: int = 4,
+    top_level: str = "",
+) -> None:
     """A test config: loopback on a free port, no network for containers, short grace.
     `top_level` is TOML for top-level keys (e.g. `timezone = "UTC"`), written first;
     `extra` is TOML appended verbatim; tables given there replace these."""
@@ -144,8 +169,7 @@ def write_config(path: Path, data_dir: Path, extra: str = "", *,
         "scheduler": f"max_concurrent_runs = {max_concurrent_runs}",
     }
     given = set(re.findall(r"^\[(\w+)\]", extra, re.M))
-    text = "".join(f"[{name}]\n{body}\n\n" for name, body in sections.items()
-                   if name not in given)
+    text = "".join(f"[{name}]\n{body}\n\n" for name, body in sections.items() if name not in given)
     path.write_text((top_level + "\n" if top_level else "") + text + extra)
 
 
@@ -154,8 +178,10 @@ def docker_engine() -> str:
     """The engine answers and the test image is there, or the run fails loudly."""
     version = docker_cli("version", "--format", "{{.Server.Version}}", check=False)
     if version.returncode != 0:
-        pytest.fail("no Docker engine answers; run the suite with tests/run.sh, which "
-                    f"starts one:\n{version.stderr}")
+        pytest.fail(
+            "no Docker engine answers; run the suite with tests/run.sh, which "
+            f"starts one:\n{version.stderr}"
+        )
     if docker_cli("image", "inspect", TEST_IMAGE, check=False).returncode != 0:
         pytest.fail(f"test image {TEST_IMAGE} is missing; tests/run.sh builds it")
     return version.stdout.strip()
@@ -167,13 +193,23 @@ def start_daemon(tmp_path: Path, docker_engine: str) -> Iterator[Callable[..., D
     containers removed at the end of the test."""
     started: list[Daemon] = []
 
-    def start(extra_config: str = "", *, max_concurrent_runs: int = 4,
-              top_level: str = "", name: str | None = None) -> Daemon:
+    def start(
+        extra_config: str = "",
+        *,
+        max_concurrent_runs: int = 4,
+        top_level: str = "",
+        name: str | None = None,
+    ) -> Daemon:
         d = tmp_path / (name or f"daemon{len(started)}")
         d.mkdir()
         config_path = d / "config.toml"
-        write_config(config_path, d / "data", extra_config,
-                     max_concurrent_runs=max_concurrent_runs, top_level=top_level)
+        write_config(
+            config_path,
+            d / "data",
+            extra_config,
+            max_concurrent_runs=max_concurrent_runs,
+            top_level=top_level,
+        )
         daemon = Daemon(dir=d, config_path=config_path, extra_config=extra_config)
         daemon.key = daemon.create_key("test")
         daemon.start()
@@ -204,14 +240,20 @@ class Api:
         key = key if key is not None else self.key
         return {"Authorization": f"Bearer {key}"} if key else {}
 
-    async def request(self, method: str, path: str, *, json_body: Any = None,
-                      key: str | None = None, **kwargs: Any) -> tuple[int, Any]:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        key: str | None = None,
+        **kwargs: Any,
+    ) -> tuple[int, Any]:
         headers = {**self.headers(key), **kwargs.pop("headers", {})}
         if json_body is not None:
             kwargs["data"] = json.dumps(json_body)
             headers.setdefault("Content-Type", "application/json")
-        async with self.session.request(method, self.url + path, headers=headers,
-                                        **kwargs) as resp:
+        async with self.session.request(method, self.url + path, headers=headers, **kwargs) as resp:
             raw = await resp.read()
             if resp.content_type == "application/json":
                 return resp.status, json.loads(raw)
@@ -232,8 +274,12 @@ class Api:
     # -- conveniences for the common flow --
 
     async def create_runner(self, **fields: Any) -> dict[str, Any]:
-        body = {"name": f"runner-{time.monotonic_ns()}", "image_name": TEST_IMAGE_NAME,
-                "image_tag": TEST_IMAGE_TAG, **fields}
+        body = {
+            "name": f"runner-{time.monotonic_ns()}",
+            "image_name": TEST_IMAGE_NAME,
+            "image_tag": TEST_IMAGE_TAG,
+            **fields,
+        }
         status, data = await self.post("/v1/runners", body)
         assert status == 200, data
         return data["runner"]
@@ -248,17 +294,20 @@ class Api:
         assert status == 200, data
         return data["run"]
 
-    async def wait_status(self, runner_id: str, run_id: str, status: str,
-                          timeout: float = 30) -> dict[str, Any]:
+    async def wait_status(
+        self, runner_id: str, run_id: str, status: str, timeout: float = 30
+    ) -> dict[str, Any]:
         async def reached() -> dict[str, Any] | None:
             run = await self.run(runner_id, run_id)
             return run if run["status"] == status else None
+
         return await wait_until(reached, timeout=timeout, what=f"run {run_id} to be {status}")
 
     async def wait_done(self, runner_id: str, run_id: str, timeout: float = 60) -> dict[str, Any]:
         async def done() -> dict[str, Any] | None:
             run = await self.run(runner_id, run_id)
             return run if run["status"] in ("succeeded", "failed") else None
+
         return await wait_until(done, timeout=timeout, what=f"run {run_id} to complete")
 
     async def logs(self, runner_id: str, run_id: str, query: str = "") -> bytes:

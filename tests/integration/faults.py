@@ -18,7 +18,8 @@ import asyncio
 import os
 import shutil
 import tempfile
-from typing import Any, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import pytest
 from conftest import Daemon, wait_until
@@ -47,26 +48,37 @@ async def proxy() -> AsyncIterator[SocketProxy]:
 
 
 @pytest.fixture
-def start_proxied_daemon(proxy: SocketProxy, start_daemon: Callable[..., Daemon]
-                         ) -> Callable[..., Awaitable[Daemon]]:
+def start_proxied_daemon(
+    proxy: SocketProxy, start_daemon: Callable[..., Daemon]
+) -> Callable[..., Awaitable[Daemon]]:
     """Start a runnerd whose [docker] url is the proxy; `extra_config` is more TOML
     (without a [docker] table: this one is written)."""
+
     async def start(extra_config: str = "", **kw: Any) -> Daemon:
-        extra = (f'[docker]\nurl = "unix://{proxy.path}"\nnetwork = "none"\n'
-                 "stop_grace_seconds = 1\n" + extra_config)
+        extra = (
+            f'[docker]\nurl = "unix://{proxy.path}"\nnetwork = "none"\n'
+            "stop_grace_seconds = 1\n" + extra_config
+        )
         return await asyncio.to_thread(start_daemon, extra, **kw)
+
     return start
 
 
 async def wait_log_line(daemon: Daemon, text: str, timeout: float = 20) -> None:
     async def logged() -> bool:
         return text in daemon.log_text()
+
     await wait_until(logged, timeout=timeout, what=f"the daemon to log {text!r}")
 
 
 def daemon_errors(daemon: Daemon) -> str:
     """The daemon log's warnings, errors and tracebacks, for failure messages."""
     lines = daemon.log_text().splitlines()
-    keep = [ln for ln in lines if " WARNING " in ln or " ERROR " in ln
-            or ln.startswith(("Traceback", "  ", "runnerd.", "aiohttp.", "aiodocker."))]
+    keep = [
+        ln
+        for ln in lines
+        if " WARNING " in ln
+        or " ERROR " in ln
+        or ln.startswith(("Traceback", "  ", "runnerd.", "aiohttp.", "aiodocker."))
+    ]
     return "\n".join(keep[-40:])

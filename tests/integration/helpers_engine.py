@@ -14,7 +14,6 @@ import os
 from typing import Any
 
 import aiohttp
-
 from conftest import wait_until
 
 LABEL_DAEMON = "io.runnerd.daemon"
@@ -28,7 +27,7 @@ GATE = "while [ ! -e /tmp/go ]; do sleep 0.05; done"
 def docker_socket() -> str:
     host = os.environ.get("DOCKER_HOST", "")
     if host.startswith("unix://"):
-        return host[len("unix://"):]
+        return host[len("unix://") :]
     return "/var/run/docker.sock"
 
 
@@ -45,8 +44,7 @@ class EngineProbe:
     async def containers(self, labels: dict[str, str], *, all: bool) -> list[dict[str, Any]]:
         """Containers carrying every label; only running ones unless `all`."""
         filters = json.dumps({"label": [f"{k}={v}" for k, v in labels.items()]})
-        status, data = await self._get("/containers/json", filters=filters,
-                                       all="1" if all else "0")
+        status, data = await self._get("/containers/json", filters=filters, all="1" if all else "0")
         assert status == 200, data
         return data
 
@@ -64,23 +62,30 @@ class EngineProbe:
 
     async def running_container_of(self, run_id: str, timeout: float = 30) -> dict[str, Any]:
         """The inspect data of the run's container once it is running."""
+
         async def running() -> dict[str, Any] | None:
             for c in await self.containers({LABEL_RUN: run_id}, all=False):
                 return await self.inspect(c["Id"])
             return None
-        return await wait_until(running, timeout=timeout,
-                                what=f"a running container for run {run_id}")
+
+        return await wait_until(
+            running, timeout=timeout, what=f"a running container for run {run_id}"
+        )
 
     async def wait_gone(self, run_id: str, timeout: float = 15) -> None:
         """No container of the run is left in the engine (not even a stopped one)."""
+
         async def gone() -> bool:
             return not await self.for_run(run_id)
+
         await wait_until(gone, timeout=timeout, what=f"run {run_id}'s container to be removed")
 
 
 async def engine_probe() -> tuple[aiohttp.ClientSession, EngineProbe]:
-    session = aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=docker_socket()),
-                                    timeout=aiohttp.ClientTimeout(total=30))
+    session = aiohttp.ClientSession(
+        connector=aiohttp.UnixConnector(path=docker_socket()),
+        timeout=aiohttp.ClientTimeout(total=30),
+    )
     return session, EngineProbe(session)
 
 
@@ -88,7 +93,13 @@ async def release(probe: EngineProbe, run_id: str) -> None:
     """Let a run running `GATE` finish: create /tmp/go inside its container."""
     container = await probe.running_container_of(run_id)
     proc = await asyncio.create_subprocess_exec(
-        "docker", "exec", container["Id"], "touch", "/tmp/go",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        "docker",
+        "exec",
+        container["Id"],
+        "touch",
+        "/tmp/go",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
     out, err = await proc.communicate()
     assert proc.returncode == 0, (out, err)

@@ -65,12 +65,19 @@ class Registry:
     def start(self) -> None:
         for tool in (REGISTRY_BIN, "htpasswd"):
             if shutil.which(tool) is None:
-                raise AssertionError(f"{tool} is missing; tests/run.sh installs Debian's "
-                                     "docker-registry and apache2-utils")
+                raise AssertionError(
+                    f"{tool} is missing; tests/run.sh installs Debian's "
+                    "docker-registry and apache2-utils"
+                )
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "storage").mkdir(exist_ok=True)
-        htpasswd = subprocess.run(["htpasswd", "-Bbn", self.username, self.password],
-                                  capture_output=True, text=True, check=True, timeout=30)
+        htpasswd = subprocess.run(
+            ["htpasswd", "-Bbn", self.username, self.password],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        )
         (self.dir / "htpasswd").write_text(htpasswd.stdout)
         config = self.dir / "config.yml"
         config.write_text(
@@ -81,22 +88,31 @@ class Registry:
             "  delete:\n    enabled: true\n"
             f"http:\n  addr: {self.host}\n  secret: {secrets.token_hex(16)}\n"
             "auth:\n  htpasswd:\n    realm: runnerd-test\n"
-            f"    path: {self.dir / 'htpasswd'}\n")
+            f"    path: {self.dir / 'htpasswd'}\n"
+        )
         log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([REGISTRY_BIN, "serve", str(config)], stdout=log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [REGISTRY_BIN, "serve", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
         log.close()
         deadline = time.monotonic() + START_DEADLINE
         while True:
             if self.proc.poll() is not None:
-                raise AssertionError(f"docker-registry exited with {self.proc.returncode}:\n"
-                                     f"{self.log_text()[-3000:]}")
+                raise AssertionError(
+                    f"docker-registry exited with {self.proc.returncode}:\n"
+                    f"{self.log_text()[-3000:]}"
+                )
             if self._v2_status() == 401:  # up, and asking for credentials
                 return
             if time.monotonic() > deadline:
                 self.stop()
-                raise AssertionError(f"docker-registry did not answer 401 on /v2/ within "
-                                     f"{START_DEADLINE} s:\n{self.log_text()[-3000:]}")
+                raise AssertionError(
+                    f"docker-registry did not answer 401 on /v2/ within "
+                    f"{START_DEADLINE} s:\n{self.log_text()[-3000:]}"
+                )
             time.sleep(0.05)
 
     def _v2_status(self) -> int | None:
@@ -116,8 +132,9 @@ class Registry:
         env = {**os.environ, "DOCKER_CONFIG": str(config_dir)}
 
         def cli(*args: str, stdin: str | None = None) -> None:
-            out = subprocess.run(["docker", *args], input=stdin, capture_output=True,
-                                 text=True, env=env, timeout=120)
+            out = subprocess.run(
+                ["docker", *args], input=stdin, capture_output=True, text=True, env=env, timeout=120
+            )
             if out.returncode != 0:
                 raise AssertionError(f"docker {args[0]} failed: {out.stdout}{out.stderr}")
 
@@ -164,8 +181,9 @@ class Registry:
             text = f.read().decode("utf-8", "replace")
         return [Request(m[1], m[2], int(m[3])) for m in ACCESS_LINE.finditer(text)]
 
-    def manifest_requests(self, since: int = 0, repository: str = REPOSITORY,
-                          tag: str = TAG, method: str = "HEAD") -> list[Request]:
+    def manifest_requests(
+        self, since: int = 0, repository: str = REPOSITORY, tag: str = TAG, method: str = "HEAD"
+    ) -> list[Request]:
         """Requests for a repository's manifest by tag: one HEAD per pull the
         engine makes (it then fetches the manifest by digest)."""
         uri = f"/v2/{repository}/manifests/{tag}"

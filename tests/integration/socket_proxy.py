@@ -52,8 +52,7 @@ class SocketProxy:
         self._hold = None
         self._released.set()
 
-    def fail(self, pattern: str, status: int = 500,
-             message: str = "injected engine error") -> None:
+    def fail(self, pattern: str, status: int = 500, message: str = "injected engine error") -> None:
         self._fail = (re.compile(pattern), status, message)
 
     def unfail(self) -> None:
@@ -103,16 +102,16 @@ class SocketProxy:
             self.failed += 1
             _, status, message = self._fail
             body = json.dumps({"message": message}).encode()
-            return (f"HTTP/1.1 {status} Injected\r\nContent-Type: application/json\r\n"
-                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-                    ).encode("latin-1") + body
+            return (
+                f"HTTP/1.1 {status} Injected\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            ).encode("latin-1") + body
         if self._hold is not None and self._hold.search(line):
             self.held += 1
             await self._released.wait()
         return None
 
-    async def _handle(self, client_r: asyncio.StreamReader,
-                      client_w: asyncio.StreamWriter) -> None:
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         self.connections += 1
         self._writers.add(client_w)
         try:
@@ -123,8 +122,10 @@ class SocketProxy:
             self._writers.discard(client_w)
             return
         self._writers.add(engine_w)
-        pumps = [asyncio.ensure_future(self._pump(client_r, engine_w, reply=client_w)),
-                 asyncio.ensure_future(self._pump(engine_r, client_w))]
+        pumps = [
+            asyncio.ensure_future(self._pump(client_r, engine_w, reply=client_w)),
+            asyncio.ensure_future(self._pump(engine_r, client_w)),
+        ]
         self._tasks.update(pumps)
         try:
             # An EOF is passed on (half-close) and the other direction goes on; a
@@ -144,8 +145,12 @@ class SocketProxy:
                 w.transport.abort()
                 w.close()
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                    reply: asyncio.StreamWriter | None = None) -> bool:
+    async def _pump(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        reply: asyncio.StreamWriter | None = None,
+    ) -> bool:
         """Copy until EOF (True, the EOF passed on) or a broken connection (False).
         `reply`: this pump carries requests, and injected errors go back there."""
         try:

@@ -16,31 +16,67 @@ import io
 import json
 import re
 import uuid
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import aiohttp
 import pytest
+from conftest import (
+    TEST_IMAGE_NAME,
+    TEST_IMAGE_TAG,
+    Api,
+    Daemon,
+    runnerd_cli,
+    wait_until,
+    write_config,
+)
 from yarl import URL
 
-from conftest import (
-    TEST_IMAGE_NAME, TEST_IMAGE_TAG, Api, Daemon, runnerd_cli, wait_until, write_config,
-)
 from runnerd.api import READ_METHODS, make_app
 from runnerd.config import Config
 
 TIME_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}[+-]\d{2}:\d{2}$")
 UUID_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
-RUNNER_KEYS = {"id", "name", "status", "image_name", "image_tag", "run_command", "argv",
-               "entrypoint", "timeout_seconds", "instance_type", "created_at", "updated_at"}
+RUNNER_KEYS = {
+    "id",
+    "name",
+    "status",
+    "image_name",
+    "image_tag",
+    "run_command",
+    "argv",
+    "entrypoint",
+    "timeout_seconds",
+    "instance_type",
+    "created_at",
+    "updated_at",
+}
 # Fields later issues add to R (3: max_concurrent_runs; 4: webhook_url; 5:
 # container_registry_id, image_pull_policy, warmed_at). Tolerated, nothing else is.
-LATER_RUNNER_KEYS = {"max_concurrent_runs", "webhook_url", "container_registry_id",
-                     "image_pull_policy", "warmed_at"}
-RUN_KEYS = {"id", "status", "exit_code", "started_at", "completed_at", "created_at",
-            "updated_at", "command", "argv", "entrypoint", "failure_reason", "error"}
+LATER_RUNNER_KEYS = {
+    "max_concurrent_runs",
+    "webhook_url",
+    "container_registry_id",
+    "image_pull_policy",
+    "warmed_at",
+}
+RUN_KEYS = {
+    "id",
+    "status",
+    "exit_code",
+    "started_at",
+    "completed_at",
+    "created_at",
+    "updated_at",
+    "command",
+    "argv",
+    "entrypoint",
+    "failure_reason",
+    "error",
+}
 LATER_RUN_KEYS = {"webhook_status"}  # issue 4
 ENV_KEYS = {"id", "env_key", "env_val", "created_at", "updated_at"}
 RUNNER_TIME_FIELDS = ("created_at", "updated_at")
@@ -99,8 +135,9 @@ def assert_errors_name(status: int, body: Any, *fields: str) -> list[str]:
     errors = body["errors"]
     assert isinstance(errors, list) and errors, body
     assert all(isinstance(e, str) and e for e in errors), body
-    assert any(all(names(e, f) for f in fields) for e in errors), \
+    assert any(all(names(e, f) for f in fields) for e in errors), (
         f"no error names {fields}: {errors}"
+    )
     return errors
 
 
@@ -159,10 +196,15 @@ async def run_ids(api: Api, runner_id: str, query: str = "") -> list[str]:
     return [r["id"] for r in body["runs"]]
 
 
-async def raw(http: aiohttp.ClientSession, method: str, url: str | URL, *,
-              key: str | None = None, data: bytes | str | None = None,
-              content_type: str | None = "application/json",
-              ) -> tuple[int, dict[str, str], bytes]:
+async def raw(
+    http: aiohttp.ClientSession,
+    method: str,
+    url: str | URL,
+    *,
+    key: str | None = None,
+    data: bytes | str | None = None,
+    content_type: str | None = "application/json",
+) -> tuple[int, dict[str, str], bytes]:
     """A request with full control of the body and headers; (status, headers, bytes)."""
     headers = {}
     if key:
@@ -183,22 +225,32 @@ def as_json(body: bytes) -> Any:
 # -- auth -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("method,path", [
-    ("GET", "/v1/runners"),
-    ("POST", "/v1/runners"),
-    ("GET", f"/v1/runners/{uuid.uuid4()}"),
-    ("GET", f"/v1/runners/{uuid.uuid4()}/runs"),
-    ("GET", "/v1/no-such-route"),
-])
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("GET", "/v1/runners"),
+        ("POST", "/v1/runners"),
+        ("GET", f"/v1/runners/{uuid.uuid4()}"),
+        ("GET", f"/v1/runners/{uuid.uuid4()}/runs"),
+        ("GET", "/v1/no-such-route"),
+    ],
+)
 async def test_request_without_authorization_header_is_401(
-        api: Api, method: str, path: str) -> None:
+    api: Api, method: str, path: str
+) -> None:
     status, body = await api.request(method, path, key="")
     assert (status, body) == (401, UNAUTHORIZED)
 
 
 async def test_unknown_or_empty_key_is_401(api: Api) -> None:
-    for header in ("Bearer rnd_not-a-real-key", "rnd_not-a-real-key", "Bearer ", "Bearer",
-                   f"Bearer {api.key}x", f"Basic {api.key}"):
+    for header in (
+        "Bearer rnd_not-a-real-key",
+        "rnd_not-a-real-key",
+        "Bearer ",
+        "Bearer",
+        f"Bearer {api.key}x",
+        f"Basic {api.key}",
+    ):
         status, body = await api.get("/v1/runners", headers={"Authorization": header})
         assert (status, body) == (401, UNAUTHORIZED), header
 
@@ -209,8 +261,7 @@ async def test_bearer_key_and_bare_key_both_authenticate(api: Api) -> None:
         assert status == 200, (header, body)
         assert isinstance(body["runners"], list)
     # and a bare key may write too
-    status, body = await api.post("/v1/runners", runner_body(),
-                                  headers={"Authorization": api.key})
+    status, body = await api.post("/v1/runners", runner_body(), headers={"Authorization": api.key})
     assert status == 200, body
 
 
@@ -241,32 +292,42 @@ WRITE_BODIES: dict[tuple[str, str], Any] = {
     ("PATCH", "/v1/runners/{runner_id}"): {"timeout_seconds": 5},
     ("POST", "/v1/runners/{runner_id}/env_variables"): {"env_key": "B", "env_val": "2"},
     ("PATCH", "/v1/runners/{runner_id}/env_variables/{env_id}"): {"env_val": "9"},
-    ("POST", "/v1/container_registries"): {"name": "ro-reg", "host": "registry.example.com",
-                                           "username": "u", "password": "p"},
+    ("POST", "/v1/container_registries"): {
+        "name": "ro-reg",
+        "host": "registry.example.com",
+        "username": "u",
+        "password": "p",
+    },
     ("PATCH", "/v1/container_registries/{registry_id}"): {"name": "renamed-by-ro"},
 }
 
 
-async def test_read_key_can_get_everything_but_every_write_is_403(
-        api: Api, daemon: Daemon) -> None:
+async def test_read_key_can_get_everything_but_every_write_is_403(api: Api, daemon: Daemon) -> None:
     read_key = daemon.create_key(uniq("ro"), "read")
-    runner = await api.create_runner(run_command="true",
-                                     env_variables=[{"env_key": "A", "env_val": "1"}])
+    runner = await api.create_runner(
+        run_command="true", env_variables=[{"env_key": "A", "env_val": "1"}]
+    )
     rid = runner["id"]
     status, body = await api.get(f"/v1/runners/{rid}/env_variables")
     env_id = body["env_variables"][0]["id"]
     run = await api.trigger(rid)
     await api.wait_done(rid, run["id"])
-    status, body = await api.post("/v1/container_registries", {
-        "name": uniq("reg"), "host": "registry.example.com", "username": "u", "password": "p"})
+    status, body = await api.post(
+        "/v1/container_registries",
+        {"name": uniq("reg"), "host": "registry.example.com", "username": "u", "password": "p"},
+    )
     assert status == 200, body
     registry = body["container_registry"]
-    ids = {"runner_id": rid, "env_id": env_id, "run_id": run["id"],
-           "registry_id": registry["id"]}
+    ids = {"runner_id": rid, "env_id": env_id, "run_id": run["id"], "registry_id": registry["id"]}
 
-    for path in ("/v1/runners", f"/v1/runners/{rid}", f"/v1/runners/{rid}/runs",
-                 f"/v1/runners/{rid}/env_variables", "/v1/container_registries",
-                 f"/v1/container_registries/{registry['id']}"):
+    for path in (
+        "/v1/runners",
+        f"/v1/runners/{rid}",
+        f"/v1/runners/{rid}/runs",
+        f"/v1/runners/{rid}/env_variables",
+        "/v1/container_registries",
+        f"/v1/container_registries/{registry['id']}",
+    ):
         status, body = await api.get(path, key=read_key)
         assert status == 200, (path, body)
 
@@ -324,18 +385,28 @@ async def test_create_runner_returns_runner_shape_with_defaults(api: Api) -> Non
     assert runner["argv"] is None
     assert runner["entrypoint"] is None
     assert runner["timeout_seconds"] == 3600
-    assert runner["instance_type"] == {"slug": "standard-s", "name": "Standard S",
-                                       "cpu": 1.0, "mem": 1024}
+    assert runner["instance_type"] == {
+        "slug": "standard-s",
+        "name": "Standard S",
+        "cpu": 1.0,
+        "mem": 1024,
+    }
     assert runner["created_at"] == runner["updated_at"]
     created = datetime.fromisoformat(runner["created_at"])
-    assert abs(created - datetime.now(timezone.utc)) < timedelta(minutes=1)
+    assert abs(created - datetime.now(UTC)) < timedelta(minutes=1)
 
 
 async def test_create_runner_with_every_field_stores_each(api: Api) -> None:
-    body = runner_body(argv=["echo", "a b", "$HOME"], entrypoint="/bin/sh -c",
-                       timeout_seconds=42, instance_type="standard-xs",
-                       env_variables=[{"env_key": "ALPHA", "env_val": "1"},
-                                      {"env_key": "_beta2", "env_val": "two words"}])
+    body = runner_body(
+        argv=["echo", "a b", "$HOME"],
+        entrypoint="/bin/sh -c",
+        timeout_seconds=42,
+        instance_type="standard-xs",
+        env_variables=[
+            {"env_key": "ALPHA", "env_val": "1"},
+            {"env_key": "_beta2", "env_val": "two words"},
+        ],
+    )
     status, data = await api.post("/v1/runners", body)
     assert status == 200, data
     runner = data["runner"]
@@ -343,12 +414,18 @@ async def test_create_runner_with_every_field_stores_each(api: Api) -> None:
     for key in ("name", "image_name", "image_tag", "argv", "entrypoint", "timeout_seconds"):
         assert runner[key] == body[key], key
     assert runner["run_command"] is None
-    assert runner["instance_type"] == {"slug": "standard-xs", "name": "Standard XS",
-                                       "cpu": 0.5, "mem": 512}
+    assert runner["instance_type"] == {
+        "slug": "standard-xs",
+        "name": "Standard XS",
+        "cpu": 0.5,
+        "mem": 512,
+    }
     status, data = await api.get(f"/v1/runners/{runner['id']}/env_variables")
     assert status == 200, data
     assert sorted((e["env_key"], e["env_val"]) for e in data["env_variables"]) == [
-        ("ALPHA", "1"), ("_beta2", "two words")]
+        ("ALPHA", "1"),
+        ("_beta2", "two words"),
+    ]
 
 
 async def test_list_and_get_return_the_created_runner(api: Api) -> None:
@@ -366,20 +443,25 @@ async def test_list_and_get_return_the_created_runner(api: Api) -> None:
         assert (status, body) == (200, {"runner": r})
 
 
-@pytest.mark.parametrize("patch", [
-    {"name": "renamed-runner"},
-    {"image_name": "registry.example.com:5000/team/job"},
-    {"image_tag": "1.36.1-musl_x"},
-    {"run_command": "echo patched"},
-    {"run_command": None},
-    {"argv": ["echo", "x"], "run_command": None},
-    {"entrypoint": "/bin/sh -c"},
-    {"entrypoint": None},
-    {"timeout_seconds": 86400},
-    {"instance_type": "standard-m"},
-], ids=lambda p: "+".join(f"{k}={'null' if v is None else 'value'}" for k, v in p.items()))
+@pytest.mark.parametrize(
+    "patch",
+    [
+        {"name": "renamed-runner"},
+        {"image_name": "registry.example.com:5000/team/job"},
+        {"image_tag": "1.36.1-musl_x"},
+        {"run_command": "echo patched"},
+        {"run_command": None},
+        {"argv": ["echo", "x"], "run_command": None},
+        {"entrypoint": "/bin/sh -c"},
+        {"entrypoint": None},
+        {"timeout_seconds": 86400},
+        {"instance_type": "standard-m"},
+    ],
+    ids=lambda p: "+".join(f"{k}={'null' if v is None else 'value'}" for k, v in p.items()),
+)
 async def test_patch_runner_field_changes_it_and_updated_at_but_not_created_at(
-        api: Api, patch: dict[str, Any]) -> None:
+    api: Api, patch: dict[str, Any]
+) -> None:
     runner = await api.create_runner(run_command="echo original", entrypoint="/bin/sh")
     if "name" in patch:
         patch = {"name": uniq("renamed")}
@@ -390,32 +472,38 @@ async def test_patch_runner_field_changes_it_and_updated_at_but_not_created_at(
     assert_runner_shape(patched)
     expected = {**runner, **patch}
     if "instance_type" in patch:
-        expected["instance_type"] = {"slug": "standard-m", "name": "Standard M",
-                                     "cpu": 2.0, "mem": 2048}
+        expected["instance_type"] = {
+            "slug": "standard-m",
+            "name": "Standard M",
+            "cpu": 2.0,
+            "mem": 2048,
+        }
     for key in RUNNER_KEYS - {"updated_at"}:
         assert patched[key] == expected[key], key
     assert patched["created_at"] == runner["created_at"]
-    assert datetime.fromisoformat(patched["updated_at"]) > \
-        datetime.fromisoformat(runner["updated_at"])
+    assert datetime.fromisoformat(patched["updated_at"]) > datetime.fromisoformat(
+        runner["updated_at"]
+    )
     status, body = await api.get(f"/v1/runners/{runner['id']}")
     assert (status, body) == (200, {"runner": patched})
 
 
 async def test_patch_env_variables_replaces_the_runners_defaults(api: Api) -> None:
     runner = await api.create_runner(env_variables=[{"env_key": "OLD", "env_val": "1"}])
-    status, body = await api.patch(f"/v1/runners/{runner['id']}", {
-        "env_variables": [{"env_key": "NEW", "env_val": "2"}]})
+    status, body = await api.patch(
+        f"/v1/runners/{runner['id']}", {"env_variables": [{"env_key": "NEW", "env_val": "2"}]}
+    )
     assert status == 200, body
     status, body = await api.get(f"/v1/runners/{runner['id']}/env_variables")
     assert [(e["env_key"], e["env_val"]) for e in body["env_variables"]] == [("NEW", "2")]
 
 
 async def test_patch_leaving_both_run_command_and_argv_set_is_400_and_changes_nothing(
-        api: Api) -> None:
+    api: Api,
+) -> None:
     runner = await api.create_runner(run_command="echo a")
     path = f"/v1/runners/{runner['id']}"
-    for patch in ({"argv": ["echo", "b"]},
-                  {"argv": ["echo", "b"], "run_command": "echo c"}):
+    for patch in ({"argv": ["echo", "b"]}, {"argv": ["echo", "b"], "run_command": "echo c"}):
         status, body = await api.patch(path, patch)
         assert_errors_name(status, body, "run_command", "argv")
         status, body = await api.get(path)
@@ -429,17 +517,21 @@ async def test_patch_leaving_both_run_command_and_argv_set_is_400_and_changes_no
     assert_errors_name(status, body, "run_command", "argv")
 
 
-@pytest.mark.parametrize("patch,fields", [
-    ({"timeout_seconds": 0}, ("timeout_seconds",)),
-    ({"name": None}, ("name",)),
-    ({"name": "ab"}, ("name",)),
-    ({"image_name": "Busybox"}, ("image_name",)),
-    ({"instance_type": "huge"}, ("instance_type",)),
-    ({"colour": "red"}, ("colour",)),
-    ({"env_variables": [{"env_key": "1ABC", "env_val": "x"}]}, ("env_variables", "env_key")),
-])
+@pytest.mark.parametrize(
+    "patch,fields",
+    [
+        ({"timeout_seconds": 0}, ("timeout_seconds",)),
+        ({"name": None}, ("name",)),
+        ({"name": "ab"}, ("name",)),
+        ({"image_name": "Busybox"}, ("image_name",)),
+        ({"instance_type": "huge"}, ("instance_type",)),
+        ({"colour": "red"}, ("colour",)),
+        ({"env_variables": [{"env_key": "1ABC", "env_val": "x"}]}, ("env_variables", "env_key")),
+    ],
+)
 async def test_invalid_patch_is_400_naming_field_and_changes_nothing(
-        api: Api, patch: dict[str, Any], fields: tuple[str, ...]) -> None:
+    api: Api, patch: dict[str, Any], fields: tuple[str, ...]
+) -> None:
     runner = await api.create_runner()
     status, body = await api.patch(f"/v1/runners/{runner['id']}", patch)
     assert_errors_name(status, body, *fields)
@@ -478,8 +570,7 @@ async def test_delete_runner_answers_deleted_then_it_is_gone_everywhere(api: Api
     assert status == 200, body
 
 
-async def test_delete_runner_with_pending_or_running_run_is_409_until_it_ends(
-        api: Api) -> None:
+async def test_delete_runner_with_pending_or_running_run_is_409_until_it_ends(api: Api) -> None:
     runner = await api.create_runner(run_command="sleep 30", timeout_seconds=3)
     rid = runner["id"]
     run = await api.trigger(rid)
@@ -488,6 +579,7 @@ async def test_delete_runner_with_pending_or_running_run_is_409_until_it_ends(
 
     async def running() -> bool:
         return (await api.run(rid, run["id"]))["status"] == "running"
+
     await wait_until(running, timeout=30, what="the run to start")
     status, body = await api.delete(f"/v1/runners/{rid}")
     assert (status, body) == (409, CONFLICT)
@@ -523,20 +615,34 @@ async def test_unknown_runner_id_is_404_on_every_runner_route(api: Api) -> None:
         assert (status, body) == (404, NOT_FOUND), (method, path)
 
 
-@pytest.mark.parametrize("bad_id", [
-    "not-a-uuid",
-    "..%2F..%2Fetc%2Fpasswd",
-    "%2E%2E",
-    "..%5C..%5Cwindows",
-    "%00",
-    "x%27%3B%20DROP%20TABLE%20runners%3B%20--",
-    "00000000-0000-0000-0000-00000000000g",
-    "{" + "0" * 32 + "}",
-    "a" * 3000,
-], ids=["word", "dotdot-slash", "dotdot", "backslashes", "nul", "sql", "bad-hex", "braces",
-        "long"])
+@pytest.mark.parametrize(
+    "bad_id",
+    [
+        "not-a-uuid",
+        "..%2F..%2Fetc%2Fpasswd",
+        "%2E%2E",
+        "..%5C..%5Cwindows",
+        "%00",
+        "x%27%3B%20DROP%20TABLE%20runners%3B%20--",
+        "00000000-0000-0000-0000-00000000000g",
+        "{" + "0" * 32 + "}",
+        "a" * 3000,
+    ],
+    ids=[
+        "word",
+        "dotdot-slash",
+        "dotdot",
+        "backslashes",
+        "nul",
+        "sql",
+        "bad-hex",
+        "braces",
+        "long",
+    ],
+)
 async def test_malformed_ids_are_404_never_5xx(
-        api: Api, http: aiohttp.ClientSession, bad_id: str) -> None:
+    api: Api, http: aiohttp.ClientSession, bad_id: str
+) -> None:
     runner = await api.create_runner()
     rid = runner["id"]
     templates = [
@@ -565,11 +671,13 @@ async def test_malformed_ids_are_404_never_5xx(
 
 
 async def test_missing_name_and_image_name_are_both_reported(
-        api: Api, http: aiohttp.ClientSession) -> None:
+    api: Api, http: aiohttp.ClientSession
+) -> None:
     before = await runner_names(api)
     for payload in (b"{}", b'{"image_tag": "latest"}', b""):
-        status, _, body = await raw(http, "POST", api.url + "/v1/runners", key=api.key,
-                                    data=payload)
+        status, _, body = await raw(
+            http, "POST", api.url + "/v1/runners", key=api.key, data=payload
+        )
         errors = assert_errors_name(status, as_json(body), "image_name")
         assert any(names(e, "name") and not names(e, "image_name") for e in errors), errors
         assert len(errors) == 2, errors
@@ -603,8 +711,11 @@ INVALID_RUNNER_BODIES: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
     ("run-command-too-long", {"run_command": "x" * 1001}, ("run_command",)),
     ("run-command-number", {"run_command": 5}, ("run_command",)),
     ("run-command-array", {"run_command": ["echo", "hi"]}, ("run_command",)),
-    ("run-command-and-argv", {"run_command": "echo a", "argv": ["echo", "b"]},
-     ("run_command", "argv")),
+    (
+        "run-command-and-argv",
+        {"run_command": "echo a", "argv": ["echo", "b"]},
+        ("run_command", "argv"),
+    ),
     ("argv-string", {"argv": "echo hi"}, ("argv",)),
     ("argv-number-item", {"argv": ["echo", 1]}, ("argv",)),
     ("argv-null-item", {"argv": ["echo", None]}, ("argv",)),
@@ -623,33 +734,59 @@ INVALID_RUNNER_BODIES: list[tuple[str, dict[str, Any], tuple[str, ...]]] = [
     ("unknown-field", {"colour": "red"}, ("colour",)),
     ("env-not-array", {"env_variables": "A=1"}, ("env_variables",)),
     ("env-item-not-object", {"env_variables": ["A=1"]}, ("env_variables",)),
-    ("env-key-leading-digit", {"env_variables": [{"env_key": "1ABC", "env_val": "x"}]},
-     ("env_variables", "env_key")),
-    ("env-key-dash", {"env_variables": [{"env_key": "A-B", "env_val": "x"}]},
-     ("env_variables", "env_key")),
-    ("env-key-empty", {"env_variables": [{"env_key": "", "env_val": "x"}]},
-     ("env_variables", "env_key")),
-    ("env-key-number", {"env_variables": [{"env_key": 7, "env_val": "x"}]},
-     ("env_variables", "env_key")),
-    ("env-key-duplicate", {"env_variables": [{"env_key": "A", "env_val": "1"},
-                                             {"env_key": "A", "env_val": "2"}]},
-     ("env_variables", "env_key")),
+    (
+        "env-key-leading-digit",
+        {"env_variables": [{"env_key": "1ABC", "env_val": "x"}]},
+        ("env_variables", "env_key"),
+    ),
+    (
+        "env-key-dash",
+        {"env_variables": [{"env_key": "A-B", "env_val": "x"}]},
+        ("env_variables", "env_key"),
+    ),
+    (
+        "env-key-empty",
+        {"env_variables": [{"env_key": "", "env_val": "x"}]},
+        ("env_variables", "env_key"),
+    ),
+    (
+        "env-key-number",
+        {"env_variables": [{"env_key": 7, "env_val": "x"}]},
+        ("env_variables", "env_key"),
+    ),
+    (
+        "env-key-duplicate",
+        {"env_variables": [{"env_key": "A", "env_val": "1"}, {"env_key": "A", "env_val": "2"}]},
+        ("env_variables", "env_key"),
+    ),
     ("env-key-missing", {"env_variables": [{"env_val": "x"}]}, ("env_variables", "env_key")),
     ("env-val-missing", {"env_variables": [{"env_key": "A"}]}, ("env_variables", "env_val")),
-    ("env-val-number", {"env_variables": [{"env_key": "A", "env_val": 5}]},
-     ("env_variables", "env_val")),
-    ("env-val-null", {"env_variables": [{"env_key": "A", "env_val": None}]},
-     ("env_variables", "env_val")),
-    ("env-item-unknown-field", {"env_variables": [{"env_key": "A", "env_val": "1",
-                                                   "secret": True}]},
-     ("env_variables", "secret")),
+    (
+        "env-val-number",
+        {"env_variables": [{"env_key": "A", "env_val": 5}]},
+        ("env_variables", "env_val"),
+    ),
+    (
+        "env-val-null",
+        {"env_variables": [{"env_key": "A", "env_val": None}]},
+        ("env_variables", "env_val"),
+    ),
+    (
+        "env-item-unknown-field",
+        {"env_variables": [{"env_key": "A", "env_val": "1", "secret": True}]},
+        ("env_variables", "secret"),
+    ),
 ]
 
 
-@pytest.mark.parametrize("changes,fields", [(c, f) for _, c, f in INVALID_RUNNER_BODIES],
-                         ids=[i for i, _, _ in INVALID_RUNNER_BODIES])
+@pytest.mark.parametrize(
+    "changes,fields",
+    [(c, f) for _, c, f in INVALID_RUNNER_BODIES],
+    ids=[i for i, _, _ in INVALID_RUNNER_BODIES],
+)
 async def test_invalid_runner_body_is_400_naming_the_field_and_creates_nothing(
-        api: Api, changes: dict[str, Any], fields: tuple[str, ...]) -> None:
+    api: Api, changes: dict[str, Any], fields: tuple[str, ...]
+) -> None:
     body = runner_body()
     for key, value in changes.items():
         if value is MISSING:
@@ -663,37 +800,70 @@ async def test_invalid_runner_body_is_400_naming_the_field_and_creates_nothing(
 
 
 async def test_every_problem_in_a_runner_body_is_listed_at_once(api: Api) -> None:
-    status, body = await api.post("/v1/runners", {
-        "name": "ab", "image_name": "Bad:Image", "image_tag": "-x", "run_command": "x" * 1001,
-        "entrypoint": "e" * 501, "timeout_seconds": 0, "instance_type": "huge",
-        "colour": "red",
-        "env_variables": [{"env_key": "1ABC", "env_val": "x"}, {"env_key": "B"}]})
+    status, body = await api.post(
+        "/v1/runners",
+        {
+            "name": "ab",
+            "image_name": "Bad:Image",
+            "image_tag": "-x",
+            "run_command": "x" * 1001,
+            "entrypoint": "e" * 501,
+            "timeout_seconds": 0,
+            "instance_type": "huge",
+            "colour": "red",
+            "env_variables": [{"env_key": "1ABC", "env_val": "x"}, {"env_key": "B"}],
+        },
+    )
     errors = assert_errors_name(status, body, "image_name")
-    for fields in [("image_tag",), ("run_command",), ("entrypoint",), ("timeout_seconds",),
-                   ("instance_type",), ("colour",), ("env_variables", "env_key"),
-                   ("env_variables", "env_val")]:
+    for fields in [
+        ("image_tag",),
+        ("run_command",),
+        ("entrypoint",),
+        ("timeout_seconds",),
+        ("instance_type",),
+        ("colour",),
+        ("env_variables", "env_key"),
+        ("env_variables", "env_val"),
+    ]:
         assert any(all(names(e, f) for f in fields) for e in errors), (fields, errors)
     assert any(names(e, "name") and not names(e, "image_name") for e in errors), errors
 
 
-@pytest.mark.parametrize("changes", [
-    {"name": "abc"},
-    {"name": "n" * 50},
-    {"run_command": "x" * 1000},
-    {"entrypoint": "e" * 500},
-    {"entrypoint": None, "run_command": None, "argv": None},
-    {"timeout_seconds": 1},
-    {"timeout_seconds": 86400},
-    {"image_name": "registry.example.com:5000/team/job", "image_tag": "v1.2_3-rc.4"},
-    {"image_tag": "t" * 128},
-    {"env_variables": []},
-], ids=["name-3", "name-50", "run-command-1000", "entrypoint-500", "nulls", "timeout-1",
-        "timeout-86400", "registry-image", "tag-128", "no-env"])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"name": "abc"},
+        {"name": "n" * 50},
+        {"run_command": "x" * 1000},
+        {"entrypoint": "e" * 500},
+        {"entrypoint": None, "run_command": None, "argv": None},
+        {"timeout_seconds": 1},
+        {"timeout_seconds": 86400},
+        {"image_name": "registry.example.com:5000/team/job", "image_tag": "v1.2_3-rc.4"},
+        {"image_tag": "t" * 128},
+        {"env_variables": []},
+    ],
+    ids=[
+        "name-3",
+        "name-50",
+        "run-command-1000",
+        "entrypoint-500",
+        "nulls",
+        "timeout-1",
+        "timeout-86400",
+        "registry-image",
+        "tag-128",
+        "no-env",
+    ],
+)
 async def test_runner_body_at_the_limits_is_accepted(api: Api, changes: dict[str, Any]) -> None:
     body = runner_body(**changes)
     if "name" in changes:
-        body["name"] = changes["name"][:-12] + uuid.uuid4().hex[:12] \
-            if len(changes["name"]) > 12 else uuid.uuid4().hex[:len(changes["name"])]
+        body["name"] = (
+            changes["name"][:-12] + uuid.uuid4().hex[:12]
+            if len(changes["name"]) > 12
+            else uuid.uuid4().hex[: len(changes["name"])]
+        )
     status, data = await api.post("/v1/runners", body)
     assert status == 200, data
     for key, value in body.items():
@@ -708,33 +878,43 @@ async def test_duplicate_runner_name_is_400_naming_name(api: Api) -> None:
     assert (await runner_names(api)).count(first["name"]) == 1
 
 
-@pytest.mark.parametrize("payload", [
-    b"{not json",
-    b'{"name": "abc",}',
-    b"\xff\xfe{}",
-    b"[" * 100_000 + b"]" * 100_000,
-], ids=["garbage", "trailing-comma", "not-utf8", "nested-deeply"])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"{not json",
+        b'{"name": "abc",}',
+        b"\xff\xfe{}",
+        b"[" * 100_000 + b"]" * 100_000,
+    ],
+    ids=["garbage", "trailing-comma", "not-utf8", "nested-deeply"],
+)
 async def test_runner_body_that_is_not_json_is_400(
-        api: Api, http: aiohttp.ClientSession, payload: bytes) -> None:
-    status, _, body = await raw(http, "POST", api.url + "/v1/runners", key=api.key,
-                                data=payload)
+    api: Api, http: aiohttp.ClientSession, payload: bytes
+) -> None:
+    status, _, body = await raw(http, "POST", api.url + "/v1/runners", key=api.key, data=payload)
     assert status == 400, body[:300]
     errors = as_json(body)["errors"]
     assert errors and all(isinstance(e, str) for e in errors)
 
 
-@pytest.mark.parametrize("payload", [[], [runner_body()], "a string", 42, True],
-                         ids=["empty-array", "array-of-body", "string", "number", "bool"])
+@pytest.mark.parametrize(
+    "payload",
+    [[], [runner_body()], "a string", 42, True],
+    ids=["empty-array", "array-of-body", "string", "number", "bool"],
+)
 async def test_runner_body_that_is_not_an_object_is_400(api: Api, payload: Any) -> None:
     status, body = await api.post("/v1/runners", payload)
     assert status == 400, body
     assert body["errors"], body
 
 
-@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded",
-                                          "multipart/form-data; boundary=x"])
+@pytest.mark.parametrize(
+    "content_type",
+    ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"],
+)
 async def test_json_body_with_wrong_content_type_is_415(
-        api: Api, http: aiohttp.ClientSession, content_type: str) -> None:
+    api: Api, http: aiohttp.ClientSession, content_type: str
+) -> None:
     runner = await api.create_runner()
     rid = runner["id"]
     status, body = await api.get(f"/v1/runners/{rid}/env_variables")
@@ -744,8 +924,14 @@ async def test_json_body_with_wrong_content_type_is_415(
         ("POST", f"/v1/runners/{rid}/runs", {}),
         ("POST", f"/v1/runners/{rid}/env_variables", {"env_key": "A", "env_val": "1"}),
     ]:
-        status, _, body = await raw(http, method, api.url + path, key=api.key,
-                                    data=json.dumps(payload), content_type=content_type)
+        status, _, body = await raw(
+            http,
+            method,
+            api.url + path,
+            key=api.key,
+            data=json.dumps(payload),
+            content_type=content_type,
+        )
         assert_status_error(status, as_json(body), 415)
     assert await run_ids(api, rid) == []
     status, body = await api.get(f"/v1/runners/{rid}")
@@ -756,15 +942,26 @@ async def test_json_body_with_wrong_content_type_is_415(
 
 
 async def test_trigger_with_no_body_empty_object_or_env_overrides_returns_pending_run(
-        api: Api, http: aiohttp.ClientSession) -> None:
+    api: Api, http: aiohttp.ClientSession
+) -> None:
     runner = await api.create_runner(run_command="true")
     rid = runner["id"]
-    status, headers, raw_body = await raw(http, "POST", api.url + f"/v1/runners/{rid}/runs",
-                                          key=api.key)
+    status, headers, raw_body = await raw(
+        http, "POST", api.url + f"/v1/runners/{rid}/runs", key=api.key
+    )
     responses = [(status, as_json(raw_body))]
     responses.append(await api.post(f"/v1/runners/{rid}/runs", {}))
-    responses.append(await api.post(f"/v1/runners/{rid}/runs", {"env_variables": [
-        {"env_key": "A", "env_val": "1"}, {"env_key": "b_2", "env_val": ""}]}))
+    responses.append(
+        await api.post(
+            f"/v1/runners/{rid}/runs",
+            {
+                "env_variables": [
+                    {"env_key": "A", "env_val": "1"},
+                    {"env_key": "b_2", "env_val": ""},
+                ]
+            },
+        )
+    )
     ids = []
     for status, body in responses:
         assert status == 200, body
@@ -772,8 +969,13 @@ async def test_trigger_with_no_body_empty_object_or_env_overrides_returns_pendin
         run = body["run"]
         assert_run_shape(run)
         assert run["status"] == "pending"
-        assert (run["exit_code"], run["started_at"], run["completed_at"],
-                run["failure_reason"], run["error"]) == (None, None, None, None, None)
+        assert (
+            run["exit_code"],
+            run["started_at"],
+            run["completed_at"],
+            run["failure_reason"],
+            run["error"],
+        ) == (None, None, None, None, None)
         assert (run["command"], run["argv"], run["entrypoint"]) == ("true", None, None)
         assert run["created_at"] == run["updated_at"]
         ids.append(run["id"])
@@ -788,28 +990,45 @@ INVALID_TRIGGER_BODIES: list[tuple[str, Any, tuple[str, ...]]] = [
     ("unknown-field", {"colour": "red"}, ("colour",)),
     ("env-not-array", {"env_variables": {"A": "1"}}, ("env_variables",)),
     ("env-item-not-object", {"env_variables": ["A=1"]}, ("env_variables",)),
-    ("env-key-leading-digit", {"env_variables": [{"env_key": "1ABC", "env_val": "x"}]},
-     ("env_variables", "env_key")),
-    ("env-key-dash", {"env_variables": [{"env_key": "A-B", "env_val": "x"}]},
-     ("env_variables", "env_key")),
-    ("env-key-duplicate", {"env_variables": [{"env_key": "A", "env_val": "1"},
-                                             {"env_key": "A", "env_val": "2"}]},
-     ("env_variables", "env_key")),
+    (
+        "env-key-leading-digit",
+        {"env_variables": [{"env_key": "1ABC", "env_val": "x"}]},
+        ("env_variables", "env_key"),
+    ),
+    (
+        "env-key-dash",
+        {"env_variables": [{"env_key": "A-B", "env_val": "x"}]},
+        ("env_variables", "env_key"),
+    ),
+    (
+        "env-key-duplicate",
+        {"env_variables": [{"env_key": "A", "env_val": "1"}, {"env_key": "A", "env_val": "2"}]},
+        ("env_variables", "env_key"),
+    ),
     ("env-val-missing", {"env_variables": [{"env_key": "A"}]}, ("env_variables", "env_val")),
-    ("env-val-number", {"env_variables": [{"env_key": "A", "env_val": 1}]},
-     ("env_variables", "env_val")),
-    ("env-item-unknown-field", {"env_variables": [{"env_key": "A", "env_val": "1",
-                                                   "extra": 1}]},
-     ("env_variables", "extra")),
+    (
+        "env-val-number",
+        {"env_variables": [{"env_key": "A", "env_val": 1}]},
+        ("env_variables", "env_val"),
+    ),
+    (
+        "env-item-unknown-field",
+        {"env_variables": [{"env_key": "A", "env_val": "1", "extra": 1}]},
+        ("env_variables", "extra"),
+    ),
     ("array", [], ()),
     ("string", "go", ()),
 ]
 
 
-@pytest.mark.parametrize("payload,fields", [(p, f) for _, p, f in INVALID_TRIGGER_BODIES],
-                         ids=[i for i, _, _ in INVALID_TRIGGER_BODIES])
+@pytest.mark.parametrize(
+    "payload,fields",
+    [(p, f) for _, p, f in INVALID_TRIGGER_BODIES],
+    ids=[i for i, _, _ in INVALID_TRIGGER_BODIES],
+)
 async def test_invalid_trigger_body_is_400_naming_the_field_and_queues_nothing(
-        api: Api, payload: Any, fields: tuple[str, ...]) -> None:
+    api: Api, payload: Any, fields: tuple[str, ...]
+) -> None:
     runner = await api.create_runner(run_command="true")
     status, body = await api.post(f"/v1/runners/{runner['id']}/runs", payload)
     assert status == 400 and body["errors"], body
@@ -818,13 +1037,18 @@ async def test_invalid_trigger_body_is_400_naming_the_field_and_queues_nothing(
     assert await run_ids(api, runner["id"]) == []
 
 
-@pytest.mark.parametrize("payload", [b"{not json", b'{"env_variables": [}', b"\xff"],
-                         ids=["garbage", "broken", "not-utf8"])
+@pytest.mark.parametrize(
+    "payload",
+    [b"{not json", b'{"env_variables": [}', b"\xff"],
+    ids=["garbage", "broken", "not-utf8"],
+)
 async def test_trigger_body_that_is_not_json_is_400_and_queues_nothing(
-        api: Api, http: aiohttp.ClientSession, payload: bytes) -> None:
+    api: Api, http: aiohttp.ClientSession, payload: bytes
+) -> None:
     runner = await api.create_runner(run_command="true")
-    status, _, body = await raw(http, "POST", api.url + f"/v1/runners/{runner['id']}/runs",
-                                key=api.key, data=payload)
+    status, _, body = await raw(
+        http, "POST", api.url + f"/v1/runners/{runner['id']}/runs", key=api.key, data=payload
+    )
     assert status == 400, body
     assert as_json(body)["errors"]
     assert await run_ids(api, runner["id"]) == []
@@ -834,8 +1058,10 @@ async def test_run_fetched_through_another_runner_is_404(api: Api) -> None:
     a = await api.create_runner(run_command="true")
     b = await api.create_runner(run_command="true")
     run = await api.trigger(a["id"])
-    for path in (f"/v1/runners/{b['id']}/runs/{run['id']}",
-                 f"/v1/runners/{b['id']}/runs/{run['id']}/logs"):
+    for path in (
+        f"/v1/runners/{b['id']}/runs/{run['id']}",
+        f"/v1/runners/{b['id']}/runs/{run['id']}/logs",
+    ):
         status, body = await api.get(path)
         assert (status, body) == (404, NOT_FOUND), path
     assert run["id"] not in await run_ids(api, b["id"])
@@ -849,14 +1075,15 @@ async def test_run_fetched_through_another_runner_is_404(api: Api) -> None:
 
 async def test_unknown_run_id_is_404(api: Api) -> None:
     runner = await api.create_runner()
-    for path in (f"/v1/runners/{runner['id']}/runs/{uuid.uuid4()}",
-                 f"/v1/runners/{runner['id']}/runs/{uuid.uuid4()}/logs"):
+    for path in (
+        f"/v1/runners/{runner['id']}/runs/{uuid.uuid4()}",
+        f"/v1/runners/{runner['id']}/runs/{uuid.uuid4()}/logs",
+    ):
         status, body = await api.get(path)
         assert (status, body) == (404, NOT_FOUND), path
 
 
-async def test_runs_are_listed_newest_first_and_before_pages_without_overlap(
-        api: Api) -> None:
+async def test_runs_are_listed_newest_first_and_before_pages_without_overlap(api: Api) -> None:
     runner = await api.create_runner(run_command="true")
     rid = runner["id"]
     triggered = [(await api.trigger(rid))["id"] for _ in range(5)]
@@ -887,24 +1114,29 @@ async def test_runs_limit_defaults_to_50_and_accepts_1000(api: Api) -> None:
     assert await run_ids(api, rid, "?limit=51") == newest_first
 
 
-@pytest.mark.parametrize("query,field", [
-    ("limit=0", "limit"),
-    ("limit=1001", "limit"),
-    ("limit=x", "limit"),
-    ("limit=-1", "limit"),
-    ("limit=1.5", "limit"),
-    ("limit=", "limit"),
-    ("limit=%C2%B2", "limit"),       # '²': str.isdigit() says yes, int() says no
-    ("limit=" + "9" * 5000, "limit"),  # past int()'s digit limit
-    ("status=bogus", "status"),
-    ("status=", "status"),
-    ("status=SUCCEEDED", "status"),
-    ("before=not-a-uuid", "before"),
-    ("before=..%2F..%2Fetc", "before"),
-    ("before=", "before"),
-], ids=lambda v: v if len(v) < 30 else v[:12] + "...")
+@pytest.mark.parametrize(
+    "query,field",
+    [
+        ("limit=0", "limit"),
+        ("limit=1001", "limit"),
+        ("limit=x", "limit"),
+        ("limit=-1", "limit"),
+        ("limit=1.5", "limit"),
+        ("limit=", "limit"),
+        ("limit=%C2%B2", "limit"),  # '²': str.isdigit() says yes, int() says no
+        ("limit=" + "9" * 5000, "limit"),  # past int()'s digit limit
+        ("status=bogus", "status"),
+        ("status=", "status"),
+        ("status=SUCCEEDED", "status"),
+        ("before=not-a-uuid", "before"),
+        ("before=..%2F..%2Fetc", "before"),
+        ("before=", "before"),
+    ],
+    ids=lambda v: v if len(v) < 30 else v[:12] + "...",
+)
 async def test_bad_runs_list_query_is_400_naming_the_parameter(
-        api: Api, http: aiohttp.ClientSession, query: str, field: str) -> None:
+    api: Api, http: aiohttp.ClientSession, query: str, field: str
+) -> None:
     runner = await api.create_runner()
     url = URL(f"{api.url}/v1/runners/{runner['id']}/runs?{query}", encoded=True)
     status, _, body = await raw(http, "GET", url, key=api.key)
@@ -928,7 +1160,8 @@ async def test_status_filter_lists_only_runs_with_that_status(api: Api) -> None:
 
 
 async def test_logs_of_a_run_without_output_are_200_text_plain(
-        api: Api, http: aiohttp.ClientSession) -> None:
+    api: Api, http: aiohttp.ClientSession
+) -> None:
     quiet = await api.create_runner(run_command="true")
     never = await api.create_runner(image_name=UNPULLABLE_IMAGE)
     for runner in (quiet, never):
@@ -939,8 +1172,7 @@ async def test_logs_of_a_run_without_output_are_200_text_plain(
         assert headers["Content-Type"].split(";")[0].strip() == "text/plain", headers
         done = await api.wait_done(runner["id"], run["id"])
         for query in ("", "?tail=0", "?tail=10"):
-            status, headers, body = await raw(http, "GET", api.url + path + query,
-                                              key=api.key)
+            status, headers, body = await raw(http, "GET", api.url + path + query, key=api.key)
             assert status == 200, body
             assert headers["Content-Type"].split(";")[0].strip() == "text/plain"
             if runner is quiet:
@@ -948,15 +1180,19 @@ async def test_logs_of_a_run_without_output_are_200_text_plain(
                 assert body == b"", body
 
 
-@pytest.mark.parametrize("tail", ["-1", "x", "1.5", "", "%C2%B2", "9" * 5000],
-                         ids=["negative", "word", "fraction", "empty", "superscript",
-                              "5000-digits"])
+@pytest.mark.parametrize(
+    "tail",
+    ["-1", "x", "1.5", "", "%C2%B2", "9" * 5000],
+    ids=["negative", "word", "fraction", "empty", "superscript", "5000-digits"],
+)
 async def test_logs_tail_that_is_not_a_whole_number_is_400_naming_tail(
-        api: Api, http: aiohttp.ClientSession, tail: str) -> None:
+    api: Api, http: aiohttp.ClientSession, tail: str
+) -> None:
     runner = await api.create_runner(run_command="true")
     run = await api.trigger(runner["id"])
-    url = URL(f"{api.url}/v1/runners/{runner['id']}/runs/{run['id']}/logs?tail={tail}",
-              encoded=True)
+    url = URL(
+        f"{api.url}/v1/runners/{runner['id']}/runs/{run['id']}/logs?tail={tail}", encoded=True
+    )
     status, _, body = await raw(http, "GET", url, key=api.key)
     assert_errors_name(status, as_json(body), "tail")
 
@@ -989,16 +1225,20 @@ async def test_env_variable_create_list_patch_delete(api: Api) -> None:
     assert status == 200, body
     patched = body["env_variable"]
     assert_env_shape(patched)
-    assert (patched["id"], patched["env_key"], patched["env_val"]) == \
-        (env["id"], "GREETING", "bonjour")
+    assert (patched["id"], patched["env_key"], patched["env_val"]) == (
+        env["id"],
+        "GREETING",
+        "bonjour",
+    )
     assert patched["created_at"] == env["created_at"]
-    assert datetime.fromisoformat(patched["updated_at"]) > \
-        datetime.fromisoformat(env["updated_at"])
+    assert datetime.fromisoformat(patched["updated_at"]) > datetime.fromisoformat(env["updated_at"])
 
     status, body = await api.patch(f"{base}/{env['id']}", {"env_key": "SALUT"})
     assert status == 200, body
-    assert (body["env_variable"]["env_key"], body["env_variable"]["env_val"]) == \
-        ("SALUT", "bonjour")
+    assert (body["env_variable"]["env_key"], body["env_variable"]["env_val"]) == (
+        "SALUT",
+        "bonjour",
+    )
 
     status, body = await api.delete(f"{base}/{env['id']}")
     assert status == 200, body
@@ -1021,29 +1261,47 @@ async def test_env_variable_duplicate_key_is_400_naming_env_key(api: Api) -> Non
     assert_errors_name(status, body, "env_key")
     status, body = await api.get(base)
     assert sorted((e["env_key"], e["env_val"]) for e in body["env_variables"]) == [
-        ("A", "1"), ("B", "2")]
+        ("A", "1"),
+        ("B", "2"),
+    ]
     # the same key on another runner is fine: unique per runner
     other = await api.create_runner()
-    status, body = await api.post(f"/v1/runners/{other['id']}/env_variables",
-                                  {"env_key": "A", "env_val": "3"})
+    status, body = await api.post(
+        f"/v1/runners/{other['id']}/env_variables", {"env_key": "A", "env_val": "3"}
+    )
     assert status == 200, body
 
 
-@pytest.mark.parametrize("payload,fields", [
-    ({"env_key": "1ABC", "env_val": "x"}, ("env_key",)),
-    ({"env_key": "A-B", "env_val": "x"}, ("env_key",)),
-    ({"env_key": "A B", "env_val": "x"}, ("env_key",)),
-    ({"env_key": "", "env_val": "x"}, ("env_key",)),
-    ({"env_key": 5, "env_val": "x"}, ("env_key",)),
-    ({"env_val": "x"}, ("env_key",)),
-    ({"env_key": "A"}, ("env_val",)),
-    ({"env_key": "A", "env_val": 5}, ("env_val",)),
-    ({"env_key": "A", "env_val": None}, ("env_val",)),
-    ({"env_key": "A", "env_val": "x", "colour": 1}, ("colour",)),
-], ids=["leading-digit", "dash", "space", "empty", "number", "key-missing", "val-missing",
-        "val-number", "val-null", "unknown-field"])
+@pytest.mark.parametrize(
+    "payload,fields",
+    [
+        ({"env_key": "1ABC", "env_val": "x"}, ("env_key",)),
+        ({"env_key": "A-B", "env_val": "x"}, ("env_key",)),
+        ({"env_key": "A B", "env_val": "x"}, ("env_key",)),
+        ({"env_key": "", "env_val": "x"}, ("env_key",)),
+        ({"env_key": 5, "env_val": "x"}, ("env_key",)),
+        ({"env_val": "x"}, ("env_key",)),
+        ({"env_key": "A"}, ("env_val",)),
+        ({"env_key": "A", "env_val": 5}, ("env_val",)),
+        ({"env_key": "A", "env_val": None}, ("env_val",)),
+        ({"env_key": "A", "env_val": "x", "colour": 1}, ("colour",)),
+    ],
+    ids=[
+        "leading-digit",
+        "dash",
+        "space",
+        "empty",
+        "number",
+        "key-missing",
+        "val-missing",
+        "val-number",
+        "val-null",
+        "unknown-field",
+    ],
+)
 async def test_invalid_env_variable_create_is_400_naming_the_field(
-        api: Api, payload: dict[str, Any], fields: tuple[str, ...]) -> None:
+    api: Api, payload: dict[str, Any], fields: tuple[str, ...]
+) -> None:
     runner = await api.create_runner(env_variables=[{"env_key": "KEEP", "env_val": "1"}])
     base = f"/v1/runners/{runner['id']}/env_variables"
     status, body = await api.post(base, payload)
@@ -1052,18 +1310,22 @@ async def test_invalid_env_variable_create_is_400_naming_the_field(
     assert [e["env_key"] for e in body["env_variables"]] == ["KEEP"]
 
 
-@pytest.mark.parametrize("payload,fields", [
-    ({"env_key": "1ABC"}, ("env_key",)),
-    ({"env_key": "A-B"}, ("env_key",)),
-    ({"env_key": ""}, ("env_key",)),
-    ({"env_key": None}, ("env_key",)),
-    ({"env_val": 5}, ("env_val",)),
-    ({"env_val": None}, ("env_val",)),
-    ({"env_val": "x", "colour": 1}, ("colour",)),
-], ids=["leading-digit", "dash", "empty", "null-key", "val-number", "val-null",
-        "unknown-field"])
+@pytest.mark.parametrize(
+    "payload,fields",
+    [
+        ({"env_key": "1ABC"}, ("env_key",)),
+        ({"env_key": "A-B"}, ("env_key",)),
+        ({"env_key": ""}, ("env_key",)),
+        ({"env_key": None}, ("env_key",)),
+        ({"env_val": 5}, ("env_val",)),
+        ({"env_val": None}, ("env_val",)),
+        ({"env_val": "x", "colour": 1}, ("colour",)),
+    ],
+    ids=["leading-digit", "dash", "empty", "null-key", "val-number", "val-null", "unknown-field"],
+)
 async def test_invalid_env_variable_patch_is_400_naming_the_field_and_changes_nothing(
-        api: Api, payload: dict[str, Any], fields: tuple[str, ...]) -> None:
+    api: Api, payload: dict[str, Any], fields: tuple[str, ...]
+) -> None:
     runner = await api.create_runner(env_variables=[{"env_key": "KEEP", "env_val": "1"}])
     base = f"/v1/runners/{runner['id']}/env_variables"
     status, body = await api.get(base)
@@ -1082,7 +1344,8 @@ async def test_env_variable_of_another_runner_or_unknown_id_is_404(api: Api) -> 
     for env_id in (a_env["id"], str(uuid.uuid4())):
         for method, req in (("PATCH", {"env_val": "x"}), ("DELETE", None)):
             status, body = await api.request(
-                method, f"/v1/runners/{b['id']}/env_variables/{env_id}", json_body=req)
+                method, f"/v1/runners/{b['id']}/env_variables/{env_id}", json_body=req
+            )
             assert (status, body) == (404, NOT_FOUND), (method, env_id)
     status, body = await api.get(f"/v1/runners/{a['id']}/env_variables")
     assert body["env_variables"] == [a_env]
@@ -1091,19 +1354,23 @@ async def test_env_variable_of_another_runner_or_unknown_id_is_404(api: Api) -> 
 # -- other statuses: 405, unknown routes, 413 ----------------------------------------
 
 
-@pytest.mark.parametrize("method,path", [
-    ("PUT", "/v1/runners"),
-    ("DELETE", "/v1/runners"),
-    ("PATCH", "/v1/runners"),
-    ("PUT", "/v1/runners/{rid}"),
-    ("POST", "/v1/runners/{rid}"),
-    ("DELETE", "/v1/runners/{rid}/runs"),
-    ("PUT", "/v1/runners/{rid}/env_variables"),
-    ("GET", "/v1/runners/{rid}/env_variables/{eid}"),
-    ("POST", "/healthz"),
-])
+@pytest.mark.parametrize(
+    "method,path",
+    [
+        ("PUT", "/v1/runners"),
+        ("DELETE", "/v1/runners"),
+        ("PATCH", "/v1/runners"),
+        ("PUT", "/v1/runners/{rid}"),
+        ("POST", "/v1/runners/{rid}"),
+        ("DELETE", "/v1/runners/{rid}/runs"),
+        ("PUT", "/v1/runners/{rid}/env_variables"),
+        ("GET", "/v1/runners/{rid}/env_variables/{eid}"),
+        ("POST", "/healthz"),
+    ],
+)
 async def test_wrong_method_on_a_known_route_is_405(
-        api: Api, http: aiohttp.ClientSession, method: str, path: str) -> None:
+    api: Api, http: aiohttp.ClientSession, method: str, path: str
+) -> None:
     runner = await api.create_runner(env_variables=[{"env_key": "A", "env_val": "1"}])
     status, body = await api.get(f"/v1/runners/{runner['id']}/env_variables")
     eid = body["env_variables"][0]["id"]
@@ -1115,8 +1382,17 @@ async def test_wrong_method_on_a_known_route_is_405(
     assert body["runner"] == runner
 
 
-@pytest.mark.parametrize("path", ["/v1", "/v1/", "/v1/nope", "/v1/runner",
-                                  "/v1/runners/{rid}/nope", "/v1/runners/{rid}/runs/{rid}/x/y"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/v1",
+        "/v1/",
+        "/v1/nope",
+        "/v1/runner",
+        "/v1/runners/{rid}/nope",
+        "/v1/runners/{rid}/runs/{rid}/x/y",
+    ],
+)
 async def test_unknown_path_under_v1_is_404_json(api: Api, path: str) -> None:
     runner = await api.create_runner()
     status, body = await api.get(path.format(rid=runner["id"]))
@@ -1124,8 +1400,7 @@ async def test_unknown_path_under_v1_is_404_json(api: Api, path: str) -> None:
 
 
 @pytest.mark.parametrize("route", ["runners", "runs", "env", "patch"])
-async def test_body_over_one_mib_is_413(
-        api: Api, http: aiohttp.ClientSession, route: str) -> None:
+async def test_body_over_one_mib_is_413(api: Api, http: aiohttp.ClientSession, route: str) -> None:
     runner = await api.create_runner(run_command="true")
     rid = runner["id"]
     method, path = {
@@ -1140,14 +1415,12 @@ async def test_body_over_one_mib_is_413(
     assert await run_ids(api, rid) == []
 
 
-async def test_body_of_exactly_one_mib_is_not_413(
-        api: Api, http: aiohttp.ClientSession) -> None:
+async def test_body_of_exactly_one_mib_is_not_413(api: Api, http: aiohttp.ClientSession) -> None:
     body = runner_body()
     payload = json.dumps(body).encode()
     payload += b" " * (MIB - len(payload))
     assert len(payload) == MIB
-    status, _, data = await raw(http, "POST", api.url + "/v1/runners", key=api.key,
-                                data=payload)
+    status, _, data = await raw(http, "POST", api.url + "/v1/runners", key=api.key, data=payload)
     assert status == 200, data[:300]
     assert as_json(data)["runner"]["name"] == body["name"]
 
@@ -1157,8 +1430,9 @@ async def test_body_of_exactly_one_mib_is_not_413(
 
 async def check_all_times(api: Api, offset: str | None) -> None:
     """Every time field of every resource: the format, and the given UTC offset."""
-    runner = await api.create_runner(run_command="echo hi",
-                                     env_variables=[{"env_key": "A", "env_val": "1"}])
+    runner = await api.create_runner(
+        run_command="echo hi", env_variables=[{"env_key": "A", "env_val": "1"}]
+    )
     rid = runner["id"]
     run = await api.trigger(rid)
     assert run["started_at"] is None and run["completed_at"] is None
@@ -1178,7 +1452,7 @@ async def check_all_times(api: Api, offset: str | None) -> None:
     for f in ("created_at", "updated_at"):
         values[f"trigger.{f}"] = run[f]
         values[f"env.{f}"] = envs["env_variables"][0][f]
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     for where, value in values.items():
         moment = assert_time(value, where)
         if offset is not None:
@@ -1197,8 +1471,8 @@ async def test_every_time_field_has_milliseconds_and_utc_offset(api: Api) -> Non
 
 @pytest.mark.parametrize("zone,offset", [("Asia/Kolkata", "+05:30"), ("UTC", "+00:00")])
 async def test_configured_timezone_sets_the_offset_of_every_time(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession, zone: str,
-        offset: str) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession, zone: str, offset: str
+) -> None:
     d = start_daemon(top_level=f'timezone = "{zone}"')
     await check_all_times(Api(http, d.url, d.key), offset=offset)
 
@@ -1208,9 +1482,14 @@ async def test_configured_timezone_sets_the_offset_of_every_time(
 
 async def test_sql_looking_strings_are_stored_verbatim(api: Api) -> None:
     name = "x'; DROP TABLE runners; --"
-    status, body = await api.post("/v1/runners", runner_body(
-        name=name, run_command="echo '\"; DELETE FROM runs; --",
-        env_variables=[{"env_key": "Q", "env_val": "' OR '1'='1"}]))
+    status, body = await api.post(
+        "/v1/runners",
+        runner_body(
+            name=name,
+            run_command="echo '\"; DELETE FROM runs; --",
+            env_variables=[{"env_key": "Q", "env_val": "' OR '1'='1"}],
+        ),
+    )
     assert status == 200, body
     runner = body["runner"]
     assert runner["name"] == name
@@ -1220,41 +1499,66 @@ async def test_sql_looking_strings_are_stored_verbatim(api: Api) -> None:
     assert name in await runner_names(api)
     status, body = await api.get(f"/v1/runners/{runner['id']}/env_variables")
     assert body["env_variables"][0]["env_val"] == "' OR '1'='1"
-    status, body = await api.post(f"/v1/runners/{runner['id']}/env_variables",
-                                  {"env_key": "R", "env_val": "\"); DROP TABLE x; --"})
-    assert status == 200 and body["env_variable"]["env_val"] == "\"); DROP TABLE x; --"
+    status, body = await api.post(
+        f"/v1/runners/{runner['id']}/env_variables",
+        {"env_key": "R", "env_val": '"); DROP TABLE x; --'},
+    )
+    assert status == 200 and body["env_variable"]["env_val"] == '"); DROP TABLE x; --'
 
 
-@pytest.mark.parametrize("case", [
-    "runner.name", "runner.run_command", "runner.entrypoint", "runner.argv",
-    "runner.env_val", "env.env_val", "env.patch_env_val", "patch.name",
-    "trigger.env_val",
-])
-async def test_lone_surrogate_in_a_string_is_400_or_stored_never_5xx(
-        api: Api, case: str) -> None:
+@pytest.mark.parametrize(
+    "case",
+    [
+        "runner.name",
+        "runner.run_command",
+        "runner.entrypoint",
+        "runner.argv",
+        "runner.env_val",
+        "env.env_val",
+        "env.patch_env_val",
+        "patch.name",
+        "trigger.env_val",
+    ],
+)
+async def test_lone_surrogate_in_a_string_is_400_or_stored_never_5xx(api: Api, case: str) -> None:
     """JSON may carry a lone UTF-16 surrogate (`"\\ud800"`), which no UTF-8 store can hold."""
     bad = "ab\ud800cd"
-    runner = await api.create_runner(run_command="true",
-                                     env_variables=[{"env_key": "E", "env_val": "1"}])
+    runner = await api.create_runner(
+        run_command="true", env_variables=[{"env_key": "E", "env_val": "1"}]
+    )
     rid = runner["id"]
     status, envs = await api.get(f"/v1/runners/{rid}/env_variables")
     env_id = envs["env_variables"][0]["id"]
     method, path, payload, field = {
         "runner.name": ("POST", "/v1/runners", runner_body(name=bad), "name"),
-        "runner.run_command": ("POST", "/v1/runners", runner_body(run_command=bad),
-                               "run_command"),
-        "runner.entrypoint": ("POST", "/v1/runners", runner_body(entrypoint=bad),
-                              "entrypoint"),
+        "runner.run_command": ("POST", "/v1/runners", runner_body(run_command=bad), "run_command"),
+        "runner.entrypoint": ("POST", "/v1/runners", runner_body(entrypoint=bad), "entrypoint"),
         "runner.argv": ("POST", "/v1/runners", runner_body(argv=[bad]), "argv"),
-        "runner.env_val": ("POST", "/v1/runners", runner_body(
-            env_variables=[{"env_key": "A", "env_val": bad}]), "env_val"),
-        "env.env_val": ("POST", f"/v1/runners/{rid}/env_variables",
-                        {"env_key": "B", "env_val": bad}, "env_val"),
-        "env.patch_env_val": ("PATCH", f"/v1/runners/{rid}/env_variables/{env_id}",
-                              {"env_val": bad}, "env_val"),
+        "runner.env_val": (
+            "POST",
+            "/v1/runners",
+            runner_body(env_variables=[{"env_key": "A", "env_val": bad}]),
+            "env_val",
+        ),
+        "env.env_val": (
+            "POST",
+            f"/v1/runners/{rid}/env_variables",
+            {"env_key": "B", "env_val": bad},
+            "env_val",
+        ),
+        "env.patch_env_val": (
+            "PATCH",
+            f"/v1/runners/{rid}/env_variables/{env_id}",
+            {"env_val": bad},
+            "env_val",
+        ),
         "patch.name": ("PATCH", f"/v1/runners/{rid}", {"name": bad}, "name"),
-        "trigger.env_val": ("POST", f"/v1/runners/{rid}/runs",
-                            {"env_variables": [{"env_key": "A", "env_val": bad}]}, "env_val"),
+        "trigger.env_val": (
+            "POST",
+            f"/v1/runners/{rid}/runs",
+            {"env_variables": [{"env_key": "A", "env_val": bad}]},
+            "env_val",
+        ),
     }[case]
     status, body = await api.request(method, path, json_body=payload)
     assert status < 500, (status, body)
@@ -1268,17 +1572,24 @@ async def test_lone_surrogate_in_a_string_is_400_or_stored_never_5xx(
 
 @pytest.mark.parametrize("target", ["runner", "trigger", "env"])
 async def test_number_with_thousands_of_digits_in_a_body_is_400_not_500(
-        api: Api, http: aiohttp.ClientSession, target: str) -> None:
+    api: Api, http: aiohttp.ClientSession, target: str
+) -> None:
     """Python's json refuses integers over 4300 digits with a plain ValueError."""
     runner = await api.create_runner(run_command="true")
     big = "9" * 5000
     path, payload = {
-        "runner": ("/v1/runners",
-                   f'{{"name": "{uniq()}", "image_name": "busybox", "timeout_seconds": {big}}}'),
-        "trigger": (f"/v1/runners/{runner['id']}/runs",
-                    f'{{"env_variables": [{{"env_key": "A", "env_val": {big}}}]}}'),
-        "env": (f"/v1/runners/{runner['id']}/env_variables",
-                f'{{"env_key": "A", "env_val": {big}}}'),
+        "runner": (
+            "/v1/runners",
+            f'{{"name": "{uniq()}", "image_name": "busybox", "timeout_seconds": {big}}}',
+        ),
+        "trigger": (
+            f"/v1/runners/{runner['id']}/runs",
+            f'{{"env_variables": [{{"env_key": "A", "env_val": {big}}}]}}',
+        ),
+        "env": (
+            f"/v1/runners/{runner['id']}/env_variables",
+            f'{{"env_key": "A", "env_val": {big}}}',
+        ),
     }[target]
     status, _, body = await raw(http, "POST", api.url + path, key=api.key, data=payload)
     assert status == 400, (status, body[:300])

@@ -14,15 +14,15 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 import pytest
-from yarl import URL
-
 from conftest import TEST_IMAGE_NAME, TEST_IMAGE_TAG, Api, Daemon
+from yarl import URL
 
 MIB = 1024 * 1024
 SQLITE_MAGIC = b"SQLite format 3"
@@ -31,9 +31,15 @@ NOT_FOUND = {"status": 404, "error": "Not Found"}
 JSON = {"Content-Type": "application/json"}
 
 
-async def raw(http: aiohttp.ClientSession, method: str, url: str | URL, *,
-              key: str | None = None, data: bytes | str | None = None,
-              headers: dict[str, str] | None = None) -> tuple[int, str, bytes]:
+async def raw(
+    http: aiohttp.ClientSession,
+    method: str,
+    url: str | URL,
+    *,
+    key: str | None = None,
+    data: bytes | str | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, str, bytes]:
     """One request exactly as given (the path is not re-quoted or normalised):
     (status, content type, body bytes)."""
     h = {"Authorization": f"Bearer {key}"} if key else {}
@@ -52,9 +58,10 @@ async def raw_http(daemon: Daemon, request_line_path: str, key: str) -> tuple[in
     url = URL(daemon.url)
     reader, writer = await asyncio.open_connection(url.host, url.port)
     try:
-        writer.write(f"GET {request_line_path} HTTP/1.1\r\nHost: {url.host}\r\n"
-                     f"Authorization: Bearer {key}\r\nConnection: close\r\n\r\n"
-                     .encode("latin-1"))
+        writer.write(
+            f"GET {request_line_path} HTTP/1.1\r\nHost: {url.host}\r\n"
+            f"Authorization: Bearer {key}\r\nConnection: close\r\n\r\n".encode("latin-1")
+        )
         await writer.drain()
         response = await asyncio.wait_for(reader.read(), 30)
     finally:
@@ -85,8 +92,12 @@ def assert_status_error(status: int, body: bytes, expected: int) -> None:
 
 
 def runner_body(**fields: Any) -> dict[str, Any]:
-    return {"name": f"bad-input-{time.monotonic_ns()}", "image_name": TEST_IMAGE_NAME,
-            "image_tag": TEST_IMAGE_TAG, **fields}
+    return {
+        "name": f"bad-input-{time.monotonic_ns()}",
+        "image_name": TEST_IMAGE_NAME,
+        "image_tag": TEST_IMAGE_TAG,
+        **fields,
+    }
 
 
 async def runner_names(api: Api) -> list[str]:
@@ -112,8 +123,14 @@ def assert_nothing_outside_data_dir(daemon: Daemon) -> None:
     top = sorted(p.name for p in daemon.dir.iterdir())
     assert top == ["config.toml", "daemon.log", "data"], top
     data = {p.name for p in daemon.data_dir.iterdir()}
-    assert data <= {"runnerd.db", "runnerd.db-wal", "runnerd.db-shm", "logs", "secret.key",
-                    "runnerd.lock"}, data
+    assert data <= {
+        "runnerd.db",
+        "runnerd.db-wal",
+        "runnerd.db-shm",
+        "logs",
+        "secret.key",
+        "runnerd.lock",
+    }, data
     logs = [p.name for p in (daemon.data_dir / "logs").iterdir()]
     assert all(UUID_LOG.match(name) for name in logs), logs
     assert_no_runnerd_errors(daemon)
@@ -129,20 +146,26 @@ def assert_no_runnerd_errors(daemon: Daemon) -> None:
 
 
 async def test_body_over_max_body_bytes_is_413_json_and_at_or_under_it_is_accepted(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
+) -> None:
     d = start_daemon('[server]\nlisten = "127.0.0.1:0"\nmax_body_bytes = 2048\n')
     api = Api(http, d.url, d.key)
     runner = await api.create_runner(argv=["true"])
     rid = runner["id"]
     before = await runner_names(api)
-    routes = [("POST", "/v1/runners"), ("POST", f"/v1/runners/{rid}/runs"),
-              ("POST", f"/v1/runners/{rid}/env_variables"), ("PATCH", f"/v1/runners/{rid}")]
+    routes = [
+        ("POST", "/v1/runners"),
+        ("POST", f"/v1/runners/{rid}/runs"),
+        ("POST", f"/v1/runners/{rid}/env_variables"),
+        ("PATCH", f"/v1/runners/{rid}"),
+    ]
     for size in (2049, 4096, 64 * 1024):
         for method, path in routes:
             payload = b'{"pad": "' + b"x" * (size - 11) + b'"}'
             assert len(payload) == size
-            status, ctype, body = await raw(http, method, api.url + path, key=api.key,
-                                            data=payload, headers=JSON)
+            status, ctype, body = await raw(
+                http, method, api.url + path, key=api.key, data=payload, headers=JSON
+            )
             assert ctype == "application/json", (method, path, size, body[:200])
             assert_status_error(status, body, 413)
     assert await runner_names(api) == before
@@ -155,38 +178,53 @@ async def test_body_over_max_body_bytes_is_413_json_and_at_or_under_it_is_accept
         fields["env_variables"][0]["env_val"] = "p" * (size - len(payload))
         payload = json.dumps(fields).encode()
         assert len(payload) == size
-        status, _, body = await raw(http, "POST", api.url + "/v1/runners", key=api.key,
-                                    data=payload, headers=JSON)
+        status, _, body = await raw(
+            http, "POST", api.url + "/v1/runners", key=api.key, data=payload, headers=JSON
+        )
         assert status == 200, (size, body[:300])
         trigger = json.dumps({"env_variables": [{"env_key": "X", "env_val": ""}]}).encode()
         trigger = trigger.replace(b'""', b'"' + b"t" * (size - len(trigger)) + b'"')
         assert len(trigger) == size
-        status, _, body = await raw(http, "POST", api.url + f"/v1/runners/{rid}/runs",
-                                    key=api.key, data=trigger, headers=JSON)
+        status, _, body = await raw(
+            http,
+            "POST",
+            api.url + f"/v1/runners/{rid}/runs",
+            key=api.key,
+            data=trigger,
+            headers=JSON,
+        )
         assert status == 200, (size, body[:300])
     assert_alive(d)
 
 
 async def test_huge_values_are_413_past_the_body_limit_and_400_past_a_field_limit(
-        api: Api, daemon: Daemon, http: aiohttp.ClientSession) -> None:
+    api: Api, daemon: Daemon, http: aiohttp.ClientSession
+) -> None:
     before = await runner_names(api)
     # A 5 MB name: the body is over the default 1 MiB limit.
     payload = json.dumps(runner_body(name="n" * (5 * MIB))).encode()
-    status, _, body = await raw(http, "POST", api.url + "/v1/runners", key=api.key,
-                                data=payload, headers=JSON)
+    status, _, body = await raw(
+        http, "POST", api.url + "/v1/runners", key=api.key, data=payload, headers=JSON
+    )
     assert_status_error(status, body, 413)
     # Inside the body limit, each field's own limit.
-    for fields, field in [({"run_command": "c" * 100_000}, "run_command"),
-                          ({"name": "n" * 100_000}, "name"),
-                          ({"argv": ["a" * 100_000]}, "argv[0]"),
-                          ({"entrypoint": "e" * 100_000}, "entrypoint"),
-                          ({"image_name": "i" * 100_000}, "image_name"),
-                          ({"image_tag": "t" * 100_000}, "image_tag"),
-                          ({"env_variables": [{"env_key": "K", "env_val": "v" * 100_000}]},
-                           "env_variables[0].env_val"),
-                          ({"env_variables": [{"env_key": "K" * 100_000, "env_val": "v"}]},
-                           "env_variables[0].env_key"),
-                          ({"timeout_seconds": 10 ** 100}, "timeout_seconds")]:
+    for fields, field in [
+        ({"run_command": "c" * 100_000}, "run_command"),
+        ({"name": "n" * 100_000}, "name"),
+        ({"argv": ["a" * 100_000]}, "argv[0]"),
+        ({"entrypoint": "e" * 100_000}, "entrypoint"),
+        ({"image_name": "i" * 100_000}, "image_name"),
+        ({"image_tag": "t" * 100_000}, "image_tag"),
+        (
+            {"env_variables": [{"env_key": "K", "env_val": "v" * 100_000}]},
+            "env_variables[0].env_val",
+        ),
+        (
+            {"env_variables": [{"env_key": "K" * 100_000, "env_val": "v"}]},
+            "env_variables[0].env_key",
+        ),
+        ({"timeout_seconds": 10**100}, "timeout_seconds"),
+    ]:
         status, body = await api.post("/v1/runners", runner_body(**fields))
         errors = body["errors"] if status == 400 else None
         assert status == 400 and any(field in e for e in errors), (field, status, body)
@@ -199,62 +237,102 @@ async def test_huge_values_are_413_past_the_body_limit_and_400_past_a_field_limi
 
 
 async def test_non_json_body_with_json_content_type_is_400_listing_errors(
-        api: Api, daemon: Daemon, http: aiohttp.ClientSession) -> None:
+    api: Api, daemon: Daemon, http: aiohttp.ClientSession
+) -> None:
     runner = await api.create_runner(argv=["true"])
     before = await runner_names(api)
-    for payload in (b"not json", b"{", b'{"name": "x",}', b"{'name': 'x'}", b'{"a": 1}}',
-                    b"NaN-ish", b'{"name": "a\x00b"}', b"\x00", b'"\\ud800"x'):
-        for method, path in (("POST", "/v1/runners"), ("POST", f"/v1/runners/{runner['id']}/runs"),
-                             ("PATCH", f"/v1/runners/{runner['id']}")):
-            status, ctype, body = await raw(http, method, api.url + path, key=api.key,
-                                            data=payload, headers=JSON)
+    for payload in (
+        b"not json",
+        b"{",
+        b'{"name": "x",}',
+        b"{'name': 'x'}",
+        b'{"a": 1}}',
+        b"NaN-ish",
+        b'{"name": "a\x00b"}',
+        b"\x00",
+        b'"\\ud800"x',
+    ):
+        for method, path in (
+            ("POST", "/v1/runners"),
+            ("POST", f"/v1/runners/{runner['id']}/runs"),
+            ("PATCH", f"/v1/runners/{runner['id']}"),
+        ):
+            status, ctype, body = await raw(
+                http, method, api.url + path, key=api.key, data=payload, headers=JSON
+            )
             assert ctype == "application/json", (payload, body[:200])
             assert_errors_400(status, body)
     assert await runner_names(api) == before
     assert await run_ids(api, runner["id"]) == []
 
 
-@pytest.mark.parametrize("content_type, payload", [
-    ("text/plain", None),
-    ("application/x-www-form-urlencoded", b"name=form-runner&image_name=busybox"),
-    ("multipart/form-data; boundary=xyz",
-     b'--xyz\r\nContent-Disposition: form-data; name="name"\r\n\r\nmp-runner\r\n--xyz--\r\n'),
-    ("application/xml", b"<runner><name>x</name></runner>"),
-], ids=["text-plain", "form", "multipart", "xml"])
+@pytest.mark.parametrize(
+    "content_type, payload",
+    [
+        ("text/plain", None),
+        ("application/x-www-form-urlencoded", b"name=form-runner&image_name=busybox"),
+        (
+            "multipart/form-data; boundary=xyz",
+            b'--xyz\r\nContent-Disposition: form-data; name="name"\r\n\r\nmp-runner\r\n--xyz--\r\n',
+        ),
+        ("application/xml", b"<runner><name>x</name></runner>"),
+    ],
+    ids=["text-plain", "form", "multipart", "xml"],
+)
 async def test_wrong_content_type_is_415_and_creates_nothing(
-        api: Api, http: aiohttp.ClientSession, content_type: str,
-        payload: bytes | None) -> None:
+    api: Api, http: aiohttp.ClientSession, content_type: str, payload: bytes | None
+) -> None:
     before = await runner_names(api)
     data = payload if payload is not None else json.dumps(runner_body()).encode()
-    status, _, body = await raw(http, "POST", api.url + "/v1/runners", key=api.key,
-                                data=data, headers={"Content-Type": content_type})
+    status, _, body = await raw(
+        http,
+        "POST",
+        api.url + "/v1/runners",
+        key=api.key,
+        data=data,
+        headers={"Content-Type": content_type},
+    )
     assert_status_error(status, body, 415)
     assert await runner_names(api) == before
 
 
 async def test_non_utf8_body_bytes_are_400(
-        api: Api, daemon: Daemon, http: aiohttp.ClientSession) -> None:
+    api: Api, daemon: Daemon, http: aiohttp.ClientSession
+) -> None:
     before = await runner_names(api)
-    for payload in (b'{"name": "\xff\xfe"}', b'{"name": "caf\xe9 runner"}',
-                    b"\xef\xbb\xbf" + json.dumps(runner_body()).encode(),  # a UTF-8 BOM
-                    json.dumps(runner_body()).encode("utf-16")):
-        status, _, body = await raw(http, "POST", api.url + "/v1/runners", key=api.key,
-                                    data=payload, headers=JSON)
+    for payload in (
+        b'{"name": "\xff\xfe"}',
+        b'{"name": "caf\xe9 runner"}',
+        b"\xef\xbb\xbf" + json.dumps(runner_body()).encode(),  # a UTF-8 BOM
+        json.dumps(runner_body()).encode("utf-16"),
+    ):
+        status, _, body = await raw(
+            http, "POST", api.url + "/v1/runners", key=api.key, data=payload, headers=JSON
+        )
         assert_errors_400(status, body)
     assert await runner_names(api) == before
     assert_alive(daemon)
 
 
 async def test_json_nested_100000_deep_is_400_and_daemon_still_answers(
-        api: Api, daemon: Daemon, http: aiohttp.ClientSession) -> None:
+    api: Api, daemon: Daemon, http: aiohttp.ClientSession
+) -> None:
     runner = await api.create_runner(argv=["true"])
     deep = 100_000
-    for payload in ("[" * deep, "[" * deep + "]" * deep, '{"a":' * deep + "1" + "}" * deep,
-                    json.dumps({"name": "x", "image_name": "y"})[:-1] + ', "argv": '
-                    + "[" * deep + "]" * deep + "}"):
+    for payload in (
+        "[" * deep,
+        "[" * deep + "]" * deep,
+        '{"a":' * deep + "1" + "}" * deep,
+        json.dumps({"name": "x", "image_name": "y"})[:-1]
+        + ', "argv": '
+        + "[" * deep
+        + "]" * deep
+        + "}",
+    ):
         for path in ("/v1/runners", f"/v1/runners/{runner['id']}/runs"):
-            status, _, body = await raw(http, "POST", api.url + path, key=api.key,
-                                        data=payload.encode(), headers=JSON)
+            status, _, body = await raw(
+                http, "POST", api.url + path, key=api.key, data=payload.encode(), headers=JSON
+            )
             assert_errors_400(status, body)
             assert_alive(daemon)
     assert (await api.get("/healthz"))[0] == 200
@@ -266,12 +344,14 @@ async def test_json_nested_100000_deep_is_400_and_daemon_still_answers(
 
 
 async def test_nul_byte_in_any_string_field_is_400_naming_the_field(
-        api: Api, daemon: Daemon) -> None:
+    api: Api, daemon: Daemon
+) -> None:
     runner = await api.create_runner(argv=["true"])
     rid = runner["id"]
     before = await runner_names(api)
-    status, body = await api.post(f"/v1/runners/{rid}/env_variables",
-                                  {"env_key": "OK", "env_val": "1"})
+    status, body = await api.post(
+        f"/v1/runners/{rid}/env_variables", {"env_key": "OK", "env_val": "1"}
+    )
     assert status == 200, body
     env_id = body["env_variable"]["id"]
     nul = "a\x00b"
@@ -283,22 +363,40 @@ async def test_nul_byte_in_any_string_field_is_400_naming_the_field(
         ("POST", "/v1/runners", runner_body(image_tag="v" + nul), "image_tag"),
         ("POST", "/v1/runners", runner_body(image_name="busy" + nul), "image_name"),
         ("POST", "/v1/runners", runner_body(instance_type="standard-s" + nul), "instance_type"),
-        ("POST", "/v1/runners", runner_body(env_variables=[{"env_key": "K", "env_val": nul}]),
-         "env_variables[0].env_val"),
-        ("POST", "/v1/runners", runner_body(env_variables=[{"env_key": "K" + nul,
-                                                            "env_val": "v"}]),
-         "env_variables[0].env_key"),
+        (
+            "POST",
+            "/v1/runners",
+            runner_body(env_variables=[{"env_key": "K", "env_val": nul}]),
+            "env_variables[0].env_val",
+        ),
+        (
+            "POST",
+            "/v1/runners",
+            runner_body(env_variables=[{"env_key": "K" + nul, "env_val": "v"}]),
+            "env_variables[0].env_key",
+        ),
         ("PATCH", f"/v1/runners/{rid}", {"name": "x" + nul + "yz"}, "name"),
         ("PATCH", f"/v1/runners/{rid}", {"argv": None, "run_command": nul}, "run_command"),
-        ("POST", f"/v1/runners/{rid}/env_variables", {"env_key": "K", "env_val": nul},
-         "env_val"),
-        ("POST", f"/v1/runners/{rid}/env_variables", {"env_key": "K" + nul, "env_val": "v"},
-         "env_key"),
+        ("POST", f"/v1/runners/{rid}/env_variables", {"env_key": "K", "env_val": nul}, "env_val"),
+        (
+            "POST",
+            f"/v1/runners/{rid}/env_variables",
+            {"env_key": "K" + nul, "env_val": "v"},
+            "env_key",
+        ),
         ("PATCH", f"/v1/runners/{rid}/env_variables/{env_id}", {"env_val": nul}, "env_val"),
-        ("POST", f"/v1/runners/{rid}/runs",
-         {"env_variables": [{"env_key": "K", "env_val": nul}]}, "env_variables[0].env_val"),
-        ("POST", f"/v1/runners/{rid}/runs",
-         {"env_variables": [{"env_key": nul, "env_val": "v"}]}, "env_variables[0].env_key"),
+        (
+            "POST",
+            f"/v1/runners/{rid}/runs",
+            {"env_variables": [{"env_key": "K", "env_val": nul}]},
+            "env_variables[0].env_val",
+        ),
+        (
+            "POST",
+            f"/v1/runners/{rid}/runs",
+            {"env_variables": [{"env_key": nul, "env_val": "v"}]},
+            "env_variables[0].env_key",
+        ),
     ]
     for method, path, payload, field in cases:
         status, body = await api.request(method, path, json_body=payload)
@@ -312,18 +410,19 @@ async def test_nul_byte_in_any_string_field_is_400_naming_the_field(
     assert await run_ids(api, rid) == []
 
 
-async def test_nul_byte_in_a_json_object_key_is_400(
-        api: Api, daemon: Daemon) -> None:
+async def test_nul_byte_in_a_json_object_key_is_400(api: Api, daemon: Daemon) -> None:
     runner = await api.create_runner(argv=["true"])
     before = await runner_names(api)
     for path, payload in [
-            ("/v1/runners", {**runner_body(), "na\x00me": "x"}),
-            ("/v1/runners", {"\x00": 1, **runner_body()}),
-            ("/v1/runners", runner_body(env_variables=[{"env_key": "K", "env_val": "v",
-                                                        "\x00": "x"}])),
-            (f"/v1/runners/{runner['id']}/runs", {"env_variables\x00": []}),
-            (f"/v1/runners/{runner['id']}/env_variables",
-             {"env_key": "K", "env_val": "v", "env\x00key": "x"})]:
+        ("/v1/runners", {**runner_body(), "na\x00me": "x"}),
+        ("/v1/runners", {"\x00": 1, **runner_body()}),
+        ("/v1/runners", runner_body(env_variables=[{"env_key": "K", "env_val": "v", "\x00": "x"}])),
+        (f"/v1/runners/{runner['id']}/runs", {"env_variables\x00": []}),
+        (
+            f"/v1/runners/{runner['id']}/env_variables",
+            {"env_key": "K", "env_val": "v", "env\x00key": "x"},
+        ),
+    ]:
         status, body = await api.post(path, payload)
         assert status == 400, (path, status, body)
         assert body["errors"], body
@@ -335,7 +434,8 @@ async def test_nul_byte_in_a_json_object_key_is_400(
 
 
 async def test_dotdot_and_odd_ids_in_paths_are_404_and_never_read_outside_data_dir(
-        api: Api, daemon: Daemon, http: aiohttp.ClientSession) -> None:
+    api: Api, daemon: Daemon, http: aiohttp.ClientSession
+) -> None:
     runner = await api.create_runner(run_command="echo hi")
     rid = runner["id"]
     run = await api.trigger(rid)
@@ -370,18 +470,22 @@ async def test_dotdot_and_odd_ids_in_paths_are_404_and_never_read_outside_data_d
         assert SQLITE_MAGIC not in body and b"root:" not in body, path
 
     # A 10 KB id: longer than the HTTP parser takes for a request line; any clear 4xx.
-    for path in ("/v1/runners/" + "f" * 10_240,
-                 f"/v1/runners/{rid}/runs/{'../' * 3000}runnerd.db/logs"):
+    for path in (
+        "/v1/runners/" + "f" * 10_240,
+        f"/v1/runners/{rid}/runs/{'../' * 3000}runnerd.db/logs",
+    ):
         status, _, body = await raw(http, "GET", api.url + path, key=api.key)
         assert 400 <= status < 500, (len(path), status, body[:300])
         assert SQLITE_MAGIC not in body
 
     # Literal `..` segments, written byte for byte (no client normalises them away).
-    for path in (f"/v1/runners/{rid}/runs/../../../runnerd.db",
-                 f"/v1/runners/{rid}/runs/../../../../../etc/passwd",
-                 f"/v1/runners/{rid}/runs/{run['id']}/../../../runnerd.db/logs",
-                 "/v1/../../../../etc/passwd",
-                 "/../../runnerd.db"):
+    for path in (
+        f"/v1/runners/{rid}/runs/../../../runnerd.db",
+        f"/v1/runners/{rid}/runs/../../../../../etc/passwd",
+        f"/v1/runners/{rid}/runs/{run['id']}/../../../runnerd.db/logs",
+        "/v1/../../../../etc/passwd",
+        "/../../runnerd.db",
+    ):
         status, response = await raw_http(daemon, path, api.key)
         assert 400 <= status < 500, (path, status, response[:300])
         assert SQLITE_MAGIC not in response and b"root:" not in response, path
@@ -395,39 +499,52 @@ async def test_dotdot_and_odd_ids_in_paths_are_404_and_never_read_outside_data_d
 # -- SQL-looking strings ----------------------------------------------------------------------
 
 
-SQL_STRINGS = ["'; DROP TABLE runs; --", '" OR 1=1 --', "x' OR '1'='1",
-               "1; DELETE FROM runners", "%' OR name LIKE '%", "\\'; --"]
+SQL_STRINGS = [
+    "'; DROP TABLE runs; --",
+    '" OR 1=1 --',
+    "x' OR '1'='1",
+    "1; DELETE FROM runners",
+    "%' OR name LIKE '%",
+    "\\'; --",
+]
 
 
 async def test_sql_looking_strings_are_stored_verbatim_and_the_tables_survive(
-        api: Api, daemon: Daemon) -> None:
+    api: Api, daemon: Daemon
+) -> None:
     made = []
     for i, s in enumerate(SQL_STRINGS):
         name = (s + f" {i}")[:50]
         runner = await api.create_runner(
-            name=name, run_command="printf '%s\\n' \"$SQL\"",
-            env_variables=[{"env_key": "SQL", "env_val": s}])
+            name=name,
+            run_command="printf '%s\\n' \"$SQL\"",
+            env_variables=[{"env_key": "SQL", "env_val": s}],
+        )
         made.append((runner, name, s))
         assert runner["name"] == name
-        status, body = await api.post(f"/v1/runners/{runner['id']}/env_variables",
-                                      {"env_key": "SQL_TWO", "env_val": s})
+        status, body = await api.post(
+            f"/v1/runners/{runner['id']}/env_variables", {"env_key": "SQL_TWO", "env_val": s}
+        )
         assert status == 200 and body["env_variable"]["env_val"] == s, body
     for runner, name, s in made:
         status, body = await api.get(f"/v1/runners/{runner['id']}")
         assert status == 200 and body["runner"]["name"] == name, body
         status, body = await api.get(f"/v1/runners/{runner['id']}/env_variables")
-        assert {e["env_key"]: e["env_val"] for e in body["env_variables"]} == \
-            {"SQL": s, "SQL_TWO": s}
+        assert {e["env_key"]: e["env_val"] for e in body["env_variables"]} == {
+            "SQL": s,
+            "SQL_TWO": s,
+        }
     # The string reaches the container unchanged, and comes back in the log.
     runner, _, s = made[0]
-    run = await api.trigger(runner["id"], {"env_variables": [{"env_key": "SQL",
-                                                              "env_val": s + "!"}]})
+    run = await api.trigger(
+        runner["id"], {"env_variables": [{"env_key": "SQL", "env_val": s + "!"}]}
+    )
     done = await api.wait_done(runner["id"], run["id"])
     assert done["status"] == "succeeded", done
     assert await api.logs(runner["id"], run["id"]) == (s + "!\n").encode()
     # A run_command that looks like SQL is stored (and run) verbatim too.
-    odd = await api.create_runner(run_command="echo \"'; DROP TABLE runs; --\"")
-    assert odd["run_command"] == "echo \"'; DROP TABLE runs; --\""
+    odd = await api.create_runner(run_command='echo "\'; DROP TABLE runs; --"')
+    assert odd["run_command"] == 'echo "\'; DROP TABLE runs; --"'
     run = await api.trigger(odd["id"])
     assert run["command"] == odd["run_command"]
     done = await api.wait_done(odd["id"], run["id"])
@@ -441,23 +558,28 @@ async def test_sql_looking_strings_are_stored_verbatim_and_the_tables_survive(
 
 
 async def test_sql_looking_query_params_are_400_and_the_tables_survive(
-        api: Api, daemon: Daemon, http: aiohttp.ClientSession) -> None:
+    api: Api, daemon: Daemon, http: aiohttp.ClientSession
+) -> None:
     runner = await api.create_runner(argv=["true"])
     rid = runner["id"]
     run = await api.trigger(rid)
     await api.wait_done(rid, run["id"])
-    queries = {"status": ["' OR 1=1 --", "pending' OR '1'='1", "succeeded; DROP TABLE runs"],
-               "before": ["' OR '1'='1", f"{run['id']}' OR '1'='1", "1 UNION SELECT *"],
-               "limit": ["1;DROP", "1 OR 1=1", "-1", "0", "1e3", "0x10", "1_000", " 1", "+1"]}
+    queries = {
+        "status": ["' OR 1=1 --", "pending' OR '1'='1", "succeeded; DROP TABLE runs"],
+        "before": ["' OR '1'='1", f"{run['id']}' OR '1'='1", "1 UNION SELECT *"],
+        "limit": ["1;DROP", "1 OR 1=1", "-1", "0", "1e3", "0x10", "1_000", " 1", "+1"],
+    }
     for param, values in queries.items():
         for value in values:
-            url = URL(api.url + f"/v1/runners/{rid}/runs?{param}={quote(value, safe='')}",
-                      encoded=True)
+            url = URL(
+                api.url + f"/v1/runners/{rid}/runs?{param}={quote(value, safe='')}", encoded=True
+            )
             status, _, body = await raw(http, "GET", url, key=api.key)
             assert_errors_400(status, body, param)
     for value in ("' OR 1=1 --", "1;DROP"):
-        url = URL(api.url + f"/v1/runners/{rid}/runs/{run['id']}/logs?tail={quote(value)}",
-                  encoded=True)
+        url = URL(
+            api.url + f"/v1/runners/{rid}/runs/{run['id']}/logs?tail={quote(value)}", encoded=True
+        )
         status, _, body = await raw(http, "GET", url, key=api.key)
         assert_errors_400(status, body, "tail")
     assert await run_ids(api, rid) == [run["id"]]
@@ -468,13 +590,16 @@ async def test_sql_looking_query_params_are_400_and_the_tables_survive(
 
 
 async def test_unicode_digits_and_5000_digit_numbers_in_query_params_are_400_not_500(
-        api: Api, daemon: Daemon, http: aiohttp.ClientSession) -> None:
+    api: Api, daemon: Daemon, http: aiohttp.ClientSession
+) -> None:
     runner = await api.create_runner(argv=["true"])
     rid = runner["id"]
     run = await api.trigger(rid)
     await api.wait_done(rid, run["id"])
-    for param, path in (("limit", f"/v1/runners/{rid}/runs"),
-                        ("tail", f"/v1/runners/{rid}/runs/{run['id']}/logs")):
+    for param, path in (
+        ("limit", f"/v1/runners/{rid}/runs"),
+        ("tail", f"/v1/runners/{rid}/runs/{run['id']}/logs"),
+    ):
         for value in ("²", "١٢", "٣", "１２", "⑫", "5" * 5000, "1" + "0" * 4299, "9" * 13):
             url = URL(api.url + f"{path}?{param}={quote(value)}", encoded=True)
             status, _, body = await raw(http, "GET", url, key=api.key)
@@ -483,8 +608,9 @@ async def test_unicode_digits_and_5000_digit_numbers_in_query_params_are_400_not
     # The same numbers in a JSON body: 400 naming the field, not a 500.
     for big in ("9" * 5000, "1" + "0" * 4300, "1e999", "-0", "1.0"):
         payload = json.dumps(runner_body())[:-1] + f', "timeout_seconds": {big}}}'
-        status, _, body = await raw(http, "POST", api.url + "/v1/runners", key=api.key,
-                                    data=payload.encode(), headers=JSON)
+        status, _, body = await raw(
+            http, "POST", api.url + "/v1/runners", key=api.key, data=payload.encode(), headers=JSON
+        )
         assert status == 400, (big[:20], status, body[:300])
     assert_alive(daemon)
     assert_no_runnerd_errors(daemon)
@@ -494,14 +620,15 @@ async def test_unicode_digits_and_5000_digit_numbers_in_query_params_are_400_not
 
 
 async def test_log_past_max_log_bytes_is_cut_with_one_marker_and_the_run_goes_on(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession,
-        tmp_path: Path) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
     data_dir = tmp_path / "limited-data"
     d = start_daemon(f'[storage]\ndata_dir = "{data_dir}"\nmax_log_bytes = 10000\n')
     api = Api(http, d.url, d.key)
     line = b"0123456789abcdef\n"
     runner = await api.create_runner(
-        run_command="yes 0123456789abcdef | head -c 102400; echo finished; exit 0")
+        run_command="yes 0123456789abcdef | head -c 102400; echo finished; exit 0"
+    )
     run = await api.trigger(runner["id"])
     done = await api.wait_done(runner["id"], run["id"])
     assert (done["status"], done["exit_code"]) == ("succeeded", 0), done
@@ -510,9 +637,9 @@ async def test_log_past_max_log_bytes_is_cut_with_one_marker_and_the_run_goes_on
     lines = logs.split(b"\n")
     markers = [ln for ln in lines if b"log limit" in ln]
     assert len(markers) == 1, markers
-    before_marker = logs[:logs.index(markers[0])]
+    before_marker = logs[: logs.index(markers[0])]
     assert len(before_marker) <= 10_000, len(before_marker)
-    assert before_marker == (line * 1000)[:len(before_marker)], "output was changed"
+    assert before_marker == (line * 1000)[: len(before_marker)], "output was changed"
     assert len(before_marker) > 10_000 - 2 * len(line), "much less output than the limit"
     assert logs.endswith(markers[0] + b"\n"), logs[-200:]
     assert b"finished" not in logs  # past the limit, dropped (same pipe: order is certain)
@@ -524,26 +651,36 @@ async def test_log_past_max_log_bytes_is_cut_with_one_marker_and_the_run_goes_on
 
 
 async def test_disk_full_while_writing_a_log_still_records_the_run_and_logs_error_once(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
+) -> None:
     base = Path(tempfile.mkdtemp(prefix="runnerd-diskfull-"))
     data_dir = base / "data"
     logs_dir = data_dir / "logs"
     logs_dir.mkdir(parents=True)
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(logs_dir)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(logs_dir)],
+        capture_output=True,
+        text=True,
+    )
     if mounted.returncode != 0:
-        pytest.fail(f"cannot mount a 64k tmpfs over {logs_dir} to fill the disk (the test "
-                    f"needs root and mount permission): {mounted.stderr.strip()}")
+        pytest.fail(
+            f"cannot mount a 64k tmpfs over {logs_dir} to fill the disk (the test "
+            f"needs root and mount permission): {mounted.stderr.strip()}"
+        )
     d: Daemon | None = None
     try:
         d = start_daemon(f'[storage]\ndata_dir = "{data_dir}"\n')
         api = Api(http, d.url, d.key)
         runner = await api.create_runner(
-            run_command="yes 0123456789abcdef | head -c 1048576; echo end >&2")
+            run_command="yes 0123456789abcdef | head -c 1048576; echo end >&2"
+        )
         run = await api.trigger(runner["id"])
         done = await api.wait_done(runner["id"], run["id"])
-        assert (done["status"], done["exit_code"], done["failure_reason"]) == \
-            ("succeeded", 0, None), done
+        assert (done["status"], done["exit_code"], done["failure_reason"]) == (
+            "succeeded",
+            0,
+            None,
+        ), done
 
         errors = [ln for ln in d.log_text().splitlines() if "cannot write its log" in ln]
         assert len(errors) == 1, errors
@@ -551,7 +688,7 @@ async def test_disk_full_while_writing_a_log_still_records_the_run_and_logs_erro
         # What fit is served; the API and the database are fine.
         status, body = await api.get(f"/v1/runners/{runner['id']}/runs/{run['id']}/logs")
         assert status == 200
-        assert body == (b"0123456789abcdef\n" * 70_000)[:len(body)]
+        assert body == (b"0123456789abcdef\n" * 70_000)[: len(body)]
         assert 0 < len(body) <= 64 * 1024
         assert (await api.run(runner["id"], run["id"]))["status"] == "succeeded"
 
@@ -573,21 +710,30 @@ async def test_disk_full_while_writing_a_log_still_records_the_run_and_logs_erro
 
 
 async def test_compressed_body_inflating_past_max_body_bytes_is_413(
-        api: Api, daemon: Daemon, http: aiohttp.ClientSession) -> None:
+    api: Api, daemon: Daemon, http: aiohttp.ClientSession
+) -> None:
     """A small gzip body that inflates to 64 MiB: the limit holds on what it inflates to."""
     import gzip
+
     before = await runner_names(api)
     bomb = gzip.compress(b'{"pad": "' + b"0" * (64 * MIB) + b'"}', compresslevel=9)
     assert len(bomb) < MIB
-    status, _, body = await raw(http, "POST", api.url + "/v1/runners", key=api.key, data=bomb,
-                                headers={**JSON, "Content-Encoding": "gzip"})
+    status, _, body = await raw(
+        http,
+        "POST",
+        api.url + "/v1/runners",
+        key=api.key,
+        data=bomb,
+        headers={**JSON, "Content-Encoding": "gzip"},
+    )
     assert_status_error(status, body, 413)
     assert await runner_names(api) == before
     assert_alive(daemon)
 
 
 async def test_chunked_body_over_max_body_bytes_is_413(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
+) -> None:
     d = start_daemon('[server]\nlisten = "127.0.0.1:0"\nmax_body_bytes = 2048\n')
     api = Api(http, d.url, d.key)
     before = await runner_names(api)
@@ -597,8 +743,10 @@ async def test_chunked_body_over_max_body_bytes_is_413(
         for _ in range(64):
             yield b"x" * 1024
         yield b'"}'
-    async with http.post(d.url + "/v1/runners", data=chunks(),
-                         headers={**api.headers(), **JSON}) as resp:
+
+    async with http.post(
+        d.url + "/v1/runners", data=chunks(), headers={**api.headers(), **JSON}
+    ) as resp:
         body = await resp.read()
         assert resp.request_info.headers.get("Transfer-Encoding") == "chunked"
         assert_status_error(resp.status, body, 413)

@@ -19,12 +19,17 @@ RATIO = re.compile(r"^\d+(\.\d+)?×$")
 
 
 @pytest.mark.timeout(420)
-def test_bench_quick_mode_writes_a_ratio_for_every_figure(tmp_path: Path,
-                                                          docker_engine: str) -> None:
+def test_bench_quick_mode_writes_a_ratio_for_every_figure(
+    tmp_path: Path, docker_engine: str
+) -> None:
     out = tmp_path / "benchmarks.md"
     proc = subprocess.run(
         [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=360)
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=360,
+    )
     log = f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-6000:]}"
     assert proc.returncode == 0, log
 
@@ -38,8 +43,9 @@ def test_bench_quick_mode_writes_a_ratio_for_every_figure(tmp_path: Path,
         ratios[cells[0][:2]].append(cells[3])
     for figure in FIGURES:
         assert ratios[figure], f"no row for {figure} in the table:\n{text}"
-        assert any(RATIO.match(r) for r in ratios[figure]), \
+        assert any(RATIO.match(r) for r in ratios[figure]), (
             f"{figure} has no numeric ratio: {ratios[figure]}\n{text}"
+        )
     # the printed table carries the same figures
     for figure in FIGURES:
         assert re.search(rf"^{figure} ", proc.stdout, re.M), proc.stdout

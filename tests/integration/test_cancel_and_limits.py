@@ -9,13 +9,14 @@ against runnerd's own answers.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import aiohttp
 import pytest
-
 from conftest import Api, Daemon, docker_cli, wait_until
 from helpers_engine import LABEL_RUN, LABEL_RUNNER, EngineProbe, engine_probe
 
@@ -70,8 +71,8 @@ async def run_ids(api: Api, runner_id: str) -> list[str]:
 
 
 async def test_cancel_pending_run_fails_it_as_canceled_at_once_and_it_never_starts(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession,
-        engine: EngineProbe) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession, engine: EngineProbe
+) -> None:
     d = start_daemon(max_concurrent_runs=1)
     api = Api(http, d.url, d.key)
     blocker_runner = await api.create_runner(run_command="sleep 30")
@@ -109,7 +110,8 @@ async def test_cancel_pending_run_fails_it_as_canceled_at_once_and_it_never_star
 
 
 async def test_cancel_running_container_ignoring_sigterm_is_killed_after_grace_137(
-        api: Api, engine: EngineProbe) -> None:
+    api: Api, engine: EngineProbe
+) -> None:
     runner = await api.create_runner(argv=["sleep", "60"])  # PID 1: SIGTERM is ignored
     run = await api.trigger(runner["id"])
     container = await engine.running_container_of(run["id"])
@@ -129,14 +131,16 @@ async def test_cancel_running_container_ignoring_sigterm_is_killed_after_grace_1
 
 
 async def test_cancel_running_container_handling_sigterm_records_its_exit_0_and_output(
-        api: Api, engine: EngineProbe) -> None:
+    api: Api, engine: EngineProbe
+) -> None:
     runner = await api.create_runner(
-        run_command="trap 'echo bye; exit 0' TERM; echo ready; "
-                    "while true; do sleep 0.1; done")
+        run_command="trap 'echo bye; exit 0' TERM; echo ready; while true; do sleep 0.1; done"
+    )
     run = await api.trigger(runner["id"])
 
     async def ready() -> bool:
         return b"ready\n" in await api.logs(runner["id"], run["id"])
+
     await wait_until(ready, timeout=30, what="the trap to be installed")
 
     status, body = await cancel(api, runner["id"], run["id"])
@@ -170,7 +174,8 @@ async def test_cancel_failed_run_is_409_and_leaves_its_failure(api: Api) -> None
 
 
 async def test_cancel_twice_answers_the_same_canceled_run_and_changes_nothing(
-        api: Api, engine: EngineProbe) -> None:
+    api: Api, engine: EngineProbe
+) -> None:
     runner = await api.create_runner(argv=["sleep", "60"])
     run = await api.trigger(runner["id"])
     await engine.running_container_of(run["id"])
@@ -185,13 +190,15 @@ async def test_cancel_twice_answers_the_same_canceled_run_and_changes_nothing(
 
 
 async def test_two_concurrent_cancels_of_a_running_run_both_answer_it_canceled(
-        api: Api, engine: EngineProbe) -> None:
+    api: Api, engine: EngineProbe
+) -> None:
     runner = await api.create_runner(argv=["sleep", "60"])
     run = await api.trigger(runner["id"])
     await engine.running_container_of(run["id"])
 
-    answers = await asyncio.gather(cancel(api, runner["id"], run["id"]),
-                                   cancel(api, runner["id"], run["id"]))
+    answers = await asyncio.gather(
+        cancel(api, runner["id"], run["id"]), cancel(api, runner["id"], run["id"])
+    )
     runs = []
     for status, body in answers:
         assert status == 200, body
@@ -202,8 +209,8 @@ async def test_two_concurrent_cancels_of_a_running_run_both_answer_it_canceled(
 
 
 async def test_cancel_twice_of_a_pending_run_is_harmless(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession,
-        engine: EngineProbe) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession, engine: EngineProbe
+) -> None:
     d = start_daemon(max_concurrent_runs=1)
     api = Api(http, d.url, d.key)
     blocker_runner = await api.create_runner(argv=["sleep", "60"])
@@ -219,15 +226,16 @@ async def test_cancel_twice_of_a_pending_run_is_harmless(
     assert first[1]["run"]["started_at"] is None
 
 
-async def test_cancel_unknown_run_or_runner_or_run_of_another_runner_is_404(
-        api: Api) -> None:
+async def test_cancel_unknown_run_or_runner_or_run_of_another_runner_is_404(api: Api) -> None:
     runner = await api.create_runner(argv=["true"])
     other = await api.create_runner(argv=["true"])
     run = await api.trigger(runner["id"])
-    for path in (cancel_path(runner["id"], UNKNOWN_ID),
-                 cancel_path(UNKNOWN_ID, run["id"]),
-                 cancel_path(other["id"], run["id"]),
-                 cancel_path(runner["id"], "not-a-uuid")):
+    for path in (
+        cancel_path(runner["id"], UNKNOWN_ID),
+        cancel_path(UNKNOWN_ID, run["id"]),
+        cancel_path(other["id"], run["id"]),
+        cancel_path(runner["id"], "not-a-uuid"),
+    ):
         status, body = await api.post(path)
         assert (status, body) == (404, NOT_FOUND), path
     done = await api.wait_done(runner["id"], run["id"])
@@ -235,7 +243,8 @@ async def test_cancel_unknown_run_or_runner_or_run_of_another_runner_is_404(
 
 
 async def test_cancel_with_read_scope_key_is_403_and_the_run_keeps_running(
-        api: Api, daemon: Daemon, engine: EngineProbe) -> None:
+    api: Api, daemon: Daemon, engine: EngineProbe
+) -> None:
     reader = daemon.create_key("reader", scope="read")
     runner = await api.create_runner(argv=["sleep", "60"])
     run = await api.trigger(runner["id"])
@@ -257,14 +266,11 @@ def idem(key: str) -> dict[str, str]:
     return {"Idempotency-Key": key}
 
 
-async def test_same_idempotency_key_twice_returns_the_first_run_and_queues_one(
-        api: Api) -> None:
+async def test_same_idempotency_key_twice_returns_the_first_run_and_queues_one(api: Api) -> None:
     runner = await api.create_runner(argv=["true"])
-    status, first = await api.post(f"/v1/runners/{runner['id']}/runs",
-                                   headers=idem("retry-1"))
+    status, first = await api.post(f"/v1/runners/{runner['id']}/runs", headers=idem("retry-1"))
     assert status == 200, first
-    status, second = await api.post(f"/v1/runners/{runner['id']}/runs",
-                                     headers=idem("retry-1"))
+    status, second = await api.post(f"/v1/runners/{runner['id']}/runs", headers=idem("retry-1"))
     assert status == 200, second
     assert second["run"]["id"] == first["run"]["id"]
     assert second["run"]["created_at"] == first["run"]["created_at"]
@@ -279,11 +285,11 @@ async def test_same_idempotency_key_twice_returns_the_first_run_and_queues_one(
 
 
 async def test_twenty_concurrent_triggers_with_one_idempotency_key_make_exactly_one_run(
-        api: Api) -> None:
+    api: Api,
+) -> None:
     runner = await api.create_runner(argv=["true"])
     path = f"/v1/runners/{runner['id']}/runs"
-    answers = await asyncio.gather(*(api.post(path, headers=idem("burst-key"))
-                                     for _ in range(20)))
+    answers = await asyncio.gather(*(api.post(path, headers=idem("burst-key")) for _ in range(20)))
     statuses = [status for status, _ in answers]
     assert statuses == [200] * 20, answers
     ids = {body["run"]["id"] for _, body in answers}
@@ -319,8 +325,7 @@ async def test_same_idempotency_key_on_another_runner_makes_its_own_run(api: Api
 async def test_bad_idempotency_key_is_400_and_queues_nothing(api: Api) -> None:
     runner = await api.create_runner(argv=["true"])
     for bad_key in ("k" * 256, "k" * 5000, "has space", "tab\tinside", ""):
-        status, body = await api.post(f"/v1/runners/{runner['id']}/runs",
-                                      headers=idem(bad_key))
+        status, body = await api.post(f"/v1/runners/{runner['id']}/runs", headers=idem(bad_key))
         assert status == 400, (bad_key[:20], body)
         assert any("Idempotency-Key" in e for e in body["errors"]), body
     assert await run_ids(api, runner["id"]) == []
@@ -386,7 +391,8 @@ def overlaps(a: tuple[datetime, datetime], b: tuple[datetime, datetime]) -> bool
 
 
 async def test_runner_limited_to_one_never_overlaps_under_a_burst_while_another_runs_beside(
-        api: Api, engine: EngineProbe) -> None:
+    api: Api, engine: EngineProbe
+) -> None:
     limited = await api.create_runner(run_command="sleep 0.5", max_concurrent_runs=1)
     assert limited["max_concurrent_runs"] == 1
     free = await api.create_runner(run_command="sleep 3")
@@ -408,8 +414,7 @@ async def test_runner_limited_to_one_never_overlaps_under_a_burst_while_another_
     try:
         burst = await asyncio.gather(*(api.trigger(limited["id"]) for _ in range(8)))
         beside = await asyncio.gather(*(api.trigger(free["id"]) for _ in range(3)))
-        done_limited = [await api.wait_done(limited["id"], r["id"], timeout=90)
-                        for r in burst]
+        done_limited = [await api.wait_done(limited["id"], r["id"], timeout=90) for r in burst]
         done_free = [await api.wait_done(free["id"], r["id"], timeout=60) for r in beside]
     finally:
         poller.cancel()
@@ -419,22 +424,24 @@ async def test_runner_limited_to_one_never_overlaps_under_a_burst_while_another_
     for run in done_limited + done_free:
         assert run["status"] == "succeeded", run
     assert watcher.polls > 10, "the engine was hardly polled"
-    assert watcher.max_running <= 1, \
+    assert watcher.max_running <= 1, (
         f"the engine ran {watcher.max_running} containers of the limited runner at once"
+    )
     assert api_max_running <= 1, f"the API listed {api_max_running} running runs at once"
     spans = intervals(done_limited)
-    for (_, prev_end), (start, _) in zip(spans, spans[1:]):
+    for (_, prev_end), (start, _) in itertools.pairwise(spans):
         assert start >= prev_end, f"runs of the limited runner overlapped: {spans}"
     # The unlimited runner ran beside it: its runs overlap each other and the burst.
     free_spans = intervals(done_free)
-    assert max(s for s, _ in free_spans) < min(e for _, e in free_spans), \
+    assert max(s for s, _ in free_spans) < min(e for _, e in free_spans), (
         f"the unlimited runner's runs did not run in parallel: {free_spans}"
-    assert any(overlaps(f, s) for f in free_spans for s in spans), \
+    )
+    assert any(overlaps(f, s) for f in free_spans for s in spans), (
         "the unlimited runner waited for the limited one"
+    )
 
 
-async def test_runner_limit_null_lets_its_runs_overlap_again(
-        api: Api, engine: EngineProbe) -> None:
+async def test_runner_limit_null_lets_its_runs_overlap_again(api: Api, engine: EngineProbe) -> None:
     runner = await api.create_runner(run_command="sleep 2", max_concurrent_runs=1)
     status, body = await api.patch(f"/v1/runners/{runner['id']}", {"max_concurrent_runs": None})
     assert status == 200, body
@@ -446,23 +453,27 @@ async def test_runner_limit_null_lets_its_runs_overlap_again(
 
     async def both_running() -> bool:
         return len(await engine.containers({LABEL_RUNNER: runner["id"]}, all=False)) == 2
+
     await wait_until(both_running, timeout=30, what="both runs to run at once")
     for r in runs:
         done = await api.wait_done(runner["id"], r["id"])
         assert done["status"] == "succeeded", done
 
 
-async def test_invalid_max_concurrent_runs_is_400_naming_it_and_changes_nothing(
-        api: Api) -> None:
+async def test_invalid_max_concurrent_runs_is_400_naming_it_and_changes_nothing(api: Api) -> None:
     runner = await api.create_runner(argv=["true"], max_concurrent_runs=1)
-    for bad in (0, -1, "1", "", 1.5, 1.0, True, 1001, 10 ** 30, [1], {"n": 1}):
-        status, body = await api.patch(f"/v1/runners/{runner['id']}",
-                                       {"max_concurrent_runs": bad})
+    for bad in (0, -1, "1", "", 1.5, 1.0, True, 1001, 10**30, [1], {"n": 1}):
+        status, body = await api.patch(f"/v1/runners/{runner['id']}", {"max_concurrent_runs": bad})
         assert status == 400, (bad, body)
         assert any("max_concurrent_runs" in e for e in body["errors"]), body
-        status, body = await api.post("/v1/runners", {
-            "name": f"bad-limit-{time.monotonic_ns()}", "image_name": runner["image_name"],
-            "max_concurrent_runs": bad})
+        status, body = await api.post(
+            "/v1/runners",
+            {
+                "name": f"bad-limit-{time.monotonic_ns()}",
+                "image_name": runner["image_name"],
+                "max_concurrent_runs": bad,
+            },
+        )
         assert status == 400, (bad, body)
         assert any("max_concurrent_runs" in e for e in body["errors"]), body
     status, body = await api.get(f"/v1/runners/{runner['id']}")

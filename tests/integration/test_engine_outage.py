@@ -11,7 +11,8 @@ the test waits for it to listen.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import pytest
@@ -48,13 +49,16 @@ async def wait_health(api: Api, status: int, timeout: float = 20) -> Any:
     async def answered() -> Any:
         code, body = await healthz(api)
         return body if code == status else None
+
     return await wait_until(answered, timeout=timeout, what=f"/healthz to answer {status}")
 
 
-async def wait_logs(api: Api, runner_id: str, run_id: str, expected: bytes,
-                    timeout: float = 30) -> None:
+async def wait_logs(
+    api: Api, runner_id: str, run_id: str, expected: bytes, timeout: float = 30
+) -> None:
     async def has() -> bool:
         return expected in await api.logs(runner_id, run_id)
+
     await wait_until(has, timeout=timeout, what=f"{expected!r} in the log of run {run_id}")
 
 
@@ -66,6 +70,7 @@ async def wait_container_exited(engine: EngineProbe, container_id: str) -> dict[
     async def exited() -> dict[str, Any] | None:
         data = await engine.inspect(container_id)
         return data if data["State"]["Status"] == "exited" else None
+
     return await wait_until(exited, timeout=30, what=f"container {container_id[:12]} to exit")
 
 
@@ -73,7 +78,8 @@ async def wait_container_exited(engine: EngineProbe, container_id: str) -> dict[
 
 
 async def test_engine_unreachable_healthz_503_triggers_stay_pending_and_run_when_it_returns(
-        api: Api, daemon: Daemon, proxy: SocketProxy, engine: EngineProbe) -> None:
+    api: Api, daemon: Daemon, proxy: SocketProxy, engine: EngineProbe
+) -> None:
     runner = await api.create_runner(run_command='echo "ran $N"')
     assert (await healthz(api))[0] == 200
 
@@ -83,14 +89,16 @@ async def test_engine_unreachable_healthz_503_triggers_stay_pending_and_run_when
 
     runs = []
     for i in range(3):
-        run = await api.trigger(runner["id"], {"env_variables": [
-            {"env_key": "N", "env_val": str(i)}]})
+        run = await api.trigger(
+            runner["id"], {"env_variables": [{"env_key": "N", "env_val": str(i)}]}
+        )
         assert run["status"] == "pending", run
         runs.append(run)
 
     # The scheduler tried, found no engine and backed off (at least twice) ...
     async def backed_off_twice() -> bool:
         return daemon.log_text().count("stays pending") >= 2
+
     await wait_until(backed_off_twice, timeout=20, what="the scheduler to back off twice")
     # ... and nothing moved: every run is still pending, and no container exists.
     for run in runs:
@@ -110,11 +118,10 @@ async def test_engine_unreachable_healthz_503_triggers_stay_pending_and_run_when
 
 
 async def test_daemon_started_while_engine_unreachable_runs_its_queue_once_it_answers(
-        proxy: SocketProxy, start_daemon: Callable[..., Daemon],
-        http: aiohttp.ClientSession) -> None:
+    proxy: SocketProxy, start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
+) -> None:
     await proxy.stop()
-    extra = (f'[docker]\nurl = "unix://{proxy.path}"\nnetwork = "none"\n'
-             "stop_grace_seconds = 1\n")
+    extra = f'[docker]\nurl = "unix://{proxy.path}"\nnetwork = "none"\nstop_grace_seconds = 1\n'
     d: Daemon = await asyncio.to_thread(start_daemon, extra)
     api = Api(http, d.url, d.key)
     assert (await healthz(api))[0] == 503
@@ -132,7 +139,8 @@ async def test_daemon_started_while_engine_unreachable_runs_its_queue_once_it_an
 
 
 async def test_engine_connection_lost_mid_run_reattaches_and_run_succeeds_with_full_log(
-        api: Api, daemon: Daemon, proxy: SocketProxy, engine: EngineProbe) -> None:
+    api: Api, daemon: Daemon, proxy: SocketProxy, engine: EngineProbe
+) -> None:
     runner = await api.create_runner(run_command="echo a; sleep 3; echo b")
     run = await api.trigger(runner["id"])
     await wait_logs(api, runner["id"], run["id"], b"a\n")
@@ -151,9 +159,11 @@ async def test_engine_connection_lost_mid_run_reattaches_and_run_succeeds_with_f
 
 
 async def test_container_exiting_while_engine_unreachable_is_recorded_with_its_exit_and_log(
-        api: Api, daemon: Daemon, proxy: SocketProxy, engine: EngineProbe) -> None:
+    api: Api, daemon: Daemon, proxy: SocketProxy, engine: EngineProbe
+) -> None:
     runner = await api.create_runner(
-        run_command="echo a; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo b; exit 5")
+        run_command="echo a; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo b; exit 5"
+    )
     run = await api.trigger(runner["id"])
     await wait_logs(api, runner["id"], run["id"], b"a\n")
     container = await container_of(engine, run["id"])
@@ -167,8 +177,11 @@ async def test_container_exiting_while_engine_unreachable_is_recorded_with_its_e
 
     await proxy.start()
     done = await api.wait_done(runner["id"], run["id"], timeout=RECOVERY_DEADLINE)
-    assert (done["status"], done["exit_code"], done["failure_reason"]) == \
-        ("failed", 5, "nonzero_exit"), done
+    assert (done["status"], done["exit_code"], done["failure_reason"]) == (
+        "failed",
+        5,
+        "nonzero_exit",
+    ), done
     assert await api.logs(runner["id"], run["id"]) == b"a\nb\n"
     await engine.wait_gone(run["id"])
 
@@ -177,7 +190,8 @@ async def test_container_exiting_while_engine_unreachable_is_recorded_with_its_e
 
 
 async def test_container_killed_under_the_daemon_ends_failed_with_exit_137(
-        api: Api, engine: EngineProbe) -> None:
+    api: Api, engine: EngineProbe
+) -> None:
     runner = await api.create_runner(run_command="echo started; sleep 60")
     run = await api.trigger(runner["id"])
     await wait_logs(api, runner["id"], run["id"], b"started\n")
@@ -194,7 +208,8 @@ async def test_container_killed_under_the_daemon_ends_failed_with_exit_137(
 
 
 async def test_container_killed_while_engine_unreachable_is_reconciled_as_failed_137(
-        api: Api, daemon: Daemon, proxy: SocketProxy, engine: EngineProbe) -> None:
+    api: Api, daemon: Daemon, proxy: SocketProxy, engine: EngineProbe
+) -> None:
     runner = await api.create_runner(run_command="echo started; sleep 60")
     run = await api.trigger(runner["id"])
     await wait_logs(api, runner["id"], run["id"], b"started\n")
@@ -213,7 +228,8 @@ async def test_container_killed_while_engine_unreachable_is_reconciled_as_failed
 
 
 async def test_container_removed_while_engine_unreachable_marks_run_lost_never_succeeded(
-        api: Api, daemon: Daemon, proxy: SocketProxy, engine: EngineProbe) -> None:
+    api: Api, daemon: Daemon, proxy: SocketProxy, engine: EngineProbe
+) -> None:
     runner = await api.create_runner(run_command="echo started; sleep 60")
     run = await api.trigger(runner["id"])
     await wait_logs(api, runner["id"], run["id"], b"started\n")
@@ -237,13 +253,15 @@ async def test_container_removed_while_engine_unreachable_marks_run_lost_never_s
 
 
 async def test_cancel_while_engine_unreachable_is_not_a_500_and_never_falsifies_the_run(
-        api: Api, daemon: Daemon, proxy: SocketProxy, engine: EngineProbe) -> None:
+    api: Api, daemon: Daemon, proxy: SocketProxy, engine: EngineProbe
+) -> None:
     """The daemon cannot stop the container without the engine. Acceptable: 503 and
     the run is untouched (ends as it really ends), or 200 and the run ends canceled
     with its container stopped once the engine answers. Not acceptable: a 500, or
     a run that ran to its natural end recorded as canceled."""
     runner = await api.create_runner(
-        run_command="echo a; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo b")
+        run_command="echo a; while [ ! -e /tmp/go ]; do sleep 0.05; done; echo b"
+    )
     run = await api.trigger(runner["id"])
     await wait_logs(api, runner["id"], run["id"], b"a\n")
     container = await container_of(engine, run["id"])
@@ -265,8 +283,10 @@ async def test_cancel_while_engine_unreachable_is_not_a_500_and_never_falsifies_
     if status == 200 and (done["status"], done["failure_reason"]) != ("failed", "canceled"):
         problems.append(f"cancel answered 200 but the run ended {done}")
     if status != 200 and done["failure_reason"] == "canceled":
-        problems.append(f"cancel answered {status}, yet the run, which ran to its natural "
-                        f"end (log {logs!r}), was recorded {done}")
+        problems.append(
+            f"cancel answered {status}, yet the run, which ran to its natural "
+            f"end (log {logs!r}), was recorded {done}"
+        )
     if status != 200 and done["status"] != "succeeded":
         problems.append(f"the run was not canceled but ended {done}")
     assert not problems, "\n".join(problems) + "\n" + daemon_errors(daemon)
@@ -279,13 +299,15 @@ START = r"^POST \S*/containers/[0-9a-f]{64}/start"
 
 
 async def test_cancel_while_engine_is_slow_creating_the_container_means_it_never_starts(
-        api: Api, daemon: Daemon, proxy: SocketProxy, engine: EngineProbe) -> None:
+    api: Api, daemon: Daemon, proxy: SocketProxy, engine: EngineProbe
+) -> None:
     runner = await api.create_runner(run_command="echo ran")
     proxy.hold(CREATE)
     run = await api.trigger(runner["id"])
 
     async def held() -> bool:
         return proxy.held >= 1
+
     await wait_until(held, timeout=20, what="the daemon to ask the engine for a container")
     status, body = await api.post(f"/v1/runners/{runner['id']}/runs/{run['id']}/cancel")
     assert status == 200, body
@@ -296,6 +318,7 @@ async def test_cancel_while_engine_is_slow_creating_the_container_means_it_never
     # The daemon finishes that step: the container made for the canceled run is removed.
     async def removed() -> bool:
         return proxy.seen(r"^DELETE \S*/containers/") >= 1
+
     await wait_until(removed, timeout=20, what="the daemon to remove the unneeded container")
     await engine.wait_gone(run["id"])
     assert proxy.seen(r"/start") == 0, "the canceled run's container was started"
@@ -304,18 +327,19 @@ async def test_cancel_while_engine_is_slow_creating_the_container_means_it_never
 
 
 async def test_cancel_while_engine_is_slow_starting_the_container_stops_it_once_started(
-        api: Api, daemon: Daemon, proxy: SocketProxy, engine: EngineProbe) -> None:
+    api: Api, daemon: Daemon, proxy: SocketProxy, engine: EngineProbe
+) -> None:
     runner = await api.create_runner(argv=["sleep", "60"])
     proxy.hold(START)
     run = await api.trigger(runner["id"])
 
     async def held() -> bool:
         return proxy.held >= 1
+
     await wait_until(held, timeout=20, what="the daemon to start the container")
     assert (await api.run(runner["id"], run["id"]))["status"] == "running"
 
-    cancel = asyncio.create_task(
-        api.post(f"/v1/runners/{runner['id']}/runs/{run['id']}/cancel"))
+    cancel = asyncio.create_task(api.post(f"/v1/runners/{runner['id']}/runs/{run['id']}/cancel"))
 
     # The executor keeps the cancel while the start is held and applies it right
     # after the container starts; give the request a moment to reach the daemon.
@@ -331,7 +355,8 @@ async def test_cancel_while_engine_is_slow_starting_the_container_stops_it_once_
 
 
 async def test_engine_lost_while_starting_the_container_still_runs_it_once_it_returns(
-        api: Api, daemon: Daemon, proxy: SocketProxy, engine: EngineProbe) -> None:
+    api: Api, daemon: Daemon, proxy: SocketProxy, engine: EngineProbe
+) -> None:
     """The store has the run `running` and its container is created, but the start
     request never reaches the engine: once it answers again the container is
     started and the run completes — not `lost`, not failed."""
@@ -341,6 +366,7 @@ async def test_engine_lost_while_starting_the_container_still_runs_it_once_it_re
 
     async def held() -> bool:
         return proxy.held >= 1
+
     await wait_until(held, timeout=20, what="the daemon to start the container")
     await proxy.stop()  # the start request is cut before the engine sees it
     proxy.release()

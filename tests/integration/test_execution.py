@@ -6,16 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timedelta
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import aiohttp
 import pytest
-
 from conftest import Api, Daemon, wait_until
 from helpers_engine import (
-    GATE, LABEL_DAEMON, LABEL_RUN, LABEL_RUNNER, EngineProbe, engine_probe, release,
+    GATE,
+    LABEL_DAEMON,
+    LABEL_RUN,
+    LABEL_RUNNER,
+    EngineProbe,
+    engine_probe,
+    release,
 )
+
 from runnerd.logs import HEADER, STDERR, STDOUT
 
 TIME_FORMAT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d\Z")
@@ -37,11 +44,15 @@ def assert_same_bytes(got: bytes, expected: bytes) -> None:
     """Byte-for-byte equality, failing with where they differ (not a multi-MB diff)."""
     if got == expected:
         return
-    at = next((i for i, (a, b) in enumerate(zip(got, expected)) if a != b),
-              min(len(got), len(expected)))
-    raise AssertionError(f"{len(got)} bytes, expected {len(expected)}; first difference at "
-                         f"byte {at}: got {got[at:at + 40]!r}, expected "
-                         f"{expected[at:at + 40]!r}")
+    at = next(
+        (i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b),
+        min(len(got), len(expected)),
+    )
+    raise AssertionError(
+        f"{len(got)} bytes, expected {len(expected)}; first difference at "
+        f"byte {at}: got {got[at : at + 40]!r}, expected "
+        f"{expected[at : at + 40]!r}"
+    )
 
 
 def assert_same_lines(got: list[bytes], expected: list[bytes], what: str) -> None:
@@ -49,8 +60,10 @@ def assert_same_lines(got: list[bytes], expected: list[bytes], what: str) -> Non
         return
     have = set(got)
     missing = [x for x in expected if x not in have]
-    raise AssertionError(f"{what}: {len(got)} lines, expected {len(expected)}; "
-                         f"{len(missing)} missing, e.g. {[m[:12] for m in missing[:5]]}")
+    raise AssertionError(
+        f"{what}: {len(got)} lines, expected {len(expected)}; "
+        f"{len(missing)} missing, e.g. {[m[:12] for m in missing[:5]]}"
+    )
 
 
 def log_records(path: Any) -> list[tuple[int, int, bytes]]:
@@ -60,7 +73,7 @@ def log_records(path: Any) -> list[tuple[int, int, bytes]]:
     while at < len(raw):
         stream, ts_ns, length = HEADER.unpack_from(raw, at)
         at += HEADER.size
-        out.append((stream, ts_ns, raw[at:at + length]))
+        out.append((stream, ts_ns, raw[at : at + length]))
         at += length
     return out
 
@@ -72,8 +85,9 @@ def assert_readable(error: Any) -> None:
     assert error.rstrip().endswith("."), error
 
 
-async def run_to_end(api: Api, timeout: float = 60, body: Any = None,
-                     **runner: Any) -> tuple[dict[str, Any], dict[str, Any], bytes]:
+async def run_to_end(
+    api: Api, timeout: float = 60, body: Any = None, **runner: Any
+) -> tuple[dict[str, Any], dict[str, Any], bytes]:
     """Create a runner, trigger one run, wait for it: (runner, final run, logs)."""
     r = await api.create_runner(**runner)
     run = await api.trigger(r["id"], body)
@@ -85,12 +99,15 @@ async def run_to_end(api: Api, timeout: float = 60, body: Any = None,
 
 
 async def test_nonzero_exit_fails_with_exit_code_error_and_both_streams(
-        api: Api, engine: EngineProbe) -> None:
+    api: Api, engine: EngineProbe
+) -> None:
     runner = await api.create_runner(
         run_command='echo out; echo err >&2; echo "who=$WHO"; exit 3',
-        env_variables=[{"env_key": "WHO", "env_val": "default"}])
-    run = await api.trigger(runner["id"], {"env_variables": [
-        {"env_key": "WHO", "env_val": "override"}]})
+        env_variables=[{"env_key": "WHO", "env_val": "default"}],
+    )
+    run = await api.trigger(
+        runner["id"], {"env_variables": [{"env_key": "WHO", "env_val": "override"}]}
+    )
     assert run["status"] == "pending"
     assert run["exit_code"] is None and run["started_at"] is None
     done = await api.wait_done(runner["id"], run["id"])
@@ -109,7 +126,8 @@ async def test_nonzero_exit_fails_with_exit_code_error_and_both_streams(
 
 
 async def test_true_succeeds_with_exit_code_zero_and_no_error(
-        api: Api, engine: EngineProbe) -> None:
+    api: Api, engine: EngineProbe
+) -> None:
     _, done, logs = await run_to_end(api, argv=["true"])
     assert done["status"] == "succeeded"
     assert done["exit_code"] == 0
@@ -135,10 +153,14 @@ ENV_PRINT = 'echo "A=${A-unset} B=${B-unset} C=${C-unset}"'
 
 
 async def test_run_env_overrides_runner_defaults_for_that_run_only(api: Api) -> None:
-    runner = await api.create_runner(run_command=ENV_PRINT, env_variables=[
-        {"env_key": "A", "env_val": "1"}, {"env_key": "B", "env_val": "2"}])
-    first = await api.trigger(runner["id"], {"env_variables": [
-        {"env_key": "B", "env_val": "3"}, {"env_key": "C", "env_val": "4"}]})
+    runner = await api.create_runner(
+        run_command=ENV_PRINT,
+        env_variables=[{"env_key": "A", "env_val": "1"}, {"env_key": "B", "env_val": "2"}],
+    )
+    first = await api.trigger(
+        runner["id"],
+        {"env_variables": [{"env_key": "B", "env_val": "3"}, {"env_key": "C", "env_val": "4"}]},
+    )
     done = await api.wait_done(runner["id"], first["id"])
     assert done["status"] == "succeeded", done
     assert await api.logs(runner["id"], first["id"]) == b"A=1 B=3 C=4\n"
@@ -150,24 +172,29 @@ async def test_run_env_overrides_runner_defaults_for_that_run_only(api: Api) -> 
 
 
 async def test_queued_run_keeps_env_it_was_triggered_with(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession,
-        engine: EngineProbe) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession, engine: EngineProbe
+) -> None:
     d = start_daemon(max_concurrent_runs=1)
     api = Api(http, d.url, d.key)
     blocker_runner = await api.create_runner(run_command=GATE)
     blocker = await api.trigger(blocker_runner["id"])
     await engine.running_container_of(blocker["id"])  # holds the only slot
 
-    runner = await api.create_runner(run_command=ENV_PRINT, env_variables=[
-        {"env_key": "A", "env_val": "1"}, {"env_key": "B", "env_val": "2"}])
-    queued = await api.trigger(runner["id"], {"env_variables": [
-        {"env_key": "B", "env_val": "3"}, {"env_key": "C", "env_val": "4"}]})
+    runner = await api.create_runner(
+        run_command=ENV_PRINT,
+        env_variables=[{"env_key": "A", "env_val": "1"}, {"env_key": "B", "env_val": "2"}],
+    )
+    queued = await api.trigger(
+        runner["id"],
+        {"env_variables": [{"env_key": "B", "env_val": "3"}, {"env_key": "C", "env_val": "4"}]},
+    )
     # Edit the runner's defaults while that run waits in the queue.
     status, env = await api.get(f"/v1/runners/{runner['id']}/env_variables")
     assert status == 200, env
     a = next(e for e in env["env_variables"] if e["env_key"] == "A")
-    status, body = await api.patch(f"/v1/runners/{runner['id']}/env_variables/{a['id']}",
-                                   {"env_val": "7"})
+    status, body = await api.patch(
+        f"/v1/runners/{runner['id']}/env_variables/{a['id']}", {"env_val": "7"}
+    )
     assert status == 200, body
     later = await api.trigger(runner["id"])
     assert (await api.run(runner["id"], queued["id"]))["status"] == "pending"
@@ -246,11 +273,13 @@ async def test_logs_tail_gives_last_lines(api: Api) -> None:
 
 
 async def test_twenty_million_bytes_of_output_come_back_byte_for_byte(
-        api: Api, engine: EngineProbe) -> None:
+    api: Api, engine: EngineProbe
+) -> None:
     alphabet = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
     size = 20_000_000
     _, done, logs = await run_to_end(
-        api, timeout=120, run_command=f"yes {alphabet} | head -c {size}")
+        api, timeout=120, run_command=f"yes {alphabet} | head -c {size}"
+    )
     assert done["status"] == "succeeded", done
     line = alphabet.encode() + b"\n"
     expected = (line * (size // len(line) + 1))[:size]
@@ -259,14 +288,18 @@ async def test_twenty_million_bytes_of_output_come_back_byte_for_byte(
 
 
 async def test_many_mb_of_interleaved_stdout_and_stderr_are_all_kept_in_order(
-        api: Api, daemon: Daemon) -> None:
+    api: Api, daemon: Daemon
+) -> None:
     # 50,000 numbered 100-byte lines on each stream (5,000,000 bytes each); one
     # writer alternates between the two pipes, so the engine interleaves them.
     n, width = 50_000, 100
     pad = "x" * (width - len("out 0000000 ") - 1)
-    command = ("awk 'BEGIN { for (i = 0; i < %d; i++) {"
-               ' printf "out %%07d %s\\n", i;'
-               ' printf "err %%07d %s\\n", i > "/dev/stderr" } }\'' % (n, pad, pad))
+    # %-formatting: awk's own % signs stay readable as %%.
+    command = (
+        "awk 'BEGIN { for (i = 0; i < %d; i++) {"  # noqa: UP031
+        ' printf "out %%07d %s\\n", i;'
+        ' printf "err %%07d %s\\n", i > "/dev/stderr" } }\'' % (n, pad, pad)
+    )
     _, done, logs = await run_to_end(api, timeout=120, run_command=command)
     assert done["status"] == "succeeded", done
 
@@ -310,7 +343,8 @@ async def test_logs_are_readable_while_the_run_is_running(api: Api) -> None:
 
 
 async def test_timeout_stops_a_sigterm_ignoring_container_and_removes_it(
-        api: Api, engine: EngineProbe) -> None:
+    api: Api, engine: EngineProbe
+) -> None:
     # `sleep` as PID 1 has no SIGTERM handler, so the kernel ignores SIGTERM.
     runner = await api.create_runner(argv=["sleep", "120"], timeout_seconds=2)
     run = await api.trigger(runner["id"])
@@ -324,11 +358,13 @@ async def test_timeout_stops_a_sigterm_ignoring_container_and_removes_it(
 
 
 async def test_timeout_sends_sigterm_then_sigkill_after_the_grace(
-        api: Api, engine: EngineProbe) -> None:
+    api: Api, engine: EngineProbe
+) -> None:
     # Traps SIGTERM (says so) and keeps going: only the SIGKILL ends it.
     runner = await api.create_runner(
         run_command="trap 'echo got-TERM' TERM; echo ready; while :; do sleep 0.1; done",
-        timeout_seconds=2)
+        timeout_seconds=2,
+    )
     run = await api.trigger(runner["id"])
     done = await api.wait_done(runner["id"], run["id"], timeout=30)
     assert done["status"] == "failed"
@@ -339,10 +375,11 @@ async def test_timeout_sends_sigterm_then_sigkill_after_the_grace(
 
 
 async def test_timeout_is_a_failure_even_when_the_container_then_exits_zero(
-        api: Api, engine: EngineProbe) -> None:
+    api: Api, engine: EngineProbe
+) -> None:
     runner = await api.create_runner(
-        run_command="trap 'echo bye; exit 0' TERM; while :; do sleep 0.1; done",
-        timeout_seconds=1)
+        run_command="trap 'echo bye; exit 0' TERM; while :; do sleep 0.1; done", timeout_seconds=1
+    )
     run = await api.trigger(runner["id"])
     done = await api.wait_done(runner["id"], run["id"], timeout=30)
     assert done["status"] == "failed"
@@ -356,8 +393,8 @@ async def test_timeout_is_a_failure_even_when_the_container_then_exits_zero(
 
 
 async def test_twenty_runs_never_exceed_four_containers_and_really_run_four_at_once(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession,
-        engine: EngineProbe) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession, engine: EngineProbe
+) -> None:
     d = start_daemon(max_concurrent_runs=4)
     api = Api(http, d.url, d.key)
     daemon_id = d.daemon_id()
@@ -373,8 +410,9 @@ async def test_twenty_runs_never_exceed_four_containers_and_really_run_four_at_o
 
     async def watch_api() -> None:
         while not stop.is_set():
-            status, body = await api.get(f"/v1/runners/{runner['id']}/runs?status=running"
-                                         "&limit=1000")
+            status, body = await api.get(
+                f"/v1/runners/{runner['id']}/runs?status=running&limit=1000"
+            )
             assert status == 200, body
             api_counts.append(len(body["runs"]))
             await asyncio.sleep(0.05)
@@ -383,8 +421,9 @@ async def test_twenty_runs_never_exceed_four_containers_and_really_run_four_at_o
     try:
         runs = await asyncio.gather(*(api.trigger(runner["id"]) for _ in range(20)))
         assert len({r["id"] for r in runs}) == 20
-        done = await asyncio.gather(*(api.wait_done(runner["id"], r["id"], timeout=120)
-                                      for r in runs))
+        done = await asyncio.gather(
+            *(api.wait_done(runner["id"], r["id"], timeout=120) for r in runs)
+        )
     finally:
         stop.set()
         await asyncio.gather(*watchers)
@@ -395,6 +434,7 @@ async def test_twenty_runs_never_exceed_four_containers_and_really_run_four_at_o
 
     async def none_left() -> bool:
         return not await engine.containers({LABEL_DAEMON: daemon_id}, all=True)
+
     await wait_until(none_left, timeout=15, what="all of the daemon's containers removed")
 
 
@@ -402,7 +442,8 @@ async def test_twenty_runs_never_exceed_four_containers_and_really_run_four_at_o
 
 
 async def test_missing_image_fails_with_readable_error_and_daemon_keeps_serving(
-        api: Api, engine: EngineProbe) -> None:
+    api: Api, engine: EngineProbe
+) -> None:
     # A registry on loopback where nothing listens: the pull fails without leaving the host.
     image = "127.0.0.1:1/runnerd/missing"
     bad = await api.create_runner(image_name=image, argv=["true"])
@@ -435,7 +476,8 @@ LIMITS_PRINT = (
     ' echo "cpu=$(cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us) $(cat /sys/fs/cgroup/cpu/cpu.cfs_period_us)";'
     ' echo "mem=$(cat /sys/fs/cgroup/memory/memory.limit_in_bytes)";'
     ' echo "pids=$(cat /sys/fs/cgroup/pids/pids.max)";'
-    " fi; " + GATE)
+    " fi; " + GATE
+)
 
 INSTANCE_TYPES = """
 [instance_types.tiny]
@@ -453,8 +495,8 @@ pids = 100
 
 
 async def test_container_gets_instance_limits_network_labels_name_and_merged_env(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession,
-        engine: EngineProbe) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession, engine: EngineProbe
+) -> None:
     d = start_daemon(INSTANCE_TYPES, top_level='default_instance_type = "tiny"')
     api = Api(http, d.url, d.key)
     daemon_id = d.daemon_id()
@@ -463,8 +505,15 @@ async def test_container_gets_instance_limits_network_labels_name_and_merged_env
     big = await api.create_runner(run_command=LIMITS_PRINT, instance_type="big")
     assert tiny["instance_type"] == {"slug": "tiny", "name": "Tiny", "cpu": 0.25, "mem": 64}
     assert big["instance_type"] == {"slug": "big", "name": "Big", "cpu": 1.5, "mem": 256}
-    tiny_run = await api.trigger(tiny["id"], {"env_variables": [
-        {"env_key": "B", "env_val": "3 with spaces"}, {"env_key": "C", "env_val": "4"}]})
+    tiny_run = await api.trigger(
+        tiny["id"],
+        {
+            "env_variables": [
+                {"env_key": "B", "env_val": "3 with spaces"},
+                {"env_key": "C", "env_val": "4"},
+            ]
+        },
+    )
     big_run = await api.trigger(big["id"])
 
     expected = {
@@ -488,10 +537,12 @@ async def test_container_gets_instance_limits_network_labels_name_and_merged_env
             container_env = c["Config"]["Env"]
             assert {"A=1", "B=3 with spaces", "C=4"} <= set(container_env), container_env
             assert "B=2" not in container_env
+
         # The kernel enforces them: the container reads its own cgroup limits.
         async def limits_printed(run_id: str = run_id) -> bytes | None:
             logs = await api.logs(runner["id"], run_id)
             return logs if logs.count(b"\n") >= 3 else None
+
         logs = await wait_until(limits_printed, timeout=30, what="the cgroup limits printed")
         assert logs == f"{cpu_line}\nmem={mem * 1024 * 1024}\npids={pids}\n".encode()
 

@@ -27,8 +27,9 @@ import shutil
 import subprocess
 import tarfile
 import tempfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -59,8 +60,7 @@ class TrackingProxy(SocketProxy):
         super().__init__(path)
         self.open: list[dict[str, Any]] = []
 
-    async def _handle(self, client_r: asyncio.StreamReader,
-                      client_w: asyncio.StreamWriter) -> None:
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         conn: dict[str, Any] = {"line": ""}
         _connection.set(conn)
         self.open.append(conn)
@@ -126,8 +126,7 @@ class StallingRegistryProxy:
         for w in list(self._writers):  # their pumps end with the connections
             w.transport.abort()
 
-    async def _handle(self, client_r: asyncio.StreamReader,
-                      client_w: asyncio.StreamWriter) -> None:
+    async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
         try:
             up_r, up_w = await asyncio.open_connection("127.0.0.1", self.upstream_port)
         except OSError:
@@ -206,8 +205,9 @@ def push_new_image(reg: Registry, workdir: Path) -> str:
     env = {**os.environ, "DOCKER_CONFIG": str(workdir)}
 
     def cli(*args: str, stdin: bytes | None = None) -> None:
-        out = subprocess.run(["docker", *args], input=stdin, capture_output=True, env=env,
-                             timeout=120)
+        out = subprocess.run(
+            ["docker", *args], input=stdin, capture_output=True, env=env, timeout=120
+        )
         assert out.returncode == 0, f"docker {args[0]} failed: {out.stdout!r}{out.stderr!r}"
 
     cli("import", "-", local, stdin=buf.getvalue())
@@ -228,35 +228,48 @@ def new_image(registry: Registry, tmp_path: Path) -> Iterator[Callable[[], str]]
     def make() -> str:
         made.append(push_new_image(registry, tmp_path / f"docker-config-{len(made)}"))
         return made[-1]
+
     yield make
     for ref in docker_cli("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split():
         if any(ref.endswith("/" + repo_tag) for repo_tag in made):
             docker_cli("rmi", "-f", ref, check=False)
 
 
-async def stalled_runner(api: Api, registry: Registry, stalling: StallingRegistryProxy,
-                         repo_tag: str) -> dict[str, Any]:
+async def stalled_runner(
+    api: Api, registry: Registry, stalling: StallingRegistryProxy, repo_tag: str
+) -> dict[str, Any]:
     """A runner of `repo_tag`, pulled through the stalling proxy with the
     registry's credentials."""
-    status, data = await api.post("/v1/container_registries", {
-        "name": f"stall-{secrets.token_hex(4)}", "host": stalling.host,
-        "username": registry.username, "password": registry.password})
+    status, data = await api.post(
+        "/v1/container_registries",
+        {
+            "name": f"stall-{secrets.token_hex(4)}",
+            "host": stalling.host,
+            "username": registry.username,
+            "password": registry.password,
+        },
+    )
     assert status == 200, data
     name, tag = repo_tag.split(":")
-    return await api.create_runner(image_name=name, image_tag=tag,
-                                   container_registry_id=data["container_registry"]["id"],
-                                   argv=["/bin/busybox", "echo", "pulled"])
+    return await api.create_runner(
+        image_name=name,
+        image_tag=tag,
+        container_registry_id=data["container_registry"]["id"],
+        argv=["/bin/busybox", "echo", "pulled"],
+    )
 
 
 async def wait_stalled(stalling: StallingRegistryProxy, at_least: int = 1) -> None:
     async def stalled() -> bool:
         return stalling.stalled >= at_least
+
     await wait_until(stalled, timeout=DEADLINE, what="the engine to download a blob and stall")
 
 
 async def wait_pull_closed(proxy: TrackingProxy) -> None:
     async def closed() -> bool:
         return proxy.open_requests(PULL) == 0
+
     await wait_until(closed, timeout=DEADLINE, what="runnerd to close its pull request")
 
 
@@ -272,9 +285,13 @@ async def cancel(api: Api, runner: dict[str, Any], run: dict[str, Any]) -> dict[
 
 
 async def test_stalled_registry_fails_the_pull_with_a_stall_error_and_frees_the_slot(
-        start_proxied_daemon: Callable[..., Awaitable[Daemon]], http: aiohttp.ClientSession,
-        registry: Registry, proxy: TrackingProxy, stalling: StallingRegistryProxy,
-        new_image: Callable[[], str]) -> None:
+    start_proxied_daemon: Callable[..., Awaitable[Daemon]],
+    http: aiohttp.ClientSession,
+    registry: Registry,
+    proxy: TrackingProxy,
+    stalling: StallingRegistryProxy,
+    new_image: Callable[[], str],
+) -> None:
     daemon = await start_proxied_daemon("pull_stall_seconds = 2\n", max_concurrent_runs=1)
     api = Api(http, daemon.url, daemon.key)
     repo_tag = new_image()
@@ -288,8 +305,10 @@ async def test_stalled_registry_fails_the_pull_with_a_stall_error_and_frees_the_
 
     done = await api.wait_done(stalled["id"], run["id"], timeout=DEADLINE)
     assert (done["status"], done["failure_reason"]) == ("failed", "image_pull_failed"), done
-    assert f"could not pull image {stalling.host}/{repo_tag}: it stalled: no progress " \
-           "for 2 s" in done["error"], done
+    assert (
+        f"could not pull image {stalling.host}/{repo_tag}: it stalled: no progress "
+        "for 2 s" in done["error"]
+    ), done
     assert done["started_at"] is None, done
     await wait_pull_closed(proxy)  # runnerd hung up, and so the engine stopped the pull
     next_run = await api.wait_done(local["id"], behind["id"], timeout=DEADLINE)
@@ -299,9 +318,13 @@ async def test_stalled_registry_fails_the_pull_with_a_stall_error_and_frees_the_
 
 
 async def test_cancel_of_a_run_pulling_from_a_stalled_registry_stops_the_pull(
-        start_proxied_daemon: Callable[..., Awaitable[Daemon]], http: aiohttp.ClientSession,
-        registry: Registry, proxy: TrackingProxy, stalling: StallingRegistryProxy,
-        new_image: Callable[[], str]) -> None:
+    start_proxied_daemon: Callable[..., Awaitable[Daemon]],
+    http: aiohttp.ClientSession,
+    registry: Registry,
+    proxy: TrackingProxy,
+    stalling: StallingRegistryProxy,
+    new_image: Callable[[], str],
+) -> None:
     daemon = await start_proxied_daemon(max_concurrent_runs=2)
     api = Api(http, daemon.url, daemon.key)
 
@@ -339,7 +362,9 @@ async def test_cancel_of_a_run_pulling_from_a_stalled_registry_stops_the_pull(
     for run in runs:  # still canceled: the stopped pull did not fail them over again
         now = await api.run(runner["id"], run["id"])
         assert (now["failure_reason"], now["error"]) == (
-            "canceled", "The run was canceled before it started."), now
+            "canceled",
+            "The run was canceled before it started.",
+        ), now
 
 
 # -- an engine that takes a request and never answers ---------------------------------------------
@@ -349,10 +374,12 @@ START = r"^POST \S*/containers/[0-9a-f]{64}/start"
 
 
 async def test_engine_hanging_on_create_never_pins_a_slot(
-        start_proxied_daemon: Callable[..., Awaitable[Daemon]], http: aiohttp.ClientSession,
-        proxy: TrackingProxy, engine: EngineProbe) -> None:
-    daemon = await start_proxied_daemon("request_timeout_seconds = 2\n",
-                                        max_concurrent_runs=1)
+    start_proxied_daemon: Callable[..., Awaitable[Daemon]],
+    http: aiohttp.ClientSession,
+    proxy: TrackingProxy,
+    engine: EngineProbe,
+) -> None:
+    daemon = await start_proxied_daemon("request_timeout_seconds = 2\n", max_concurrent_runs=1)
     api = Api(http, daemon.url, daemon.key)
     runner = await api.create_runner(argv=["echo", "ran"])
     # Only the first run's create hangs (its name is in the request line).
@@ -363,8 +390,10 @@ async def test_engine_hanging_on_create_never_pins_a_slot(
 
     done = await api.wait_done(runner["id"], hung["id"], timeout=DEADLINE)
     assert (done["status"], done["failure_reason"]) == ("failed", "start_failed"), done
-    assert done["error"] == "could not create the container: the Docker engine did not " \
-                            "answer within 2 s.", done
+    assert (
+        done["error"] == "could not create the container: the Docker engine did not "
+        "answer within 2 s."
+    ), done
     next_run = await api.wait_done(runner["id"], behind["id"], timeout=DEADLINE)
     assert next_run["status"] == "succeeded", (next_run, daemon_errors(daemon))
     assert proxy.held >= 1
@@ -372,10 +401,12 @@ async def test_engine_hanging_on_create_never_pins_a_slot(
 
 
 async def test_engine_hanging_on_start_never_pins_a_slot(
-        start_proxied_daemon: Callable[..., Awaitable[Daemon]], http: aiohttp.ClientSession,
-        proxy: TrackingProxy, engine: EngineProbe) -> None:
-    daemon = await start_proxied_daemon("request_timeout_seconds = 2\n",
-                                        max_concurrent_runs=1)
+    start_proxied_daemon: Callable[..., Awaitable[Daemon]],
+    http: aiohttp.ClientSession,
+    proxy: TrackingProxy,
+    engine: EngineProbe,
+) -> None:
+    daemon = await start_proxied_daemon("request_timeout_seconds = 2\n", max_concurrent_runs=1)
     api = Api(http, daemon.url, daemon.key)
     runner = await api.create_runner(argv=["sleep", "60"])
     proxy.hold(START)
@@ -383,8 +414,10 @@ async def test_engine_hanging_on_start_never_pins_a_slot(
     for run in runs:  # one after the other on the one slot
         done = await api.wait_done(runner["id"], run["id"], timeout=DEADLINE)
         assert (done["status"], done["failure_reason"]) == ("failed", "start_failed"), done
-        assert done["error"] == "could not start the container: the Docker engine did not " \
-                                "answer within 2 s.", done
+        assert (
+            done["error"] == "could not start the container: the Docker engine did not "
+            "answer within 2 s."
+        ), done
         await engine.wait_gone(run["id"])  # removed: it can never start behind our back
     assert proxy.held == 2
     proxy.release()
@@ -395,8 +428,11 @@ async def test_engine_hanging_on_start_never_pins_a_slot(
 
 
 async def test_cancel_of_a_run_whose_create_is_held_frees_its_slot_at_once(
-        start_proxied_daemon: Callable[..., Awaitable[Daemon]], http: aiohttp.ClientSession,
-        proxy: TrackingProxy, engine: EngineProbe) -> None:
+    start_proxied_daemon: Callable[..., Awaitable[Daemon]],
+    http: aiohttp.ClientSession,
+    proxy: TrackingProxy,
+    engine: EngineProbe,
+) -> None:
     daemon = await start_proxied_daemon(max_concurrent_runs=1)  # default timeouts: 60 s
     api = Api(http, daemon.url, daemon.key)
     runner = await api.create_runner(argv=["echo", "ran"])
@@ -406,6 +442,7 @@ async def test_cancel_of_a_run_whose_create_is_held_frees_its_slot_at_once(
 
     async def asked() -> bool:
         return proxy.held >= 1
+
     await wait_until(asked, timeout=DEADLINE, what="the daemon to ask for a container")
     await cancel(api, runner, held)
     # The slot is free while the engine still sits on that create.
@@ -426,8 +463,8 @@ MANY_RUNS = 60  # 2 connections each: more than aiohttp's default pool of 100
 
 
 async def test_many_running_runs_do_not_starve_creates_and_stops(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession,
-        engine: EngineProbe) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession, engine: EngineProbe
+) -> None:
     """Every running run holds two engine connections (its wait and its output
     stream): with a pool of aiohttp's default 100, the creates of runs past the
     50th would wait for a connection until they time out, and so would stops."""
@@ -440,16 +477,18 @@ async def test_many_running_runs_do_not_starve_creates_and_stops(
         for run in runs:
             now = await api.run(runner["id"], run["id"])
             assert now["status"] in ("pending", "running"), (now, daemon_errors(daemon))
-            if now["status"] != "running" or b"up\n" not in await api.logs(
-                    runner["id"], run["id"]):
+            if now["status"] != "running" or b"up\n" not in await api.logs(runner["id"], run["id"]):
                 return False
         return True
-    await wait_until(all_followed, timeout=180, interval=0.5,
-                     what=f"{MANY_RUNS} runs to be running and followed")
+
+    await wait_until(
+        all_followed, timeout=180, interval=0.5, what=f"{MANY_RUNS} runs to be running and followed"
+    )
 
     # A stop needs connections beyond the ones the runs hold: it is not starved.
-    stopped = await asyncio.gather(*(
-        api.post(f"/v1/runners/{runner['id']}/runs/{run['id']}/cancel") for run in runs[:5]))
+    stopped = await asyncio.gather(
+        *(api.post(f"/v1/runners/{runner['id']}/runs/{run['id']}/cancel") for run in runs[:5])
+    )
     for status, body in stopped:
         assert status == 200, body
         assert (body["run"]["status"], body["run"]["failure_reason"]) == ("failed", "canceled")

@@ -13,8 +13,9 @@ import os
 import sqlite3
 import subprocess
 import tempfile
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -41,6 +42,7 @@ async def wait_health(api: Api, status: int, timeout: float = DEADLINE) -> Any:
     async def answered() -> Any:
         code, body = await healthz(api)
         return body if code == status else None
+
     return await wait_until(answered, timeout=timeout, what=f"/healthz to answer {status}")
 
 
@@ -79,8 +81,10 @@ def api_for(http: aiohttp.ClientSession) -> Callable[[Daemon], Api]:
 
 
 async def test_scheduler_survives_engine_500_on_container_list(
-        start_proxied_daemon: Callable[..., Awaitable[Daemon]], proxy: SocketProxy,
-        api_for: Callable[[Daemon], Api]) -> None:
+    start_proxied_daemon: Callable[..., Awaitable[Daemon]],
+    proxy: SocketProxy,
+    api_for: Callable[[Daemon], Api],
+) -> None:
     """Reconciling lists the daemon's containers; a 500 there used to end the loop
     for good (no run started again until a restart) with /healthz saying 200."""
     proxy.fail(r"GET \S*/containers/json", 500, "injected: list failed")
@@ -95,8 +99,11 @@ async def test_scheduler_survives_engine_500_on_container_list(
     await wait_log_line(daemon, "scheduler: cannot reconcile with the engine")
     warning = warnings_with(daemon, "cannot reconcile with the engine")[0]
     assert "injected: list failed" in warning and "retrying in" in warning, warning
-    await wait_until(lambda: asyncio.sleep(0, proxy.failed >= 2), timeout=DEADLINE,
-                     what="the scheduler to try the list again")
+    await wait_until(
+        lambda: asyncio.sleep(0, proxy.failed >= 2),
+        timeout=DEADLINE,
+        what="the scheduler to try the list again",
+    )
     assert (await api.run(runner["id"], run["id"]))["status"] == "pending"
 
     proxy.unfail()
@@ -109,8 +116,11 @@ async def test_scheduler_survives_engine_500_on_container_list(
 
 
 async def test_scheduler_survives_database_locked_while_starting_a_run(
-        start_proxied_daemon: Callable[..., Awaitable[Daemon]], proxy: SocketProxy,
-        engine: EngineProbe, api_for: Callable[[Daemon], Api]) -> None:
+    start_proxied_daemon: Callable[..., Awaitable[Daemon]],
+    proxy: SocketProxy,
+    engine: EngineProbe,
+    api_for: Callable[[Daemon], Api],
+) -> None:
     """The run's move to `running` fails on a locked database: the run stays
     pending, its created container is removed, /healthz says why, and once the
     lock is gone the run starts."""
@@ -119,16 +129,18 @@ async def test_scheduler_survives_database_locked_while_starting_a_run(
     runner = await api.create_runner(run_command="echo ran")
     proxy.hold(r"POST \S*/containers/create")
     run = await api.trigger(runner["id"])
-    await wait_until(lambda: asyncio.sleep(0, proxy.held >= 1), timeout=DEADLINE,
-                     what="the container create to be held")
+    await wait_until(
+        lambda: asyncio.sleep(0, proxy.held >= 1),
+        timeout=DEADLINE,
+        what="the container create to be held",
+    )
     with database_locked(daemon):
         proxy.release()
         body = await wait_health(api, 503)
         assert run["id"] in body["error"] and "database is locked" in body["error"], body
         assert (await api.run(runner["id"], run["id"]))["status"] == "pending"
         assert await containers_of(engine, run["id"]) == []
-        assert warnings_with(daemon, "stays pending: the database failed"), \
-            daemon_errors(daemon)
+        assert warnings_with(daemon, "stays pending: the database failed"), daemon_errors(daemon)
     done = await api.wait_done(runner["id"], run["id"], timeout=DEADLINE)
     assert (done["status"], done["exit_code"]) == ("succeeded", 0), done
     await wait_health(api, 200)
@@ -139,8 +151,10 @@ async def test_scheduler_survives_database_locked_while_starting_a_run(
 
 
 async def test_finish_run_on_a_locked_database_is_retried_and_holds_the_slot(
-        start_proxied_daemon: Callable[..., Awaitable[Daemon]], engine: EngineProbe,
-        api_for: Callable[[Daemon], Api]) -> None:
+    start_proxied_daemon: Callable[..., Awaitable[Daemon]],
+    engine: EngineProbe,
+    api_for: Callable[[Daemon], Api],
+) -> None:
     daemon = await start_proxied_daemon(max_concurrent_runs=1)
     api = api_for(daemon)
     gated = await api.create_runner(run_command=GATE)
@@ -152,8 +166,12 @@ async def test_finish_run_on_a_locked_database_is_retried_and_holds_the_slot(
 
     with database_locked(daemon):
         await release(engine, first["id"])
-        await wait_log_line(daemon, f"run {first['id']}: recording it succeeded: the "
-                            "database failed: database is locked; retrying in", DEADLINE)
+        await wait_log_line(
+            daemon,
+            f"run {first['id']}: recording it succeeded: the "
+            "database failed: database is locked; retrying in",
+            DEADLINE,
+        )
         # Not recorded: still running, its slot held, its (exited) container kept.
         assert (await api.run(gated["id"], first["id"]))["status"] == "running"
         assert (await api.run(quick["id"], second["id"]))["status"] == "pending"
@@ -172,11 +190,16 @@ async def test_finish_run_on_a_locked_database_is_retried_and_holds_the_slot(
 def small_disk() -> Iterator[Path]:
     """A 4 MiB tmpfs for a daemon's data dir (needs root and mount permission)."""
     base = Path(tempfile.mkdtemp(prefix="runnerd-fulldb-"))
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(base)],
-                             capture_output=True, text=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(base)],
+        capture_output=True,
+        text=True,
+    )
     if mounted.returncode != 0:
-        pytest.fail(f"cannot mount a tmpfs over {base} to fill the disk (the test needs "
-                    f"root and mount permission): {mounted.stderr.strip()}")
+        pytest.fail(
+            f"cannot mount a tmpfs over {base} to fill the disk (the test needs "
+            f"root and mount permission): {mounted.stderr.strip()}"
+        )
     try:
         yield base
     finally:
@@ -200,11 +223,15 @@ def fill(disk: Path) -> Path:
 
 
 async def test_finish_run_on_a_full_disk_is_retried_until_space_frees(
-        start_proxied_daemon: Callable[..., Awaitable[Daemon]], engine: EngineProbe,
-        api_for: Callable[[Daemon], Api], small_disk: Path) -> None:
+    start_proxied_daemon: Callable[..., Awaitable[Daemon]],
+    engine: EngineProbe,
+    api_for: Callable[[Daemon], Api],
+    small_disk: Path,
+) -> None:
     data_dir = small_disk / "data"
-    daemon = await start_proxied_daemon(f'[storage]\ndata_dir = "{data_dir}"\n',
-                                        max_concurrent_runs=1)
+    daemon = await start_proxied_daemon(
+        f'[storage]\ndata_dir = "{data_dir}"\n', max_concurrent_runs=1
+    )
     api = api_for(daemon)
     gated = await api.create_runner(run_command=GATE)
     quick = await api.create_runner(run_command="echo next")
@@ -219,8 +246,12 @@ async def test_finish_run_on_a_full_disk_is_retried_until_space_frees(
     filler = fill(small_disk)
     try:
         await release(engine, first["id"])
-        await wait_log_line(daemon, f"run {first['id']}: recording it succeeded: the "
-                            "database failed: database or disk is full; retrying in", DEADLINE)
+        await wait_log_line(
+            daemon,
+            f"run {first['id']}: recording it succeeded: the "
+            "database failed: database or disk is full; retrying in",
+            DEADLINE,
+        )
         assert (await api.run(gated["id"], first["id"]))["status"] == "running"
         assert (await api.run(quick["id"], second["id"]))["status"] == "pending"
         assert (await engine.inspect(container["Id"]))["State"]["Status"] == "exited"
@@ -238,8 +269,11 @@ async def test_finish_run_on_a_full_disk_is_retried_until_space_frees(
 
 
 async def test_engine_nonsense_on_wait_stops_the_container_before_the_run_is_recorded(
-        start_proxied_daemon: Callable[..., Awaitable[Daemon]], proxy: SocketProxy,
-        engine: EngineProbe, api_for: Callable[[Daemon], Api]) -> None:
+    start_proxied_daemon: Callable[..., Awaitable[Daemon]],
+    proxy: SocketProxy,
+    engine: EngineProbe,
+    api_for: Callable[[Daemon], Api],
+) -> None:
     """An exception inside Executor._follow while the container runs (here the
     engine's wait answers 200 without a StatusCode): the run used to be recorded
     `lost` with its container running on, outside every limit."""
@@ -255,8 +289,9 @@ async def test_engine_nonsense_on_wait_stops_the_container_before_the_run_is_rec
     assert "stopped it" in done["error"], done
     assert await containers_of(engine, run["id"]) == []  # killed and removed
     errors = [ln for ln in error_lines(daemon) if "cannot watch its container" in ln]
-    assert len(errors) == 1 and run["id"] in errors[0] and "KeyError" in errors[0], \
-        daemon_errors(daemon)
+    assert len(errors) == 1 and run["id"] in errors[0] and "KeyError" in errors[0], daemon_errors(
+        daemon
+    )
     # The daemon goes on: the next run runs.
     nxt = await api.trigger(quick["id"])
     assert (await api.wait_done(quick["id"], nxt["id"]))["status"] == "succeeded"
@@ -266,15 +301,17 @@ async def test_engine_nonsense_on_wait_stops_the_container_before_the_run_is_rec
 
 
 async def test_retention_survives_database_locked(
-        start_proxied_daemon: Callable[..., Awaitable[Daemon]],
-        api_for: Callable[[Daemon], Api]) -> None:
+    start_proxied_daemon: Callable[..., Awaitable[Daemon]], api_for: Callable[[Daemon], Api]
+) -> None:
     daemon = await start_proxied_daemon(
-        "[retention]\nmax_runs_per_runner = 1\nsweep_interval_seconds = 1\n")
+        "[retention]\nmax_runs_per_runner = 1\nsweep_interval_seconds = 1\n"
+    )
     api = api_for(daemon)
     runner = await api.create_runner(run_command="echo ran")
     with database_locked(daemon):
-        await wait_log_line(daemon, "retention sweep failed: database is locked; trying "
-                            "again in", DEADLINE)
+        await wait_log_line(
+            daemon, "retention sweep failed: database is locked; trying again in", DEADLINE
+        )
     # It keeps going: past the limit, the older run is deleted.
     older = await api.trigger(runner["id"])
     await api.wait_done(runner["id"], older["id"])
@@ -284,13 +321,14 @@ async def test_retention_survives_database_locked(
     async def deleted() -> bool:
         status, _ = await api.get(f"/v1/runners/{runner['id']}/runs/{older['id']}")
         return status == 404
+
     await wait_until(deleted, timeout=DEADLINE, what="retention to delete the older run")
     assert error_lines(daemon) == [], daemon_errors(daemon)
 
 
 async def test_webhook_delivered_on_a_locked_database_is_recorded_once_it_clears(
-        start_proxied_daemon: Callable[..., Awaitable[Daemon]],
-        api_for: Callable[[Daemon], Api]) -> None:
+    start_proxied_daemon: Callable[..., Awaitable[Daemon]], api_for: Callable[[Daemon], Api]
+) -> None:
     """A delivery whose outcome cannot be recorded used to be marked `failed` (or
     left pending and sent again): it is recorded `delivered` once it can be."""
     received: list[bytes] = []
@@ -311,19 +349,28 @@ async def test_webhook_delivered_on_a_locked_database_is_recorded_once_it_clears
     try:
         daemon = await start_proxied_daemon('[webhooks]\nsecret = "a-test-secret-of-24-chars"\n')
         api = api_for(daemon)
-        runner = await api.create_runner(run_command="echo ran",
-                                         webhook_url=f"http://127.0.0.1:{port}/hook")
+        runner = await api.create_runner(
+            run_command="echo ran", webhook_url=f"http://127.0.0.1:{port}/hook"
+        )
         run = await api.trigger(runner["id"])
         await api.wait_done(runner["id"], run["id"])
-        await wait_until(lambda: asyncio.sleep(0, len(received) == 1), timeout=DEADLINE,
-                         what="the webhook to arrive")
+        await wait_until(
+            lambda: asyncio.sleep(0, len(received) == 1),
+            timeout=DEADLINE,
+            what="the webhook to arrive",
+        )
         with database_locked(daemon):
             answer.set()
-            await wait_log_line(daemon, f"run {run['id']}: recording its webhook delivered: "
-                                "the database failed: database is locked; retrying in",
-                                DEADLINE)
+            await wait_log_line(
+                daemon,
+                f"run {run['id']}: recording its webhook delivered: "
+                "the database failed: database is locked; retrying in",
+                DEADLINE,
+            )
+
         async def delivered() -> bool:
             return (await api.run(runner["id"], run["id"]))["webhook_status"] == "delivered"
+
         await wait_until(delivered, timeout=DEADLINE, what="the delivery to be recorded")
         assert len(received) == 1
         assert error_lines(daemon) == [], daemon_errors(daemon)
@@ -349,8 +396,10 @@ def damage(db_path: Path) -> None:
 
 
 async def test_damaged_database_brings_the_daemon_down_with_exit_1(
-        start_proxied_daemon: Callable[..., Awaitable[Daemon]], engine: EngineProbe,
-        api_for: Callable[[Daemon], Api]) -> None:
+    start_proxied_daemon: Callable[..., Awaitable[Daemon]],
+    engine: EngineProbe,
+    api_for: Callable[[Daemon], Api],
+) -> None:
     """No retry records a run in a damaged database: runnerd exits non-zero (for
     systemd to restart it, which then says what is wrong) with one ERROR line
     naming the task and the error, instead of running on unable to record."""

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from conftest import Api, Daemon, runnerd_cli, write_config
 
 import runnerd
-from conftest import Api, Daemon, runnerd_cli, write_config
 
 
 def create_key(config: Path, name: str, *scope: str) -> subprocess.CompletedProcess[str]:
@@ -26,8 +26,9 @@ def secret_of(out: subprocess.CompletedProcess[str]) -> str:
     lines = out.stdout.splitlines()
     assert lines, out
     secret = lines[-1]
-    assert secret == secret.strip() and secret and " " not in secret, \
+    assert secret == secret.strip() and secret and " " not in secret, (
         f"last line is not the secret alone: {secret!r}"
+    )
     assert len(secret) >= 32, secret  # enough randomness to be a secret
     return secret
 
@@ -41,18 +42,19 @@ def config(tmp_path: Path) -> Path:
 
 
 async def test_keys_create_prints_a_working_secret_alone_on_the_last_line(
-        daemon: Daemon, http: aiohttp.ClientSession) -> None:
+    daemon: Daemon, http: aiohttp.ClientSession
+) -> None:
     full = secret_of(create_key(daemon.config_path, "ci"))
     read = secret_of(create_key(daemon.config_path, "dashboard", "read"))
     assert full != read
     api = Api(http, daemon.url, full)
-    status, body = await api.post("/v1/runners", {"name": "from-new-key",
-                                                  "image_name": "busybox"})
+    status, body = await api.post("/v1/runners", {"name": "from-new-key", "image_name": "busybox"})
     assert status == 200, body
     status, body = await api.get("/v1/runners", key=read)
     assert status == 200 and [r["name"] for r in body["runners"]] == ["from-new-key"], body
-    status, body = await api.post("/v1/runners", {"name": "from-read-key",
-                                                  "image_name": "busybox"}, key=read)
+    status, body = await api.post(
+        "/v1/runners", {"name": "from-read-key", "image_name": "busybox"}, key=read
+    )
     assert (status, body) == (403, {"status": 403, "error": "Forbidden"})
 
 
@@ -62,7 +64,8 @@ def test_each_keys_create_makes_a_different_secret(config: Path) -> None:
 
 
 async def test_only_a_hash_of_the_secret_is_stored(
-        daemon: Daemon, http: aiohttp.ClientSession) -> None:
+    daemon: Daemon, http: aiohttp.ClientSession
+) -> None:
     name = "stored-as-hash"
     secret = secret_of(create_key(daemon.config_path, name))
     status, _ = await Api(http, daemon.url, secret).get("/v1/runners")
@@ -91,8 +94,7 @@ def test_keys_list_shows_names_and_scopes_but_never_secrets(config: Path) -> Non
         assert secret.split("_", 1)[-1][:12] not in out.stdout + out.stderr
 
 
-def test_keys_create_with_a_taken_name_fails_and_keeps_the_first_key(
-        config: Path) -> None:
+def test_keys_create_with_a_taken_name_fails_and_keeps_the_first_key(config: Path) -> None:
     first = secret_of(create_key(config, "twice"))
     again = create_key(config, "twice")
     assert again.returncode != 0, again
@@ -103,7 +105,8 @@ def test_keys_create_with_a_taken_name_fails_and_keeps_the_first_key(
 
 
 async def test_keys_create_with_a_taken_name_leaves_the_first_secret_working(
-        daemon: Daemon, http: aiohttp.ClientSession) -> None:
+    daemon: Daemon, http: aiohttp.ClientSession
+) -> None:
     first = secret_of(create_key(daemon.config_path, "taken"))
     assert create_key(daemon.config_path, "taken").returncode != 0
     status, _ = await Api(http, daemon.url, first).get("/v1/runners")
@@ -130,9 +133,11 @@ def test_keys_revoke_removes_the_key_from_the_list(config: Path) -> None:
     secret_of(create_key(config, "short-lived"))
     secret_of(create_key(config, "stays"))
     runnerd_cli("keys", "revoke", "short-lived", "--config", str(config))
-    names = [line.split()[0] for line in
-             runnerd_cli("keys", "list", "--config", str(config)).stdout.splitlines()
-             if line.split()]
+    names = [
+        line.split()[0]
+        for line in runnerd_cli("keys", "list", "--config", str(config)).stdout.splitlines()
+        if line.split()
+    ]
     assert "short-lived" not in names and "stays" in names, names
     again = runnerd_cli("keys", "revoke", "short-lived", "--config", str(config), check=False)
     assert again.returncode != 0
@@ -145,39 +150,63 @@ def test_version_prints_the_package_version() -> None:
 
 
 BAD_CONFIGS = [
-    ("max-concurrent-zero", "", "[scheduler]\nmax_concurrent_runs = 0\n",
-     "scheduler.max_concurrent_runs"),
-    ("max-concurrent-string", "", '[scheduler]\nmax_concurrent_runs = "4"\n',
-     "scheduler.max_concurrent_runs"),
-    ("unknown-section-key", "", '[server]\nlisten = "127.0.0.1:0"\nbogus = 1\n',
-     "server.bogus"),
+    (
+        "max-concurrent-zero",
+        "",
+        "[scheduler]\nmax_concurrent_runs = 0\n",
+        "scheduler.max_concurrent_runs",
+    ),
+    (
+        "max-concurrent-string",
+        "",
+        '[scheduler]\nmax_concurrent_runs = "4"\n',
+        "scheduler.max_concurrent_runs",
+    ),
+    ("unknown-section-key", "", '[server]\nlisten = "127.0.0.1:0"\nbogus = 1\n', "server.bogus"),
     ("unknown-top-level-key", 'colour = "red"', "", "colour"),
     ("unknown-section", "", "[extras]\nx = 1\n", "extras"),
     ("bad-timezone", 'timezone = "Mars/Olympus_Mons"', "", "timezone"),
     ("timezone-not-string", "timezone = 5", "", "timezone"),
     ("bad-listen", "", '[server]\nlisten = "nowhere"\n', "server.listen"),
-    ("negative-grace", "", '[docker]\nnetwork = "none"\nstop_grace_seconds = -1\n',
-     "docker.stop_grace_seconds"),
-    ("unknown-default-instance-type", 'default_instance_type = "huge"', "",
-     "default_instance_type"),
-    ("instance-type-without-mem", "", "[instance_types.tiny]\ncpu = 0.5\n",
-     "instance_types.tiny.mem"),
+    (
+        "negative-grace",
+        "",
+        '[docker]\nnetwork = "none"\nstop_grace_seconds = -1\n',
+        "docker.stop_grace_seconds",
+    ),
+    (
+        "unknown-default-instance-type",
+        'default_instance_type = "huge"',
+        "",
+        "default_instance_type",
+    ),
+    (
+        "instance-type-without-mem",
+        "",
+        "[instance_types.tiny]\ncpu = 0.5\n",
+        "instance_types.tiny.mem",
+    ),
     ("data-dir-not-string", "", "[storage]\ndata_dir = 5\n", "storage.data_dir"),
 ]
 
 
-@pytest.mark.parametrize("top_level,extra,key", [c[1:] for c in BAD_CONFIGS],
-                         ids=[c[0] for c in BAD_CONFIGS])
+@pytest.mark.parametrize(
+    "top_level,extra,key", [c[1:] for c in BAD_CONFIGS], ids=[c[0] for c in BAD_CONFIGS]
+)
 def test_serve_with_a_bad_config_exits_nonzero_naming_the_key(
-        tmp_path: Path, top_level: str, extra: str, key: str) -> None:
+    tmp_path: Path, top_level: str, extra: str, key: str
+) -> None:
     path = tmp_path / "config.toml"
     write_config(path, tmp_path / "data", extra, top_level=top_level)
     try:
-        out = subprocess.run([sys.executable, "-m", "runnerd", "serve", "--config", str(path)],
-                             capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            [sys.executable, "-m", "runnerd", "serve", "--config", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
     except subprocess.TimeoutExpired:
-        pytest.fail(f"runnerd serve accepted the bad config and kept running:\n"
-                    f"{path.read_text()}")
+        pytest.fail(f"runnerd serve accepted the bad config and kept running:\n{path.read_text()}")
     assert out.returncode != 0, out
     assert key in out.stderr, f"stderr does not name {key!r}:\n{out.stderr}"
     assert "Traceback" not in out.stderr, out.stderr
@@ -187,8 +216,12 @@ def test_serve_with_a_bad_config_exits_nonzero_naming_the_key(
 def test_serve_with_a_config_that_is_not_toml_exits_nonzero(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_text("[server\nlisten = \n")
-    out = subprocess.run([sys.executable, "-m", "runnerd", "serve", "--config", str(path)],
-                         capture_output=True, text=True, timeout=20)
+    out = subprocess.run(
+        [sys.executable, "-m", "runnerd", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert out.returncode != 0, out
     assert str(path) in out.stderr or "TOML" in out.stderr, out.stderr
     assert "Traceback" not in out.stderr, out.stderr
@@ -196,8 +229,12 @@ def test_serve_with_a_config_that_is_not_toml_exits_nonzero(tmp_path: Path) -> N
 
 def test_serve_with_a_missing_config_file_exits_nonzero_naming_it(tmp_path: Path) -> None:
     path = tmp_path / "nope.toml"
-    out = subprocess.run([sys.executable, "-m", "runnerd", "serve", "--config", str(path)],
-                         capture_output=True, text=True, timeout=20)
+    out = subprocess.run(
+        [sys.executable, "-m", "runnerd", "serve", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert out.returncode != 0, out
     assert str(path) in out.stderr, out.stderr
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
-
 from conftest import Api, Daemon, docker_cli, wait_until
+
 from runnerd.logs import HEADER
 
 JSON = {"Accept": "application/json"}
@@ -31,11 +32,13 @@ def record_offsets(path: Path) -> list[int]:
 
 
 async def test_tail_of_a_large_log_of_short_lines_is_exactly_its_last_lines(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession,
-        tmp_path: Path) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
     # One log read thread: concurrent reads queue for it, none fails.
-    daemon = start_daemon(f'[storage]\ndata_dir = "{tmp_path / "logs-daemon" / "data"}"\n'
-                          "log_read_threads = 1\n", name="logs-daemon")
+    daemon = start_daemon(
+        f'[storage]\ndata_dir = "{tmp_path / "logs-daemon" / "data"}"\nlog_read_threads = 1\n',
+        name="logs-daemon",
+    )
     api = Api(http, daemon.url, daemon.key)
     runner = await api.create_runner(run_command=f"seq 1 {LINES}", timeout_seconds=300)
     run = await api.trigger(runner["id"])
@@ -52,19 +55,21 @@ async def test_tail_of_a_large_log_of_short_lines_is_exactly_its_last_lines(
 
     async def check_reads() -> None:
         for n in (5, 1, 1000):
-            assert await api.logs(runner["id"], run["id"], f"?tail={n}") == b"".join(
-                lines[-n:]), n
+            assert await api.logs(runner["id"], run["id"], f"?tail={n}") == b"".join(lines[-n:]), n
         offsets = record_offsets(log_path)
         status, body = await api.get(
             f"/v1/runners/{runner['id']}/runs/{run['id']}/logs?before={offsets[-1]}&limit=5",
-            headers=JSON)
+            headers=JSON,
+        )
         assert status == 200, body
         assert [(e["id"], e["msg"]) for e in body["logs"]] == [
-            (str(offsets[i]), str(i + 1)) for i in range(len(offsets) - 6, len(offsets) - 1)]
+            (str(offsets[i]), str(i + 1)) for i in range(len(offsets) - 6, len(offsets) - 1)
+        ]
 
     await check_reads()
-    tails = await asyncio.gather(*(api.logs(runner["id"], run["id"], f"?tail={n}")
-                                   for n in range(1, 41)))
+    tails = await asyncio.gather(
+        *(api.logs(runner["id"], run["id"], f"?tail={n}") for n in range(1, 41))
+    )
     assert tails == [b"".join(lines[-n:]) for n in range(1, 41)]
     # A log from before there were indexes: read whole once, indexed again.
     daemon.stop()
@@ -75,8 +80,7 @@ async def test_tail_of_a_large_log_of_short_lines_is_exactly_its_last_lines(
     assert index_path.exists()
 
 
-async def open_stream(api: Api, runner_id: str, run_id: str, sse: bool
-                      ) -> aiohttp.ClientResponse:
+async def open_stream(api: Api, runner_id: str, run_id: str, sse: bool) -> aiohttp.ClientResponse:
     url = f"{api.url}/v1/runners/{runner_id}/runs/{run_id}/logs"
     if sse:
         return await api.session.get(url, headers={**api.headers(), **SSE})
@@ -84,11 +88,11 @@ async def open_stream(api: Api, runner_id: str, run_id: str, sse: bool
 
 
 async def test_live_log_streams_past_the_configured_cap_get_503_naming_the_key(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
+) -> None:
     daemon = start_daemon('[server]\nlisten = "127.0.0.1:0"\nmax_log_followers = 2\n')
     api = Api(http, daemon.url, daemon.key)
-    runner = await api.create_runner(run_command="echo started; sleep 600",
-                                     timeout_seconds=900)
+    runner = await api.create_runner(run_command="echo started; sleep 600", timeout_seconds=900)
     run = await api.trigger(runner["id"])
     await api.wait_status(runner["id"], run["id"], "running", timeout=60)
     streams: list[aiohttp.ClientResponse] = []
@@ -120,6 +124,7 @@ async def test_live_log_streams_past_the_configured_cap_get_503_naming_the_key(
                 return True
             s.close()
             return False
+
         await wait_until(admitted, timeout=30, what="a follower to be admitted again")
         assert await asyncio.wait_for(streams[-1].content.readline(), 60) == b"started\n"
     finally:
@@ -130,25 +135,28 @@ async def test_live_log_streams_past_the_configured_cap_get_503_naming_the_key(
 
 
 async def test_log_index_torn_by_a_crash_is_repaired_and_the_log_stays_exact(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
+) -> None:
     """The daemon died while appending to a run's log index (and its last entries
     never reached the disk); the restarted daemon resumes the run from the log."""
     daemon = start_daemon()
     api = Api(http, daemon.url, daemon.key)
     runner = await api.create_runner(
         run_command="seq 1 30000; while [ ! -e /tmp/go ]; do sleep 0.1; done; seq 30001 60000",
-        timeout_seconds=300)
+        timeout_seconds=300,
+    )
     run = await api.trigger(runner["id"])
 
     async def first_half_read() -> bool:
         tail = await api.logs(runner["id"], run["id"], "?tail=1")
         return tail == b"30000\n"
+
     await wait_until(first_half_read, timeout=120, what="the first half of the output")
     daemon.kill()
     index_path = daemon.data_dir / "logs" / f"{run['id']}.idx"
     index = index_path.read_bytes()
     assert len(index) > 200, len(index)  # entries beyond the header
-    index_path.write_bytes(index[:len(index) // 2 - 7])  # half lost, the last entry torn
+    index_path.write_bytes(index[: len(index) // 2 - 7])  # half lost, the last entry torn
 
     daemon.start()
     api = Api(http, daemon.url, daemon.key)
@@ -158,8 +166,7 @@ async def test_log_index_torn_by_a_crash_is_repaired_and_the_log_stays_exact(
     docker_cli("exec", f"runnerd-{run['id']}", "touch", "/tmp/go")
     done = await api.wait_done(runner["id"], run["id"], timeout=120)
     assert (done["status"], done["exit_code"]) == ("succeeded", 0), done
-    assert await api.logs(runner["id"], run["id"]) == b"".join(
-        b"%d\n" % i for i in range(1, 60001))
+    assert await api.logs(runner["id"], run["id"]) == b"".join(b"%d\n" % i for i in range(1, 60001))
     assert await api.logs(runner["id"], run["id"], "?tail=3") == b"59998\n59999\n60000\n"
     assert index_path.stat().st_size > len(index)  # repaired and grown
     assert "Traceback" not in daemon.log_text(), daemon.log_text()[-3000:]

@@ -34,13 +34,15 @@ import re
 import shlex
 import time
 import types
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import hypothesis
 import pytest
 import requests
 import schemathesis
+from conftest import TEST_IMAGE_NAME, TEST_IMAGE_TAG, Daemon
 from hypothesis import HealthCheck, Phase
 from hypothesis import strategies as st
 from openapi_spec_validator import validate as validate_openapi
@@ -49,21 +51,26 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.core.failures import FailureGroup
 from schemathesis.core.result import Ok
 from schemathesis.specs.openapi.checks import (
-    content_type_conformance, response_schema_conformance, status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+    status_code_conformance,
 )
 
 import runnerd
 from runnerd import api as runnerd_api
 from runnerd import openapi, schemas
 from runnerd.config import BUILTIN_INSTANCE_TYPES, Config
-from conftest import TEST_IMAGE_NAME, TEST_IMAGE_TAG, Daemon
 
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
-CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
-          response_schema_conformance]
-MAX_EXAMPLES = 30          # Hypothesis cases per operation, after the coverage cases
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_schema_conformance,
+]
+MAX_EXAMPLES = 30  # Hypothesis cases per operation, after the coverage cases
 MAX_TRIGGER_EXAMPLES = 20  # …for POST …/runs, whose positive cases queue containers
-MAX_TRIGGERS = 60          # runs the fuzzing may queue on one daemon, all told
+MAX_TRIGGERS = 60  # runs the fuzzing may queue on one daemon, all told
 DOC = openapi.document()
 REQUEST_TIMEOUT = 30.0
 # Webhooks go here: a loopback port where nothing listens, so every delivery is refused.
@@ -71,8 +78,10 @@ SAFE_WEBHOOK_URL = "http://127.0.0.1:9/runnerd-openapi-fuzz"
 METRICS_TOKEN = "runnerd-openapi-fuzz-metrics-token"
 # Webhooks on (so `webhook_url` is accepted), and /metrics behind a token (so its 401 is
 # exercised too). `[server]` given here replaces conftest's, hence `listen` again.
-DAEMON_CONFIG = ('[server]\nlisten = "127.0.0.1:0"\nmetrics_token = "' + METRICS_TOKEN + '"\n\n'
-                 '[webhooks]\nsecret = "runnerd-openapi-fuzz-secret-0123456789"\n')
+DAEMON_CONFIG = (
+    '[server]\nlisten = "127.0.0.1:0"\nmetrics_token = "' + METRICS_TOKEN + '"\n\n'
+    '[webhooks]\nsecret = "runnerd-openapi-fuzz-secret-0123456789"\n'
+)
 SEED_COMMAND = 'echo out; echo err >&2; exit "${EXIT_CODE:-0}"'
 
 
@@ -93,6 +102,7 @@ def test_document_is_valid_openapi_3_1() -> None:
 
 def test_document_is_a_fresh_json_value_each_time() -> None:
     import json
+
     first = openapi.document()
     first["paths"].clear()
     assert openapi.document()["paths"], "document() must not hand out shared state"
@@ -104,14 +114,21 @@ def app_routes() -> set[tuple[str, str]]:
     params = list(inspect.signature(runnerd_api.make_app).parameters)
     store = types.SimpleNamespace(on_run_completed=[])  # all make_app touches of it
     app = runnerd_api.make_app(Config(), store, *[None] * (len(params) - 2))
-    routes = {(r.method.upper(), r.resource.canonical) for r in app.router.routes()
-              if r.resource is not None}
+    routes = {
+        (r.method.upper(), r.resource.canonical)
+        for r in app.router.routes()
+        if r.resource is not None
+    }
     return {(m, p) for m, p in routes if not (m == "HEAD" and ("GET", p) in routes)}
 
 
 def documented_operations(doc: dict[str, Any]) -> set[tuple[str, str]]:
-    return {(method.upper(), path) for path, item in doc["paths"].items()
-            for method in item if method in HTTP_METHODS}
+    return {
+        (method.upper(), path)
+        for path, item in doc["paths"].items()
+        for method in item
+        if method in HTTP_METHODS
+    }
 
 
 def test_every_route_is_documented_and_every_documented_operation_is_routed() -> None:
@@ -126,8 +143,10 @@ def test_document_limits_are_the_ones_enforced() -> None:
     s = openapi.document()["components"]["schemas"]
     create = s["RunnerCreate"]["properties"]
     assert (create["name"]["minLength"], create["name"]["maxLength"]) == schemas.NAME_LEN
-    assert (create["timeout_seconds"]["minimum"],
-            create["timeout_seconds"]["maximum"]) == schemas.TIMEOUT_RANGE
+    assert (
+        create["timeout_seconds"]["minimum"],
+        create["timeout_seconds"]["maximum"],
+    ) == schemas.TIMEOUT_RANGE
     assert create["run_command"]["maxLength"] == schemas.RUN_COMMAND_MAX
     assert create["max_concurrent_runs"]["maximum"] == schemas.RUNNER_MAX_CONCURRENT
     assert create["webhook_url"]["maxLength"] == 2000
@@ -178,23 +197,33 @@ def seed(daemon: Daemon) -> Seed:
     session.headers["Authorization"] = f"Bearer {daemon.key}"
 
     def call(method: str, path: str, body: Any = None) -> Any:
-        response = session.request(method, daemon.url + path, json=body,
-                                   timeout=REQUEST_TIMEOUT)
+        response = session.request(method, daemon.url + path, json=body, timeout=REQUEST_TIMEOUT)
         assert response.status_code == 200, (method, path, response.text)
         return response.json()
 
     base = {"image_name": TEST_IMAGE_NAME, "image_tag": TEST_IMAGE_TAG, "timeout_seconds": 120}
-    a = call("POST", "/v1/runners", {**base, "name": "openapi-seed-a",
-                                     "webhook_url": SAFE_WEBHOOK_URL,
-                                     "run_command": SEED_COMMAND,
-                                     "env_variables": [{"env_key": "GREETING",
-                                                        "env_val": "hi"}]})["runner"]
-    b = call("POST", "/v1/runners", {**base, "name": "openapi-seed-b",
-                                     "run_command": "sleep 600",
-                                     "max_concurrent_runs": 1})["runner"]
+    a = call(
+        "POST",
+        "/v1/runners",
+        {
+            **base,
+            "name": "openapi-seed-a",
+            "webhook_url": SAFE_WEBHOOK_URL,
+            "run_command": SEED_COMMAND,
+            "env_variables": [{"env_key": "GREETING", "env_val": "hi"}],
+        },
+    )["runner"]
+    b = call(
+        "POST",
+        "/v1/runners",
+        {**base, "name": "openapi-seed-b", "run_command": "sleep 600", "max_concurrent_runs": 1},
+    )["runner"]
     a_ok = call("POST", f"/v1/runners/{a['id']}/runs")["run"]
-    a_fail = call("POST", f"/v1/runners/{a['id']}/runs",
-                  {"env_variables": [{"env_key": "EXIT_CODE", "env_val": "3"}]})["run"]
+    a_fail = call(
+        "POST",
+        f"/v1/runners/{a['id']}/runs",
+        {"env_variables": [{"env_key": "EXIT_CODE", "env_val": "3"}]},
+    )["run"]
     b_running = call("POST", f"/v1/runners/{b['id']}/runs")["run"]
     b_pending = call("POST", f"/v1/runners/{b['id']}/runs")["run"]
     env = call("GET", f"/v1/runners/{a['id']}/env_variables")["env_variables"]
@@ -203,15 +232,23 @@ def seed(daemon: Daemon) -> Seed:
         return call("GET", f"/v1/runners/{runner['id']}/runs/{run['id']}")["run"]["status"]
 
     deadline = time.monotonic() + 60
-    while not (status(a, a_ok) == "succeeded" and status(a, a_fail) == "failed"
-               and status(b, b_running) == "running"):
+    while not (
+        status(a, a_ok) == "succeeded"
+        and status(a, a_fail) == "failed"
+        and status(b, b_running) == "running"
+    ):
         assert time.monotonic() < deadline, "seed runs did not get going within 60 s"
         time.sleep(0.1)
     assert status(b, b_pending) == "pending"
-    return Seed(runners=[a["id"], b["id"]],
-                runs=[a_ok["id"], a_fail["id"], b_running["id"], b_pending["id"]],
-                finished_runs=[a_ok["id"], a_fail["id"]], env_ids=[e["id"] for e in env],
-                session=session, url=daemon.url, key=daemon.key)
+    return Seed(
+        runners=[a["id"], b["id"]],
+        runs=[a_ok["id"], a_fail["id"], b_running["id"], b_pending["id"]],
+        finished_runs=[a_ok["id"], a_fail["id"]],
+        env_ids=[e["id"] for e in env],
+        session=session,
+        url=daemon.url,
+        key=daemon.key,
+    )
 
 
 def fuzzing_document(s: Seed) -> dict[str, Any]:
@@ -223,12 +260,15 @@ def fuzzing_document(s: Seed) -> dict[str, Any]:
         params[name]["schema"] = {**params[name]["schema"], "enum": list(ids)}
     logs_item = doc["paths"]["/v1/runners/{runner_id}/runs/{run_id}/logs"]
     logs_item["parameters"] = [
-        p if p != {"$ref": "#/components/parameters/RunId"} else
-        {**params["RunId"], "schema": {**params["RunId"]["schema"], "enum": s.finished_runs}}
-        for p in logs_item["parameters"]]
+        p
+        if p != {"$ref": "#/components/parameters/RunId"}
+        else {**params["RunId"], "schema": {**params["RunId"]["schema"], "enum": s.finished_runs}}
+        for p in logs_item["parameters"]
+    ]
     for body in ("RunnerCreate", "RunnerUpdate"):
         doc["components"]["schemas"][body]["properties"]["instance_type"]["enum"] = sorted(
-            BUILTIN_INSTANCE_TYPES)
+            BUILTIN_INSTANCE_TYPES
+        )
     # Warming pulls from the image's registry whatever the pull policy: for the test
     # image that is Docker Hub, off this machine. Never fuzzed; tested on a loopback
     # registry in test_registries.py.
@@ -286,9 +326,11 @@ class Findings:
         self.distinct.setdefault(key, report)
 
     def report(self) -> str:
-        return (f"{len(self.distinct)} distinct problem(s) in {self.requests} requests to "
-                f"{self.label} (statuses seen: {dict(sorted(self.statuses.items()))}):\n\n"
-                + "\n\n".join(self.distinct.values()))
+        return (
+            f"{len(self.distinct)} distinct problem(s) in {self.requests} requests to "
+            f"{self.label} (statuses seen: {dict(sorted(self.statuses.items()))}):\n\n"
+            + "\n\n".join(self.distinct.values())
+        )
 
 
 def exercise(case: schemathesis.Case, s: Seed, findings: Findings) -> None:
@@ -301,54 +343,73 @@ def exercise(case: schemathesis.Case, s: Seed, findings: Findings) -> None:
         return
     method, path = op.label.split(" ", 1)
     security = DOC["paths"][path][method.lower()].get("security", DOC["security"])
-    secret = (METRICS_TOKEN if {"metricsToken": []} in security else
-              s.key if {"apiKey": []} in security else None)
+    secret = (
+        METRICS_TOKEN
+        if {"metricsToken": []} in security
+        else s.key
+        if {"apiKey": []} in security
+        else None
+    )
     variants: list[dict[str, str]] = [{"Authorization": f"Bearer {secret}"} if secret else {}]
     if op.label == "GET /v1/runners/{runner_id}/runs/{run_id}/logs":
-        variants = [{**variants[0], "Accept": accept}
-                    for accept in ("text/plain", "application/json", "text/event-stream")]
+        variants = [
+            {**variants[0], "Accept": accept}
+            for accept in ("text/plain", "application/json", "text/event-stream")
+        ]
     elif op.label == "GET /metrics":
         variants.append({})
     for sent in variants:
         findings.requests += 1
-        shown = ", ".join(f"{k}: {'[key]' if k == 'Authorization' else v}"
-                          for k, v in sent.items()) or "no extra headers"
+        shown = (
+            ", ".join(f"{k}: {'[key]' if k == 'Authorization' else v}" for k, v in sent.items())
+            or "no extra headers"
+        )
         try:
             response = case.call(base_url=s.url, headers=sent, timeout=REQUEST_TIMEOUT)
         except (requests.exceptions.InvalidHeader, requests.exceptions.InvalidURL):
             continue  # the client refused to send it: nothing reached the daemon
         except requests.RequestException as e:
-            findings.add(("network", type(e).__name__),
-                         f"[{op.label}; {shown}] request failed: {e!r}\n"
-                         f"{case.as_curl_command(sent)}")
+            findings.add(
+                ("network", type(e).__name__),
+                f"[{op.label}; {shown}] request failed: {e!r}\n{case.as_curl_command(sent)}",
+            )
             continue
         status = response.status_code
         findings.statuses[status] = findings.statuses.get(status, 0) + 1
         if op.label == "POST /v1/runners/{runner_id}/runs" and status == 200:
             s.triggers += 1
         checks = list(CHECKS)
-        if (op.label == "POST /v1/runners/{runner_id}/runs/{run_id}/cancel" and status == 503
-                and "Retry" in response.text):
+        if (
+            op.label == "POST /v1/runners/{runner_id}/runs/{run_id}/cancel"
+            and status == 503
+            and "Retry" in response.text
+        ):
             # Documented: the run was between the store and the engine; retry.
             checks.remove(not_a_server_error)
         try:
             case.validate_response(response, checks=checks, headers=sent)
         except FailureGroup as group:
             for failure in group.exceptions:
-                findings.add((type(failure).__name__, str(status), failure.title, shown),
-                             f"[{op.label}; {shown}] {group}")
+                findings.add(
+                    (type(failure).__name__, str(status), failure.title, shown),
+                    f"[{op.label}; {shown}] {group}",
+                )
 
 
 def operation_labels() -> list[str]:
     not_fuzzed = {"/v1/runners/{runner_id}/warm"}  # see fuzzing_document
-    return [f"{m} {p}" for m, p in sorted(documented_operations(openapi.document()),
-                                          key=lambda mp: (mp[1], mp[0])) if p not in not_fuzzed]
+    return [
+        f"{m} {p}"
+        for m, p in sorted(documented_operations(openapi.document()), key=lambda mp: (mp[1], mp[0]))
+        if p not in not_fuzzed
+    ]
 
 
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("label", operation_labels())
 def test_schemathesis_finds_no_server_error_and_no_response_off_the_document(
-        label: str, start_daemon: Callable[..., Daemon]) -> None:
+    label: str, start_daemon: Callable[..., Daemon]
+) -> None:
     method, path = label.split(" ", 1)
     if (method, path) not in app_routes():
         pytest.skip(f"{label} is not routed yet (the route test says so too)")
@@ -364,19 +425,30 @@ def test_schemathesis_finds_no_server_error_and_no_response_off_the_document(
     #    fields, other methods, malformed content types. Deterministic.
     generation = schema.config.generation_for(operation=op, phase="coverage")
     for case in schema.iter_coverage_cases(
-            op, generation_modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
-            generation_config=generation):
+        op,
+        generation_modes=[GenerationMode.POSITIVE, GenerationMode.NEGATIVE],
+        generation_config=generation,
+    ):
         exercise(case, s, findings)
 
     # 2. Hypothesis-generated cases, valid and invalid, derandomized.
-    examples = (MAX_TRIGGER_EXAMPLES if label == "POST /v1/runners/{runner_id}/runs"
-                else MAX_EXAMPLES)
+    examples = (
+        MAX_TRIGGER_EXAMPLES if label == "POST /v1/runners/{runner_id}/runs" else MAX_EXAMPLES
+    )
 
-    @hypothesis.settings(max_examples=examples, derandomize=True, database=None, deadline=None,
-                         phases=[Phase.explicit, Phase.generate],
-                         suppress_health_check=list(HealthCheck))
-    @hypothesis.given(case=st.one_of(op.as_strategy(GenerationMode.POSITIVE),
-                                     op.as_strategy(GenerationMode.NEGATIVE)))
+    @hypothesis.settings(
+        max_examples=examples,
+        derandomize=True,
+        database=None,
+        deadline=None,
+        phases=[Phase.explicit, Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @hypothesis.given(
+        case=st.one_of(
+            op.as_strategy(GenerationMode.POSITIVE), op.as_strategy(GenerationMode.NEGATIVE)
+        )
+    )
     def fuzz(case: schemathesis.Case) -> None:
         exercise(case, s, findings)
 
@@ -384,12 +456,14 @@ def test_schemathesis_finds_no_server_error_and_no_response_off_the_document(
 
     # No request made the daemon pull an image: every run it made used the test image.
     for runner_id in s.runners:
-        response = s.session.get(f"{s.url}/v1/runners/{runner_id}/runs?limit=1000",
-                                 timeout=REQUEST_TIMEOUT)
+        response = s.session.get(
+            f"{s.url}/v1/runners/{runner_id}/runs?limit=1000", timeout=REQUEST_TIMEOUT
+        )
         if response.status_code == 200:
             reasons = {r["failure_reason"] for r in response.json()["runs"]}
             assert "image_pull_failed" not in reasons, response.text
     assert s.triggers <= MAX_TRIGGERS
-    print(f"{label}: {findings.requests} requests, "
-          f"statuses {dict(sorted(findings.statuses.items()))}")
+    print(
+        f"{label}: {findings.requests} requests, statuses {dict(sorted(findings.statuses.items()))}"
+    )
     assert not findings.distinct, findings.report()

@@ -14,13 +14,13 @@ import shutil
 import socket
 import sqlite3
 import tempfile
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
 from conftest import Api, Daemon, wait_until, write_config
+from prometheus_client.parser import text_string_to_metric_families
 from webhook_receiver import Receiver, receiver  # noqa: F401 (fixture)
 
 SECRET = "0123456789abcdef-secret"
@@ -53,8 +53,9 @@ def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     return out
 
 
-def value(parsed: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
-          **labels: str) -> float:
+def value(
+    parsed: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
     """A sample's value; 0 when it is not there yet (a labelled counter not yet used)."""
     return parsed.get((name, frozenset(labels.items())), 0.0)
 
@@ -77,22 +78,27 @@ async def run_ids(api: Api, runner_id: str) -> list[str]:
 # -- metrics -------------------------------------------------------------------------
 
 
-async def test_metrics_is_prometheus_text_format_0_0_4_served_without_a_key(
-        api: Api) -> None:
+async def test_metrics_is_prometheus_text_format_0_0_4_served_without_a_key(api: Api) -> None:
     async with api.session.get(api.url + "/metrics") as resp:  # no API key
         assert resp.status == 200, await resp.text()
         content_type = resp.headers["Content-Type"]
         text = await resp.text()
     names = {f.name for f in text_string_to_metric_families(text)}
-    assert {"runnerd_runs_completed", "runnerd_runs", "runnerd_run_duration_seconds",
-            "runnerd_run_queue_wait_seconds", "runnerd_http_requests"} <= names, names
+    assert {
+        "runnerd_runs_completed",
+        "runnerd_runs",
+        "runnerd_run_duration_seconds",
+        "runnerd_run_queue_wait_seconds",
+        "runnerd_http_requests",
+    } <= names, names
     # The classic text exposition format, which is what the body is (and what
     # prometheus_client itself serves to a scraper that does not negotiate).
     assert content_type.startswith("text/plain; version=0.0.4"), content_type
 
 
 async def test_metrics_count_runs_by_outcome_queue_durations_and_http_routes(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
+) -> None:
     daemon = start_daemon(max_concurrent_runs=1)
     api = api_for(http, daemon)
     blocker = await api.create_runner(run_command="sleep 60")
@@ -119,18 +125,32 @@ async def test_metrics_count_runs_by_outcome_queue_durations_and_http_routes(
         return value(after, name, **labels) - value(before, name, **labels)
 
     assert delta("runnerd_runs_completed_total", status="succeeded", failure_reason="") == 1
-    assert delta("runnerd_runs_completed_total", status="failed",
-                 failure_reason="nonzero_exit") == 1
+    assert (
+        delta("runnerd_runs_completed_total", status="failed", failure_reason="nonzero_exit") == 1
+    )
     assert delta("runnerd_runs_completed_total", status="failed", failure_reason="canceled") == 1
     assert delta("runnerd_run_duration_seconds_count") == 3
     assert delta("runnerd_run_queue_wait_seconds_count") == 3
     assert value(after, "runnerd_runs", status="pending") == 0
     assert value(after, "runnerd_runs", status="running") == 0
     # Requests are counted by route pattern, never by the raw ids in the path.
-    assert delta("runnerd_http_requests_total", method="POST",
-                 route="/v1/runners/{runner_id}/runs", status="200") == 3
-    assert delta("runnerd_http_request_duration_seconds_count", method="POST",
-                 route="/v1/runners/{runner_id}/runs") == 3
+    assert (
+        delta(
+            "runnerd_http_requests_total",
+            method="POST",
+            route="/v1/runners/{runner_id}/runs",
+            status="200",
+        )
+        == 3
+    )
+    assert (
+        delta(
+            "runnerd_http_request_duration_seconds_count",
+            method="POST",
+            route="/v1/runners/{runner_id}/runs",
+        )
+        == 3
+    )
     for (name, labels), _ in after.items():
         if name.startswith("runnerd_http_"):
             route = dict(labels).get("route", "")
@@ -143,18 +163,24 @@ async def test_metrics_count_a_failed_image_pull_and_the_engine_error(api: Api) 
     run = await run_to_end(api, runner["id"])
     assert (run["status"], run["failure_reason"]) == ("failed", "image_pull_failed"), run
     after = samples(await metrics_text(api))
-    assert value(after, "runnerd_image_pulls_total", result="error") > \
-        value(before, "runnerd_image_pulls_total", result="error")
-    assert value(after, "runnerd_docker_api_errors_total", operation="pull") > \
-        value(before, "runnerd_docker_api_errors_total", operation="pull")
+    assert value(after, "runnerd_image_pulls_total", result="error") > value(
+        before, "runnerd_image_pulls_total", result="error"
+    )
+    assert value(after, "runnerd_docker_api_errors_total", operation="pull") > value(
+        before, "runnerd_docker_api_errors_total", operation="pull"
+    )
 
 
 async def test_metrics_token_is_required_when_configured(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
+) -> None:
     daemon = start_daemon(f'[server]\nlisten = "127.0.0.1:0"\nmetrics_token = "{METRICS_TOKEN}"\n')
     api = api_for(http, daemon)
-    for headers in ({}, {"Authorization": "Bearer wrong-token"},
-                    {"Authorization": f"Bearer {daemon.key}"}):
+    for headers in (
+        {},
+        {"Authorization": "Bearer wrong-token"},
+        {"Authorization": f"Bearer {daemon.key}"},
+    ):
         async with http.get(daemon.url + "/metrics", headers=headers) as resp:
             assert resp.status == 401, (headers, await resp.text())
     text = await metrics_text(api, METRICS_TOKEN)
@@ -164,8 +190,7 @@ async def test_metrics_token_is_required_when_configured(
 # -- health ------------------------------------------------------------------------
 
 
-async def test_healthz_reports_engine_version_and_queue_depth(
-        api: Api, docker_engine: str) -> None:
+async def test_healthz_reports_engine_version_and_queue_depth(api: Api, docker_engine: str) -> None:
     status, body = await api.get("/healthz", key="")
     assert status == 200, body
     assert body["status"] == "ok"
@@ -183,7 +208,8 @@ async def test_healthz_reports_engine_version_and_queue_depth(
 
 
 async def test_retention_keeps_only_the_newest_completed_runs_and_deletes_the_rest_with_logs(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
+) -> None:
     daemon = start_daemon("[retention]\nmax_runs_per_runner = 2\nsweep_interval_seconds = 1\n")
     api = api_for(http, daemon)
     runner = await api.create_runner(run_command="echo kept-or-not")
@@ -196,6 +222,7 @@ async def test_retention_keeps_only_the_newest_completed_runs_and_deletes_the_re
 
     async def swept() -> bool:
         return await run_ids(api, runner["id"]) == newest_two
+
     await wait_until(swept, timeout=15, what="the sweep to keep only the newest 2 runs")
     for run_id in ids[:3]:
         assert not log_file(daemon, run_id).exists(), run_id
@@ -207,14 +234,16 @@ async def test_retention_keeps_only_the_newest_completed_runs_and_deletes_the_re
 
 
 async def test_retention_never_deletes_or_counts_pending_and_running_runs(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
+) -> None:
     daemon = start_daemon("[retention]\nmax_runs_per_runner = 2\nsweep_interval_seconds = 1\n")
     api = api_for(http, daemon)
     long_env = {"env_variables": [{"env_key": "LONG", "env_val": "1"}]}
     # Runner A: at most 2 runs at a time, so a third long one waits, pending.
     a = await api.create_runner(
         run_command='if [ "$LONG" = 1 ]; then echo long; sleep 60; else echo quick; fi',
-        max_concurrent_runs=2)
+        max_concurrent_runs=2,
+    )
     long1 = await api.trigger(a["id"], long_env)
     await api.wait_status(a["id"], long1["id"], "running")
     quick = [(await run_to_end(api, a["id"]))["id"] for _ in range(2)]
@@ -230,19 +259,26 @@ async def test_retention_never_deletes_or_counts_pending_and_running_runs(
 
     async def swept() -> bool:
         return b_runs[0] not in await run_ids(api, b["id"])
+
     await wait_until(swept, timeout=15, what="the sweep to delete runner B's oldest run")
     assert not log_file(daemon, b_runs[0]).exists()
     # Runner A keeps all: its running and pending runs are neither deleted nor
     # counted against its 2 completed runs.
-    assert await run_ids(api, a["id"]) == [waiting["id"], long2["id"], quick[1], quick[0],
-                                           long1["id"]]
+    assert await run_ids(api, a["id"]) == [
+        waiting["id"],
+        long2["id"],
+        quick[1],
+        quick[0],
+        long1["id"],
+    ]
     assert (await api.run(a["id"], long1["id"]))["status"] == "running"
     assert (await api.run(a["id"], waiting["id"]))["status"] == "pending"
     assert all(log_file(daemon, i).exists() for i in (long1["id"], long2["id"], *quick))
 
 
 async def test_retention_max_age_applies_retroactively_after_a_restart(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
+) -> None:
     daemon = start_daemon()  # no retention yet
     api = api_for(http, daemon)
     runner = await api.create_runner(run_command="echo aging")
@@ -253,27 +289,36 @@ async def test_retention_max_age_applies_retroactively_after_a_restart(
     # Two runs completed two days ago (as if the daemon had run that long).
     old = ids[:2]
     with sqlite3.connect(daemon.data_dir / "runnerd.db") as db:
-        db.executemany("UPDATE runs SET created_at = created_at - ?, started_at = started_at - ?,"
-                       " completed_at = completed_at - ? WHERE id = ?",
-                       [(2 * DAY_MS, 2 * DAY_MS, 2 * DAY_MS, i) for i in old])
+        db.executemany(
+            "UPDATE runs SET created_at = created_at - ?, started_at = started_at - ?,"
+            " completed_at = completed_at - ? WHERE id = ?",
+            [(2 * DAY_MS, 2 * DAY_MS, 2 * DAY_MS, i) for i in old],
+        )
     db.close()
-    write_config(daemon.config_path, daemon.data_dir,
-                 "[retention]\nmax_age_days = 1\nsweep_interval_seconds = 1\n")
+    write_config(
+        daemon.config_path,
+        daemon.data_dir,
+        "[retention]\nmax_age_days = 1\nsweep_interval_seconds = 1\n",
+    )
     daemon.start()
     api = api_for(http, daemon)
 
     async def swept() -> bool:
         return await run_ids(api, runner["id"]) == [ids[2]]
+
     await wait_until(swept, timeout=15, what="the runs older than max_age_days to be deleted")
     assert not any(log_file(daemon, i).exists() for i in old)
     assert log_file(daemon, ids[2]).exists()
+
     async def logged() -> bool:  # the sweep logs once its last (empty) batch is read
         return "retention: deleted 2 completed runs" in daemon.log_text()
+
     await wait_until(logged, timeout=15, what="the sweep's log line")
 
 
 async def test_deleting_a_runner_deletes_its_runs_and_their_log_files(
-        daemon: Daemon, api: Api) -> None:
+    daemon: Daemon, api: Api
+) -> None:
     runner = await api.create_runner(run_command="echo bye")
     other = await api.create_runner(run_command="echo stays")
     ids = [(await run_to_end(api, runner["id"]))["id"] for _ in range(2)]
@@ -286,8 +331,9 @@ async def test_deleting_a_runner_deletes_its_runs_and_their_log_files(
     status, _ = await api.get(f"/v1/runners/{runner['id']}/runs")
     assert status == 404
     with sqlite3.connect(daemon.data_dir / "runnerd.db") as db:
-        left = db.execute(f"SELECT count(*) FROM runs WHERE id IN ({','.join('?' * len(ids))})",
-                          ids).fetchone()[0]
+        left = db.execute(
+            f"SELECT count(*) FROM runs WHERE id IN ({','.join('?' * len(ids))})", ids
+        ).fetchone()[0]
     db.close()
     assert left == 0
     assert log_file(daemon, other_run).exists()
@@ -297,23 +343,24 @@ async def test_deleting_a_runner_deletes_its_runs_and_their_log_files(
 # -- webhooks ------------------------------------------------------------------------
 
 
-
 def assert_signed(body: bytes, headers: dict[str, str]) -> None:
     expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
     assert hmac.compare_digest(headers.get("X-Runnerd-Signature", ""), expected), headers
 
 
-async def wait_webhook(api: Api, runner_id: str, run_id: str, status: str,
-                       timeout: float = 30) -> dict[str, Any]:
+async def wait_webhook(
+    api: Api, runner_id: str, run_id: str, status: str, timeout: float = 30
+) -> dict[str, Any]:
     async def reached() -> dict[str, Any] | None:
         run = await api.run(runner_id, run_id)
         return run if run["webhook_status"] == status else None
+
     return await wait_until(reached, timeout=timeout, what=f"webhook_status {status}")
 
 
 async def test_webhook_posts_the_completed_run_signed_with_hmac_sha256(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession,
-        receiver: Receiver) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
     api = api_for(http, start_daemon(WEBHOOKS))
     runner = await api.create_runner(run_command="exit 4", webhook_url=receiver.url)
     assert runner["webhook_url"] == receiver.url
@@ -329,16 +376,20 @@ async def test_webhook_posts_the_completed_run_signed_with_hmac_sha256(
     assert payload["runner_id"] == runner["id"]
     sent = payload["run"]
     assert sent["id"] == run["id"]
-    assert (sent["status"], sent["exit_code"], sent["failure_reason"]) == \
-        ("failed", 4, "nonzero_exit")
+    assert (sent["status"], sent["exit_code"], sent["failure_reason"]) == (
+        "failed",
+        4,
+        "nonzero_exit",
+    )
     assert sent["completed_at"] == done["completed_at"]
 
 
 async def test_webhook_is_retried_after_a_500_with_the_same_signed_body(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession,
-        receiver: Receiver) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
     async def fail_first(n: int) -> int:
         return 500 if n == 1 else 200
+
     receiver.respond = fail_first
     api = api_for(http, start_daemon(WEBHOOKS))
     runner = await api.create_runner(run_command="echo hi", webhook_url=receiver.url)
@@ -354,10 +405,11 @@ async def test_webhook_is_retried_after_a_500_with_the_same_signed_body(
 
 
 async def test_webhook_to_a_receiver_that_always_fails_ends_failed(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession,
-        receiver: Receiver) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
     async def always_500(n: int) -> int:
         return 500
+
     receiver.respond = always_500
     api = api_for(http, start_daemon(WEBHOOKS + "max_retry_seconds = 2\n"))
     runner = await api.create_runner(run_command="echo hi", webhook_url=receiver.url)
@@ -367,8 +419,8 @@ async def test_webhook_to_a_receiver_that_always_fails_ends_failed(
 
 
 async def test_run_of_a_runner_without_webhook_url_has_webhook_status_null(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession,
-        receiver: Receiver) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
     api = api_for(http, start_daemon(WEBHOOKS))
     runner = await api.create_runner(run_command="echo hi")
     assert runner["webhook_url"] is None
@@ -378,18 +430,26 @@ async def test_run_of_a_runner_without_webhook_url_has_webhook_status_null(
 
 
 async def test_webhook_url_needs_a_secret_and_an_http_url(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
+) -> None:
     plain = api_for(http, start_daemon())
-    status, body = await plain.post("/v1/runners", {
-        "name": "hooked", "image_name": "runnerd-test/busybox",
-        "webhook_url": "http://127.0.0.1:9/hook"})
+    status, body = await plain.post(
+        "/v1/runners",
+        {
+            "name": "hooked",
+            "image_name": "runnerd-test/busybox",
+            "webhook_url": "http://127.0.0.1:9/hook",
+        },
+    )
     assert status == 400, body
     assert any("webhook_url" in e for e in body["errors"]), body
 
     signed = api_for(http, start_daemon(WEBHOOKS))
     for url in ("ftp://x", "x", "http://"):
-        status, body = await signed.post("/v1/runners", {
-            "name": "hooked", "image_name": "runnerd-test/busybox", "webhook_url": url})
+        status, body = await signed.post(
+            "/v1/runners",
+            {"name": "hooked", "image_name": "runnerd-test/busybox", "webhook_url": url},
+        )
         assert status == 400, (url, body)
         assert any("webhook_url" in e for e in body["errors"]), body
     status, body = await signed.get("/v1/runners")
@@ -397,20 +457,21 @@ async def test_webhook_url_needs_a_secret_and_an_http_url(
 
 
 async def test_stalled_webhook_receiver_does_not_delay_the_scheduler(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession,
-        receiver: Receiver) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
     async def stall(n: int) -> int:
         await asyncio.sleep(30)
         return 200
+
     receiver.respond = stall
-    api = api_for(http, start_daemon(WEBHOOKS + "timeout_seconds = 20\n",
-                                     max_concurrent_runs=1))
+    api = api_for(http, start_daemon(WEBHOOKS + "timeout_seconds = 20\n", max_concurrent_runs=1))
     runner = await api.create_runner(run_command="echo hi", webhook_url=receiver.url)
     first = await run_to_end(api, runner["id"])
     assert first["status"] == "succeeded"
 
     async def stalled() -> bool:
         return len(receiver.requests) >= 1
+
     await wait_until(stalled, timeout=10, what="the receiver to get the first delivery")
     # While that delivery hangs, runs keep starting and completing, well inside
     # the 20 s the delivery may take.
@@ -444,8 +505,11 @@ async def next_datagram(sock: socket.socket, timeout: float) -> dict[str, str]:
 
 
 async def test_systemd_gets_ready_watchdog_pings_and_stopping(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession,
-        notify_socket: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    start_daemon: Callable[..., Daemon],
+    http: aiohttp.ClientSession,
+    notify_socket: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     path, sock = notify_socket
     monkeypatch.setenv("NOTIFY_SOCKET", path)
     monkeypatch.setenv("WATCHDOG_USEC", "1000000")

@@ -20,16 +20,17 @@ import sqlite3
 import stat
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import aiohttp
 import aiohttp.web
 import pytest
-from cryptography.fernet import Fernet
-
 from conftest import Api, Daemon, docker_cli, wait_until
+from cryptography.fernet import Fernet
 from registry import REPOSITORY, TAG, Registry
+
 from runnerd import images
 
 TIME_FORMAT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}(?:Z|[+-]\d\d:\d\d)\Z")
@@ -59,8 +60,9 @@ class RecordingApi(Api):
 
     async def request(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
         status, body = await super().request(method, path, **kwargs)
-        self.bodies.append(body.decode("utf-8", "replace") if isinstance(body, bytes)
-                           else json.dumps(body))
+        self.bodies.append(
+            body.decode("utf-8", "replace") if isinstance(body, bytes) else json.dumps(body)
+        )
         return status, body
 
     def assert_never_said(self, *secrets_: str) -> None:
@@ -74,10 +76,15 @@ def rapi(http: aiohttp.ClientSession, daemon: Daemon) -> RecordingApi:
     return RecordingApi(http, daemon.url, daemon.key)
 
 
-async def make_registry(api: Api, reg: Registry, *, password: str | None = None,
-                        host: str | None = None) -> dict[str, Any]:
-    body = {"name": f"reg-{secrets.token_hex(4)}", "host": host or reg.host,
-            "username": reg.username, "password": password or reg.password}
+async def make_registry(
+    api: Api, reg: Registry, *, password: str | None = None, host: str | None = None
+) -> dict[str, Any]:
+    body = {
+        "name": f"reg-{secrets.token_hex(4)}",
+        "host": host or reg.host,
+        "username": reg.username,
+        "password": password or reg.password,
+    }
     status, data = await api.post("/v1/container_registries", body)
     assert status == 200, data
     cr = data["container_registry"]
@@ -86,15 +93,19 @@ async def make_registry(api: Api, reg: Registry, *, password: str | None = None,
 
 
 async def private_runner(api: Api, cr: dict[str, Any] | None, **fields: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {"image_name": REPOSITORY, "image_tag": TAG,
-                            "run_command": "echo hello from the private image"}
+    body: dict[str, Any] = {
+        "image_name": REPOSITORY,
+        "image_tag": TAG,
+        "run_command": "echo hello from the private image",
+    }
     if cr is not None:
         body["container_registry_id"] = cr["id"]
     return await api.create_runner(**{**body, **fields})
 
 
-async def run_once(api: Api, runner: dict[str, Any], body: Any = None,
-                   timeout: float = 60) -> dict[str, Any]:
+async def run_once(
+    api: Api, runner: dict[str, Any], body: Any = None, timeout: float = 60
+) -> dict[str, Any]:
     run = await api.trigger(runner["id"], body)
     return await api.wait_done(runner["id"], run["id"], timeout=timeout)
 
@@ -106,7 +117,8 @@ async def image_pulls(api: Api) -> dict[str, float]:
     text = body.decode() if isinstance(body, bytes) else str(body)
     counts = {"ok": 0.0, "error": 0.0}
     for result, value in re.findall(
-            r'^runnerd_image_pulls_total\{result="(\w+)"\} (\S+)$', text, re.M):
+        r'^runnerd_image_pulls_total\{result="(\w+)"\} (\S+)$', text, re.M
+    ):
         counts[result] = float(value)
     return counts
 
@@ -115,14 +127,18 @@ async def manifest_requests(reg: Registry, since: int, at_least: int = 1) -> lis
     """The registry's manifest requests since `since`, once at least `at_least` are
     logged (it writes a request's line as it completes, maybe just after the
     engine already has its answer)."""
+
     async def logged() -> list[Any] | None:
         found = reg.manifest_requests(since)
         return found if len(found) >= at_least else None
+
     try:
         return await wait_until(logged, timeout=5, what="the registry's log")
     except AssertionError:
-        raise AssertionError(f"expected {at_least} manifest request(s) since the mark, "
-                             f"the registry logged: {reg.requests(since)}") from None
+        raise AssertionError(
+            f"expected {at_least} manifest request(s) since the mark, "
+            f"the registry logged: {reg.requests(since)}"
+        ) from None
 
 
 def raw_files(data_dir: Path) -> dict[Path, bytes]:
@@ -140,39 +156,49 @@ def serve_expecting_failure(daemon: Daemon) -> subprocess.CompletedProcess[str]:
     """`runnerd serve` with the daemon's config, which must refuse to start."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "runnerd", "serve", "--config", str(daemon.config_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         out, err = proc.communicate(timeout=SERVE_DEADLINE)
     except subprocess.TimeoutExpired:
         proc.terminate()
         out, err = proc.communicate(timeout=10)
-        raise AssertionError(f"runnerd started although it should not have:\n{err[-2000:]}")
+        raise AssertionError(
+            f"runnerd started although it should not have:\n{err[-2000:]}"
+        ) from None
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 # -- image references ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, host", [
-    ("busybox", "docker.io"),
-    ("library/busybox", "docker.io"),
-    ("team/job", "docker.io"),
-    ("team/sub/job", "docker.io"),
-    ("registry.example.com/team/job", "registry.example.com"),
-    ("registry.example.com:5000/team/job", "registry.example.com:5000"),
-    ("127.0.0.1:5000/team/job", "127.0.0.1:5000"),
-    ("localhost/job", "localhost"),
-    ("localhost:5000/job", "localhost:5000"),
-    ("ghcr.io/owner/job", "ghcr.io"),
-])
+@pytest.mark.parametrize(
+    "name, host",
+    [
+        ("busybox", "docker.io"),
+        ("library/busybox", "docker.io"),
+        ("team/job", "docker.io"),
+        ("team/sub/job", "docker.io"),
+        ("registry.example.com/team/job", "registry.example.com"),
+        ("registry.example.com:5000/team/job", "registry.example.com:5000"),
+        ("127.0.0.1:5000/team/job", "127.0.0.1:5000"),
+        ("localhost/job", "localhost"),
+        ("localhost:5000/job", "localhost:5000"),
+        ("ghcr.io/owner/job", "ghcr.io"),
+    ],
+)
 def test_registry_host_is_parsed_from_the_image_name_like_docker(name: str, host: str) -> None:
     assert images.registry_host(name) == host
 
 
 def test_reference_puts_a_hostless_name_under_the_registry_and_never_doubles_the_host() -> None:
     assert images.reference("team/job", "v1", "127.0.0.1:5000") == "127.0.0.1:5000/team/job:v1"
-    assert images.reference("127.0.0.1:5000/team/job", "v1", "127.0.0.1:5000") == \
-        "127.0.0.1:5000/team/job:v1"
+    assert (
+        images.reference("127.0.0.1:5000/team/job", "v1", "127.0.0.1:5000")
+        == "127.0.0.1:5000/team/job:v1"
+    )
     assert images.reference("team/job", "v1") == "team/job:v1"
     assert images.reference("ghcr.io/o/job", "2", None) == "ghcr.io/o/job:2"
 
@@ -182,14 +208,21 @@ def test_reference_puts_a_hostless_name_under_the_registry_and_never_doubles_the
 
 async def test_registry_crud_never_returns_the_password(rapi: RecordingApi) -> None:
     password = "crud-pw-" + secrets.token_hex(12)
-    body = {"name": "private", "host": "registry.example.com:5000", "username": "bot",
-            "password": password}
+    body = {
+        "name": "private",
+        "host": "registry.example.com:5000",
+        "username": "bot",
+        "password": password,
+    }
     status, data = await rapi.post("/v1/container_registries", body)
     assert status == 200, data
     cr = data["container_registry"]
     assert set(cr) == REGISTRY_KEYS
-    assert (cr["name"], cr["host"], cr["username"]) == \
-        ("private", "registry.example.com:5000", "bot")
+    assert (cr["name"], cr["host"], cr["username"]) == (
+        "private",
+        "registry.example.com:5000",
+        "bot",
+    )
     assert TIME_FORMAT.match(cr["created_at"]), cr
 
     status, data = await rapi.get("/v1/container_registries")
@@ -198,8 +231,9 @@ async def test_registry_crud_never_returns_the_password(rapi: RecordingApi) -> N
     assert status == 200 and data == {"container_registry": cr}, data
 
     new_password = "crud-pw2-" + secrets.token_hex(12)
-    status, data = await rapi.patch(f"/v1/container_registries/{cr['id']}",
-                                    {"host": "ghcr.io", "password": new_password})
+    status, data = await rapi.patch(
+        f"/v1/container_registries/{cr['id']}", {"host": "ghcr.io", "password": new_password}
+    )
     assert status == 200, data
     patched = data["container_registry"]
     assert set(patched) == REGISTRY_KEYS
@@ -213,8 +247,7 @@ async def test_registry_crud_never_returns_the_password(rapi: RecordingApi) -> N
     status, _ = await rapi.get(f"/v1/container_registries/{cr['id']}")
     assert status == 200
 
-    status, data = await rapi.patch(f"/v1/runners/{runner['id']}",
-                                    {"container_registry_id": None})
+    status, data = await rapi.patch(f"/v1/runners/{runner['id']}", {"container_registry_id": None})
     assert status == 200 and data["runner"]["container_registry_id"] is None, data
     status, data = await rapi.delete(f"/v1/container_registries/{cr['id']}")
     assert status == 200 and data == {"deleted": True}, data
@@ -227,8 +260,12 @@ async def test_registry_crud_never_returns_the_password(rapi: RecordingApi) -> N
 
 
 async def test_registry_validation_names_the_field(rapi: RecordingApi) -> None:
-    good = {"name": "valid-reg", "host": "registry.example.com", "username": "u",
-            "password": "validation-pw-" + secrets.token_hex(8)}
+    good = {
+        "name": "valid-reg",
+        "host": "registry.example.com",
+        "username": "u",
+        "password": "validation-pw-" + secrets.token_hex(8),
+    }
 
     async def errors_of(method: str, path: str, body: Any) -> str:
         status, data = await rapi.request(method, path, json_body=body)
@@ -237,38 +274,52 @@ async def test_registry_validation_names_the_field(rapi: RecordingApi) -> None:
 
     no_password = {k: v for k, v in good.items() if k != "password"}
     assert "password" in await errors_of("POST", "/v1/container_registries", no_password)
-    for host in ("http://x", "a/b", "https://registry.example.com", "reg.example.com/team",
-                 "", "has space"):
-        assert "host" in await errors_of("POST", "/v1/container_registries",
-                                         {**good, "host": host}), host
+    for host in (
+        "http://x",
+        "a/b",
+        "https://registry.example.com",
+        "reg.example.com/team",
+        "",
+        "has space",
+    ):
+        assert "host" in await errors_of(
+            "POST", "/v1/container_registries", {**good, "host": host}
+        ), host
     assert "name" in await errors_of("POST", "/v1/container_registries", {**good, "name": ""})
-    assert "password" in await errors_of("POST", "/v1/container_registries",
-                                         {**good, "password": ""})
-    assert "username" in await errors_of("POST", "/v1/container_registries",
-                                         {**good, "username": 5})
+    assert "password" in await errors_of(
+        "POST", "/v1/container_registries", {**good, "password": ""}
+    )
+    assert "username" in await errors_of(
+        "POST", "/v1/container_registries", {**good, "username": 5}
+    )
 
     status, data = await rapi.post("/v1/container_registries", good)
     assert status == 200, data
     cr = data["container_registry"]
     assert "name" in await errors_of("POST", "/v1/container_registries", good)  # taken
-    assert "host" in await errors_of("PATCH", f"/v1/container_registries/{cr['id']}",
-                                     {"host": "http://x"})
+    assert "host" in await errors_of(
+        "PATCH", f"/v1/container_registries/{cr['id']}", {"host": "http://x"}
+    )
     await errors_of("PATCH", f"/v1/container_registries/{cr['id']}", {})
 
     unknown = "00000000-0000-4000-8000-000000000000"
     for method, body in (("GET", None), ("PATCH", {"name": "other"}), ("DELETE", None)):
-        status, data = await rapi.request(method, f"/v1/container_registries/{unknown}",
-                                          json_body=body)
+        status, data = await rapi.request(
+            method, f"/v1/container_registries/{unknown}", json_body=body
+        )
         assert status == 404, (method, data)
     status, _ = await rapi.post(f"/v1/runners/{unknown}/warm")
     assert status == 404
 
     # Runner fields that refer to registries and pull policies.
-    for fields, field in (({"container_registry_id": unknown}, "container_registry_id"),
-                          ({"container_registry_id": "nope"}, "container_registry_id"),
-                          ({"image_pull_policy": "sometimes"}, "image_pull_policy")):
-        status, data = await rapi.post("/v1/runners", {"name": f"r-{secrets.token_hex(3)}",
-                                                       "image_name": "team/job", **fields})
+    for fields, field in (
+        ({"container_registry_id": unknown}, "container_registry_id"),
+        ({"container_registry_id": "nope"}, "container_registry_id"),
+        ({"image_pull_policy": "sometimes"}, "image_pull_policy"),
+    ):
+        status, data = await rapi.post(
+            "/v1/runners", {"name": f"r-{secrets.token_hex(3)}", "image_name": "team/job", **fields}
+        )
         assert status == 400 and field in " ".join(data["errors"]), data
 
     rapi.assert_never_said(good["password"])
@@ -278,7 +329,8 @@ async def test_registry_validation_names_the_field(rapi: RecordingApi) -> None:
 
 
 async def test_private_image_is_pulled_with_the_registry_credentials(
-        rapi: RecordingApi, registry: Registry) -> None:
+    rapi: RecordingApi, registry: Registry
+) -> None:
     cr = await make_registry(rapi, registry)
     runner = await private_runner(rapi, cr)
     assert runner["image_pull_policy"] == "if_not_present"
@@ -291,14 +343,15 @@ async def test_private_image_is_pulled_with_the_registry_credentials(
     assert await rapi.logs(runner["id"], run["id"]) == b"hello from the private image\n"
     assert registry.has_local(registry.image_ref)  # pulled under the registry's host
     # The registry answers nobody without valid credentials: a 200 means they were sent.
-    assert [r.status for r in await manifest_requests(registry, mark)] == [200], \
-        registry.requests(mark)
+    assert [r.status for r in await manifest_requests(registry, mark)] == [200], registry.requests(
+        mark
+    )
     rapi.assert_never_said(registry.password)
 
 
 async def test_wrong_password_fails_the_run_with_what_the_registry_answered(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession,
-        registry: Registry) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession, registry: Registry
+) -> None:
     daemon = start_daemon()
     api = RecordingApi(http, daemon.url, daemon.key)
     wrong = "wrong-pw-" + secrets.token_hex(12)
@@ -312,24 +365,29 @@ async def test_wrong_password_fails_the_run_with_what_the_registry_answered(
     assert run["status"] == "failed" and run["failure_reason"] == "image_pull_failed", run
     assert run["exit_code"] is None
     assert registry.image_ref in run["error"], run["error"]
-    assert "unauthorized" in run["error"] and "authentication required" in run["error"], \
-        run["error"]
+    assert "unauthorized" in run["error"] and "authentication required" in run["error"], run[
+        "error"
+    ]
     assert wrong not in run["error"]
-    assert any(r.status == 401 for r in await manifest_requests(registry, mark)), \
-        registry.requests(mark)
+    assert any(r.status == 401 for r in await manifest_requests(registry, mark)), registry.requests(
+        mark
+    )
     assert not registry.has_local(registry.image_ref)
     api.assert_never_said(wrong)
     assert wrong not in daemon.log_text()
 
 
 async def test_unknown_image_fails_the_run_with_a_readable_error(
-        rapi: RecordingApi, registry: Registry) -> None:
+    rapi: RecordingApi, registry: Registry
+) -> None:
     cr = await make_registry(rapi, registry)
     missing_repo = await private_runner(rapi, cr, image_name="team/missing")
     missing_tag = await private_runner(rapi, cr, image_tag="no-such-tag")
 
-    for runner, ref in ((missing_repo, f"{registry.host}/team/missing:{TAG}"),
-                        (missing_tag, f"{registry.host}/{REPOSITORY}:no-such-tag")):
+    for runner, ref in (
+        (missing_repo, f"{registry.host}/team/missing:{TAG}"),
+        (missing_tag, f"{registry.host}/{REPOSITORY}:no-such-tag"),
+    ):
         run = await run_once(rapi, runner)
         assert run["status"] == "failed" and run["failure_reason"] == "image_pull_failed", run
         assert ref in run["error"], run["error"]
@@ -339,11 +397,13 @@ async def test_unknown_image_fails_the_run_with_a_readable_error(
 
 
 async def test_host_in_the_image_name_is_where_the_image_is_pulled_from(
-        rapi: RecordingApi, registry: Registry) -> None:
+    rapi: RecordingApi, registry: Registry
+) -> None:
     # No registry: the host comes from the name; the registry is asked, and
     # without credentials it refuses.
-    anonymous = await rapi.create_runner(image_name=f"{registry.host}/{REPOSITORY}",
-                                         image_tag=TAG, run_command="echo hi")
+    anonymous = await rapi.create_runner(
+        image_name=f"{registry.host}/{REPOSITORY}", image_tag=TAG, run_command="echo hi"
+    )
     registry.remove_local()
     mark = registry.mark()
     run = await run_once(rapi, anonymous)
@@ -353,6 +413,7 @@ async def test_host_in_the_image_name_is_where_the_image_is_pulled_from(
 
     async def contacted() -> bool:
         return bool(registry.requests(mark))
+
     await wait_until(contacted, timeout=5, what="a request to the registry named in image_name")
 
     # A registry whose host the name already carries: pulled from there, the
@@ -370,7 +431,8 @@ async def test_host_in_the_image_name_is_where_the_image_is_pulled_from(
 
 
 async def test_if_not_present_is_the_default_and_pulls_only_when_absent(
-        rapi: RecordingApi, registry: Registry) -> None:
+    rapi: RecordingApi, registry: Registry
+) -> None:
     cr = await make_registry(rapi, registry)
     runner = await private_runner(rapi, cr)
     assert runner["image_pull_policy"] == "if_not_present"
@@ -388,7 +450,8 @@ async def test_if_not_present_is_the_default_and_pulls_only_when_absent(
 
 
 async def test_an_image_removed_between_runs_is_pulled_again_by_the_next_run(
-        rapi: RecordingApi, registry: Registry) -> None:
+    rapi: RecordingApi, registry: Registry
+) -> None:
     # runnerd remembers which images the engine has instead of asking before every
     # run; an image removed behind its back must still be pulled, not fail the run.
     cr = await make_registry(rapi, registry)
@@ -406,7 +469,8 @@ async def test_an_image_removed_between_runs_is_pulled_again_by_the_next_run(
 
 
 async def test_never_fails_the_run_cleanly_when_the_image_was_removed_after_a_run(
-        rapi: RecordingApi, registry: Registry) -> None:
+    rapi: RecordingApi, registry: Registry
+) -> None:
     cr = await make_registry(rapi, registry)
     runner = await private_runner(rapi, cr, image_pull_policy="never")
     status, data = await rapi.post(f"/v1/runners/{runner['id']}/warm")
@@ -423,7 +487,8 @@ async def test_never_fails_the_run_cleanly_when_the_image_was_removed_after_a_ru
 
 
 async def test_always_pulls_again_although_the_image_is_present(
-        rapi: RecordingApi, registry: Registry) -> None:
+    rapi: RecordingApi, registry: Registry
+) -> None:
     cr = await make_registry(rapi, registry)
     runner = await private_runner(rapi, cr, image_pull_policy="always")
     assert runner["image_pull_policy"] == "always"
@@ -442,7 +507,8 @@ async def test_always_pulls_again_although_the_image_is_present(
 
 
 async def test_never_with_the_image_absent_fails_without_contacting_the_registry(
-        rapi: RecordingApi, registry: Registry) -> None:
+    rapi: RecordingApi, registry: Registry
+) -> None:
     cr = await make_registry(rapi, registry)
     runner = await private_runner(rapi, cr, image_pull_policy="never")
     registry.remove_local()
@@ -470,7 +536,8 @@ async def test_never_with_the_image_absent_fails_without_contacting_the_registry
 
 
 async def test_warm_pulls_the_image_and_sets_warmed_at(
-        rapi: RecordingApi, registry: Registry) -> None:
+    rapi: RecordingApi, registry: Registry
+) -> None:
     cr = await make_registry(rapi, registry)
     runner = await private_runner(rapi, cr)
     assert runner["warmed_at"] is None
@@ -493,7 +560,8 @@ async def test_warm_pulls_the_image_and_sets_warmed_at(
 
 
 async def test_warm_with_a_wrong_password_answers_400_with_the_pull_error(
-        rapi: RecordingApi, registry: Registry) -> None:
+    rapi: RecordingApi, registry: Registry
+) -> None:
     wrong = "wrong-warm-pw-" + secrets.token_hex(12)
     cr = await make_registry(rapi, registry, password=wrong)
     runner = await private_runner(rapi, cr)
@@ -508,8 +576,9 @@ async def test_warm_with_a_wrong_password_answers_400_with_the_pull_error(
     assert status == 200 and data["runner"]["warmed_at"] is None, data
 
     # The right password, set by PATCH, is the one the next pull uses.
-    status, data = await rapi.patch(f"/v1/container_registries/{cr['id']}",
-                                    {"password": registry.password})
+    status, data = await rapi.patch(
+        f"/v1/container_registries/{cr['id']}", {"password": registry.password}
+    )
     assert status == 200, data
     status, data = await rapi.post(f"/v1/runners/{runner['id']}/warm")
     assert status == 200 and data["runner"]["warmed_at"] is not None, data
@@ -521,8 +590,8 @@ async def test_warm_with_a_wrong_password_answers_400_with_the_pull_error(
 
 
 async def test_ten_concurrent_runs_of_an_absent_image_make_one_pull(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession,
-        registry: Registry) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession, registry: Registry
+) -> None:
     daemon = start_daemon(max_concurrent_runs=10)
     api = RecordingApi(http, daemon.url, daemon.key)
     cr = await make_registry(api, registry)
@@ -532,8 +601,7 @@ async def test_ten_concurrent_runs_of_an_absent_image_make_one_pull(
     mark = registry.mark()
 
     runs = await asyncio.gather(*(api.trigger(runner["id"]) for _ in range(10)))
-    done = await asyncio.gather(*(api.wait_done(runner["id"], r["id"], timeout=90)
-                                  for r in runs))
+    done = await asyncio.gather(*(api.wait_done(runner["id"], r["id"], timeout=90) for r in runs))
 
     assert [r["status"] for r in done] == ["succeeded"] * 10, done
     after = await image_pulls(api)
@@ -545,18 +613,25 @@ async def test_ten_concurrent_runs_of_an_absent_image_make_one_pull(
 
 
 async def test_secrets_are_encrypted_at_rest_and_the_key_file_is_required(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession,
-        registry: Registry, tmp_path: Path) -> None:
+    start_daemon: Callable[..., Daemon],
+    http: aiohttp.ClientSession,
+    registry: Registry,
+    tmp_path: Path,
+) -> None:
     daemon = start_daemon()
     api = RecordingApi(http, daemon.url, daemon.key)
     env_value = "envval-" + secrets.token_hex(16)
     run_value = "runval-" + secrets.token_hex(16)
     cr = await make_registry(api, registry)
     runner = await private_runner(
-        api, cr, env_variables=[{"env_key": "SECRET_ENV", "env_val": env_value}],
-        run_command='printf %s "$SECRET_ENV" | sha256sum; printf %s "$RUN_SECRET" | sha256sum')
-    expected_output = "".join(f"{hashlib.sha256(v.encode()).hexdigest()}  -\n"
-                              for v in (env_value, run_value)).encode()
+        api,
+        cr,
+        env_variables=[{"env_key": "SECRET_ENV", "env_val": env_value}],
+        run_command='printf %s "$SECRET_ENV" | sha256sum; printf %s "$RUN_SECRET" | sha256sum',
+    )
+    expected_output = "".join(
+        f"{hashlib.sha256(v.encode()).hexdigest()}  -\n" for v in (env_value, run_value)
+    ).encode()
     override = {"env_variables": [{"env_key": "RUN_SECRET", "env_val": run_value}]}
     registry.remove_local()  # the password is used for a real pull
 
@@ -571,8 +646,11 @@ async def test_secrets_are_encrypted_at_rest_and_the_key_file_is_required(
         stored_pw = db.execute("SELECT password FROM container_registries").fetchone()[0]
         stored_env = db.execute("SELECT env_val FROM runner_env_variables").fetchone()[0]
         stored_run_env = db.execute("SELECT env FROM runs").fetchone()[0]
-    for what, stored in (("registry password", stored_pw), ("runner env value", stored_env),
-                         ("run env", stored_run_env)):
+    for what, stored in (
+        ("registry password", stored_pw),
+        ("runner env value", stored_env),
+        ("run env", stored_run_env),
+    ):
         assert stored.startswith("enc:v1:"), f"the {what} is not stored encrypted"
     files = raw_files(daemon.data_dir)
     assert db_path in files
@@ -618,8 +696,9 @@ async def test_secrets_are_encrypted_at_rest_and_the_key_file_is_required(
     api.url = daemon.url
     status, data = await api.get(f"/v1/runners/{runner['id']}/env_variables")
     assert status == 200, data
-    assert [(e["env_key"], e["env_val"]) for e in data["env_variables"]] == \
-        [("SECRET_ENV", env_value)]
+    assert [(e["env_key"], e["env_val"]) for e in data["env_variables"]] == [
+        ("SECRET_ENV", env_value)
+    ]
     registry.remove_local()  # the password must decrypt for this pull
     run = await run_once(api, runner, override)
     assert run["status"] == "succeeded", run
@@ -630,12 +709,13 @@ async def test_secrets_are_encrypted_at_rest_and_the_key_file_is_required(
 
 
 async def test_configured_secret_key_file_is_made_there_with_mode_0600(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession,
-        tmp_path: Path) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
     key_file = tmp_path / "keys" / "runnerd.key"
     data_dir = tmp_path / "custom" / "data"
-    daemon = start_daemon(f'[storage]\ndata_dir = "{data_dir}"\n'
-                          f'secret_key_file = "{key_file}"\n', name="custom")
+    daemon = start_daemon(
+        f'[storage]\ndata_dir = "{data_dir}"\nsecret_key_file = "{key_file}"\n', name="custom"
+    )
     assert daemon.data_dir == data_dir
     api = RecordingApi(http, daemon.url, daemon.key)
     value = "cfgval-" + secrets.token_hex(16)
@@ -667,7 +747,7 @@ class FakeEngine:
         self._runner = aiohttp.web.AppRunner(app, access_log=None)
         await self._runner.setup()
         await aiohttp.web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = "http://127.0.0.1:%d" % self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -682,17 +762,21 @@ class FakeEngine:
         if path.endswith("/images/create") and request.method == "POST":
             image = request.query.get("fromImage", "")
             header = request.headers.get("X-Registry-Auth")
-            auth = json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4))) \
-                if header else None
+            auth = (
+                json.loads(base64.urlsafe_b64decode(header + "=" * (-len(header) % 4)))
+                if header
+                else None
+            )
             self.pulls.append((image, auth))
-            response = aiohttp.web.StreamResponse(
-                headers={"Content-Type": "application/json"})
+            response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
             await response.prepare(request)
             await response.write(b'{"status":"Pulling from fake","id":"latest"}\r\n')
             if image in self.stream_error:
                 message = self.stream_error[image]
-                await response.write(json.dumps(
-                    {"errorDetail": {"message": message}, "error": message}).encode() + b"\r\n")
+                await response.write(
+                    json.dumps({"errorDetail": {"message": message}, "error": message}).encode()
+                    + b"\r\n"
+                )
             else:
                 await response.write(b'{"status":"Status: Downloaded newer image"}\r\n')
             await response.write_eof()
@@ -709,23 +793,30 @@ async def fake_engine() -> Any:
 
 
 async def test_docker_hub_credentials_are_sent_for_names_with_and_without_a_namespace(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession,
-        fake_engine: FakeEngine) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession, fake_engine: FakeEngine
+) -> None:
     # In a thread: the fake engine answers from this event loop while runnerd starts.
     daemon = await asyncio.to_thread(
-        start_daemon, f'[docker]\nurl = "{fake_engine.url}"\nnetwork = "none"\n')
+        start_daemon, f'[docker]\nurl = "{fake_engine.url}"\nnetwork = "none"\n'
+    )
     api = RecordingApi(http, daemon.url, daemon.key)
     password = "hub-pw-" + secrets.token_hex(12)
-    status, data = await api.post("/v1/container_registries", {
-        "name": "hub", "host": "docker.io", "username": "hubuser", "password": password})
+    status, data = await api.post(
+        "/v1/container_registries",
+        {"name": "hub", "host": "docker.io", "username": "hubuser", "password": password},
+    )
     assert status == 200, data
     hub = data["container_registry"]
-    expected_auth = {"username": "hubuser", "password": password,
-                     "serveraddress": "https://index.docker.io/v1/"}
+    expected_auth = {
+        "username": "hubuser",
+        "password": password,
+        "serveraddress": "https://index.docker.io/v1/",
+    }
 
     for image_name in ("myorg/private", "busybox"):
-        runner = await api.create_runner(image_name=image_name, image_tag="1.0",
-                                         container_registry_id=hub["id"])
+        runner = await api.create_runner(
+            image_name=image_name, image_tag="1.0", container_registry_id=hub["id"]
+        )
         status, data = await api.post(f"/v1/runners/{runner['id']}/warm")
         assert status == 200, (image_name, data)
         assert data["runner"]["warmed_at"] is not None
@@ -736,22 +827,28 @@ async def test_docker_hub_credentials_are_sent_for_names_with_and_without_a_name
 
 
 async def test_an_error_inside_the_pull_stream_fails_warm_without_the_password(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession,
-        fake_engine: FakeEngine) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession, fake_engine: FakeEngine
+) -> None:
     # In a thread: the fake engine answers from this event loop while runnerd starts.
     daemon = await asyncio.to_thread(
-        start_daemon, f'[docker]\nurl = "{fake_engine.url}"\nnetwork = "none"\n')
+        start_daemon, f'[docker]\nurl = "{fake_engine.url}"\nnetwork = "none"\n'
+    )
     api = RecordingApi(http, daemon.url, daemon.key)
     password = "echoed-pw-" + secrets.token_hex(12)
-    status, data = await api.post("/v1/container_registries", {
-        "name": "echo", "host": "registry.example.com", "username": "u",
-        "password": password})
+    status, data = await api.post(
+        "/v1/container_registries",
+        {"name": "echo", "host": "registry.example.com", "username": "u", "password": password},
+    )
     assert status == 200, data
-    runner = await api.create_runner(image_name="team/job", image_tag="v1",
-                                     container_registry_id=data["container_registry"]["id"])
+    runner = await api.create_runner(
+        image_name="team/job",
+        image_tag="v1",
+        container_registry_id=data["container_registry"]["id"],
+    )
     # A registry that (badly) echoes what it was sent, after the pull started.
-    fake_engine.stream_error["registry.example.com/team/job:v1"] = \
+    fake_engine.stream_error["registry.example.com/team/job:v1"] = (
         f"denied: user u with password {password} may not read team/job"
+    )
 
     status, data = await api.post(f"/v1/runners/{runner['id']}/warm")
 

@@ -14,6 +14,7 @@ or vary them (the seed is in the failure messages of the SIGKILL/SIGTERM rounds)
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import random
 import signal
@@ -21,20 +22,22 @@ import sqlite3
 import struct
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Callable
+from typing import Any
 
 import aiohttp
-
 from conftest import LABEL_DAEMON, TEST_IMAGE, Api, Daemon, docker_cli, wait_until
 
 SEED = int(os.environ.get("RUNNERD_TEST_SEED", "20240611"))
 
 # A steady printer: N numbered lines tagged with the run's own RUN_TAG, on file
 # descriptor FD (1 stdout, 2 stderr), then exit CODE.
-PRINTER = ('i=0; while [ $i -lt $N ]; do i=$((i+1)); echo "$RUN_TAG line $i" >&$FD; '
-           'sleep 0.05; done; exit $CODE')
+PRINTER = (
+    'i=0; while [ $i -lt $N ]; do i=$((i+1)); echo "$RUN_TAG line $i" >&$FD; '
+    "sleep 0.05; done; exit $CODE"
+)
 QUICK = "echo quick; exit 0"
 FAILING = "echo x; exit 7"
 
@@ -68,8 +71,9 @@ def db_run(daemon: Daemon, run_id: str) -> dict[str, Any]:
 
 def daemon_containers(daemon: Daemon) -> list[str]:
     """Ids of every container (any state) labelled with this daemon's id."""
-    return docker_cli("ps", "-aq", "--filter", f"label={LABEL_DAEMON}={daemon.daemon_id()}"
-                      ).stdout.split()
+    return docker_cli(
+        "ps", "-aq", "--filter", f"label={LABEL_DAEMON}={daemon.daemon_id()}"
+    ).stdout.split()
 
 
 def stop_policy_leftovers(daemon: Daemon) -> list[str]:
@@ -81,9 +85,13 @@ def stop_policy_leftovers(daemon: Daemon) -> list[str]:
         status = dict(db.execute("SELECT id, status FROM runs").fetchall())
     problems = [f"run {rid} left running" for rid, s in status.items() if s == "running"]
     for cid in daemon_containers(daemon):
-        out = docker_cli("inspect", "--format",
-                         '{{.State.Status}} {{index .Config.Labels "io.runnerd.run"}}', cid,
-                         check=False).stdout.split()
+        out = docker_cli(
+            "inspect",
+            "--format",
+            '{{.State.Status}} {{index .Config.Labels "io.runnerd.run"}}',
+            cid,
+            check=False,
+        ).stdout.split()
         if len(out) == 2 and out[0] == "created" and status.get(out[1]) == "pending":
             continue
         problems.append(f"container {cid} left: {out} (run {status.get(out[-1]) if out else '?'})")
@@ -92,28 +100,35 @@ def stop_policy_leftovers(daemon: Daemon) -> list[str]:
 
 def container_state(run_id: str) -> str | None:
     """Docker's status of the run's container (running, exited, ...); None if gone."""
-    out = docker_cli("inspect", "--format", "{{.State.Status}}", f"runnerd-{run_id}",
-                     check=False)
+    out = docker_cli("inspect", "--format", "{{.State.Status}}", f"runnerd-{run_id}", check=False)
     return out.stdout.strip() if out.returncode == 0 else None
 
 
 async def no_containers_left(daemon: Daemon, timeout: float = 20) -> None:
     async def none_left() -> bool:
         return not daemon_containers(daemon)
-    await wait_until(none_left, timeout=timeout, interval=0.2,
-                     what=f"no container labelled {LABEL_DAEMON}={daemon.daemon_id()}: "
-                          f"{daemon_containers(daemon)}")
+
+    await wait_until(
+        none_left,
+        timeout=timeout,
+        interval=0.2,
+        what=f"no container labelled {LABEL_DAEMON}={daemon.daemon_id()}: "
+        f"{daemon_containers(daemon)}",
+    )
 
 
-async def wait_running_with_output(api: Api, runner_id: str, run_id: str, needle: bytes,
-                                   timeout: float = 30) -> dict[str, Any]:
+async def wait_running_with_output(
+    api: Api, runner_id: str, run_id: str, needle: bytes, timeout: float = 30
+) -> dict[str, Any]:
     """The run is `running` and `needle` is already in its log."""
+
     async def ready() -> dict[str, Any] | None:
         run = await api.run(runner_id, run_id)
         if run["status"] != "running":
             assert run["status"] == "pending", run
             return None
         return run if needle in await api.logs(runner_id, run_id) else None
+
     return await wait_until(ready, timeout=timeout, what=f"run {run_id} running, printing")
 
 
@@ -131,10 +146,19 @@ class EngineEvents:
         self.path = daemon.dir / "engine-events.txt"
         self._out = open(self.path, "wb")
         self.proc = subprocess.Popen(
-            ["docker", "events", "--filter", f"label={LABEL_DAEMON}={daemon.daemon_id()}",
-             "--filter", "type=container", "--format",
-             "{{.Action}} {{index .Actor.Attributes \"io.runnerd.run\"}}"],
-            stdout=self._out, stderr=subprocess.DEVNULL)
+            [
+                "docker",
+                "events",
+                "--filter",
+                f"label={LABEL_DAEMON}={daemon.daemon_id()}",
+                "--filter",
+                "type=container",
+                "--format",
+                '{{.Action}} {{index .Actor.Attributes "io.runnerd.run"}}',
+            ],
+            stdout=self._out,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(0.5)  # the subscription is in place before anything is triggered
 
     def close(self) -> None:
@@ -181,13 +205,14 @@ class Observer:
         if run["started_at"] is not None:
             first = self.started_at.setdefault(rid, run["started_at"])
             assert run["started_at"] == first, (
-                f"run {rid} started again ({where}): started_at {first} -> "
-                f"{run['started_at']}")
+                f"run {rid} started again ({where}): started_at {first} -> {run['started_at']}"
+            )
         if run["status"] in ("succeeded", "failed"):
             final = (run["status"], run["exit_code"], run["failure_reason"])
             first_final = self.final.setdefault(rid, final)
-            assert final == first_final, f"completed run {rid} changed ({where}): " \
-                                         f"{first_final} -> {final}"
+            assert final == first_final, (
+                f"completed run {rid} changed ({where}): {first_final} -> {final}"
+            )
         elif rid in self.final:
             raise AssertionError(f"completed run {rid} went back to {run['status']} ({where})")
 
@@ -209,11 +234,13 @@ class Observer:
             if row["started_at"] is not None and rid in self.started_at:
                 assert abs(ms(self.started_at[rid]) - row["started_at"]) < 1, (
                     f"run {rid} ({where}): database started_at {row['started_at']} "
-                    f"!= {self.started_at[rid]}")
+                    f"!= {self.started_at[rid]}"
+                )
 
 
-def check_jobs(jobs: list[Job], runs: dict[str, dict], logs: dict[str, bytes],
-               seed_note: str) -> None:
+def check_jobs(
+    jobs: list[Job], runs: dict[str, dict], logs: dict[str, bytes], seed_note: str
+) -> None:
     problems = []
     for job in jobs:
         run = runs[job.run_id]
@@ -221,16 +248,20 @@ def check_jobs(jobs: list[Job], runs: dict[str, dict], logs: dict[str, bytes],
         want_reason = None if job.exit_code == 0 else "nonzero_exit"
         got = (run["status"], run["exit_code"], run["failure_reason"])
         if got != (want_status, job.exit_code, want_reason):
-            problems.append(f"{job.kind} run {job.run_id}: (status, exit_code, reason) = {got}, "
-                            f"want {(want_status, job.exit_code, want_reason)}; "
-                            f"error={run['error']!r}")
+            problems.append(
+                f"{job.kind} run {job.run_id}: (status, exit_code, reason) = {got}, "
+                f"want {(want_status, job.exit_code, want_reason)}; "
+                f"error={run['error']!r}"
+            )
         if logs[job.run_id] != job.output:
             got_lines, want_lines = logs[job.run_id].splitlines(), job.output.splitlines()
             missing = [x for x in want_lines if x not in got_lines]
             doubled = sorted({x for x in got_lines if got_lines.count(x) > 1})
-            problems.append(f"{job.kind} run {job.run_id}: log has {len(got_lines)} lines, "
-                            f"want {len(want_lines)}; missing {missing[:5]}, "
-                            f"doubled {doubled[:5]}, head {logs[job.run_id][:120]!r}")
+            problems.append(
+                f"{job.kind} run {job.run_id}: log has {len(got_lines)} lines, "
+                f"want {len(want_lines)}; missing {missing[:5]}, "
+                f"doubled {doubled[:5]}, head {logs[job.run_id][:120]!r}"
+            )
     assert not problems, f"{seed_note}\n" + "\n".join(problems)
 
 
@@ -240,9 +271,9 @@ def check_jobs(jobs: list[Job], runs: dict[str, dict], logs: dict[str, bytes],
 STOP_POLICY = '[scheduler]\nmax_concurrent_runs = 3\non_shutdown = "stop"\n'
 
 
-async def _mixed_workload_rounds(start_daemon: Callable[..., Daemon],
-                                 http: aiohttp.ClientSession, *, fault: str,
-                                 rounds: int) -> None:
+async def _mixed_workload_rounds(
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession, *, fault: str, rounds: int
+) -> None:
     """A daemon with 3 slots and 12+ runs of steady printers (stdout or stderr,
     some failing after printing), quick and failing runs; `rounds` times: a random
     moment, then the fault, then a restart (new runs are queued after the first
@@ -262,9 +293,14 @@ async def _mixed_workload_rounds(start_daemon: Callable[..., Daemon],
     try:
         api = api_for(http, daemon)
         printer = await api.create_runner(
-            run_command=PRINTER, env_variables=[
-                {"env_key": "N", "env_val": "10"}, {"env_key": "CODE", "env_val": "0"},
-                {"env_key": "RUN_TAG", "env_val": "untagged"}, {"env_key": "FD", "env_val": "1"}])
+            run_command=PRINTER,
+            env_variables=[
+                {"env_key": "N", "env_val": "10"},
+                {"env_key": "CODE", "env_val": "0"},
+                {"env_key": "RUN_TAG", "env_val": "untagged"},
+                {"env_key": "FD", "env_val": "1"},
+            ],
+        )
         quick = await api.create_runner(run_command=QUICK)
         failing = await api.create_runner(run_command=FAILING)
         runner_ids = [printer["id"], quick["id"], failing["id"]]
@@ -275,8 +311,11 @@ async def _mixed_workload_rounds(start_daemon: Callable[..., Daemon],
                 tag = f"p{len(jobs)}"
                 run = await api.trigger(printer["id"], env(N=n, CODE=code, RUN_TAG=tag, FD=fd))
                 out = b"".join(f"{tag} line {i}\n".encode() for i in range(1, n + 1))
-                jobs.append(Job(printer["id"], run["id"], out, code,
-                                f"printer(N={n}, fd {fd}, exit {code})"))
+                jobs.append(
+                    Job(
+                        printer["id"], run["id"], out, code, f"printer(N={n}, fd {fd}, exit {code})"
+                    )
+                )
             elif kind == "quick":
                 run = await api.trigger(quick["id"])
                 jobs.append(Job(quick["id"], run["id"], b"quick\n", 0, "quick"))
@@ -288,10 +327,19 @@ async def _mixed_workload_rounds(start_daemon: Callable[..., Daemon],
         # 12 runs for 3 slots: some start at once, some finish at once, the
         # rest wait; printers span several rounds, some fail after printing.
         for kind, n, code, fd in [
-                ("printer", 50, 0, 1), ("quick", 0, 0, 1), ("printer", 70, 0, 2),
-                ("failing", 0, 0, 1), ("printer", 30, 7, 1), ("quick", 0, 0, 1),
-                ("printer", 60, 0, 1), ("failing", 0, 0, 1), ("printer", 20, 0, 1),
-                ("quick", 0, 0, 1), ("printer", 40, 7, 2), ("failing", 0, 0, 1)]:
+            ("printer", 50, 0, 1),
+            ("quick", 0, 0, 1),
+            ("printer", 70, 0, 2),
+            ("failing", 0, 0, 1),
+            ("printer", 30, 7, 1),
+            ("quick", 0, 0, 1),
+            ("printer", 60, 0, 1),
+            ("failing", 0, 0, 1),
+            ("printer", 20, 0, 1),
+            ("quick", 0, 0, 1),
+            ("printer", 40, 7, 2),
+            ("failing", 0, 0, 1),
+        ]:
             await trigger(kind, n, code, fd)
 
         observer = Observer()
@@ -318,8 +366,10 @@ async def _mixed_workload_rounds(start_daemon: Callable[..., Daemon],
             if fault == "sigterm-stop":
                 # Every run this process had in flight is recorded and stopped.
                 left = stop_policy_leftovers(daemon)
-                assert not left, f"after SIGTERM with the stop policy, {where}: {left}\n" \
-                                 f"{daemon.log_text()[-4000:]}"
+                assert not left, (
+                    f"after SIGTERM with the stop policy, {where}: {left}\n"
+                    f"{daemon.log_text()[-4000:]}"
+                )
             daemon.start()
             if fault == "sigkill" and round_no == 3:
                 # Killed again at once: while re-attaching and reconciling.
@@ -336,8 +386,10 @@ async def _mixed_workload_rounds(start_daemon: Callable[..., Daemon],
             runs = await observer.poll(api, runner_ids, f"after the rounds {seed_note}")
             done = all(runs[j.run_id]["status"] in ("succeeded", "failed") for j in jobs)
             return runs if done else None
-        runs = await wait_until(all_done, timeout=120, interval=0.2,
-                                what=f"every run to complete {seed_note}")
+
+        runs = await wait_until(
+            all_done, timeout=120, interval=0.2, what=f"every run to complete {seed_note}"
+        )
         logs = {j.run_id: await api.logs(j.runner_id, j.run_id) for j in jobs}
         if fault == "sigterm-stop":
             # Runs the stop policy canceled: the exit code they ended with, and
@@ -347,45 +399,51 @@ async def _mixed_workload_rounds(start_daemon: Callable[..., Daemon],
                 run = runs[job.run_id]
                 # canceled before its container started: no exit code, no output
                 assert run["status"] == "failed" and (
-                    run["exit_code"] is not None or run["started_at"] is None), \
-                    f"{job.kind} {run} {seed_note}"
-                assert job.output.startswith(logs[job.run_id]), \
-                    f"{job.kind} run {job.run_id}: log {logs[job.run_id]!r} is not a prefix " \
+                    run["exit_code"] is not None or run["started_at"] is None
+                ), f"{job.kind} {run} {seed_note}"
+                assert job.output.startswith(logs[job.run_id]), (
+                    f"{job.kind} run {job.run_id}: log {logs[job.run_id]!r} is not a prefix "
                     f"of its output {seed_note}"
+                )
             print(f"{len(canceled)} runs canceled by the stop policy")
             jobs_exact = [j for j in jobs if j not in canceled]
         else:
             jobs_exact = jobs
         check_jobs(jobs_exact, runs, logs, seed_note)
         for job in jobs:
-            assert observer.started_at.get(job.run_id) == runs[job.run_id]["started_at"], \
+            assert observer.started_at.get(job.run_id) == runs[job.run_id]["started_at"], (
                 f"run {job.run_id}: started_at changed {seed_note}"
+            )
 
         await no_containers_left(daemon)
         events.close()
         starts = events.starts()
         twice = {rid: n for rid, n in starts.items() if n > 1}
         assert not twice, f"containers started more than once {seed_note}: {twice}"
-        assert set(starts) == {j.run_id for j in jobs}, \
-            f"runs whose container never started {seed_note}: " \
+        assert set(starts) == {j.run_id for j in jobs}, (
+            f"runs whose container never started {seed_note}: "
             f"{sorted({j.run_id for j in jobs} - set(starts))}"
+        )
         assert_no_tracebacks(daemon)
     finally:
         events.close()
 
 
 async def test_sigkill_rounds_during_mixed_workload_lose_no_line_and_run_nothing_twice(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
+) -> None:
     await _mixed_workload_rounds(start_daemon, http, fault="sigkill", rounds=5)
 
 
 async def test_sigterm_rounds_with_leave_policy_during_mixed_workload_lose_no_line(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
+) -> None:
     await _mixed_workload_rounds(start_daemon, http, fault="sigterm-leave", rounds=3)
 
 
 async def test_sigterm_rounds_with_stop_policy_during_mixed_workload_cancel_only_running(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
+) -> None:
     await _mixed_workload_rounds(start_daemon, http, fault="sigterm-stop", rounds=3)
 
 
@@ -393,7 +451,8 @@ async def test_sigterm_rounds_with_stop_policy_during_mixed_workload_cancel_only
 
 
 async def test_sigterm_leave_keeps_container_running_and_restart_completes_it(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
+) -> None:
     daemon = start_daemon(max_concurrent_runs=1)
     api = api_for(http, daemon)
     runner = await api.create_runner(run_command="echo start; sleep 4; echo done")
@@ -415,8 +474,9 @@ async def test_sigterm_leave_keeps_container_running_and_restart_completes_it(
     daemon.start()
     api = api_for(http, daemon)
     done = await api.wait_done(runner["id"], run["id"], timeout=30)
-    assert (done["status"], done["exit_code"], done["failure_reason"]) == \
-        ("succeeded", 0, None), done
+    assert (done["status"], done["exit_code"], done["failure_reason"]) == ("succeeded", 0, None), (
+        done
+    )
     assert done["started_at"] == started_at, done
     assert await api.logs(runner["id"], run["id"]) == b"start\ndone\n"
     other = await api.wait_done(blocker["id"], queued["id"], timeout=30)
@@ -430,7 +490,8 @@ async def test_sigterm_leave_keeps_container_running_and_restart_completes_it(
 
 
 async def test_sigterm_stop_policy_stops_container_and_marks_run_canceled(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
+) -> None:
     daemon = start_daemon('[scheduler]\nmax_concurrent_runs = 4\non_shutdown = "stop"\n')
     api = api_for(http, daemon)
     runner = await api.create_runner(run_command="echo start; sleep 60")
@@ -449,14 +510,18 @@ async def test_sigterm_stop_policy_stops_container_and_marks_run_canceled(
     daemon.start()
     api = api_for(http, daemon)
     after = await api.run(runner["id"], run["id"])
-    assert (after["status"], after["failure_reason"], after["exit_code"]) == \
-        ("failed", "canceled", row["exit_code"]), after
+    assert (after["status"], after["failure_reason"], after["exit_code"]) == (
+        "failed",
+        "canceled",
+        row["exit_code"],
+    ), after
     assert await api.logs(runner["id"], run["id"]) == b"start\n"
     assert_no_tracebacks(daemon)
 
 
 async def test_sigterm_stop_policy_while_a_burst_of_runs_is_starting_leaves_none_running(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
+) -> None:
     """SIGTERM lands while runs are between being claimed and having a watched
     container (pulling/creating, just recorded `running`, being started)."""
     rng = random.Random(f"{SEED}-burst")
@@ -476,11 +541,16 @@ async def test_sigterm_stop_policy_while_a_burst_of_runs_is_starting_leaves_none
         assert not left, f"attempt {attempt}: {left}\n{daemon.log_text()[-3000:]}"
         for run in runs:
             row = db_run(daemon, run["id"])
-            assert row["status"] == "pending" or (
-                row["status"], row["failure_reason"]) == ("failed", "canceled"), row
+            assert row["status"] == "pending" or (row["status"], row["failure_reason"]) == (
+                "failed",
+                "canceled",
+            ), row
             # a run canceled before its container started has no exit code
-            assert row["status"] == "pending" or row["exit_code"] is not None or \
-                row["started_at"] is None, row
+            assert (
+                row["status"] == "pending"
+                or row["exit_code"] is not None
+                or row["started_at"] is None
+            ), row
         daemon.start()
         api = api_for(http, daemon)
 
@@ -489,7 +559,8 @@ async def test_sigterm_stop_policy_while_a_burst_of_runs_is_starting_leaves_none
 
 
 async def test_container_exiting_while_daemon_is_killed_is_finalised_with_its_exit_code(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
+) -> None:
     daemon = start_daemon()
     api = api_for(http, daemon)
     runner = await api.create_runner(run_command="echo a; sleep 1; echo b; exit 5")
@@ -499,14 +570,18 @@ async def test_container_exiting_while_daemon_is_killed_is_finalised_with_its_ex
 
     async def exited() -> bool:
         return container_state(run["id"]) == "exited"
+
     await wait_until(exited, timeout=20, interval=0.1, what="the container to exit")
     assert db_run(daemon, run["id"])["status"] == "running"
 
     daemon.start()
     api = api_for(http, daemon)
     done = await api.wait_done(runner["id"], run["id"], timeout=30)
-    assert (done["status"], done["exit_code"], done["failure_reason"]) == \
-        ("failed", 5, "nonzero_exit"), done
+    assert (done["status"], done["exit_code"], done["failure_reason"]) == (
+        "failed",
+        5,
+        "nonzero_exit",
+    ), done
     assert await api.logs(runner["id"], run["id"]) == b"a\nb\n"
     await no_containers_left(daemon)
     assert container_state(run["id"]) is None
@@ -532,7 +607,8 @@ def _assert_timed_out(done: dict[str, Any], started_at: str) -> None:
 
 
 async def test_sigkill_during_timeout_still_enforces_it_from_started_at(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
+) -> None:
     rng = random.Random(SEED + 5)
     daemon = start_daemon()
     api = api_for(http, daemon)
@@ -552,7 +628,8 @@ async def test_sigkill_during_timeout_still_enforces_it_from_started_at(
 
 
 async def test_daemon_down_past_the_timeout_enforces_it_at_once_on_restart(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
+) -> None:
     daemon = start_daemon()
     api = api_for(http, daemon)
     runner, running = await _timeout_runner(api)
@@ -561,6 +638,7 @@ async def test_daemon_down_past_the_timeout_enforces_it_at_once_on_restart(
 
     async def past_deadline() -> bool:
         return time.time() * 1000 > deadline_ms + 500
+
     await wait_until(past_deadline, timeout=10, what="the run's timeout to pass")
     assert container_state(running["id"]) == "running"  # nobody enforced it meanwhile
 
@@ -579,7 +657,8 @@ async def test_daemon_down_past_the_timeout_enforces_it_at_once_on_restart(
 
 
 async def test_container_removed_while_daemon_is_killed_marks_run_lost(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
+) -> None:
     daemon = start_daemon()
     api = api_for(http, daemon)
     runner = await api.create_runner(run_command="echo begin; sleep 30")
@@ -602,14 +681,21 @@ async def test_container_removed_while_daemon_is_killed_marks_run_lost(
 
 
 async def test_sigkill_with_pending_queue_runs_every_queued_run_exactly_once(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
+) -> None:
     daemon = start_daemon(max_concurrent_runs=1)
     events = EngineEvents(daemon)
     try:
         api = api_for(http, daemon)
-        runner = await api.create_runner(run_command=PRINTER, env_variables=[
-            {"env_key": "N", "env_val": "5"}, {"env_key": "CODE", "env_val": "0"},
-            {"env_key": "RUN_TAG", "env_val": "untagged"}, {"env_key": "FD", "env_val": "1"}])
+        runner = await api.create_runner(
+            run_command=PRINTER,
+            env_variables=[
+                {"env_key": "N", "env_val": "5"},
+                {"env_key": "CODE", "env_val": "0"},
+                {"env_key": "RUN_TAG", "env_val": "untagged"},
+                {"env_key": "FD", "env_val": "1"},
+            ],
+        )
         first = await api.trigger(runner["id"], env(N=40, RUN_TAG="first"))
         await wait_running_with_output(api, runner["id"], first["id"], b"first line 1\n")
         queued = [await api.trigger(runner["id"], env(N=5, RUN_TAG=f"q{i}")) for i in range(3)]
@@ -620,7 +706,8 @@ async def test_sigkill_with_pending_queue_runs_every_queued_run_exactly_once(
         daemon.start()
         api = api_for(http, daemon)
         expected = {first["id"]: ("first", 40)} | {
-            q["id"]: (f"q{i}", 5) for i, q in enumerate(queued)}
+            q["id"]: (f"q{i}", 5) for i, q in enumerate(queued)
+        }
         done = {rid: await api.wait_done(runner["id"], rid, timeout=60) for rid in expected}
         for rid, (tag, n) in expected.items():
             assert (done[rid]["status"], done[rid]["exit_code"]) == ("succeeded", 0), done[rid]
@@ -628,9 +715,11 @@ async def test_sigkill_with_pending_queue_runs_every_queued_run_exactly_once(
             assert await api.logs(runner["id"], rid) == want, rid
         # One at a time (max_concurrent_runs = 1), in the order they were queued.
         order = [first["id"], *(q["id"] for q in queued)]
-        for before, after in zip(order, order[1:]):
-            assert ms(done[after]["started_at"]) >= ms(done[before]["completed_at"]), \
-                (done[before], done[after])
+        for before, after in itertools.pairwise(order):
+            assert ms(done[after]["started_at"]) >= ms(done[before]["completed_at"]), (
+                done[before],
+                done[after],
+            )
         await no_containers_left(daemon)
         events.close()
         assert events.starts() == {rid: 1 for rid in expected}, events.starts()
@@ -643,26 +732,45 @@ async def test_sigkill_with_pending_queue_runs_every_queued_run_exactly_once(
 
 
 async def test_container_created_before_a_crash_for_a_pending_run_is_replaced_not_started(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
+) -> None:
     """The daemon died between creating a run's container and recording the run
     `running`: the run is pending and a never-started container has its name."""
     daemon = start_daemon(max_concurrent_runs=1)
     events = EngineEvents(daemon)
     try:
         api = api_for(http, daemon)
-        runner = await api.create_runner(run_command=PRINTER, env_variables=[
-            {"env_key": "N", "env_val": "5"}, {"env_key": "CODE", "env_val": "0"},
-            {"env_key": "RUN_TAG", "env_val": "untagged"}, {"env_key": "FD", "env_val": "1"}])
+        runner = await api.create_runner(
+            run_command=PRINTER,
+            env_variables=[
+                {"env_key": "N", "env_val": "5"},
+                {"env_key": "CODE", "env_val": "0"},
+                {"env_key": "RUN_TAG", "env_val": "untagged"},
+                {"env_key": "FD", "env_val": "1"},
+            ],
+        )
         first = await api.trigger(runner["id"], env(N=30, RUN_TAG="first"))
         await wait_running_with_output(api, runner["id"], first["id"], b"first line 1\n")
         second = await api.trigger(runner["id"], env(N=5, RUN_TAG="second"))
         daemon.kill()
         assert db_run(daemon, second["id"])["status"] == "pending"
-        docker_cli("create", "--name", f"runnerd-{second['id']}", "--network", "none",
-                   "--label", f"{LABEL_DAEMON}={daemon.daemon_id()}",
-                   "--label", f"io.runnerd.run={second['id']}",
-                   "--label", f"io.runnerd.runner={runner['id']}",
-                   TEST_IMAGE, "sh", "-c", "echo stale container; exit 3")
+        docker_cli(
+            "create",
+            "--name",
+            f"runnerd-{second['id']}",
+            "--network",
+            "none",
+            "--label",
+            f"{LABEL_DAEMON}={daemon.daemon_id()}",
+            "--label",
+            f"io.runnerd.run={second['id']}",
+            "--label",
+            f"io.runnerd.runner={runner['id']}",
+            TEST_IMAGE,
+            "sh",
+            "-c",
+            "echo stale container; exit 3",
+        )
 
         daemon.start()
         api = api_for(http, daemon)
@@ -683,13 +791,20 @@ LOG_HEADER = struct.Struct(">BqI")  # runnerd's log record header: stream, ts ns
 
 
 async def test_log_record_torn_by_a_crash_is_cut_and_its_line_written_again(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
+) -> None:
     """The daemon died in the middle of appending a record to a run's log file."""
     daemon = start_daemon()
     api = api_for(http, daemon)
-    runner = await api.create_runner(run_command=PRINTER, env_variables=[
-        {"env_key": "N", "env_val": "40"}, {"env_key": "CODE", "env_val": "0"},
-        {"env_key": "RUN_TAG", "env_val": "torn"}, {"env_key": "FD", "env_val": "1"}])
+    runner = await api.create_runner(
+        run_command=PRINTER,
+        env_variables=[
+            {"env_key": "N", "env_val": "40"},
+            {"env_key": "CODE", "env_val": "0"},
+            {"env_key": "RUN_TAG", "env_val": "torn"},
+            {"env_key": "FD", "env_val": "1"},
+        ],
+    )
     run = await api.trigger(runner["id"])
     await wait_running_with_output(api, runner["id"], run["id"], b"torn line 5\n")
     daemon.kill()

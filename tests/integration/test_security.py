@@ -16,13 +16,13 @@ import json
 import secrets
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
-
 from conftest import Api, Daemon, runnerd_cli, wait_until, write_config
 from webhook_receiver import Receiver, receiver  # noqa: F401 (fixture)
 
@@ -34,13 +34,18 @@ def serve_until_exit(config_path: Any) -> subprocess.CompletedProcess[str]:
     """`runnerd serve` with a config it must refuse to run with."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "runnerd", "serve", "--config", str(config_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         out, err = proc.communicate(timeout=SERVE_DEADLINE)
     except subprocess.TimeoutExpired:
         proc.terminate()
         out, err = proc.communicate(timeout=10)
-        raise AssertionError(f"runnerd started although it should not have:\n{err[-2000:]}")
+        raise AssertionError(
+            f"runnerd started although it should not have:\n{err[-2000:]}"
+        ) from None
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
@@ -55,12 +60,15 @@ class RecordingRegistry:
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)
 
     async def handle(self, request: web.Request) -> web.Response:
-        self.requests.append((request.method, request.path,
-                              request.headers.get("Authorization")))
+        self.requests.append((request.method, request.path, request.headers.get("Authorization")))
         return web.json_response(
             {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required"}]},
-            status=401, headers={"WWW-Authenticate": 'Basic realm="recorder"',
-                                 "Docker-Distribution-API-Version": "registry/2.0"})
+            status=401,
+            headers={
+                "WWW-Authenticate": 'Basic realm="recorder"',
+                "Docker-Distribution-API-Version": "registry/2.0",
+            },
+        )
 
     def credentials(self) -> set[tuple[str, str]]:
         """Every (username, password) it was sent as Basic auth."""
@@ -84,7 +92,7 @@ async def registries() -> AsyncIterator[Callable[[], Any]]:
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", 0).start()
         runners.append(runner)
-        rec.host = "127.0.0.1:%d" % runner.addresses[0][1]
+        rec.host = f"127.0.0.1:{runner.addresses[0][1]}"
         return rec
 
     yield start
@@ -93,20 +101,27 @@ async def registries() -> AsyncIterator[Callable[[], Any]]:
 
 
 async def test_registry_patch_of_host_or_username_without_password_is_400_and_the_old_password_never_reaches_the_new_host(
-        api: Api, registries: Callable[[], Any]) -> None:
+    api: Api, registries: Callable[[], Any]
+) -> None:
     old, new = await registries(), await registries()
     old_password = "old-pw-" + secrets.token_hex(12)
     new_password = "new-pw-" + secrets.token_hex(12)
-    status, data = await api.post("/v1/container_registries", {
-        "name": "moving", "host": old.host, "username": "puller", "password": old_password})
+    status, data = await api.post(
+        "/v1/container_registries",
+        {"name": "moving", "host": old.host, "username": "puller", "password": old_password},
+    )
     assert status == 200, data
     cr = data["container_registry"]
     path = f"/v1/container_registries/{cr['id']}"
-    runner = await api.create_runner(image_name="team/job", image_tag="v1",
-                                     run_command="true", container_registry_id=cr["id"])
+    runner = await api.create_runner(
+        image_name="team/job", image_tag="v1", run_command="true", container_registry_id=cr["id"]
+    )
 
-    for change, field_ in (({"host": new.host}, "host"), ({"username": "other"}, "username"),
-                           ({"host": new.host, "name": "moved"}, "host")):
+    for change, field_ in (
+        ({"host": new.host}, "host"),
+        ({"username": "other"}, "username"),
+        ({"host": new.host, "name": "moved"}, "host"),
+    ):
         status, data = await api.patch(path, change)
         assert status == 400, (change, data)
         [error] = data["errors"]
@@ -128,15 +143,18 @@ async def test_registry_patch_of_host_or_username_without_password_is_400_and_th
     status, data = await api.post(f"/v1/runners/{runner['id']}/warm")
     assert status == 400, data
     assert new.credentials() == {("puller", new_password)}, new.requests
-    assert not any(old_password in (auth and base64.b64decode(auth.split()[-1]).decode("latin-1")
-                                    or "") for _, _, auth in new.requests)
+    assert not any(
+        old_password in (auth and base64.b64decode(auth.split()[-1]).decode("latin-1") or "")
+        for _, _, auth in new.requests
+    )
 
 
 # -- one daemon per data directory -------------------------------------------------------
 
 
 async def test_second_daemon_on_the_same_data_dir_exits_non_zero_naming_the_directory_and_the_first_pid(
-        daemon: Daemon, http: aiohttp.ClientSession) -> None:
+    daemon: Daemon, http: aiohttp.ClientSession
+) -> None:
     assert daemon.proc is not None
     second = serve_until_exit(daemon.config_path)
 
@@ -154,7 +172,8 @@ async def test_second_daemon_on_the_same_data_dir_exits_non_zero_naming_the_dire
 
 
 async def test_daemon_killed_with_sigkill_restarts_on_its_data_dir_at_once(
-        daemon: Daemon, http: aiohttp.ClientSession) -> None:
+    daemon: Daemon, http: aiohttp.ClientSession
+) -> None:
     api = Api(http, daemon.url, daemon.key)
     runner = await api.create_runner(run_command="true")
     daemon.kill()  # no clean-up ran: only the kernel released the lock
@@ -190,34 +209,43 @@ async def raw_request(url: str, head: bytes) -> tuple[int, bytes]:
 
 
 async def test_metrics_with_non_utf8_authorization_bytes_is_401_without_a_traceback(
-        start_daemon: Callable[..., Daemon]) -> None:
+    start_daemon: Callable[..., Daemon],
+) -> None:
     daemon = start_daemon('[server]\nlisten = "127.0.0.1:0"\nmetrics_token = "tok-123"\n')
     for value in (b"Bearer \xff\xfe\x80abc", b"\xc3\x28", b"Bearer tok-123\xff"):
         for path in (b"/metrics", b"/v1/runners"):
             status, rest = await raw_request(
-                daemon.url, b"GET " + path + b" HTTP/1.1\r\nHost: x\r\nAuthorization: " + value
-                + b"\r\nConnection: close\r\n\r\n")
+                daemon.url,
+                b"GET "
+                + path
+                + b" HTTP/1.1\r\nHost: x\r\nAuthorization: "
+                + value
+                + b"\r\nConnection: close\r\n\r\n",
+            )
             assert status == 401, (path, value, rest[-300:])
     status, rest = await raw_request(
-        daemon.url, b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok-123\r\n"
-        b"Connection: close\r\n\r\n")
+        daemon.url,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok-123\r\n"
+        b"Connection: close\r\n\r\n",
+    )
     assert status == 200, rest[-300:]
     log = daemon.log_text()
     assert "Traceback" not in log and "failed" not in log, log[-3000:]
 
 
 async def test_metrics_token_with_surrounding_spaces_stops_serve_with_exit_2_naming_the_key(
-        tmp_path: Any) -> None:
+    tmp_path: Any,
+) -> None:
     config = tmp_path / "config.toml"
-    write_config(config, tmp_path / "data", '[server]\nlisten = "127.0.0.1:0"\n'
-                                            'metrics_token = " x "\n')
+    write_config(
+        config, tmp_path / "data", '[server]\nlisten = "127.0.0.1:0"\nmetrics_token = " x "\n'
+    )
     result = serve_until_exit(config)
     assert result.returncode == 2, result
     assert "server.metrics_token" in result.stderr and "spaces" in result.stderr, result.stderr
 
 
 # -- webhooks: allowed_hosts ---------------------------------------------------------------
-
 
 
 def webhooks_config(allowed: list[str] | None) -> str:
@@ -228,34 +256,41 @@ def webhooks_config(allowed: list[str] | None) -> str:
 
 
 async def test_webhook_url_whose_host_is_not_in_allowed_hosts_is_400_naming_webhook_url(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession,
-        receiver: Receiver) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
     daemon = start_daemon(webhooks_config(["127.0.0.1", "Hooks.Example.com"]))
     api = Api(http, daemon.url, daemon.key)
-    for url in ("http://169.254.169.254/latest/meta-data/", "http://localhost:8080/hook",
-                "http://[::1]/hook", "https://hooks.example.com.evil.net/x",
-                "http://10.0.0.1/"):
-        status, data = await api.post("/v1/runners", {
-            "name": f"hook-{secrets.token_hex(3)}", "image_name": "busybox",
-            "webhook_url": url})
+    for url in (
+        "http://169.254.169.254/latest/meta-data/",
+        "http://localhost:8080/hook",
+        "http://[::1]/hook",
+        "https://hooks.example.com.evil.net/x",
+        "http://10.0.0.1/",
+    ):
+        status, data = await api.post(
+            "/v1/runners",
+            {"name": f"hook-{secrets.token_hex(3)}", "image_name": "busybox", "webhook_url": url},
+        )
         assert status == 400, (url, data)
         [error] = data["errors"]
         assert error.startswith("webhook_url") and "allowed_hosts" in error, error
 
     runner = await api.create_runner(run_command="true", webhook_url=receiver.url)
-    status, data = await api.patch(f"/v1/runners/{runner['id']}",
-                                   {"webhook_url": "http://192.168.0.1/admin"})
+    status, data = await api.patch(
+        f"/v1/runners/{runner['id']}", {"webhook_url": "http://192.168.0.1/admin"}
+    )
     assert status == 400 and data["errors"][0].startswith("webhook_url"), data
-    status, data = await api.patch(f"/v1/runners/{runner['id']}",
-                                   {"webhook_url": "https://HOOKS.example.com/ci"})
+    status, data = await api.patch(
+        f"/v1/runners/{runner['id']}", {"webhook_url": "https://HOOKS.example.com/ci"}
+    )
     assert status == 200, data
     status, data = await api.get(f"/v1/runners/{runner['id']}")
     assert data["runner"]["webhook_url"] == "https://HOOKS.example.com/ci"
 
 
 async def test_webhook_to_a_host_allowed_hosts_no_longer_lists_is_not_sent(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession,
-        receiver: Receiver) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession, receiver: Receiver
+) -> None:
     daemon = start_daemon(webhooks_config(None))  # absent: any host
     api = Api(http, daemon.url, daemon.key)
     runner = await api.create_runner(run_command="true", webhook_url=receiver.url)
@@ -264,6 +299,7 @@ async def test_webhook_to_a_host_allowed_hosts_no_longer_lists_is_not_sent(
 
     async def delivered() -> bool:
         return len(receiver.bodies) == 1
+
     await wait_until(delivered, timeout=30, what="the first delivery")
 
     daemon.stop()  # the config changes under the runner's stored webhook_url
@@ -275,7 +311,10 @@ async def test_webhook_to_a_host_allowed_hosts_no_longer_lists_is_not_sent(
 
     async def failed() -> bool:
         return (await api.run(runner["id"], run["id"]))["webhook_status"] == "failed"
+
     await wait_until(failed, timeout=30, what="webhook_status failed")
     assert len(receiver.bodies) == 1
-    assert f"run {run['id']}: webhook not sent: its host '127.0.0.1' is not in [webhooks] " \
-           "allowed_hosts" in daemon.log_text()
+    assert (
+        f"run {run['id']}: webhook not sent: its host '127.0.0.1' is not in [webhooks] "
+        "allowed_hosts" in daemon.log_text()
+    )

@@ -23,17 +23,18 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterator
+from typing import Any
 
 import aiohttp
 import pytest
-
 from conftest import Api, Daemon, docker_cli, wait_until, write_config
 from faults import daemon_errors, proxy, wait_log_line  # noqa: F401
+from socket_proxy import SocketProxy
+
 from runnerd import config as config_mod
 from runnerd.daemon import EXIT_FORCED, stop_bounds
-from socket_proxy import SocketProxy
 
 SEED = int(os.environ.get("RUNNERD_TEST_SEED", "20261201"))
 CYCLES = int(os.environ.get("RUNNERD_SHUTDOWN_CYCLES", "200"))
@@ -59,12 +60,16 @@ def last_line(daemon: Daemon) -> str:
 def inject(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], None]:
     """Put `code` in a sitecustomize module that every runnerd started after this
     runs first."""
+
     def put(code: str) -> None:
         d = tmp_path / "inject"
         d.mkdir(exist_ok=True)
         (d / "sitecustomize.py").write_text(textwrap.dedent(code))
-        monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-            p for p in (str(d), os.environ.get("PYTHONPATH", "")) if p))
+        monkeypatch.setenv(
+            "PYTHONPATH",
+            os.pathsep.join(p for p in (str(d), os.environ.get("PYTHONPATH", "")) if p),
+        )
+
     return put
 
 
@@ -89,13 +94,13 @@ def uses_file(pid: int, path: Path) -> bool:
 
 
 def container_state(run_id: str) -> str:
-    out = docker_cli("inspect", "--format", "{{.State.Status}}", f"runnerd-{run_id}",
-                     check=False)
+    out = docker_cli("inspect", "--format", "{{.State.Status}}", f"runnerd-{run_id}", check=False)
     return out.stdout.strip() if out.returncode == 0 else "gone"
 
 
-async def runs_that_end_while_the_lock_is_held(api: Api, daemon: Daemon,
-                                               locked: contextlib.ExitStack) -> list[str]:
+async def runs_that_end_while_the_lock_is_held(
+    api: Api, daemon: Daemon, locked: contextlib.ExitStack
+) -> list[str]:
     """Three runs running, then the write lock taken; returns once their containers
     have exited, so the daemon's writes of their ends wait for the lock."""
     runner = await api.create_runner(run_command="sleep 1; echo done")
@@ -107,12 +112,14 @@ async def runs_that_end_while_the_lock_is_held(api: Api, daemon: Daemon,
     async def exited() -> bool:
         states = await asyncio.gather(*(asyncio.to_thread(container_state, r) for r in runs))
         return all(s in ("exited", "gone") for s in states)
+
     await wait_until(exited, timeout=30, what="the runs' containers to exit")
     return [runner["id"], *runs]
 
 
-async def all_succeed_after_restart(http: aiohttp.ClientSession, daemon: Daemon,
-                                    runner_id: str, runs: list[str]) -> None:
+async def all_succeed_after_restart(
+    http: aiohttp.ClientSession, daemon: Daemon, runner_id: str, runs: list[str]
+) -> None:
     await asyncio.to_thread(daemon.start)
     api = Api(http, daemon.url, daemon.key)
     for run_id in runs:
@@ -125,7 +132,8 @@ async def all_succeed_after_restart(http: aiohttp.ClientSession, daemon: Daemon,
 
 
 async def test_sigterm_while_another_process_holds_the_database_write_lock_exits_within_bound(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
+) -> None:
     daemon = await asyncio.to_thread(start_daemon)
     api = Api(http, daemon.url, daemon.key)
     with contextlib.ExitStack() as locked:
@@ -137,19 +145,34 @@ async def test_sigterm_while_another_process_holds_the_database_write_lock_exits
 
 
 async def test_sigterm_while_runnerd_keys_create_waits_for_the_database_write_lock_exits_within_bound(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
+) -> None:
     daemon = await asyncio.to_thread(start_daemon)
     api = Api(http, daemon.url, daemon.key)
     with contextlib.ExitStack() as locked:
         runner_id, *runs = await runs_that_end_while_the_lock_is_held(api, daemon, locked)
         keys = subprocess.Popen(
-            [sys.executable, "-m", "runnerd", "keys", "create", "--name", "late",
-             "--config", str(daemon.config_path)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-m",
+                "runnerd",
+                "keys",
+                "create",
+                "--name",
+                "late",
+                "--config",
+                str(daemon.config_path),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
+
             async def waiting() -> bool:  # it has opened the database: its write waits
                 assert keys.poll() is None, keys.communicate()
                 return uses_file(keys.pid, daemon.data_dir / "runnerd.db")
+
             await wait_until(waiting, timeout=30, what="keys create to open the database")
             status = await stop(daemon)
         except BaseException:
@@ -185,7 +208,8 @@ HANGING_WEBHOOKS_STOP = """
 
 
 async def test_a_shutdown_step_that_raises_does_not_skip_the_later_ones(
-        start_daemon: Callable[..., Daemon], inject: Callable[[str], None]) -> None:
+    start_daemon: Callable[..., Daemon], inject: Callable[[str], None]
+) -> None:
     inject("""
         import logging
         import runnerd.scheduler
@@ -213,7 +237,8 @@ async def test_a_shutdown_step_that_raises_does_not_skip_the_later_ones(
 
 
 async def test_a_shutdown_step_that_hangs_is_cut_off_at_its_bound_and_the_stop_is_forced(
-        start_daemon: Callable[..., Daemon], inject: Callable[[str], None]) -> None:
+    start_daemon: Callable[..., Daemon], inject: Callable[[str], None]
+) -> None:
     inject(HANGING_WEBHOOKS_STOP)
     daemon = await asyncio.to_thread(start_daemon)
     wal = daemon.data_dir / "runnerd.db-wal"
@@ -227,7 +252,8 @@ async def test_a_shutdown_step_that_hangs_is_cut_off_at_its_bound_and_the_stop_i
 
 
 async def test_a_second_sigterm_during_the_stop_exits_at_once_naming_the_step(
-        start_daemon: Callable[..., Daemon], inject: Callable[[str], None]) -> None:
+    start_daemon: Callable[..., Daemon], inject: Callable[[str], None]
+) -> None:
     inject(HANGING_WEBHOOKS_STOP)
     daemon = await asyncio.to_thread(start_daemon)
     assert daemon.proc is not None
@@ -241,7 +267,8 @@ async def test_a_second_sigterm_during_the_stop_exits_at_once_naming_the_step(
 
 
 async def test_a_step_that_blocks_the_event_loop_is_ended_by_the_hard_exit_at_the_deadline(
-        start_daemon: Callable[..., Daemon], inject: Callable[[str], None]) -> None:
+    start_daemon: Callable[..., Daemon], inject: Callable[[str], None]
+) -> None:
     inject("""
         import logging
         import time
@@ -266,7 +293,8 @@ async def test_a_step_that_blocks_the_event_loop_is_ended_by_the_hard_exit_at_th
 
 
 async def test_sigterm_when_a_side_loop_swallows_its_cancel_exits_within_bound(
-        start_daemon: Callable[..., Daemon], inject: Callable[[str], None]) -> None:
+    start_daemon: Callable[..., Daemon], inject: Callable[[str], None]
+) -> None:
     """What Python 3.11's asyncio.wait_for does to the systemd notifier's wait for
     the reconciled queue when SIGTERM comes right as reconciling ends: the daemon
     logged "stopping" and then nothing, for good."""
@@ -299,8 +327,8 @@ async def test_sigterm_when_a_side_loop_swallows_its_cancel_exits_within_bound(
 
 
 async def test_sigterm_during_a_long_log_scan_exits_within_bound(
-        start_daemon: Callable[..., Daemon], inject: Callable[[str], None],
-        http: aiohttp.ClientSession) -> None:
+    start_daemon: Callable[..., Daemon], inject: Callable[[str], None], http: aiohttp.ClientSession
+) -> None:
     inject("""
         import logging
         import time
@@ -320,9 +348,12 @@ async def test_sigterm_during_a_long_log_scan_exits_within_bound(
     runner = await api.create_runner(run_command="echo hi")
     run = await api.trigger(runner["id"])
     await api.wait_done(runner["id"], run["id"])
-    page = asyncio.create_task(api.get(
-        f"/v1/runners/{runner['id']}/runs/{run['id']}/logs",
-        headers={"Accept": "application/json"}))
+    page = asyncio.create_task(
+        api.get(
+            f"/v1/runners/{runner['id']}/runs/{run['id']}/logs",
+            headers={"Accept": "application/json"},
+        )
+    )
     try:
         await wait_log_line(daemon, "injected: a log scan that takes 120 s")
         status = await stop(daemon)  # the scan goes on in its thread
@@ -341,22 +372,28 @@ async def test_sigterm_during_a_long_log_scan_exits_within_bound(
 
 
 async def test_sigterm_during_start_up_while_the_engine_does_not_answer_exits_within_bound(
-        tmp_path: Path, proxy: SocketProxy, docker_engine: str) -> None:  # noqa: F811
+    tmp_path: Path, proxy: SocketProxy, docker_engine: str
+) -> None:  # noqa: F811
     d = tmp_path / "daemon"
     d.mkdir()
     config_path = d / "config.toml"
-    write_config(config_path, d / "data",
-                 f'[docker]\nurl = "unix://{proxy.path}"\nnetwork = "none"\n')
+    write_config(
+        config_path, d / "data", f'[docker]\nurl = "unix://{proxy.path}"\nnetwork = "none"\n'
+    )
     daemon = Daemon(dir=d, config_path=config_path, extra_config="")
     proxy.hold(r"GET .*/version")
     log = open(daemon.log_path, "ab")
     daemon.proc = subprocess.Popen(
         [sys.executable, "-m", "runnerd", "serve", "--config", str(config_path)],
-        stdout=log, stderr=subprocess.STDOUT)
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     log.close()
     try:
+
         async def asked() -> bool:
             return proxy.held > 0
+
         await wait_until(asked, timeout=30, what="the daemon to ask the engine its version")
         status = await stop(daemon)
     finally:
@@ -376,10 +413,16 @@ class Workload:
     """What one data dir has been asked to run across the cycles, and the moments
     at which a cycle's SIGTERM comes."""
 
-    OUTPUTS = {"quick": "echo quick", "printer": "seq 1 300",
-               "slow": "echo start; sleep 1.5; echo end"}
-    EXPECTED = {"quick": b"quick\n", "printer": "".join(f"{i}\n" for i in range(1, 301)).encode(),
-                "slow": b"start\nend\n"}
+    OUTPUTS = {
+        "quick": "echo quick",
+        "printer": "seq 1 300",
+        "slow": "echo start; sleep 1.5; echo end",
+    }
+    EXPECTED = {
+        "quick": b"quick\n",
+        "printer": "".join(f"{i}\n" for i in range(1, 301)).encode(),
+        "slow": b"start\nend\n",
+    }
     BACKLOG = 4  # at most this many runs not yet completed, so the drain stays short
 
     def __init__(self, http: aiohttp.ClientSession, daemon: Daemon, rng: random.Random) -> None:
@@ -427,8 +470,11 @@ class Workload:
     async def after_a_few_415s(self) -> None:
         for _ in range(3):
             status, _ = await self.api.request(
-                "POST", f"/v1/runners/{self.runners['quick']}/runs", data=b"{}",
-                headers={"Content-Type": "text/plain"})
+                "POST",
+                f"/v1/runners/{self.runners['quick']}/runs",
+                data=b"{}",
+                headers={"Content-Type": "text/plain"},
+            )
             assert status == 415
 
     async def after_a_trigger(self) -> None:
@@ -442,19 +488,23 @@ class Workload:
                 return  # cut off by the stop: it may or may not have been queued
             if status == 200:
                 self.accepted[body["run"]["id"]] = "quick"
+
         task = asyncio.create_task(send())
         await asyncio.sleep(self.rng.uniform(0, 0.02))
 
         async def after() -> None:
             await task
+
         return after
 
     async def while_a_run_is_running(self) -> None:
         run_id = await self.trigger("slow")
         if run_id is not None:
+
             async def running() -> bool:
                 run = await self.api.run(self.runners["slow"], run_id)
                 return run["status"] != "pending"
+
             await wait_until(running, timeout=60, what=f"run {run_id} to start")
 
     async def with_a_log_follower(self) -> Callable[[], Awaitable[None]]:
@@ -463,13 +513,15 @@ class Workload:
         runner_id, run_id = left[0] if left else (self.runners["printer"], run_id)
         response = await self.http.get(
             f"{self.api.url}/v1/runners/{runner_id}/runs/{run_id}/logs?follow=true",
-            headers=self.api.headers())
+            headers=self.api.headers(),
+        )
         assert response.status == 200
 
         async def after() -> None:  # the stream ends with the daemon, never hangs
             async with response:
                 with contextlib.suppress(aiohttp.ClientError):
                     await asyncio.wait_for(response.read(), 30)
+
         return after
 
     async def while_output_is_written(self) -> None:
@@ -477,14 +529,21 @@ class Workload:
         if run_id is not None:
             await asyncio.sleep(self.rng.uniform(0, 0.3))
 
-    MOMENTS = ("right_after_start", "after_a_few_415s", "after_a_trigger",
-               "with_a_trigger_in_flight", "while_a_run_is_running", "with_a_log_follower",
-               "while_output_is_written")
+    MOMENTS = (
+        "right_after_start",
+        "after_a_few_415s",
+        "after_a_trigger",
+        "with_a_trigger_in_flight",
+        "while_a_run_is_running",
+        "with_a_log_follower",
+        "while_output_is_written",
+    )
 
 
 @pytest.mark.timeout(1800)
 async def test_200_start_sigterm_cycles_under_mixed_workload_all_exit_within_bound(
-        start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession) -> None:
+    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
+) -> None:
     rng = random.Random(SEED)
     daemon = await asyncio.to_thread(start_daemon, max_concurrent_runs=2)
     work = Workload(http, daemon, rng)
@@ -521,10 +580,12 @@ async def test_200_start_sigterm_cycles_under_mixed_workload_all_exit_within_bou
         runs = await stored()
         done = all(r["status"] in ("succeeded", "failed") for _, r in runs.values())
         return runs if done else None
+
     runs = await wait_until(drained, timeout=300, interval=0.5, what="every run to complete")
     assert set(work.accepted) <= set(runs)  # none answered 200 is lost
     for run_id, (kind, run) in runs.items():  # each ran once: its output is there once
         assert run["status"] == "succeeded", (run, daemon_errors(daemon))
         assert await work.api.logs(work.runners[kind], run_id) == Workload.EXPECTED[kind], run
-    assert not [ln for ln in daemon.log_text().splitlines() if " ERROR " in ln], \
-        daemon_errors(daemon)
+    assert not [ln for ln in daemon.log_text().splitlines() if " ERROR " in ln], daemon_errors(
+        daemon
+    )

@@ -7,10 +7,12 @@ from conftest import Api
 
 async def test_failed_run_records_exit_code_and_both_streams(api: Api) -> None:
     runner = await api.create_runner(
-        run_command="echo out; echo err >&2; echo \"greeting=$GREETING\"; exit 3",
-        env_variables=[{"env_key": "GREETING", "env_val": "default"}])
-    run = await api.trigger(runner["id"], {"env_variables": [
-        {"env_key": "GREETING", "env_val": "override"}]})
+        run_command='echo out; echo err >&2; echo "greeting=$GREETING"; exit 3',
+        env_variables=[{"env_key": "GREETING", "env_val": "default"}],
+    )
+    run = await api.trigger(
+        runner["id"], {"env_variables": [{"env_key": "GREETING", "env_val": "override"}]}
+    )
     assert run["status"] == "pending"
     done = await api.wait_done(runner["id"], run["id"])
     assert done["status"] == "failed"

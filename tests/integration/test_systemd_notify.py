@@ -10,10 +10,9 @@ import os
 import shutil
 import socket
 import tempfile
-from typing import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
-
 from conftest import Daemon, wait_until
 from faults import proxy, start_proxied_daemon  # noqa: F401 (fixtures)
 from socket_proxy import SocketProxy
@@ -51,7 +50,8 @@ async def until_ready(sock: socket.socket) -> dict[str, str]:
 
 
 async def test_watchdog_pings_go_on_while_the_database_is_locked(
-        start_daemon: Callable[..., Daemon], notify_socket: socket.socket) -> None:
+    start_daemon: Callable[..., Daemon], notify_socket: socket.socket
+) -> None:
     """Another process takes every read lock of the database: each of runnerd's
     queries waits (busy timeout), its STATUS check gives up, and the watchdog pings
     still come within WatchdogSec — systemd never sees a hang that is not one."""
@@ -61,13 +61,20 @@ async def test_watchdog_pings_go_on_while_the_database_is_locked(
 
     fd = os.open(daemon.data_dir / "runnerd.db-shm", os.O_RDWR)
     try:
+
         async def locked() -> bool:
             try:  # not while one of runnerd's transactions holds a read mark
-                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, SHM_READ_LOCKS[1],
-                            SHM_READ_LOCKS[0], os.SEEK_SET)
+                fcntl.lockf(
+                    fd,
+                    fcntl.LOCK_EX | fcntl.LOCK_NB,
+                    SHM_READ_LOCKS[1],
+                    SHM_READ_LOCKS[0],
+                    os.SEEK_SET,
+                )
                 return True
             except OSError:
                 return False
+
         await wait_until(locked, timeout=10, what="the database's read locks")
 
         pings = 0
@@ -89,13 +96,16 @@ async def test_watchdog_pings_go_on_while_the_database_is_locked(
     async def status_back() -> bool:
         message = await next_datagram(notify_socket, WATCHDOG_SECONDS)
         return message.get("STATUS") == "serving; 0 pending, 0 running"
+
     await wait_until(status_back, timeout=30, what="STATUS with the queue counts again")
     assert daemon.stop() == 0, daemon.log_text()
 
 
 async def test_status_reports_the_engine_outage_and_its_end(
-        start_proxied_daemon: Callable[..., Awaitable[Daemon]], proxy: SocketProxy,
-        notify_socket: socket.socket) -> None:
+    start_proxied_daemon: Callable[..., Awaitable[Daemon]],
+    proxy: SocketProxy,
+    notify_socket: socket.socket,
+) -> None:
     """The engine goes away behind a socket proxy: STATUS says so within seconds
     (not only at the next watchdog tick), and says it no more once it is back."""
     daemon = await start_proxied_daemon()
@@ -107,8 +117,9 @@ async def test_status_reports_the_engine_outage_and_its_end(
             assert message.get("WATCHDOG") == "1" or "STATUS" in message, message
 
     await proxy.stop()
-    await status_becomes("serving; 0 pending, 0 running; the Docker engine does not "
-                         "answer, runs stay pending")
+    await status_becomes(
+        "serving; 0 pending, 0 running; the Docker engine does not answer, runs stay pending"
+    )
     await proxy.start()
     await status_becomes("serving; 0 pending, 0 running")
     assert await asyncio.to_thread(daemon.stop) == 0, daemon.log_text()

@@ -4,8 +4,8 @@ Receiver, receiver`."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Awaitable, Callable
 
 import pytest
 from aiohttp import web

@@ -22,12 +22,12 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
-
 from conftest import LABEL_DAEMON, TEST_IMAGE, docker_cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -36,10 +36,23 @@ BOOT_DEADLINE = 120.0
 
 # What the container gets from the host: the flags that boot systemd here
 # (--privileged does not), no network, the engine socket and the wheelhouse.
-RUN_FLAGS = ["--cap-add", "ALL", "--cap-drop", "SYS_RESOURCE",
-             "--security-opt", "seccomp=unconfined", "--cgroupns=private",
-             "-e", "container=docker", "--tmpfs", "/run", "--tmpfs", "/run/lock",
-             "--network", "none"]
+RUN_FLAGS = [
+    "--cap-add",
+    "ALL",
+    "--cap-drop",
+    "SYS_RESOURCE",
+    "--security-opt",
+    "seccomp=unconfined",
+    "--cgroupns=private",
+    "-e",
+    "container=docker",
+    "--tmpfs",
+    "/run",
+    "--tmpfs",
+    "/run/lock",
+    "--network",
+    "none",
+]
 
 DOCKER_SERVICE = """\
 [Unit]
@@ -96,20 +109,38 @@ class Machine:
 
     name: str
 
-    def sh(self, script: str, *, check: bool = True,
-           timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(["docker", "exec", self.name, "bash", "-c", script],
-                              capture_output=True, text=True, timeout=timeout)
+    def sh(
+        self, script: str, *, check: bool = True, timeout: float = 120
+    ) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(
+            ["docker", "exec", self.name, "bash", "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
         if check and done.returncode != 0:
-            raise AssertionError(f"in the container, `{script}` exited {done.returncode}:\n"
-                                 f"{done.stdout}\n{done.stderr}")
+            raise AssertionError(
+                f"in the container, `{script}` exited {done.returncode}:\n"
+                f"{done.stdout}\n{done.stderr}"
+            )
         return done
 
     def put(self, path: str, text: str) -> None:
-        subprocess.run(["docker", "exec", "-i", self.name, "bash", "-c",
-                        f"mkdir -p {shlex.quote(os.path.dirname(path))} && "
-                        f"cat > {shlex.quote(path)}"],
-                       input=text, text=True, check=True, timeout=60)
+        subprocess.run(
+            [
+                "docker",
+                "exec",
+                "-i",
+                self.name,
+                "bash",
+                "-c",
+                f"mkdir -p {shlex.quote(os.path.dirname(path))} && cat > {shlex.quote(path)}",
+            ],
+            input=text,
+            text=True,
+            check=True,
+            timeout=60,
+        )
 
     def show(self, *props: str, unit: str = "runnerd") -> dict[str, str]:
         out = self.sh(f"systemctl show {unit} " + " ".join(f"-p {p}" for p in props)).stdout
@@ -134,8 +165,10 @@ class Machine:
         """runnerd's journal from `cursor` on. --cursor, not --after-cursor: with a
         filter (-p) journalctl 252 seeks to the first match after the cursor and then
         skips it as if it were the cursor's own entry."""
-        return self.sh(f"journalctl --no-pager -u runnerd --cursor={shlex.quote(cursor)} "
-                       + " ".join(shlex.quote(a) for a in args)).stdout
+        return self.sh(
+            f"journalctl --no-pager -u runnerd --cursor={shlex.quote(cursor)} "
+            + " ".join(shlex.quote(a) for a in args)
+        ).stdout
 
     def ensure_running(self) -> None:
         """Each test starts from an active runnerd with the engine there."""
@@ -144,10 +177,12 @@ class Machine:
             self.sh("systemctl reset-failed runnerd; systemctl start runnerd")
 
     def daemon_id(self) -> str | None:
-        done = self.sh("python3 -c \"import sqlite3; print(sqlite3.connect("
-                       "'file:/var/lib/runnerd/runnerd.db?mode=ro', uri=True).execute("
-                       "\\\"SELECT value FROM meta WHERE key = 'daemon_id'\\\").fetchone()[0])\"",
-                       check=False)
+        done = self.sh(
+            'python3 -c "import sqlite3; print(sqlite3.connect('
+            "'file:/var/lib/runnerd/runnerd.db?mode=ro', uri=True).execute("
+            '\\"SELECT value FROM meta WHERE key = \'daemon_id\'\\").fetchone()[0])"',
+            check=False,
+        )
         return done.stdout.strip() or None
 
 
@@ -159,17 +194,31 @@ def _host_socket() -> str:
 
 
 def _build_image() -> str:
-    done = subprocess.run(["bash", str(HERE / "image.sh")], stdout=subprocess.PIPE,
-                          text=True, timeout=1200)  # its log goes to our stderr
+    done = subprocess.run(
+        ["bash", str(HERE / "image.sh")], stdout=subprocess.PIPE, text=True, timeout=1200
+    )  # its log goes to our stderr
     if done.returncode != 0:
         pytest.fail(f"tests/systemd/image.sh failed (exit {done.returncode}); see its output")
     return done.stdout.strip().splitlines()[-1]
 
 
 def _build_wheelhouse(into: Path) -> None:
-    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q",
-                           "--disable-pip-version-check", "--wheel-dir", str(into), str(ROOT)],
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--disable-pip-version-check",
+            "--wheel-dir",
+            str(into),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     if done.returncode != 0:
         pytest.fail(f"pip wheel of runnerd failed:\n{done.stdout}\n{done.stderr}")
 
@@ -183,8 +232,10 @@ def _wait_booted(machine: Machine) -> None:
             return
         if time.monotonic() > deadline:
             logs = docker_cli("logs", "--tail", "50", machine.name, check=False)
-            pytest.fail(f"systemd did not boot within {BOOT_DEADLINE} s (state {state!r}):\n"
-                        f"{logs.stdout}{logs.stderr}")
+            pytest.fail(
+                f"systemd did not boot within {BOOT_DEADLINE} s (state {state!r}):\n"
+                f"{logs.stdout}{logs.stderr}"
+            )
         time.sleep(0.2)
 
 
@@ -194,32 +245,50 @@ def machine(tmp_path_factory: pytest.TempPathFactory, docker_engine: str) -> Ite
     wheels = tmp_path_factory.mktemp("wheels")
     _build_wheelhouse(wheels)
     name = f"runnerd-systemd-test-{uuid.uuid4().hex[:8]}"
-    started = docker_cli("run", "-d", "--name", name, *RUN_FLAGS,
-                         "-v", f"{_host_socket()}:/host/docker.sock",
-                         "-v", f"{wheels}:/wheels:ro", image, check=False)
+    started = docker_cli(
+        "run",
+        "-d",
+        "--name",
+        name,
+        *RUN_FLAGS,
+        "-v",
+        f"{_host_socket()}:/host/docker.sock",
+        "-v",
+        f"{wheels}:/wheels:ro",
+        image,
+        check=False,
+    )
     if started.returncode != 0:
         pytest.fail(f"cannot start the systemd container:\n{started.stderr}")
     m = Machine(name)
     try:
         _wait_booted(m)
-        m.sh("python3 -m venv /opt/runnerd && /opt/runnerd/bin/pip install -q "
-             "--disable-pip-version-check --no-index --find-links /wheels runnerd && "
-             "ln -sf /opt/runnerd/bin/runnerd /usr/local/bin/runnerd", timeout=600)
+        m.sh(
+            "python3 -m venv /opt/runnerd && /opt/runnerd/bin/pip install -q "
+            "--disable-pip-version-check --no-index --find-links /wheels runnerd && "
+            "ln -sf /opt/runnerd/bin/runnerd /usr/local/bin/runnerd",
+            timeout=600,
+        )
         m.put("/etc/systemd/system/docker.service", DOCKER_SERVICE)
-        m.put("/etc/systemd/system/runnerd.service",
-              (ROOT / "systemd" / "runnerd.service").read_text())
+        m.put(
+            "/etc/systemd/system/runnerd.service",
+            (ROOT / "systemd" / "runnerd.service").read_text(),
+        )
         m.put("/etc/runnerd/config.toml", CONFIG)
         m.put("/usr/local/bin/api", API_SCRIPT)
         m.sh("systemctl daemon-reload && systemctl enable --now docker")
-        m.sh("runnerd keys create --name test --config /etc/runnerd/config.toml "
-             "| tail -n 1 > /etc/runnerd/test-key")
+        m.sh(
+            "runnerd keys create --name test --config /etc/runnerd/config.toml "
+            "| tail -n 1 > /etc/runnerd/test-key"
+        )
         yield m
     finally:
         daemon_id = m.daemon_id()
         docker_cli("rm", "-f", name, check=False)
         if daemon_id:
-            ids = docker_cli("ps", "-aq", "--filter", f"label={LABEL_DAEMON}={daemon_id}",
-                             check=False).stdout.split()
+            ids = docker_cli(
+                "ps", "-aq", "--filter", f"label={LABEL_DAEMON}={daemon_id}", check=False
+            ).stdout.split()
             if ids:
                 docker_cli("rm", "-f", *ids, check=False)
 
@@ -229,9 +298,17 @@ def runner(machine: Machine) -> dict[str, Any]:
     """A runner of the test image, which the host engine has (no pulls)."""
     machine.ensure_running()
     image, _, tag = TEST_IMAGE.rpartition(":")
-    status, body = machine.api("POST", "/v1/runners", {
-        "name": f"sd-{uuid.uuid4().hex[:8]}", "image_name": image, "image_tag": tag,
-        "image_pull_policy": "never", "run_command": "sleep ${SECONDS_TO_SLEEP:-0}",
-        "timeout_seconds": 600})
+    status, body = machine.api(
+        "POST",
+        "/v1/runners",
+        {
+            "name": f"sd-{uuid.uuid4().hex[:8]}",
+            "image_name": image,
+            "image_tag": tag,
+            "image_pull_policy": "never",
+            "run_command": "sleep ${SECONDS_TO_SLEEP:-0}",
+            "timeout_seconds": 600,
+        },
+    )
     assert status == 200, body
     return body["runner"]

@@ -8,7 +8,6 @@ import json
 from typing import Any
 
 import pytest
-
 from conftest import wait_until
 from machine import Machine, machine, runner  # noqa: F401 (fixtures)
 
@@ -32,6 +31,7 @@ def counts(pending: int, running: int) -> str:
 async def status_is(machine: Machine, text: str, timeout: float = 20) -> None:
     async def shown() -> bool:
         return machine.status_text() == text
+
     try:
         await wait_until(shown, timeout=timeout, interval=0.2, what=f"STATUS {text!r}")
     except AssertionError as e:
@@ -39,42 +39,55 @@ async def status_is(machine: Machine, text: str, timeout: float = 20) -> None:
 
 
 def trigger(machine: Machine, runner: dict[str, Any], seconds: int) -> dict[str, Any]:
-    status, body = machine.api("POST", f"/v1/runners/{runner['id']}/runs",
-                               {"env_variables": [{"env_key": "SECONDS_TO_SLEEP",
-                                                   "env_val": str(seconds)}]})
+    status, body = machine.api(
+        "POST",
+        f"/v1/runners/{runner['id']}/runs",
+        {"env_variables": [{"env_key": "SECONDS_TO_SLEEP", "env_val": str(seconds)}]},
+    )
     assert status == 200, body
     return body["run"]
 
 
-async def run_reaches(machine: Machine, runner: dict[str, Any], run_id: str,
-                      status: str, timeout: float = 30) -> dict[str, Any]:
+async def run_reaches(
+    machine: Machine, runner: dict[str, Any], run_id: str, status: str, timeout: float = 30
+) -> dict[str, Any]:
     async def reached() -> dict[str, Any] | None:
         code, body = machine.api("GET", f"/v1/runners/{runner['id']}/runs/{run_id}")
         assert code == 200, body
         return body["run"] if body["run"]["status"] == status else None
-    return await wait_until(reached, timeout=timeout, interval=0.2,
-                            what=f"run {run_id} to be {status}")
+
+    return await wait_until(
+        reached, timeout=timeout, interval=0.2, what=f"run {run_id} to be {status}"
+    )
 
 
 async def journal_shows(machine: Machine, cursor: str, text: str, *args: str) -> None:
     """`text` in runnerd's journal since `cursor` (journald files stream lines a moment
     after they are written, so wait for it)."""
+
     async def shown() -> bool:
         return text in machine.journal(cursor, "-o", "cat", *args)
+
     await wait_until(shown, timeout=30, interval=0.2, what=f"{text!r} in the journal")
 
 
 async def restarted(machine: Machine, old_pid: str, timeout: float = 60) -> dict[str, str]:
     async def back() -> dict[str, str] | None:
         state = machine.show("MainPID", "ActiveState", "NRestarts")
-        return state if state["ActiveState"] == "active" and \
-            state["MainPID"] not in ("0", old_pid) else None
-    return await wait_until(back, timeout=timeout, interval=0.2,
-                            what="runnerd to be restarted and active again")
+        return (
+            state
+            if state["ActiveState"] == "active" and state["MainPID"] not in ("0", old_pid)
+            else None
+        )
+
+    return await wait_until(
+        back, timeout=timeout, interval=0.2, what="runnerd to be restarted and active again"
+    )
 
 
 async def test_systemctl_start_returns_once_the_api_answers_and_runs_are_reattached(
-        machine: Machine, runner: dict[str, Any]) -> None:
+    machine: Machine, runner: dict[str, Any]
+) -> None:
     machine.ensure_running()
     run = trigger(machine, runner, 600)
     await run_reaches(machine, runner, run["id"], "running")
@@ -83,7 +96,8 @@ async def test_systemctl_start_returns_once_the_api_answers_and_runs_are_reattac
     # served, and the run already re-attached (before that, cancelling it is a 503).
     out = machine.sh(
         "systemctl start runnerd && python3 /usr/local/bin/api GET /healthz && python3 "
-        f"/usr/local/bin/api POST /v1/runners/{runner['id']}/runs/{run['id']}/cancel").stdout
+        f"/usr/local/bin/api POST /v1/runners/{runner['id']}/runs/{run['id']}/cancel"
+    ).stdout
     health, cancel = (json.loads(line) for line in out.splitlines()[-2:])
     assert health["status"] == 200, health
     assert cancel["status"] == 200, cancel
@@ -91,10 +105,12 @@ async def test_systemctl_start_returns_once_the_api_answers_and_runs_are_reattac
 
 
 async def test_status_shows_queue_counts_right_after_ready_and_follows_the_queue(
-        machine: Machine, runner: dict[str, Any]) -> None:
+    machine: Machine, runner: dict[str, Any]
+) -> None:
     machine.ensure_running()
-    status = machine.sh("systemctl restart runnerd && "
-                        "systemctl show -p StatusText --value runnerd").stdout.strip()
+    status = machine.sh(
+        "systemctl restart runnerd && systemctl show -p StatusText --value runnerd"
+    ).stdout.strip()
     assert status == counts(0, 0)  # with READY=1, not a bare "serving"
     code, body = machine.api("PATCH", f"/v1/runners/{runner['id']}", {"max_concurrent_runs": 1})
     assert code == 200, body
@@ -135,21 +151,23 @@ async def test_kill_9_of_runnerd_is_restarted(machine: Machine) -> None:
 
 
 async def test_stopping_docker_service_leaves_runnerd_running_until_the_engine_returns(
-        machine: Machine, runner: dict[str, Any]) -> None:
+    machine: Machine, runner: dict[str, Any]
+) -> None:
     machine.ensure_running()
     pid = machine.show("MainPID")["MainPID"]
     try:
         machine.sh("systemctl stop docker")
         code, body = machine.api("GET", "/healthz")
         assert code == 503, body  # the engine is really gone for runnerd...
-        await status_is(machine, counts(0, 0) +
-                        "; the Docker engine does not answer, runs stay pending")
+        await status_is(
+            machine, counts(0, 0) + "; the Docker engine does not answer, runs stay pending"
+        )
         run = trigger(machine, runner, 0)
-        await status_is(machine, counts(1, 0) +
-                        "; the Docker engine does not answer, runs stay pending")
+        await status_is(
+            machine, counts(1, 0) + "; the Docker engine does not answer, runs stay pending"
+        )
         # ...and runnerd is still the same active process (Requires= would stop it)
-        assert machine.show("ActiveState", "MainPID") == {"ActiveState": "active",
-                                                          "MainPID": pid}
+        assert machine.show("ActiveState", "MainPID") == {"ActiveState": "active", "MainPID": pid}
     finally:
         machine.sh("systemctl start docker")
     await run_reaches(machine, runner, run["id"], "succeeded", timeout=60)
@@ -160,8 +178,11 @@ async def test_stopping_docker_service_leaves_runnerd_running_until_the_engine_r
 async def test_bad_config_exits_2_and_is_not_restarted(machine: Machine) -> None:
     machine.ensure_running()
     machine.put("/etc/runnerd/bad.toml", '[docker]\nnetwrok = "none"\n')
-    machine.put(BAD_CONFIG_DROP_IN, "[Service]\nExecStart=\nExecStart=/usr/local/bin/runnerd "
-                                    "serve --config /etc/runnerd/bad.toml\n")
+    machine.put(
+        BAD_CONFIG_DROP_IN,
+        "[Service]\nExecStart=\nExecStart=/usr/local/bin/runnerd "
+        "serve --config /etc/runnerd/bad.toml\n",
+    )
     try:
         machine.sh("systemctl daemon-reload")
         cursor = machine.journal_cursor()
@@ -169,18 +190,26 @@ async def test_bad_config_exits_2_and_is_not_restarted(machine: Machine) -> None
         assert started.returncode != 0
         state = machine.show("ActiveState", "SubState", "ExecMainStatus", "NRestarts")
         # failed for good: not "auto-restart", which a restart loop would be in
-        assert state == {"ActiveState": "failed", "SubState": "failed",
-                         "ExecMainStatus": "2", "NRestarts": "0"}, state
+        assert state == {
+            "ActiveState": "failed",
+            "SubState": "failed",
+            "ExecMainStatus": "2",
+            "NRestarts": "0",
+        }, state
 
-        await journal_shows(machine, cursor, "runnerd: bad config: docker.netwrok: unknown key",
-                            "-p", "err")  # filed as an error
+        await journal_shows(
+            machine, cursor, "runnerd: bad config: docker.netwrok: unknown key", "-p", "err"
+        )  # filed as an error
     finally:
-        machine.sh(f"rm -f {BAD_CONFIG_DROP_IN} && systemctl daemon-reload && "
-                   "systemctl reset-failed runnerd && systemctl start runnerd")
+        machine.sh(
+            f"rm -f {BAD_CONFIG_DROP_IN} && systemctl daemon-reload && "
+            "systemctl reset-failed runnerd && systemctl start runnerd"
+        )
 
 
 async def test_journal_files_runnerd_warnings_at_warning_priority(
-        machine: Machine, runner: dict[str, Any]) -> None:
+    machine: Machine, runner: dict[str, Any]
+) -> None:
     machine.ensure_running()
     cursor = machine.journal_cursor()
     try:
@@ -189,6 +218,7 @@ async def test_journal_files_runnerd_warnings_at_warning_priority(
 
         async def warned() -> str:
             return machine.journal(cursor, "-p", "warning", "-o", "json")
+
         out = await wait_until(warned, timeout=30, interval=0.2, what="a warning in the journal")
     finally:
         machine.sh("systemctl start docker")

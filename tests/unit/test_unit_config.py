@@ -41,48 +41,51 @@ def test_empty_file_gives_every_default(tmp_path: Path) -> None:
     _assert_defaults(load(path))
 
 
-@pytest.mark.parametrize(("data", "key"), [
-    ({"bogus": 1}, "bogus"),
-    ({"server": {"bogus": 1}}, "server.bogus"),
-    ({"storage": {"bogus": 1}}, "storage.bogus"),
-    ({"docker": {"bogus": 1}}, "docker.bogus"),
-    ({"scheduler": {"bogus": 1}}, "scheduler.bogus"),
-    ({"server": "127.0.0.1:1"}, "server"),
-    ({"scheduler": {"max_concurrent_runs": 0}}, "scheduler.max_concurrent_runs"),
-    ({"scheduler": {"max_concurrent_runs": -1}}, "scheduler.max_concurrent_runs"),
-    ({"scheduler": {"max_concurrent_runs": "4"}}, "scheduler.max_concurrent_runs"),
-    ({"scheduler": {"max_concurrent_runs": True}}, "scheduler.max_concurrent_runs"),
-    ({"scheduler": {"max_concurrent_runs": 2.0}}, "scheduler.max_concurrent_runs"),
-    ({"scheduler": {"on_shutdown": "kill"}}, "scheduler.on_shutdown"),
-    ({"server": {"listen": "nope"}}, "server.listen"),
-    ({"server": {"listen": ":8420"}}, "server.listen"),
-    ({"server": {"listen": "127.0.0.1:"}}, "server.listen"),
-    ({"server": {"listen": "127.0.0.1:70000"}}, "server.listen"),
-    ({"server": {"listen": ""}}, "server.listen"),
-    ({"server": {"listen": 8420}}, "server.listen"),
-    ({"server": {"max_body_bytes": 10}}, "server.max_body_bytes"),
-    ({"docker": {"url": "ftp://x"}}, "docker.url"),
-    ({"docker": {"url": ""}}, "docker.url"),
-    ({"docker": {"network": ""}}, "docker.network"),
-    ({"docker": {"stop_grace_seconds": -1}}, "docker.stop_grace_seconds"),
-    ({"docker": {"stop_grace_seconds": "10"}}, "docker.stop_grace_seconds"),
-    ({"storage": {"data_dir": ""}}, "storage.data_dir"),
-    ({"storage": {"max_log_bytes": 0}}, "storage.max_log_bytes"),
-    ({"timezone": "Mars/Olympus"}, "timezone"),
-    ({"timezone": ""}, "timezone"),
-    ({"timezone": 1}, "timezone"),
-    ({"default_instance_type": "huge"}, "default_instance_type"),
-    ({"default_instance_type": 3}, "default_instance_type"),
-    ({"instance_types": {}}, "instance_types"),
-    ({"instance_types": {"x": {"mem": 512}}}, "instance_types.x.cpu"),
-    ({"instance_types": {"x": {"cpu": 1}}}, "instance_types.x.mem"),
-    ({"instance_types": {"x": {"cpu": 1, "mem": 512, "gpu": 1}}}, "instance_types.x.gpu"),
-    ({"instance_types": {"Big One": {"cpu": 1, "mem": 512}}}, "instance_types.Big One"),
-    ({"instance_types": {"x": {"cpu": 0, "mem": 512}}}, "instance_types.x.cpu"),
-    ({"instance_types": {"x": {"cpu": 1, "mem": 1.5}}}, "instance_types.x.mem"),
-    ({"instance_types": {"x": {"cpu": 1, "mem": 512, "pids": 0}}}, "instance_types.x.pids"),
-    ({"instance_types": {"x": 5}}, "instance_types.x"),
-])
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"bogus": 1}, "bogus"),
+        ({"server": {"bogus": 1}}, "server.bogus"),
+        ({"storage": {"bogus": 1}}, "storage.bogus"),
+        ({"docker": {"bogus": 1}}, "docker.bogus"),
+        ({"scheduler": {"bogus": 1}}, "scheduler.bogus"),
+        ({"server": "127.0.0.1:1"}, "server"),
+        ({"scheduler": {"max_concurrent_runs": 0}}, "scheduler.max_concurrent_runs"),
+        ({"scheduler": {"max_concurrent_runs": -1}}, "scheduler.max_concurrent_runs"),
+        ({"scheduler": {"max_concurrent_runs": "4"}}, "scheduler.max_concurrent_runs"),
+        ({"scheduler": {"max_concurrent_runs": True}}, "scheduler.max_concurrent_runs"),
+        ({"scheduler": {"max_concurrent_runs": 2.0}}, "scheduler.max_concurrent_runs"),
+        ({"scheduler": {"on_shutdown": "kill"}}, "scheduler.on_shutdown"),
+        ({"server": {"listen": "nope"}}, "server.listen"),
+        ({"server": {"listen": ":8420"}}, "server.listen"),
+        ({"server": {"listen": "127.0.0.1:"}}, "server.listen"),
+        ({"server": {"listen": "127.0.0.1:70000"}}, "server.listen"),
+        ({"server": {"listen": ""}}, "server.listen"),
+        ({"server": {"listen": 8420}}, "server.listen"),
+        ({"server": {"max_body_bytes": 10}}, "server.max_body_bytes"),
+        ({"docker": {"url": "ftp://x"}}, "docker.url"),
+        ({"docker": {"url": ""}}, "docker.url"),
+        ({"docker": {"network": ""}}, "docker.network"),
+        ({"docker": {"stop_grace_seconds": -1}}, "docker.stop_grace_seconds"),
+        ({"docker": {"stop_grace_seconds": "10"}}, "docker.stop_grace_seconds"),
+        ({"storage": {"data_dir": ""}}, "storage.data_dir"),
+        ({"storage": {"max_log_bytes": 0}}, "storage.max_log_bytes"),
+        ({"timezone": "Mars/Olympus"}, "timezone"),
+        ({"timezone": ""}, "timezone"),
+        ({"timezone": 1}, "timezone"),
+        ({"default_instance_type": "huge"}, "default_instance_type"),
+        ({"default_instance_type": 3}, "default_instance_type"),
+        ({"instance_types": {}}, "instance_types"),
+        ({"instance_types": {"x": {"mem": 512}}}, "instance_types.x.cpu"),
+        ({"instance_types": {"x": {"cpu": 1}}}, "instance_types.x.mem"),
+        ({"instance_types": {"x": {"cpu": 1, "mem": 512, "gpu": 1}}}, "instance_types.x.gpu"),
+        ({"instance_types": {"Big One": {"cpu": 1, "mem": 512}}}, "instance_types.Big One"),
+        ({"instance_types": {"x": {"cpu": 0, "mem": 512}}}, "instance_types.x.cpu"),
+        ({"instance_types": {"x": {"cpu": 1, "mem": 1.5}}}, "instance_types.x.mem"),
+        ({"instance_types": {"x": {"cpu": 1, "mem": 512, "pids": 0}}}, "instance_types.x.pids"),
+        ({"instance_types": {"x": 5}}, "instance_types.x"),
+    ],
+)
 def test_each_bad_value_raises_config_error_naming_its_key(data: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         from_dict(data)
@@ -105,14 +108,24 @@ def test_default_instance_type_must_be_among_defined_types_when_builtins_replace
 
 
 def test_defining_instance_types_replaces_the_builtins() -> None:
-    c = from_dict({
-        "default_instance_type": "tiny",
-        "instance_types": {"tiny": {"cpu": 0.25, "mem": 128},
-                           "big_2": {"name": "Big", "cpu": 8, "mem": 8192, "pids": 4096}},
-    })
+    c = from_dict(
+        {
+            "default_instance_type": "tiny",
+            "instance_types": {
+                "tiny": {"cpu": 0.25, "mem": 128},
+                "big_2": {"name": "Big", "cpu": 8, "mem": 8192, "pids": 4096},
+            },
+        }
+    )
     assert set(c.instance_types) == {"tiny", "big_2"}
     tiny = c.instance_types["tiny"]
-    assert (tiny.slug, tiny.name, tiny.cpu, tiny.mem, tiny.pids) == ("tiny", "tiny", 0.25, 128, 1024)
+    assert (tiny.slug, tiny.name, tiny.cpu, tiny.mem, tiny.pids) == (
+        "tiny",
+        "tiny",
+        0.25,
+        128,
+        1024,
+    )
     big = c.instance_types["big_2"]
     assert (big.name, big.cpu, big.mem, big.pids) == ("Big", 8.0, 8192, 4096)
     assert isinstance(big.cpu, float)
@@ -122,14 +135,20 @@ def test_defining_instance_types_replaces_the_builtins() -> None:
 
 
 def test_every_valid_setting_is_carried_into_the_config() -> None:
-    c = from_dict({
-        "server": {"listen": "0.0.0.0:1", "max_body_bytes": 2048},
-        "storage": {"data_dir": "/srv/runnerd", "max_log_bytes": 4096},
-        "docker": {"url": "unix:///run/docker.sock", "network": "none", "stop_grace_seconds": 0},
-        "scheduler": {"max_concurrent_runs": 1000, "on_shutdown": "stop"},
-        "timezone": "UTC",
-        "default_instance_type": "standard-m",
-    })
+    c = from_dict(
+        {
+            "server": {"listen": "0.0.0.0:1", "max_body_bytes": 2048},
+            "storage": {"data_dir": "/srv/runnerd", "max_log_bytes": 4096},
+            "docker": {
+                "url": "unix:///run/docker.sock",
+                "network": "none",
+                "stop_grace_seconds": 0,
+            },
+            "scheduler": {"max_concurrent_runs": 1000, "on_shutdown": "stop"},
+            "timezone": "UTC",
+            "default_instance_type": "standard-m",
+        }
+    )
     assert c.server.port == 1 and c.server.max_body_bytes == 2048
     assert c.storage.data_dir == Path("/srv/runnerd") and c.storage.max_log_bytes == 4096
     assert c.storage.db_path == Path("/srv/runnerd/runnerd.db")
@@ -141,7 +160,8 @@ def test_every_valid_setting_is_carried_into_the_config() -> None:
 
 
 def test_relative_data_dir_is_resolved_against_the_config_files_directory(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     conf_dir = tmp_path / "etc"
     conf_dir.mkdir()
     path = conf_dir / "runnerd.toml"
@@ -154,7 +174,8 @@ def test_relative_data_dir_is_resolved_against_the_config_files_directory(
 
 
 def test_relative_data_dir_is_resolved_when_the_config_path_itself_is_relative(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "runnerd.toml").write_text('[storage]\ndata_dir = "data"\n')
     monkeypatch.chdir(tmp_path)
     c = load("runnerd.toml")
@@ -217,7 +238,8 @@ def test_tz_without_a_zone_is_the_hosts_local_zone() -> None:
 
 
 def test_default_data_dir_follows_xdg_data_home_for_non_root(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(cfg.os, "geteuid", lambda: 1000)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
     assert cfg.default_data_dir() == tmp_path / "runnerd"

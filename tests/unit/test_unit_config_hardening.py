@@ -4,16 +4,17 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
-from typing import Any, Iterator
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 
 from runnerd.config import Config, ConfigError, from_dict, host_zone
 from runnerd.timefmt import format_ms
 
-JULY_UTC = int(datetime(2026, 7, 15, 12, 0, tzinfo=timezone.utc).timestamp() * 1000)
-JANUARY_UTC = int(datetime(2026, 1, 15, 9, 1, tzinfo=timezone.utc).timestamp() * 1000)
+JULY_UTC = int(datetime(2026, 7, 15, 12, 0, tzinfo=UTC).timestamp() * 1000)
+JANUARY_UTC = int(datetime(2026, 1, 15, 9, 1, tzinfo=UTC).timestamp() * 1000)
 
 
 @pytest.mark.parametrize("token", [" x ", "x ", " x", "\ttoken", "token\n"])
@@ -33,26 +34,44 @@ def test_allowed_hosts_absent_allows_any_host() -> None:
 
 
 def test_allowed_hosts_match_names_exactly_ignoring_case_and_addresses_in_any_form() -> None:
-    webhooks = from_dict({"webhooks": {"allowed_hosts": [
-        "CI.Example.com.", "10.0.0.7", "[::1]"]}}).webhooks
-    for host in ("ci.example.com", "CI.EXAMPLE.COM", "ci.example.com.", "10.0.0.7", "::1",
-                 "0:0::1"):
+    webhooks = from_dict(
+        {"webhooks": {"allowed_hosts": ["CI.Example.com.", "10.0.0.7", "[::1]"]}}
+    ).webhooks
+    for host in (
+        "ci.example.com",
+        "CI.EXAMPLE.COM",
+        "ci.example.com.",
+        "10.0.0.7",
+        "::1",
+        "0:0::1",
+    ):
         assert webhooks.allows(host), host
-    for host in ("x.ci.example.com", "ci.example.com.evil.net", "example.com", "10.0.0.8",
-                 "127.0.0.1", "localhost", "", "010.0.0.7"):
+    for host in (
+        "x.ci.example.com",
+        "ci.example.com.evil.net",
+        "example.com",
+        "10.0.0.8",
+        "127.0.0.1",
+        "localhost",
+        "",
+        "010.0.0.7",
+    ):
         assert not webhooks.allows(host), host
 
 
-@pytest.mark.parametrize("value, where", [
-    ([], "webhooks.allowed_hosts:"),
-    ("ci.example.com", "webhooks.allowed_hosts:"),
-    (["ci.example.com:443"], r"webhooks.allowed_hosts\[0\]:"),
-    (["ok.example", "https://ci.example.com"], r"webhooks.allowed_hosts\[1\]:"),
-    (["ci.example.com/hook"], r"webhooks.allowed_hosts\[0\]:"),
-    ([""], r"webhooks.allowed_hosts\[0\]:"),
-    ([7], r"webhooks.allowed_hosts\[0\]:"),
-    (["*.example.com"], r"webhooks.allowed_hosts\[0\]:"),
-])
+@pytest.mark.parametrize(
+    "value, where",
+    [
+        ([], "webhooks.allowed_hosts:"),
+        ("ci.example.com", "webhooks.allowed_hosts:"),
+        (["ci.example.com:443"], r"webhooks.allowed_hosts\[0\]:"),
+        (["ok.example", "https://ci.example.com"], r"webhooks.allowed_hosts\[1\]:"),
+        (["ci.example.com/hook"], r"webhooks.allowed_hosts\[0\]:"),
+        ([""], r"webhooks.allowed_hosts\[0\]:"),
+        ([7], r"webhooks.allowed_hosts\[0\]:"),
+        (["*.example.com"], r"webhooks.allowed_hosts\[0\]:"),
+    ],
+)
 def test_bad_allowed_hosts_is_refused_naming_the_item(value: Any, where: str) -> None:
     with pytest.raises(ConfigError, match="^" + where):
         from_dict({"webhooks": {"allowed_hosts": value}})
@@ -61,19 +80,23 @@ def test_bad_allowed_hosts_is_refused_naming_the_item(value: Any, where: str) ->
 @pytest.fixture
 def host_tz(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """Set the host's $TZ for one test; the zone caches are cleared before and after."""
+
     def use(tz: str) -> None:
         monkeypatch.setenv("TZ", tz)
         host_zone.cache_clear()
+
     with monkeypatch.context() as m:
         monkeypatch = m
         yield use
     host_zone.cache_clear()
 
 
-@pytest.mark.parametrize("tz", ["Europe/Berlin", ":Europe/Berlin",
-                                "/usr/share/zoneinfo/Europe/Berlin"])
+@pytest.mark.parametrize(
+    "tz", ["Europe/Berlin", ":Europe/Berlin", "/usr/share/zoneinfo/Europe/Berlin"]
+)
 def test_unset_timezone_is_the_host_zone_with_the_offset_of_each_time(
-        host_tz: Any, tz: str) -> None:
+    host_tz: Any, tz: str
+) -> None:
     host_tz(tz)
     zone = Config().tz
     assert format_ms(JULY_UTC, zone) == "2026-07-15T14:00:00.000+02:00"
@@ -81,7 +104,8 @@ def test_unset_timezone_is_the_host_zone_with_the_offset_of_each_time(
 
 
 def test_a_posix_tz_rule_falls_back_to_the_current_offset_and_says_so(
-        host_tz: Any, caplog: pytest.LogCaptureFixture) -> None:
+    host_tz: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     host_tz("CET-1CEST,M3.5.0,M10.5.0/3")
     with caplog.at_level(logging.WARNING, logger="runnerd"):
         zone = Config().tz

@@ -6,14 +6,20 @@ never answers (the real engine and registry: tests/integration/test_faults_engin
 from __future__ import annotations
 
 import asyncio
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp.web
 import pytest
 
 from runnerd.config import ConfigError, from_dict
 from runnerd.engine import (
-    ContainerSpec, Engine, EngineError, EngineTimeout, EngineUnavailable, connection_limit,
+    ContainerSpec,
+    Engine,
+    EngineError,
+    EngineTimeout,
+    EngineUnavailable,
+    connection_limit,
 )
 from runnerd.executor import Executor
 
@@ -36,7 +42,7 @@ class HangingEngine:
         self._runner = aiohttp.web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
         await self._runner.setup()
         await aiohttp.web.TCPSite(self._runner, "127.0.0.1", 0).start()
-        self.url = "http://127.0.0.1:%d" % self._runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
 
     async def stop(self) -> None:
         if self._runner is not None:
@@ -65,9 +71,17 @@ async def hanging() -> AsyncIterator[HangingEngine]:
 
 def spec(**kw: Any) -> ContainerSpec:
     fields: dict[str, Any] = dict(
-        name="runnerd-x", image="busybox", cmd=["true"], entrypoint=None,
-        env=[("API_TOKEN", "s3cr3t-value"), ("MODE", "prod-only-value")], cpu=1.0,
-        mem_mib=64, pids=64, network="none", log_file_bytes=1 << 20)
+        name="runnerd-x",
+        image="busybox",
+        cmd=["true"],
+        entrypoint=None,
+        env=[("API_TOKEN", "s3cr3t-value"), ("MODE", "prod-only-value")],
+        cpu=1.0,
+        mem_mib=64,
+        pids=64,
+        network="none",
+        log_file_bytes=1 << 20,
+    )
     return ContainerSpec(**{**fields, **kw})
 
 
@@ -78,10 +92,12 @@ def test_container_spec_repr_shows_env_names_never_values() -> None:
     assert "s3cr3t-value" not in str(spec()) and "s3cr3t-value" not in f"{[spec()]}"
 
 
-@pytest.mark.parametrize("call", ["create", "start", "inspect", "list", "has_image",
-                                  "remove", "kill"])
+@pytest.mark.parametrize(
+    "call", ["create", "start", "inspect", "list", "has_image", "remove", "kill"]
+)
 async def test_an_engine_that_never_answers_a_call_times_it_out(
-        hanging: HangingEngine, call: str) -> None:
+    hanging: HangingEngine, call: str
+) -> None:
     engine = Engine(hanging.url, request_timeout=0.2)
     calls = {
         "create": lambda: engine.create(spec()),
@@ -102,14 +118,17 @@ async def test_an_engine_that_never_answers_a_call_times_it_out(
 
 
 async def test_a_pull_without_progress_is_aborted_with_a_stall_error(
-        hanging: HangingEngine) -> None:
+    hanging: HangingEngine,
+) -> None:
     engine = Engine(hanging.url, pull_stall=0.3, pull_timeout=60)
     try:
         with pytest.raises(EngineError) as e:
             await asyncio.wait_for(engine.pull("team/job:v1"), DEADLINE)
         assert not isinstance(e.value, EngineUnavailable)  # the run fails: image_pull_failed
-        assert str(e.value) == ("could not pull image team/job:v1: it stalled: no progress "
-                                "for 0.3 s (the registry or the engine stopped sending)")
+        assert str(e.value) == (
+            "could not pull image team/job:v1: it stalled: no progress "
+            "for 0.3 s (the registry or the engine stopped sending)"
+        )
     finally:
         await engine.close()
 
@@ -126,10 +145,10 @@ async def test_a_pull_that_makes_progress_is_still_bounded_in_all(hanging: Hangi
 
 
 async def test_the_connection_pool_is_sized_for_two_connections_per_running_run(
-        tmp_path: Any) -> None:
+    tmp_path: Any,
+) -> None:
     assert connection_limit(1000) == 2 * 1000 + 32
-    for url in (f"unix://{tmp_path}/docker.sock", "tcp://127.0.0.1:2375",
-                "http://127.0.0.1:2375"):
+    for url in (f"unix://{tmp_path}/docker.sock", "tcp://127.0.0.1:2375", "http://127.0.0.1:2375"):
         engine = Engine(url, max_connections=connection_limit(300))
         try:
             assert engine.docker.connector.limit == 632, url
@@ -156,8 +175,14 @@ class PullingEngine:
 
 
 def executor(engine: PullingEngine) -> Executor:
-    return Executor(None, engine, None, daemon_id="d", network="none",  # type: ignore[arg-type]
-                    stop_grace_seconds=1)
+    return Executor(
+        None,
+        engine,
+        None,
+        daemon_id="d",
+        network="none",  # type: ignore[arg-type]
+        stop_grace_seconds=1,
+    )
 
 
 async def test_a_shared_pull_goes_on_while_one_caller_waits_and_stops_when_none_does() -> None:
@@ -192,13 +217,30 @@ async def test_a_shared_pull_goes_on_while_one_caller_waits_and_stops_when_none_
 
 def test_the_docker_bounds_have_defaults_and_name_their_key_when_wrong() -> None:
     docker = from_dict({}).docker
-    assert (docker.request_timeout_seconds, docker.pull_stall_seconds,
-            docker.start_timeout_seconds) == (60, 120, 3600)
-    docker = from_dict({"docker": {"request_timeout_seconds": 5, "pull_stall_seconds": 30.5,
-                                   "start_timeout_seconds": 600}}).docker
-    assert (docker.request_timeout_seconds, docker.pull_stall_seconds,
-            docker.start_timeout_seconds) == (5, 30.5, 600)
-    for key, bad in (("request_timeout_seconds", 0), ("request_timeout_seconds", "60"),
-                     ("pull_stall_seconds", 0.5), ("start_timeout_seconds", 10**9)):
+    assert (
+        docker.request_timeout_seconds,
+        docker.pull_stall_seconds,
+        docker.start_timeout_seconds,
+    ) == (60, 120, 3600)
+    docker = from_dict(
+        {
+            "docker": {
+                "request_timeout_seconds": 5,
+                "pull_stall_seconds": 30.5,
+                "start_timeout_seconds": 600,
+            }
+        }
+    ).docker
+    assert (
+        docker.request_timeout_seconds,
+        docker.pull_stall_seconds,
+        docker.start_timeout_seconds,
+    ) == (5, 30.5, 600)
+    for key, bad in (
+        ("request_timeout_seconds", 0),
+        ("request_timeout_seconds", "60"),
+        ("pull_stall_seconds", 0.5),
+        ("start_timeout_seconds", 10**9),
+    ):
         with pytest.raises(ConfigError, match=f"^docker.{key}: must be a number from"):
             from_dict({"docker": {key: bad}})

@@ -15,8 +15,9 @@ def frame(stream: int, payload: bytes) -> bytes:
 
 def stamp_ns(stamp: str) -> int:
     second, frac = stamp.rstrip("Z").split(".")
-    return (calendar.timegm(time.strptime(second, "%Y-%m-%dT%H:%M:%S")) * 1_000_000_000
-            + int(frac.ljust(9, "0")))
+    return calendar.timegm(time.strptime(second, "%Y-%m-%dT%H:%M:%S")) * 1_000_000_000 + int(
+        frac.ljust(9, "0")
+    )
 
 
 MESSAGES = [
@@ -45,7 +46,7 @@ def test_messages_come_out_whole_with_stream_and_time_however_the_stream_is_cut(
     assert split([STREAM]) == (want, [], 0)
     for cut in list(range(0, 80)) + list(range(len(STREAM) - 80, len(STREAM))) + [5000]:
         assert split([STREAM[:cut], STREAM[cut:]]) == (want, [], 0), cut
-    assert split([STREAM[i:i + 7] for i in range(0, len(STREAM), 7)]) == (want, [], 0)
+    assert split([STREAM[i : i + 7] for i in range(0, len(STREAM), 7)]) == (want, [], 0)
 
 
 def test_a_stream_cut_inside_a_message_keeps_it_pending() -> None:
@@ -64,4 +65,7 @@ def test_the_engines_own_error_is_reported_in_place_not_as_output() -> None:
     splitter = _FrameSplitter()
     batches = splitter.feed(before + error + after)
     assert [(len(b.records), b.error) for b in batches] == [
-        (1, None), (0, "Error grabbing logs: log decode failed"), (1, None)]
+        (1, None),
+        (0, "Error grabbing logs: log decode failed"),
+        (1, None),
+    ]

@@ -9,8 +9,9 @@ import io
 import random
 import threading
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -32,7 +33,7 @@ def parse(raw: bytes) -> list[tuple[int, int, int, bytes]]:
         stream, ts, n = HEADER.unpack_from(raw, pos)
         if pos + HEADER.size + n > len(raw):
             break
-        out.append((pos, stream, ts, raw[pos + HEADER.size:pos + HEADER.size + n]))
+        out.append((pos, stream, ts, raw[pos + HEADER.size : pos + HEADER.size + n]))
         pos += HEADER.size + n
     return out
 
@@ -46,13 +47,15 @@ def matches(stream: int, wanted: int | None) -> bool:
     return wanted is None or (STDERR if stream == MARKER else stream) == wanted
 
 
-def ref_before(records: list[tuple[int, int, int, bytes]], before: int, limit: int,
-               stream: int | None) -> list[int]:
+def ref_before(
+    records: list[tuple[int, int, int, bytes]], before: int, limit: int, stream: int | None
+) -> list[int]:
     return [r[0] for r in records if r[0] < before and matches(r[1], stream)][-limit:]
 
 
-def ref_after(records: list[tuple[int, int, int, bytes]], after: int, limit: int,
-              stream: int | None) -> list[int]:
+def ref_after(
+    records: list[tuple[int, int, int, bytes]], after: int, limit: int, stream: int | None
+) -> list[int]:
     return [r[0] for r in records if r[0] >= after and matches(r[1], stream)][:limit]
 
 
@@ -83,7 +86,8 @@ def random_batches(rng: random.Random, n_records: int) -> list[list[tuple[int, i
 
 @pytest.mark.parametrize("interval", [1, 16, 100, INDEX_INTERVAL])
 def test_guided_reads_give_what_a_whole_log_scan_gives(
-        tmp_path: Path, interval: int, caplog: pytest.LogCaptureFixture) -> None:
+    tmp_path: Path, interval: int, caplog: pytest.LogCaptureFixture
+) -> None:
     rng = random.Random(interval)
     for case in range(25):
         logs = LogStore(tmp_path / f"{interval}-{case}", index_interval=interval)
@@ -110,17 +114,20 @@ def test_guided_reads_give_what_a_whole_log_scan_gives(
         for stream in (None, STDOUT, STDERR):
             for limit in (1, 3, 1000):
                 for cursor in rng.sample(offsets, min(10, len(offsets))) + [0]:
-                    got = [r.offset for r in logs.page(RUN, limit=limit, before=cursor,
-                                                       stream=stream)]
+                    got = [
+                        r.offset for r in logs.page(RUN, limit=limit, before=cursor, stream=stream)
+                    ]
                     assert got == ref_before(records, cursor, limit, stream), (case, cursor)
-                    got = [r.offset for r in logs.page(RUN, limit=limit, after=cursor,
-                                                       stream=stream)]
+                    got = [
+                        r.offset for r in logs.page(RUN, limit=limit, after=cursor, stream=stream)
+                    ]
                     assert got == ref_after(records, cursor, limit, stream), (case, cursor)
     assert "damaged" not in caplog.text  # the index was used, not read around
 
 
 def test_a_reopened_writer_resumes_exactly_like_the_open_one_with_a_small_interval(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     rng = random.Random(7)
     logs = LogStore(tmp_path, index_interval=40)
     w = logs.writer(RUN)
@@ -138,7 +145,10 @@ def test_a_reopened_writer_resumes_exactly_like_the_open_one_with_a_small_interv
                 try:
                     assert (w.since_ns, w._on_disk) == (fresh.since_ns, fresh._on_disk)
                     assert (w.output_bytes, w.engine_bytes, w.truncated) == (
-                        fresh.output_bytes, fresh.engine_bytes, fresh.truncated)
+                        fresh.output_bytes,
+                        fresh.engine_bytes,
+                        fresh.truncated,
+                    )
                 finally:
                     fresh.close()
     finally:
@@ -171,8 +181,11 @@ def counting_open(path: Path, mode: str = "rb", buffering: int = -1) -> Any:
     raw = CountingFile(path, mode.replace("b", ""))
     if buffering == 0:
         return raw
-    return io.BufferedRandom(raw) if "+" in mode else (
-        io.BufferedReader(raw) if "r" in mode else io.BufferedWriter(raw))
+    return (
+        io.BufferedRandom(raw)
+        if "+" in mode
+        else (io.BufferedReader(raw) if "r" in mode else io.BufferedWriter(raw))
+    )
 
 
 @pytest.fixture
@@ -193,14 +206,19 @@ def short_lines_log(logs: LogStore, run_id: str, n: int) -> None:
     w = logs.writer(run_id)
     try:
         for start in range(0, n, 1000):
-            w.append([(STDOUT if i % 7 else STDERR, S + i * 1_000_000, b"line %07d\n" % i)
-                      for i in range(start, min(n, start + 1000))])
+            w.append(
+                [
+                    (STDOUT if i % 7 else STDERR, S + i * 1_000_000, b"line %07d\n" % i)
+                    for i in range(start, min(n, start + 1000))
+                ]
+            )
     finally:
         w.close()
 
 
 def test_tail_before_cursor_check_and_resume_read_a_bounded_amount_whatever_the_log_size(
-        tmp_path: Path, counted: None) -> None:
+    tmp_path: Path, counted: None
+) -> None:
     logs = LogStore(tmp_path)
     sizes = {"small": 100_000, "large": 400_000}
     costs: dict[str, dict[str, int]] = {}
@@ -216,13 +234,13 @@ def test_tail_before_cursor_check_and_resume_read_a_bounded_amount_whatever_the_
             "tail": bytes_read(lambda: b"".join(logs.text(run_id, tail=5))),
             "before end": bytes_read(lambda: logs.page(run_id, limit=5, before=last_offset)),
             "before middle": bytes_read(lambda: logs.page(run_id, limit=5, before=middle)),
-            "before, stderr": bytes_read(lambda: logs.page(run_id, limit=5, before=middle,
-                                                           stream=STDERR)),
+            "before, stderr": bytes_read(
+                lambda: logs.page(run_id, limit=5, before=middle, stream=STDERR)
+            ),
             "cursor check": bytes_read(lambda: logs.after(run_id, middle)),
             "resume": bytes_read(lambda: logs.writer(run_id).close()),
         }
-        assert logs.page(run_id, limit=1, before=middle)[0].data == b"line %07d\n" % (
-            n // 2 - 1)
+        assert logs.page(run_id, limit=1, before=middle)[0].data == b"line %07d\n" % (n // 2 - 1)
         assert size > 4 * 1024 * 1024 if name == "large" else size > 1024 * 1024
     # What a whole-log scan would read is the file: 2.3 and 9 MiB here.
     bound = 4 * INDEX_INTERVAL + 64 * 1024
@@ -235,7 +253,8 @@ def test_tail_before_cursor_check_and_resume_read_a_bounded_amount_whatever_the_
 
 
 def test_a_log_without_an_index_is_read_whole_once_and_indexed_for_the_next_reads(
-        tmp_path: Path, counted: None) -> None:
+    tmp_path: Path, counted: None
+) -> None:
     logs = LogStore(tmp_path)
     short_lines_log(logs, RUN, 100_000)
     expected = b"".join(logs.text(RUN, tail=3))
@@ -247,16 +266,14 @@ def test_a_log_without_an_index_is_read_whole_once_and_indexed_for_the_next_read
     assert b"".join(logs.text(RUN, tail=3)) == expected
 
 
-def test_a_writer_reopening_a_log_without_index_builds_it_and_resumes_right(
-        tmp_path: Path) -> None:
+def test_a_writer_reopening_a_log_without_index_builds_it_and_resumes_right(tmp_path: Path) -> None:
     logs = LogStore(tmp_path, index_interval=64)
     write(logs, RUN, [[(STDOUT, S * i, b"%d\n" % i) for i in range(200)]])
     logs.index_path(RUN).unlink()
     w = logs.writer(RUN)
     try:
         assert w.since_ns == 199 * S - logs_module.RESUME_MARGIN_NS
-        assert [w.seen(i * S, STDOUT) for i in (199, 198, 197, 196)] == [
-            True, True, True, False]
+        assert [w.seen(i * S, STDOUT) for i in (199, 198, 197, 196)] == [True, True, True, False]
         w.append([(STDOUT, 200 * S, b"200\n")])
     finally:
         w.close()
@@ -268,7 +285,7 @@ def test_an_index_lagging_behind_its_log_is_extended_by_the_next_read(tmp_path: 
     logs = LogStore(tmp_path, index_interval=32)
     write(logs, RUN, [[(STDOUT, i, b"line %d\n" % i) for i in range(300)]])
     full = logs.index_path(RUN).read_bytes()
-    logs.index_path(RUN).write_bytes(full[:len(full) // 3])  # entries lost in a crash
+    logs.index_path(RUN).write_bytes(full[: len(full) // 3])  # entries lost in a crash
     assert b"".join(logs.text(RUN, tail=2)) == b"line 298\nline 299\n"
     assert logs.index_path(RUN).read_bytes() == full
 
@@ -279,11 +296,12 @@ def test_a_torn_index_entry_is_cut_off_by_the_writer(tmp_path: Path) -> None:
     full = logs.index_path(RUN).read_bytes()
     logs.index_path(RUN).write_bytes(full[:-5])  # the last entry's write was cut short
     write(logs, RUN, [[(STDOUT, 1000, b"after\n")]])
-    assert logs.index_path(RUN).read_bytes()[:len(full) - 100] == full[:len(full) - 100]
+    assert logs.index_path(RUN).read_bytes()[: len(full) - 100] == full[: len(full) - 100]
     assert b"".join(logs.text(RUN, tail=2)) == b"line 99\nafter\n"
     records = parse(logs.path(RUN).read_bytes())
     assert [r.offset for r in logs.page(RUN, limit=3, before=records[-1][0])] == [
-        r[0] for r in records[-4:-1]]
+        r[0] for r in records[-4:-1]
+    ]
 
 
 def test_index_entries_past_a_log_cut_by_a_machine_crash_are_dropped(tmp_path: Path) -> None:
@@ -306,8 +324,9 @@ def test_index_entries_past_a_log_cut_by_a_machine_crash_are_dropped(tmp_path: P
     assert b"".join(logs.text(RUN, tail=2)) == text.splitlines(keepends=True)[-1] + b"again\n"
 
 
-def test_a_damaged_index_is_read_around_and_rebuilt(tmp_path: Path,
-                                                    caplog: pytest.LogCaptureFixture) -> None:
+def test_a_damaged_index_is_read_around_and_rebuilt(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     logs = LogStore(tmp_path, index_interval=32)
     write(logs, RUN, [[(STDOUT, i, b"line %d\n" % i) for i in range(300)]])
     good = logs.index_path(RUN).read_bytes()
@@ -319,12 +338,12 @@ def test_a_damaged_index_is_read_around_and_rebuilt(tmp_path: Path,
     assert b"".join(logs.text(RUN, tail=250)) == ref_tail(records, 250)
     assert "damaged" in caplog.text
     assert [r.offset for r in logs.page(RUN, limit=5, before=records[100][0])] == [
-        r[0] for r in records[95:100]]
+        r[0] for r in records[95:100]
+    ]
     assert logs.index_path(RUN).read_bytes() == good
 
 
-def test_a_torn_log_record_is_cut_with_an_index_and_its_line_written_again(
-        tmp_path: Path) -> None:
+def test_a_torn_log_record_is_cut_with_an_index_and_its_line_written_again(tmp_path: Path) -> None:
     logs = LogStore(tmp_path, index_interval=32)
     write(logs, RUN, [[(STDOUT, i * S, b"line %d\n" % i) for i in range(50)]])
     with open(logs.path(RUN), "ab") as f:
@@ -381,18 +400,22 @@ async def test_reads_past_the_pools_size_queue_and_all_complete(tmp_path: Path) 
 def test_the_log_read_pool_and_follower_cap_come_from_the_config() -> None:
     c = from_dict({"storage": {"log_read_threads": 3}, "server": {"max_log_followers": 7}})
     assert (c.storage.log_read_threads, c.server.max_log_followers) == (3, 7)
-    assert (from_dict({}).storage.log_read_threads, from_dict({}).server.max_log_followers) \
-        == (4, 200)
+    assert (from_dict({}).storage.log_read_threads, from_dict({}).server.max_log_followers) == (
+        4,
+        200,
+    )
 
 
-@pytest.mark.parametrize(("data", "key"), [
-    ({"storage": {"log_read_threads": 0}}, "storage.log_read_threads"),
-    ({"storage": {"log_read_threads": "4"}}, "storage.log_read_threads"),
-    ({"server": {"max_log_followers": 0}}, "server.max_log_followers"),
-    ({"server": {"max_log_followers": 1.5}}, "server.max_log_followers"),
-])
-def test_a_bad_log_read_pool_or_follower_cap_names_its_key(data: dict[str, Any],
-                                                           key: str) -> None:
+@pytest.mark.parametrize(
+    ("data", "key"),
+    [
+        ({"storage": {"log_read_threads": 0}}, "storage.log_read_threads"),
+        ({"storage": {"log_read_threads": "4"}}, "storage.log_read_threads"),
+        ({"server": {"max_log_followers": 0}}, "server.max_log_followers"),
+        ({"server": {"max_log_followers": 1.5}}, "server.max_log_followers"),
+    ],
+)
+def test_a_bad_log_read_pool_or_follower_cap_names_its_key(data: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as info:
         from_dict(data)
     assert str(info.value).startswith(f"{key}:"), str(info.value)

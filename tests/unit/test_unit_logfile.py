@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from runnerd.logs import (
-    HEADER, MARKER, READ_CHUNK, RESUME_MARGIN_NS, STDERR, STDOUT, EngineCopy, LogStore,
+    HEADER,
+    MARKER,
+    READ_CHUNK,
+    RESUME_MARGIN_NS,
+    STDERR,
+    STDOUT,
+    EngineCopy,
+    LogStore,
 )
 
 RUN = "0b7c9a52-0000-4000-8000-000000000001"
@@ -60,8 +67,7 @@ def random_text(rng: random.Random) -> bytes:
 # -- round trip ------------------------------------------------------------------
 
 
-def test_text_is_the_exact_concatenation_of_both_streams_including_non_utf8(
-        logs: LogStore) -> None:
+def test_text_is_the_exact_concatenation_of_both_streams_including_non_utf8(logs: LogStore) -> None:
     records = [
         (STDOUT, 1_000, b"hello\n"),
         (STDERR, 2_000, b"warn: \xff\xfe not utf-8\n"),
@@ -111,47 +117,51 @@ def test_text_reads_a_log_written_while_the_writer_is_still_open(logs: LogStore)
 # -- tail ------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("pieces", "n", "expected"), [
-    # a line spanning records
-    ([b"ab", b"c\nde", b"f\n"], 1, b"def\n"),
-    ([b"ab", b"c\nde", b"f\n"], 2, b"abc\ndef\n"),
-    ([b"ab", b"c", b"\n", b"d", b"ef"], 1, b"def"),
-    # several lines in one record
-    ([b"1\n2\n3\n4\n"], 2, b"3\n4\n"),
-    ([b"1\n2\n3\n4"], 2, b"3\n4"),
-    ([b"1\n2\n", b"3\n4\n"], 3, b"2\n3\n4\n"),
-    # a newline ending exactly at a record boundary
-    ([b"1\n", b"2\n", b"3\n"], 1, b"3\n"),
-    ([b"1\n", b"2\n", b"3\n"], 2, b"2\n3\n"),
-    ([b"1\n", b"", b"2\n", b""], 1, b"2\n"),
-    # N larger than the number of lines
-    ([b"1\n2\n"], 5, b"1\n2\n"),
-    ([b"1\n2"], 2, b"1\n2"),
-    ([b"only"], 1, b"only"),
-    # empty lines count as lines
-    ([b"\n\n\n"], 2, b"\n\n"),
-    ([b"a\n\nb\n"], 2, b"\nb\n"),
-    # N = 0
-    ([b"1\n2\n"], 0, b""),
-    ([b"1\n2"], 0, b""),
-])
+@pytest.mark.parametrize(
+    ("pieces", "n", "expected"),
+    [
+        # a line spanning records
+        ([b"ab", b"c\nde", b"f\n"], 1, b"def\n"),
+        ([b"ab", b"c\nde", b"f\n"], 2, b"abc\ndef\n"),
+        ([b"ab", b"c", b"\n", b"d", b"ef"], 1, b"def"),
+        # several lines in one record
+        ([b"1\n2\n3\n4\n"], 2, b"3\n4\n"),
+        ([b"1\n2\n3\n4"], 2, b"3\n4"),
+        ([b"1\n2\n", b"3\n4\n"], 3, b"2\n3\n4\n"),
+        # a newline ending exactly at a record boundary
+        ([b"1\n", b"2\n", b"3\n"], 1, b"3\n"),
+        ([b"1\n", b"2\n", b"3\n"], 2, b"2\n3\n"),
+        ([b"1\n", b"", b"2\n", b""], 1, b"2\n"),
+        # N larger than the number of lines
+        ([b"1\n2\n"], 5, b"1\n2\n"),
+        ([b"1\n2"], 2, b"1\n2"),
+        ([b"only"], 1, b"only"),
+        # empty lines count as lines
+        ([b"\n\n\n"], 2, b"\n\n"),
+        ([b"a\n\nb\n"], 2, b"\nb\n"),
+        # N = 0
+        ([b"1\n2\n"], 0, b""),
+        ([b"1\n2"], 0, b""),
+    ],
+)
 def test_tail_returns_the_last_lines_whatever_the_record_split(
-        logs: LogStore, pieces: list[bytes], n: int, expected: bytes) -> None:
+    logs: LogStore, pieces: list[bytes], n: int, expected: bytes
+) -> None:
     write_records(logs, RUN, [(STDOUT, i, p) for i, p in enumerate(pieces)])
     assert reference_tail(b"".join(pieces), n) == expected  # the case itself is right
     assert read_all(logs, RUN, tail=n) == expected
 
 
-def test_tail_matches_the_reference_over_random_texts_and_record_splits(
-        tmp_path: Path) -> None:
+def test_tail_matches_the_reference_over_random_texts_and_record_splits(tmp_path: Path) -> None:
     rng = random.Random(8420)
     logs = LogStore(tmp_path)
     for case in range(400):
         text = random_text(rng)
         pieces = split_randomly(rng, text, max_pieces=12)
         run_id = f"case-{case}"
-        write_records(logs, run_id, [(rng.choice((STDOUT, STDERR)), i, p)
-                                     for i, p in enumerate(pieces)])
+        write_records(
+            logs, run_id, [(rng.choice((STDOUT, STDERR)), i, p) for i, p in enumerate(pieces)]
+        )
         n_lines = len(text.splitlines())
         assert read_all(logs, run_id) == text, (case, pieces)
         for n in {0, 1, 2, 3, max(0, n_lines - 1), n_lines, n_lines + 1, rng.randrange(0, 30)}:
@@ -191,7 +201,8 @@ def test_a_torn_header_at_the_end_is_ignored_by_readers(logs: LogStore) -> None:
 
 
 def test_a_writer_reopening_a_log_cuts_off_a_torn_record_and_appends_after_it(
-        logs: LogStore) -> None:
+    logs: LogStore,
+) -> None:
     write_records(logs, RUN, [(STDOUT, 10, b"before crash\n")])
     with open(logs.path(RUN), "ab") as f:
         f.write(HEADER.pack(STDOUT, 11, 100) + b"torn")
@@ -212,9 +223,17 @@ def test_a_writer_reopening_a_log_cuts_off_a_torn_header(logs: LogStore) -> None
 def test_a_reopened_writer_knows_which_resumed_chunks_it_already_has(logs: LogStore) -> None:
     s = 1_000_000_000
     base = 100 * s
-    write_records(logs, RUN, [(STDOUT, base, b"old"), (STDOUT, base + 5 * s, b"a"),
-                              (STDERR, base + 4 * s, b"late-stamped err"),
-                              (STDOUT, base + 7 * s, b"b"), (STDERR, base + 7 * s, b"c")])
+    write_records(
+        logs,
+        RUN,
+        [
+            (STDOUT, base, b"old"),
+            (STDOUT, base + 5 * s, b"a"),
+            (STDERR, base + 4 * s, b"late-stamped err"),
+            (STDOUT, base + 7 * s, b"b"),
+            (STDERR, base + 7 * s, b"c"),
+        ],
+    )
     w = logs.writer(RUN)
     try:
         # resumes a margin before the newest record: out-of-order stamps are covered
@@ -231,8 +250,7 @@ def test_a_reopened_writer_knows_which_resumed_chunks_it_already_has(logs: LogSt
         w.close()
 
 
-def test_a_fresh_writer_treats_every_chunk_as_new_even_out_of_time_order(
-        logs: LogStore) -> None:
+def test_a_fresh_writer_treats_every_chunk_as_new_even_out_of_time_order(logs: LogStore) -> None:
     w = logs.writer(RUN)
     try:
         assert w.since_ns == 0
@@ -244,11 +262,18 @@ def test_a_fresh_writer_treats_every_chunk_as_new_even_out_of_time_order(
     assert read_all(logs, RUN) == b"later stamp first\nearlier stamp second\n"
 
 
-def test_output_past_the_limit_is_replaced_by_one_marker_and_then_dropped(
-        tmp_path: Path) -> None:
+def test_output_past_the_limit_is_replaced_by_one_marker_and_then_dropped(tmp_path: Path) -> None:
     logs = LogStore(tmp_path, max_log_bytes=10)
-    write_records(logs, RUN, [(STDOUT, 1, b"12345"), (STDOUT, 2, b"678"),
-                              (STDOUT, 3, b"TOO MUCH"), (STDOUT, 4, b"NOT KEPT")])
+    write_records(
+        logs,
+        RUN,
+        [
+            (STDOUT, 1, b"12345"),
+            (STDOUT, 2, b"678"),
+            (STDOUT, 3, b"TOO MUCH"),
+            (STDOUT, 4, b"NOT KEPT"),
+        ],
+    )
     text = read_all(logs, RUN)
     assert text.startswith(b"12345678[runnerd] log limit of 10 bytes reached")
     assert b"NOT KEPT" not in text and b"TOO MUCH" not in text
@@ -317,7 +342,8 @@ def test_delete_removes_the_files_and_ignores_missing_ones(logs: LogStore) -> No
 
 
 def test_the_resume_point_of_an_open_writer_is_the_one_a_reopened_writer_finds(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     rng = random.Random(5)
     logs = LogStore(tmp_path)
     s = 1_000_000_000
@@ -336,8 +362,10 @@ def test_the_resume_point_of_an_open_writer_is_the_one_a_reopened_writer_finds(
                 fresh = logs.writer(RUN)
                 try:
                     assert (w.since_ns, w._on_disk) == (fresh.since_ns, fresh._on_disk)
-                    assert (w.output_bytes, w.engine_bytes) == (fresh.output_bytes,
-                                                                fresh.engine_bytes)
+                    assert (w.output_bytes, w.engine_bytes) == (
+                        fresh.output_bytes,
+                        fresh.engine_bytes,
+                    )
                 finally:
                     fresh.close()
     finally:
@@ -345,9 +373,13 @@ def test_the_resume_point_of_an_open_writer_is_the_one_a_reopened_writer_finds(
 
 
 def test_a_log_is_cut_before_the_engines_copy_of_many_short_lines_could_overflow(
-        tmp_path: Path) -> None:
-    logs = LogStore(tmp_path, max_log_bytes=1000,
-                    engine_copy=EngineCopy(max_bytes=400, per_line=30, per_piece=100))
+    tmp_path: Path,
+) -> None:
+    logs = LogStore(
+        tmp_path,
+        max_log_bytes=1000,
+        engine_copy=EngineCopy(max_bytes=400, per_line=30, per_piece=100),
+    )
     w = logs.writer(RUN)
     try:
         w.append([(STDOUT, i, b"%d\n" % i) for i in range(20)])  # 10 fit: 10 * (2 + 30)
@@ -355,7 +387,7 @@ def test_a_log_is_cut_before_the_engines_copy_of_many_short_lines_could_overflow
     finally:
         w.close()
     text = read_all(logs, RUN)
-    kept, marker = text[:text.index(b"[runnerd]")], text[text.index(b"[runnerd]"):]
+    kept, marker = text[: text.index(b"[runnerd]")], text[text.index(b"[runnerd]") :]
     assert kept == b"".join(b"%d\n" % i for i in range(12))  # 10 * 32 + 2 * 33 <= 400
     assert marker.startswith(b"[runnerd] log limit of the engine reached after 26 bytes")
     assert b"never kept" not in text
@@ -368,10 +400,12 @@ def test_a_log_is_cut_before_the_engines_copy_of_many_short_lines_could_overflow
 
 
 def test_a_piece_of_a_line_counts_more_in_the_engines_copy(tmp_path: Path) -> None:
-    logs = LogStore(tmp_path, engine_copy=EngineCopy(max_bytes=10**6, per_line=30,
-                                                     per_piece=100))
-    write_records(logs, RUN, [(STDOUT, 1, b"line\n"), (STDOUT, 2, b"no newline"),
-                              (MARKER, 3, b"[runnerd] a note\n")])
+    logs = LogStore(tmp_path, engine_copy=EngineCopy(max_bytes=10**6, per_line=30, per_piece=100))
+    write_records(
+        logs,
+        RUN,
+        [(STDOUT, 1, b"line\n"), (STDOUT, 2, b"no newline"), (MARKER, 3, b"[runnerd] a note\n")],
+    )
     w = logs.writer(RUN)
     try:
         assert w.engine_bytes == (5 + 30) + (10 + 100) and not w.truncated

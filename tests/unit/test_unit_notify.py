@@ -11,7 +11,7 @@ import socket
 import subprocess
 import sys
 import tempfile
-from typing import Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -42,7 +42,8 @@ async def receive(sock: socket.socket, timeout: float = 10) -> dict[str, str]:
 
 
 async def test_watchdog_pings_go_on_while_the_status_check_hangs(
-        notify_socket: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
+    notify_socket: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(notify, "STATUS_TIMEOUT_SECONDS", 0.2)
     unstuck = asyncio.Event()
     hangs = 0
@@ -78,7 +79,8 @@ async def test_watchdog_pings_go_on_while_the_status_check_hangs(
 
 
 async def test_status_is_sent_with_ready_and_once_per_change(
-        notify_socket: socket.socket, monkeypatch: pytest.MonkeyPatch) -> None:
+    notify_socket: socket.socket, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("WATCHDOG_USEC")  # only STATUS on the socket
     texts = ["serving; 0 pending, 0 running"]
     checks = 0
@@ -95,9 +97,14 @@ async def test_status_is_sent_with_ready_and_once_per_change(
         assert checks == 0  # nothing before READY...
         ready.set()
         assert await receive(notify_socket) == {  # ...which carries the counts at once
-            "READY": "1", "STATUS": "serving; 0 pending, 0 running"}
-        for text in ("serving; 1 pending, 0 running", "serving; 0 pending, 1 running",
-                     "serving; 0 pending, 0 running; the Docker engine does not answer"):
+            "READY": "1",
+            "STATUS": "serving; 0 pending, 0 running",
+        }
+        for text in (
+            "serving; 1 pending, 0 running",
+            "serving; 0 pending, 1 running",
+            "serving; 0 pending, 0 running; the Docker engine does not answer",
+        ):
             seen = checks
             texts.append(text)
             assert await receive(notify_socket) == {"STATUS": text}
@@ -113,7 +120,8 @@ async def test_status_is_sent_with_ready_and_once_per_change(
 
 
 async def test_without_notify_socket_nothing_is_checked_and_the_task_runs_on(
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The daemon supervises it like its other side tasks: it must not end by itself."""
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     monkeypatch.setattr(notify, "STATUS_EVERY_SECONDS", 0.001)
@@ -154,15 +162,20 @@ def test_journal_formatter_prefixes_each_level_with_its_syslog_priority() -> Non
 
 
 def test_journal_formatter_prefixes_every_line_of_a_traceback() -> None:
-    lines = JournalFormatter("%(message)s").format(
-        record(logging.ERROR, "two\nlines", exc=True)).split("\n")
+    lines = (
+        JournalFormatter("%(message)s")
+        .format(record(logging.ERROR, "two\nlines", exc=True))
+        .split("\n")
+    )
     assert lines[:2] == ["<3>two", "<3>lines"]
     assert any("ValueError: boom" in line for line in lines)
     assert all(line.startswith("<3>") for line in lines), lines
 
 
-LOG_A_WARNING = ("from runnerd.cli import setup_logging; import logging; setup_logging(); "
-                 "logging.getLogger('runnerd').warning('engine gone')")
+LOG_A_WARNING = (
+    "from runnerd.cli import setup_logging; import logging; setup_logging(); "
+    "logging.getLogger('runnerd').warning('engine gone')"
+)
 
 
 def test_log_lines_get_priorities_only_when_stderr_is_the_journal_stream(tmp_path) -> None:
@@ -175,8 +188,13 @@ def test_log_lines_get_priorities_only_when_stderr_is_the_journal_stream(tmp_pat
         for journal_stream in (stream, f"{st.st_dev}:{st.st_ino + 1}", ""):
             f.truncate(0)
             f.seek(0)
-            subprocess.run([sys.executable, "-c", LOG_A_WARNING], stderr=f, check=True,
-                           env={**os.environ, "JOURNAL_STREAM": journal_stream}, timeout=30)
+            subprocess.run(
+                [sys.executable, "-c", LOG_A_WARNING],
+                stderr=f,
+                check=True,
+                env={**os.environ, "JOURNAL_STREAM": journal_stream},
+                timeout=30,
+            )
             f.flush()
             line = out.read_text().strip()
             if journal_stream == stream:
@@ -186,15 +204,17 @@ def test_log_lines_get_priorities_only_when_stderr_is_the_journal_stream(tmp_pat
                 assert not line.startswith("<"), line  # with our own timestamp instead
 
 
-def test_bad_config_error_is_at_err_priority_when_stderr_is_the_journal_stream(
-        tmp_path) -> None:
+def test_bad_config_error_is_at_err_priority_when_stderr_is_the_journal_stream(tmp_path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[docker]\nnetwrok = "none"\n')
     out = tmp_path / "stderr"
     with out.open("w") as f:
         st = os.fstat(f.fileno())
-        done = subprocess.run([sys.executable, "-m", "runnerd", "serve", "--config", str(bad)],
-                              stderr=f, timeout=30,
-                              env={**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"})
+        done = subprocess.run(
+            [sys.executable, "-m", "runnerd", "serve", "--config", str(bad)],
+            stderr=f,
+            timeout=30,
+            env={**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"},
+        )
     assert done.returncode == 2
     assert out.read_text().startswith("<3>runnerd: bad config: docker.netwrok: unknown key")

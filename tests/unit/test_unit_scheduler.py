@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections import defaultdict
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
@@ -28,12 +29,12 @@ class FakeExecutor:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.cond = asyncio.Condition()
-        self.started: list[str] = []        # execute() calls, in order (repeats on retry)
-        self.recovered: list[str] = []      # recover() calls
-        self.cancelled: list[str] = []      # calls that got CancelledError
+        self.started: list[str] = []  # execute() calls, in order (repeats on retry)
+        self.recovered: list[str] = []  # recover() calls
+        self.cancelled: list[str] = []  # calls that got CancelledError
         self.stop_requests: list[tuple[str, str]] = []
-        self.running: set[str] = set()     # inside execute() or recover()
-        self.waiting: set[str] = set()     # started, marked running, waiting for release
+        self.running: set[str] = set()  # inside execute() or recover()
+        self.waiting: set[str] = set()  # started, marked running, waiting for release
         self.max_running = 0
         self.release: dict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self.exit_codes: dict[str, int] = {}
@@ -101,12 +102,20 @@ class FakeExecutor:
             self.waiting.discard(run.id)
         if run.id in self.stop_reasons:
             return await self.store.finish_run(
-                run.id, Status.FAILED, exit_code=137, failure_reason=FailureReason.CANCELED,
-                error=self.stop_reasons[run.id])
+                run.id,
+                Status.FAILED,
+                exit_code=137,
+                failure_reason=FailureReason.CANCELED,
+                error=self.stop_reasons[run.id],
+            )
         code = self.exit_codes.get(run.id, 0)
         return await self.store.finish_run(
-            run.id, Status.SUCCEEDED if code == 0 else Status.FAILED, exit_code=code,
-            failure_reason=None if code == 0 else FailureReason.NONZERO_EXIT, error=None)
+            run.id,
+            Status.SUCCEEDED if code == 0 else Status.FAILED,
+            exit_code=code,
+            failure_reason=None if code == 0 else FailureReason.NONZERO_EXIT,
+            error=None,
+        )
 
     async def until(self, predicate: Callable[[], bool], timeout: float = DEADLINE) -> None:
         async with asyncio.timeout(timeout):
@@ -126,8 +135,9 @@ def fake(store: Store) -> FakeExecutor:
 
 
 @pytest.fixture
-async def make_scheduler(store: Store, fake: FakeExecutor
-                         ) -> AsyncIterator[Callable[..., Scheduler]]:
+async def make_scheduler(
+    store: Store, fake: FakeExecutor
+) -> AsyncIterator[Callable[..., Scheduler]]:
     made: list[Scheduler] = []
 
     def make(max_concurrent_runs: int = 2) -> Scheduler:
@@ -142,9 +152,16 @@ async def make_scheduler(store: Store, fake: FakeExecutor
 
 
 async def make_runner(store: Store, name: str = "job", **over: Any) -> Runner:
-    fields: dict[str, Any] = {"name": name, "image_name": "busybox", "image_tag": "latest",
-                              "run_command": "true", "argv": None, "entrypoint": None,
-                              "timeout_seconds": 60, "instance_type": "standard-s"}
+    fields: dict[str, Any] = {
+        "name": name,
+        "image_name": "busybox",
+        "image_tag": "latest",
+        "run_command": "true",
+        "argv": None,
+        "entrypoint": None,
+        "timeout_seconds": 60,
+        "instance_type": "standard-s",
+    }
     fields.update(over)
     return await store.create_runner(fields, [])
 
@@ -172,8 +189,7 @@ async def status_of(store: Store, run_id: str) -> Run:
     return run
 
 
-async def until_status(store: Store, run_id: str, status: Status,
-                       timeout: float = DEADLINE) -> Run:
+async def until_status(store: Store, run_id: str, status: Status, timeout: float = DEADLINE) -> Run:
     async with asyncio.timeout(timeout):
         while (run := await status_of(store, run_id)).status is not status:
             await asyncio.sleep(0)
@@ -184,7 +200,8 @@ async def until_status(store: Store, run_id: str, status: Status,
 
 
 async def test_never_more_than_max_concurrent_runs_execute_and_exactly_that_many_when_queued(
-        store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]) -> None:
+    store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+) -> None:
     runner = await make_runner(store)
     ids = await queue(store, runner, 8)
     sched = make_scheduler(max_concurrent_runs=3)
@@ -206,7 +223,8 @@ async def test_never_more_than_max_concurrent_runs_execute_and_exactly_that_many
 
 
 async def test_runs_start_oldest_first_across_runners(
-        store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]) -> None:
+    store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+) -> None:
     a, b = await make_runner(store, "aaa"), await make_runner(store, "bbb")
     order = []
     for runner in (b, a, a, b, a):
@@ -223,7 +241,8 @@ async def test_runs_start_oldest_first_across_runners(
 
 
 async def test_a_runner_at_its_own_limit_waits_while_other_runners_start(
-        store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]) -> None:
+    store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+) -> None:
     limited = await make_runner(store, "limited", max_concurrent_runs=1)
     other = await make_runner(store, "other")
     l_ids = await queue(store, limited, 3)
@@ -247,7 +266,8 @@ async def test_a_runner_at_its_own_limit_waits_while_other_runners_start(
 
 
 async def test_a_run_queued_while_idle_starts_at_once_after_wake(
-        store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]) -> None:
+    store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+) -> None:
     runner = await make_runner(store)
     sched = make_scheduler()
     sched.start()
@@ -262,7 +282,8 @@ async def test_a_run_queued_while_idle_starts_at_once_after_wake(
 
 
 async def test_finishing_a_run_frees_its_slot_for_the_next_without_a_wake(
-        store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]) -> None:
+    store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+) -> None:
     runner = await make_runner(store)
     first, second = await queue(store, runner, 2)
     sched = make_scheduler(max_concurrent_runs=1)
@@ -276,8 +297,11 @@ async def test_finishing_a_run_frees_its_slot_for_the_next_without_a_wake(
 
 
 async def test_engine_unavailable_leaves_the_run_pending_and_it_is_retried(
-        store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    store: Store,
+    fake: FakeExecutor,
+    make_scheduler: Callable[..., Scheduler],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(scheduler_module, "BACKOFF_FIRST", 0.01)
     runner = await make_runner(store)
     (run_id,) = await queue(store, runner)
@@ -294,8 +318,11 @@ async def test_engine_unavailable_leaves_the_run_pending_and_it_is_retried(
 
 
 async def test_a_run_stays_pending_while_the_engine_is_unavailable(
-        store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    store: Store,
+    fake: FakeExecutor,
+    make_scheduler: Callable[..., Scheduler],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(scheduler_module, "BACKOFF_FIRST", 0.01)
     monkeypatch.setattr(scheduler_module, "BACKOFF_MAX", 0.02)
     runner = await make_runner(store)
@@ -311,8 +338,11 @@ async def test_a_run_stays_pending_while_the_engine_is_unavailable(
 
 
 async def test_a_run_triggered_after_the_engine_came_back_starts_without_the_outage_backoff(
-        store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    store: Store,
+    fake: FakeExecutor,
+    make_scheduler: Callable[..., Scheduler],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """After an outage the first retry waits the backoff; once a run has started again
     the engine answers, so a new trigger must start at once, not after another backoff
     (which, with the real 30 s cap, would delay every claim until some run *finishes*)."""
@@ -329,7 +359,8 @@ async def test_a_run_triggered_after_the_engine_came_back_starts_without_the_out
 
 
 async def test_an_unexpected_executor_error_fails_the_run_and_the_scheduler_keeps_going(
-        store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]) -> None:
+    store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+) -> None:
     runner = await make_runner(store)
     broken, fine = await queue(store, runner, 2)
     fake.failures[broken] = [RuntimeError("bug in the executor")]
@@ -345,8 +376,11 @@ async def test_an_unexpected_executor_error_fails_the_run_and_the_scheduler_keep
 
 
 async def test_an_executor_error_after_the_run_started_keeps_it_owned_and_watches_it_again(
-        store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    store: Store,
+    fake: FakeExecutor,
+    make_scheduler: Callable[..., Scheduler],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Its container may be running: never `lost` for a bug, and its slot stays held."""
     monkeypatch.setattr(scheduler_module, "BACKOFF_FIRST", 0.01)
     runner = await make_runner(store)
@@ -368,7 +402,8 @@ async def test_an_executor_error_after_the_run_started_keeps_it_owned_and_watche
 
 
 async def test_runs_left_running_are_recovered_and_hold_their_slots(
-        store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]) -> None:
+    store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+) -> None:
     runner = await make_runner(store)
     left_running, pending = await queue(store, runner, 2)
     await store.mark_running(left_running, "old-container", 1)
@@ -386,7 +421,8 @@ async def test_runs_left_running_are_recovered_and_hold_their_slots(
 
 
 async def test_cancel_stops_an_in_flight_run_and_waits_until_it_is_recorded(
-        store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]) -> None:
+    store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+) -> None:
     runner = await make_runner(store)
     (run_id,) = await queue(store, runner)
     sched = make_scheduler()
@@ -395,13 +431,17 @@ async def test_cancel_stops_an_in_flight_run_and_waits_until_it_is_recorded(
     async with asyncio.timeout(DEADLINE):
         assert await sched.cancel(run_id, "canceled by alice", wait_seconds=DEADLINE) is True
     run = await status_of(store, run_id)
-    assert (run.status, run.failure_reason, run.error) == \
-        (Status.FAILED, FailureReason.CANCELED, "canceled by alice")
+    assert (run.status, run.failure_reason, run.error) == (
+        Status.FAILED,
+        FailureReason.CANCELED,
+        "canceled by alice",
+    )
     assert await sched.cancel("not-in-flight", "x", wait_seconds=1) is False
 
 
 async def test_cancel_of_a_run_not_watched_yet_is_handed_to_the_executor_and_waited_for(
-        store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]) -> None:
+    store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+) -> None:
     """A run being re-attached after a restart is in flight, but its executor cannot
     stop it yet (stop_run → False: it keeps the cancel and applies it once it
     watches the run). cancel() hands the cancel over and waits for the run, bounded
@@ -424,7 +464,8 @@ async def test_cancel_of_a_run_not_watched_yet_is_handed_to_the_executor_and_wai
 
 
 async def test_stop_cancels_in_flight_executions_promptly_and_starts_nothing_more(
-        store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]) -> None:
+    store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+) -> None:
     runner = await make_runner(store)
     a, b, queued = await queue(store, runner, 3)
     sched = make_scheduler(max_concurrent_runs=2)
@@ -443,7 +484,8 @@ async def test_stop_cancels_in_flight_executions_promptly_and_starts_nothing_mor
 
 
 async def test_stop_with_stop_runs_records_the_runs_canceled(
-        store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]) -> None:
+    store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+) -> None:
     runner = await make_runner(store)
     a, b = await queue(store, runner, 2)
     sched = make_scheduler(max_concurrent_runs=2)
@@ -459,14 +501,16 @@ async def test_stop_with_stop_runs_records_the_runs_canceled(
 
 
 async def test_stop_of_a_scheduler_that_never_started_returns(
-        make_scheduler: Callable[..., Scheduler]) -> None:
+    make_scheduler: Callable[..., Scheduler],
+) -> None:
     sched = make_scheduler()
     async with asyncio.timeout(1.0):
         await sched.stop()
 
 
 async def test_finish_conflict_after_a_cancel_does_not_break_the_scheduler(
-        store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]) -> None:
+    store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+) -> None:
     """The run was completed elsewhere (e.g. canceled via the API) while the executor
     held it; the executor's own finish then conflicts, which must not stall the queue."""
     runner = await make_runner(store)
@@ -474,16 +518,22 @@ async def test_finish_conflict_after_a_cancel_does_not_break_the_scheduler(
     sched = make_scheduler(max_concurrent_runs=1)
     sched.start()
     await fake.until(lambda: first in fake.waiting)
-    await store.finish_run(first, Status.FAILED, exit_code=None,
-                           failure_reason=FailureReason.CANCELED, error="elsewhere")
+    await store.finish_run(
+        first,
+        Status.FAILED,
+        exit_code=None,
+        failure_reason=FailureReason.CANCELED,
+        error="elsewhere",
+    )
     fake.release[first].set()  # its finish_run raises Conflict inside the executor
     await fake.until(lambda: second in fake.running)
     assert (await status_of(store, first)).error == "elsewhere"
     fake.release[second].set()
     await until_status(store, second, Status.SUCCEEDED)
     with pytest.raises(Conflict):
-        await store.finish_run(first, Status.SUCCEEDED, exit_code=0, failure_reason=None,
-                               error=None)
+        await store.finish_run(
+            first, Status.SUCCEEDED, exit_code=0, failure_reason=None, error=None
+        )
 
 
 # -- surviving faults, and the health it reports ---------------------------------
@@ -518,11 +568,17 @@ async def until_health(sched: Scheduler, ok: bool, timeout: float = DEADLINE) ->
 
 
 async def test_scheduler_survives_engine_500_on_container_list_while_reconciling(
-        store: Store, fake: FakeExecutor, monkeypatch: pytest.MonkeyPatch) -> None:
+    store: Store, fake: FakeExecutor, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr(scheduler_module, "BACKOFF_FIRST", 0.05)
     engine = FlakyEngine([EngineError("could not list containers: HTTP 500", status=500)] * 3)
-    sched = Scheduler(store, fake, max_concurrent_runs=2, engine=engine,  # type: ignore[arg-type]
-                      daemon_id="d")
+    sched = Scheduler(
+        store,
+        fake,
+        max_concurrent_runs=2,
+        engine=engine,  # type: ignore[arg-type]
+        daemon_id="d",
+    )
     runner = await make_runner(store)
     (run_id,) = await queue(store, runner)
     sched.start()
@@ -539,8 +595,11 @@ async def test_scheduler_survives_engine_500_on_container_list_while_reconciling
 
 
 async def test_scheduler_survives_store_error_on_claim(
-        store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    store: Store,
+    fake: FakeExecutor,
+    make_scheduler: Callable[..., Scheduler],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(scheduler_module, "BACKOFF_FIRST", 0.05)
     runner = await make_runner(store)
     (run_id,) = await queue(store, runner)
@@ -564,8 +623,11 @@ async def test_scheduler_survives_store_error_on_claim(
 
 
 async def test_store_error_starting_a_run_leaves_it_pending_and_it_is_retried(
-        store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    store: Store,
+    fake: FakeExecutor,
+    make_scheduler: Callable[..., Scheduler],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     monkeypatch.setattr(scheduler_module, "BACKOFF_FIRST", 0.05)
     runner = await make_runner(store)
     (run_id,) = await queue(store, runner)
@@ -582,8 +644,11 @@ async def test_store_error_starting_a_run_leaves_it_pending_and_it_is_retried(
 
 
 async def test_a_bug_in_the_scheduler_loop_ends_it_and_health_says_so(
-        store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler],
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    store: Store,
+    fake: FakeExecutor,
+    make_scheduler: Callable[..., Scheduler],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     async def broken(*a: Any, **kw: Any) -> Any:
         raise TypeError("bug in the claim")
 
@@ -598,7 +663,8 @@ async def test_a_bug_in_the_scheduler_loop_ends_it_and_health_says_so(
 
 
 async def test_a_damaged_database_in_a_runs_task_ends_the_scheduler_loop(
-        store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]) -> None:
+    store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+) -> None:
     runner = await make_runner(store)
     (run_id,) = await queue(store, runner)
     fake.failures[run_id] = [sqlite3.DatabaseError("database disk image is malformed")]

@@ -11,8 +11,17 @@ from runnerd.config import Config, from_dict
 from runnerd.executor import container_command
 from runnerd.models import EnvVariable, Run, Status
 from runnerd.schemas import (
-    IMAGE_NAME, Invalid, check_command_exclusive, is_uuid, merge_env, parse_env_variable,
-    parse_idempotency_key, parse_run_list_query, parse_runner, parse_tail, parse_trigger,
+    IMAGE_NAME,
+    Invalid,
+    check_command_exclusive,
+    is_uuid,
+    merge_env,
+    parse_env_variable,
+    parse_idempotency_key,
+    parse_run_list_query,
+    parse_runner,
+    parse_tail,
+    parse_trigger,
 )
 
 CONFIG = Config()
@@ -42,34 +51,56 @@ def one_error_about(errors: list[str], field: str) -> str:
 def test_parse_runner_fills_in_every_default_on_create() -> None:
     out, env = parse_runner({"name": "nightly", "image_name": "busybox"}, CONFIG, partial=False)
     assert out == {
-        "name": "nightly", "image_name": "busybox", "image_tag": "latest", "run_command": None,
-        "argv": None, "entrypoint": None, "timeout_seconds": 3600,
-        "instance_type": "standard-s", "max_concurrent_runs": None, "webhook_url": None,
-        "container_registry_id": None, "image_pull_policy": "if_not_present",
+        "name": "nightly",
+        "image_name": "busybox",
+        "image_tag": "latest",
+        "run_command": None,
+        "argv": None,
+        "entrypoint": None,
+        "timeout_seconds": 3600,
+        "instance_type": "standard-s",
+        "max_concurrent_runs": None,
+        "webhook_url": None,
+        "container_registry_id": None,
+        "image_pull_policy": "if_not_present",
     }
     assert env == []
 
 
 def test_parse_runner_default_instance_type_comes_from_the_config() -> None:
-    config = from_dict({"default_instance_type": "tiny",
-                        "instance_types": {"tiny": {"cpu": 0.1, "mem": 64}}})
+    config = from_dict(
+        {"default_instance_type": "tiny", "instance_types": {"tiny": {"cpu": 0.1, "mem": 64}}}
+    )
     out, _ = parse_runner({"name": "abc", "image_name": "busybox"}, config, partial=False)
     assert out["instance_type"] == "tiny"
-    errors = errors_of(parse_runner, {"name": "abc", "image_name": "busybox",
-                                      "instance_type": "standard-s"}, config, partial=False)
+    errors = errors_of(
+        parse_runner,
+        {"name": "abc", "image_name": "busybox", "instance_type": "standard-s"},
+        config,
+        partial=False,
+    )
     assert one_error_about(errors, "instance_type").endswith("got 'standard-s'")
 
 
 def test_parse_runner_keeps_every_given_value() -> None:
-    body = {"name": "job-1", "image_name": "registry.example.com:5000/team/job",
-            "image_tag": "v1.2_rc-3", "argv": ["python", "-c", "print(1)"],
-            "entrypoint": "/bin/sh -c", "timeout_seconds": 86400, "instance_type": "standard-m",
-            "max_concurrent_runs": 1,
-            "env_variables": [{"env_key": "A", "env_val": "1"}, {"env_key": "_b2", "env_val": ""}]}
+    body = {
+        "name": "job-1",
+        "image_name": "registry.example.com:5000/team/job",
+        "image_tag": "v1.2_rc-3",
+        "argv": ["python", "-c", "print(1)"],
+        "entrypoint": "/bin/sh -c",
+        "timeout_seconds": 86400,
+        "instance_type": "standard-m",
+        "max_concurrent_runs": 1,
+        "env_variables": [{"env_key": "A", "env_val": "1"}, {"env_key": "_b2", "env_val": ""}],
+    }
     out, env = parse_runner(body, CONFIG, partial=False)
     assert out == {k: v for k, v in body.items() if k != "env_variables"} | {
-        "run_command": None, "webhook_url": None, "container_registry_id": None,
-        "image_pull_policy": "if_not_present"}
+        "run_command": None,
+        "webhook_url": None,
+        "container_registry_id": None,
+        "image_pull_policy": "if_not_present",
+    }
     assert env == [("A", "1"), ("_b2", "")]
 
 
@@ -82,54 +113,80 @@ def test_parse_runner_of_an_empty_body_names_both_required_fields() -> None:
 
 
 def test_parse_runner_lists_every_problem_each_naming_its_field() -> None:
-    errors = runner_errors({
-        "name": "x", "image_name": "Busybox", "image_tag": ".bad", "timeout_seconds": 0,
-        "instance_type": "huge", "max_concurrent_runs": 0, "argv": [],
-        "entrypoint": "'unclosed", "bogus": 1, "env_variables": [{"env_key": "1A",
-                                                                 "env_val": 2}],
-    })
-    for field in ("name", "image_name", "image_tag", "timeout_seconds", "instance_type",
-                  "max_concurrent_runs", "argv", "entrypoint", "bogus",
-                  "env_variables[0].env_key", "env_variables[0].env_val"):
+    errors = runner_errors(
+        {
+            "name": "x",
+            "image_name": "Busybox",
+            "image_tag": ".bad",
+            "timeout_seconds": 0,
+            "instance_type": "huge",
+            "max_concurrent_runs": 0,
+            "argv": [],
+            "entrypoint": "'unclosed",
+            "bogus": 1,
+            "env_variables": [{"env_key": "1A", "env_val": 2}],
+        }
+    )
+    for field in (
+        "name",
+        "image_name",
+        "image_tag",
+        "timeout_seconds",
+        "instance_type",
+        "max_concurrent_runs",
+        "argv",
+        "entrypoint",
+        "bogus",
+        "env_variables[0].env_key",
+        "env_variables[0].env_val",
+    ):
         assert any(e.startswith(field) for e in errors), (field, errors)
     assert len(errors) == 11
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ({"name": "ab"}, "name"),
-    ({"name": "x" * 51}, "name"),
-    ({"name": 12}, "name"),
-    ({"name": None}, "name"),
-    ({"name": "tab\there"}, "name"),
-    ({"name": "nul\x00x"}, "name"),
-    ({"image_tag": ""}, "image_tag"),
-    ({"image_tag": "-x"}, "image_tag"),
-    ({"image_tag": "a" * 129}, "image_tag"),
-    ({"image_tag": "a:b"}, "image_tag"),
-    ({"run_command": ""}, "run_command"),
-    ({"run_command": "x" * 1001}, "run_command"),
-    ({"run_command": ["ls"]}, "run_command"),
-    ({"argv": "ls -l"}, "argv"),
-    ({"argv": ["ok", 3]}, "argv[1]"),
-    pytest.param({"argv": ["x"] * 257}, "argv", id="argv-257-items"),
-    ({"entrypoint": "x" * 501}, "entrypoint"),
-    ({"timeout_seconds": 86401}, "timeout_seconds"),
-    ({"timeout_seconds": 1.5}, "timeout_seconds"),
-    ({"timeout_seconds": True}, "timeout_seconds"),
-    ({"timeout_seconds": "60"}, "timeout_seconds"),
-    ({"instance_type": 1}, "instance_type"),
-    ({"max_concurrent_runs": 1001}, "max_concurrent_runs"),
-    ({"max_concurrent_runs": "2"}, "max_concurrent_runs"),
-    ({"env_variables": {"A": "1"}}, "env_variables"),
-    ({"env_variables": ["A=1"]}, "env_variables[0]"),
-    ({"env_variables": [{"env_key": "A"}]}, "env_variables[0].env_val"),
-    ({"env_variables": [{"env_val": "1"}]}, "env_variables[0].env_key"),
-    ({"env_variables": [{"env_key": "A", "env_val": "1", "x": 1}]}, "env_variables[0].x"),
-    ({"env_variables": [{"env_key": "A", "env_val": "1"}, {"env_key": "A", "env_val": "2"}]},
-     "env_variables[1].env_key"),
-    pytest.param({"env_variables": [{"env_key": "A", "env_val": str(i)} for i in range(501)]},
-                 "env_variables", id="env-501-items"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"name": "ab"}, "name"),
+        ({"name": "x" * 51}, "name"),
+        ({"name": 12}, "name"),
+        ({"name": None}, "name"),
+        ({"name": "tab\there"}, "name"),
+        ({"name": "nul\x00x"}, "name"),
+        ({"image_tag": ""}, "image_tag"),
+        ({"image_tag": "-x"}, "image_tag"),
+        ({"image_tag": "a" * 129}, "image_tag"),
+        ({"image_tag": "a:b"}, "image_tag"),
+        ({"run_command": ""}, "run_command"),
+        ({"run_command": "x" * 1001}, "run_command"),
+        ({"run_command": ["ls"]}, "run_command"),
+        ({"argv": "ls -l"}, "argv"),
+        ({"argv": ["ok", 3]}, "argv[1]"),
+        pytest.param({"argv": ["x"] * 257}, "argv", id="argv-257-items"),
+        ({"entrypoint": "x" * 501}, "entrypoint"),
+        ({"timeout_seconds": 86401}, "timeout_seconds"),
+        ({"timeout_seconds": 1.5}, "timeout_seconds"),
+        ({"timeout_seconds": True}, "timeout_seconds"),
+        ({"timeout_seconds": "60"}, "timeout_seconds"),
+        ({"instance_type": 1}, "instance_type"),
+        ({"max_concurrent_runs": 1001}, "max_concurrent_runs"),
+        ({"max_concurrent_runs": "2"}, "max_concurrent_runs"),
+        ({"env_variables": {"A": "1"}}, "env_variables"),
+        ({"env_variables": ["A=1"]}, "env_variables[0]"),
+        ({"env_variables": [{"env_key": "A"}]}, "env_variables[0].env_val"),
+        ({"env_variables": [{"env_val": "1"}]}, "env_variables[0].env_key"),
+        ({"env_variables": [{"env_key": "A", "env_val": "1", "x": 1}]}, "env_variables[0].x"),
+        (
+            {"env_variables": [{"env_key": "A", "env_val": "1"}, {"env_key": "A", "env_val": "2"}]},
+            "env_variables[1].env_key",
+        ),
+        pytest.param(
+            {"env_variables": [{"env_key": "A", "env_val": str(i)} for i in range(501)]},
+            "env_variables",
+            id="env-501-items",
+        ),
+    ],
+)
 def test_parse_runner_rejects_a_bad_field_naming_it(body: dict[str, Any], field: str) -> None:
     full = {"name": "valid", "image_name": "busybox", **body}
     errors = runner_errors(full)
@@ -140,19 +197,24 @@ def test_parse_runner_rejects_a_bad_field_naming_it(body: dict[str, Any], field:
 
 
 def test_parse_runner_refuses_both_run_command_and_argv_on_create() -> None:
-    errors = runner_errors({"name": "abc", "image_name": "busybox", "run_command": "ls",
-                            "argv": ["ls"]})
+    errors = runner_errors(
+        {"name": "abc", "image_name": "busybox", "run_command": "ls", "argv": ["ls"]}
+    )
     assert len(errors) == 1 and "run_command and argv" in errors[0]
 
 
 def test_parse_runner_patch_returns_only_the_given_fields() -> None:
     assert parse_runner({}, CONFIG, partial=True) == ({}, None)
     assert parse_runner({"image_tag": "2"}, CONFIG, partial=True) == ({"image_tag": "2"}, None)
-    assert parse_runner({"argv": None, "run_command": "echo"}, CONFIG, partial=True) == \
-        ({"argv": None, "run_command": "echo"}, None)
+    assert parse_runner({"argv": None, "run_command": "echo"}, CONFIG, partial=True) == (
+        {"argv": None, "run_command": "echo"},
+        None,
+    )
     assert parse_runner({"env_variables": []}, CONFIG, partial=True) == ({}, [])
-    assert parse_runner({"max_concurrent_runs": None}, CONFIG, partial=True) == \
-        ({"max_concurrent_runs": None}, None)
+    assert parse_runner({"max_concurrent_runs": None}, CONFIG, partial=True) == (
+        {"max_concurrent_runs": None},
+        None,
+    )
 
 
 def test_check_command_exclusive_refuses_a_merged_runner_with_both() -> None:
@@ -162,20 +224,45 @@ def test_check_command_exclusive_refuses_a_merged_runner_with_both() -> None:
     assert "run_command and argv" in errors_of(check_command_exclusive, "ls", ["ls"])[0]
 
 
-@pytest.mark.parametrize("image", [
-    "busybox", "team/job", "a/b/c/d", "registry.example.com:5000/team/job",
-    "localhost:5000/a/b", "127.0.0.1:5000/x", "localhost/x", "my-registry.io/x",
-    "a.b_c__d---e/f", "ghcr.io/owner/repo", "x",
-])
+@pytest.mark.parametrize(
+    "image",
+    [
+        "busybox",
+        "team/job",
+        "a/b/c/d",
+        "registry.example.com:5000/team/job",
+        "localhost:5000/a/b",
+        "127.0.0.1:5000/x",
+        "localhost/x",
+        "my-registry.io/x",
+        "a.b_c__d---e/f",
+        "ghcr.io/owner/repo",
+        "x",
+    ],
+)
 def test_image_name_grammar_accepts(image: str) -> None:
     out, _ = parse_runner({"name": "abc", "image_name": image}, CONFIG, partial=False)
     assert out["image_name"] == image
 
 
-@pytest.mark.parametrize("image", [
-    "Busybox", "team/Job", "-x", "x-", "a//b", "/a", "a/", "a b", "a..b", "a_.b",
-    "registry.example.com:port/x", "", ":5000/x",
-])
+@pytest.mark.parametrize(
+    "image",
+    [
+        "Busybox",
+        "team/Job",
+        "-x",
+        "x-",
+        "a//b",
+        "/a",
+        "a/",
+        "a b",
+        "a..b",
+        "a_.b",
+        "registry.example.com:port/x",
+        "",
+        ":5000/x",
+    ],
+)
 def test_image_name_grammar_rejects(image: str) -> None:
     errors = runner_errors({"name": "abc", "image_name": image})
     assert len(errors) == 1 and errors[0].startswith("image_name"), errors
@@ -188,10 +275,15 @@ def test_image_name_longer_than_255_characters_is_rejected() -> None:
     assert len(errors) == 1 and errors[0].startswith("image_name"), errors
 
 
-@pytest.mark.parametrize("image", [
-    "busybox:1.0", "team/job:latest", "localhost:5000/a/b:v2",
-    "busybox@sha256:" + "a" * 64,
-])
+@pytest.mark.parametrize(
+    "image",
+    [
+        "busybox:1.0",
+        "team/job:latest",
+        "localhost:5000/a/b:v2",
+        "busybox@sha256:" + "a" * 64,
+    ],
+)
 def test_image_name_with_a_tag_or_digest_points_to_image_tag(image: str) -> None:
     errors = runner_errors({"name": "abc", "image_name": image})
     assert len(errors) == 1 and errors[0].startswith("image_name"), errors
@@ -203,8 +295,10 @@ def test_image_name_with_a_tag_or_digest_points_to_image_tag(image: str) -> None
 
 @pytest.mark.parametrize("key", ["A", "_", "_x", "a1_B", "PATH", "x" * 255])
 def test_env_key_accepts(key: str) -> None:
-    assert parse_env_variable({"env_key": key, "env_val": "v"}, partial=False) == \
-        {"env_key": key, "env_val": "v"}
+    assert parse_env_variable({"env_key": key, "env_val": "v"}, partial=False) == {
+        "env_key": key,
+        "env_val": "v",
+    }
 
 
 @pytest.mark.parametrize("key", ["1A", "A-B", "A B", "", "É", "A=B", "A\n", "x" * 256, 5, None])
@@ -216,16 +310,17 @@ def test_env_key_rejects(key: Any) -> None:
 def test_parse_env_variable_create_needs_both_and_patch_needs_one() -> None:
     errors = errors_of(parse_env_variable, {}, partial=False)
     assert errors == ["env_key is required", "env_val is required"]
-    assert errors_of(parse_env_variable, {}, partial=True) == \
-        ["body must set env_key, env_val or both"]
+    assert errors_of(parse_env_variable, {}, partial=True) == [
+        "body must set env_key, env_val or both"
+    ]
     assert parse_env_variable({"env_val": "x"}, partial=True) == {"env_val": "x"}
-    assert errors_of(parse_env_variable, {"env_val": "x" * (32 * 1024 + 1)},
-                     partial=True)[0].startswith("env_val")
+    assert errors_of(parse_env_variable, {"env_val": "x" * (32 * 1024 + 1)}, partial=True)[
+        0
+    ].startswith("env_val")
 
 
 def _env(key: str, val: str) -> EnvVariable:
-    return EnvVariable(id=key, runner_id="r", env_key=key, env_val=val, created_at=0,
-                       updated_at=0)
+    return EnvVariable(id=key, runner_id="r", env_key=key, env_val=val, created_at=0, updated_at=0)
 
 
 def test_merge_env_lets_the_override_win_and_keeps_each_key_once() -> None:
@@ -251,14 +346,19 @@ def test_parse_trigger_returns_the_overrides_in_order() -> None:
     assert parse_trigger(body) == [("B", "2"), ("A", "")]
 
 
-@pytest.mark.parametrize(("body", "field"), [
-    ([], "body"),
-    ("x", "body"),
-    ({"env": []}, "env"),
-    ({"env_variables": None}, "env_variables"),
-    ({"env_variables": [{"env_key": "A", "env_val": "1"},
-                        {"env_key": "A", "env_val": "2"}]}, "env_variables[1].env_key"),
-])
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ([], "body"),
+        ("x", "body"),
+        ({"env": []}, "env"),
+        ({"env_variables": None}, "env_variables"),
+        (
+            {"env_variables": [{"env_key": "A", "env_val": "1"}, {"env_key": "A", "env_val": "2"}]},
+            "env_variables[1].env_key",
+        ),
+    ],
+)
 def test_parse_trigger_rejects_naming_the_field(body: Any, field: str) -> None:
     errors = errors_of(parse_trigger, body)
     assert len(errors) == 1 and errors[0].startswith(field), errors
@@ -276,22 +376,26 @@ def test_parse_run_list_query_accepts_its_bounds_and_values() -> None:
     assert parse_run_list_query({"before": run_id})[2] == run_id
 
 
-@pytest.mark.parametrize(("query", "field"), [
-    ({"limit": "0"}, "limit"),
-    ({"limit": "1001"}, "limit"),
-    ({"limit": "-1"}, "limit"),
-    ({"limit": ""}, "limit"),
-    ({"limit": "ten"}, "limit"),
-    ({"limit": "²"}, "limit"),
-    pytest.param({"limit": "1" * 5000}, "limit", id="limit-5000-digits"),
-    ({"limit": " 5"}, "limit"),
-    ({"status": "done"}, "status"),
-    ({"before": "not-a-uuid"}, "before"),
-    ({"before": str(uuid.uuid4()).replace("-", "")}, "before"),
-    ({"page": "2"}, "page"),
-])
-def test_parse_run_list_query_rejects_naming_the_parameter(query: dict[str, str],
-                                                           field: str) -> None:
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        ({"limit": "0"}, "limit"),
+        ({"limit": "1001"}, "limit"),
+        ({"limit": "-1"}, "limit"),
+        ({"limit": ""}, "limit"),
+        ({"limit": "ten"}, "limit"),
+        ({"limit": "²"}, "limit"),
+        pytest.param({"limit": "1" * 5000}, "limit", id="limit-5000-digits"),
+        ({"limit": " 5"}, "limit"),
+        ({"status": "done"}, "status"),
+        ({"before": "not-a-uuid"}, "before"),
+        ({"before": str(uuid.uuid4()).replace("-", "")}, "before"),
+        ({"page": "2"}, "page"),
+    ],
+)
+def test_parse_run_list_query_rejects_naming_the_parameter(
+    query: dict[str, str], field: str
+) -> None:
     errors = errors_of(parse_run_list_query, query)
     assert len(errors) == 1 and errors[0].startswith(field), errors
 
@@ -332,29 +436,52 @@ def test_parse_idempotency_key() -> None:
 # -- container command -----------------------------------------------------------
 
 
-def _run(command: str | None = None, argv: list[str] | None = None,
-         entrypoint: str | None = None) -> Run:
-    return Run(id="r", runner_id="n", status=Status.PENDING, image="busybox:latest",
-               command=command, argv=argv, entrypoint=entrypoint, env=[], timeout_seconds=60,
-               instance_type="standard-s", cpu=1.0, mem=1024, pids=512, exit_code=None,
-               failure_reason=None, error=None, container_id=None, started_at=None,
-               completed_at=None, created_at=0, updated_at=0)
+def _run(
+    command: str | None = None, argv: list[str] | None = None, entrypoint: str | None = None
+) -> Run:
+    return Run(
+        id="r",
+        runner_id="n",
+        status=Status.PENDING,
+        image="busybox:latest",
+        command=command,
+        argv=argv,
+        entrypoint=entrypoint,
+        env=[],
+        timeout_seconds=60,
+        instance_type="standard-s",
+        cpu=1.0,
+        mem=1024,
+        pids=512,
+        exit_code=None,
+        failure_reason=None,
+        error=None,
+        container_id=None,
+        started_at=None,
+        completed_at=None,
+        created_at=0,
+        updated_at=0,
+    )
 
 
-@pytest.mark.parametrize(("run", "cmd", "entrypoint"), [
-    (_run(), None, None),
-    (_run(command="echo $HOME && ls"), ["sh", "-c", "echo $HOME && ls"], None),
-    (_run(argv=["python", "-c", "print('a b')"]), ["python", "-c", "print('a b')"], None),
-    (_run(argv=[""]), [""], None),
-    (_run(entrypoint=""), None, [""]),
-    (_run(entrypoint="   "), None, [""]),
-    (_run(entrypoint="sh -c"), None, ["sh", "-c"]),
-    (_run(entrypoint="/bin/tini -- 'my app'"), None, ["/bin/tini", "--", "my app"]),
-    (_run(command="date", entrypoint="/bin/sh -e"), ["sh", "-c", "date"], ["/bin/sh", "-e"]),
-    (_run(argv=["x"], entrypoint=""), ["x"], [""]),
-])
+@pytest.mark.parametrize(
+    ("run", "cmd", "entrypoint"),
+    [
+        (_run(), None, None),
+        (_run(command="echo $HOME && ls"), ["sh", "-c", "echo $HOME && ls"], None),
+        (_run(argv=["python", "-c", "print('a b')"]), ["python", "-c", "print('a b')"], None),
+        (_run(argv=[""]), [""], None),
+        (_run(entrypoint=""), None, [""]),
+        (_run(entrypoint="   "), None, [""]),
+        (_run(entrypoint="sh -c"), None, ["sh", "-c"]),
+        (_run(entrypoint="/bin/tini -- 'my app'"), None, ["/bin/tini", "--", "my app"]),
+        (_run(command="date", entrypoint="/bin/sh -e"), ["sh", "-c", "date"], ["/bin/sh", "-e"]),
+        (_run(argv=["x"], entrypoint=""), ["x"], [""]),
+    ],
+)
 def test_container_command_maps_command_argv_and_entrypoint(
-        run: Run, cmd: list[str] | None, entrypoint: list[str] | None) -> None:
+    run: Run, cmd: list[str] | None, entrypoint: list[str] | None
+) -> None:
     assert container_command(run) == (cmd, entrypoint)
 
 

@@ -31,7 +31,8 @@ def test_default_config_stop_deadline_fits_the_units_timeout_stop_sec() -> None:
 
 
 def test_on_shutdown_stop_with_the_default_grace_also_fits_the_units_timeout_stop_sec(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "config.toml"
     path.write_text('[scheduler]\non_shutdown = "stop"\n')
     config = config_mod.load(str(path))
@@ -107,8 +108,9 @@ async def test_busy_threads_names_a_busy_worker_and_not_an_idle_one() -> None:
 
 
 @pytest.mark.parametrize("config_text", ["", '[scheduler]\non_shutdown = "stop"\n'])
-def test_stop_bounds_are_positive_and_come_from_the_config(tmp_path: Path,
-                                                            config_text: str) -> None:
+def test_stop_bounds_are_positive_and_come_from_the_config(
+    tmp_path: Path, config_text: str
+) -> None:
     path = tmp_path / "config.toml"
     path.write_text(config_text + "[docker]\nstop_grace_seconds = 30\n")
     bounds = stop_bounds(config_mod.load(str(path)))

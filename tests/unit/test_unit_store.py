@@ -6,15 +6,22 @@ import asyncio
 import sqlite3
 import threading
 import uuid
-from pathlib import Path
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from typing import Any, AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
 from runnerd.models import FailureReason, Run, Runner, Scope, Status
 from runnerd.store import (
-    IDEMPOTENCY_WINDOW_MS, SCHEMA, SCHEMA_VERSION, Conflict, NotFound, Store, StoreError,
+    IDEMPOTENCY_WINDOW_MS,
+    SCHEMA,
+    SCHEMA_VERSION,
+    Conflict,
+    NotFound,
+    Store,
+    StoreError,
     _Connection,
 )
 
@@ -32,9 +39,14 @@ def raw_db(path: Path) -> Iterator[sqlite3.Connection]:
 
 def runner_fields(name: str = "nightly", **over: Any) -> dict[str, Any]:
     fields: dict[str, Any] = {
-        "name": name, "image_name": "team/job", "image_tag": "1.2", "run_command": None,
-        "argv": ["python", "-m", "job", "--flag=a b"], "entrypoint": "/bin/sh -c",
-        "timeout_seconds": 60, "instance_type": "standard-s",
+        "name": name,
+        "image_name": "team/job",
+        "image_tag": "1.2",
+        "run_command": None,
+        "argv": ["python", "-m", "job", "--flag=a b"],
+        "entrypoint": "/bin/sh -c",
+        "timeout_seconds": 60,
+        "instance_type": "standard-s",
     }
     fields.update(over)
     return fields
@@ -61,7 +73,12 @@ async def queue(store: Store, runner: Runner, env: list[tuple[str, str]] | None 
 
 async def test_runner_create_get_list_update_delete(store: Store) -> None:
     r = await store.create_runner(runner_fields("one"), [("A", "1"), ("B", "2")])
-    assert (r.name, r.image_name, r.image_tag, r.image) == ("one", "team/job", "1.2", "team/job:1.2")
+    assert (r.name, r.image_name, r.image_tag, r.image) == (
+        "one",
+        "team/job",
+        "1.2",
+        "team/job:1.2",
+    )
     assert r.argv == ["python", "-m", "job", "--flag=a b"]
     assert r.run_command is None and r.entrypoint == "/bin/sh -c"
     assert r.timeout_seconds == 60 and r.instance_type == "standard-s"
@@ -103,7 +120,8 @@ async def test_duplicate_runner_name_raises_conflict_naming_the_field(store: Sto
 
 
 async def test_renaming_a_runner_to_a_taken_name_raises_conflict_and_changes_nothing(
-        store: Store) -> None:
+    store: Store,
+) -> None:
     await make_runner(store, "taken")
     r = await make_runner(store, "mine")
     with pytest.raises(Conflict) as info:
@@ -115,7 +133,8 @@ async def test_renaming_a_runner_to_a_taken_name_raises_conflict_and_changes_not
 
 
 async def test_duplicate_env_key_in_a_runner_create_raises_conflict_and_creates_nothing(
-        store: Store) -> None:
+    store: Store,
+) -> None:
     with pytest.raises(Conflict):
         await store.create_runner(runner_fields("dup"), [("A", "1"), ("A", "2")])
     assert await store.list_runners() == []
@@ -166,11 +185,21 @@ async def test_create_run_snapshots_the_runner_and_env(store: Store) -> None:
     run, created = await store.create_run(r, [("K", "v"), ("EMPTY", "")], 0.5, 256, 128)
     assert created
     assert run.status is Status.PENDING
-    assert (run.runner_id, run.image, run.command, run.argv, run.entrypoint) == \
-        (r.id, "team/job:1.2", None, ["a", "b"], "")
+    assert (run.runner_id, run.image, run.command, run.argv, run.entrypoint) == (
+        r.id,
+        "team/job:1.2",
+        None,
+        ["a", "b"],
+        "",
+    )
     assert run.env == [("K", "v"), ("EMPTY", "")]
-    assert (run.timeout_seconds, run.instance_type, run.cpu, run.mem, run.pids) == \
-        (60, "standard-s", 0.5, 256, 128)
+    assert (run.timeout_seconds, run.instance_type, run.cpu, run.mem, run.pids) == (
+        60,
+        "standard-s",
+        0.5,
+        256,
+        128,
+    )
     assert run.exit_code is None and run.failure_reason is None and run.started_at is None
     # editing the runner later does not change the queued run
     await store.update_runner(r.id, {"image_tag": "3", "argv": None, "run_command": "x"}, [])
@@ -189,16 +218,22 @@ async def test_list_runs_is_newest_first_and_honours_limit_and_status(store: Sto
     r, other = await make_runner(store, "aaa"), await make_runner(store, "bbb")
     runs = [await queue(store, r) for _ in range(5)]
     await queue(store, other)
-    await store.finish_run(runs[1].id, Status.FAILED, exit_code=1,
-                           failure_reason=FailureReason.NONZERO_EXIT, error="x")
-    await store.finish_run(runs[3].id, Status.SUCCEEDED, exit_code=0, failure_reason=None,
-                           error=None)
+    await store.finish_run(
+        runs[1].id, Status.FAILED, exit_code=1, failure_reason=FailureReason.NONZERO_EXIT, error="x"
+    )
+    await store.finish_run(
+        runs[3].id, Status.SUCCEEDED, exit_code=0, failure_reason=None, error=None
+    )
     assert [x.id for x in await store.list_runs(r.id, limit=50)] == [x.id for x in runs[::-1]]
     assert [x.id for x in await store.list_runs(r.id, limit=2)] == [runs[4].id, runs[3].id]
-    assert [x.id for x in await store.list_runs(r.id, limit=50, status=Status.PENDING)] == \
-        [runs[4].id, runs[2].id, runs[0].id]
-    assert [x.id for x in await store.list_runs(r.id, limit=50, status=Status.FAILED)] == \
-        [runs[1].id]
+    assert [x.id for x in await store.list_runs(r.id, limit=50, status=Status.PENDING)] == [
+        runs[4].id,
+        runs[2].id,
+        runs[0].id,
+    ]
+    assert [x.id for x in await store.list_runs(r.id, limit=50, status=Status.FAILED)] == [
+        runs[1].id
+    ]
 
 
 async def test_list_runs_before_pages_cover_every_run_once(store: Store) -> None:
@@ -220,13 +255,11 @@ async def test_list_runs_before_pages_cover_every_run_once(store: Store) -> None
     assert len(set(seen)) == len(seen)
 
 
-async def test_list_runs_before_combined_with_status_pages_that_status_only(
-        store: Store) -> None:
+async def test_list_runs_before_combined_with_status_pages_that_status_only(store: Store) -> None:
     r = await make_runner(store)
     runs = [await queue(store, r) for _ in range(9)]
     for x in runs[::3]:
-        await store.finish_run(x.id, Status.SUCCEEDED, exit_code=0, failure_reason=None,
-                               error=None)
+        await store.finish_run(x.id, Status.SUCCEEDED, exit_code=0, failure_reason=None, error=None)
     page1 = await store.list_runs(r.id, limit=2, status=Status.PENDING)
     page2 = await store.list_runs(r.id, limit=2, status=Status.PENDING, before=page1[-1].id)
     page3 = await store.list_runs(r.id, limit=2, status=Status.PENDING, before=page2[-1].id)
@@ -255,8 +288,7 @@ async def test_next_pending_is_the_oldest_and_skips_runs_in_flight(store: Store)
     assert (await store.next_pending()).id == r2.id
 
 
-async def test_next_pending_takes_as_many_in_flight_ids_as_the_config_allows(
-        store: Store) -> None:
+async def test_next_pending_takes_as_many_in_flight_ids_as_the_config_allows(store: Store) -> None:
     r = await make_runner(store, max_concurrent_runs=1000)
     (run,) = [await queue(store, r)]
     in_flight = [f"run-{i}" for i in range(1000)]  # max_concurrent_runs may be 1000
@@ -271,13 +303,15 @@ async def test_mark_running_moves_only_a_pending_run(store: Store) -> None:
     r = await make_runner(store)
     run = await queue(store, r)
     running = await store.mark_running(run.id, "cid", 1234)
-    assert (running.status, running.container_id, running.started_at) == \
-        (Status.RUNNING, "cid", 1234)
+    assert (running.status, running.container_id, running.started_at) == (
+        Status.RUNNING,
+        "cid",
+        1234,
+    )
     with pytest.raises(Conflict):
         await store.mark_running(run.id, "cid2", 2000)
     assert (await store.get_run(run.id)).container_id == "cid"
-    await store.finish_run(run.id, Status.SUCCEEDED, exit_code=0, failure_reason=None,
-                           error=None)
+    await store.finish_run(run.id, Status.SUCCEEDED, exit_code=0, failure_reason=None, error=None)
     with pytest.raises(Conflict):
         await store.mark_running(run.id, "cid3", 3000)
     assert (await store.get_run(run.id)).status is Status.SUCCEEDED
@@ -286,14 +320,24 @@ async def test_mark_running_moves_only_a_pending_run(store: Store) -> None:
 async def test_finish_run_never_moves_a_run_backwards(store: Store) -> None:
     r = await make_runner(store)
     run = await queue(store, r)
-    done = await store.finish_run(run.id, Status.FAILED, exit_code=None,
-                                  failure_reason=FailureReason.CANCELED, error="canceled",
-                                  completed_at=5000)
-    assert (done.status, done.failure_reason, done.error, done.completed_at) == \
-        (Status.FAILED, FailureReason.CANCELED, "canceled", 5000)
+    done = await store.finish_run(
+        run.id,
+        Status.FAILED,
+        exit_code=None,
+        failure_reason=FailureReason.CANCELED,
+        error="canceled",
+        completed_at=5000,
+    )
+    assert (done.status, done.failure_reason, done.error, done.completed_at) == (
+        Status.FAILED,
+        FailureReason.CANCELED,
+        "canceled",
+        5000,
+    )
     with pytest.raises(Conflict):
-        await store.finish_run(run.id, Status.SUCCEEDED, exit_code=0, failure_reason=None,
-                               error=None)
+        await store.finish_run(
+            run.id, Status.SUCCEEDED, exit_code=0, failure_reason=None, error=None
+        )
     after = await store.get_run(run.id)
     assert after == done
 
@@ -302,8 +346,13 @@ async def test_finish_run_from_running_records_exit_code(store: Store) -> None:
     r = await make_runner(store)
     run = await queue(store, r)
     await store.mark_running(run.id, "cid", 1000)
-    done = await store.finish_run(run.id, Status.FAILED, exit_code=3,
-                                  failure_reason=FailureReason.NONZERO_EXIT, error="exit 3")
+    done = await store.finish_run(
+        run.id,
+        Status.FAILED,
+        exit_code=3,
+        failure_reason=FailureReason.NONZERO_EXIT,
+        error="exit 3",
+    )
     assert (done.status, done.exit_code, done.started_at) == (Status.FAILED, 3, 1000)
     assert done.completed_at is not None and done.completed_at >= 1000
     assert await store.runs_with_status(Status.RUNNING) == []
@@ -311,15 +360,17 @@ async def test_finish_run_from_running_records_exit_code(store: Store) -> None:
 
 
 async def test_delete_runner_is_refused_while_a_run_is_active_then_deletes_runs_and_env(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "runnerd.db"
     async with Store(path) as store:
         r = await store.create_runner(runner_fields(), [("A", "1")])
         keep = await make_runner(store, "keep")
         kept_run = await queue(store, keep)
         old = await queue(store, r)
-        await store.finish_run(old.id, Status.SUCCEEDED, exit_code=0, failure_reason=None,
-                               error=None)
+        await store.finish_run(
+            old.id, Status.SUCCEEDED, exit_code=0, failure_reason=None, error=None
+        )
         active = await queue(store, r)
         with pytest.raises(Conflict):
             await store.delete_runner(r.id)  # pending
@@ -328,8 +379,13 @@ async def test_delete_runner_is_refused_while_a_run_is_active_then_deletes_runs_
             await store.delete_runner(r.id)  # running
         assert await store.get_runner(r.id) is not None
         assert len(await store.list_runs(r.id, limit=10)) == 2
-        await store.finish_run(active.id, Status.FAILED, exit_code=1,
-                               failure_reason=FailureReason.NONZERO_EXIT, error="x")
+        await store.finish_run(
+            active.id,
+            Status.FAILED,
+            exit_code=1,
+            failure_reason=FailureReason.NONZERO_EXIT,
+            error="x",
+        )
 
         deleted = await store.delete_runner(r.id)
         assert sorted(deleted) == sorted([old.id, active.id])
@@ -339,8 +395,9 @@ async def test_delete_runner_is_refused_while_a_run_is_active_then_deletes_runs_
         assert await store.get_run(kept_run.id) is not None
     with raw_db(path) as db:
         assert db.execute("SELECT count(*) FROM runner_env_variables").fetchone()[0] == 0
-        assert db.execute("SELECT count(*) FROM runs WHERE runner_id = ?",
-                          (r.id,)).fetchone()[0] == 0
+        assert (
+            db.execute("SELECT count(*) FROM runs WHERE runner_id = ?", (r.id,)).fetchone()[0] == 0
+        )
 
 
 # -- api keys, durability --------------------------------------------------------
@@ -401,7 +458,8 @@ async def test_runner_max_concurrent_runs_is_stored_and_none_by_default(store: S
 
 
 async def test_next_pending_skips_a_runner_at_its_own_limit_without_blocking_others(
-        store: Store) -> None:
+    store: Store,
+) -> None:
     limited = await make_runner(store, "limited", max_concurrent_runs=1)
     free = await make_runner(store, "free")
     l1, l2 = await queue(store, limited), await queue(store, limited)
@@ -412,8 +470,7 @@ async def test_next_pending_skips_a_runner_at_its_own_limit_without_blocking_oth
     await store.mark_running(l1.id, "c", 1)
     assert (await store.next_pending()).id == f1.id  # l1 running counts too
     assert await store.next_pending(in_flight=[f1.id]) is None
-    await store.finish_run(l1.id, Status.SUCCEEDED, exit_code=0, failure_reason=None,
-                           error=None)
+    await store.finish_run(l1.id, Status.SUCCEEDED, exit_code=0, failure_reason=None, error=None)
     assert (await store.next_pending(in_flight=[f1.id])).id == l2.id
 
 
@@ -428,7 +485,8 @@ async def test_next_pending_counts_running_and_in_flight_runs_once_each(store: S
 
 
 async def test_a_repeated_idempotency_key_returns_the_first_run_and_queues_nothing(
-        store: Store) -> None:
+    store: Store,
+) -> None:
     r, other = await make_runner(store, "aaa"), await make_runner(store, "bbb")
     first, created = await store.create_run(r, [("A", "1")], 1.0, 1024, 512, "key-1")
     assert created
@@ -444,15 +502,16 @@ async def test_a_repeated_idempotency_key_returns_the_first_run_and_queues_nothi
     assert len(await store.list_runs(r.id, limit=10)) == 4
 
 
-async def test_an_idempotency_key_older_than_the_window_queues_a_new_run(
-        tmp_path: Path) -> None:
+async def test_an_idempotency_key_older_than_the_window_queues_a_new_run(tmp_path: Path) -> None:
     path = tmp_path / "runnerd.db"
     async with Store(path) as store:
         r = await make_runner(store)
         old, _ = await store.create_run(r, [], 1.0, 1024, 512, "k")
         with raw_db(path) as db:  # age it past the 24 h window
-            db.execute("UPDATE runs SET created_at = created_at - ? WHERE id = ?",
-                       (IDEMPOTENCY_WINDOW_MS + 1000, old.id))
+            db.execute(
+                "UPDATE runs SET created_at = created_at - ? WHERE id = ?",
+                (IDEMPOTENCY_WINDOW_MS + 1000, old.id),
+            )
         new, created = await store.create_run(r, [], 1.0, 1024, 512, "k")
         assert created and new.id != old.id
         again, created = await store.create_run(r, [], 1.0, 1024, 512, "k")
@@ -465,8 +524,11 @@ async def test_cancel_pending_fails_a_pending_run_only(store: Store) -> None:
     await store.mark_running(running.id, "c", 1)
     done = await store.cancel_pending(pending.id, "canceled by a user")
     assert done is not None
-    assert (done.status, done.failure_reason, done.error) == \
-        (Status.FAILED, FailureReason.CANCELED, "canceled by a user")
+    assert (done.status, done.failure_reason, done.error) == (
+        Status.FAILED,
+        FailureReason.CANCELED,
+        "canceled by a user",
+    )
     assert done.completed_at is not None
     assert await store.cancel_pending(pending.id, "again") is None
     assert await store.cancel_pending(running.id, "x") is None
@@ -478,9 +540,11 @@ async def test_a_schema_1_database_is_migrated_keeping_its_data(tmp_path: Path) 
     with raw_db(path) as db:
         db.executescript(SCHEMA)
         db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
-        db.execute("INSERT INTO runners (id, name, image_name, image_tag, timeout_seconds,"
-                   " instance_type, created_at, updated_at)"
-                   " VALUES ('r1', 'old', 'busybox', 'latest', 60, 'standard-s', 1, 1)")
+        db.execute(
+            "INSERT INTO runners (id, name, image_name, image_tag, timeout_seconds,"
+            " instance_type, created_at, updated_at)"
+            " VALUES ('r1', 'old', 'busybox', 'latest', 60, 'standard-s', 1, 1)"
+        )
     async with Store(path) as store:
         r = await store.get_runner("r1")
         assert r is not None and r.name == "old" and r.max_concurrent_runs is None
@@ -497,8 +561,9 @@ async def test_a_database_from_a_newer_runnerd_is_refused(tmp_path: Path) -> Non
     async with Store(path):
         pass
     with raw_db(path) as db:
-        db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'",
-                   (str(SCHEMA_VERSION + 1),))
+        db.execute(
+            "UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(SCHEMA_VERSION + 1),)
+        )
     store = Store(path)
     with pytest.raises(StoreError, match="newer"):
         await store.open()
@@ -509,7 +574,8 @@ async def test_a_database_from_a_newer_runnerd_is_refused(tmp_path: Path) -> Non
 
 
 async def test_concurrent_writes_share_transactions_and_a_failing_one_fails_alone(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "runnerd.db"
     async with Store(path) as store:
         taken = await make_runner(store, "taken")
@@ -528,7 +594,8 @@ async def test_concurrent_writes_share_transactions_and_a_failing_one_fails_alon
             make_runner(store, "taken"),  # breaks the name rule inside a shared turn
             *(queue(store, taken) for _ in range(10)),
             *(make_runner(store, n) for n in names[20:]),
-            return_exceptions=True)
+            return_exceptions=True,
+        )
         monkeypatch.undo()
         failures = [o for o in outcomes if isinstance(o, BaseException)]
         assert len(failures) == 1 and isinstance(failures[0], Conflict)
@@ -550,18 +617,22 @@ async def test_reads_in_the_same_turn_as_writes_are_answered(store: Store) -> No
 
 @pytest.mark.parametrize("query", ["next_pending", "runs_with_status"])
 async def test_the_scheduler_s_queries_search_the_active_index_not_the_whole_table(
-        tmp_path: Path, query: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, query: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "runnerd.db"
     captured: list[tuple[str, tuple[Any, ...]]] = []
     async with Store(path) as store:
         r = await make_runner(store, max_concurrent_runs=2)
         await queue(store, r)
         for name in ("_all", "_one"):  # every query with its parameters
+
             def spy(real: Any) -> Any:
                 async def query(self: Store, sql: str, params: Any = ()) -> Any:
                     captured.append((sql, tuple(params)))
                     return await real(self, sql, params)
+
                 return query
+
             monkeypatch.setattr(Store, name, spy(getattr(Store, name)))
         if query == "next_pending":
             await store.next_pending(in_flight=["x"])
@@ -569,8 +640,11 @@ async def test_the_scheduler_s_queries_search_the_active_index_not_the_whole_tab
             await store.runs_with_status(Status.RUNNING)
     assert captured
     with raw_db(path) as db:
-        plans = [row[3] for sql, params in captured
-                 for row in db.execute("EXPLAIN QUERY PLAN " + sql, params)]
+        plans = [
+            row[3]
+            for sql, params in captured
+            for row in db.execute("EXPLAIN QUERY PLAN " + sql, params)
+        ]
     assert any("runs_active" in p for p in plans), plans
     assert not any(p.startswith("SCAN") for p in plans), plans
 
@@ -583,8 +657,7 @@ async def test_a_run_s_env_is_decrypted_only_when_used_and_never_printed(store: 
     assert list(listed.env) == [("TOKEN", "s3cret")] == list(run.env)
 
 
-async def test_a_lookup_that_finds_the_database_busy_is_done_by_the_reader(
-        tmp_path: Path) -> None:
+async def test_a_lookup_that_finds_the_database_busy_is_done_by_the_reader(tmp_path: Path) -> None:
     # In WAL mode a reader sees SQLITE_BUSY only in rare moments (another process
     # recovering the WAL index); the loop-thread connection then hands the read on.
     async with Store(tmp_path / "runnerd.db") as store:
@@ -635,7 +708,8 @@ async def test_store_threads_are_named_daemon_threads_that_end_at_close(tmp_path
 
 
 async def test_close_while_a_write_waits_for_another_process_lock_aborts_it_promptly(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "runnerd.db"
     store = Store(path)
     await store.open()

@@ -6,9 +6,10 @@ the run_command/argv rule into the table."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 
@@ -29,15 +30,25 @@ def raw_db(path: Path) -> Iterator[sqlite3.Connection]:
 
 def runner_fields(name: str, **over: Any) -> dict[str, Any]:
     fields: dict[str, Any] = {
-        "name": name, "image_name": "team/job", "image_tag": "1", "run_command": None,
-        "argv": None, "entrypoint": None, "timeout_seconds": 60, "instance_type": "standard-s",
+        "name": name,
+        "image_name": "team/job",
+        "image_tag": "1",
+        "run_command": None,
+        "argv": None,
+        "entrypoint": None,
+        "timeout_seconds": 60,
+        "instance_type": "standard-s",
     }
     fields.update(over)
     return fields
 
 
-REGISTRY = {"name": "acme", "host": "registry.example.com", "username": "bot",
-            "password": "the-old-password"}
+REGISTRY = {
+    "name": "acme",
+    "host": "registry.example.com",
+    "username": "bot",
+    "password": "the-old-password",
+}
 
 
 @pytest.fixture
@@ -61,7 +72,8 @@ def make_v4_database(path: Path) -> None:
 
 
 async def test_runner_write_whose_registry_was_deleted_raises_conflict_naming_the_registry(
-        store: Store) -> None:
+    store: Store,
+) -> None:
     registry = await store.create_registry(dict(REGISTRY))
     gone = registry.id
     await store.delete_registry(gone)
@@ -85,7 +97,8 @@ async def test_runner_name_taken_still_raises_conflict_naming_name(store: Store)
 
 
 async def test_runner_write_with_both_run_command_and_argv_is_refused_by_the_table(
-        store: Store) -> None:
+    store: Store,
+) -> None:
     # What two concurrent PATCHes (one setting each, each checked against the runner
     # before the other's write) would write without the table's CHECK.
     runner = await store.create_runner(runner_fields("cmd", run_command="echo a"), [])
@@ -102,15 +115,22 @@ async def test_runner_write_with_both_run_command_and_argv_is_refused_by_the_tab
 
 
 async def test_registry_host_or_username_change_without_password_raises_conflict_naming_password(
-        store: Store) -> None:
+    store: Store,
+) -> None:
     registry = await store.create_registry(dict(REGISTRY))
-    for change in ({"host": "evil.example.com"}, {"username": "other"},
-                   {"host": "evil.example.com", "name": "renamed"}):
+    for change in (
+        {"host": "evil.example.com"},
+        {"username": "other"},
+        {"host": "evil.example.com", "name": "renamed"},
+    ):
         with pytest.raises(Conflict) as info:
             await store.update_registry(registry.id, change)
         assert str(info.value).startswith("password:"), change
     assert await store.registry_credentials(registry.id) == (
-        "registry.example.com", "bot", "the-old-password")
+        "registry.example.com",
+        "bot",
+        "the-old-password",
+    )
 
     # The same host or username again is no change; with the password, any change goes.
     await store.update_registry(registry.id, {"host": "registry.example.com", "name": "n2"})
@@ -122,7 +142,8 @@ async def test_registry_host_or_username_change_without_password_raises_conflict
 
 
 async def test_a_schema_4_database_gets_the_command_check_keeping_runners_env_and_runs(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "runnerd.db"
     make_v4_database(path)
     with raw_db(path) as db:
@@ -133,25 +154,34 @@ async def test_a_schema_4_database_gets_the_command_check_keeping_runners_env_an
             " timeout_seconds, instance_type, created_at, updated_at, max_concurrent_runs,"
             " webhook_url, container_registry_id, image_pull_policy, warmed_at)"
             " VALUES ('r1', 'old', 'busybox', 'latest', NULL, '[\"echo\", \"x\"]', 60,"
-            " 'standard-s', 1, 2, 3, 'http://hook/', 'cr', 'always', 5)")
+            " 'standard-s', 1, 2, 3, 'http://hook/', 'cr', 'always', 5)"
+        )
         # Both set: a schema-4 database could hold this after two racing PATCHes.
         db.execute(
             "INSERT INTO runners (id, name, image_name, image_tag, run_command, argv,"
             " timeout_seconds, instance_type, created_at, updated_at)"
             " VALUES ('r2', 'raced', 'busybox', 'latest', 'echo cmd', '[\"echo\"]', 60,"
-            " 'standard-s', 1, 1)")
+            " 'standard-s', 1, 1)"
+        )
         db.execute("INSERT INTO runner_env_variables VALUES ('e1', 'r1', 'K', 'v', 1, 1)")
         db.execute(
             "INSERT INTO runs (id, runner_id, status, image, env, timeout_seconds,"
             " instance_type, cpu, mem, pids, created_at, updated_at)"
             " VALUES ('run1', 'r1', 'succeeded', 'busybox:latest', '[]', 60, 'standard-s',"
-            " 1, 1, 1, 1, 1)")
+            " 1, 1, 1, 1, 1)"
+        )
 
     async with Store(path) as store:
         r1 = await store.get_runner("r1")
-        assert (r1.argv, r1.max_concurrent_runs, r1.webhook_url, r1.container_registry_id,
-                r1.image_pull_policy, r1.warmed_at, r1.updated_at) == (
-            ["echo", "x"], 3, "http://hook/", "cr", "always", 5, 2)
+        assert (
+            r1.argv,
+            r1.max_concurrent_runs,
+            r1.webhook_url,
+            r1.container_registry_id,
+            r1.image_pull_policy,
+            r1.warmed_at,
+            r1.updated_at,
+        ) == (["echo", "x"], 3, "http://hook/", "cr", "always", 5, 2)
         r2 = await store.get_runner("r2")
         assert (r2.run_command, r2.argv) == ("echo cmd", None)  # what its runs ran
         assert [e.env_key for e in await store.list_env("r1")] == ["K"]
@@ -175,7 +205,8 @@ async def test_a_schema_4_database_gets_the_command_check_keeping_runners_env_an
 
 
 async def test_a_new_database_and_a_migrated_one_have_the_same_runners_table(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     make_v4_database(tmp_path / "old.db")
     async with Store(tmp_path / "old.db"):
         pass
@@ -184,25 +215,30 @@ async def test_a_new_database_and_a_migrated_one_have_the_same_runners_table(
 
     def schema(name: str) -> list[tuple[str, str]]:
         with raw_db(tmp_path / name) as db:
-            return db.execute("SELECT name, sql FROM sqlite_schema WHERE tbl_name = 'runners'"
-                              " ORDER BY name").fetchall()
+            return db.execute(
+                "SELECT name, sql FROM sqlite_schema WHERE tbl_name = 'runners' ORDER BY name"
+            ).fetchall()
+
     assert schema("old.db") == schema("new.db")
 
 
 async def test_a_dangling_registry_reference_stops_the_migration_changing_nothing(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "runnerd.db"
     make_v4_database(path)
     with raw_db(path) as db:  # foreign keys off: as a hand edit could leave it
         db.execute(
             "INSERT INTO runners (id, name, image_name, image_tag, timeout_seconds,"
             " instance_type, created_at, updated_at, container_registry_id)"
-            " VALUES ('r1', 'old', 'busybox', 'latest', 60, 'standard-s', 1, 1, 'gone')")
+            " VALUES ('r1', 'old', 'busybox', 'latest', 60, 'standard-s', 1, 1, 'gone')"
+        )
     store = Store(path)
     with pytest.raises(StoreError, match="missing container_registries"):
         await store.open()
     await store.close()
     with raw_db(path) as db:
-        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() \
-            == ("4",)
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (
+            "4",
+        )
         assert db.execute("SELECT name FROM runners").fetchall() == [("old",)]

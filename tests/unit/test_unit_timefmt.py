@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -17,35 +17,38 @@ FORMAT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d\Z")
 
 
 def _ms(dt: datetime) -> int:
-    delta = dt - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    delta = dt - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86_400 + delta.seconds) * 1000 + delta.microseconds // 1000
 
 
 def test_reference_constant_is_what_the_tests_assume() -> None:
-    assert _ms(datetime(2026, 1, 15, 9, 1, tzinfo=timezone.utc)) == JAN_15_0901_UTC
+    assert _ms(datetime(2026, 1, 15, 9, 1, tzinfo=UTC)) == JAN_15_0901_UTC
 
 
-@pytest.mark.parametrize(("zone", "expected"), [
-    ("Europe/Berlin", "2026-01-15T10:01:00.000+01:00"),
-    ("UTC", "2026-01-15T09:01:00.000+00:00"),
-    ("Asia/Kolkata", "2026-01-15T14:31:00.000+05:30"),
-    ("America/New_York", "2026-01-15T04:01:00.000-05:00"),
-])
+@pytest.mark.parametrize(
+    ("zone", "expected"),
+    [
+        ("Europe/Berlin", "2026-01-15T10:01:00.000+01:00"),
+        ("UTC", "2026-01-15T09:01:00.000+00:00"),
+        ("Asia/Kolkata", "2026-01-15T14:31:00.000+05:30"),
+        ("America/New_York", "2026-01-15T04:01:00.000-05:00"),
+    ],
+)
 def test_format_ms_renders_milliseconds_and_the_zones_offset(zone: str, expected: str) -> None:
     assert format_ms(JAN_15_0901_UTC, ZoneInfo(zone)) == expected
 
 
 def test_format_ms_uses_the_summer_offset_in_summer() -> None:
-    july = _ms(datetime(2026, 7, 1, 12, 0, tzinfo=timezone.utc))
+    july = _ms(datetime(2026, 7, 1, 12, 0, tzinfo=UTC))
     assert format_ms(july, ZoneInfo("Europe/Berlin")) == "2026-07-01T14:00:00.000+02:00"
 
 
 def test_format_ms_utc_is_rendered_as_plus_zero_not_z() -> None:
-    assert format_ms(0, timezone.utc) == "1970-01-01T00:00:00.000+00:00"
+    assert format_ms(0, UTC) == "1970-01-01T00:00:00.000+00:00"
 
 
 def test_format_ms_before_the_epoch_keeps_the_exact_millisecond() -> None:
-    assert format_ms(-1, timezone.utc) == "1969-12-31T23:59:59.999+00:00"
+    assert format_ms(-1, UTC) == "1969-12-31T23:59:59.999+00:00"
 
 
 def test_format_ms_of_none_is_none() -> None:
@@ -60,8 +63,12 @@ def test_format_ms_keeps_the_exact_millisecond(ms_part: int) -> None:
 
 def test_format_ms_round_trips_exactly_over_many_values() -> None:
     rng = random.Random(20260115)
-    zones = [ZoneInfo("UTC"), ZoneInfo("Europe/Berlin"), ZoneInfo("Asia/Kolkata"),
-             ZoneInfo("America/St_Johns")]
+    zones = [
+        ZoneInfo("UTC"),
+        ZoneInfo("Europe/Berlin"),
+        ZoneInfo("Asia/Kolkata"),
+        ZoneInfo("America/St_Johns"),
+    ]
     values = [JAN_15_0901_UTC + d for d in range(0, 2000)]  # every ms ending
     values += [rng.randrange(0, 4_102_444_800_000) for _ in range(3000)]  # up to 2100
     values += [1, 7, 9, 999, 1001, 1_700_000_000_001, 1_700_000_000_007, 1_700_000_000_009]
