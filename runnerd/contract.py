@@ -28,6 +28,7 @@ from pydantic import (
     GetJsonSchemaHandler,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     create_model,
     field_validator,
 )
@@ -720,16 +721,15 @@ REGISTRY_FIELDS: tuple[str, ...] = tuple(ContainerRegistryCreate.model_fields)
 
 # -- resources, as the API answers them ------------------------------------------------
 
-Timestamp = Annotated[
-    str,
-    Field(
-        json_schema_extra={
-            "format": "date-time",
-            "pattern": TIME_PATTERN,
-            "examples": ["2026-01-15T10:01:00.000+01:00"],
-        }
-    ),
-]
+TIMESTAMP = {
+    "type": "string",
+    "format": "date-time",
+    "pattern": TIME_PATTERN,
+    "examples": ["2026-01-15T10:01:00.000+01:00"],
+}
+# One component every time field refers to, so generated clients share one type.
+# (A marker, swapped for the `$ref` after generation: pydantic resolves every `$ref` it meets.)
+Timestamp = Annotated[str, WithJsonSchema({"x-runnerd-timestamp": True})]
 Id = Annotated[str, Field(json_schema_extra={"format": "uuid"})]
 
 
@@ -991,10 +991,20 @@ def component_schemas() -> dict[str, Any]:
         ref_template="#/components/schemas/{model}",
         schema_generator=_ComponentNames,
     )
-    schemas: dict[str, Any] = top["$defs"]
+    schemas: dict[str, Any] = {"Timestamp": dict(TIMESTAMP), **top["$defs"]}
     for schema in schemas.values():
         schema.pop("title", None)
-    return schemas
+    return _with_timestamp_refs(schemas)
+
+
+def _with_timestamp_refs(node: Any) -> Any:
+    if isinstance(node, dict):
+        if node.get("x-runnerd-timestamp"):
+            return {"$ref": "#/components/schemas/Timestamp"}
+        return {key: _with_timestamp_refs(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_with_timestamp_refs(item) for item in node]
+    return node
 
 
 # -- rendering ------------------------------------------------------------------------
