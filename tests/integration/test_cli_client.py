@@ -370,7 +370,7 @@ def test_api_errors_are_shown_as_messages(daemon: Daemon) -> None:
     bad_env = cli(daemon, "runs", "trigger", "cli-errors", "-e", "1BAD=x", "-e", "OK=1")
     assert bad_env.returncode == 1
     assert bad_env.stderr == (
-        "runnerd: env_variables[0].env_key '1BAD' is not a valid name: "
+        "runnerd: env_variables[0].env_key: '1BAD' is not a valid name: "
         "use letters, digits and '_', not starting with a digit\n"
     )
     assert bad_env.stdout == ""
