@@ -678,7 +678,7 @@ async def _follow(
                 # The client left (aiohttp does not cancel the handler): free its
                 # follower slot instead of waiting for output that nobody reads.
                 return None
-            stop_wait = asyncio.ensure_future(stopping.wait())
+            stop_wait: asyncio.Future[Any] = asyncio.ensure_future(stopping.wait())
             try:
                 await asyncio.wait(
                     {changed, stop_wait},

@@ -994,7 +994,8 @@ def component_schemas() -> dict[str, Any]:
     schemas: dict[str, Any] = {"Timestamp": dict(TIMESTAMP), **top["$defs"]}
     for schema in schemas.values():
         schema.pop("title", None)
-    return _with_timestamp_refs(schemas)
+    with_refs: dict[str, Any] = _with_timestamp_refs(schemas)
+    return with_refs
 
 
 def _with_timestamp_refs(node: Any) -> Any:
