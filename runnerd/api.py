@@ -1,5 +1,5 @@
 """The HTTP API: routes, auth, and the JSON error shapes. Handlers speak HTTP only:
-they parse with `schemas`, act through the store and scheduler, and render."""
+they parse with `contract`, act through the store and scheduler, and render."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import contract, images, metrics, openapi, schemas
+from . import contract, images, metrics, openapi
 from .auth import hash_secret, secret_from_header
 from .config import Config
 from .engine import Engine, EngineError, EngineUnavailable
@@ -320,7 +320,7 @@ async def delete_env(request: web.Request) -> web.Response:
 
 async def list_runs(request: web.Request) -> web.Response:
     runner = await _runner_or_404(request)
-    limit, status, before = schemas.parse_run_list_query(request.query)
+    limit, status, before = contract.parse_run_list_query(request.query)
     runs = await request.app[STORE].list_runs(runner.id, limit=limit, status=status, before=before)
     if runs is None:
         raise contract.Invalid([f"before: no run {before} of this runner"])
@@ -500,7 +500,7 @@ async def run_logs(request: web.Request) -> web.StreamResponse:
         return await _logs_sse(request, run)
     if "application/json" in accept and "text/plain" not in accept:
         return await _logs_json(request, run)
-    tail, follow = schemas.parse_text_logs_query(request.query)
+    tail, follow = contract.parse_text_logs_query(request.query)
     logs = request.app[LOGS]
     response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     if follow:
@@ -530,7 +530,7 @@ async def run_logs(request: web.Request) -> web.StreamResponse:
 
 
 async def _logs_json(request: web.Request, run: Run) -> web.Response:
-    page = schemas.parse_json_logs_query(request.query)
+    page = contract.parse_json_logs_query(request.query)
     logs = request.app[LOGS]
     after = await _cursor(logs, run.id, page.after, "after")
     if page.before is not None:
@@ -549,7 +549,7 @@ async def _logs_json(request: web.Request, run: Run) -> web.Response:
 
 
 async def _logs_sse(request: web.Request, run: Run) -> web.StreamResponse:
-    cursor, stream = schemas.parse_sse_logs_query(
+    cursor, stream = contract.parse_sse_logs_query(
         request.query, request.headers.get("Last-Event-ID")
     )
     logs = request.app[LOGS]

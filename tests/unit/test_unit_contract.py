@@ -19,12 +19,13 @@ from runnerd.contract import (
     parse_env_variable,
     parse_idempotency_key,
     parse_registry,
+    parse_run_list_query,
     parse_runner,
+    parse_tail,
     parse_trigger,
 )
 from runnerd.executor import container_command
 from runnerd.models import RUNNER_COLUMNS, ContainerRegistry, EnvVariable, Run, Runner, Status
-from runnerd.schemas import parse_run_list_query, parse_tail
 
 CONFIG = Config()
 

@@ -1,7 +1,7 @@
-"""The API's query strings and headers: what the contract's models cannot say well.
+"""Query strings and headers: what models cannot say well.
 
 Query values are always strings, checked here by hand so each problem reads as
-`parameter: message`; request bodies and resources are in `contract`.
+`parameter: message` like the bodies' problems.
 """
 
 from __future__ import annotations
@@ -9,21 +9,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from .contract import (
-    ENV_KEY,
+from ..models import Status
+from .fields import (
+    IDEMPOTENCY_KEY_MAX,
     LOG_STREAMS,
     LOGS_LIMIT_DEFAULT,
     LOGS_LIMIT_MAX,
-    PULL_POLICIES,
     RUNS_LIMIT_DEFAULT,
     RUNS_LIMIT_MAX,
     TAIL_MAX,
     Invalid,
     is_uuid,
 )
-from .models import Status
-
-__all__ = ["ENV_KEY", "PULL_POLICIES", "is_uuid"]  # also here for the CLI client, for now
 
 Query = Mapping[str, str]
 
@@ -178,3 +175,17 @@ def _stream_filter(c: _Checker, query: Query) -> int | None:
         c.fail("stream", f"must be stdout or stderr, got {raw[:20]!r}")
         return None
     return LOG_STREAMS[raw]
+
+
+def parse_idempotency_key(value: str | None) -> str | None:
+    """The `Idempotency-Key` header: 1-255 visible ASCII characters, or absent."""
+    if value is None:
+        return None
+    if not 1 <= len(value) <= IDEMPOTENCY_KEY_MAX or not all(33 <= ord(ch) <= 126 for ch in value):
+        raise Invalid(
+            [
+                f"Idempotency-Key: must be 1 to {IDEMPOTENCY_KEY_MAX} visible ASCII "
+                "characters without spaces (header)"
+            ]
+        )
+    return value
