@@ -239,7 +239,7 @@ EnvKey = Annotated[
 EnvVal = Annotated[str, Text(ENV_VAL_MAX), Field(description="Any text without NUL characters.")]
 
 
-# -- in responses
+# -- in responses -------------------------------------------------------------------
 
 TIMESTAMP = {
     "type": "string",
