@@ -92,8 +92,8 @@ ERROR_RESPONSES: dict[int, tuple[str, str, str]] = {
         "BadRequest",
         "Bad Request",
         "The request is invalid: not JSON, wrong types, values out of range, unknown "
-        "fields or query parameters. `errors` lists every problem found, each naming "
-        "its field.",
+        "fields or query parameters. `errors` lists every problem found, each as "
+        "`field: message`.",
     ),
     401: ("Unauthorized", "Unauthorized", "No API key, or an unknown or revoked one."),
     403: ("Forbidden", "Forbidden", "A `read` key on anything but GET (and HEAD)."),
@@ -144,7 +144,9 @@ def _error_response(code: int) -> dict[str, Any]:
     _, reason, when = ERROR_RESPONSES[code]
     if code == 400:
         schema = ref("ValidationErrors")
-        example: dict[str, Any] = {"errors": ["timeout_seconds must be between 1 and 86400, got 0"]}
+        example: dict[str, Any] = {
+            "errors": ["timeout_seconds: must be between 1 and 86400, got 0"]
+        }
     else:
         schema = {"allOf": [ref("Error"), {"properties": {"status": {"const": code}}}]}
         example = {"status": code, "error": reason}
