@@ -14,16 +14,17 @@ from typing import Annotated, Any, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
+    ValidatorFunctionWrapHandler,
+    WrapValidator,
     create_model,
     field_validator,
 )
-from pydantic_core import ErrorDetails, PydanticCustomError
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from ..config import Config
 from ..models import EnvVariable
@@ -72,17 +73,41 @@ class EnvVariableInput(_Body):
     env_val: EnvVal
 
 
-def _unique_keys(items: list[EnvVariableInput]) -> list[EnvVariableInput]:
+def _unique_keys(value: Any, handler: ValidatorFunctionWrapHandler) -> list[EnvVariableInput]:
+    """A key given twice is a problem even when another item has problems of its own:
+    so it is found on the raw items, around the list's own validation."""
+    repeated: list[InitErrorDetails] = []
     seen: set[str] = set()
-    for i, item in enumerate(items):
-        if item.env_key in seen:
-            raise PydanticCustomError(
-                "duplicate_env_key",
-                "{message}",
-                {"message": f"{item.env_key!r} appears more than once", "index": i},
-            )
-        seen.add(item.env_key)
+    # Too many items is the one problem of a list that long, as for any other list.
+    items_to_check = value if isinstance(value, list) and len(value) <= ENV_MAX_ITEMS else []
+    for i, item in enumerate(items_to_check):
+        key = item.get("env_key") if isinstance(item, dict) else None
+        if isinstance(key, str) and key in seen:
+            message = f"{key[:100]!r} appears more than once"
+            repeated.append({"type": fail(message), "loc": (i, "env_key"), "input": key})
+        if isinstance(key, str):
+            seen.add(key)
+    try:
+        items: list[EnvVariableInput] = handler(value)
+    except ValidationError as e:
+        raise _with(e, repeated) from None
+    if repeated:
+        raise _with(None, repeated)
     return items
+
+
+def _with(error: ValidationError | None, more: list[InitErrorDetails]) -> ValidationError:
+    """`error`'s problems and `more`, as one ValidationError (pydantic prefixes the
+    field's location when it leaves the validator)."""
+    again: list[InitErrorDetails] = [
+        {
+            "type": PydanticCustomError(e["type"], e["msg"], e.get("ctx")),
+            "loc": e["loc"],
+            "input": e["input"],
+        }
+        for e in (error.errors(include_url=False) if error else [])
+    ]
+    return ValidationError.from_exception_data("env_variables", [*again, *more])
 
 
 EnvList = Annotated[
@@ -92,7 +117,7 @@ EnvList = Annotated[
         description="`{env_key, env_val}` pairs; an `env_key` may appear only once "
         "(a repeated one is a 400).",
     ),
-    AfterValidator(_unique_keys),  # runs once every item is valid
+    WrapValidator(_unique_keys),
 ]
 
 
@@ -373,8 +398,6 @@ def _message(model: type[BaseModel], error: ErrorDetails) -> str:
     or_null = " or null" if _nullable(model, loc) else ""
     if kind == "runnerd":
         return f"{where}: {ctx['message']}"
-    if kind == "duplicate_env_key":
-        return f"{where}[{ctx['index']}].env_key: {ctx['message']}"
     if kind == "missing":
         return f"{where}: is required"
     if kind == "extra_forbidden":

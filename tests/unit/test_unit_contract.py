@@ -503,6 +503,20 @@ def test_each_kind_of_problem_reads_as_field_colon_message(
     assert runner_errors({"name": "valid", "image_name": "busybox", **body}) == [message]
 
 
+def test_a_repeated_env_key_is_listed_beside_the_other_items_problems() -> None:
+    body = {"env_variables": [{"env_key": "A", "env_val": 1}, PAIR, {**PAIR, "x": 1}]}
+    assert errors_of(parse_trigger, body) == [
+        "env_variables[0].env_val: must be a string, got a number",
+        "env_variables[2].x: is not a known field (known: env_key, env_val)",
+        "env_variables[1].env_key: 'A' appears more than once",
+        "env_variables[2].env_key: 'A' appears more than once",
+    ]
+    # past the item limit, the limit is the one problem
+    assert errors_of(parse_trigger, {"env_variables": [PAIR] * 501}) == [
+        "env_variables: may hold at most 500 items, got 501"
+    ]
+
+
 def test_a_body_that_is_not_an_object_is_one_problem_of_the_body() -> None:
     assert runner_errors([1]) == ["body: must be a JSON object, got an array"]
     assert errors_of(parse_trigger, "x") == ["body: must be a JSON object, got a string"]
