@@ -418,7 +418,8 @@ def _message(model: type[BaseModel], error: ErrorDetails) -> str:
     if kind == "too_long":
         return f"{where}: may hold at most {ctx['max_length']} items, got {ctx['actual_length']}"
     if kind == "literal_error":
-        return f"{where}: must be one of {ctx['expected']}, got {value!r}"[:200]
+        expected = str(ctx["expected"]).replace("'", "").replace(" or ", ", ")
+        return f"{where}: must be one of {expected}, got {value!r}"[:200]
     return f"{where}: {error['msg'][:1].lower()}{error['msg'][1:]}"  # any other: pydantic's
 
 

@@ -209,8 +209,8 @@ class Health(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     status: Literal["ok"]
-    engine: EngineVersion | None = None
-    queue: QueueDepth | None = None
+    engine: EngineVersion = Field(default_factory=EngineVersion)
+    queue: QueueDepth = Field(default_factory=lambda: QueueDepth(pending=0, running=0))
 
 
 class HealthUnavailable(BaseModel):
@@ -221,7 +221,7 @@ class HealthUnavailable(BaseModel):
 
     status: Literal["unavailable"]
     error: str
-    queue: QueueDepth | None = None
+    queue: QueueDepth = Field(default_factory=lambda: QueueDepth(pending=0, running=0))
 
 
 # -- rendering ------------------------------------------------------------------------

@@ -487,8 +487,7 @@ PAIR = {"env_key": "A", "env_val": "1"}
         ({"env_variables": [PAIR, PAIR]}, "env_variables[1].env_key: 'A' appears more than once"),
         (
             {"image_pull_policy": "sometimes"},
-            "image_pull_policy: must be one of 'if_not_present', 'always' or 'never', "
-            "got 'sometimes'",
+            "image_pull_policy: must be one of if_not_present, always, never, got 'sometimes'",
         ),
         (
             {"instance_type": "huge"},
