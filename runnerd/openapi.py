@@ -438,12 +438,16 @@ COMPONENT_SCHEMAS: dict[str, Any] = {
         RUNNER_INPUT_PROPERTIES,
         required=["name", "image_name"],
         description="A new runner. Unknown fields are a 400.",
-        **{
-            "not": {
-                "required": ["run_command", "argv"],
-                "properties": {"run_command": {"type": "string"}, "argv": {"type": "array"}},
+        # `not` is a Python keyword, hence the dict; typed so that mypy does not match
+        # its values against `closed: bool`.
+        **dict[str, Any](
+            {
+                "not": {
+                    "required": ["run_command", "argv"],
+                    "properties": {"run_command": {"type": "string"}, "argv": {"type": "array"}},
+                }
             }
-        },
+        ),
     ),
     "RunnerUpdate": obj(
         # No `default`s on PATCH: generated clients send them, resetting fields the
