@@ -31,7 +31,8 @@ from typing import Any
 import httpx
 import pytest
 import requests
-from conftest import TEST_IMAGE_NAME, TEST_IMAGE_TAG, Daemon, write_config
+from conftest import TEST_IMAGE_NAME, TEST_IMAGE_TAG, Daemon, docker_cli, write_config
+from registry import REPOSITORY, TAG, Registry
 
 PACKAGE = "runnerd_generated_client"
 GENERATE_DEADLINE = 120.0  # seconds; it takes about 2 on an idle machine
@@ -59,6 +60,19 @@ def daemon(tmp_path_factory: pytest.TempPathFactory, docker_engine: str) -> Iter
             daemon.stop()
     finally:
         daemon.remove_containers()
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory, docker_engine: str) -> Iterator[Registry]:
+    """A registry on loopback holding the test image, for a warm-up that pulls."""
+    reg = Registry(tmp_path_factory.mktemp("registry"))
+    reg.start()
+    try:
+        reg.push_test_image()
+        yield reg
+    finally:
+        reg.stop()
+        docker_cli("rmi", "-f", reg.image_ref, check=False)
 
 
 @pytest.fixture(scope="module")
@@ -460,13 +474,37 @@ def test_a_running_run_is_canceled_and_live_logs_past_the_cap_answer_503(
     error(gen, cancel.sync_detailed(done.id, finished.id, client=c), 409)
 
 
-def test_warm_answers_the_pull_error_as_400_and_an_unknown_runner_as_404(
-    gen: types.ModuleType, client: Client
+def test_warm_pulls_from_a_registry_and_answers_a_failed_pull_as_400(
+    gen: types.ModuleType, client: Client, registry: Registry
 ) -> None:
-    c = client()
+    m, c = gen.models, client()
     warm = op(gen, "runners", "warm_runner")
-    runner = make_runner(gen, c, image_name=UNPULLABLE_IMAGE)
-    invalid(gen, warm.sync_detailed(runner.id, client=c), "image_name")
+    made = op(gen, "container_registries", "create_container_registry").sync_detailed(
+        client=c,
+        body=m.ContainerRegistryCreate(
+            name=uniq("reg"),
+            host=registry.host,
+            username=registry.username,
+            password=registry.password,
+        ),
+    )
+    assert isinstance(made.parsed, m.ContainerRegistryResponse), made.content
+    private = make_runner(
+        gen,
+        c,
+        image_name=REPOSITORY,
+        image_tag=TAG,
+        container_registry_id=str(made.parsed.container_registry.id),
+    )
+    assert private.warmed_at is None
+    registry.remove_local()
+    warmed = warm.sync_detailed(private.id, client=c)
+    assert isinstance(warmed.parsed, m.RunnerResponse), warmed.content
+    assert warmed.parsed.runner.warmed_at is not None
+    assert registry.has_local(registry.image_ref)
+
+    unpullable = make_runner(gen, c, image_name=UNPULLABLE_IMAGE)
+    invalid(gen, warm.sync_detailed(unpullable.id, client=c), "image_name")
     error(gen, warm.sync_detailed(uuid.uuid4(), client=c), 404)
 
 
