@@ -50,7 +50,19 @@ def param(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/parameters/{name}"}
 
 
-def query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+def query(
+    name: str, schema: dict[str, Any], description: str, *, default: object = None
+) -> dict[str, Any]:
+    """An optional query parameter. Its default is said in words, never as the schema's
+    `default`: generated clients send a schema default on every call, and the logs
+    endpoint rejects parameters its chosen form does not take (`limit` in text mode,
+    `follow` in JSON mode), so a client would fail unless the caller knew to unset
+    them. Absent, the server applies the same default."""
+    if "default" in schema:
+        raise ValueError(f"query parameter {name}: say the default with default=, not in schema")
+    if default is not None:
+        shown = str(default).lower() if isinstance(default, bool) else default
+        description = f"{description} Default: `{shown}`."
     return {
         "name": name,
         "in": "query",
@@ -100,7 +112,7 @@ ERROR_RESPONSES: dict[int, tuple[str, str, str]] = {
     404: (
         "NotFound",
         "Not Found",
-        "No such runner, run or env variable (a malformed id is a 404 too).",
+        "No such runner, run, env variable or container registry (a malformed id is a 404 too).",
     ),
     405: (
         "MethodNotAllowed",
@@ -134,8 +146,10 @@ ERROR_RESPONSES: dict[int, tuple[str, str, str]] = {
         "ServiceUnavailable",
         "Service Unavailable",
         "The Docker engine does not answer, or the run is between the store and the "
-        "engine (starting, or being re-attached after a restart): nothing was changed, "
-        "retry shortly. `error` says which, e.g. `Run Is Starting, Retry Cancel`.",
+        "engine (starting, or being re-attached after a restart), or (live logs: `follow` "
+        "or `text/event-stream`) `[server] max_log_followers` streams are open already: "
+        "nothing was changed, retry shortly (after `Retry-After` seconds when given). "
+        "`error` says which, e.g. `Run Is Starting, Retry Cancel`.",
     ),
 }
 
@@ -148,15 +162,24 @@ def _error_response(code: int) -> dict[str, Any]:
             "errors": ["timeout_seconds: must be between 1 and 86400, got 0"]
         }
     else:
-        schema = {"allOf": [ref("Error"), {"properties": {"status": {"const": code}}}]}
+        # A plain reference, the status in words: generators (openapi-python-client)
+        # cannot merge `allOf: [Error, {status: {const: N}}]` and drop the response.
+        schema = ref("Error")
         example = {"status": code, "error": reason}
     response: dict[str, Any] = {
-        "description": when,
+        "description": f"{code} {reason}: {when}" if code != 400 else when,
         "content": {JSON: {"schema": schema, "example": example}},
     }
     if code == 405:
         response["headers"] = {
             "Allow": {"description": "The methods the path takes.", "schema": {"type": "string"}}
+        }
+    if code == 503:
+        response["headers"] = {
+            "Retry-After": {
+                "description": "Seconds to wait before retrying (sent by the log follower cap).",
+                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+            }
         }
     return response
 
@@ -499,9 +522,9 @@ def _paths() -> dict[str, Any]:
                             "type": "integer",
                             "minimum": 1,
                             "maximum": contract.RUNS_LIMIT_MAX,
-                            "default": contract.RUNS_LIMIT_DEFAULT,
                         },
                         "How many runs at most.",
+                        default=contract.RUNS_LIMIT_DEFAULT,
                     ),
                     query("status", ref("RunStatus"), "Only runs in this status."),
                     query(
@@ -572,7 +595,7 @@ def _paths() -> dict[str, Any]:
                             "text/event-stream": {"schema": ref("LogEvent")},
                         },
                     },
-                    **errors(400, 401, 404),
+                    **errors(400, 401, 404, 503),
                 },
                 description=LOGS_DESCRIPTION,
                 parameters=[
@@ -583,8 +606,9 @@ def _paths() -> dict[str, Any]:
                     ),
                     query(
                         "follow",
-                        {"type": "boolean", "default": False},
+                        {"type": "boolean"},
                         "text/plain: stream the output live until the run completes.",
+                        default=False,
                     ),
                     query(
                         "limit",
@@ -592,9 +616,9 @@ def _paths() -> dict[str, Any]:
                             "type": "integer",
                             "minimum": 1,
                             "maximum": contract.LOGS_LIMIT_MAX,
-                            "default": contract.LOGS_LIMIT_DEFAULT,
                         },
                         "application/json: entries per page.",
+                        default=contract.LOGS_LIMIT_DEFAULT,
                     ),
                     query(
                         "after",
