@@ -38,7 +38,7 @@ import threading
 import time
 import zlib
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -357,7 +357,9 @@ class LogStore:
         through here. Past the pool's size, reads wait their turn."""
         return await asyncio.wrap_future(self._pool.submit(functools.partial(fn, *args, **kwargs)))
 
-    async def text_chunks(self, run_id: str, tail: int | None = None) -> AsyncIterator[bytes]:
+    async def text_chunks(
+        self, run_id: str, tail: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
         """text(), each chunk read in the pool. Close it (contextlib.aclosing) when
         the client goes away mid-way."""
         chunks = self.text(run_id, tail)
