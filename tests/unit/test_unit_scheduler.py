@@ -514,6 +514,27 @@ async def test_stop_with_stop_runs_records_the_runs_canceled(
     assert fake.cancelled == []
 
 
+async def test_stop_with_stop_runs_removes_the_container_of_a_run_cut_off_mid_start(
+    store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+) -> None:
+    """A run still `running` after its task was cut off (here: re-attaching, not yet
+    watched, so the stop could not reach it) has its container removed through the
+    executor and is recorded canceled."""
+    runner = await make_runner(store)
+    (run_id,) = await queue(store, runner)
+    await store.mark_running(run_id, "old-container", 1)
+    fake.gates[run_id] = asyncio.Event()  # never set: it never gets watched
+    sched = make_scheduler()
+    sched.start()
+    await fake.until(lambda: fake.recovered == [run_id])
+    async with asyncio.timeout(DEADLINE):
+        await sched.stop(stop_runs=True, grace_seconds=0)  # waits 2 s for it, in vain
+    assert fake.removed == [run_id]
+    run = await status_of(store, run_id)
+    assert (run.status, run.failure_reason) == (Status.FAILED, FailureReason.CANCELED)
+    assert run.error and "shut down" in run.error
+
+
 async def test_stop_of_a_scheduler_that_never_started_returns(
     make_scheduler: Callable[..., Scheduler],
 ) -> None:
