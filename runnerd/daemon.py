@@ -1,6 +1,7 @@
-"""`runnerd serve`, the composition root: wires store, engine, executor, scheduler,
-into one process, and takes them down in order on SIGTERM or SIGINT, each step
-bounded (`stop_bounds`) so that a stop always ends, and says how it went."""
+"""`runnerd serve`, the composition root: wires store, engine, executor,
+scheduler, side loops, listeners and API into one process, and takes them down in
+order on SIGTERM or SIGINT, each step bounded (`stop_bounds`) so that a stop
+always ends, and says how it went."""
 
 from __future__ import annotations
 
