@@ -21,6 +21,7 @@ import pytest
 # Re-exported: test modules import these from conftest.
 from tests.harness import (  # noqa: F401
     LABEL_DAEMON,
+    NO_ENGINE,
     TEST_IMAGE,
     TEST_IMAGE_NAME,
     TEST_IMAGE_TAG,
@@ -30,6 +31,34 @@ from tests.harness import (  # noqa: F401
     wait_until,
     write_config,
 )
+
+TESTS = Path(__file__).parent
+# The fast tier (`bash tests/run.sh --fast`): these run with no Docker engine at all.
+FAST_TIERS = ("unit", "api")
+
+
+def _tier(item: pytest.Item) -> str:
+    return item.path.relative_to(TESTS).parts[0]
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test of the fast tier that asks for the engine fails before it gets one."""
+    if _tier(item) in FAST_TIERS and "docker_engine" in getattr(item, "fixturenames", ()):
+        pytest.fail(
+            f"{item.nodeid} needs a Docker engine: it belongs in tests/integration, "
+            "not in the fast tier (tests/unit, tests/api)"
+        )
+
+
+@pytest.fixture(autouse=True)
+def no_docker_in_the_fast_tier(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In tests/unit and tests/api, DOCKER_HOST names a socket that does not exist,
+    so whatever reaches for an engine there (aiodocker, the docker CLI) fails at
+    once, even on a machine that has one: the fast tier proves it needs none."""
+    if _tier(request.node) in FAST_TIERS:
+        monkeypatch.setenv("DOCKER_HOST", NO_ENGINE)
 
 
 @pytest.fixture(scope="session")

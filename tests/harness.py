@@ -65,6 +65,25 @@ def runnerd_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[s
     )
 
 
+def create_key(config_path: Path, name: str, scope: str = "full") -> str:
+    """A new API key made with `runnerd keys create`, as an operator makes one;
+    returns its secret."""
+    out = runnerd_cli(
+        "keys",
+        "create",
+        "--name",
+        name,
+        "--scope",
+        scope,
+        "--config",
+        str(config_path),
+        check=False,
+    )
+    if out.returncode != 0:
+        raise DaemonFailed(f"runnerd keys create failed: {out.stderr.strip()}")
+    return out.stdout.strip().splitlines()[-1]
+
+
 def remove_containers(label: str) -> list[str]:
     """Remove every container carrying `label` (`key=value`); returns their ids."""
     ids = docker_cli("ps", "-aq", "--filter", f"label={label}", check=False).stdout.split()
@@ -153,21 +172,7 @@ class Daemon:
         return "\n".join(self.log_text().splitlines()[-lines:])
 
     def create_key(self, name: str, scope: str = "full") -> str:
-        """A new API key made with `runnerd keys create`; returns its secret."""
-        out = runnerd_cli(
-            "keys",
-            "create",
-            "--name",
-            name,
-            "--scope",
-            scope,
-            "--config",
-            str(self.config_path),
-            check=False,
-        )
-        if out.returncode != 0:
-            raise DaemonFailed(f"runnerd keys create failed: {out.stderr.strip()}")
-        return out.stdout.strip().splitlines()[-1]
+        return create_key(self.config_path, name, scope)
 
     def start(self, timeout: float = START_DEADLINE) -> float:
         """Start the process; seconds from spawning it to its "listening on" line."""
