@@ -165,6 +165,10 @@ class Daemon:
         with sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True) as db:
             return str(db.execute("SELECT value FROM meta WHERE key = 'daemon_id'").fetchone()[0])
 
+    def alive(self) -> bool:
+        """The process runs (it has not exited)."""
+        return self.proc is not None and self.proc.poll() is None
+
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
