@@ -9,8 +9,8 @@ conftest's own, over this `daemon`. `build_app` is the one place the app is put
 together the way daemon.py does it.
 
 Docker is out of reach here: tests/conftest.py points DOCKER_HOST at a socket that
-does not exist for every test in tests/unit and tests/api, and `docker_engine`
-fails the test, since a test of this tier that needs Docker belongs in
+does not exist for every test in tests/unit and tests/api, and fails a test there
+that asks for `docker_engine`, since a test that needs Docker belongs in
 tests/integration.
 """
 
@@ -165,8 +165,3 @@ async def start_daemon(
 @pytest.fixture
 async def daemon(start_daemon: Callable[..., Awaitable[InProcessDaemon]]) -> InProcessDaemon:
     return await start_daemon()
-
-
-@pytest.fixture
-def docker_engine() -> str:
-    pytest.fail("this test needs a Docker engine: it belongs in tests/integration, not tests/api")
