@@ -130,13 +130,15 @@ async def start_daemon(
             handler.setFormatter(
                 logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
             )
-            runnerd_log = logging.getLogger("runnerd")
+            # As `runnerd serve` logs: every logger's records (aiohttp's errors too),
+            # runnerd's from INFO up.
+            root, runnerd_log = logging.getLogger(), logging.getLogger("runnerd")
             level = runnerd_log.level
-            runnerd_log.addHandler(handler)
+            root.addHandler(handler)
             runnerd_log.setLevel(logging.INFO)
 
             def unhook() -> None:
-                runnerd_log.removeHandler(handler)
+                root.removeHandler(handler)
                 runnerd_log.setLevel(level)
                 handler.close()
 
