@@ -8,8 +8,8 @@
 #                                            without Docker (none installed, started or
 #                                            asked: the tier's tests cannot reach one)
 #
-# PYTEST ARGS replace the default selection (e.g. `--fast -k store`; with --fast,
-# name paths inside tests/unit or tests/api).
+# PYTEST ARGS go to pytest as they are (`-k store`, `-x`, paths); with --fast, paths
+# must be inside tests/unit or tests/api, and without any the tier is both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -20,6 +20,19 @@ fast=0
 if [ "${1:-}" = "--fast" ]; then
   fast=1
   shift
+  paths=0
+  for arg in "$@"; do
+    case "$arg" in
+      tests/unit | tests/unit/* | tests/api | tests/api/*) paths=1 ;;
+      tests/*)
+        log "--fast runs tests/unit and tests/api only, not $arg (that needs Docker)"
+        exit 2
+        ;;
+    esac
+  done
+  if [ "$paths" = 0 ]; then
+    set -- tests/unit tests/api "$@"
+  fi
 fi
 
 # 1. Python: a venv of our own so the suite never depends on what the host has.
@@ -53,9 +66,6 @@ fi
 # The fast tier stops short of Docker: its tests need no engine, and its conftest
 # makes sure they cannot reach one.
 if [ "$fast" = 1 ]; then
-  if [ $# -eq 0 ]; then
-    set -- tests/unit tests/api
-  fi
   exec "$venv/bin/python" -m pytest "$@"
 fi
 
