@@ -1,12 +1,12 @@
 """The API tier's app: runnerd's real aiohttp app in this process, served by
 pytest-aiohttp's `aiohttp_client` on a loopback port, over a real SQLite store and
 log store in the test's temp dir, with the real scheduler driving a fake executor
-and a fake engine (tests/api/fakes.py). No Docker, no daemon process.
+(tests/api/fakes.py). No Docker, no daemon process.
 
 The fixtures keep tests/conftest.py's names — `daemon`, `start_daemon` — so a test
 moved here from tests/integration reads as it did there; `api` and `http` are
 conftest's own, over this `daemon`. `build_app` is the one place the app is put
-together the way daemon.py does it.
+together the way daemon.serve does it.
 
 Docker is out of reach here: tests/conftest.py points DOCKER_HOST at a socket that
 does not exist for every test in tests/unit and tests/api, and fails a test there
@@ -31,13 +31,14 @@ from runnerd import metrics
 from runnerd.api import make_app
 from runnerd.auth import hash_secret, new_secret
 from runnerd.config import Config
+from runnerd.daemon import wake_log_followers
 from runnerd.logs import LogStore
 from runnerd.models import Scope
 from runnerd.scheduler import Scheduler
 from runnerd.store import Store
 from tests.harness import create_key, write_config
 
-from .fakes import FakeEngine, FakeExecutor
+from .fakes import FakeExecutor
 
 AiohttpClient = Callable[[web.Application], Awaitable[TestClient[web.Request, web.Application]]]
 
@@ -79,9 +80,11 @@ class InProcessDaemon:
         return not self.client.server.closed and task is not None and not task.done()
 
 
-async def build_app(config: Config, stack: AsyncExitStack) -> tuple[web.Application, ...]:
-    """The parts daemon.py wires, minus Docker: (app, store, logs, scheduler, executor).
-    Each is closed by `stack`, in the reverse order."""
+async def build_app(
+    config: Config, stack: AsyncExitStack
+) -> tuple[web.Application, Store, LogStore, Scheduler, FakeExecutor]:
+    """The parts daemon.serve wires, minus Docker: (app, store, logs, scheduler,
+    executor). Each is closed by `stack`, in the reverse order."""
     logs = LogStore(config.storage.logs_dir, config.storage.max_log_bytes)
     logs.prepare()
     stack.callback(logs.close)
@@ -89,9 +92,10 @@ async def build_app(config: Config, stack: AsyncExitStack) -> tuple[web.Applicat
     await store.open()
     stack.push_async_callback(store.close)
     store.on_run_completed.append(metrics.run_completed)
+    wake_log_followers(store, logs)
     executor = FakeExecutor(store, logs)
     scheduler = Scheduler(store, executor, max_concurrent_runs=config.scheduler.max_concurrent_runs)
-    app = make_app(config, store, FakeEngine(), logs, scheduler, executor)  # type: ignore[arg-type]  # the fakes have the parts the API and scheduler call
+    app = make_app(config, store, logs, scheduler, executor)  # type: ignore[arg-type]  # the fake has what the API calls
     scheduler.start()
     stack.push_async_callback(scheduler.stop)
     return app, store, logs, scheduler, executor

@@ -1,6 +1,7 @@
-"""An engine and an executor without Docker, for the API tier.
+"""An executor without Docker, for the API tier.
 
-The real scheduler drives `FakeExecutor` as it drives the real executor. A run
+The real scheduler drives `FakeExecutor` as it drives the real executor, and the
+API asks it what it asks the real one (warm, the engine's version). A run
 ends as its command says, read the way a shell would read the few commands these
 tests use: `sleep N` runs N seconds (and past its timeout, times out), `exit N`
 (`$VAR` taken from the run's env) and `false` fail with that code, anything else
@@ -16,24 +17,13 @@ import shlex
 import time
 from typing import Any
 
+from runnerd import images
 from runnerd.engine import EngineError
-from runnerd.images import registry_host
 from runnerd.logs import LogStore
-from runnerd.models import FailureReason, Run, Status
-from runnerd.store import Store
+from runnerd.models import FailureReason, Run, Runner, Status
+from runnerd.store import NotFound, Store
 
 UNPULLABLE_REGISTRY = "localhost:1"
-
-
-class FakeEngine:
-    """Answers the health check as an engine would; nothing else is asked of it
-    here (the executor is fake too)."""
-
-    async def version(self) -> dict[str, Any]:
-        return {"Version": "fake", "ApiVersion": "1.44"}
-
-    async def close(self) -> None:
-        pass
 
 
 def _now_ms() -> int:
@@ -41,7 +31,7 @@ def _now_ms() -> int:
 
 
 def _pullable(ref: str) -> bool:
-    return registry_host(ref) != UNPULLABLE_REGISTRY
+    return images.registry_host(ref) != UNPULLABLE_REGISTRY
 
 
 def _outcome(run: Run) -> tuple[float, int]:
@@ -59,8 +49,9 @@ def _outcome(run: Run) -> tuple[float, int]:
 
 
 class FakeExecutor:
-    """The scheduler's side of the executor (execute, recover, stop_run) and the
-    API's (pull), recording runs in the real store as the real executor does."""
+    """The scheduler's side of the executor (reconcile, execute, recover, stop_run,
+    remove_container) and the API's (warm, engine_version), recording runs and
+    warm-ups in the real store as the real executor does."""
 
     def __init__(self, store: Store, logs: LogStore) -> None:
         self.store = store
@@ -69,10 +60,28 @@ class FakeExecutor:
         self._stops: dict[str, asyncio.Event] = {}
         self._why: dict[str, str] = {}
 
-    async def pull(self, ref: str, registry_id: str | None) -> None:
+    async def engine_version(self) -> dict[str, Any]:
+        return {"Version": "fake", "ApiVersion": "1.44"}
+
+    async def warm(self, runner_id: str) -> Runner | None:
+        found = await self.store.runner_for_run(runner_id)
+        if found is None:
+            return None
+        runner, _env, registry_host = found
+        ref = images.reference(runner.image_name, runner.image_tag, registry_host)
         self.pulls.append(ref)
         if not _pullable(ref):
             raise EngineError(f"pulling image {ref} failed: connection refused")
+        try:
+            return await self.store.set_warmed(runner.id, _now_ms())
+        except NotFound:
+            return None
+
+    async def reconcile(self) -> list[Run]:
+        return await self.store.runs_with_status(Status.RUNNING)  # no containers to clean
+
+    async def remove_container(self, run: Run) -> None:
+        pass
 
     async def execute(self, run: Run) -> Run:
         if not _pullable(run.image):
