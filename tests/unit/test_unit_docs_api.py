@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import inspect
 import re
-import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -143,11 +142,10 @@ def where(section: Section) -> str:
 async def test_app_serves_exactly_the_module_document_at_v1_openapi_json(
     aiohttp_client: Any,
 ) -> None:
-    # make_app only stores the store, engine and the rest; serving the document,
-    # which needs no key, touches none of them.
+    # make_app only builds routes and keeps the parts for the handlers; serving the
+    # document, which needs no key, uses none of them.
     params = list(inspect.signature(api.make_app).parameters)
-    store = types.SimpleNamespace(on_run_completed=[])
-    app = api.make_app(Config(), store, *[None] * (len(params) - 2))
+    app = api.make_app(Config(), *[None] * (len(params) - 1))
     client: TestClient[Any, Any] = await aiohttp_client(app)
     response = await client.get("/v1/openapi.json")
     assert response.status == 200
