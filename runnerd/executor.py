@@ -30,7 +30,7 @@ from .engine import (
 from .logs import LogStore, LogWriter
 from .models import FailureReason, Run, Status, now_ms
 from .retry import retry_store
-from .store import Conflict, Store
+from .store import Conflict, RunStore
 
 log = logging.getLogger("runnerd.executor")
 
@@ -80,7 +80,7 @@ class Executor:
 
     def __init__(
         self,
-        store: Store,
+        store: RunStore,
         engine: Engine,
         logs: LogStore,
         *,

@@ -27,7 +27,7 @@ from .engine import LABEL_DAEMON, LABEL_RUN, Engine, EngineError, EngineUnavaila
 from .executor import container_name
 from .models import ACTIVE_STATUSES, FailureReason, Run, Status
 from .retry import is_database_damaged, is_store_fault, retry_store
-from .store import Conflict, Store
+from .store import Conflict, RunStore
 
 log = logging.getLogger("runnerd.scheduler")
 
@@ -57,7 +57,7 @@ class RunExecutor(Protocol):
 class Scheduler:
     def __init__(
         self,
-        store: Store,
+        store: RunStore,
         executor: RunExecutor,
         *,
         max_concurrent_runs: int,
