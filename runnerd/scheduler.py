@@ -204,6 +204,8 @@ class Scheduler:
         if len(self._active) < self.max_concurrent_runs:
             run = await self.store.next_pending(in_flight=list(self._active))
         self._problem = None  # claiming again (a run that fails to start says so anew)
+        if self._fatal is not None:  # a run's task failed during the claim: start nothing
+            return
         if run is None:
             await self._wakeup.wait()
             return

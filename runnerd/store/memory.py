@@ -5,6 +5,7 @@ threads. Every read returns copies, as the SQLite store returns fresh rows."""
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import dataclasses
 import uuid
@@ -23,6 +24,12 @@ from ..models import (
 )
 from .errors import Conflict, NotFound
 from .runs import IDEMPOTENCY_WINDOW_MS
+
+
+async def _round_trip() -> None:
+    """Every operation suspends its caller once, as a database round trip does:
+    code that works only because a store call never yields would fail here too."""
+    await asyncio.sleep(0)
 
 
 class MemoryStore:
@@ -46,6 +53,7 @@ class MemoryStore:
     # -- set-up, as the API does it on the SQLite store ------------------------
 
     async def create_runner(self, fields: dict[str, Any], env: list[tuple[str, str]]) -> Runner:
+        await _round_trip()
         now = now_ms()
         values: dict[str, Any] = {f.name: None for f in dataclasses.fields(Runner)}
         values.update(fields, id=str(uuid.uuid4()), created_at=now, updated_at=now)
@@ -54,9 +62,11 @@ class MemoryStore:
         return copy.deepcopy(runner)
 
     async def get_runner(self, runner_id: str) -> Runner | None:
+        await _round_trip()
         return copy.deepcopy(self.runners.get(runner_id))
 
     async def create_registry(self, fields: dict[str, str]) -> ContainerRegistry:
+        await _round_trip()
         now = now_ms()
         registry = ContainerRegistry(
             id=str(uuid.uuid4()),
@@ -79,6 +89,7 @@ class MemoryStore:
         idempotency_key: str | None = None,
         image: str | None = None,
     ) -> tuple[Run, bool]:
+        await _round_trip()
         if runner.id not in self.runners:
             raise NotFound(runner.id)
         now = now_ms()
@@ -122,12 +133,14 @@ class MemoryStore:
     # -- RunStore --------------------------------------------------------------
 
     async def get_run(self, run_id: str, runner_id: str | None = None) -> Run | None:
+        await _round_trip()
         run = self.runs.get(run_id)
         if run is None or (runner_id is not None and run.runner_id != runner_id):
             return None
         return copy.deepcopy(run)
 
     async def next_pending(self, in_flight: list[str] | None = None) -> Run | None:
+        await _round_trip()
         held = set(in_flight or [])
         for run in self.runs.values():
             if run.status is not Status.PENDING or run.id in held:
@@ -143,6 +156,7 @@ class MemoryStore:
         return None
 
     async def cancel_pending(self, run_id: str, error: str) -> Run | None:
+        await _round_trip()
         run = self.runs.get(run_id)
         if run is None or run.status is not Status.PENDING:
             return None
@@ -150,6 +164,7 @@ class MemoryStore:
         return self._completed(run)
 
     async def mark_running(self, run_id: str, container_id: str, started_at: int) -> Run:
+        await _round_trip()
         run = self.runs.get(run_id)
         if run is None or run.status is not Status.PENDING:
             raise Conflict(f"run {run_id} is no longer pending")
@@ -168,6 +183,7 @@ class MemoryStore:
         error: str | None,
         completed_at: int | None = None,
     ) -> Run:
+        await _round_trip()
         assert status in TERMINAL_STATUSES
         run = self.runs.get(run_id)
         if run is None or run.status not in ACTIVE_STATUSES:
@@ -176,9 +192,11 @@ class MemoryStore:
         return self._completed(run)
 
     async def runs_with_status(self, status: Status) -> list[Run]:
+        await _round_trip()
         return [copy.deepcopy(r) for r in self.runs.values() if r.status is status]
 
     async def registry_credentials(self, registry_id: str) -> tuple[str, str, str] | None:
+        await _round_trip()
         found = self.registries.get(registry_id)
         if found is None:
             return None
@@ -186,6 +204,7 @@ class MemoryStore:
         return registry.host, registry.username, password
 
     async def pending_webhooks(self, limit: int, exclude: list[str]) -> list[Run]:
+        await _round_trip()
         pending = [
             r for r in self.runs.values() if r.webhook_status == "pending" and r.id not in exclude
         ]
@@ -193,12 +212,14 @@ class MemoryStore:
         return [copy.deepcopy(r) for r in pending[:limit]]
 
     async def set_webhook_status(self, run_id: str, status: str) -> None:
+        await _round_trip()
         if run_id in self.runs:
             self.runs[run_id].webhook_status = status
 
     async def delete_expired_runs(
         self, *, completed_before: int | None, keep_per_runner: int | None, batch: int = 500
     ) -> list[str]:
+        await _round_trip()
         if completed_before is None and keep_per_runner is None:
             return []
         completed = [r for r in self.runs.values() if r.status in TERMINAL_STATUSES]
