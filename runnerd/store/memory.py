@@ -53,6 +53,8 @@ class MemoryStore:
     # -- set-up, as the API does it on the SQLite store ------------------------
 
     async def create_runner(self, fields: dict[str, Any], env: list[tuple[str, str]]) -> Runner:
+        """A runner with `fields`; `env` is not kept (a run's env is what
+        create_run is given, as the API merges it)."""
         await _round_trip()
         now = now_ms()
         values: dict[str, Any] = {f.name: None for f in dataclasses.fields(Runner)}
