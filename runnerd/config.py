@@ -374,26 +374,26 @@ def _split_listen(listen: str) -> tuple[str, int]:
 
 
 def _listen(key: str, value: Any) -> str:
-    value = _nonempty_str(key, value)
+    text = _nonempty_str(key, value)
     try:
-        _, port = _split_listen(value)
+        _, port = _split_listen(text)
     except ValueError:
         raise ConfigError(
             f"{key}: must look like 'HOST:PORT' (e.g. '127.0.0.1:8420' "
-            f"or '[::1]:8420'), got {value!r}"
+            f"or '[::1]:8420'), got {text!r}"
         ) from None
     if not 0 <= port <= 65535:
         raise ConfigError(f"{key}: port {port} is out of range 0-65535")
-    return value
+    return text
 
 
 def _docker_url(key: str, value: Any) -> str:
-    value = _nonempty_str(key, value)
-    if not value.startswith(("unix://", "tcp://", "http://", "https://", "ssh://")):
+    text = _nonempty_str(key, value)
+    if not text.startswith(("unix://", "tcp://", "http://", "https://", "ssh://")):
         raise ConfigError(
-            f"{key}: must start with unix://, tcp://, http://, https:// or ssh://, got {value!r}"
+            f"{key}: must start with unix://, tcp://, http://, https:// or ssh://, got {text!r}"
         )
-    return value
+    return text
 
 
 def _path(key: str, value: Any, base_dir: Path | None) -> Path:
@@ -404,13 +404,13 @@ def _path(key: str, value: Any, base_dir: Path | None) -> Path:
 
 
 def _token(key: str, value: Any) -> str:
-    value = _nonempty_str(key, value)
-    if value != value.strip():
+    text = _nonempty_str(key, value)
+    if text != text.strip():
         raise ConfigError(
             f"{key}: must not begin or end with spaces (a client's "
             "Authorization header is read without them, so it could never match)"
         )
-    return value
+    return text
 
 
 _HOST_NAME = re.compile(
@@ -449,10 +449,10 @@ def _is_ip(host: str) -> bool:
 
 
 def _webhook_secret(key: str, value: Any) -> str:
-    value = _nonempty_str(key, value)
-    if len(value) < 16:
+    text = _nonempty_str(key, value)
+    if len(text) < 16:
         raise ConfigError(f"{key}: must be at least 16 characters (use a random string)")
-    return value
+    return text
 
 
 def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:

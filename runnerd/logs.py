@@ -38,7 +38,7 @@ import threading
 import time
 import zlib
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Generator, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,7 +275,8 @@ def _is_record(f: BinaryIO, size: int, mark: _Mark) -> bool:
     header = f.read(HEADER.size)
     if header != mark.header:
         return False
-    return mark.offset + HEADER.size + HEADER.unpack(header)[2] <= size
+    length: int = HEADER.unpack(header)[2]
+    return mark.offset + HEADER.size + length <= size
 
 
 class LogStore:
@@ -357,7 +358,9 @@ class LogStore:
         through here. Past the pool's size, reads wait their turn."""
         return await asyncio.wrap_future(self._pool.submit(functools.partial(fn, *args, **kwargs)))
 
-    async def text_chunks(self, run_id: str, tail: int | None = None) -> AsyncIterator[bytes]:
+    async def text_chunks(
+        self, run_id: str, tail: int | None = None
+    ) -> AsyncGenerator[bytes, None]:
         """text(), each chunk read in the pool. Close it (contextlib.aclosing) when
         the client goes away mid-way."""
         chunks = self.text(run_id, tail)
@@ -592,7 +595,7 @@ class LogStore:
         """(record offset, bytes to skip in it) where the last `tail` lines begin."""
         return self._guided(run_id, lambda f, index: _tail_start(f, index, tail)) or (0, 0)
 
-    def text(self, run_id: str, tail: int | None = None) -> Iterator[bytes]:
+    def text(self, run_id: str, tail: int | None = None) -> Generator[bytes, None, None]:
         """The run's output as written, in chunks; with `tail`, only its last lines."""
         start = self.tail_start(run_id, tail) if tail is not None else (0, 0)
         try:
@@ -702,7 +705,8 @@ class LogWriter:
         for entry in reversed(entries):  # the marks the scan from `base` added
             fields = _Index.ENTRY.unpack_from(entry)
             if fields[newest_at] < since:
-                return fields[0]
+                offset: int = fields[0]
+                return offset
         if index is None:
             return base.offset if base.tally.newest < since else 0
         try:

@@ -107,7 +107,19 @@ def param(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/parameters/{name}"}
 
 
-def query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+def query(
+    name: str, schema: dict[str, Any], description: str, *, default: object = None
+) -> dict[str, Any]:
+    """An optional query parameter. Its default is said in words, never as the schema's
+    `default`: generated clients send a schema default on every call, and the logs
+    endpoint rejects parameters its chosen form does not take (`limit` in text mode,
+    `follow` in JSON mode), so a client would fail unless the caller knew to unset
+    them. Absent, the server applies the same default."""
+    if "default" in schema:
+        raise ValueError(f"query parameter {name}: say the default with default=, not in schema")
+    if default is not None:
+        shown = str(default).lower() if isinstance(default, bool) else default
+        description = f"{description} Default: `{shown}`."
     return {
         "name": name,
         "in": "query",
@@ -157,7 +169,7 @@ ERROR_RESPONSES: dict[int, tuple[str, str, str]] = {
     404: (
         "NotFound",
         "Not Found",
-        "No such runner, run or env variable (a malformed id is a 404 too).",
+        "No such runner, run, env variable or container registry (a malformed id is a 404 too).",
     ),
     405: (
         "MethodNotAllowed",
@@ -191,8 +203,10 @@ ERROR_RESPONSES: dict[int, tuple[str, str, str]] = {
         "ServiceUnavailable",
         "Service Unavailable",
         "The Docker engine does not answer, or the run is between the store and the "
-        "engine (starting, or being re-attached after a restart): nothing was changed, "
-        "retry shortly. `error` says which, e.g. `Run Is Starting, Retry Cancel`.",
+        "engine (starting, or being re-attached after a restart), or (live logs: `follow` "
+        "or `text/event-stream`) `[server] max_log_followers` streams are open already: "
+        "nothing was changed, retry shortly (after `Retry-After` seconds when given). "
+        "`error` says which, e.g. `Run Is Starting, Retry Cancel`.",
     ),
 }
 
@@ -203,15 +217,24 @@ def _error_response(code: int) -> dict[str, Any]:
         schema = ref("ValidationErrors")
         example: dict[str, Any] = {"errors": ["timeout_seconds must be between 1 and 86400, got 0"]}
     else:
-        schema = {"allOf": [ref("Error"), {"properties": {"status": {"const": code}}}]}
+        # A plain reference, the status in words: generators (openapi-python-client)
+        # cannot merge `allOf: [Error, {status: {const: N}}]` and drop the response.
+        schema = ref("Error")
         example = {"status": code, "error": reason}
     response: dict[str, Any] = {
-        "description": when,
+        "description": f"{code} {reason}: {when}" if code != 400 else when,
         "content": {JSON: {"schema": schema, "example": example}},
     }
     if code == 405:
         response["headers"] = {
             "Allow": {"description": "The methods the path takes.", "schema": {"type": "string"}}
+        }
+    if code == 503:
+        response["headers"] = {
+            "Retry-After": {
+                "description": "Seconds to wait before retrying (sent by the log follower cap).",
+                "schema": {"type": "string", "pattern": "^[0-9]+$"},
+            }
         }
     return response
 
@@ -415,15 +438,24 @@ COMPONENT_SCHEMAS: dict[str, Any] = {
         RUNNER_INPUT_PROPERTIES,
         required=["name", "image_name"],
         description="A new runner. Unknown fields are a 400.",
-        **{
-            "not": {
-                "required": ["run_command", "argv"],
-                "properties": {"run_command": {"type": "string"}, "argv": {"type": "array"}},
+        # `not` is a Python keyword, hence the dict; typed so that mypy does not match
+        # its values against `closed: bool`.
+        **dict[str, Any](
+            {
+                "not": {
+                    "required": ["run_command", "argv"],
+                    "properties": {"run_command": {"type": "string"}, "argv": {"type": "array"}},
+                }
             }
-        },
+        ),
     ),
     "RunnerUpdate": obj(
-        RUNNER_INPUT_PROPERTIES,
+        # No `default`s on PATCH: generated clients send them, resetting fields the
+        # caller did not name (tests/integration/test_generated_client.py).
+        {
+            name: {k: v for k, v in schema.items() if k != "default"}
+            for name, schema in RUNNER_INPUT_PROPERTIES.items()
+        },
         description=(
             "Any fields of a runner, changed together; the others keep their values. "
             "`env_variables`, when given, replaces all of the runner's env variables. To switch "
@@ -924,9 +956,9 @@ def _paths() -> dict[str, Any]:
                             "type": "integer",
                             "minimum": 1,
                             "maximum": schemas.RUNS_LIMIT_MAX,
-                            "default": schemas.RUNS_LIMIT_DEFAULT,
                         },
                         "How many runs at most.",
+                        default=schemas.RUNS_LIMIT_DEFAULT,
                     ),
                     query("status", ref("RunStatus"), "Only runs in this status."),
                     query(
@@ -997,7 +1029,7 @@ def _paths() -> dict[str, Any]:
                             "text/event-stream": {"schema": ref("LogEvent")},
                         },
                     },
-                    **errors(400, 401, 404),
+                    **errors(400, 401, 404, 503),
                 },
                 description=LOGS_DESCRIPTION,
                 parameters=[
@@ -1008,8 +1040,9 @@ def _paths() -> dict[str, Any]:
                     ),
                     query(
                         "follow",
-                        {"type": "boolean", "default": False},
+                        {"type": "boolean"},
                         "text/plain: stream the output live until the run completes.",
+                        default=False,
                     ),
                     query(
                         "limit",
@@ -1017,9 +1050,9 @@ def _paths() -> dict[str, Any]:
                             "type": "integer",
                             "minimum": 1,
                             "maximum": schemas.LOGS_LIMIT_MAX,
-                            "default": schemas.LOGS_LIMIT_DEFAULT,
                         },
                         "application/json: entries per page.",
+                        default=schemas.LOGS_LIMIT_DEFAULT,
                     ),
                     query(
                         "after",
