@@ -695,7 +695,7 @@ def _store_threads() -> list[threading.Thread]:
 
 
 async def test_store_threads_are_named_daemon_threads_that_end_at_close(tmp_path: Path) -> None:
-    """Pins how store.py drives aiosqlite 0.22's thread (made in Connection(),
+    """Pins how the store drives aiosqlite 0.22's thread (made in Connection(),
     started on the first await): a daemon thread cannot keep the process alive."""
     store = Store(tmp_path / "runnerd.db")
     await store.open()
