@@ -1,5 +1,9 @@
 """The HTTP API: routes, auth, and the JSON error shapes. Handlers speak HTTP only:
-they parse with `schemas`, act through the store and scheduler, and render."""
+they parse with `schemas`, act through the store, the scheduler and the executor's
+public methods (never the engine), and render.
+
+`make_app` builds the routes and the app's state, nothing else: wiring the parts
+together (listeners such as the log followers' wake-up) is daemon.py's job."""
 
 from __future__ import annotations
 
@@ -16,10 +20,10 @@ from aiohttp import web
 from . import images, metrics, openapi, schemas
 from .auth import hash_secret, secret_from_header
 from .config import Config
-from .engine import Engine, EngineError, EngineUnavailable
+from .engine import EngineError, EngineUnavailable
 from .executor import Executor
 from .logs import LogStore, Record
-from .models import TERMINAL_STATUSES, FailureReason, Run, Scope, Status, now_ms
+from .models import TERMINAL_STATUSES, FailureReason, Run, Scope, Status
 from .scheduler import Scheduler
 from .store import Conflict, NotFound, Store
 
@@ -27,7 +31,6 @@ log = logging.getLogger("runnerd.api")
 
 CONFIG = web.AppKey("config", Config)
 STORE = web.AppKey("store", Store)
-ENGINE = web.AppKey("engine", Engine)
 LOGS = web.AppKey("logs", LogStore)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 EXECUTOR = web.AppKey("executor", Executor)
@@ -45,27 +48,23 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 def make_app(
     config: Config,
     store: Store,
-    engine: Engine,
     logs: LogStore,
     scheduler: Scheduler,
-    executor: Executor | None = None,
+    executor: Executor,
 ) -> web.Application:
+    """The routes and the state they use. The caller wires the parts: see
+    daemon.serve (e.g. daemon.wake_log_followers for live log follows)."""
     app = web.Application(
         middlewares=[metrics.http_middleware, errors_middleware, auth_middleware],
         client_max_size=config.server.max_body_bytes,
     )
     app[CONFIG] = config
     app[STORE] = store
-    app[ENGINE] = engine
     app[LOGS] = logs
     app[SCHEDULER] = scheduler
-    if executor is not None:
-        app[EXECUTOR] = executor
+    app[EXECUTOR] = executor
     app[STOPPING] = asyncio.Event()
     app[FOLLOWERS] = Followers(config.server.max_log_followers)
-    # A run's log followers learn that it has completed at once, not at their
-    # next FOLLOW_RECHECK_SECONDS: the log's last write comes before the record.
-    store.on_run_completed.append(lambda run: logs.notify(run.id))
     r = app.router
     r.add_get("/healthz", healthz)
     r.add_get("/metrics", metrics_endpoint)
@@ -174,7 +173,7 @@ async def healthz(request: web.Request) -> web.Response:
     """200 while runs can start: the engine answers and the scheduler claims runs."""
     queue = await request.app[STORE].count_active()
     try:
-        version = await request.app[ENGINE].version()
+        version = await request.app[EXECUTOR].engine_version()
     except EngineError as e:
         return web.json_response(
             {"status": "unavailable", "error": str(e), "queue": queue}, status=503
@@ -367,16 +366,14 @@ async def _runner_for_run(request: web.Request) -> tuple[Any, list[Any], str]:
 async def warm_runner(request: web.Request) -> web.Response:
     """Pull the runner's image now (whatever its pull policy); 400 with the pull
     error when that fails."""
-    store = request.app[STORE]
-    runner, _env, ref = await _runner_for_run(request)
     try:
-        await request.app[EXECUTOR].pull(ref, runner.container_registry_id)
+        runner = await request.app[EXECUTOR].warm(_id(request, "runner_id"))
     except EngineUnavailable:
         raise web.HTTPServiceUnavailable(reason="Docker Engine Unavailable") from None
     except EngineError as e:
         raise schemas.Invalid([f"image_name: {e}"]) from None
-    runner = await store.set_warmed(runner.id, now_ms())
-    log.info("runner %s warmed: image %s pulled", runner.id, ref)
+    if runner is None:
+        raise web.HTTPNotFound()
     return web.json_response({"runner": schemas.runner_json(runner, request.app[CONFIG])})
 
 
@@ -675,9 +672,10 @@ async def _follow(
                 # follower slot instead of waiting for output that nobody reads.
                 return None
             stop_wait = asyncio.ensure_future(stopping.wait())
+            wake_ups: set[asyncio.Future[Any]] = {changed, stop_wait}
             try:
                 await asyncio.wait(
-                    {changed, stop_wait},
+                    wake_ups,
                     timeout=FOLLOW_RECHECK_SECONDS,
                     return_when=asyncio.FIRST_COMPLETED,
                 )

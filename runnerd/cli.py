@@ -1,5 +1,5 @@
 """The `runnerd` command: `serve` runs the daemon, `keys` manages API keys; `runners`,
-`env`, `runs` and `logs` talk to a running daemon over its API (see client.py)."""
+`env`, `runs` and `logs` talk to a running daemon over its API (see the client package)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from . import config as config_mod
 from .auth import hash_secret, new_secret
 from .crypto import SecretKeyError
 from .models import Scope
+from .schemas import PULL_POLICIES
 from .store import Conflict, Store, StoreError
 from .timefmt import format_ms
 
@@ -140,7 +141,7 @@ def _client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             metavar="REGISTRY_ID",
             help="container registry id to pull with, or 'none'",
         )
-        p.add_argument("--pull-policy", choices=["if_not_present", "always", "never"])
+        p.add_argument("--pull-policy", choices=PULL_POLICIES)
         p.add_argument(
             "--webhook-url", metavar="URL", help="POSTed when a run completes, or 'none'"
         )

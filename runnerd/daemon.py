@@ -1,6 +1,7 @@
-"""`runnerd serve`: wires store, engine, executor, scheduler, side loops and API
-into one process, and takes them down in order on SIGTERM or SIGINT, each step
-bounded (`stop_bounds`) so that a stop always ends, and says how it went."""
+"""`runnerd serve`, the composition root: wires store, engine, executor,
+scheduler, side loops, listeners and API into one process, and takes them down in
+order on SIGTERM or SIGINT, each step bounded (`stop_bounds`) so that a stop
+always ends, and says how it went."""
 
 from __future__ import annotations
 
@@ -121,6 +122,13 @@ class Stopped:
         return EXIT_FORCED if self.problems else 0
 
 
+def wake_log_followers(store: Store, logs: LogStore) -> None:
+    """A run's log followers learn that it has completed at once, not at their
+    next api.FOLLOW_RECHECK_SECONDS: the log's last write comes before the record.
+    (Wherever an app is built in process, its builder wires this too.)"""
+    store.on_run_completed.append(lambda run: logs.notify(run.id))
+
+
 async def serve(config: Config) -> Stopped:
     """Run until SIGTERM or SIGINT, then stop. Start-up errors are raised (after
     what was started is stopped); a signal during start-up cuts it short."""
@@ -164,6 +172,7 @@ async def serve(config: Config) -> Stopped:
             notifier = Notifier(store, config.webhooks, config.tz)
             retention = Retention(store, logs, config.retention)
             store.on_run_completed += [metrics.run_completed, notifier.run_completed]
+            wake_log_followers(store, logs)
             try:
                 version = await engine.version()
                 log.info("Docker engine %s answers", version.get("Version", "?"))
@@ -182,11 +191,9 @@ async def serve(config: Config) -> Stopped:
             scheduler = Scheduler(
                 store,
                 executor,
-                engine=engine,
-                daemon_id=daemon_id,
                 max_concurrent_runs=config.scheduler.max_concurrent_runs,
             )
-            app = make_app(config, store, engine, logs, scheduler, executor)
+            app = make_app(config, store, logs, scheduler, executor)
             runner = web.AppRunner(
                 app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS, handle_signals=False
             )
@@ -395,8 +402,9 @@ def _busy_threads(*, daemon: bool = False) -> list[str]:
             or thread.ident not in frames
         ):
             continue
-        ours = first = None  # innermost frame of our code; innermost at all
-        frame = frames[thread.ident]
+        ours: FrameType | None = None  # innermost frame of our code
+        first: FrameType | None = None  # innermost at all
+        frame: FrameType | None = frames[thread.ident]
         while frame is not None and ours is None:
             filename = frame.f_code.co_filename
             if filename.startswith(_OUR_CODE):

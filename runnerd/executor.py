@@ -1,9 +1,14 @@
-"""One run, start to finish, on the Docker engine.
+"""One run, start to finish, on the Docker engine; and everything else the
+daemon asks of the engine.
 
 The executor takes a pending run the scheduler handed it and carries it to a
 final status: image present (pulled when not), container created and started,
 output streamed to the run's log file as it arrives, timeout enforced, exit code
 recorded, container removed. Every step's outcome is written to the store.
+
+It is also the one way the rest of runnerd reaches the engine: reconciling with
+it after a start (`reconcile`), warming a runner's image (`warm`), the engine's
+version for /healthz (`engine_version`). The scheduler and the API hold no engine.
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ import asyncio
 import logging
 import shlex
 import time
+from typing import Any, cast
 
-from . import metrics
+from . import images, metrics
 from .engine import (
     LABEL_DAEMON,
     LABEL_RUN,
@@ -28,9 +34,9 @@ from .engine import (
     log_file_bytes,
 )
 from .logs import LogStore, LogWriter
-from .models import FailureReason, Run, Status, now_ms
+from .models import ACTIVE_STATUSES, FailureReason, Run, Runner, Status, now_ms
 from .retry import retry_store
-from .store import Conflict, RunStore
+from .store import Conflict, NotFound, RunStore
 
 log = logging.getLogger("runnerd.executor")
 
@@ -131,6 +137,59 @@ class Executor:
             return await self._follow(run, run.container_id or container_name(run.id))
         finally:
             self._cancels.pop(run.id, None)
+
+    async def reconcile(self) -> list[Run]:
+        """After a start, before any run is claimed: the runs an earlier process
+        left `running`, for the scheduler to re-attach (`recover`); containers of
+        runs that have ended (the process died between recording and removing) are
+        removed. Raises EngineError when the engine does not answer, having
+        changed nothing the next try would not do again."""
+        running = await self.store.runs_with_status(Status.RUNNING)
+        containers = await self.engine.list_containers({LABEL_DAEMON: self.daemon_id})
+        running_ids = {r.id for r in running}
+        for c in containers:
+            run_id = (c.get("Labels") or {}).get(LABEL_RUN, "")
+            if run_id in running_ids:
+                continue
+            run = await self.store.get_run(run_id) if run_id else None
+            if run is None or run.status not in ACTIVE_STATUSES:
+                try:
+                    await self.engine.remove(c["Id"])
+                    log.info("removed container %s of ended run %s", c["Id"][:12], run_id)
+                except EngineError as e:
+                    log.warning("could not remove container %s: %s", c["Id"][:12], e)
+        return running
+
+    async def remove_container(self, run: Run) -> None:
+        """Remove a run's container (killing it first) when nothing watches it any
+        more; an engine that does not answer is logged, not raised."""
+        try:
+            await self.engine.remove(run.container_id or container_name(run.id))
+        except EngineError as e:
+            log.warning("run %s: could not remove its container: %s", run.id, e)
+
+    async def warm(self, runner_id: str) -> Runner | None:
+        """Pull the runner's image now, whatever its pull policy, with its
+        registry's credentials, and record when: the runner as it is now, or None
+        when there is no such runner. Raises EngineUnavailable, or EngineError
+        with the pull's error."""
+        found = await self.store.runner_for_run(runner_id)
+        if found is None:
+            return None
+        runner, _env, registry_host = found
+        ref = images.reference(runner.image_name, runner.image_tag, registry_host)
+        await self.pull(ref, runner.container_registry_id)
+        try:
+            warmed = await self.store.set_warmed(runner.id, now_ms())
+        except NotFound:
+            return None  # deleted while its image was being pulled
+        log.info("runner %s warmed: image %s pulled", runner.id, ref)
+        return warmed
+
+    async def engine_version(self) -> dict[str, Any]:
+        """The engine's version document (`Version`, `ApiVersion`, ...); EngineError
+        when it does not answer."""
+        return await self.engine.version()
 
     async def stop_run(self, run_id: str, why: str) -> bool:
         """Cancel an in-flight run: its container is stopped (SIGTERM, then SIGKILL
@@ -280,7 +339,7 @@ class Executor:
             image=run.image,
             cmd=cmd,
             entrypoint=entrypoint,
-            env=run.env,
+            env=list(run.env),
             cpu=run.cpu,
             mem_mib=run.mem,
             pids=run.pids,
@@ -595,7 +654,8 @@ class Executor:
                         f"the engine reported an error while runnerd read this "
                         f"output, which may be incomplete here: {batch.error}"
                     )
-                writer.append(batch.records)
+                # (append only reads the records: a list of memoryviews is fine)
+                writer.append(cast("list[tuple[int, int, bytes | memoryview]]", batch.records))
             except OSError as e:  # raised once (e.g. disk full); later output is dropped
                 log.error(
                     "run %s: cannot write its log %s: %s; dropping further output",

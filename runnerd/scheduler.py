@@ -6,10 +6,11 @@ hands each to the executor in a task of its own. A trigger wakes it at once
 (`wake()`); there is no polling delay. The loop is the only thing that starts
 runs, so the limits hold whatever requests interleave.
 
-Before the first claim it reconciles with the engine: runs left `running` by an
-earlier process are re-attached (or finalised), and containers of ended runs
-are removed. When the engine does not answer, runs stay pending and the loop
-backs off before trying again.
+Before the first claim it has the executor reconcile with the engine (containers
+of ended runs are removed) and re-attaches the runs an earlier process left
+`running` (or has them finalised). When the engine does not answer, runs stay
+pending and the loop backs off before trying again. The scheduler holds no
+engine: the executor is its one way to containers.
 
 Nothing stops the loop but `stop()`: an error from the engine or the database in
 any step (reconciling, claiming, a run's start) is logged with the back-off, and
@@ -20,11 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from .engine import LABEL_DAEMON, LABEL_RUN, Engine, EngineError, EngineUnavailable
-from .executor import container_name
+from .engine import EngineError, EngineUnavailable
 from .models import ACTIVE_STATUSES, FailureReason, Run, Status
 from .retry import is_database_damaged, is_store_fault, retry_store
 from .store import Conflict, RunStore
@@ -49,9 +50,16 @@ class RunTaskFailed(Exception):
 
 
 class RunExecutor(Protocol):
+    """What the scheduler needs of the executor (runnerd.executor.Executor)."""
+
+    async def reconcile(self) -> list[Run]: ...
     async def execute(self, run: Run) -> Run: ...
     async def recover(self, run: Run) -> Run: ...
     async def stop_run(self, run_id: str, why: str) -> bool: ...
+    async def remove_container(self, run: Run) -> None: ...
+
+
+Step = Callable[[Run], Awaitable[Run]]  # execute or recover
 
 
 class Scheduler:
@@ -61,13 +69,9 @@ class Scheduler:
         executor: RunExecutor,
         *,
         max_concurrent_runs: int,
-        engine: Engine | None = None,
-        daemon_id: str | None = None,
     ) -> None:
         self.store = store
         self.executor = executor
-        self.engine = engine  # for reconciliation; None in unit tests with a fake executor
-        self.daemon_id = daemon_id
         self.max_concurrent_runs = max_concurrent_runs
         self._wakeup = asyncio.Event()
         self._active: dict[str, asyncio.Task[None]] = {}
@@ -153,11 +157,7 @@ class Scheduler:
             run = await self.store.get_run(run_id)
             if run is None or run.status is not Status.RUNNING:
                 continue
-            if self.engine is not None:
-                try:
-                    await self.engine.remove(run.container_id or container_name(run_id))
-                except EngineError as e:
-                    log.warning("run %s: could not remove its container: %s", run_id, e)
+            await self.executor.remove_container(run)
             try:
                 await self.store.finish_run(
                     run_id,
@@ -181,7 +181,9 @@ class Scheduler:
                 if self._fatal is not None:
                     raise self._fatal
                 if not self.reconciled.is_set():
-                    await self._reconcile()
+                    for run in await self.executor.reconcile():
+                        log.info("run %s was running before the restart: re-attaching", run.id)
+                        self._spawn(run, self.executor.recover)
                     self.reconciled.set()
                 await self._claim_and_start()
                 delay = BACKOFF_FIRST
@@ -211,21 +213,23 @@ class Scheduler:
             return
         self._spawn(run, self.executor.execute)
 
-    def _spawn(self, run: Run, step) -> None:  # type: ignore[no-untyped-def]
+    def _spawn(self, run: Run, step: Step) -> None:
         if run.id not in self._active:  # (a reconcile retried after a partial failure)
             task = asyncio.create_task(self._execute(run, step), name=f"run-{run.id}")
             task.add_done_callback(self._run_task_done)
             self._active[run.id] = task
 
     def _run_task_done(self, task: asyncio.Task[None]) -> None:
-        if task.cancelled() or task.exception() is None or self._fatal is not None:
+        if task.cancelled() or self._fatal is not None:
             return
         e = task.exception()
+        if e is None:
+            return
         self._fatal = RunTaskFailed(f"{task.get_name()}: {type(e).__name__}: {_describe(e)}")
         self._fatal.__cause__ = e
         self.wake()
 
-    async def _execute(self, run: Run, step) -> None:  # type: ignore[no-untyped-def]
+    async def _execute(self, run: Run, step: Step) -> None:
         # A run's task survives its own errors: the engine or the database not
         # answering leaves the run pending and backs the whole loop off (they are
         # down for every run); a bug fails a pending run, and a running one stays
@@ -298,30 +302,6 @@ class Scheduler:
         except Conflict:
             pass
         return False
-
-    # -- reconciliation ---------------------------------------------------------
-
-    async def _reconcile(self) -> None:
-        """Re-attach runs an earlier process left running; remove containers of
-        runs that have ended (the process died between recording and removing)."""
-        running = await self.store.runs_with_status(Status.RUNNING)
-        if self.engine is not None and self.daemon_id is not None:
-            containers = await self.engine.list_containers({LABEL_DAEMON: self.daemon_id})
-            running_ids = {r.id for r in running}
-            for c in containers:
-                run_id = (c.get("Labels") or {}).get(LABEL_RUN, "")
-                if run_id in running_ids:
-                    continue
-                run = await self.store.get_run(run_id) if run_id else None
-                if run is None or run.status not in ACTIVE_STATUSES:
-                    try:
-                        await self.engine.remove(c["Id"])
-                        log.info("removed container %s of ended run %s", c["Id"][:12], run_id)
-                    except EngineError as e:
-                        log.warning("could not remove container %s: %s", c["Id"][:12], e)
-        for run in running:
-            log.info("run %s was running before the restart: re-attaching", run.id)
-            self._spawn(run, self.executor.recover)
 
 
 def _describe(e: BaseException) -> str:

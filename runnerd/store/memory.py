@@ -16,6 +16,7 @@ from ..models import (
     ACTIVE_STATUSES,
     TERMINAL_STATUSES,
     ContainerRegistry,
+    EnvVariable,
     FailureReason,
     Run,
     Runner,
@@ -38,6 +39,7 @@ class MemoryStore:
         self.on_run_completed: list[Callable[[Run], None]] = []
         self.runners: dict[str, Runner] = {}
         self.runs: dict[str, Run] = {}  # in queue order (insertion order)
+        self.env: dict[str, list[EnvVariable]] = {}  # by runner id, by key
         self.registries: dict[str, tuple[ContainerRegistry, str]] = {}  # with the password
         self._idempotency: dict[tuple[str, str], str] = {}  # (runner, key) → run id
         self._seq = 0
@@ -54,14 +56,16 @@ class MemoryStore:
     # -- set-up, as the API does it on the SQLite store ------------------------
 
     async def create_runner(self, fields: dict[str, Any], env: list[tuple[str, str]]) -> Runner:
-        """A runner with `fields`; `env` is not kept (a run's env is what
-        create_run is given, as the API merges it)."""
+        """A runner with `fields` and its env variables."""
         await _round_trip()
         now = now_ms()
         values: dict[str, Any] = {f.name: None for f in dataclasses.fields(Runner)}
         values.update(fields, id=str(uuid.uuid4()), created_at=now, updated_at=now)
         runner = Runner(**values)
         self.runners[runner.id] = runner
+        self.env[runner.id] = [
+            EnvVariable(str(uuid.uuid4()), runner.id, k, v, now, now) for k, v in sorted(env)
+        ]
         return copy.deepcopy(runner)
 
     async def get_runner(self, runner_id: str) -> Runner | None:
@@ -141,6 +145,25 @@ class MemoryStore:
         if run is None or (runner_id is not None and run.runner_id != runner_id):
             return None
         return copy.deepcopy(run)
+
+    async def runner_for_run(
+        self, runner_id: str
+    ) -> tuple[Runner, list[EnvVariable], str | None] | None:
+        await _round_trip()
+        runner = self.runners.get(runner_id)
+        if runner is None:
+            return None
+        found = self.registries.get(runner.container_registry_id or "")
+        host = found[0].host if found is not None else None
+        return copy.deepcopy(runner), copy.deepcopy(self.env.get(runner_id, [])), host
+
+    async def set_warmed(self, runner_id: str, warmed_at: int) -> Runner:
+        await _round_trip()
+        runner = self.runners.get(runner_id)
+        if runner is None:
+            raise NotFound(runner_id)
+        runner.warmed_at = warmed_at
+        return copy.deepcopy(runner)
 
     async def next_pending(self, in_flight: list[str] | None = None) -> Run | None:
         await _round_trip()

@@ -1,5 +1,6 @@
 """What the scheduler, the executor, webhook delivery and retention need of the
-store: a run's life from the queue to its final status, and nothing else. The
+store: a run's life from the queue to its final status (and, for a warm, the
+runner it pulls for), and nothing else. The
 SQLite `Store` and the in-memory `MemoryStore` both are one; one set of behaviour
 tests (tests/unit/test_unit_run_store.py) holds them to the same answers."""
 
@@ -8,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-from ..models import FailureReason, Run, Status
+from ..models import EnvVariable, FailureReason, Run, Runner, Status
 
 
 class RunStore(Protocol):
@@ -16,6 +17,17 @@ class RunStore(Protocol):
     on_run_completed: list[Callable[[Run], None]]
 
     async def get_run(self, run_id: str, runner_id: str | None = None) -> Run | None: ...
+
+    async def runner_for_run(
+        self, runner_id: str
+    ) -> tuple[Runner, list[EnvVariable], str | None] | None:
+        """The runner, its env variables (by key) and its registry's host (None
+        without one); None for no such runner."""
+        ...
+
+    async def set_warmed(self, runner_id: str, warmed_at: int) -> Runner:
+        """Record a pull by POST …/warm; NotFound for no such runner."""
+        ...
 
     async def next_pending(self, in_flight: list[str] | None = None) -> Run | None:
         """The oldest pending run not in `in_flight` whose runner is below its

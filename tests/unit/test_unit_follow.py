@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from runnerd import api
+from runnerd import api, daemon
 from runnerd import logs as logs_module
 from runnerd.auth import hash_secret, new_secret
 from runnerd.config import Config
@@ -50,13 +50,14 @@ async def test_a_follow_ends_when_the_run_is_recorded_completed_not_on_a_timer(
         writer = logs.writer(run.id)
         writer.append([(1, time.time_ns(), b"hello\n")])
 
+        daemon.wake_log_followers(store, logs)  # what the daemon wires; make_app does not
         client = await aiohttp_client(
             api.make_app(
                 Config(),
                 store,
-                None,
-                logs,  # type: ignore[arg-type]
-                NoScheduler(),
+                logs,
+                NoScheduler(),  # type: ignore[arg-type]  # the logs' routes only wake it
+                None,  # type: ignore[arg-type]  # no executor: no run starts here
             )
         )
         response = await client.get(
@@ -118,9 +119,9 @@ async def test_every_api_read_of_a_log_runs_in_the_log_read_pool(
             api.make_app(
                 Config(),
                 store,
-                None,
-                logs,  # type: ignore[arg-type]
-                NoScheduler(),
+                logs,
+                NoScheduler(),  # type: ignore[arg-type]  # the logs' routes only wake it
+                None,  # type: ignore[arg-type]  # no executor: no run starts here
             )
         )
         url = f"/v1/runners/{runner.id}/runs/{run.id}/logs"

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from runnerd.models import FailureReason, Run, Runner, Status
-from runnerd.store import Conflict, RunStore, Store
+from runnerd.store import Conflict, NotFound, RunStore, Store
 from runnerd.store.memory import MemoryStore
 
 # What a test needs beyond RunStore to set itself up: both have these too.
@@ -289,3 +289,43 @@ async def test_an_idempotency_key_gives_back_the_first_run(store: AnyStore) -> N
     other, created_other = await store.create_run(runner, [], 1.0, 1, 1, "key-2")
     assert (created, created_again, created_other) == (True, False, True)
     assert again.id == first.id != other.id
+
+
+async def test_runner_for_run_gives_runner_env_by_key_and_registry_host(store: AnyStore) -> None:
+    registry = await store.create_registry(
+        {"name": "private", "host": "registry.example:5000", "username": "u", "password": "p"}
+    )
+    fields: dict[str, Any] = {
+        "name": "pulls",
+        "image_name": "team/job",
+        "image_tag": "1",
+        "timeout_seconds": 60,
+        "instance_type": "standard-s",
+        "container_registry_id": registry.id,
+    }
+    runner = await store.create_runner(fields, [("ZED", "2"), ("ALPHA", "1")])
+    plain = await make_runner(store, "plain")
+    found = await store.runner_for_run(runner.id)
+    assert found is not None
+    got, env, host = found
+    assert got.id == runner.id and got.container_registry_id == registry.id
+    assert [(e.env_key, e.env_val, e.runner_id) for e in env] == [
+        ("ALPHA", "1", runner.id),
+        ("ZED", "2", runner.id),
+    ]
+    assert host == "registry.example:5000"
+    assert await store.runner_for_run(plain.id) == (plain, [], None)
+    assert await store.runner_for_run("no-such-runner") is None
+
+
+async def test_set_warmed_records_the_pull_and_refuses_an_unknown_runner(
+    store: AnyStore,
+) -> None:
+    runner = await make_runner(store)
+    assert runner.warmed_at is None
+    warmed = await store.set_warmed(runner.id, 42_000)
+    assert warmed.warmed_at == 42_000
+    found = await store.runner_for_run(runner.id)
+    assert found is not None and found[0].warmed_at == 42_000
+    with pytest.raises(NotFound):
+        await store.set_warmed("no-such-runner", 1)

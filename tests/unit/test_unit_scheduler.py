@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import runnerd.scheduler as scheduler_module
-from runnerd.engine import EngineError, EngineUnavailable
+from runnerd.engine import LABEL_DAEMON, LABEL_RUN, EngineError, EngineUnavailable
+from runnerd.executor import Executor
+from runnerd.logs import LogStore
 from runnerd.models import FailureReason, Run, Runner, Status
 from runnerd.scheduler import Scheduler
 from runnerd.store import Conflict, Store
@@ -43,6 +45,18 @@ class FakeExecutor:
         self.failures: dict[str, list[BaseException]] = defaultdict(list)
         self.fail_after_running: set[str] = set()
         self.gates: dict[str, asyncio.Event] = {}  # hold a run before it is watched
+        # What reconcile() does; by default, as the executor with no containers
+        # to clean up: the runs left running, to re-attach.
+        self.reconciler: Callable[[], Awaitable[list[Run]]] = lambda: self.store.runs_with_status(
+            Status.RUNNING
+        )
+        self.removed: list[str] = []  # remove_container() calls
+
+    async def reconcile(self) -> list[Run]:
+        return await self.reconciler()
+
+    async def remove_container(self, run: Run) -> None:
+        self.removed.append(run.id)
 
     async def _enter(self, run_id: str, log: list[str]) -> None:
         async with self.cond:
@@ -512,6 +526,27 @@ async def test_stop_with_stop_runs_records_the_runs_canceled(
     assert fake.cancelled == []
 
 
+async def test_stop_with_stop_runs_removes_the_container_of_a_run_cut_off_mid_start(
+    store: AnyStore, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+) -> None:
+    """A run still `running` after its task was cut off (here: re-attaching, not yet
+    watched, so the stop could not reach it) has its container removed through the
+    executor and is recorded canceled."""
+    runner = await make_runner(store)
+    (run_id,) = await queue(store, runner)
+    await store.mark_running(run_id, "old-container", 1)
+    fake.gates[run_id] = asyncio.Event()  # never set: it never gets watched
+    sched = make_scheduler()
+    sched.start()
+    await fake.until(lambda: fake.recovered == [run_id])
+    async with asyncio.timeout(DEADLINE):
+        await sched.stop(stop_runs=True, grace_seconds=0)  # waits 2 s for it, in vain
+    assert fake.removed == [run_id]
+    run = await status_of(store, run_id)
+    assert (run.status, run.failure_reason) == (Status.FAILED, FailureReason.CANCELED)
+    assert run.error and "shut down" in run.error
+
+
 async def test_stop_of_a_scheduler_that_never_started_returns(
     make_scheduler: Callable[..., Scheduler],
 ) -> None:
@@ -559,17 +594,63 @@ def store_fault(message: str = "database is locked") -> sqlite3.OperationalError
 
 
 class FlakyEngine:
-    """Reconciliation's engine: the container list fails `failures` times first."""
+    """Reconciliation's engine: the container list fails `failures` times first,
+    then lists `containers` (with the daemon's label)."""
 
-    def __init__(self, failures: list[Exception]) -> None:
+    def __init__(
+        self, failures: list[Exception], containers: list[dict[str, Any]] | None = None
+    ) -> None:
         self.failures = failures
+        self.containers = containers or []
         self.lists = 0
+        self.removed: list[str] = []
 
     async def list_containers(self, labels: dict[str, str]) -> list[dict[str, Any]]:
         self.lists += 1
         if self.failures:
             raise self.failures.pop(0)
-        return []
+        return [c for c in self.containers if labels.items() <= c["Labels"].items()]
+
+    async def remove(self, container_id: str) -> None:
+        self.removed.append(container_id)
+
+
+def reconciling_executor(store: AnyStore, engine: FlakyEngine, tmp_path: Path) -> Executor:
+    return Executor(
+        store,
+        engine,  # type: ignore[arg-type]  # reconcile lists and removes containers, nothing more
+        LogStore(tmp_path / "logs"),
+        daemon_id="d",
+        network="none",
+        stop_grace_seconds=1,
+    )
+
+
+async def test_reconcile_removes_containers_of_ended_runs_and_returns_runs_left_running(
+    store: AnyStore, tmp_path: Path
+) -> None:
+    runner = await make_runner(store)
+    running, ended, pending = await queue(store, runner, 3)
+    await store.mark_running(running, "c-running", 1)
+    await store.mark_running(ended, "c-ended", 1)
+    await store.finish_run(ended, Status.SUCCEEDED, exit_code=0, failure_reason=None, error=None)
+
+    def container(cid: str, run_id: str, daemon: str = "d") -> dict[str, Any]:
+        return {"Id": cid, "Labels": {LABEL_DAEMON: daemon, LABEL_RUN: run_id}}
+
+    engine = FlakyEngine(
+        [],
+        [
+            container("c-running", running),
+            container("c-ended", ended),
+            container("c-pending", pending),  # created, never started, before a crash
+            container("c-unknown", "no-such-run"),
+            container("c-other", "no-such-run", daemon="another daemon"),
+        ],
+    )
+    left_running = await reconciling_executor(store, engine, tmp_path).reconcile()
+    assert [r.id for r in left_running] == [running]
+    assert engine.removed == ["c-ended", "c-unknown"]
 
 
 async def until_health(sched: Scheduler, ok: bool, timeout: float = DEADLINE) -> str | None:
@@ -580,17 +661,13 @@ async def until_health(sched: Scheduler, ok: bool, timeout: float = DEADLINE) ->
 
 
 async def test_scheduler_survives_engine_500_on_container_list_while_reconciling(
-    store: AnyStore, fake: FakeExecutor, monkeypatch: pytest.MonkeyPatch
+    store: AnyStore, fake: FakeExecutor, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(scheduler_module, "BACKOFF_FIRST", 0.05)
     engine = FlakyEngine([EngineError("could not list containers: HTTP 500", status=500)] * 3)
-    sched = Scheduler(
-        store,
-        fake,
-        max_concurrent_runs=2,
-        engine=engine,  # type: ignore[arg-type]
-        daemon_id="d",
-    )
+    # the real reconciliation, on a flaky engine
+    fake.reconciler = reconciling_executor(store, engine, tmp_path).reconcile
+    sched = Scheduler(store, fake, max_concurrent_runs=2)
     runner = await make_runner(store)
     (run_id,) = await queue(store, runner)
     sched.start()

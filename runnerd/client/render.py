@@ -1,0 +1,78 @@
+"""What the client prints: tables, `key: value` lines, JSON, a run's output, and
+the one-line errors on stderr."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from typing import Any
+
+from .errors import CliError
+
+
+def fail(e: CliError) -> int:
+    """The error's lines on stderr, after whatever stdout holds; its exit code."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        pass
+    for line in e.lines:
+        print(f"runnerd: {line}", file=sys.stderr)
+    return e.code
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def table(headers: list[str], rows: list[list[str]]) -> None:
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(headers)]
+    for row in [headers, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text.replace("\r", "\\r").replace("\n", "\\n").replace("\t", "\\t")
+
+
+def when(value: str | None) -> str:
+    """`2026-01-15T10:01:00.000+01:00` → `2026-01-15 10:01:00` for a table."""
+    if not value:
+        return "-"
+    match = re.match(r"(\d{4}-\d\d-\d\d)T(\d\d:\d\d:\d\d)", value)
+    return f"{match.group(1)} {match.group(2)}" if match else value
+
+
+def show(obj: dict[str, Any]) -> None:
+    """`key: value` lines, keys aligned."""
+    width = max(len(k) for k in obj) + 1
+    for key, value in obj.items():
+        if key == "instance_type" and isinstance(value, dict):
+            shown = (
+                f"{value.get('slug')} ({value.get('name')}: {value.get('cpu')} CPU, "
+                f"{value.get('mem')} MiB)"
+            )
+        else:
+            shown = cell(value)
+        print(f"{key + ':':<{width}} {shown}")
+
+
+def write_out(data: bytes) -> None:
+    if data:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+
+
+def run_row(r: dict[str, Any]) -> list[str]:
+    return [
+        r["id"],
+        r["status"],
+        cell(r.get("exit_code")),
+        when(r.get("started_at")),
+        when(r.get("completed_at")),
+        cell(r.get("failure_reason")),
+    ]
