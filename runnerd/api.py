@@ -1,5 +1,5 @@
 """The HTTP API: routes, auth, and the JSON error shapes. Handlers speak HTTP only:
-they parse with `schemas`, act through the store, the scheduler and the executor's
+they parse with `contract`, act through the store, the scheduler and the executor's
 public methods (never the engine), and render.
 
 `make_app` builds the routes and the app's state, nothing else: wiring the parts
@@ -17,7 +17,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import images, metrics, openapi, schemas
+from . import contract, images, metrics, openapi
 from .auth import hash_secret, secret_from_header
 from .config import Config
 from .engine import EngineError, EngineUnavailable
@@ -104,7 +104,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     """Every error leaves as JSON: 400 `{"errors": [...]}`, others `{"status", "error"}`."""
     try:
         return await handler(request)
-    except schemas.Invalid as e:
+    except contract.Invalid as e:
         return web.json_response({"errors": e.errors}, status=400)
     except web.HTTPException as e:
         if e.status < 400:
@@ -147,7 +147,7 @@ async def read_json(request: web.Request) -> Any:
     try:
         return json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
-        raise schemas.Invalid(["body is not valid UTF-8"]) from None
+        raise contract.Invalid(["body: is not valid UTF-8"]) from None
     except (ValueError, RecursionError) as e:  # ValueError: e.g. a 5000-digit number
         message = (
             e.msg
@@ -156,12 +156,12 @@ async def read_json(request: web.Request) -> Any:
             if isinstance(e, RecursionError)
             else str(e)
         )
-        raise schemas.Invalid([f"body is not valid JSON: {message}"]) from None
+        raise contract.Invalid([f"body: is not valid JSON: {message}"]) from None
 
 
 def _id(request: web.Request, name: str) -> str:
     value = request.match_info[name]
-    if not schemas.is_uuid(value):
+    if not contract.is_uuid(value):
         raise web.HTTPNotFound()
     return value.lower()
 
@@ -218,37 +218,37 @@ async def _runner_or_404(request: web.Request) -> Any:
 async def list_runners(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     runners = await request.app[STORE].list_runners()
-    return web.json_response({"runners": [schemas.runner_json(r, config) for r in runners]})
+    return web.json_response({"runners": [contract.runner_json(r, config) for r in runners]})
 
 
 async def get_runner(request: web.Request) -> web.Response:
     runner = await _runner_or_404(request)
-    return web.json_response({"runner": schemas.runner_json(runner, request.app[CONFIG])})
+    return web.json_response({"runner": contract.runner_json(runner, request.app[CONFIG])})
 
 
 async def _check_registry(request: web.Request, fields: dict[str, Any]) -> None:
     registry_id = fields.get("container_registry_id")
     if registry_id is not None and await request.app[STORE].get_registry(registry_id) is None:
-        raise schemas.Invalid([f"container_registry_id: no container registry {registry_id}"])
+        raise contract.Invalid([f"container_registry_id: no container registry {registry_id}"])
 
 
 async def create_runner(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
-    fields, env = schemas.parse_runner(await read_json(request), config, partial=False)
+    fields, env = contract.parse_runner(await read_json(request), config, partial=False)
     await _check_registry(request, fields)
     try:
         runner = await request.app[STORE].create_runner(fields, env or [])
     except Conflict as e:
-        raise schemas.Invalid([str(e)]) from None
+        raise contract.Invalid([str(e)]) from None
     log.info("runner %s (%s) created", runner.id, runner.name)
-    return web.json_response({"runner": schemas.runner_json(runner, config)})
+    return web.json_response({"runner": contract.runner_json(runner, config)})
 
 
 async def update_runner(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
     runner = await _runner_or_404(request)
-    fields, env = schemas.parse_runner(await read_json(request), config, partial=True)
-    schemas.check_command_exclusive(
+    fields, env = contract.parse_runner(await read_json(request), config, partial=True)
+    contract.check_command_exclusive(
         fields.get("run_command", runner.run_command), fields.get("argv", runner.argv)
     )
     await _check_registry(request, fields)
@@ -257,8 +257,8 @@ async def update_runner(request: web.Request) -> web.Response:
     except NotFound:
         raise web.HTTPNotFound() from None
     except Conflict as e:
-        raise schemas.Invalid([str(e)]) from None
-    return web.json_response({"runner": schemas.runner_json(runner, config)})
+        raise contract.Invalid([str(e)]) from None
+    return web.json_response({"runner": contract.runner_json(runner, config)})
 
 
 async def delete_runner(request: web.Request) -> web.Response:
@@ -281,30 +281,30 @@ async def list_env(request: web.Request) -> web.Response:
     runner = await _runner_or_404(request)
     tz = request.app[CONFIG].tz
     env = await request.app[STORE].list_env(runner.id)
-    return web.json_response({"env_variables": [schemas.env_json(e, tz) for e in env]})
+    return web.json_response({"env_variables": [contract.env_json(e, tz) for e in env]})
 
 
 async def create_env(request: web.Request) -> web.Response:
     runner = await _runner_or_404(request)
-    fields = schemas.parse_env_variable(await read_json(request), partial=False)
+    fields = contract.parse_env_variable(await read_json(request), partial=False)
     try:
         env = await request.app[STORE].create_env(runner.id, fields["env_key"], fields["env_val"])
     except Conflict as e:
-        raise schemas.Invalid([str(e)]) from None
-    return web.json_response({"env_variable": schemas.env_json(env, request.app[CONFIG].tz)})
+        raise contract.Invalid([str(e)]) from None
+    return web.json_response({"env_variable": contract.env_json(env, request.app[CONFIG].tz)})
 
 
 async def update_env(request: web.Request) -> web.Response:
     runner = await _runner_or_404(request)
     env_id = _id(request, "env_id")
-    fields = schemas.parse_env_variable(await read_json(request), partial=True)
+    fields = contract.parse_env_variable(await read_json(request), partial=True)
     try:
         env = await request.app[STORE].update_env(runner.id, env_id, fields)
     except NotFound:
         raise web.HTTPNotFound() from None
     except Conflict as e:
-        raise schemas.Invalid([str(e)]) from None
-    return web.json_response({"env_variable": schemas.env_json(env, request.app[CONFIG].tz)})
+        raise contract.Invalid([str(e)]) from None
+    return web.json_response({"env_variable": contract.env_json(env, request.app[CONFIG].tz)})
 
 
 async def delete_env(request: web.Request) -> web.Response:
@@ -319,29 +319,29 @@ async def delete_env(request: web.Request) -> web.Response:
 
 async def list_runs(request: web.Request) -> web.Response:
     runner = await _runner_or_404(request)
-    limit, status, before = schemas.parse_run_list_query(request.query)
+    limit, status, before = contract.parse_run_list_query(request.query)
     runs = await request.app[STORE].list_runs(runner.id, limit=limit, status=status, before=before)
     if runs is None:
-        raise schemas.Invalid([f"before: no run {before} of this runner"])
+        raise contract.Invalid([f"before: no run {before} of this runner"])
     tz = request.app[CONFIG].tz
-    return web.json_response({"runs": [schemas.run_json(r, tz) for r in runs]})
+    return web.json_response({"runs": [contract.run_json(r, tz) for r in runs]})
 
 
 async def trigger_run(request: web.Request) -> web.Response:
     store = request.app[STORE]
     config = request.app[CONFIG]
     runner, runner_env, image = await _runner_for_run(request)
-    overrides = schemas.parse_trigger(await read_json(request))
+    overrides = contract.parse_trigger(await read_json(request))
     itype = config.instance_types.get(runner.instance_type)
     if itype is None:
-        raise schemas.Invalid(
+        raise contract.Invalid(
             [
                 f"instance_type: the runner's instance type {runner.instance_type!r} is no longer "
                 f"configured; PATCH the runner to one of {', '.join(sorted(config.instance_types))}"
             ]
         )
-    idempotency_key = schemas.parse_idempotency_key(request.headers.get("Idempotency-Key"))
-    env = schemas.merge_env(runner_env, overrides)
+    idempotency_key = contract.parse_idempotency_key(request.headers.get("Idempotency-Key"))
+    env = contract.merge_env(runner_env, overrides)
     run, created = await store.create_run(
         runner, env, itype.cpu, itype.mem, itype.pids, idempotency_key=idempotency_key, image=image
     )
@@ -350,7 +350,7 @@ async def trigger_run(request: web.Request) -> web.Response:
         # DEBUG: at hundreds of triggers a second a line each is noise (and 8 % of
         # a trigger's CPU); the run's "started" and final lines carry its id.
         log.debug("run %s of runner %s queued", run.id, runner.id)
-    return web.json_response({"run": schemas.run_json(run, config.tz)})
+    return web.json_response({"run": contract.run_json(run, config.tz)})
 
 
 async def _runner_for_run(request: web.Request) -> tuple[Any, list[Any], str]:
@@ -371,10 +371,10 @@ async def warm_runner(request: web.Request) -> web.Response:
     except EngineUnavailable:
         raise web.HTTPServiceUnavailable(reason="Docker Engine Unavailable") from None
     except EngineError as e:
-        raise schemas.Invalid([f"image_name: {e}"]) from None
+        raise contract.Invalid([f"image_name: {e}"]) from None
     if runner is None:
         raise web.HTTPNotFound()
-    return web.json_response({"runner": schemas.runner_json(runner, request.app[CONFIG])})
+    return web.json_response({"runner": contract.runner_json(runner, request.app[CONFIG])})
 
 
 # -- container registries -------------------------------------------------------------
@@ -391,40 +391,40 @@ async def list_registries(request: web.Request) -> web.Response:
     tz = request.app[CONFIG].tz
     registries = await request.app[STORE].list_registries()
     return web.json_response(
-        {"container_registries": [schemas.registry_json(r, tz) for r in registries]}
+        {"container_registries": [contract.registry_json(r, tz) for r in registries]}
     )
 
 
 async def get_registry(request: web.Request) -> web.Response:
     registry = await _registry_or_404(request)
     return web.json_response(
-        {"container_registry": schemas.registry_json(registry, request.app[CONFIG].tz)}
+        {"container_registry": contract.registry_json(registry, request.app[CONFIG].tz)}
     )
 
 
 async def create_registry(request: web.Request) -> web.Response:
-    fields = schemas.parse_registry(await read_json(request), partial=False)
+    fields = contract.parse_registry(await read_json(request), partial=False)
     try:
         registry = await request.app[STORE].create_registry(fields)
     except Conflict as e:
-        raise schemas.Invalid([str(e)]) from None
+        raise contract.Invalid([str(e)]) from None
     log.info("container registry %s (%s) created", registry.id, registry.host)
     return web.json_response(
-        {"container_registry": schemas.registry_json(registry, request.app[CONFIG].tz)}
+        {"container_registry": contract.registry_json(registry, request.app[CONFIG].tz)}
     )
 
 
 async def update_registry(request: web.Request) -> web.Response:
     registry = await _registry_or_404(request)
-    fields = schemas.parse_registry(await read_json(request), partial=True)
+    fields = contract.parse_registry(await read_json(request), partial=True)
     try:
         registry = await request.app[STORE].update_registry(registry.id, fields)
     except NotFound:
         raise web.HTTPNotFound() from None
     except Conflict as e:
-        raise schemas.Invalid([str(e)]) from None
+        raise contract.Invalid([str(e)]) from None
     return web.json_response(
-        {"container_registry": schemas.registry_json(registry, request.app[CONFIG].tz)}
+        {"container_registry": contract.registry_json(registry, request.app[CONFIG].tz)}
     )
 
 
@@ -451,7 +451,7 @@ async def cancel_run(request: web.Request) -> web.Response:
             log.info("run %s canceled while pending", run.id)
             # If it was being started (pulling, creating), that stops now.
             await request.app[SCHEDULER].cancel(run.id, canceled.error or "", wait_seconds=0)
-            return web.json_response({"run": schemas.run_json(canceled, config.tz)})
+            return web.json_response({"run": contract.run_json(canceled, config.tz)})
         run = await _run_or_404(request)  # it started meanwhile
     if run.status is Status.RUNNING:
         grace = config.docker.stop_grace_seconds
@@ -470,15 +470,15 @@ async def cancel_run(request: web.Request) -> web.Response:
         log.info("run %s canceled while running", run.id)
         run = await _run_or_404(request)
     if run.status is Status.FAILED and run.failure_reason is FailureReason.CANCELED:
-        return web.json_response({"run": schemas.run_json(run, config.tz)})
+        return web.json_response({"run": contract.run_json(run, config.tz)})
     if run.status in TERMINAL_STATUSES:
         raise web.HTTPConflict()
-    return web.json_response({"run": schemas.run_json(run, config.tz)})
+    return web.json_response({"run": contract.run_json(run, config.tz)})
 
 
 async def get_run(request: web.Request) -> web.Response:
     run = await _run_or_404(request)
-    return web.json_response({"run": schemas.run_json(run, request.app[CONFIG].tz)})
+    return web.json_response({"run": contract.run_json(run, request.app[CONFIG].tz)})
 
 
 async def _run_or_404(request: web.Request) -> Any:
@@ -497,7 +497,7 @@ async def run_logs(request: web.Request) -> web.StreamResponse:
         return await _logs_sse(request, run)
     if "application/json" in accept and "text/plain" not in accept:
         return await _logs_json(request, run)
-    tail, follow = schemas.parse_text_logs_query(request.query)
+    tail, follow = contract.parse_text_logs_query(request.query)
     logs = request.app[LOGS]
     response = web.StreamResponse(headers={"Content-Type": "text/plain; charset=utf-8"})
     if follow:
@@ -527,7 +527,7 @@ async def run_logs(request: web.Request) -> web.StreamResponse:
 
 
 async def _logs_json(request: web.Request, run: Run) -> web.Response:
-    page = schemas.parse_json_logs_query(request.query)
+    page = contract.parse_json_logs_query(request.query)
     logs = request.app[LOGS]
     after = await _cursor(logs, run.id, page.after, "after")
     if page.before is not None:
@@ -537,12 +537,16 @@ async def _logs_json(request: web.Request, run: Run) -> web.Response:
     )
     tz = request.app[CONFIG].tz
     return web.json_response(
-        {"logs": [schemas.log_entry_json(r.offset, r.stream, r.ts_ns, r.data, tz) for r in records]}
+        {
+            "logs": [
+                contract.log_entry_json(r.offset, r.stream, r.ts_ns, r.data, tz) for r in records
+            ]
+        }
     )
 
 
 async def _logs_sse(request: web.Request, run: Run) -> web.StreamResponse:
-    cursor, stream = schemas.parse_sse_logs_query(
+    cursor, stream = contract.parse_sse_logs_query(
         request.query, request.headers.get("Last-Event-ID")
     )
     logs = request.app[LOGS]
@@ -567,10 +571,10 @@ async def _stream_sse(
         for r in records:
             if (
                 stream is not None
-                and schemas.LOG_STREAMS.get(schemas.LOG_STREAM_NAMES.get(r.stream, "")) != stream
+                and contract.LOG_STREAMS.get(contract.LOG_STREAM_NAMES.get(r.stream, "")) != stream
             ):
                 continue
-            entry = schemas.log_entry_json(r.offset, r.stream, r.ts_ns, r.data, tz)
+            entry = contract.log_entry_json(r.offset, r.stream, r.ts_ns, r.data, tz)
             events.append(
                 f"id: {r.offset}\nevent: log\ndata: "
                 f"{json.dumps({k: entry[k] for k in ('ts', 'stream', 'msg')})}\n\n"
@@ -583,7 +587,7 @@ async def _stream_sse(
         await _send(
             request,
             response,
-            ("event: end\ndata: " + json.dumps(schemas.run_json(final, tz)) + "\n\n").encode(),
+            ("event: end\ndata: " + json.dumps(contract.run_json(final, tz)) + "\n\n").encode(),
         )
     return await _end(request, response)
 
@@ -595,7 +599,7 @@ async def _cursor(logs: LogStore, run_id: str, cursor: int | None, name: str) ->
     try:
         return await logs.reading(logs.after, run_id, cursor)
     except ValueError:
-        raise schemas.Invalid([f"{name}: {cursor} is not a log entry id of this run"]) from None
+        raise contract.Invalid([f"{name}: {cursor} is not a log entry id of this run"]) from None
 
 
 class Followers:

@@ -15,9 +15,9 @@ from pathlib import Path
 from . import __version__, client
 from . import config as config_mod
 from .auth import hash_secret, new_secret
+from .contract import PULL_POLICIES
 from .crypto import SecretKeyError
 from .models import Scope
-from .schemas import PULL_POLICIES
 from .store import Conflict, Store, StoreError
 from .timefmt import format_ms
 

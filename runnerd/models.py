@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 
 class Status(str, enum.Enum):
@@ -75,6 +75,13 @@ class Runner:
     @property
     def image(self) -> str:
         return f"{self.image_name}:{self.image_tag}"
+
+
+# What a client sets on a runner: the store's columns, the API's fields (plus
+# `env_variables`); runnerd sets the rest.
+RUNNER_COLUMNS: tuple[str, ...] = tuple(
+    f.name for f in fields(Runner) if f.name not in ("id", "warmed_at", "created_at", "updated_at")
+)
 
 
 @dataclass

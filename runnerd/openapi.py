@@ -1,10 +1,11 @@
 """The API's machine-readable description: an OpenAPI 3.1 document, served at
 `GET /v1/openapi.json`.
 
-Declarative on purpose: one dict built by small helpers. The limits come from
-`schemas` (the module that enforces them), so the document and the checks cannot
-drift apart; tests/integration/test_openapi.py keeps the rest true by running
-schemathesis against a live daemon.
+The component schemas come from the models of `contract` (which also validate
+requests), so the document and the checks cannot drift apart; this module adds only
+what models cannot say: paths, parameters, auth and error responses.
+tests/integration/test_openapi.py keeps the rest true by running schemathesis
+against a live daemon.
 """
 
 from __future__ import annotations
@@ -12,24 +13,9 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from . import __version__, schemas
-from .models import FailureReason, Status
+from . import __version__, contract
 
 JSON = "application/json"
-# `2026-01-15T10:01:00.000+01:00`: milliseconds and a UTC offset, always.
-TIME_PATTERN = (
-    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{3}"
-    r"[+-][0-9]{2}:[0-9]{2}$"
-)
-NO_NUL = "^[^\\u0000]*$"  # no string the API takes may hold a NUL character
-WEBHOOK_STATUSES = ("pending", "delivered", "failed")
-WEBHOOK_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#]+([/?#]\S*)?$"
-
-
-def _anchored(pattern: str) -> str:
-    """A Python `…\\Z` regex of `schemas` as an anchored ECMA-262 pattern."""
-    body = pattern[:-2] if pattern.endswith(r"\Z") else pattern
-    return f"^{body}$"
 
 
 # -- small helpers ------------------------------------------------------------------
@@ -37,49 +23,6 @@ def _anchored(pattern: str) -> str:
 
 def ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name}"}
-
-
-def nullable(schema: dict[str, Any]) -> dict[str, Any]:
-    """`schema` or null, in 3.1 style (`type: [X, "null"]`)."""
-    out = copy.deepcopy(schema)
-    if "enum" in out:
-        out["enum"] = [*out["enum"], None]
-    kind = out.get("type")
-    if isinstance(kind, str):
-        out["type"] = [kind, "null"]
-    elif isinstance(kind, list) and "null" not in kind:
-        out["type"] = [*kind, "null"]
-    return out
-
-
-def text(max_len: int, min_len: int = 0, **extra: Any) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "string", "maxLength": max_len}
-    if min_len:
-        schema["minLength"] = min_len
-    schema.setdefault("pattern", NO_NUL)
-    schema.update(extra)
-    return schema
-
-
-def obj(
-    properties: dict[str, Any],
-    *,
-    required: list[str] | tuple[str, ...] = (),
-    closed: bool = True,
-    **extra: Any,
-) -> dict[str, Any]:
-    schema: dict[str, Any] = {"type": "object", "properties": properties}
-    if required:
-        schema["required"] = list(required)
-    if closed:
-        schema["additionalProperties"] = False
-    schema.update(extra)
-    return schema
-
-
-def closed_all(properties: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    """A response object: every property always present, nothing else."""
-    return obj(properties, required=list(properties), **extra)
 
 
 def json_body(
@@ -161,8 +104,8 @@ ERROR_RESPONSES: dict[int, tuple[str, str, str]] = {
         "BadRequest",
         "Bad Request",
         "The request is invalid: not JSON, wrong types, values out of range, unknown "
-        "fields or query parameters. `errors` lists every problem found, each naming "
-        "its field.",
+        "fields or query parameters. `errors` lists every problem found, each as "
+        "`field: message`.",
     ),
     401: ("Unauthorized", "Unauthorized", "No API key, or an unknown or revoked one."),
     403: ("Forbidden", "Forbidden", "A `read` key on anything but GET (and HEAD)."),
@@ -215,7 +158,9 @@ def _error_response(code: int) -> dict[str, Any]:
     _, reason, when = ERROR_RESPONSES[code]
     if code == 400:
         schema = ref("ValidationErrors")
-        example: dict[str, Any] = {"errors": ["timeout_seconds must be between 1 and 86400, got 0"]}
+        example: dict[str, Any] = {
+            "errors": ["timeout_seconds: must be between 1 and 86400, got 0"]
+        }
     else:
         # A plain reference, the status in words: generators (openapi-python-client)
         # cannot merge `allOf: [Error, {status: {const: N}}]` and drop the response.
@@ -241,422 +186,43 @@ def _error_response(code: int) -> dict[str, Any]:
 
 # -- schemas ------------------------------------------------------------------------
 
-TIMESTAMP = {
-    "type": "string",
-    "format": "date-time",
-    "pattern": TIME_PATTERN,
-    "examples": ["2026-01-15T10:01:00.000+01:00"],
-}
 UUID = {"type": "string", "format": "uuid"}
 
-ENV_KEY = text(
-    schemas.ENV_KEY_MAX,
-    1,
-    pattern=_anchored(schemas.ENV_KEY.pattern),
-    description="A variable name: letters, digits and `_`, not starting with a digit.",
-)
-ENV_VAL = text(schemas.ENV_VAL_MAX, description="Any text without NUL characters.")
-
-ENV_VARIABLES_INPUT = {
-    "type": "array",
-    "maxItems": schemas.ENV_MAX_ITEMS,
-    "items": ref("EnvVariableInput"),
-    "description": "`{env_key, env_val}` pairs; an `env_key` may appear only once (a "
-    "repeated one is a 400).",
-}
-
-RUNNER_INPUT_PROPERTIES: dict[str, Any] = {
-    "name": text(
-        schemas.NAME_LEN[1],
-        schemas.NAME_LEN[0],
-        pattern="^[^\\u0000-\\u001f\\u007f]*$",
-        description="Unique among runners; no control characters. A name already "
-        "taken is a 400 naming the field.",
-    ),
-    "image_name": text(
-        255,
-        1,
-        pattern=_anchored(schemas.IMAGE_NAME.pattern),
-        description="A Docker image name without tag or digest, e.g. "
-        "`busybox` or `registry.example.com:5000/team/job` "
-        "(lowercase path).",
-    ),
-    "image_tag": text(
-        128,
-        1,
-        pattern=_anchored(schemas.IMAGE_TAG.pattern),
-        default="latest",
-        description="Letters, digits, `_`, `.` and `-`, not starting with `.` or `-`.",
-    ),
-    "run_command": nullable(
-        text(
-            schemas.RUN_COMMAND_MAX,
-            1,
-            description=(
-                "Run as `sh -c run_command` (the image needs a `sh`). Excludes `argv`: at most one "
-                "of the two may be non-null (on PATCH: after merging with the runner); with "
-                "neither, the image's own CMD runs."
-            ),
-        )
-    ),
-    "argv": {
-        "type": ["array", "null"],
-        "minItems": 1,
-        "maxItems": schemas.ARGV_MAX_ITEMS,
-        "items": text(schemas.ARGV_ITEM_MAX),
-        "description": "The command in exec form. Excludes `run_command`.",
-    },
-    "entrypoint": nullable(
-        text(
-            schemas.ENTRYPOINT_MAX,
-            description=(
-                "Replaces the image's ENTRYPOINT, split into words like a shell would (unbalanced "
-                'quotes are a 400); `""` clears it; null keeps the image\'s.'
-            ),
-        )
-    ),
-    "timeout_seconds": {
-        "type": "integer",
-        "minimum": schemas.TIMEOUT_RANGE[0],
-        "maximum": schemas.TIMEOUT_RANGE[1],
-        "default": schemas.DEFAULT_TIMEOUT,
-        "description": "Counted from `started_at`; past it the container is "
-        "stopped and the run fails with `timeout`.",
-    },
-    "instance_type": {
-        "type": "string",
-        "description": "The slug of an instance type of the daemon's config "
-        "(built in: `standard-xs`, `standard-s`, `standard-m`); "
-        "default the config's `default_instance_type`. Any other "
-        "value is a 400.",
-        "examples": ["standard-s"],
-    },
-    "max_concurrent_runs": {
-        "type": ["integer", "null"],
-        "minimum": 1,
-        "maximum": schemas.RUNNER_MAX_CONCURRENT,
-        "description": "At most this many runs of this runner at once; "
-        "null (the default): only the daemon's limit; 1: "
-        "runs never overlap.",
-    },
-    "webhook_url": {
-        "type": ["string", "null"],
-        "minLength": 1,
-        "maxLength": schemas.WEBHOOK_URL_MAX,
-        "format": "uri",
-        "pattern": WEBHOOK_URL_PATTERN,
-        "description": 'An http:// or https:// URL POSTed `{"run": Run, '
-        '"runner_id": …}` when a run completes, signed with '
-        "`X-Runnerd-Signature: sha256=<hex HMAC-SHA256 of the "
-        "body>`. Needs `[webhooks] secret` in the daemon's config "
-        "(without it a non-null value is a 400). Null: no webhook.",
-    },
-    "container_registry_id": {
-        "type": ["string", "null"],
-        "format": "uuid",
-        "description": "A container registry whose host and "
-        "credentials pull the image; `image_name` may "
-        "then omit the host. An unknown id is a 400.",
-    },
-    "image_pull_policy": {
-        "type": "string",
-        "enum": list(schemas.PULL_POLICIES),
-        "default": "if_not_present",
-        "description": "`if_not_present`: pull only when the image is "
-        "missing; `always`: pull before every run; "
-        "`never`: fail (`image_pull_failed`) when missing.",
-    },
-    "env_variables": ENV_VARIABLES_INPUT,
-}
-
-REGISTRY_HOST_SCHEMA = text(
-    255,
-    1,
-    pattern=_anchored(schemas.REGISTRY_HOST.pattern),
-    description="e.g. `registry.example.com:5000` or `ghcr.io`; no scheme, no path.",
-)
-REGISTRY_INPUT_PROPERTIES: dict[str, Any] = {
-    "name": text(schemas.NAME_LEN[1], schemas.NAME_LEN[0], description="Unique."),
-    "host": REGISTRY_HOST_SCHEMA,
-    "username": text(255, 1),
-    "password": text(4096, 1, description="Stored encrypted; never shown again.", writeOnly=True),
-}
-
-RUN_DESCRIPTION = (
-    "One execution of a runner. `command`, `argv` and `entrypoint` are the runner's as they "
-    "were when the run was triggered. `status` goes `pending` → `running` → `succeeded` or "
-    "`failed` (a run that never got a container goes from `pending` straight to `failed`), "
-    "never backwards. `started_at` is set when the container starts, `completed_at` when "
-    "the run ends; `exit_code` is null until the container has exited. `failure_reason` is "
-    "null unless `failed`; `error` is a readable sentence when it failed."
-)
-
-COMPONENT_SCHEMAS: dict[str, Any] = {
-    "Timestamp": TIMESTAMP,
-    "NullableTimestamp": nullable(TIMESTAMP),
-    "InstanceType": closed_all(
+# What a model cannot say: a `text/event-stream` schema describes each event.
+LOG_EVENT = {
+    "description": "One Server-Sent Event of the stream (as OpenAPI 3.1 reads a "
+    "`text/event-stream` schema: each event). Per line of output an "
+    "`event: log` whose `id` is the entry's cursor (send it back as "
+    "`Last-Event-ID` to resume) and whose `data` is JSON "
+    "`{ts, stream, msg}`; last, once the run has completed and all its "
+    "output is out, an `event: end` whose `data` is the Run as JSON.",
+    "oneOf": [
         {
-            "slug": {"type": "string"},
-            "name": {"type": ["string", "null"]},
-            "cpu": {"type": ["number", "null"], "description": "CPUs (fractions allowed)"},
-            "mem": {"type": ["integer", "null"], "description": "Memory in MiB"},
-        },
-        description="The runner's instance type; `name`, `cpu` and `mem` are null when the "
-        "slug is no longer in the daemon's config.",
-    ),
-    "Runner": closed_all(
-        {
-            "id": UUID,
-            "name": {"type": "string"},
-            "status": {"const": "available"},
-            "image_name": {"type": "string"},
-            "image_tag": {"type": "string"},
-            "run_command": {"type": ["string", "null"]},
-            "argv": {"type": ["array", "null"], "items": {"type": "string"}},
-            "entrypoint": {"type": ["string", "null"]},
-            "timeout_seconds": {
-                "type": "integer",
-                "minimum": schemas.TIMEOUT_RANGE[0],
-                "maximum": schemas.TIMEOUT_RANGE[1],
-            },
-            "max_concurrent_runs": {
-                "type": ["integer", "null"],
-                "minimum": 1,
-                "maximum": schemas.RUNNER_MAX_CONCURRENT,
-            },
-            "webhook_url": {"type": ["string", "null"]},
-            "container_registry_id": {"type": ["string", "null"], "format": "uuid"},
-            "image_pull_policy": {"type": "string", "enum": list(schemas.PULL_POLICIES)},
-            "warmed_at": ref("NullableTimestamp"),
-            "instance_type": ref("InstanceType"),
-            "created_at": ref("Timestamp"),
-            "updated_at": ref("Timestamp"),
-        },
-        description="A container job definition.",
-    ),
-    "RunnerCreate": obj(
-        RUNNER_INPUT_PROPERTIES,
-        required=["name", "image_name"],
-        description="A new runner. Unknown fields are a 400.",
-        # `not` is a Python keyword, hence the dict; typed so that mypy does not match
-        # its values against `closed: bool`.
-        **dict[str, Any](
-            {
-                "not": {
-                    "required": ["run_command", "argv"],
-                    "properties": {"run_command": {"type": "string"}, "argv": {"type": "array"}},
-                }
-            }
-        ),
-    ),
-    "RunnerUpdate": obj(
-        # No `default`s on PATCH: generated clients send them, resetting fields the
-        # caller did not name (tests/integration/test_generated_client.py).
-        {
-            name: {k: v for k, v in schema.items() if k != "default"}
-            for name, schema in RUNNER_INPUT_PROPERTIES.items()
-        },
-        description=(
-            "Any fields of a runner, changed together; the others keep their values. "
-            "`env_variables`, when given, replaces all of the runner's env variables. To switch "
-            "between `run_command` and `argv`, set the old one to null in the same request. An "
-            "empty body or `{}` changes nothing. Unknown fields are a 400."
-        ),
-    ),
-    "EnvVariableInput": obj(
-        {"env_key": ENV_KEY, "env_val": ENV_VAL}, required=["env_key", "env_val"]
-    ),
-    "EnvVariableCreate": obj(
-        {"env_key": ENV_KEY, "env_val": ENV_VAL},
-        required=["env_key", "env_val"],
-        description="`env_key` is unique per runner: one already there is a 400.",
-    ),
-    "EnvVariableUpdate": obj(
-        {"env_key": ENV_KEY, "env_val": ENV_VAL},
-        minProperties=1,
-        description="Sets `env_key`, `env_val` or both.",
-    ),
-    "EnvVariable": closed_all(
-        {
-            "id": UUID,
-            "env_key": {"type": "string"},
-            "env_val": {"type": "string"},
-            "created_at": ref("Timestamp"),
-            "updated_at": ref("Timestamp"),
-        },
-        description="A default env variable of a runner: every run gets it unless the "
-        "trigger overrides it.",
-    ),
-    "RunStatus": {"type": "string", "enum": [s.value for s in Status]},
-    "FailureReason": {
-        "type": ["string", "null"],
-        "enum": [*(r.value for r in FailureReason), None],
-        "description": "`nonzero_exit`: the command exited non-zero; "
-        "`timeout`: stopped after `timeout_seconds`; "
-        "`canceled`: through the API or at shutdown; "
-        "`image_pull_failed`, `start_failed`: it never ran; "
-        "`lost`: the container disappeared.",
-    },
-    "WebhookStatus": {
-        "type": ["string", "null"],
-        "enum": [*WEBHOOK_STATUSES, None],
-        "description": "Delivery of the runner's webhook for this run: null when there is none.",
-    },
-    "Run": closed_all(
-        {
-            "id": UUID,
-            "status": ref("RunStatus"),
-            "exit_code": {"type": ["integer", "null"]},
-            "started_at": ref("NullableTimestamp"),
-            "completed_at": ref("NullableTimestamp"),
-            "created_at": ref("Timestamp"),
-            "updated_at": ref("Timestamp"),
-            "command": {"type": ["string", "null"]},
-            "argv": {"type": ["array", "null"], "items": {"type": "string"}},
-            "entrypoint": {"type": ["string", "null"]},
-            "failure_reason": ref("FailureReason"),
-            "error": {"type": ["string", "null"]},
-            "webhook_status": ref("WebhookStatus"),
-        },
-        description=RUN_DESCRIPTION,
-    ),
-    "TriggerRequest": obj(
-        {"env_variables": ENV_VARIABLES_INPUT},
-        description=(
-            "Env overrides for this run only, on top of the runner's env variables. An empty "
-            "body or `{}` is valid."
-        ),
-    ),
-    "LogEntry": closed_all(
-        {
-            "id": {"type": "string", "description": "This entry's cursor, for `after`/`before`."},
-            "ts": ref("Timestamp"),
-            "stream": {"type": "string", "enum": list(schemas.LOG_STREAMS)},
-            "msg": {
-                "type": "string",
-                "description": "One line without its newline (or a part "
-                "of a very long line), decoded as UTF-8 "
-                "with undecodable bytes replaced.",
-            },
-        }
-    ),
-    "LogPage": closed_all({"logs": {"type": "array", "items": ref("LogEntry")}}),
-    "LogLine": closed_all(
-        {
-            "ts": ref("Timestamp"),
-            "stream": {"type": "string", "enum": list(schemas.LOG_STREAMS)},
-            "msg": {"type": "string"},
-        },
-        description="The `data` of an `event: log`.",
-    ),
-    "LogEvent": {
-        "description": "One Server-Sent Event of the stream (as OpenAPI 3.1 reads a "
-        "`text/event-stream` schema: each event). Per line of output an "
-        "`event: log` whose `id` is the entry's cursor (send it back as "
-        "`Last-Event-ID` to resume) and whose `data` is JSON "
-        "`{ts, stream, msg}`; last, once the run has completed and all its "
-        "output is out, an `event: end` whose `data` is the Run as JSON.",
-        "oneOf": [
-            {
-                "type": "object",
-                "required": ["event", "id", "data"],
-                "properties": {
-                    "event": {"const": "log"},
-                    "id": {"type": "string"},
-                    "data": {
-                        "type": "string",
-                        "contentMediaType": JSON,
-                        "contentSchema": ref("LogLine"),
-                    },
+            "type": "object",
+            "required": ["event", "id", "data"],
+            "properties": {
+                "event": {"const": "log"},
+                "id": {"type": "string"},
+                "data": {
+                    "type": "string",
+                    "contentMediaType": JSON,
+                    "contentSchema": ref("LogLine"),
                 },
             },
-            {
-                "type": "object",
-                "required": ["event", "data"],
-                "properties": {
-                    "event": {"const": "end"},
-                    "data": {
-                        "type": "string",
-                        "contentMediaType": JSON,
-                        "contentSchema": ref("Run"),
-                    },
-                },
+        },
+        {
+            "type": "object",
+            "required": ["event", "data"],
+            "properties": {
+                "event": {"const": "end"},
+                "data": {"type": "string", "contentMediaType": JSON, "contentSchema": ref("Run")},
             },
-        ],
-    },
-    "ContainerRegistry": closed_all(
-        {
-            "id": UUID,
-            "name": {"type": "string"},
-            "host": {"type": "string"},
-            "username": {"type": "string"},
-            "created_at": ref("Timestamp"),
-            "updated_at": ref("Timestamp"),
         },
-        description="A registry runnerd pulls from with credentials. Never the password.",
-    ),
-    "ContainerRegistryCreate": obj(
-        REGISTRY_INPUT_PROPERTIES, required=["name", "host", "username", "password"]
-    ),
-    "ContainerRegistryUpdate": obj(REGISTRY_INPUT_PROPERTIES, minProperties=1),
-    "ContainerRegistryResponse": closed_all({"container_registry": ref("ContainerRegistry")}),
-    "ContainerRegistryList": closed_all(
-        {"container_registries": {"type": "array", "items": ref("ContainerRegistry")}}
-    ),
-    "RunnerResponse": closed_all({"runner": ref("Runner")}),
-    "RunnerList": closed_all({"runners": {"type": "array", "items": ref("Runner")}}),
-    "EnvVariableResponse": closed_all({"env_variable": ref("EnvVariable")}),
-    "EnvVariableList": closed_all(
-        {"env_variables": {"type": "array", "items": ref("EnvVariable")}}
-    ),
-    "RunResponse": closed_all({"run": ref("Run")}),
-    "RunList": closed_all({"runs": {"type": "array", "items": ref("Run")}}),
-    "Deleted": closed_all({"deleted": {"const": True}}),
-    "ValidationErrors": closed_all(
-        {"errors": {"type": "array", "minItems": 1, "items": {"type": "string"}}},
-        description="Every problem found, each naming its field.",
-    ),
-    "Error": closed_all(
-        {"status": {"type": "integer", "minimum": 400, "maximum": 599}, "error": {"type": "string"}}
-    ),
-    "QueueDepth": closed_all(
-        {
-            "pending": {"type": "integer", "minimum": 0},
-            "running": {"type": "integer", "minimum": 0},
-        },
-        description="How many runs are pending and running now.",
-    ),
-    "Health": obj(
-        {
-            "status": {"const": "ok"},
-            "engine": obj(
-                {
-                    "version": {"type": ["string", "null"]},
-                    "api_version": {"type": ["string", "null"]},
-                },
-                closed=False,
-                description="The Docker engine's version.",
-            ),
-            "queue": ref("QueueDepth"),
-        },
-        required=["status"],
-        closed=False,
-        description="The Docker engine answers. More fields may be added.",
-    ),
-    "HealthUnavailable": obj(
-        {
-            "status": {"const": "unavailable"},
-            "error": {"type": "string"},
-            "queue": ref("QueueDepth"),
-        },
-        required=["status", "error"],
-        closed=False,
-        description="The Docker engine does not answer, or the "
-        "scheduler is not claiming runs (backing off after "
-        "an engine or database error); `error` says why. "
-        "More fields may be added.",
-    ),
+    ],
 }
+
+# Built once: the document is served often and pydantic's schema building is not free.
+COMPONENT_SCHEMAS: dict[str, Any] = {**contract.component_schemas(), "LogEvent": LOG_EVENT}
 
 PARAMETERS: dict[str, Any] = {
     "RunnerId": {
@@ -724,7 +290,7 @@ LOGS_DESCRIPTION = (
     "Without `follow`, what has been written so far (empty while pending).\n"
     "- `application/json` (and not `text/plain`): a page of entries "
     '`{"logs": [{id, ts, stream, msg}]}`; query `limit` (default '
-    f"{schemas.LOGS_LIMIT_DEFAULT}, max {schemas.LOGS_LIMIT_MAX}), `after` or `before` "
+    f"{contract.LOGS_LIMIT_DEFAULT}, max {contract.LOGS_LIMIT_MAX}), `after` or `before` "
     "(an entry's `id`: the page after or before it; not both), `stream` (`stdout` or "
     "`stderr`).\n"
     "- `text/event-stream`: Server-Sent Events, live: one `event: log` per line (`id` = the "
@@ -955,10 +521,10 @@ def _paths() -> dict[str, Any]:
                         {
                             "type": "integer",
                             "minimum": 1,
-                            "maximum": schemas.RUNS_LIMIT_MAX,
+                            "maximum": contract.RUNS_LIMIT_MAX,
                         },
                         "How many runs at most.",
-                        default=schemas.RUNS_LIMIT_DEFAULT,
+                        default=contract.RUNS_LIMIT_DEFAULT,
                     ),
                     query("status", ref("RunStatus"), "Only runs in this status."),
                     query(
@@ -994,7 +560,7 @@ def _paths() -> dict[str, Any]:
                         "schema": {
                             "type": "string",
                             "minLength": 1,
-                            "maxLength": schemas.IDEMPOTENCY_KEY_MAX,
+                            "maxLength": contract.IDEMPOTENCY_KEY_MAX,
                             "pattern": "^[!-~]+$",
                         },
                         "description": "Visible ASCII, no spaces. The same key for the same "
@@ -1035,7 +601,7 @@ def _paths() -> dict[str, Any]:
                 parameters=[
                     query(
                         "tail",
-                        {"type": "integer", "minimum": 0, "maximum": schemas.TAIL_MAX},
+                        {"type": "integer", "minimum": 0, "maximum": contract.TAIL_MAX},
                         "text/plain: only the last N lines.",
                     ),
                     query(
@@ -1049,10 +615,10 @@ def _paths() -> dict[str, Any]:
                         {
                             "type": "integer",
                             "minimum": 1,
-                            "maximum": schemas.LOGS_LIMIT_MAX,
+                            "maximum": contract.LOGS_LIMIT_MAX,
                         },
                         "application/json: entries per page.",
-                        default=schemas.LOGS_LIMIT_DEFAULT,
+                        default=contract.LOGS_LIMIT_DEFAULT,
                     ),
                     query(
                         "after",
@@ -1067,7 +633,7 @@ def _paths() -> dict[str, Any]:
                     ),
                     query(
                         "stream",
-                        {"type": "string", "enum": list(schemas.LOG_STREAMS)},
+                        {"type": "string", "enum": list(contract.LOG_STREAMS)},
                         "application/json, text/event-stream: only this stream.",
                     ),
                     {

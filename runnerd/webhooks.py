@@ -22,9 +22,9 @@ import aiohttp
 
 from . import __version__
 from .config import WebhooksConfig
+from .contract import run_json
 from .models import Run
 from .retry import is_store_fault, retry_store
-from .schemas import run_json
 from .store import RunStore
 
 log = logging.getLogger("runnerd.webhooks")

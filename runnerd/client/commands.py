@@ -16,8 +16,8 @@ from typing import Any
 
 import aiohttp
 
+from ..contract import ENV_KEY
 from ..models import TERMINAL_STATUSES
-from ..schemas import ENV_KEY
 from . import render
 from .errors import (
     EXIT_CANCELED,

@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from ..schemas import is_uuid
+from ..contract import is_uuid
 from .errors import ApiError, CliError
 
 DEFAULT_URL = "http://127.0.0.1:8420"

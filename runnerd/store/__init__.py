@@ -12,12 +12,12 @@
 
 from __future__ import annotations
 
+from ..models import RUNNER_COLUMNS
 from .connection import LOCK_SLICE_MS, WRITE_LOCK_WAIT_SECONDS, Database
 from .errors import Conflict, NotFound, StoreError
 from .facade import Store
 from .migrations import MIGRATIONS, SCHEMA_V1, SCHEMA_VERSION
 from .protocol import RunStore
-from .runners import RUNNER_COLUMNS
 from .runs import IDEMPOTENCY_WINDOW_MS, SealedEnv
 from .schema import SCHEMA, db_path
 

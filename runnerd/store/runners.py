@@ -9,16 +9,13 @@ import uuid
 from typing import Any
 
 from ..crypto import SecretBox
-from ..models import ACTIVE_STATUSES, EnvVariable, Runner, now_ms
+from ..models import ACTIVE_STATUSES, RUNNER_COLUMNS, EnvVariable, Runner, now_ms
 from .base import Aggregate, json_or_null
 from .errors import Conflict, NotFound, conflict_as
 
-# A runner's fields, each a column of the same name.
+# A runner's fields, each a column of the same name; a create or update sets
+# RUNNER_COLUMNS (the ones a client sets), the store the rest.
 RUNNER_FIELDS = tuple(f.name for f in dataclasses.fields(Runner))
-# The ones a create or update sets; the rest the store keeps itself.
-RUNNER_COLUMNS = tuple(
-    f for f in RUNNER_FIELDS if f not in ("id", "warmed_at", "created_at", "updated_at")
-)
 _JSON_COLUMNS = frozenset({"argv"})
 
 

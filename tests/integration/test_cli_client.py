@@ -370,7 +370,7 @@ def test_api_errors_are_shown_as_messages(daemon: Daemon) -> None:
     bad_env = cli(daemon, "runs", "trigger", "cli-errors", "-e", "1BAD=x", "-e", "OK=1")
     assert bad_env.returncode == 1
     assert bad_env.stderr == (
-        "runnerd: env_variables[0].env_key '1BAD' is not a valid name: "
+        "runnerd: env_variables[0].env_key: '1BAD' is not a valid name: "
         "use letters, digits and '_', not starting with a digit\n"
     )
     assert bad_env.stdout == ""
@@ -381,8 +381,8 @@ def test_api_errors_are_shown_as_messages(daemon: Daemon) -> None:
     assert several.returncode == 1
     lines = several.stderr.splitlines()
     assert len(lines) == 3 and all(line.startswith("runnerd: ") for line in lines)
-    assert any("name must be 3 to 50 characters" in line for line in lines)
-    assert any("timeout_seconds must be between 1 and 86400, got 0" in line for line in lines)
+    assert any("name: must be 3 to 50 characters" in line for line in lines)
+    assert any("timeout_seconds: must be between 1 and 86400, got 0" in line for line in lines)
 
     unknown = cli(daemon, "runs", "trigger", "no-such-runner")
     assert unknown.returncode == 1

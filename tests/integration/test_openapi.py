@@ -57,7 +57,7 @@ from schemathesis.specs.openapi.checks import (
 
 import runnerd
 from runnerd import api as runnerd_api
-from runnerd import openapi, schemas
+from runnerd import contract, openapi
 from runnerd.config import BUILTIN_INSTANCE_TYPES, Config
 
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
@@ -137,19 +137,20 @@ def test_every_route_is_documented_and_every_documented_operation_is_routed() ->
 
 
 def test_document_limits_are_the_ones_enforced() -> None:
-    """Spot checks that the numbers came from `schemas`, the module enforcing them."""
+    """Spot checks that the numbers came from `contract`, the models enforcing them."""
     s = openapi.document()["components"]["schemas"]
     create = s["RunnerCreate"]["properties"]
-    assert (create["name"]["minLength"], create["name"]["maxLength"]) == schemas.NAME_LEN
+    assert (create["name"]["minLength"], create["name"]["maxLength"]) == contract.NAME_LEN
     assert (
         create["timeout_seconds"]["minimum"],
         create["timeout_seconds"]["maximum"],
-    ) == schemas.TIMEOUT_RANGE
-    assert create["run_command"]["maxLength"] == schemas.RUN_COMMAND_MAX
-    assert create["max_concurrent_runs"]["maximum"] == schemas.RUNNER_MAX_CONCURRENT
-    assert create["webhook_url"]["maxLength"] == 2000
+    ) == contract.TIMEOUT_RANGE
+    # nullable fields: `anyOf: [{the value}, {type: null}]`
+    assert create["run_command"]["anyOf"][0]["maxLength"] == contract.RUN_COMMAND_MAX
+    assert create["max_concurrent_runs"]["anyOf"][0]["maximum"] == contract.RUNNER_MAX_CONCURRENT
+    assert create["webhook_url"]["anyOf"][0]["maxLength"] == 2000
     assert s["RunnerCreate"]["additionalProperties"] is False
-    assert set(create) == set(schemas.RUNNER_FIELDS)
+    assert set(create) == set(contract.RUNNER_FIELDS)
     env_key = s["EnvVariableInput"]["properties"]["env_key"]
     assert env_key["pattern"] == "^[A-Za-z_][A-Za-z0-9_]*$"
     for name in ("A_1", "_x"):
@@ -284,12 +285,12 @@ def make_harmless(body: Any) -> None:
     if not isinstance(body, dict):
         return
     image = body.get("image_name")
-    if isinstance(image, str) and schemas.IMAGE_NAME.match(image):
+    if isinstance(image, str) and contract.IMAGE_NAME.match(image):
         body["image_name"] = TEST_IMAGE_NAME
     tag = body.get("image_tag")
-    if isinstance(tag, str) and schemas.IMAGE_TAG.match(tag):
+    if isinstance(tag, str) and contract.IMAGE_TAG.match(tag):
         body["image_tag"] = TEST_IMAGE_TAG
-    if _valid_text(body.get("run_command"), schemas.RUN_COMMAND_MAX, 1):
+    if _valid_text(body.get("run_command"), contract.RUN_COMMAND_MAX, 1):
         body["run_command"] = "echo fuzz"
     argv = body.get("argv")
     if isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv):
@@ -307,7 +308,7 @@ def make_harmless(body: Any) -> None:
     # No pull may leave this machine: registries point at a closed loopback port, and
     # `always` (which would pull the test image from Docker Hub) becomes the default.
     host = body.get("host")
-    if isinstance(host, str) and schemas.REGISTRY_HOST.match(host):
+    if isinstance(host, str) and contract.REGISTRY_HOST.match(host):
         body["host"] = "127.0.0.1:1"
     if body.get("image_pull_policy") == "always":
         body["image_pull_policy"] = "if_not_present"

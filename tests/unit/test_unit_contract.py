@@ -1,4 +1,4 @@
-"""The API contract's parsing: every problem reported and named; and the container command."""
+"""The API contract's models: every problem reported as `field: message`; and the container command."""
 
 from __future__ import annotations
 
@@ -7,22 +7,25 @@ from typing import Any
 
 import pytest
 
+from runnerd import contract
 from runnerd.config import Config, from_dict
-from runnerd.executor import container_command
-from runnerd.models import EnvVariable, Run, Status
-from runnerd.schemas import (
+from runnerd.contract import (
     IMAGE_NAME,
+    RUNNER_FIELDS,
     Invalid,
     check_command_exclusive,
     is_uuid,
     merge_env,
     parse_env_variable,
     parse_idempotency_key,
+    parse_registry,
     parse_run_list_query,
     parse_runner,
     parse_tail,
     parse_trigger,
 )
+from runnerd.executor import container_command
+from runnerd.models import RUNNER_COLUMNS, ContainerRegistry, EnvVariable, Run, Runner, Status
 
 CONFIG = Config()
 
@@ -106,8 +109,8 @@ def test_parse_runner_keeps_every_given_value() -> None:
 
 def test_parse_runner_of_an_empty_body_names_both_required_fields() -> None:
     errors = runner_errors({})
-    assert one_error_about(errors, "name") == "name is required"
-    assert one_error_about(errors, "image_name") == "image_name is required"
+    assert one_error_about(errors, "name:") == "name: is required"
+    assert one_error_about(errors, "image_name:") == "image_name: is required"
     assert len(errors) == 2
     assert runner_errors(None) == errors  # no body at all: the same
 
@@ -140,7 +143,7 @@ def test_parse_runner_lists_every_problem_each_naming_its_field() -> None:
         "env_variables[0].env_key",
         "env_variables[0].env_val",
     ):
-        assert any(e.startswith(field) for e in errors), (field, errors)
+        assert any(e.startswith(f"{field}:") for e in errors), (field, errors)
     assert len(errors) == 11
 
 
@@ -191,7 +194,7 @@ def test_parse_runner_rejects_a_bad_field_naming_it(body: dict[str, Any], field:
     full = {"name": "valid", "image_name": "busybox", **body}
     errors = runner_errors(full)
     assert len(errors) == 1, errors
-    assert errors[0].startswith(field), errors
+    assert errors[0].startswith(f"{field}:"), errors
     # the same field alone in a PATCH is refused the same way
     assert runner_errors(body, partial=True) == errors
 
@@ -200,7 +203,10 @@ def test_parse_runner_refuses_both_run_command_and_argv_on_create() -> None:
     errors = runner_errors(
         {"name": "abc", "image_name": "busybox", "run_command": "ls", "argv": ["ls"]}
     )
-    assert len(errors) == 1 and "run_command and argv" in errors[0]
+    assert errors == [
+        "argv: cannot be set together with run_command: give one (or neither, to run the "
+        "image's own CMD)"
+    ]
 
 
 def test_parse_runner_patch_returns_only_the_given_fields() -> None:
@@ -221,7 +227,9 @@ def test_check_command_exclusive_refuses_a_merged_runner_with_both() -> None:
     check_command_exclusive("ls", None)
     check_command_exclusive(None, ["ls"])
     check_command_exclusive(None, None)
-    assert "run_command and argv" in errors_of(check_command_exclusive, "ls", ["ls"])[0]
+    assert errors_of(check_command_exclusive, "ls", ["ls"])[0].startswith(
+        "argv: cannot be set together with run_command"
+    )
 
 
 @pytest.mark.parametrize(
@@ -265,14 +273,14 @@ def test_image_name_grammar_accepts(image: str) -> None:
 )
 def test_image_name_grammar_rejects(image: str) -> None:
     errors = runner_errors({"name": "abc", "image_name": image})
-    assert len(errors) == 1 and errors[0].startswith("image_name"), errors
+    assert len(errors) == 1 and errors[0].startswith("image_name:"), errors
     assert IMAGE_NAME.match(image) is None
 
 
 def test_image_name_longer_than_255_characters_is_rejected() -> None:
     parse_runner({"name": "abc", "image_name": "a" * 255}, CONFIG, partial=False)
     errors = runner_errors({"name": "abc", "image_name": "a" * 256})
-    assert len(errors) == 1 and errors[0].startswith("image_name"), errors
+    assert len(errors) == 1 and errors[0].startswith("image_name:"), errors
 
 
 @pytest.mark.parametrize(
@@ -286,7 +294,7 @@ def test_image_name_longer_than_255_characters_is_rejected() -> None:
 )
 def test_image_name_with_a_tag_or_digest_points_to_image_tag(image: str) -> None:
     errors = runner_errors({"name": "abc", "image_name": image})
-    assert len(errors) == 1 and errors[0].startswith("image_name"), errors
+    assert len(errors) == 1 and errors[0].startswith("image_name:"), errors
     assert "image_tag" in errors[0]
 
 
@@ -304,19 +312,19 @@ def test_env_key_accepts(key: str) -> None:
 @pytest.mark.parametrize("key", ["1A", "A-B", "A B", "", "É", "A=B", "A\n", "x" * 256, 5, None])
 def test_env_key_rejects(key: Any) -> None:
     errors = errors_of(parse_env_variable, {"env_key": key, "env_val": "v"}, partial=False)
-    assert len(errors) == 1 and errors[0].startswith("env_key"), errors
+    assert len(errors) == 1 and errors[0].startswith("env_key:"), errors
 
 
 def test_parse_env_variable_create_needs_both_and_patch_needs_one() -> None:
     errors = errors_of(parse_env_variable, {}, partial=False)
-    assert errors == ["env_key is required", "env_val is required"]
+    assert errors == ["env_key: is required", "env_val: is required"]
     assert errors_of(parse_env_variable, {}, partial=True) == [
-        "body must set env_key, env_val or both"
+        "body: must set env_key, env_val or both"
     ]
     assert parse_env_variable({"env_val": "x"}, partial=True) == {"env_val": "x"}
     assert errors_of(parse_env_variable, {"env_val": "x" * (32 * 1024 + 1)}, partial=True)[
         0
-    ].startswith("env_val")
+    ].startswith("env_val:")
 
 
 def _env(key: str, val: str) -> EnvVariable:
@@ -361,7 +369,7 @@ def test_parse_trigger_returns_the_overrides_in_order() -> None:
 )
 def test_parse_trigger_rejects_naming_the_field(body: Any, field: str) -> None:
     errors = errors_of(parse_trigger, body)
-    assert len(errors) == 1 and errors[0].startswith(field), errors
+    assert len(errors) == 1 and errors[0].startswith(f"{field}:"), errors
 
 
 def test_parse_run_list_query_defaults() -> None:
@@ -397,12 +405,12 @@ def test_parse_run_list_query_rejects_naming_the_parameter(
     query: dict[str, str], field: str
 ) -> None:
     errors = errors_of(parse_run_list_query, query)
-    assert len(errors) == 1 and errors[0].startswith(field), errors
+    assert len(errors) == 1 and errors[0].startswith(f"{field}:"), errors
 
 
 def test_parse_run_list_query_reports_every_bad_parameter() -> None:
     errors = errors_of(parse_run_list_query, {"limit": "0", "status": "x", "before": "y"})
-    assert [e.split()[0] for e in errors] == ["limit", "status", "before"]
+    assert [e.split()[0] for e in errors] == ["limit:", "status:", "before:"]
 
 
 def test_parse_run_list_query_gives_before_in_the_stored_lowercase_form() -> None:
@@ -422,7 +430,7 @@ def test_parse_tail_accepts_counts(raw: str, expected: int) -> None:
 @pytest.mark.parametrize("raw", ["", "-1", "1000001", "x", "²", "1" * 5000, "1.5"])
 def test_parse_tail_rejects(raw: str) -> None:
     errors = errors_of(parse_tail, {"tail": raw})
-    assert len(errors) == 1 and errors[0].startswith("tail"), errors
+    assert len(errors) == 1 and errors[0].startswith("tail:"), errors
 
 
 def test_parse_idempotency_key() -> None:
@@ -430,7 +438,197 @@ def test_parse_idempotency_key() -> None:
     assert parse_idempotency_key("abc-123_XYZ!~") == "abc-123_XYZ!~"
     assert parse_idempotency_key("k" * 255) == "k" * 255
     for bad in ("", "has space", "k" * 256, "tab\t", "é"):
-        assert errors_of(parse_idempotency_key, bad)[0].startswith("Idempotency-Key")
+        assert errors_of(parse_idempotency_key, bad)[0].startswith("Idempotency-Key:")
+
+
+# -- pydantic's errors in the API's words -----------------------------------------
+
+KNOWN = (
+    "name, image_name, image_tag, run_command, argv, entrypoint, timeout_seconds, "
+    "instance_type, max_concurrent_runs, webhook_url, container_registry_id, "
+    "image_pull_policy, env_variables"
+)
+PAIR = {"env_key": "A", "env_val": "1"}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"foo": 1}, f"foo: is not a known field (known: {KNOWN})"),
+        ({"bad key": 1}, f"'bad key': is not a known field (known: {KNOWN})"),
+        ({"name": 12}, "name: must be a string, got a number"),
+        ({"name": None}, "name: must be a string, not null"),
+        ({"run_command": 5}, "run_command: must be a string or null, got a number"),
+        ({"name": "ab"}, "name: must be 3 to 50 characters long, got 2"),
+        ({"entrypoint": "x" * 501}, "entrypoint: must be at most 500 characters long, got 501"),
+        ({"name": "nul\x00x"}, "name: must not contain NUL characters"),
+        (
+            {"name": "lone \ud800"},
+            "name: must be valid Unicode text, without lone surrogates such as \\ud800",
+        ),
+        ({"timeout_seconds": 0}, "timeout_seconds: must be between 1 and 86400, got 0"),
+        ({"timeout_seconds": 3600.0}, "timeout_seconds: must be a whole number, got a number"),
+        ({"timeout_seconds": True}, "timeout_seconds: must be a whole number, got a boolean"),
+        (
+            {"max_concurrent_runs": "2"},
+            "max_concurrent_runs: must be a whole number or null, got a string",
+        ),
+        ({"argv": "ls"}, "argv: must be an array or null, got a string"),
+        ({"argv": []}, "argv: must have at least 1 item, got none"),
+        (
+            {"env_variables": [PAIR] * 501},
+            "env_variables: may hold at most 500 items, got 501",
+        ),
+        ({"env_variables": [5]}, "env_variables[0]: must be a JSON object, got a number"),
+        (
+            {"env_variables": [{**PAIR, "x": 1}]},
+            "env_variables[0].x: is not a known field (known: env_key, env_val)",
+        ),
+        ({"env_variables": [PAIR, PAIR]}, "env_variables[1].env_key: 'A' appears more than once"),
+        (
+            {"image_pull_policy": "sometimes"},
+            "image_pull_policy: must be one of if_not_present, always, never, got 'sometimes'",
+        ),
+        (
+            {"instance_type": "huge"},
+            "instance_type: must be one of standard-m, standard-s, standard-xs, got 'huge'",
+        ),
+        ({"webhook_url": "ftp://x"}, "webhook_url: must be an http:// or https:// URL"),
+    ],
+)
+def test_each_kind_of_problem_reads_as_field_colon_message(
+    body: dict[str, Any], message: str
+) -> None:
+    assert runner_errors({"name": "valid", "image_name": "busybox", **body}) == [message]
+
+
+def test_a_repeated_env_key_is_listed_beside_the_other_items_problems() -> None:
+    body = {"env_variables": [{"env_key": "A", "env_val": 1}, PAIR, {**PAIR, "x": 1}]}
+    assert errors_of(parse_trigger, body) == [
+        "env_variables[0].env_val: must be a string, got a number",
+        "env_variables[2].x: is not a known field (known: env_key, env_val)",
+        "env_variables[1].env_key: 'A' appears more than once",
+        "env_variables[2].env_key: 'A' appears more than once",
+    ]
+    # past the item limit, the limit is the one problem
+    assert errors_of(parse_trigger, {"env_variables": [PAIR] * 501}) == [
+        "env_variables: may hold at most 500 items, got 501"
+    ]
+
+
+def test_a_body_that_is_not_an_object_is_one_problem_of_the_body() -> None:
+    assert runner_errors([1]) == ["body: must be a JSON object, got an array"]
+    assert errors_of(parse_trigger, "x") == ["body: must be a JSON object, got a string"]
+
+
+def test_patch_tells_null_from_absent() -> None:
+    assert parse_runner({"webhook_url": None}, CONFIG, partial=True) == (
+        {"webhook_url": None},
+        None,
+    )
+    assert parse_runner({}, CONFIG, partial=True) == ({}, None)
+    # null only clears what may be null
+    assert runner_errors({"timeout_seconds": None}, partial=True) == [
+        "timeout_seconds: must be a whole number, got null"
+    ]
+    assert runner_errors({"image_pull_policy": None}, partial=True)[0].startswith(
+        "image_pull_policy:"
+    )
+
+
+def test_webhook_url_needs_an_allowed_host_and_a_secret_from_the_config() -> None:
+    body = {"name": "abc", "image_name": "busybox", "webhook_url": "http://hooks.example/x"}
+    assert errors_of(parse_runner, body, CONFIG, partial=False) == [
+        "webhook_url: needs [webhooks] secret in the daemon's config, to sign deliveries"
+    ]
+    config = from_dict({"webhooks": {"secret": "s" * 32, "allowed_hosts": ["other.example"]}})
+    assert errors_of(parse_runner, body, config, partial=False) == [
+        "webhook_url: the host 'hooks.example' is not in the daemon's [webhooks] allowed_hosts"
+    ]
+    config = from_dict({"webhooks": {"secret": "s" * 32}})
+    out, _ = parse_runner(body, config, partial=False)
+    assert out["webhook_url"] == "http://hooks.example/x"
+
+
+def test_container_registry_id_is_lowercased() -> None:
+    registry_id = str(uuid.uuid4())
+    out, _ = parse_runner({"container_registry_id": registry_id.upper()}, CONFIG, partial=True)
+    assert out == {"container_registry_id": registry_id}
+
+
+def test_registry_create_lists_every_missing_field_and_patch_needs_one() -> None:
+    assert errors_of(parse_registry, {}, partial=False) == [
+        "name: is required",
+        "host: is required",
+        "username: is required",
+        "password: is required",
+    ]
+    assert errors_of(parse_registry, None, partial=True) == [
+        "body: must set at least one of name, host, username, password"
+    ]
+    assert errors_of(parse_registry, {"host": "https://ghcr.io"}, partial=True)[0].startswith(
+        "host: must be a registry host"
+    )
+    assert parse_registry({"username": "u"}, partial=True) == {"username": "u"}
+
+
+# -- the one definition ----------------------------------------------------------
+
+
+def test_runner_fields_are_the_store_columns_plus_env_variables() -> None:
+    assert RUNNER_FIELDS == (*RUNNER_COLUMNS, "env_variables")
+    assert tuple(contract.RunnerUpdate.model_fields) == RUNNER_FIELDS
+
+
+def _runner() -> Runner:
+    return Runner(
+        id=str(uuid.uuid4()),
+        name="abc",
+        image_name="busybox",
+        image_tag="latest",
+        run_command=None,
+        argv=["ls"],
+        entrypoint=None,
+        timeout_seconds=60,
+        instance_type="standard-s",
+        max_concurrent_runs=None,
+        webhook_url=None,
+        container_registry_id=None,
+        image_pull_policy=None,
+        warmed_at=None,
+        created_at=1_700_000_000_000,
+        updated_at=1_700_000_000_000,
+    )
+
+
+def test_each_rendering_has_exactly_its_models_fields_and_types() -> None:
+    tz = CONFIG.tz
+    rendered = [
+        (contract.Runner, contract.runner_json(_runner(), CONFIG)),
+        (contract.Run, contract.run_json(_run(argv=["ls"]), tz)),
+        (contract.EnvVariable, contract.env_json(_env("A", "1"), tz)),
+        (
+            contract.ContainerRegistry,
+            contract.registry_json(ContainerRegistry("i", "reg", "ghcr.io", "u", 0, 0), tz),
+        ),
+        (contract.LogEntry, contract.log_entry_json(7, 2, 1_700_000_000_000_000_000, b"x\n", tz)),
+    ]
+    for model, data in rendered:
+        assert set(data) == set(model.model_fields), model
+        model.model_validate(data)  # extra="forbid": a field too many fails too
+    assert set(contract.runner_json(_runner(), CONFIG)["instance_type"]) == set(
+        contract.InstanceType.model_fields
+    )
+
+
+def test_component_schemas_keep_the_names_the_paths_refer_to() -> None:
+    schemas = contract.component_schemas()
+    for name in ("RunStatus", "FailureReason", "RunnerCreate", "RunnerUpdate", "Error", "LogPage"):
+        assert name in schemas
+    assert schemas["RunnerCreate"]["required"] == ["name", "image_name"]
+    assert "required" not in schemas["RunnerUpdate"]
+    assert schemas["EnvVariableUpdate"]["minProperties"] == 1
+    assert all("title" not in s for s in schemas.values())
 
 
 # -- container command -----------------------------------------------------------

@@ -1,0 +1,310 @@
+"""Resources as the API answers them: the response models (for the OpenAPI document)
+and the renderings (plain dicts, for speed on the trigger path)."""
+
+from __future__ import annotations
+
+from datetime import tzinfo
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .. import models as domain
+from ..config import Config
+from ..models import FailureReason, Status
+from ..timefmt import format_ms
+from .fields import (
+    LOG_STREAM_NAMES,
+    RUNNER_MAX_CONCURRENT,
+    TIMEOUT_RANGE,
+    Id,
+    PullPolicy,
+    Timestamp,
+    WebhookStatus,
+    Whole,
+)
+
+
+class _Resource(BaseModel):
+    """A response object: every field always present (null when unset), nothing else."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class InstanceType(_Resource):
+    """The runner's instance type; `name`, `cpu` and `mem` are null when the slug is no
+    longer in the daemon's config."""
+
+    slug: str
+    name: str | None
+    cpu: float | None = Field(description="CPUs (fractions allowed)")
+    mem: int | None = Field(description="Memory in MiB")
+
+
+class Runner(_Resource):
+    """A container job definition."""
+
+    id: Id
+    name: str
+    status: Literal["available"]
+    image_name: str
+    image_tag: str
+    run_command: str | None
+    argv: list[str] | None
+    entrypoint: str | None
+    timeout_seconds: Annotated[int, Whole(*TIMEOUT_RANGE)]
+    max_concurrent_runs: Annotated[int, Whole(1, RUNNER_MAX_CONCURRENT)] | None
+    webhook_url: str | None
+    container_registry_id: Id | None
+    image_pull_policy: PullPolicy
+    warmed_at: Timestamp | None
+    instance_type: InstanceType
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class EnvVariable(_Resource):
+    """A default env variable of a runner: every run gets it unless the trigger
+    overrides it."""
+
+    id: Id
+    env_key: str
+    env_val: str
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class Run(_Resource):
+    """One execution of a runner. `command`, `argv` and `entrypoint` are the runner's as
+    they were when the run was triggered. `status` goes `pending` → `running` →
+    `succeeded` or `failed` (a run that never got a container goes from `pending`
+    straight to `failed`), never backwards. `started_at` is set when the container
+    starts, `completed_at` when the run ends; `exit_code` is null until the container
+    has exited. `failure_reason` is null unless `failed`; `error` is a readable sentence
+    when it failed."""
+
+    id: Id
+    status: Status
+    exit_code: int | None
+    started_at: Timestamp | None
+    completed_at: Timestamp | None
+    created_at: Timestamp
+    updated_at: Timestamp
+    command: str | None
+    argv: list[str] | None
+    entrypoint: str | None
+    failure_reason: FailureReason | None = Field(
+        description="`nonzero_exit`: the command exited non-zero; `timeout`: stopped after "
+        "`timeout_seconds`; `canceled`: through the API or at shutdown; "
+        "`image_pull_failed`, `start_failed`: it never ran; `lost`: the container "
+        "disappeared."
+    )
+    error: str | None
+    webhook_status: WebhookStatus | None = Field(
+        description="Delivery of the runner's webhook for this run: null when there is none."
+    )
+
+
+class ContainerRegistry(_Resource):
+    """A registry runnerd pulls from with credentials. Never the password."""
+
+    id: Id
+    name: str
+    host: str
+    username: str
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+LogStream = Literal["stdout", "stderr"]
+
+
+class LogEntry(_Resource):
+    id: str = Field(description="This entry's cursor, for `after`/`before`.")
+    ts: Timestamp
+    stream: LogStream
+    msg: str = Field(
+        description="One line without its newline (or a part of a very long line), decoded "
+        "as UTF-8 with undecodable bytes replaced."
+    )
+
+
+class LogLine(_Resource):
+    """The `data` of an `event: log`."""
+
+    ts: Timestamp
+    stream: LogStream
+    msg: str
+
+
+class LogPage(_Resource):
+    logs: list[LogEntry]
+
+
+class RunnerResponse(_Resource):
+    runner: Runner
+
+
+class RunnerList(_Resource):
+    runners: list[Runner]
+
+
+class EnvVariableResponse(_Resource):
+    env_variable: EnvVariable
+
+
+class EnvVariableList(_Resource):
+    env_variables: list[EnvVariable]
+
+
+class RunResponse(_Resource):
+    run: Run
+
+
+class RunList(_Resource):
+    runs: list[Run]
+
+
+class ContainerRegistryResponse(_Resource):
+    container_registry: ContainerRegistry
+
+
+class ContainerRegistryList(_Resource):
+    container_registries: list[ContainerRegistry]
+
+
+class Deleted(_Resource):
+    deleted: Literal[True]
+
+
+class ValidationErrors(_Resource):
+    """Every problem found, each as `field: message`."""
+
+    errors: list[str] = Field(min_length=1)
+
+
+class Error(_Resource):
+    status: Annotated[int, Whole(400, 599)]
+    error: str
+
+
+class QueueDepth(_Resource):
+    """How many runs are pending and running now."""
+
+    pending: Annotated[int, Field(ge=0)]
+    running: Annotated[int, Field(ge=0)]
+
+
+class EngineVersion(BaseModel):
+    """The Docker engine's version."""
+
+    model_config = ConfigDict(extra="allow")
+
+    version: str | None = None
+    api_version: str | None = None
+
+
+class Health(BaseModel):
+    """The Docker engine answers. More fields may be added."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["ok"]
+    engine: EngineVersion = Field(default_factory=EngineVersion)
+    queue: QueueDepth = Field(default_factory=lambda: QueueDepth(pending=0, running=0))
+
+
+class HealthUnavailable(BaseModel):
+    """The Docker engine does not answer, or the scheduler is not claiming runs (backing
+    off after an engine or database error); `error` says why. More fields may be added."""
+
+    model_config = ConfigDict(extra="allow")
+
+    status: Literal["unavailable"]
+    error: str
+    queue: QueueDepth = Field(default_factory=lambda: QueueDepth(pending=0, running=0))
+
+
+# -- rendering ------------------------------------------------------------------------
+# Plain dicts: building a model per resource would cost the trigger path; each
+# function's keys are pinned to its model's fields by tests/unit/test_unit_contract.py.
+
+
+def runner_json(runner: domain.Runner, config: Config) -> dict[str, Any]:
+    tz = config.tz
+    itype = config.instance_types.get(runner.instance_type)
+    return {
+        "id": runner.id,
+        "name": runner.name,
+        "status": "available",
+        "image_name": runner.image_name,
+        "image_tag": runner.image_tag,
+        "run_command": runner.run_command,
+        "argv": runner.argv,
+        "entrypoint": runner.entrypoint,
+        "timeout_seconds": runner.timeout_seconds,
+        "max_concurrent_runs": runner.max_concurrent_runs,
+        "webhook_url": runner.webhook_url,
+        "container_registry_id": runner.container_registry_id,
+        "image_pull_policy": runner.image_pull_policy or "if_not_present",
+        "warmed_at": format_ms(runner.warmed_at, tz),
+        "instance_type": {
+            "slug": runner.instance_type,
+            "name": itype.name if itype else None,
+            "cpu": itype.cpu if itype else None,
+            "mem": itype.mem if itype else None,
+        },
+        "created_at": format_ms(runner.created_at, tz),
+        "updated_at": format_ms(runner.updated_at, tz),
+    }
+
+
+def env_json(env: domain.EnvVariable, tz: tzinfo) -> dict[str, Any]:
+    return {
+        "id": env.id,
+        "env_key": env.env_key,
+        "env_val": env.env_val,
+        "created_at": format_ms(env.created_at, tz),
+        "updated_at": format_ms(env.updated_at, tz),
+    }
+
+
+def registry_json(registry: domain.ContainerRegistry, tz: tzinfo) -> dict[str, Any]:
+    """Never the password."""
+    return {
+        "id": registry.id,
+        "name": registry.name,
+        "host": registry.host,
+        "username": registry.username,
+        "created_at": format_ms(registry.created_at, tz),
+        "updated_at": format_ms(registry.updated_at, tz),
+    }
+
+
+def log_entry_json(offset: int, stream: int, ts_ns: int, data: bytes, tz: tzinfo) -> dict[str, Any]:
+    """One piece of output: a line (or a part of a very long line), decoded as
+    UTF-8 with undecodable bytes replaced; `id` is its cursor."""
+    msg = data.decode("utf-8", "replace")
+    return {
+        "id": str(offset),
+        "ts": format_ms(ts_ns // 1_000_000, tz),
+        "stream": LOG_STREAM_NAMES.get(stream, "stdout"),
+        "msg": msg[:-1] if msg.endswith("\n") else msg,
+    }
+
+
+def run_json(run: domain.Run, tz: tzinfo) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "status": run.status.value,
+        "exit_code": run.exit_code,
+        "started_at": format_ms(run.started_at, tz),
+        "completed_at": format_ms(run.completed_at, tz),
+        "created_at": format_ms(run.created_at, tz),
+        "updated_at": format_ms(run.updated_at, tz),
+        "command": run.command,
+        "argv": run.argv,
+        "entrypoint": run.entrypoint,
+        "failure_reason": run.failure_reason.value if run.failure_reason else None,
+        "error": run.error,
+        "webhook_status": run.webhook_status,
+    }
