@@ -15,6 +15,7 @@ import copy
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from http import HTTPStatus
 from typing import Any
 
 from . import __version__, contract
@@ -41,19 +42,17 @@ def query(
     if default is not None:
         shown = str(default).lower() if isinstance(default, bool) else default
         description = f"{description} Default: `{shown}`."
-    return {
-        "name": name,
-        "in": "query",
-        "required": False,
-        "schema": schema,
-        "description": description,
-    }
+    return _param("query", name, schema, description)
 
 
 def header(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return _param("header", name, schema, description)
+
+
+def _param(where: str, name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
     return {
         "name": name,
-        "in": "header",
+        "in": where,
         "required": False,
         "schema": schema,
         "description": description,
@@ -62,82 +61,44 @@ def header(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 # -- error shapes -------------------------------------------------------------------
 
-# code → (component response name, reason text, when)
-ERROR_RESPONSES: dict[int, tuple[str, str, str]] = {
-    400: (
-        "BadRequest",
-        "Bad Request",
-        (
-            "The request is invalid: not JSON, wrong types, values out of range, unknown fields or "
-            "query parameters. `errors` lists every problem found, each as `field: message`."
-        ),
-    ),
-    401: ("Unauthorized", "Unauthorized", "No API key, or an unknown or revoked one."),
-    403: ("Forbidden", "Forbidden", "A `read` key on anything but GET (and HEAD)."),
-    404: (
-        "NotFound",
-        "Not Found",
-        "No such runner, run, env variable or container registry (a malformed id is a 404 too).",
-    ),
-    405: (
-        "MethodNotAllowed",
-        "Method Not Allowed",
-        "A method the path does not take; the `Allow` header lists the ones it does.",
-    ),
-    409: (
-        "Conflict",
-        "Conflict",
-        (
-            "Deleting a runner that has pending or running runs; canceling a run that ended "
-            "otherwise than canceled."
-        ),
-    ),
-    413: (
-        "PayloadTooLarge",
-        "Request Entity Too Large",
-        "The body is over `[server] max_body_bytes` (default 1 MiB).",
-    ),
-    415: (
-        "UnsupportedMediaType",
-        "Unsupported Media Type",
-        (
-            "A non-empty body whose `Content-Type` is not JSON (`application/json`, `text/json` or "
-            "`…+json`; no `Content-Type` at all is read as JSON)."
-        ),
-    ),
-    500: (
-        "InternalServerError",
-        "Internal Server Error",
-        (
-            "An unexpected failure (a bug). The traceback goes to the daemon's log, never into the "
-            "response."
-        ),
-    ),
-    503: (
-        "ServiceUnavailable",
-        "Service Unavailable",
-        (
-            "The Docker engine does not answer, or the run is between the store and the engine "
-            "(starting, or being re-attached after a restart), or (live logs: `follow` or "
-            "`text/event-stream`) `[server] max_log_followers` streams are open already: nothing "
-            "was changed, retry shortly (after `Retry-After` seconds when given). `error` says "
-            "which, e.g. `Run Is Starting, Retry Cancel`."
-        ),
-    ),
+# code → (component response name, when); the reason is the one aiohttp sends.
+# fmt: off
+ERROR_RESPONSES: dict[int, tuple[str, str]] = {
+    400: ("BadRequest", "The request is invalid: not JSON, wrong types, values out of range, "
+          "unknown fields or query parameters. `errors` lists every problem found, each as "
+          "`field: message`."),
+    401: ("Unauthorized", "No API key, or an unknown or revoked one."),
+    403: ("Forbidden", "A `read` key on anything but GET (and HEAD)."),
+    404: ("NotFound", "No such runner, run, env variable or container registry (a malformed id "
+          "is a 404 too)."),
+    405: ("MethodNotAllowed",
+          "A method the path does not take; the `Allow` header lists the ones it does."),
+    409: ("Conflict", "Deleting a runner that has pending or running runs; canceling a run that "
+          "ended otherwise than canceled."),
+    413: ("PayloadTooLarge", "The body is over `[server] max_body_bytes` (default 1 MiB)."),
+    415: ("UnsupportedMediaType", "A non-empty body whose `Content-Type` is not JSON "
+          "(`application/json`, `text/json` or `…+json`; no `Content-Type` at all is read as "
+          "JSON)."),
+    500: ("InternalServerError", "An unexpected failure (a bug). The traceback goes to the "
+          "daemon's log, never into the response."),
+    503: ("ServiceUnavailable", "The Docker engine does not answer, or the run is between the "
+          "store and the engine (starting, or being re-attached after a restart), or (live "
+          "logs: `follow` or `text/event-stream`) `[server] max_log_followers` streams are open "
+          "already: nothing was changed, retry shortly (after `Retry-After` seconds when "
+          "given). `error` says which, e.g. `Run Is Starting, Retry Cancel`."),
 }
 ERROR_HEADERS: dict[int, dict[str, Any]] = {
     405: {"Allow": {"description": "The methods the path takes.", "schema": {"type": "string"}}},
-    503: {
-        "Retry-After": {
-            "description": "Seconds to wait before retrying (sent by the log follower cap).",
-            "schema": {"type": "string", "pattern": "^[0-9]+$"},
-        }
-    },
+    503: {"Retry-After": {
+        "description": "Seconds to wait before retrying (sent by the log follower cap).",
+        "schema": {"type": "string", "pattern": "^[0-9]+$"},
+    }},
 }
+# fmt: on
 
 
 def _error_response(code: int) -> dict[str, Any]:
-    _, reason, when = ERROR_RESPONSES[code]
+    reason, when = HTTPStatus(code).phrase, ERROR_RESPONSES[code][1]
     if code == 400:
         schema = ref("ValidationErrors")
         example: dict[str, Any] = {
@@ -246,15 +207,11 @@ class Op:
 
 def _tag(path: str) -> str:
     """The resource the path is under."""
-    for part, tag in (
-        ("/runs", RUNS),
-        ("/env_variables", ENV),
-        ("/container_registries", REGISTRIES),
-        ("/v1/runners", RUNNERS),
-    ):
-        if part in path:
-            return tag
-    return OPS
+    under = {"/runs": RUNS, "/env_variables": ENV, "/container_registries": REGISTRIES}
+    return next(
+        (tag for part, tag in under.items() if part in path),
+        RUNNERS if "/v1/runners" in path else OPS,
+    )
 
 
 def _operation(method: str, path: str, op: Op) -> dict[str, Any]:
@@ -297,80 +254,15 @@ LOGS_DESCRIPTION = (
     "container writes, chunked, ending when the run completes). Without `follow`, what has "
     "been written so far (empty while pending).\n"
     "- `application/json` (and not `text/plain`): a page of entries "
-    f'`{{"logs": [{{id, ts, stream, msg}}]}}`; query `limit` (default {contract.LOGS_LIMIT_DEFAULT}, '
-    f"max {contract.LOGS_LIMIT_MAX}), `after` or `before` (an entry's `id`: the page after or "
-    "before it; not both), `stream` (`stdout` or `stderr`).\n"
+    '`{"logs": [{id, ts, stream, msg}]}`; query `limit` (default '
+    f"{contract.LOGS_LIMIT_DEFAULT}, max {contract.LOGS_LIMIT_MAX}), `after` or `before` (an "
+    "entry's `id`: the page after or before it; not both), `stream` (`stdout` or `stderr`).\n"
     "- `text/event-stream`: Server-Sent Events, live: one `event: log` per line (`id` = the "
     "entry's cursor, `data` = JSON `{ts, stream, msg}`), then `event: end` whose `data` is the "
     "final Run. `Last-Event-ID` resumes after that entry, without gaps or repeats; query "
     "`stream` filters.\n\n"
     "Query parameters that the chosen form does not take are a 400, as are cursors that are "
     "not entry ids of this run's log."
-)
-RUNS_QUERY = (
-    query(
-        "limit",
-        {"type": "integer", "minimum": 1, "maximum": contract.RUNS_LIMIT_MAX},
-        "How many runs at most.",
-        default=contract.RUNS_LIMIT_DEFAULT,
-    ),
-    query("status", ref("RunStatus"), "Only runs in this status."),
-    query(
-        "before",
-        UUID,
-        (
-            "Only runs queued before this run, which must be one of this runner's: pass the last "
-            "id of a page to get the next page."
-        ),
-    ),
-)
-LOGS_QUERY = (
-    query(
-        "tail",
-        {"type": "integer", "minimum": 0, "maximum": contract.TAIL_MAX},
-        "text/plain: only the last N lines.",
-    ),
-    query(
-        "follow",
-        {"type": "boolean"},
-        "text/plain: stream the output live until the run completes.",
-        default=False,
-    ),
-    query(
-        "limit",
-        {"type": "integer", "minimum": 1, "maximum": contract.LOGS_LIMIT_MAX},
-        "application/json: entries per page.",
-        default=contract.LOGS_LIMIT_DEFAULT,
-    ),
-    query(
-        "after",
-        {"type": "string"},
-        "application/json: the page after this entry (an opaque cursor: an entry's `id`).",
-    ),
-    query(
-        "before",
-        {"type": "string"},
-        "application/json: the page before this entry (an entry's `id`).",
-    ),
-    query(
-        "stream",
-        {"type": "string", "enum": list(contract.LOG_STREAMS)},
-        "application/json, text/event-stream: only this stream.",
-    ),
-    header("Last-Event-ID", {"type": "string"}, "text/event-stream: resume after this entry."),
-)
-IDEMPOTENCY_KEY = header(
-    "Idempotency-Key",
-    {
-        "type": "string",
-        "minLength": 1,
-        "maxLength": contract.IDEMPOTENCY_KEY_MAX,
-        "pattern": "^[!-~]+$",
-    },
-    (
-        "Visible ASCII, no spaces. The same key for the same runner within 24 hours returns the "
-        "first run instead of queueing another, also under concurrent requests."
-    ),
 )
 HEALTH_503 = {
     "503": {
@@ -384,209 +276,137 @@ LOGS_200 = {
     JSON: {"schema": ref("LogPage")},
     "text/event-stream": {"schema": ref("LogEvent")},
 }
+COUNT = {"type": "integer", "minimum": 1}
+STRING = {"type": "string"}
 
-# path → method → operation; the order is the document's.
+# Tables, laid out by hand (ruff would give every argument a line of its own).
+# fmt: off
+RUNS_QUERY = (
+    query("limit", COUNT | {"maximum": contract.RUNS_LIMIT_MAX}, "How many runs at most.",
+          default=contract.RUNS_LIMIT_DEFAULT),
+    query("status", ref("RunStatus"), "Only runs in this status."),
+    query("before", UUID, "Only runs queued before this run, which must be one of this runner's: "
+          "pass the last id of a page to get the next page."),
+)
+LOGS_QUERY = (
+    query("tail", {"type": "integer", "minimum": 0, "maximum": contract.TAIL_MAX},
+          "text/plain: only the last N lines."),
+    query("follow", {"type": "boolean"},
+          "text/plain: stream the output live until the run completes.", default=False),
+    query("limit", COUNT | {"maximum": contract.LOGS_LIMIT_MAX},
+          "application/json: entries per page.", default=contract.LOGS_LIMIT_DEFAULT),
+    query("after", STRING,
+          "application/json: the page after this entry (an opaque cursor: an entry's `id`)."),
+    query("before", STRING, "application/json: the page before this entry (an entry's `id`)."),
+    query("stream", STRING | {"enum": list(contract.LOG_STREAMS)},
+          "application/json, text/event-stream: only this stream."),
+    header("Last-Event-ID", STRING, "text/event-stream: resume after this entry."),
+)
+IDEMPOTENCY_KEY = header(
+    "Idempotency-Key",
+    STRING | {"minLength": 1, "maxLength": contract.IDEMPOTENCY_KEY_MAX, "pattern": "^[!-~]+$"},
+    "Visible ASCII, no spaces. The same key for the same runner within 24 hours returns the "
+    "first run instead of queueing another, also under concurrent requests.",
+)
+
+# path → method → Op(operationId, summary, 200's description, 200's model, description, ...);
+# the order is the document's.
 PATHS: dict[str, dict[str, Op]] = {
     "/healthz": {
-        "get": Op(
-            "getHealth",
-            "Whether the daemon and its Docker engine answer",
-            "The Docker engine answers.",
-            "Health",
-            "No key needed.",
-            responses=HEALTH_503,
-            security=PUBLIC,
-        )
+        "get": Op("getHealth", "Whether the daemon and its Docker engine answer",
+                  "The Docker engine answers.", "Health", "No key needed.",
+                  responses=HEALTH_503, security=PUBLIC),
     },
     "/metrics": {
-        "get": Op(
-            "getMetrics",
-            "Prometheus metrics",
-            "The metrics in Prometheus' text exposition format.",
-            TEXT,
-            (
-                "Runs by final status and failure_reason, runs pending and running, run duration "
-                "and queue wait histograms, image pulls, Docker API errors, HTTP requests by route "
-                "and status with latency. Needs `[server] metrics_token` as a bearer token when "
-                "that is set, else no key."
-            ),
-            security=({}, {"metricsToken": []}),
-        )
+        "get": Op("getMetrics", "Prometheus metrics",
+                  "The metrics in Prometheus' text exposition format.", TEXT,
+                  "Runs by final status and failure_reason, runs pending and running, run "
+                  "duration and queue wait histograms, image pulls, Docker API errors, HTTP "
+                  "requests by route and status with latency. Needs `[server] metrics_token` as "
+                  "a bearer token when that is set, else no key.",
+                  security=({}, {"metricsToken": []})),
     },
     "/v1/openapi.json": {
-        "get": Op(
-            "getOpenApi",
-            "This document",
-            "The OpenAPI 3.1 document of this API.",
-            OPENAPI_200,
-            "No key needed.",
-            security=PUBLIC,
-        )
+        "get": Op("getOpenApi", "This document", "The OpenAPI 3.1 document of this API.",
+                  OPENAPI_200, "No key needed.", security=PUBLIC),
     },
     "/v1/runners": {
         "get": Op("listRunners", "List runners, oldest first", "All runners.", "RunnerList"),
-        "post": Op(
-            "createRunner",
-            "Create a runner",
-            "The new runner.",
-            "RunnerResponse",
-            body="RunnerCreate",
-        ),
+        "post": Op("createRunner", "Create a runner", "The new runner.", "RunnerResponse",
+                   body="RunnerCreate"),
     },
     "/v1/runners/{runner_id}": {
         "get": Op("getRunner", "Show a runner", "The runner.", "RunnerResponse"),
-        "patch": Op(
-            "updateRunner",
-            "Change a runner",
-            "The runner as it is now.",
-            "RunnerResponse",
-            "Runs already triggered keep what they were triggered with.",
-            body="RunnerUpdate",
-            body_required=False,
-        ),
-        "delete": Op(
-            "deleteRunner",
-            "Delete a runner",
-            "Deleted, with its env variables, runs and logs.",
-            "Deleted",
-            "409 while it has pending or running runs.",
-            also=(409,),
-        ),
+        "patch": Op("updateRunner", "Change a runner", "The runner as it is now.", "RunnerResponse",
+                    "Runs already triggered keep what they were triggered with.",
+                    body="RunnerUpdate", body_required=False),
+        "delete": Op("deleteRunner", "Delete a runner",
+                     "Deleted, with its env variables, runs and logs.", "Deleted",
+                     "409 while it has pending or running runs.", also=(409,)),
     },
     "/v1/runners/{runner_id}/warm": {
-        "post": Op(
-            "warmRunner",
-            "Pull the runner's image now",
-            "Pulled; `warmed_at` is set.",
-            "RunnerResponse",
-            "Pulls whatever the pull policy; 400 with the registry's answer when the pull fails.",
-            also=(400, 503),
-        ),
+        "post": Op("warmRunner", "Pull the runner's image now", "Pulled; `warmed_at` is set.",
+                   "RunnerResponse", "Pulls whatever the pull policy; 400 with the registry's "
+                   "answer when the pull fails.", also=(400, 503)),
     },
     "/v1/container_registries": {
-        "get": Op(
-            "listContainerRegistries",
-            "List container registries",
-            "All registries.",
-            "ContainerRegistryList",
-        ),
-        "post": Op(
-            "createContainerRegistry",
-            "Add a container registry",
-            "The new registry.",
-            "ContainerRegistryResponse",
-            body="ContainerRegistryCreate",
-        ),
+        "get": Op("listContainerRegistries", "List container registries", "All registries.",
+                  "ContainerRegistryList"),
+        "post": Op("createContainerRegistry", "Add a container registry", "The new registry.",
+                   "ContainerRegistryResponse", body="ContainerRegistryCreate"),
     },
     "/v1/container_registries/{registry_id}": {
-        "get": Op(
-            "getContainerRegistry",
-            "Show a container registry",
-            "The registry.",
-            "ContainerRegistryResponse",
-        ),
-        "patch": Op(
-            "updateContainerRegistry",
-            "Change a container registry",
-            "The registry as it is now.",
-            "ContainerRegistryResponse",
-            body="ContainerRegistryUpdate",
-        ),
-        "delete": Op(
-            "deleteContainerRegistry",
-            "Delete a container registry",
-            "Deleted.",
-            "Deleted",
-            "409 while a runner uses it.",
-            also=(409,),
-        ),
+        "get": Op("getContainerRegistry", "Show a container registry", "The registry.",
+                  "ContainerRegistryResponse"),
+        "patch": Op("updateContainerRegistry", "Change a container registry",
+                    "The registry as it is now.", "ContainerRegistryResponse",
+                    body="ContainerRegistryUpdate"),
+        "delete": Op("deleteContainerRegistry", "Delete a container registry", "Deleted.",
+                     "Deleted", "409 while a runner uses it.", also=(409,)),
     },
     "/v1/runners/{runner_id}/env_variables": {
-        "get": Op(
-            "listEnvVariables",
-            "List a runner's env variables, by key",
-            "The runner's env variables.",
-            "EnvVariableList",
-        ),
-        "post": Op(
-            "createEnvVariable",
-            "Add an env variable to a runner",
-            "The new env variable.",
-            "EnvVariableResponse",
-            body="EnvVariableCreate",
-        ),
+        "get": Op("listEnvVariables", "List a runner's env variables, by key",
+                  "The runner's env variables.", "EnvVariableList"),
+        "post": Op("createEnvVariable", "Add an env variable to a runner", "The new env variable.",
+                   "EnvVariableResponse", body="EnvVariableCreate"),
     },
     "/v1/runners/{runner_id}/env_variables/{env_id}": {
-        "patch": Op(
-            "updateEnvVariable",
-            "Change an env variable",
-            "The env variable as it is now.",
-            "EnvVariableResponse",
-            body="EnvVariableUpdate",
-        ),
+        "patch": Op("updateEnvVariable", "Change an env variable", "The env variable as it is now.",
+                    "EnvVariableResponse", body="EnvVariableUpdate"),
         "delete": Op("deleteEnvVariable", "Delete an env variable", "Deleted.", "Deleted"),
     },
     "/v1/runners/{runner_id}/runs": {
-        "get": Op(
-            "listRuns",
-            "List a runner's runs, newest first",
-            "A page of runs.",
-            "RunList",
-            "Unknown query parameters are a 400.",
-            params=RUNS_QUERY,
-        ),
-        "post": Op(
-            "triggerRun",
-            "Trigger a run",
-            (
-                "The run, `pending`: it is queued and runs asynchronously. With an "
-                "`Idempotency-Key` already used for this runner, the first run as it is now."
-            ),
-            "RunResponse",
-            (
-                "The run's environment is the runner's env variables, then the body's overrides on "
-                "top. A runner whose instance type is no longer configured is a 400."
-            ),
-            body="TriggerRequest",
-            body_required=False,
-            params=(IDEMPOTENCY_KEY,),
-        ),
+        "get": Op("listRuns", "List a runner's runs, newest first", "A page of runs.", "RunList",
+                  "Unknown query parameters are a 400.", params=RUNS_QUERY),
+        "post": Op("triggerRun", "Trigger a run",
+                   "The run, `pending`: it is queued and runs asynchronously. With an "
+                   "`Idempotency-Key` already used for this runner, the first run as it is now.",
+                   "RunResponse",
+                   "The run's environment is the runner's env variables, then the body's "
+                   "overrides on top. A runner whose instance type is no longer configured is a "
+                   "400.", body="TriggerRequest", body_required=False, params=(IDEMPOTENCY_KEY,)),
     },
     "/v1/runners/{runner_id}/runs/{run_id}": {
         "get": Op("getRun", "Show a run", "The run.", "RunResponse"),
     },
     "/v1/runners/{runner_id}/runs/{run_id}/logs": {
-        "get": Op(
-            "getRunLogs",
-            "A run's output: text, live text, JSON pages or SSE",
-            "The output, in the form `Accept` asked for.",
-            LOGS_200,
-            LOGS_DESCRIPTION,
-            params=LOGS_QUERY,
-            also=(503,),
-        ),
+        "get": Op("getRunLogs", "A run's output: text, live text, JSON pages or SSE",
+                  "The output, in the form `Accept` asked for.", LOGS_200, LOGS_DESCRIPTION,
+                  params=LOGS_QUERY, also=(503,)),
     },
     "/v1/runners/{runner_id}/runs/{run_id}/cancel": {
-        "post": Op(
-            "cancelRun",
-            "Cancel a run",
-            (
-                "The run, `failed`/`canceled` (a running run whose container takes longer than "
-                "`stop_grace_seconds` + 15 s to stop: as it is then)."
-            ),
-            "RunResponse",
-            (
-                "Pending: ends `failed`/`canceled` at once and never starts. Running: the "
-                "container is stopped (SIGTERM, then SIGKILL after `stop_grace_seconds`), then the "
-                "run ends `failed`/`canceled` with the exit code it ended with. Already canceled: "
-                "200 again, unchanged. Ended otherwise: 409. 503 when the Docker engine does not "
-                "answer or the run is between the store and the engine: nothing changed, retry. No "
-                "body."
-            ),
-            also=(409, 503),
-        ),
+        "post": Op("cancelRun", "Cancel a run",
+                   "The run, `failed`/`canceled` (a running run whose container takes longer "
+                   "than `stop_grace_seconds` + 15 s to stop: as it is then).", "RunResponse",
+                   "Pending: ends `failed`/`canceled` at once and never starts. Running: the "
+                   "container is stopped (SIGTERM, then SIGKILL after `stop_grace_seconds`), then "
+                   "the run ends `failed`/`canceled` with the exit code it ended with. Already "
+                   "canceled: 200 again, unchanged. Ended otherwise: 409. 503 when the Docker "
+                   "engine does not answer or the run is between the store and the engine: "
+                   "nothing changed, retry. No body.", also=(409, 503)),
     },
 }
+# fmt: on
 
 
 def _paths() -> dict[str, Any]:
@@ -635,7 +455,7 @@ def document() -> dict[str, Any]:
             "schemas": copy.deepcopy(COMPONENT_SCHEMAS),
             "parameters": copy.deepcopy(PARAMETERS),
             "responses": copy.deepcopy(
-                {name: _error_response(code) for code, (name, _, _) in ERROR_RESPONSES.items()}
+                {name: _error_response(code) for code, (name, _) in ERROR_RESPONSES.items()}
             ),
             "securitySchemes": copy.deepcopy(SECURITY_SCHEMES),
         },
