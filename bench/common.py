@@ -3,7 +3,9 @@ an API key, a thin HTTP client, the engine baseline (aiodocker, with the contain
 config runnerd itself uses), memory sampling from /proc, statistics, and the
 result rows the report is made of.
 
-Nothing here imports from tests/: the suite must run on its own.
+The daemon process itself, its config, the docker CLI and the test image's name
+come from tests/harness.py, the harness the test suite starts its daemons with (its
+docstring says why it lives there); this module adds what only figures need.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import asyncio
 import json
 import math
 import os
-import re
 import shutil
 import signal
 import sqlite3
@@ -28,12 +29,11 @@ from typing import Any
 
 import aiohttp
 
-TEST_IMAGE = os.environ.get("RUNNERD_TEST_IMAGE", "runnerd-test/busybox:latest")
-TEST_IMAGE_NAME, _, TEST_IMAGE_TAG = TEST_IMAGE.rpartition(":")
-LABEL_DAEMON = "io.runnerd.daemon"  # what runnerd puts on its containers
+from tests import harness
+from tests.harness import TEST_IMAGE, TEST_IMAGE_NAME, TEST_IMAGE_TAG, docker_cli, remove_containers
+
 LABEL_BENCH = "io.runnerd.bench"  # what the baseline puts on its own containers
-LISTENING = re.compile(rb"listening on (http://\S+)")
-UNREACHABLE_ENGINE = "unix:///nonexistent/runnerd-bench-no-engine.sock"
+UNREACHABLE_ENGINE = harness.NO_ENGINE  # runs stay pending: nothing answers there
 MiB = 1024 * 1024
 
 # One id per `python -m bench` process: every baseline container carries it, so
@@ -116,21 +116,6 @@ def human_bytes(n: float) -> str:
 # -- the engine, through the docker CLI (set-up and clean-up only) -----------------------
 
 
-def docker_cli(
-    *args: str, check: bool = True, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["docker", *args], capture_output=True, text=True, check=check, timeout=timeout
-    )
-
-
-def remove_containers(label: str) -> int:
-    ids = docker_cli("ps", "-aq", "--filter", f"label={label}", check=False).stdout.split()
-    for start in range(0, len(ids), 100):
-        docker_cli("rm", "-f", *ids[start : start + 100], check=False, timeout=300)
-    return len(ids)
-
-
 def engine_version() -> str:
     out = docker_cli("version", "--format", "{{.Server.Version}}", check=False)
     if out.returncode != 0:
@@ -151,10 +136,11 @@ def check_engine() -> str:
 # -- a real runnerd process -----------------------------------------------------------
 
 
-class Daemon:
-    """`python -m runnerd serve` with its own config, data dir and full API key.
+class Daemon(harness.Daemon):
+    """The harness's daemon with what figures add: a config from keyword arguments,
+    a full API key made on first start, an optional profile, and `close`.
 
-    The config mirrors the test suite's: loopback on a free port, network `none`
+    The config is the test suite's: loopback on a free port, network `none`
     (this engine has no bridge), short stop grace; `docker_url` points it at
     another engine (UNREACHABLE_ENGINE: runs stay pending)."""
 
@@ -168,35 +154,17 @@ class Daemon:
         max_log_bytes: int | None = None,
         on_shutdown: str = "leave",
     ) -> None:
+        d = ctx.tempdir(name)
+        super().__init__(dir=d, config_path=d / "config.toml")
         self.ctx = ctx
         self.name = name
-        self.dir = ctx.tempdir(name)
-        self.config_path = self.dir / "config.toml"
-        self.log_path = self.dir / "daemon.log"
         self.max_concurrent_runs = max_concurrent_runs
         self.docker_url = docker_url
         self.max_log_bytes = max_log_bytes
         self.on_shutdown = on_shutdown
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.url = ""
-        self.key = ""
         self._profiler: subprocess.Popen[bytes] | None = None
         self._starts = 0
-        self._daemon_id: str | None = None
         self.write_config()
-
-    @property
-    def data_dir(self) -> Path:
-        return self.dir / "data"
-
-    @property
-    def db_path(self) -> Path:
-        return self.data_dir / "runnerd.db"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
 
     def write_config(self) -> None:
         docker = ['network = "none"', "stop_grace_seconds = 1"]
@@ -205,101 +173,35 @@ class Daemon:
         storage = [f'data_dir = "{self.data_dir}"']
         if self.max_log_bytes:
             storage.append(f"max_log_bytes = {self.max_log_bytes}")
-        self.config_path.write_text(
-            '[server]\nlisten = "127.0.0.1:0"\n\n'
+        harness.write_config(
+            self.config_path,
+            self.data_dir,
             "[storage]\n" + "\n".join(storage) + "\n\n"
             "[docker]\n" + "\n".join(docker) + "\n\n"
             f"[scheduler]\nmax_concurrent_runs = {self.max_concurrent_runs}\n"
-            f'on_shutdown = "{self.on_shutdown}"\n'
+            f'on_shutdown = "{self.on_shutdown}"\n',
         )
-
-    def create_key(self, name: str = "bench") -> str:
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "runnerd",
-                "keys",
-                "create",
-                "--name",
-                name,
-                "--config",
-                str(self.config_path),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        if out.returncode != 0:
-            raise RuntimeError(f"runnerd keys create failed: {out.stderr.strip()}")
-        self.key = out.stdout.strip().splitlines()[-1]
-        return self.key
 
     def start(self, timeout: float = 120.0) -> float:
         """Start the process; seconds from spawning it to its "listening on" line."""
         if not self.key:
-            self.create_key()
-        log = open(self.log_path, "ab")
-        offset = log.tell()
-        t0 = time.perf_counter()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runnerd", "serve", "--config", str(self.config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-        log.close()
-        deadline = t0 + timeout
-        with open(self.log_path, "rb") as f:
-            f.seek(offset)
-            seen = b""
-            while True:
-                seen += f.read()
-                match = LISTENING.search(seen)
-                if match:
-                    elapsed = time.perf_counter() - t0
-                    self.url = match.group(1).decode()
-                    break
-                if self.proc.poll() is not None:
-                    raise RuntimeError(
-                        f"runnerd exited with {self.proc.returncode}:\n{self.log_tail()}"
-                    )
-                if time.perf_counter() > deadline:
-                    self.stop()
-                    raise RuntimeError(
-                        f"runnerd did not listen within {timeout:.0f} s:\n{self.log_tail()}"
-                    )
-                time.sleep(0.002)
+            self.key = self.create_key("bench")
+        elapsed = super().start(timeout)
         self._starts += 1
         self._start_profiler()
         return elapsed
 
-    def stop(self, timeout: float = 60.0) -> None:
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int | None:
+        """Stop it if it runs (one that outlives `timeout` is killed); figures go on."""
         self._stop_profiler()
         if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.proc = None
-
-    def daemon_id(self) -> str | None:
-        if self._daemon_id is None:
-            try:
-                with sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True) as db:
-                    row = db.execute("SELECT value FROM meta WHERE key = 'daemon_id'").fetchone()
-                    self._daemon_id = row[0] if row else None
-            except sqlite3.Error:
-                return None
-        return self._daemon_id
-
-    def remove_containers(self) -> int:
-        daemon_id = self.daemon_id()
-        return remove_containers(f"{LABEL_DAEMON}={daemon_id}") if daemon_id else 0
+            return None
+        try:
+            return super().stop(sig, timeout)
+        except harness.DaemonFailed:
+            return None
+        finally:
+            self.proc = None
 
     def close(self) -> None:
         """Stop it, remove every container it made, delete its data dir (its log
@@ -309,13 +211,6 @@ class Daemon:
         finally:
             self.remove_containers()
             shutil.rmtree(self.data_dir, ignore_errors=True)
-
-    def log_tail(self, lines: int = 30) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-        return "\n".join(text.splitlines()[-lines:])
 
     # -- memory, from /proc -----------------------------------------------------
 
@@ -658,7 +553,7 @@ class DirectEngine:
 
 
 def remove_bench_containers() -> int:
-    return remove_containers(f"{LABEL_BENCH}={SESSION}")
+    return len(remove_containers(f"{LABEL_BENCH}={SESSION}"))
 
 
 # -- offline seeding ----------------------------------------------------------------------

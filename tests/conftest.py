@@ -2,175 +2,63 @@
 
 Tests that need Docker use the `daemon` fixture (or `start_daemon` for a custom
 config). No engine answering is a failure, never a skip: the README's test
-command (tests/run.sh) installs and starts one.
+command (tests/run.sh) installs and starts one. The process itself is
+tests/harness.py's `Daemon`, shared with bench/. tests/api/conftest.py gives the
+same fixture names an in-process app without Docker.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import re
-import signal
-import sqlite3
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
-TEST_IMAGE = os.environ.get("RUNNERD_TEST_IMAGE", "runnerd-test/busybox:latest")
-TEST_IMAGE_NAME, _, TEST_IMAGE_TAG = TEST_IMAGE.rpartition(":")
-LABEL_DAEMON = "io.runnerd.daemon"
-START_DEADLINE = 30.0
-LISTENING = re.compile(r"listening on (http://\S+)")
+# Re-exported: test modules import these from conftest.
+from tests.harness import (  # noqa: F401
+    LABEL_DAEMON,
+    NO_ENGINE,
+    TEST_IMAGE,
+    TEST_IMAGE_NAME,
+    TEST_IMAGE_TAG,
+    Daemon,
+    docker_cli,
+    runnerd_cli,
+    wait_until,
+    write_config,
+)
+
+TESTS = Path(__file__).parent
+# The fast tier (`bash tests/run.sh --fast`): these run with no Docker engine at all.
+FAST_TIERS = ("unit", "api")
 
 
-def docker_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["docker", *args], capture_output=True, text=True, check=check, timeout=120
-    )
+def _tier(item: pytest.Item) -> str:
+    return item.path.relative_to(TESTS).parts[0]
 
 
-def runnerd_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "runnerd", *args],
-        capture_output=True,
-        text=True,
-        check=check,
-        timeout=60,
-    )
-
-
-async def wait_until(
-    predicate: Callable[[], Awaitable[Any]],
-    *,
-    timeout: float,
-    interval: float = 0.05,
-    what: str = "condition",
-) -> Any:
-    """Poll `predicate` until it returns something truthy; fail after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = await predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(interval)
-
-
-@dataclass
-class Daemon:
-    """A runnerd process started by a test, with its own data dir and API key."""
-
-    dir: Path
-    config_path: Path
-    extra_config: str
-    proc: subprocess.Popen[bytes] | None = None
-    url: str = ""
-    key: str = ""
-    log_path: Path = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.log_path = self.dir / "daemon.log"
-
-    @property
-    def data_dir(self) -> Path:
-        return self.dir / "data"
-
-    def daemon_id(self) -> str:
-        with sqlite3.connect(self.data_dir / "runnerd.db") as db:
-            return db.execute("SELECT value FROM meta WHERE key = 'daemon_id'").fetchone()[0]
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def create_key(self, name: str, scope: str = "full") -> str:
-        out = runnerd_cli(
-            "keys", "create", "--name", name, "--scope", scope, "--config", str(self.config_path)
-        )
-        return out.stdout.strip().splitlines()[-1]
-
-    def start(self) -> None:
-        log = open(self.log_path, "ab")
-        offset = log.tell()  # a restarted daemon appends: only its own lines count
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runnerd", "serve", "--config", str(self.config_path)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        deadline = time.monotonic() + START_DEADLINE
-        while time.monotonic() < deadline:
-            match = LISTENING.search(self.log_path.read_bytes()[offset:].decode("utf-8", "replace"))
-            if match:
-                self.url = match.group(1)
-                return
-            if self.proc.poll() is not None:
-                raise AssertionError(
-                    f"runnerd exited with {self.proc.returncode}:\n{self.log_text()}"
-                )
-            time.sleep(0.05)
-        raise AssertionError(
-            f"runnerd did not listen within {START_DEADLINE} s:\n{self.log_text()}"
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test of the fast tier that asks for the engine fails before it gets one."""
+    if _tier(item) in FAST_TIERS and "docker_engine" in getattr(item, "fixturenames", ()):
+        pytest.fail(
+            f"{item.nodeid} needs a Docker engine: it belongs in tests/integration, "
+            "not in the fast tier (tests/unit, tests/api)"
         )
 
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
-            raise AssertionError(
-                f"runnerd did not exit within {timeout} s of signal {sig}"
-            ) from None
 
-    def kill(self) -> None:
-        self.stop(signal.SIGKILL)
-
-    def remove_containers(self) -> list[str]:
-        """Remove every container this daemon made; returns their ids."""
-        try:
-            daemon_id = self.daemon_id()
-        except sqlite3.Error:
-            return []
-        ids = docker_cli(
-            "ps", "-aq", "--filter", f"label={LABEL_DAEMON}={daemon_id}", check=False
-        ).stdout.split()
-        if ids:
-            docker_cli("rm", "-f", *ids, check=False)
-        return ids
-
-
-def write_config(
-    path: Path,
-    data_dir: Path,
-    extra: str = "",
-    *,
-    max_concurrent_runs: int = 4,
-    top_level: str = "",
+@pytest.fixture(autouse=True)
+def no_docker_in_the_fast_tier(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A test config: loopback on a free port, no network for containers, short grace.
-    `top_level` is TOML for top-level keys (e.g. `timezone = "UTC"`), written first;
-    `extra` is TOML appended verbatim; tables given there replace these."""
-    sections = {
-        "server": 'listen = "127.0.0.1:0"',
-        "storage": f'data_dir = "{data_dir}"',
-        "docker": 'network = "none"\nstop_grace_seconds = 1',
-        "scheduler": f"max_concurrent_runs = {max_concurrent_runs}",
-    }
-    given = set(re.findall(r"^\[(\w+)\]", extra, re.M))
-    text = "".join(f"[{name}]\n{body}\n\n" for name, body in sections.items() if name not in given)
-    path.write_text((top_level + "\n" if top_level else "") + text + extra)
+    """In tests/unit and tests/api, DOCKER_HOST names a socket that does not exist,
+    so whatever reaches for an engine there (aiodocker, the docker CLI) fails at
+    once, even on a machine that has one: the fast tier proves it needs none."""
+    if _tier(request.node) in FAST_TIERS:
+        monkeypatch.setenv("DOCKER_HOST", NO_ENGINE)
 
 
 @pytest.fixture(scope="session")

@@ -1,11 +1,39 @@
 #!/usr/bin/env bash
-# The whole test suite, from a clean machine: Python deps, a Docker engine, the
-# offline test image, then pytest. The README's test command; .ci/run calls it.
+# The whole test suite, from a clean machine: Python deps, the gate (ruff, mypy),
+# a Docker engine, the offline test image, then pytest. The README's test command;
+# .ci/run calls it.
+#
+#   bash tests/run.sh [PYTEST ARGS]          everything: tests/unit, api, integration, ...
+#   bash tests/run.sh --fast [PYTEST ARGS]   the fast tier: tests/unit and tests/api,
+#                                            without Docker (none installed, started or
+#                                            asked: the tier's tests cannot reach one)
+#
+# PYTEST ARGS go to pytest as they are (`-k store`, `-x`, paths); with --fast, paths
+# must be inside tests/unit or tests/api, and without any the tier is both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
 log() { echo "tests/run.sh: $*" >&2; }
+
+fast=0
+if [ "${1:-}" = "--fast" ]; then
+  fast=1
+  shift
+  paths=0
+  for arg in "$@"; do
+    case "$arg" in
+      tests/unit | tests/unit/* | tests/api | tests/api/*) paths=1 ;;
+      tests/*)
+        log "--fast runs tests/unit and tests/api only, not $arg (that needs Docker)"
+        exit 2
+        ;;
+    esac
+  done
+  if [ "$paths" = 0 ]; then
+    set -- tests/unit tests/api "$@"
+  fi
+fi
 
 # 1. Python: a venv of our own so the suite never depends on what the host has.
 venv="${RUNNERD_TEST_VENV:-$root/.venv}"
@@ -15,7 +43,33 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 "$venv/bin/python" -m pip install -q --disable-pip-version-check -e ".[test]"
 
-# 2. A Docker engine that answers. Where none does and we are root, install
+# 2. The gate: lint, format and types, from the venv's pinned tools (pyproject.toml
+#    holds their settings). Every check runs, so one run shows every problem; any
+#    failure fails the command, before a single test.
+gate_failed=()
+gate() {
+  local name=$1
+  shift
+  log "gate: $name"
+  if ! "$@"; then
+    gate_failed+=("$name")
+  fi
+}
+gate "ruff check" "$venv/bin/ruff" check runnerd tests bench
+gate "ruff format --check" "$venv/bin/ruff" format --check runnerd tests bench
+gate "mypy (strict, runnerd/)" "$venv/bin/mypy"
+if [ ${#gate_failed[@]} -gt 0 ]; then
+  log "the gate failed: ${gate_failed[*]} (output above)"
+  exit 1
+fi
+
+# The fast tier stops short of Docker: its tests need no engine, and its conftest
+# makes sure they cannot reach one.
+if [ "$fast" = 1 ]; then
+  exec "$venv/bin/python" -m pytest "$@"
+fi
+
+# 3. A Docker engine that answers. Where none does and we are root, install
 #    Debian's docker.io and start dockerd without networking: no container gets
 #    an address on this machine. The registry tests also need Debian's
 #    docker-registry and htpasswd (apache2-utils); they start the registry
@@ -51,7 +105,7 @@ if ! docker_ok; then
   fi
 fi
 
-# 3. The test image, built offline: a tarball of busybox-static with its applets.
+# 4. The test image, built offline: a tarball of busybox-static with its applets.
 export RUNNERD_TEST_IMAGE="${RUNNERD_TEST_IMAGE:-runnerd-test/busybox:latest}"
 if ! docker image inspect "$RUNNERD_TEST_IMAGE" >/dev/null 2>&1; then
   log "building $RUNNERD_TEST_IMAGE from /bin/busybox"
@@ -67,5 +121,5 @@ if ! docker image inspect "$RUNNERD_TEST_IMAGE" >/dev/null 2>&1; then
   docker import -c 'CMD ["sh"]' -c 'ENV PATH=/bin' "$tmp/rootfs.tar" "$RUNNERD_TEST_IMAGE" >/dev/null
 fi
 
-# 4. The suite.
+# 5. The suite.
 "$venv/bin/python" -m pytest "$@"

@@ -18,6 +18,7 @@ FIGURES = [f"P{i}" for i in range(1, 7)]
 RATIO = re.compile(r"^\d+(\.\d+)?×$")
 
 
+@pytest.mark.bench
 @pytest.mark.timeout(420)
 def test_bench_quick_mode_writes_a_ratio_for_every_figure(
     tmp_path: Path, docker_engine: str

@@ -1,7 +1,8 @@
 """Operating runnerd (issue 4): Prometheus metrics and /healthz, retention sweeps,
 signed webhooks with retries, and the systemd notify protocol — each through a real
 runnerd process, its HTTP API and the real engine; webhooks go to an HTTP server
-in the test, systemd is a datagram socket in the test."""
+in the test, systemd is a datagram socket in the test. What needs no engine (the
+metrics format and token, webhook_url validation) is in tests/api/test_operations.py."""
 
 from __future__ import annotations
 
@@ -78,24 +79,6 @@ async def run_ids(api: Api, runner_id: str) -> list[str]:
 # -- metrics -------------------------------------------------------------------------
 
 
-async def test_metrics_is_prometheus_text_format_0_0_4_served_without_a_key(api: Api) -> None:
-    async with api.session.get(api.url + "/metrics") as resp:  # no API key
-        assert resp.status == 200, await resp.text()
-        content_type = resp.headers["Content-Type"]
-        text = await resp.text()
-    names = {f.name for f in text_string_to_metric_families(text)}
-    assert {
-        "runnerd_runs_completed",
-        "runnerd_runs",
-        "runnerd_run_duration_seconds",
-        "runnerd_run_queue_wait_seconds",
-        "runnerd_http_requests",
-    } <= names, names
-    # The classic text exposition format, which is what the body is (and what
-    # prometheus_client itself serves to a scraper that does not negotiate).
-    assert content_type.startswith("text/plain; version=0.0.4"), content_type
-
-
 async def test_metrics_count_runs_by_outcome_queue_durations_and_http_routes(
     start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
 ) -> None:
@@ -169,22 +152,6 @@ async def test_metrics_count_a_failed_image_pull_and_the_engine_error(api: Api) 
     assert value(after, "runnerd_docker_api_errors_total", operation="pull") > value(
         before, "runnerd_docker_api_errors_total", operation="pull"
     )
-
-
-async def test_metrics_token_is_required_when_configured(
-    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
-) -> None:
-    daemon = start_daemon(f'[server]\nlisten = "127.0.0.1:0"\nmetrics_token = "{METRICS_TOKEN}"\n')
-    api = api_for(http, daemon)
-    for headers in (
-        {},
-        {"Authorization": "Bearer wrong-token"},
-        {"Authorization": f"Bearer {daemon.key}"},
-    ):
-        async with http.get(daemon.url + "/metrics", headers=headers) as resp:
-            assert resp.status == 401, (headers, await resp.text())
-    text = await metrics_text(api, METRICS_TOKEN)
-    assert any(f.name == "runnerd_runs" for f in text_string_to_metric_families(text))
 
 
 # -- health ------------------------------------------------------------------------
@@ -427,33 +394,6 @@ async def test_run_of_a_runner_without_webhook_url_has_webhook_status_null(
     run = await run_to_end(api, runner["id"])
     assert run["webhook_status"] is None
     assert receiver.requests == []
-
-
-async def test_webhook_url_needs_a_secret_and_an_http_url(
-    start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
-) -> None:
-    plain = api_for(http, start_daemon())
-    status, body = await plain.post(
-        "/v1/runners",
-        {
-            "name": "hooked",
-            "image_name": "runnerd-test/busybox",
-            "webhook_url": "http://127.0.0.1:9/hook",
-        },
-    )
-    assert status == 400, body
-    assert any("webhook_url" in e for e in body["errors"]), body
-
-    signed = api_for(http, start_daemon(WEBHOOKS))
-    for url in ("ftp://x", "x", "http://"):
-        status, body = await signed.post(
-            "/v1/runners",
-            {"name": "hooked", "image_name": "runnerd-test/busybox", "webhook_url": url},
-        )
-        assert status == 400, (url, body)
-        assert any("webhook_url" in e for e in body["errors"]), body
-    status, body = await signed.get("/v1/runners")
-    assert status == 200 and body["runners"] == [], body
 
 
 async def test_stalled_webhook_receiver_does_not_delay_the_scheduler(

@@ -6,11 +6,11 @@ webhook URLs outside `[webhooks] allowed_hosts`.
 Registries here are HTTP servers in the test that answer every request like a
 registry asking for a login (401 with a Basic challenge) and record the credentials
 the real Docker engine sent them: what a host on the other end of a pull learns.
+Non-UTF-8 Authorization bytes, which need no engine, are tests/api/test_security.py's.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import secrets
@@ -192,45 +192,6 @@ async def test_daemon_killed_with_sigkill_restarts_on_its_data_dir_at_once(
 
 
 # -- metrics ---------------------------------------------------------------------------------
-
-
-async def raw_request(url: str, head: bytes) -> tuple[int, bytes]:
-    """Send a request's head as raw bytes (aiohttp's client sends only valid text)."""
-    host, _, port = url.removeprefix("http://").rpartition(":")
-    reader, writer = await asyncio.open_connection(host, int(port))
-    try:
-        writer.write(head)
-        await writer.drain()
-        response = await asyncio.wait_for(reader.read(), 30)
-    finally:
-        writer.close()
-    status_line, _, rest = response.partition(b"\r\n")
-    return int(status_line.split()[1]), rest
-
-
-async def test_metrics_with_non_utf8_authorization_bytes_is_401_without_a_traceback(
-    start_daemon: Callable[..., Daemon],
-) -> None:
-    daemon = start_daemon('[server]\nlisten = "127.0.0.1:0"\nmetrics_token = "tok-123"\n')
-    for value in (b"Bearer \xff\xfe\x80abc", b"\xc3\x28", b"Bearer tok-123\xff"):
-        for path in (b"/metrics", b"/v1/runners"):
-            status, rest = await raw_request(
-                daemon.url,
-                b"GET "
-                + path
-                + b" HTTP/1.1\r\nHost: x\r\nAuthorization: "
-                + value
-                + b"\r\nConnection: close\r\n\r\n",
-            )
-            assert status == 401, (path, value, rest[-300:])
-    status, rest = await raw_request(
-        daemon.url,
-        b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer tok-123\r\n"
-        b"Connection: close\r\n\r\n",
-    )
-    assert status == 200, rest[-300:]
-    log = daemon.log_text()
-    assert "Traceback" not in log and "failed" not in log, log[-3000:]
 
 
 async def test_metrics_token_with_surrounding_spaces_stops_serve_with_exit_2_naming_the_key(

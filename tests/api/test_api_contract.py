@@ -1,12 +1,11 @@
-"""The REST API's contract (issue 2), over real sockets against a real runnerd process:
-every 400/401/403/404/405/409/413/415 path, the resource shapes, CRUD, and the time format.
+"""The REST API's contract (issue 2), over real sockets against runnerd's app in process
+(tests/api/conftest.py: a real SQLite store, a fake engine and executor): every
+400/401/403/404/405/409/413/415 path, the resource shapes, CRUD, and the time format.
 
-Most tests here only talk HTTP and never need a container to finish, so they share
-one daemon per module (the `daemon` fixture below overrides conftest's per-test one;
-`api`, `http` and the rest are conftest's). Every test makes its own runners with
-unique names and asserts only on resources it made, so they stay independent: delete
-the override and each test gets a fresh daemon, with the same results. Tests that
-need a config of their own (time zones) use `start_daemon`.
+Each test gets a fresh app (`daemon`), makes its own runners with unique names and
+asserts only on resources it made. Tests that need a config of their own (time
+zones) use `start_daemon`. Runs end as the fake executor reads their command
+(tests/api/fakes.py); what a real container does is tests/integration's.
 """
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import io
 import json
 import re
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,7 +28,6 @@ from conftest import (
     Daemon,
     runnerd_cli,
     wait_until,
-    write_config,
 )
 from yarl import URL
 
@@ -89,23 +87,6 @@ MIB = 1024 * 1024
 # An image whose pull is refused at once (nothing listens on port 1): runs of it
 # fail fast without ever making a container.
 UNPULLABLE_IMAGE = "localhost:1/runnerd-contract/absent"
-
-
-@pytest.fixture(scope="module")
-def daemon(tmp_path_factory: pytest.TempPathFactory, docker_engine: str) -> Iterator[Daemon]:
-    """One runnerd for the whole module, set up exactly as conftest's `start_daemon`."""
-    d = tmp_path_factory.mktemp("api-contract")
-    config_path = d / "config.toml"
-    write_config(config_path, d / "data")
-    daemon = Daemon(dir=d, config_path=config_path, extra_config="")
-    daemon.key = daemon.create_key("test")
-    daemon.start()
-    yield daemon
-    try:
-        if daemon.proc is not None and daemon.proc.poll() is None:
-            daemon.stop()
-    finally:
-        daemon.remove_containers()
 
 
 # -- helpers --------------------------------------------------------------------------
@@ -1471,7 +1452,7 @@ async def test_every_time_field_has_milliseconds_and_utc_offset(api: Api) -> Non
 async def test_configured_timezone_sets_the_offset_of_every_time(
     start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession, zone: str, offset: str
 ) -> None:
-    d = start_daemon(top_level=f'timezone = "{zone}"')
+    d = await start_daemon(top_level=f'timezone = "{zone}"')
     await check_all_times(Api(http, d.url, d.key), offset=offset)
 
 

@@ -1,0 +1,236 @@
+"""The one harness that starts real runnerd processes, for the test suite and for bench/.
+
+A `Daemon` is `python -m runnerd serve` with its own config (`write_config`), data dir
+and API key, started until it logs "listening on", stopped by signal, its containers
+removed by label; around it the docker CLI, the runnerd CLI, the test image's name
+and `wait_until`. tests/conftest.py builds its fixtures on these and bench/common.py
+its figures, so both set a daemon up the same way.
+
+Why here, imported as `tests.harness`: `python -m pytest` and `python -m bench` both
+run from the repository root, and `python -m` puts that directory first on sys.path,
+so both find this file as module `tests.harness` (`tests/` is a namespace package:
+no `__init__.py`, so pytest still imports conftest and test modules by their own
+names, as `from conftest import …` expects). pyproject.toml's pytest `pythonpath`
+puts the root on sys.path for a bare `pytest` too. It is test infrastructure, so it
+lives with the tests, and bench/ depends on tests/, never the other way round.
+
+Nothing here needs pytest: bench runs without it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TEST_IMAGE = os.environ.get("RUNNERD_TEST_IMAGE", "runnerd-test/busybox:latest")
+TEST_IMAGE_NAME, _, TEST_IMAGE_TAG = TEST_IMAGE.rpartition(":")
+LABEL_DAEMON = "io.runnerd.daemon"  # what runnerd puts on its containers
+START_DEADLINE = 30.0
+LISTENING = re.compile(rb"listening on (http://\S+)")
+# An engine address where nothing answers: a daemon given it keeps runs pending, and
+# a test tier that must not touch Docker points DOCKER_HOST at it, so any use fails.
+NO_ENGINE = "unix:///nonexistent/runnerd-no-engine.sock"
+
+
+class DaemonFailed(AssertionError):
+    """The daemon did not start or stop as it should (an AssertionError, so a test
+    reports it as a failure, not an error in the harness)."""
+
+
+def docker_cli(
+    *args: str, check: bool = True, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["docker", *args], capture_output=True, text=True, check=check, timeout=timeout
+    )
+
+
+def runnerd_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "runnerd", *args],
+        capture_output=True,
+        text=True,
+        check=check,
+        timeout=60,
+    )
+
+
+def create_key(config_path: Path, name: str, scope: str = "full") -> str:
+    """A new API key made with `runnerd keys create`, as an operator makes one;
+    returns its secret."""
+    out = runnerd_cli(
+        "keys",
+        "create",
+        "--name",
+        name,
+        "--scope",
+        scope,
+        "--config",
+        str(config_path),
+        check=False,
+    )
+    if out.returncode != 0:
+        raise DaemonFailed(f"runnerd keys create failed: {out.stderr.strip()}")
+    return out.stdout.strip().splitlines()[-1]
+
+
+def remove_containers(label: str) -> list[str]:
+    """Remove every container carrying `label` (`key=value`); returns their ids."""
+    ids = docker_cli("ps", "-aq", "--filter", f"label={label}", check=False).stdout.split()
+    for start in range(0, len(ids), 100):  # the command line stays short
+        docker_cli("rm", "-f", *ids[start : start + 100], check=False, timeout=300)
+    return ids
+
+
+async def wait_until(
+    predicate: Callable[[], Awaitable[Any]],
+    *,
+    timeout: float,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> Any:
+    """Poll `predicate` until it returns something truthy; fail after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = await predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(interval)
+
+
+def write_config(
+    path: Path,
+    data_dir: Path,
+    extra: str = "",
+    *,
+    max_concurrent_runs: int = 4,
+    top_level: str = "",
+) -> None:
+    """A test config: loopback on a free port, no network for containers, short grace.
+    `top_level` is TOML for top-level keys (e.g. `timezone = "UTC"`), written first;
+    `extra` is TOML appended verbatim; tables given there replace these."""
+    sections = {
+        "server": 'listen = "127.0.0.1:0"',
+        "storage": f'data_dir = "{data_dir}"',
+        "docker": 'network = "none"\nstop_grace_seconds = 1',
+        "scheduler": f"max_concurrent_runs = {max_concurrent_runs}",
+    }
+    given = set(re.findall(r"^\[(\w+)\]", extra, re.M))
+    text = "".join(f"[{name}]\n{body}\n\n" for name, body in sections.items() if name not in given)
+    path.write_text((top_level + "\n" if top_level else "") + text + extra)
+
+
+@dataclass
+class Daemon:
+    """A runnerd process with its own data dir and API key; its output goes to
+    `log_path` (appended to across restarts)."""
+
+    dir: Path
+    config_path: Path
+    extra_config: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+    url: str = ""
+    key: str = ""
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.log_path = self.dir / "daemon.log"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.dir / "data"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "runnerd.db"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def daemon_id(self) -> str:
+        with sqlite3.connect(f"file:{self.db_path}?mode=ro", uri=True) as db:
+            return str(db.execute("SELECT value FROM meta WHERE key = 'daemon_id'").fetchone()[0])
+
+    def alive(self) -> bool:
+        """The process runs (it has not exited)."""
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def create_key(self, name: str, scope: str = "full") -> str:
+        return create_key(self.config_path, name, scope)
+
+    def start(self, timeout: float = START_DEADLINE) -> float:
+        """Start the process; seconds from spawning it to its "listening on" line."""
+        log = open(self.log_path, "ab")
+        offset = log.tell()  # a restarted daemon appends: only its own lines count
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "runnerd", "serve", "--config", str(self.config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        log.close()
+        deadline = t0 + timeout
+        with open(self.log_path, "rb") as f:
+            f.seek(offset)
+            seen = b""
+            while True:
+                seen += f.read()
+                match = LISTENING.search(seen)
+                if match:
+                    self.url = match.group(1).decode()
+                    return time.perf_counter() - t0
+                if self.proc.poll() is not None:
+                    raise DaemonFailed(
+                        f"runnerd exited with {self.proc.returncode}:\n{self.log_text()}"
+                    )
+                if time.perf_counter() > deadline:
+                    self.stop(signal.SIGKILL)
+                    raise DaemonFailed(
+                        f"runnerd did not listen within {timeout:.0f} s:\n{self.log_text()}"
+                    )
+                time.sleep(0.002)  # fine-grained: bench times the start-up with it
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        """Signal the process and wait for it; its exit status. One that outlives
+        `timeout` is killed, and that is a failure."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise DaemonFailed(f"runnerd did not exit within {timeout} s of signal {sig}") from None
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def remove_containers(self) -> list[str]:
+        """Remove every container this daemon made; returns their ids."""
+        try:
+            daemon_id = self.daemon_id()
+        except sqlite3.Error:
+            return []
+        return remove_containers(f"{LABEL_DAEMON}={daemon_id}")
