@@ -1,4 +1,5 @@
-"""The Docker Engine, as runnerd needs it. The only module that imports aiodocker.
+"""The Docker Engine, as runnerd needs it. The only module that imports aiodocker
+(besides _aiodocker_shim, which holds the two private calls it needs).
 
 Everything the engine says goes through here and comes out as `EngineError`
 (with a sentence a user can read) or plain data, so the rest of runnerd never
@@ -16,7 +17,6 @@ import os
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -27,6 +27,7 @@ from aiodocker.jsonstream import json_stream_stream
 from aiodocker.utils import httpize
 
 from . import metrics
+from ._aiodocker_shim import api_url, raw_request
 from .images import auth_address
 
 log = logging.getLogger("runnerd.engine")
@@ -53,29 +54,6 @@ CONNECTION_HEADROOM = 32
 _SOCKETS = ("/run/docker.sock", "/var/run/docker.sock")
 
 T = TypeVar("T")
-
-
-# -- aiodocker's private API: only here ------------------------------------------
-# Two things runnerd needs have no public equivalent in aiodocker 0.27; each is one
-# function, pinned against the real engine by tests/integration/test_aiodocker_shim.py.
-
-
-@asynccontextmanager
-async def _raw_request(
-    docker: aiodocker.Docker, path: str, **kw: Any
-) -> AsyncIterator[aiohttp.ClientResponse]:
-    """A request whose answer runnerd reads itself: the pull's progress stream,
-    with the X-Registry-Auth header runnerd builds. An error answer (4xx, 5xx)
-    raises DockerError, a refused connection DockerError(900)."""
-    async with docker._query(path, timeout=_NO_TIMEOUT, **kw) as response:
-        yield response
-
-
-async def _api_url(docker: aiodocker.Docker, path: str) -> str:
-    """The engine's URL for `path` under the API version it speaks (asked once),
-    for a request on runnerd's own session (the HTTP/1.0 output stream)."""
-    await docker._check_version()
-    return str(docker._canonicalize_url(path))
 
 
 def connection_limit(max_concurrent_runs: int) -> int:
@@ -346,7 +324,7 @@ class Engine:
                 asyncio.timeout(self.pull_timeout) as total,
                 asyncio.timeout(self.pull_stall) as stall,
             ):
-                async with _raw_request(
+                async with raw_request(
                     self.docker,
                     "images/create",
                     method="POST",
@@ -522,7 +500,7 @@ class Engine:
         if since_ns:
             params["since"] = f"{since_ns // 1_000_000_000}.{since_ns % 1_000_000_000:09d}"
         try:
-            url = await _api_url(self.docker, f"containers/{container_id}/logs")
+            url = await api_url(self.docker, f"containers/{container_id}/logs")
             async with self.streams.get(url, params=httpize(params)) as response:
                 if response.status >= 400:
                     raise DockerError(response.status, _error_message(await response.read()))

@@ -1,7 +1,7 @@
-"""Pins the two things engine.py takes from aiodocker's private API (its
-"aiodocker's private API" section) against the real engine, so an aiodocker
-upgrade that changes them fails here: `_api_url` is the engine's URL for a path
-under the API version it speaks, usable on runnerd's own session; `_raw_request`
+"""Pins the two things runnerd takes from aiodocker's private API (the shim
+module runnerd/_aiodocker_shim.py) against the real engine, so an aiodocker
+upgrade that changes them fails here: `api_url` is the engine's URL for a path
+under the API version it speaks, usable on runnerd's own session; `raw_request`
 hands over the response unread, passes runnerd's headers and parameters, and
 raises DockerError with the engine's status for an error answer and 900 when
 nothing answers."""
@@ -15,7 +15,8 @@ import pytest
 from aiodocker.exceptions import DockerError
 from helpers_engine import docker_socket
 
-from runnerd.engine import Engine, _api_url, _raw_request
+from runnerd._aiodocker_shim import api_url, raw_request
+from runnerd.engine import Engine
 
 
 @pytest.fixture
@@ -27,21 +28,21 @@ async def engine() -> AsyncIterator[Engine]:
         await engine.close()
 
 
-async def test_api_url_is_under_the_engine_s_api_version_and_works_on_our_session(
+async def testapi_url_is_under_the_engine_s_api_version_and_works_on_our_session(
     engine: Engine,
 ) -> None:
     version = await engine.version()
-    url = await _api_url(engine.docker, "version")
+    url = await api_url(engine.docker, "version")
     assert f"/v{version['ApiVersion']}/version" in url
     async with engine.streams.get(url) as response:  # HTTP/1.0, runnerd's own session
         assert response.status == 200
         assert (await response.json())["ApiVersion"] == version["ApiVersion"]
 
 
-async def test_raw_request_hands_over_the_unread_response_with_our_params(
+async def testraw_request_hands_over_the_unread_response_with_our_params(
     engine: Engine,
 ) -> None:
-    async with _raw_request(
+    async with raw_request(
         engine.docker,
         "containers/json",
         params={"all": True, "filters": '{"label": ["io.runnerd.test-no-such-label"]}'},
@@ -51,21 +52,21 @@ async def test_raw_request_hands_over_the_unread_response_with_our_params(
         assert await response.json() == []  # the filter reached the engine
 
 
-async def test_raw_request_raises_the_engine_s_status_for_an_error_answer(
+async def testraw_request_raises_the_engine_s_status_for_an_error_answer(
     engine: Engine,
 ) -> None:
     with pytest.raises(DockerError) as info:
-        async with _raw_request(engine.docker, "containers/runnerd-no-such-container/json"):
+        async with raw_request(engine.docker, "containers/runnerd-no-such-container/json"):
             raise AssertionError("an error answer is not handed over")
     assert info.value.status == 404
     assert "runnerd-no-such-container" in str(info.value.message)
 
 
-async def test_raw_request_raises_900_when_nothing_answers() -> None:
+async def testraw_request_raises_900_when_nothing_answers() -> None:
     engine = Engine("unix:///nonexistent/runnerd-test.sock")
     try:
         with pytest.raises(DockerError) as info:
-            async with _raw_request(engine.docker, "containers/json"):
+            async with raw_request(engine.docker, "containers/json"):
                 raise AssertionError("nothing answered")
         assert info.value.status == 900
     finally:
