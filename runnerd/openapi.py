@@ -2,9 +2,10 @@
 `GET /v1/openapi.json`.
 
 The component schemas come from the models of `contract` (which also validate
-requests), so the document and the checks cannot drift apart; this module adds only
-what models cannot say: paths, parameters, auth and error responses. Each operation is
-one row of `PATHS`; `_operation` turns a row into OpenAPI.
+requests), and the query parameters and headers from `contract.queries`' declarations
+(which also check them), so the document and the checks cannot drift apart; this
+module adds only what neither says: paths, path ids, auth and error responses. Each
+operation is one row of `PATHS`; `_operation` turns a row into OpenAPI.
 tests/integration/test_openapi.py keeps the rest true by running schemathesis
 against a live daemon, and checks that every route of `make_app` is documented.
 """

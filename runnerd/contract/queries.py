@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 from ..models import Status
 from .fields import (
@@ -60,8 +60,8 @@ class Param:
     name: str
     description: str
     forms: tuple[str, ...] = ()
-    default: object = None
-    where: str = "query"
+    default: object = None  # applied when absent, said in the document's description
+    where: Literal["query", "header"] = "query"
 
     def schema(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -173,7 +173,7 @@ class Cursor(Param):
 class Header(Param):
     """A request header; checked by its own function below, its schema declared here."""
 
-    where: str = "header"
+    where: Literal["query", "header"] = "header"
     schema_: Mapping[str, Any] = field(default_factory=dict)
 
     def schema(self) -> dict[str, Any]:
