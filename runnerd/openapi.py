@@ -197,24 +197,6 @@ def _operation(method: str, path: str, op: Op) -> dict[str, Any]:
     return out
 
 
-LOGS_DESCRIPTION = (
-    "The run's output, chosen by `Accept`:\n\n"
-    "- default (`text/plain`, or anything without `application/json` or `text/event-stream`): "
-    "the bytes exactly as the container wrote them, stdout and stderr in the order the engine "
-    "received them; query `tail` (the last N lines) and `follow` (`true`: stream as the "
-    "container writes, chunked, ending when the run completes). Without `follow`, what has "
-    "been written so far (empty while pending).\n"
-    "- `application/json` (and not `text/plain`): a page of entries "
-    '`{"logs": [{id, ts, stream, msg}]}`; query `limit` (default '
-    f"{contract.LOGS_LIMIT_DEFAULT}, max {contract.LOGS_LIMIT_MAX}), `after` or `before` (an "
-    "entry's `id`: the page after or before it; not both), `stream` (`stdout` or `stderr`).\n"
-    "- `text/event-stream`: Server-Sent Events, live: one `event: log` per line (`id` = the "
-    "entry's cursor, `data` = JSON `{ts, stream, msg}`), then `event: end` whose `data` is the "
-    "final Run. `Last-Event-ID` resumes after that entry, without gaps or repeats; query "
-    "`stream` filters.\n\n"
-    "Query parameters that the chosen form does not take are a 400, as are cursors that are "
-    "not entry ids of this run's log."
-)
 HEALTH_503 = {
     "503": {
         "description": "The Docker engine does not answer, or the scheduler is not claiming runs.",
@@ -312,8 +294,8 @@ PATHS: dict[str, dict[str, Op]] = {
     },
     "/v1/runners/{runner_id}/runs/{run_id}/logs": {
         "get": Op("getRunLogs", "A run's output: text, live text, JSON pages or SSE",
-                  "The output, in the form `Accept` asked for.", LOGS_200, LOGS_DESCRIPTION,
-                  params=contract.LOGS_QUERY, also=(503,)),
+                  "The output, in the form `Accept` asked for.", LOGS_200,
+                  contract.LOGS_DESCRIPTION, params=contract.LOGS_QUERY, also=(503,)),
     },
     "/v1/runners/{runner_id}/runs/{run_id}/cancel": {
         "post": Op("cancelRun", "Cancel a run",

@@ -80,6 +80,7 @@ from .fields import (
 )
 from .queries import (
     IDEMPOTENCY_KEY,
+    LOGS_DESCRIPTION,
     LOGS_QUERY,
     RUN_LIST_QUERY,
     LogsPage,
@@ -237,6 +238,7 @@ __all__ = [
     "Id",
     "InstanceType",
     "Invalid",
+    "LOGS_DESCRIPTION",
     "LOGS_LIMIT_DEFAULT",
     "LOGS_QUERY",
     "LOGS_LIMIT_MAX",

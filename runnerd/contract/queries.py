@@ -207,6 +207,25 @@ LOGS_QUERY: tuple[Param, ...] = (
            said="stdout or stderr"),
     LAST_EVENT_ID,
 )
+# The logs endpoint's forms and what each takes, in words for the document.
+LOGS_DESCRIPTION = (
+    "The run's output, chosen by `Accept`:\n\n"
+    "- default (`text/plain`, or anything without `application/json` or `text/event-stream`): "
+    "the bytes exactly as the container wrote them, stdout and stderr in the order the engine "
+    "received them; query `tail` (the last N lines) and `follow` (`true`: stream as the "
+    "container writes, chunked, ending when the run completes). Without `follow`, what has "
+    "been written so far (empty while pending).\n"
+    "- `application/json` (and not `text/plain`): a page of entries "
+    '`{"logs": [{id, ts, stream, msg}]}`; query `limit` (default '
+    f"{LOGS_LIMIT_DEFAULT}, max {LOGS_LIMIT_MAX}), `after` or `before` (an "
+    "entry's `id`: the page after or before it; not both), `stream` (`stdout` or `stderr`).\n"
+    "- `text/event-stream`: Server-Sent Events, live: one `event: log` per line (`id` = the "
+    "entry's cursor, `data` = JSON `{ts, stream, msg}`), then `event: end` whose `data` is the "
+    "final Run. `Last-Event-ID` resumes after that entry, without gaps or repeats; query "
+    "`stream` filters.\n\n"
+    "Query parameters that the chosen form does not take are a 400, as are cursors that are "
+    "not entry ids of this run's log."
+)
 IDEMPOTENCY_KEY = Header(
     "Idempotency-Key",
     "Visible ASCII, no spaces. The same key for the same runner within 24 hours returns the "
