@@ -1,4 +1,5 @@
-"""The Docker Engine, as runnerd needs it. The only module that imports aiodocker.
+"""The Docker Engine, as runnerd needs it. The only module that imports aiodocker
+(besides _aiodocker_shim, which holds the two private calls it needs).
 
 Everything the engine says goes through here and comes out as `EngineError`
 (with a sentence a user can read) or plain data, so the rest of runnerd never
@@ -16,7 +17,6 @@ import os
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable
-from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -27,6 +27,7 @@ from aiodocker.jsonstream import json_stream_stream
 from aiodocker.utils import httpize
 
 from . import metrics
+from ._aiodocker_shim import api_url, raw_request
 from .images import auth_address
 
 log = logging.getLogger("runnerd.engine")
@@ -234,20 +235,9 @@ class Engine:
         except TimeoutError:
             raise self._timed_out(what, operation) from None
 
-    @asynccontextmanager
-    async def _quick(
-        self, path: str, what: str, operation: str, **kw: Any
-    ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """A short request (answer read or released within request_timeout)."""
-        try:
-            async with asyncio.timeout(self.request_timeout):
-                async with self.docker._query(path, timeout=_NO_TIMEOUT, **kw) as response:
-                    try:
-                        yield response
-                    finally:
-                        response.release()
-        except TimeoutError:
-            raise self._timed_out(what, operation) from None
+    def _container(self, container_id: str) -> aiodocker.containers.DockerContainer:
+        """A handle on the container for aiodocker's calls (no request is made)."""
+        return self.docker.containers.container(container_id)
 
     @property
     def streams(self) -> aiohttp.ClientSession:
@@ -279,7 +269,7 @@ class Engine:
         """The engine's version info; raises EngineUnavailable when it does not answer."""
         try:
             async with asyncio.timeout(min(VERSION_TIMEOUT_SECONDS, self.request_timeout)):
-                return await self.docker._query_json("version", versioned_api=False)
+                return await self.docker.version()
         except (DockerError, aiohttp.ClientError, OSError, TimeoutError) as e:
             raise EngineUnavailable(f"the Docker engine does not answer: {_reason(e)}") from None
 
@@ -334,12 +324,12 @@ class Engine:
                 asyncio.timeout(self.pull_timeout) as total,
                 asyncio.timeout(self.pull_stall) as stall,
             ):
-                async with self.docker._query(
+                async with raw_request(
+                    self.docker,
                     "images/create",
                     method="POST",
                     params={"fromImage": ref},
                     headers=headers,
-                    timeout=_NO_TIMEOUT,
                 ) as response:
                     try:
                         # Raises DockerError for an error reported inside the stream.
@@ -433,22 +423,16 @@ class Engine:
 
     async def start(self, container_id: str) -> None:
         try:
-            async with self._quick(
-                f"containers/{container_id}/start",
-                "could not start the container",
-                "start",
-                method="POST",
-            ):
-                pass
+            await self._bounded(
+                self._container(container_id).start(), "could not start the container", "start"
+            )
         except (DockerError, aiohttp.ClientError, OSError) as e:
             raise _engine_error(e, "could not start the container", "start") from None
 
     async def wait(self, container_id: str) -> int:
         """Block until the container exits; its exit code."""
         try:
-            data = await self.docker._query_json(
-                f"containers/{container_id}/wait", method="POST", timeout=_NO_TIMEOUT
-            )
+            data = await self._container(container_id).wait(timeout=_NO_TIMEOUT)
         except (DockerError, aiohttp.ClientError, OSError) as e:
             raise _engine_error(e, "lost the container while waiting for it", "wait") from None
         if data.get("Error") and data["Error"].get("Message"):
@@ -472,14 +456,12 @@ class Engine:
     async def _signal(self, container_id: str, signal: str) -> bool:
         """False when the container is not running (or gone) any more."""
         try:
-            async with self._quick(
-                f"containers/{container_id}/kill",
+            await self._bounded(
+                self._container(container_id).kill(signal=signal, timeout=_NO_TIMEOUT),
                 "could not signal the container",
                 "kill",
-                method="POST",
-                params={"signal": signal},
-            ):
-                return True
+            )
+            return True
         except DockerError as e:
             if e.status in (404, 409):  # gone, or not running
                 return False
@@ -489,14 +471,11 @@ class Engine:
 
     async def remove(self, container_id: str) -> None:
         try:
-            async with self._quick(
-                f"containers/{container_id}",
+            await self._bounded(
+                self._container(container_id).delete(force=True, v=True, timeout=_NO_TIMEOUT),
                 "could not remove the container",
                 "remove",
-                method="DELETE",
-                params={"force": True, "v": True},
-            ):
-                pass
+            )
         except DockerError as e:
             if e.status == 404:
                 return
@@ -521,8 +500,7 @@ class Engine:
         if since_ns:
             params["since"] = f"{since_ns // 1_000_000_000}.{since_ns % 1_000_000_000:09d}"
         try:
-            await self.docker._check_version()
-            url = self.docker._canonicalize_url(f"containers/{container_id}/logs")
+            url = await api_url(self.docker, f"containers/{container_id}/logs")
             async with self.streams.get(url, params=httpize(params)) as response:
                 if response.status >= 400:
                     raise DockerError(response.status, _error_message(await response.read()))
@@ -552,7 +530,7 @@ class Engine:
         """The container's state, or None when the engine has no such container."""
         try:
             data = await self._bounded(
-                self.docker._query_json(f"containers/{container_id}/json"),
+                self._container(container_id).show(),
                 "could not inspect the container",
                 "inspect",
             )
@@ -573,18 +551,21 @@ class Engine:
         )
 
     async def list_containers(self, labels: dict[str, str]) -> list[dict[str, Any]]:
-        """All containers (running or not) carrying every given label."""
+        """All containers (running or not) carrying every given label: each one's
+        "Id", "Labels", "State" and "Status" as the engine lists them."""
         filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
         try:
-            return await self._bounded(
-                self.docker._query_json(
-                    "containers/json", params={"all": True, "filters": json.dumps(filters)}
-                ),
+            containers = await self._bounded(
+                self.docker.containers.list(all=True, filters=json.dumps(filters)),
                 "could not list containers",
                 "list",
             )
         except (DockerError, aiohttp.ClientError, OSError) as e:
             raise _engine_error(e, "could not list containers", "list") from None
+        return [
+            {"Id": c.id, **{k: c[k] for k in ("Labels", "State", "Status") if k in c}}
+            for c in containers
+        ]
 
 
 class _FrameSplitter:

@@ -36,7 +36,7 @@ from .engine import (
 from .logs import LogStore, LogWriter
 from .models import ACTIVE_STATUSES, FailureReason, Run, Runner, Status, now_ms
 from .retry import retry_store
-from .store import Conflict, NotFound, Store
+from .store import Conflict, NotFound, RunStore
 
 log = logging.getLogger("runnerd.executor")
 
@@ -86,7 +86,7 @@ class Executor:
 
     def __init__(
         self,
-        store: Store,
+        store: RunStore,
         engine: Engine,
         logs: LogStore,
         *,

@@ -14,7 +14,7 @@ import time
 from .config import RetentionConfig
 from .logs import LogStore
 from .retry import is_store_fault
-from .store import Store
+from .store import RunStore
 
 log = logging.getLogger("runnerd.retention")
 
@@ -22,7 +22,7 @@ RETRY_FIRST = 1.0  # a failed sweep is tried again after this, doubling up to th
 
 
 class Retention:
-    def __init__(self, store: Store, logs: LogStore, config: RetentionConfig) -> None:
+    def __init__(self, store: RunStore, logs: LogStore, config: RetentionConfig) -> None:
         self.store = store
         self.logs = logs
         self.config = config

@@ -28,7 +28,7 @@ from typing import Protocol
 from .engine import EngineError, EngineUnavailable
 from .models import ACTIVE_STATUSES, FailureReason, Run, Status
 from .retry import is_database_damaged, is_store_fault, retry_store
-from .store import Conflict, Store
+from .store import Conflict, RunStore
 
 log = logging.getLogger("runnerd.scheduler")
 
@@ -65,7 +65,7 @@ Step = Callable[[Run], Awaitable[Run]]  # execute or recover
 class Scheduler:
     def __init__(
         self,
-        store: Store,
+        store: RunStore,
         executor: RunExecutor,
         *,
         max_concurrent_runs: int,
@@ -206,6 +206,8 @@ class Scheduler:
         if len(self._active) < self.max_concurrent_runs:
             run = await self.store.next_pending(in_flight=list(self._active))
         self._problem = None  # claiming again (a run that fails to start says so anew)
+        if self._fatal is not None:  # a run's task failed during the claim: start nothing
+            return
         if run is None:
             await self._wakeup.wait()
             return

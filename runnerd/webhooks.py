@@ -25,7 +25,7 @@ from .config import WebhooksConfig
 from .contract import run_json
 from .models import Run
 from .retry import is_store_fault, retry_store
-from .store import Store
+from .store import RunStore
 
 log = logging.getLogger("runnerd.webhooks")
 
@@ -39,7 +39,7 @@ def signature(secret: str, body: bytes) -> str:
 
 
 class Notifier:
-    def __init__(self, store: Store, config: WebhooksConfig, tz) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, store: RunStore, config: WebhooksConfig, tz) -> None:  # type: ignore[no-untyped-def]
         self.store = store
         self.config = config
         self.tz = tz

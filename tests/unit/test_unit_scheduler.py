@@ -18,6 +18,7 @@ from runnerd.logs import LogStore
 from runnerd.models import FailureReason, Run, Runner, Status
 from runnerd.scheduler import Scheduler
 from runnerd.store import Conflict, Store
+from runnerd.store.memory import MemoryStore
 
 DEADLINE = 5.0  # generous bound for things that should happen at once
 
@@ -28,7 +29,7 @@ class FakeExecutor:
     `failures[run_id]` is a list of exceptions raised by the next calls for that
     run (before it is marked running, unless `fail_after_running` holds it)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: AnyStore) -> None:
         self.store = store
         self.cond = asyncio.Condition()
         self.started: list[str] = []  # execute() calls, in order (repeats on retry)
@@ -137,20 +138,29 @@ class FakeExecutor:
                 await self.cond.wait_for(predicate)
 
 
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    async with Store(tmp_path / "runnerd.db") as s:
-        yield s
+# Every test runs on the in-memory store and on the SQLite one: the scheduler needs
+# only a RunStore, and the two must not differ in anything it relies on.
+AnyStore = Store | MemoryStore
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AnyStore]:
+    if request.param == "sqlite":
+        async with Store(tmp_path / "runnerd.db") as sqlite_store:
+            yield sqlite_store
+    else:
+        async with MemoryStore() as memory_store:
+            yield memory_store
 
 
 @pytest.fixture
-def fake(store: Store) -> FakeExecutor:
+def fake(store: AnyStore) -> FakeExecutor:
     return FakeExecutor(store)
 
 
 @pytest.fixture
 async def make_scheduler(
-    store: Store, fake: FakeExecutor
+    store: AnyStore, fake: FakeExecutor
 ) -> AsyncIterator[Callable[..., Scheduler]]:
     made: list[Scheduler] = []
 
@@ -165,7 +175,7 @@ async def make_scheduler(
             await s.stop()
 
 
-async def make_runner(store: Store, name: str = "job", **over: Any) -> Runner:
+async def make_runner(store: AnyStore, name: str = "job", **over: Any) -> Runner:
     fields: dict[str, Any] = {
         "name": name,
         "image_name": "busybox",
@@ -180,7 +190,7 @@ async def make_runner(store: Store, name: str = "job", **over: Any) -> Runner:
     return await store.create_runner(fields, [])
 
 
-async def queue(store: Store, runner: Runner, n: int = 1) -> list[str]:
+async def queue(store: AnyStore, runner: Runner, n: int = 1) -> list[str]:
     ids = []
     for _ in range(n):
         run, _created = await store.create_run(runner, [], 1.0, 1024, 512)
@@ -188,7 +198,7 @@ async def queue(store: Store, runner: Runner, n: int = 1) -> list[str]:
     return ids
 
 
-async def settle(store: Store, rounds: int = 10) -> None:
+async def settle(store: AnyStore, rounds: int = 10) -> None:
     """Let the scheduler do whatever it would do now: yields plus store round trips
     (the store works in a thread, so bare yields are not enough). Never a sleep."""
     for _ in range(rounds):
@@ -197,13 +207,15 @@ async def settle(store: Store, rounds: int = 10) -> None:
         await asyncio.sleep(0)
 
 
-async def status_of(store: Store, run_id: str) -> Run:
+async def status_of(store: AnyStore, run_id: str) -> Run:
     run = await store.get_run(run_id)
     assert run is not None
     return run
 
 
-async def until_status(store: Store, run_id: str, status: Status, timeout: float = DEADLINE) -> Run:
+async def until_status(
+    store: AnyStore, run_id: str, status: Status, timeout: float = DEADLINE
+) -> Run:
     async with asyncio.timeout(timeout):
         while (run := await status_of(store, run_id)).status is not status:
             await asyncio.sleep(0)
@@ -214,7 +226,7 @@ async def until_status(store: Store, run_id: str, status: Status, timeout: float
 
 
 async def test_never_more_than_max_concurrent_runs_execute_and_exactly_that_many_when_queued(
-    store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+    store: AnyStore, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
 ) -> None:
     runner = await make_runner(store)
     ids = await queue(store, runner, 8)
@@ -237,7 +249,7 @@ async def test_never_more_than_max_concurrent_runs_execute_and_exactly_that_many
 
 
 async def test_runs_start_oldest_first_across_runners(
-    store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+    store: AnyStore, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
 ) -> None:
     a, b = await make_runner(store, "aaa"), await make_runner(store, "bbb")
     order = []
@@ -255,7 +267,7 @@ async def test_runs_start_oldest_first_across_runners(
 
 
 async def test_a_runner_at_its_own_limit_waits_while_other_runners_start(
-    store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+    store: AnyStore, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
 ) -> None:
     limited = await make_runner(store, "limited", max_concurrent_runs=1)
     other = await make_runner(store, "other")
@@ -280,7 +292,7 @@ async def test_a_runner_at_its_own_limit_waits_while_other_runners_start(
 
 
 async def test_a_run_queued_while_idle_starts_at_once_after_wake(
-    store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+    store: AnyStore, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
 ) -> None:
     runner = await make_runner(store)
     sched = make_scheduler()
@@ -296,7 +308,7 @@ async def test_a_run_queued_while_idle_starts_at_once_after_wake(
 
 
 async def test_finishing_a_run_frees_its_slot_for_the_next_without_a_wake(
-    store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+    store: AnyStore, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
 ) -> None:
     runner = await make_runner(store)
     first, second = await queue(store, runner, 2)
@@ -311,7 +323,7 @@ async def test_finishing_a_run_frees_its_slot_for_the_next_without_a_wake(
 
 
 async def test_engine_unavailable_leaves_the_run_pending_and_it_is_retried(
-    store: Store,
+    store: AnyStore,
     fake: FakeExecutor,
     make_scheduler: Callable[..., Scheduler],
     monkeypatch: pytest.MonkeyPatch,
@@ -332,7 +344,7 @@ async def test_engine_unavailable_leaves_the_run_pending_and_it_is_retried(
 
 
 async def test_a_run_stays_pending_while_the_engine_is_unavailable(
-    store: Store,
+    store: AnyStore,
     fake: FakeExecutor,
     make_scheduler: Callable[..., Scheduler],
     monkeypatch: pytest.MonkeyPatch,
@@ -352,7 +364,7 @@ async def test_a_run_stays_pending_while_the_engine_is_unavailable(
 
 
 async def test_a_run_triggered_after_the_engine_came_back_starts_without_the_outage_backoff(
-    store: Store,
+    store: AnyStore,
     fake: FakeExecutor,
     make_scheduler: Callable[..., Scheduler],
     monkeypatch: pytest.MonkeyPatch,
@@ -373,7 +385,7 @@ async def test_a_run_triggered_after_the_engine_came_back_starts_without_the_out
 
 
 async def test_an_unexpected_executor_error_fails_the_run_and_the_scheduler_keeps_going(
-    store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+    store: AnyStore, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
 ) -> None:
     runner = await make_runner(store)
     broken, fine = await queue(store, runner, 2)
@@ -390,7 +402,7 @@ async def test_an_unexpected_executor_error_fails_the_run_and_the_scheduler_keep
 
 
 async def test_an_executor_error_after_the_run_started_keeps_it_owned_and_watches_it_again(
-    store: Store,
+    store: AnyStore,
     fake: FakeExecutor,
     make_scheduler: Callable[..., Scheduler],
     monkeypatch: pytest.MonkeyPatch,
@@ -416,7 +428,7 @@ async def test_an_executor_error_after_the_run_started_keeps_it_owned_and_watche
 
 
 async def test_runs_left_running_are_recovered_and_hold_their_slots(
-    store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+    store: AnyStore, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
 ) -> None:
     runner = await make_runner(store)
     left_running, pending = await queue(store, runner, 2)
@@ -435,7 +447,7 @@ async def test_runs_left_running_are_recovered_and_hold_their_slots(
 
 
 async def test_cancel_stops_an_in_flight_run_and_waits_until_it_is_recorded(
-    store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+    store: AnyStore, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
 ) -> None:
     runner = await make_runner(store)
     (run_id,) = await queue(store, runner)
@@ -454,7 +466,7 @@ async def test_cancel_stops_an_in_flight_run_and_waits_until_it_is_recorded(
 
 
 async def test_cancel_of_a_run_not_watched_yet_is_handed_to_the_executor_and_waited_for(
-    store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+    store: AnyStore, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
 ) -> None:
     """A run being re-attached after a restart is in flight, but its executor cannot
     stop it yet (stop_run → False: it keeps the cancel and applies it once it
@@ -478,7 +490,7 @@ async def test_cancel_of_a_run_not_watched_yet_is_handed_to_the_executor_and_wai
 
 
 async def test_stop_cancels_in_flight_executions_promptly_and_starts_nothing_more(
-    store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+    store: AnyStore, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
 ) -> None:
     runner = await make_runner(store)
     a, b, queued = await queue(store, runner, 3)
@@ -498,7 +510,7 @@ async def test_stop_cancels_in_flight_executions_promptly_and_starts_nothing_mor
 
 
 async def test_stop_with_stop_runs_records_the_runs_canceled(
-    store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+    store: AnyStore, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
 ) -> None:
     runner = await make_runner(store)
     a, b = await queue(store, runner, 2)
@@ -515,7 +527,7 @@ async def test_stop_with_stop_runs_records_the_runs_canceled(
 
 
 async def test_stop_with_stop_runs_removes_the_container_of_a_run_cut_off_mid_start(
-    store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+    store: AnyStore, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
 ) -> None:
     """A run still `running` after its task was cut off (here: re-attaching, not yet
     watched, so the stop could not reach it) has its container removed through the
@@ -544,7 +556,7 @@ async def test_stop_of_a_scheduler_that_never_started_returns(
 
 
 async def test_finish_conflict_after_a_cancel_does_not_break_the_scheduler(
-    store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+    store: AnyStore, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
 ) -> None:
     """The run was completed elsewhere (e.g. canceled via the API) while the executor
     held it; the executor's own finish then conflicts, which must not stall the queue."""
@@ -603,7 +615,7 @@ class FlakyEngine:
         self.removed.append(container_id)
 
 
-def reconciling_executor(store: Store, engine: FlakyEngine, tmp_path: Path) -> Executor:
+def reconciling_executor(store: AnyStore, engine: FlakyEngine, tmp_path: Path) -> Executor:
     return Executor(
         store,
         engine,  # type: ignore[arg-type]  # reconcile lists and removes containers, nothing more
@@ -615,7 +627,7 @@ def reconciling_executor(store: Store, engine: FlakyEngine, tmp_path: Path) -> E
 
 
 async def test_reconcile_removes_containers_of_ended_runs_and_returns_runs_left_running(
-    store: Store, tmp_path: Path
+    store: AnyStore, tmp_path: Path
 ) -> None:
     runner = await make_runner(store)
     running, ended, pending = await queue(store, runner, 3)
@@ -649,7 +661,7 @@ async def until_health(sched: Scheduler, ok: bool, timeout: float = DEADLINE) ->
 
 
 async def test_scheduler_survives_engine_500_on_container_list_while_reconciling(
-    store: Store, fake: FakeExecutor, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    store: AnyStore, fake: FakeExecutor, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setattr(scheduler_module, "BACKOFF_FIRST", 0.05)
     engine = FlakyEngine([EngineError("could not list containers: HTTP 500", status=500)] * 3)
@@ -672,7 +684,7 @@ async def test_scheduler_survives_engine_500_on_container_list_while_reconciling
 
 
 async def test_scheduler_survives_store_error_on_claim(
-    store: Store,
+    store: AnyStore,
     fake: FakeExecutor,
     make_scheduler: Callable[..., Scheduler],
     monkeypatch: pytest.MonkeyPatch,
@@ -700,7 +712,7 @@ async def test_scheduler_survives_store_error_on_claim(
 
 
 async def test_store_error_starting_a_run_leaves_it_pending_and_it_is_retried(
-    store: Store,
+    store: AnyStore,
     fake: FakeExecutor,
     make_scheduler: Callable[..., Scheduler],
     monkeypatch: pytest.MonkeyPatch,
@@ -723,7 +735,7 @@ async def test_store_error_starting_a_run_leaves_it_pending_and_it_is_retried(
 
 
 async def test_a_bug_in_the_scheduler_loop_ends_it_and_health_says_so(
-    store: Store,
+    store: AnyStore,
     fake: FakeExecutor,
     make_scheduler: Callable[..., Scheduler],
     monkeypatch: pytest.MonkeyPatch,
@@ -742,7 +754,7 @@ async def test_a_bug_in_the_scheduler_loop_ends_it_and_health_says_so(
 
 
 async def test_a_damaged_database_in_a_runs_task_ends_the_scheduler_loop(
-    store: Store, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+    store: AnyStore, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
 ) -> None:
     runner = await make_runner(store)
     (run_id,) = await queue(store, runner)

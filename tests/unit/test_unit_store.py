@@ -16,14 +16,15 @@ import pytest
 from runnerd.models import FailureReason, Run, Runner, Scope, Status
 from runnerd.store import (
     IDEMPOTENCY_WINDOW_MS,
-    SCHEMA,
+    SCHEMA_V1,
     SCHEMA_VERSION,
     Conflict,
+    Database,
     NotFound,
     Store,
     StoreError,
-    _Connection,
 )
+from runnerd.store.connection import _Connection
 
 
 @contextmanager
@@ -538,7 +539,7 @@ async def test_cancel_pending_fails_a_pending_run_only(store: Store) -> None:
 async def test_a_schema_1_database_is_migrated_keeping_its_data(tmp_path: Path) -> None:
     path = tmp_path / "runnerd.db"
     with raw_db(path) as db:
-        db.executescript(SCHEMA)
+        db.executescript(SCHEMA_V1)
         db.execute("INSERT INTO meta VALUES ('schema_version', '1')")
         db.execute(
             "INSERT INTO runners (id, name, image_name, image_tag, timeout_seconds,"
@@ -624,16 +625,16 @@ async def test_the_scheduler_s_queries_search_the_active_index_not_the_whole_tab
     async with Store(path) as store:
         r = await make_runner(store, max_concurrent_runs=2)
         await queue(store, r)
-        for name in ("_all", "_one"):  # every query with its parameters
+        for name in ("all", "one"):  # every query with its parameters
 
             def spy(real: Any) -> Any:
-                async def query(self: Store, sql: str, params: Any = ()) -> Any:
+                async def query(self: Database, sql: str, params: Any = ()) -> Any:
                     captured.append((sql, tuple(params)))
                     return await real(self, sql, params)
 
                 return query
 
-            monkeypatch.setattr(Store, name, spy(getattr(Store, name)))
+            monkeypatch.setattr(Database, name, spy(getattr(Database, name)))
         if query == "next_pending":
             await store.next_pending(in_flight=["x"])
         else:
@@ -663,7 +664,7 @@ async def test_a_lookup_that_finds_the_database_busy_is_done_by_the_reader(tmp_p
     async with Store(tmp_path / "runnerd.db") as store:
         r = await make_runner(store)
         run = await queue(store, r)
-        real = store._lookups
+        real = store._db.lookups
         assert real is not None
 
         class Busy:
@@ -675,12 +676,12 @@ async def test_a_lookup_that_finds_the_database_busy_is_done_by_the_reader(tmp_p
                 error.sqlite_errorcode = sqlite3.SQLITE_BUSY  # type: ignore[attr-defined]
                 raise error
 
-        store._lookups = Busy()  # type: ignore[assignment]
+        store._db.lookups = Busy()  # type: ignore[assignment]
         try:
             found = await store.get_run(run.id)
             page = await store.list_runs(r.id, limit=5)
         finally:
-            store._lookups = real
+            store._db.lookups = real
         assert Busy.calls == 2
         assert found is not None and found.id == run.id
         assert page is not None and [x.id for x in page] == [run.id]
@@ -694,7 +695,7 @@ def _store_threads() -> list[threading.Thread]:
 
 
 async def test_store_threads_are_named_daemon_threads_that_end_at_close(tmp_path: Path) -> None:
-    """Pins how store.py drives aiosqlite 0.22's thread (made in Connection(),
+    """Pins how the store drives aiosqlite 0.22's thread (made in Connection(),
     started on the first await): a daemon thread cannot keep the process alive."""
     store = Store(tmp_path / "runnerd.db")
     await store.open()

@@ -1,0 +1,331 @@
+"""The run store's behaviour, held the same on both implementations: the SQLite
+`Store` (on a real file) and the in-memory `MemoryStore` the fast tests use. What
+the scheduler, executor, webhooks and retention rely on: claim order, limits,
+state moves that never go backwards, completion listeners, webhook and
+retention queries."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runnerd.models import FailureReason, Run, Runner, Status
+from runnerd.store import Conflict, NotFound, RunStore, Store
+from runnerd.store.memory import MemoryStore
+
+# What a test needs beyond RunStore to set itself up: both have these too.
+AnyStore = Store | MemoryStore
+
+
+@pytest.fixture(params=["sqlite", "memory"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[AnyStore]:
+    if request.param == "sqlite":
+        async with Store(tmp_path / "runnerd.db") as sqlite_store:
+            yield sqlite_store
+    else:
+        async with MemoryStore() as memory_store:
+            yield memory_store
+
+
+def test_both_stores_are_run_stores() -> None:
+    def accepts(store: RunStore) -> RunStore:  # mypy checks the structural match
+        return store
+
+    assert accepts(MemoryStore()) is not None
+
+
+async def make_runner(store: AnyStore, name: str = "job", **over: Any) -> Runner:
+    fields: dict[str, Any] = {
+        "name": name,
+        "image_name": "busybox",
+        "image_tag": "latest",
+        "run_command": "echo hi",
+        "argv": None,
+        "entrypoint": None,
+        "timeout_seconds": 60,
+        "instance_type": "standard-s",
+    }
+    fields.update(over)
+    return await store.create_runner(fields, [])
+
+
+async def queue(store: AnyStore, runner: Runner, env: list[tuple[str, str]] | None = None) -> Run:
+    run, created = await store.create_run(runner, env or [], 1.0, 512, 100)
+    assert created
+    return run
+
+
+async def finish(store: AnyStore, run: Run, status: Status = Status.SUCCEEDED) -> Run:
+    return await store.finish_run(
+        run.id,
+        status,
+        exit_code=0 if status is Status.SUCCEEDED else 1,
+        failure_reason=None if status is Status.SUCCEEDED else FailureReason.NONZERO_EXIT,
+        error=None,
+    )
+
+
+async def test_runs_are_claimed_oldest_first_across_runners(store: AnyStore) -> None:
+    a, b = await make_runner(store, "a"), await make_runner(store, "b")
+    first, second, third = await queue(store, a), await queue(store, b), await queue(store, a)
+    claimed = []
+    for _ in range(3):
+        run = await store.next_pending(in_flight=claimed)
+        assert run is not None
+        claimed.append(run.id)
+    assert claimed == [first.id, second.id, third.id]
+    assert await store.next_pending(in_flight=claimed) is None
+
+
+async def test_a_runner_s_limit_counts_its_running_and_in_flight_runs(store: AnyStore) -> None:
+    one = await make_runner(store, "one", max_concurrent_runs=1)
+    other = await make_runner(store, "other")
+    first, second = await queue(store, one), await queue(store, one)
+    free = await queue(store, other)
+    found = await store.next_pending(in_flight=[first.id])
+    assert found is not None and found.id == free.id  # `second` waits: `first` is in flight
+    await store.mark_running(first.id, "c1", 1_000)
+    found = await store.next_pending(in_flight=[first.id, free.id])
+    assert found is None  # counted once, running and in flight
+    await finish(store, first)
+    found = await store.next_pending(in_flight=[free.id])
+    assert found is not None and found.id == second.id
+
+
+async def test_a_run_moves_pending_running_finished_and_never_back(store: AnyStore) -> None:
+    run = await queue(store, await make_runner(store))
+    running = await store.mark_running(run.id, "container-1", 1_000)
+    assert (running.status, running.container_id, running.started_at) == (
+        Status.RUNNING,
+        "container-1",
+        1_000,
+    )
+    with pytest.raises(Conflict, match="no longer pending"):
+        await store.mark_running(run.id, "container-2", 2_000)
+    done = await store.finish_run(
+        run.id,
+        Status.FAILED,
+        exit_code=3,
+        failure_reason=FailureReason.NONZERO_EXIT,
+        error="exit 3",
+        completed_at=5_000,
+    )
+    assert (done.status, done.exit_code, done.failure_reason, done.error, done.completed_at) == (
+        Status.FAILED,
+        3,
+        FailureReason.NONZERO_EXIT,
+        "exit 3",
+        5_000,
+    )
+    with pytest.raises(Conflict, match="already completed"):
+        await finish(store, run, Status.SUCCEEDED)
+    current = await store.get_run(run.id)
+    assert current is not None and current.status is Status.FAILED and current.exit_code == 3
+
+
+async def test_a_pending_run_can_be_finished_without_running(store: AnyStore) -> None:
+    run = await queue(store, await make_runner(store))
+    done = await store.finish_run(
+        run.id, Status.FAILED, exit_code=None, failure_reason=FailureReason.LOST, error="gone"
+    )
+    assert done.status is Status.FAILED and done.completed_at is not None
+
+
+async def test_cancel_pending_cancels_only_a_pending_run(store: AnyStore) -> None:
+    runner = await make_runner(store)
+    pending, running = await queue(store, runner), await queue(store, runner)
+    await store.mark_running(running.id, "c", 1_000)
+    canceled = await store.cancel_pending(pending.id, "canceled by a user")
+    assert canceled is not None
+    assert (canceled.status, canceled.failure_reason, canceled.error) == (
+        Status.FAILED,
+        FailureReason.CANCELED,
+        "canceled by a user",
+    )
+    assert canceled.completed_at is not None
+    assert await store.cancel_pending(pending.id, "again") is None
+    assert await store.cancel_pending(running.id, "no") is None
+    still = await store.get_run(running.id)
+    assert still is not None and still.status is Status.RUNNING
+    with pytest.raises(Conflict):
+        await store.mark_running(pending.id, "late", 2_000)
+
+
+async def test_listeners_hear_each_completion_once_and_nothing_else(store: AnyStore) -> None:
+    heard: list[tuple[str, Status]] = []
+    store.on_run_completed.append(lambda run: heard.append((run.id, run.status)))
+    runner = await make_runner(store)
+    a, b = await queue(store, runner), await queue(store, runner)
+    await store.mark_running(a.id, "c", 1_000)
+    assert heard == []
+    await finish(store, a)
+    await store.cancel_pending(b.id, "x")
+    await store.cancel_pending(b.id, "x")  # not pending: nothing happens
+    with pytest.raises(Conflict):
+        await finish(store, a)
+    assert heard == [(a.id, Status.SUCCEEDED), (b.id, Status.FAILED)]
+
+
+async def test_runs_with_status_in_queue_order(store: AnyStore) -> None:
+    runner = await make_runner(store)
+    runs = [await queue(store, runner) for _ in range(4)]
+    for run in (runs[2], runs[0], runs[3]):
+        await store.mark_running(run.id, f"c-{run.id}", 1_000)
+    await finish(store, runs[3])
+    running = await store.runs_with_status(Status.RUNNING)
+    assert [r.id for r in running] == [runs[0].id, runs[2].id]
+    assert [r.id for r in await store.runs_with_status(Status.PENDING)] == [runs[1].id]
+    assert [r.id for r in await store.runs_with_status(Status.SUCCEEDED)] == [runs[3].id]
+
+
+async def test_get_run_of_another_runner_is_none_and_reads_are_snapshots(
+    store: AnyStore,
+) -> None:
+    a, b = await make_runner(store, "a"), await make_runner(store, "b")
+    run = await queue(store, a, [("KEY", "value")])
+    assert await store.get_run(run.id, b.id) is None
+    assert await store.get_run("no-such-run") is None
+    read = await store.get_run(run.id, a.id)
+    assert read is not None and list(read.env) == [("KEY", "value")]
+    read.status = Status.SUCCEEDED  # a caller's copy: the store is not changed
+    again = await store.get_run(run.id)
+    assert again is not None and again.status is Status.PENDING
+
+
+async def test_completed_runs_with_a_webhook_wait_for_delivery_oldest_first(
+    store: AnyStore,
+) -> None:
+    hooked = await make_runner(store, "hooked", webhook_url="http://127.0.0.1:9/hook")
+    plain = await make_runner(store, "plain")
+    runs = [await queue(store, hooked) for _ in range(3)]
+    silent = await queue(store, plain)
+    for completed_at, run in zip((3_000, 1_000, 2_000), runs, strict=True):
+        await store.finish_run(
+            run.id,
+            Status.SUCCEEDED,
+            exit_code=0,
+            failure_reason=None,
+            error=None,
+            completed_at=completed_at,
+        )
+    done = await finish(store, silent)
+    assert done.webhook_status is None
+    pending = await store.pending_webhooks(10, [])
+    assert [r.id for r in pending] == [runs[1].id, runs[2].id, runs[0].id]
+    assert all(r.webhook_status == "pending" for r in pending)
+    assert [r.id for r in await store.pending_webhooks(1, [runs[1].id])] == [runs[2].id]
+    await store.set_webhook_status(runs[1].id, "delivered")
+    await store.set_webhook_status(runs[2].id, "failed")
+    assert [r.id for r in await store.pending_webhooks(10, [])] == [runs[0].id]
+    delivered = await store.get_run(runs[1].id)
+    assert delivered is not None and delivered.webhook_status == "delivered"
+
+
+async def test_registry_credentials_give_the_password_and_none_for_unknown(
+    store: AnyStore,
+) -> None:
+    registry = await store.create_registry(
+        {"name": "private", "host": "registry.example:5000", "username": "u", "password": "p"}
+    )
+    assert await store.registry_credentials(registry.id) == ("registry.example:5000", "u", "p")
+    assert await store.registry_credentials("no-such-registry") is None
+
+
+async def test_expired_runs_are_deleted_by_age_or_count_never_active_ones(
+    store: AnyStore,
+) -> None:
+    a, b = await make_runner(store, "a"), await make_runner(store, "b")
+    old = await queue(store, a)
+    await store.finish_run(
+        old.id, Status.SUCCEEDED, exit_code=0, failure_reason=None, error=None, completed_at=1_000
+    )
+    recent = [await queue(store, a) for _ in range(3)]
+    for run in recent:
+        await store.finish_run(
+            run.id,
+            Status.SUCCEEDED,
+            exit_code=0,
+            failure_reason=None,
+            error=None,
+            completed_at=10_000,
+        )
+    other = await queue(store, b)
+    await store.finish_run(
+        other.id, Status.FAILED, exit_code=1, failure_reason=None, error=None, completed_at=500
+    )
+    active = [await queue(store, a), await queue(store, b)]
+    await store.mark_running(active[0].id, "c", 1_000)
+
+    assert await store.delete_expired_runs(completed_before=None, keep_per_runner=None) == []
+    by_age = await store.delete_expired_runs(completed_before=2_000, keep_per_runner=None)
+    assert sorted(by_age) == sorted([old.id, other.id])
+    by_count = await store.delete_expired_runs(completed_before=None, keep_per_runner=1)
+    assert sorted(by_count) == sorted([recent[0].id, recent[1].id])
+    assert await store.delete_expired_runs(completed_before=10**15, keep_per_runner=0) == [
+        recent[2].id
+    ]
+    for run in active:
+        assert await store.get_run(run.id) is not None
+    for run in [old, other, *recent]:
+        assert await store.get_run(run.id) is None
+
+
+async def test_expired_runs_are_deleted_a_batch_at_a_time(store: AnyStore) -> None:
+    runner = await make_runner(store)
+    for _ in range(5):
+        await finish(store, await queue(store, runner))
+    first = await store.delete_expired_runs(completed_before=10**15, keep_per_runner=None, batch=2)
+    rest = await store.delete_expired_runs(completed_before=10**15, keep_per_runner=None, batch=10)
+    assert len(first) == 2 and len(rest) == 3 and not set(first) & set(rest)
+
+
+async def test_an_idempotency_key_gives_back_the_first_run(store: AnyStore) -> None:
+    runner = await make_runner(store)
+    first, created = await store.create_run(runner, [], 1.0, 1, 1, "key-1")
+    again, created_again = await store.create_run(runner, [], 1.0, 1, 1, "key-1")
+    other, created_other = await store.create_run(runner, [], 1.0, 1, 1, "key-2")
+    assert (created, created_again, created_other) == (True, False, True)
+    assert again.id == first.id != other.id
+
+
+async def test_runner_for_run_gives_runner_env_by_key_and_registry_host(store: AnyStore) -> None:
+    registry = await store.create_registry(
+        {"name": "private", "host": "registry.example:5000", "username": "u", "password": "p"}
+    )
+    fields: dict[str, Any] = {
+        "name": "pulls",
+        "image_name": "team/job",
+        "image_tag": "1",
+        "timeout_seconds": 60,
+        "instance_type": "standard-s",
+        "container_registry_id": registry.id,
+    }
+    runner = await store.create_runner(fields, [("ZED", "2"), ("ALPHA", "1")])
+    plain = await make_runner(store, "plain")
+    found = await store.runner_for_run(runner.id)
+    assert found is not None
+    got, env, host = found
+    assert got.id == runner.id and got.container_registry_id == registry.id
+    assert [(e.env_key, e.env_val, e.runner_id) for e in env] == [
+        ("ALPHA", "1", runner.id),
+        ("ZED", "2", runner.id),
+    ]
+    assert host == "registry.example:5000"
+    assert await store.runner_for_run(plain.id) == (plain, [], None)
+    assert await store.runner_for_run("no-such-runner") is None
+
+
+async def test_set_warmed_records_the_pull_and_refuses_an_unknown_runner(
+    store: AnyStore,
+) -> None:
+    runner = await make_runner(store)
+    assert runner.warmed_at is None
+    warmed = await store.set_warmed(runner.id, 42_000)
+    assert warmed.warmed_at == 42_000
+    found = await store.runner_for_run(runner.id)
+    assert found is not None and found[0].warmed_at == 42_000
+    with pytest.raises(NotFound):
+        await store.set_warmed("no-such-runner", 1)
