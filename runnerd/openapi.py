@@ -2,9 +2,10 @@
 `GET /v1/openapi.json`.
 
 The component schemas come from the models of `contract` (which also validate
-requests), so the document and the checks cannot drift apart; this module adds only
-what models cannot say: paths, parameters, auth and error responses. Each operation is
-one row of `PATHS`; `_operation` turns a row into OpenAPI.
+requests), and the query parameters and headers from `contract.queries`' declarations
+(which also check them), so the document and the checks cannot drift apart; this
+module adds only what neither says: paths, path ids, auth and error responses. Each
+operation is one row of `PATHS`; `_operation` turns a row into OpenAPI.
 tests/integration/test_openapi.py keeps the rest true by running schemathesis
 against a live daemon, and checks that every route of `make_app` is documented.
 """
@@ -27,36 +28,6 @@ TEXT = {"text/plain": {"schema": {"type": "string"}}}
 
 def ref(name: str) -> dict[str, Any]:
     return {"$ref": f"#/components/schemas/{name}"}
-
-
-def query(
-    name: str, schema: dict[str, Any], description: str, *, default: object = None
-) -> dict[str, Any]:
-    """An optional query parameter. Its default is said in words, never as the schema's
-    `default`: generated clients send a schema default on every call, and the logs
-    endpoint rejects parameters its chosen form does not take (`limit` in text mode,
-    `follow` in JSON mode), so a client would fail unless the caller knew to unset
-    them. Absent, the server applies the same default."""
-    if "default" in schema:
-        raise ValueError(f"query parameter {name}: say the default with default=, not in schema")
-    if default is not None:
-        shown = str(default).lower() if isinstance(default, bool) else default
-        description = f"{description} Default: `{shown}`."
-    return _param("query", name, schema, description)
-
-
-def header(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return _param("header", name, schema, description)
-
-
-def _param(where: str, name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {
-        "name": name,
-        "in": where,
-        "required": False,
-        "schema": schema,
-        "description": description,
-    }
 
 
 # -- error shapes -------------------------------------------------------------------
@@ -118,31 +89,11 @@ def _error_response(code: int) -> dict[str, Any]:
     return response
 
 
-# -- schemas, parameters, security --------------------------------------------------
+# -- schemas, path parameters, security --------------------------------------------------
 
-
-def _sse_event(event: str, data: str, *, with_id: bool) -> dict[str, Any]:
-    data_schema = {"type": "string", "contentMediaType": JSON, "contentSchema": ref(data)}
-    id_ = {"id": {"type": "string"}} if with_id else {}
-    return {
-        "type": "object",
-        "required": ["event", *id_, "data"],
-        "properties": {"event": {"const": event}, **id_, "data": data_schema},
-    }
-
-
-# What a model cannot say: a `text/event-stream` schema describes each event.
-LOG_EVENT = {
-    "description": "One Server-Sent Event of the stream (as OpenAPI 3.1 reads a "
-    "`text/event-stream` schema: each event). Per line of output an `event: log` whose `id` "
-    "is the entry's cursor (send it back as `Last-Event-ID` to resume) and whose `data` is "
-    "JSON `{ts, stream, msg}`; last, once the run has completed and all its output is out, "
-    "an `event: end` whose `data` is the Run as JSON.",
-    "oneOf": [_sse_event("log", "LogLine", with_id=True), _sse_event("end", "Run", with_id=False)],
-}
 
 # Built once: the document is served often and pydantic's schema building is not free.
-COMPONENT_SCHEMAS: dict[str, Any] = {**contract.component_schemas(), "LogEvent": LOG_EVENT}
+COMPONENT_SCHEMAS: dict[str, Any] = contract.component_schemas()
 
 # A path's `{name}` → its description; the component is the name in CamelCase.
 PATH_IDS = {
@@ -199,7 +150,7 @@ class Op:
     description: str | None = None
     body: str | None = None  # the request body's model
     body_required: bool = True
-    params: tuple[dict[str, Any], ...] = ()
+    params: tuple[contract.Param, ...] = ()  # query parameters and headers
     also: tuple[int, ...] = ()
     responses: Mapping[str, Any] | None = None  # besides the 200 and the errors
     security: tuple[dict[str, list[str]], ...] | None = None  # None: the document's
@@ -223,7 +174,7 @@ def _operation(method: str, path: str, op: Op) -> dict[str, Any]:
         codes.add(404)
     if op.body:
         codes |= {400, 413, 415}
-    if any(p["in"] == "query" for p in op.params):
+    if any(p.where == "query" for p in op.params):
         codes.add(400)
     errors = {
         str(c): {"$ref": f"#/components/responses/{ERROR_RESPONSES[c][0]}"} for c in sorted(codes)
@@ -232,7 +183,7 @@ def _operation(method: str, path: str, op: Op) -> dict[str, Any]:
     if op.description:
         out["description"] = op.description
     if op.params:
-        out["parameters"] = list(op.params)
+        out["parameters"] = [p.openapi() for p in op.params]
     if op.body:
         schema = {"schema": ref(op.body)}
         out["requestBody"] = {"required": op.body_required, "content": {JSON: schema}}
@@ -246,24 +197,6 @@ def _operation(method: str, path: str, op: Op) -> dict[str, Any]:
     return out
 
 
-LOGS_DESCRIPTION = (
-    "The run's output, chosen by `Accept`:\n\n"
-    "- default (`text/plain`, or anything without `application/json` or `text/event-stream`): "
-    "the bytes exactly as the container wrote them, stdout and stderr in the order the engine "
-    "received them; query `tail` (the last N lines) and `follow` (`true`: stream as the "
-    "container writes, chunked, ending when the run completes). Without `follow`, what has "
-    "been written so far (empty while pending).\n"
-    "- `application/json` (and not `text/plain`): a page of entries "
-    '`{"logs": [{id, ts, stream, msg}]}`; query `limit` (default '
-    f"{contract.LOGS_LIMIT_DEFAULT}, max {contract.LOGS_LIMIT_MAX}), `after` or `before` (an "
-    "entry's `id`: the page after or before it; not both), `stream` (`stdout` or `stderr`).\n"
-    "- `text/event-stream`: Server-Sent Events, live: one `event: log` per line (`id` = the "
-    "entry's cursor, `data` = JSON `{ts, stream, msg}`), then `event: end` whose `data` is the "
-    "final Run. `Last-Event-ID` resumes after that entry, without gaps or repeats; query "
-    "`stream` filters.\n\n"
-    "Query parameters that the chosen form does not take are a 400, as are cursors that are "
-    "not entry ids of this run's log."
-)
 HEALTH_503 = {
     "503": {
         "description": "The Docker engine does not answer, or the scheduler is not claiming runs.",
@@ -276,41 +209,10 @@ LOGS_200 = {
     JSON: {"schema": ref("LogPage")},
     "text/event-stream": {"schema": ref("LogEvent")},
 }
-COUNT = {"type": "integer", "minimum": 1}
-STRING = {"type": "string"}
-
 # Tables, laid out by hand (ruff would give every argument a line of its own).
-# fmt: off
-RUNS_QUERY = (
-    query("limit", COUNT | {"maximum": contract.RUNS_LIMIT_MAX}, "How many runs at most.",
-          default=contract.RUNS_LIMIT_DEFAULT),
-    query("status", ref("RunStatus"), "Only runs in this status."),
-    query("before", UUID, "Only runs queued before this run, which must be one of this runner's: "
-          "pass the last id of a page to get the next page."),
-)
-LOGS_QUERY = (
-    query("tail", {"type": "integer", "minimum": 0, "maximum": contract.TAIL_MAX},
-          "text/plain: only the last N lines."),
-    query("follow", {"type": "boolean"},
-          "text/plain: stream the output live until the run completes.", default=False),
-    query("limit", COUNT | {"maximum": contract.LOGS_LIMIT_MAX},
-          "application/json: entries per page.", default=contract.LOGS_LIMIT_DEFAULT),
-    query("after", STRING,
-          "application/json: the page after this entry (an opaque cursor: an entry's `id`)."),
-    query("before", STRING, "application/json: the page before this entry (an entry's `id`)."),
-    query("stream", STRING | {"enum": list(contract.LOG_STREAMS)},
-          "application/json, text/event-stream: only this stream."),
-    header("Last-Event-ID", STRING, "text/event-stream: resume after this entry."),
-)
-IDEMPOTENCY_KEY = header(
-    "Idempotency-Key",
-    STRING | {"minLength": 1, "maxLength": contract.IDEMPOTENCY_KEY_MAX, "pattern": "^[!-~]+$"},
-    "Visible ASCII, no spaces. The same key for the same runner within 24 hours returns the "
-    "first run instead of queueing another, also under concurrent requests.",
-)
-
 # path → method → Op(operationId, summary, 200's description, 200's model, description, ...);
 # the order is the document's.
+# fmt: off
 PATHS: dict[str, dict[str, Op]] = {
     "/healthz": {
         "get": Op("getHealth", "Whether the daemon and its Docker engine answer",
@@ -377,22 +279,23 @@ PATHS: dict[str, dict[str, Op]] = {
     },
     "/v1/runners/{runner_id}/runs": {
         "get": Op("listRuns", "List a runner's runs, newest first", "A page of runs.", "RunList",
-                  "Unknown query parameters are a 400.", params=RUNS_QUERY),
+                  "Unknown query parameters are a 400.", params=contract.RUN_LIST_QUERY),
         "post": Op("triggerRun", "Trigger a run",
                    "The run, `pending`: it is queued and runs asynchronously. With an "
                    "`Idempotency-Key` already used for this runner, the first run as it is now.",
                    "RunResponse",
                    "The run's environment is the runner's env variables, then the body's "
                    "overrides on top. A runner whose instance type is no longer configured is a "
-                   "400.", body="TriggerRequest", body_required=False, params=(IDEMPOTENCY_KEY,)),
+                   "400.", body="TriggerRequest", body_required=False,
+                   params=(contract.IDEMPOTENCY_KEY,)),
     },
     "/v1/runners/{runner_id}/runs/{run_id}": {
         "get": Op("getRun", "Show a run", "The run.", "RunResponse"),
     },
     "/v1/runners/{runner_id}/runs/{run_id}/logs": {
         "get": Op("getRunLogs", "A run's output: text, live text, JSON pages or SSE",
-                  "The output, in the form `Accept` asked for.", LOGS_200, LOGS_DESCRIPTION,
-                  params=LOGS_QUERY, also=(503,)),
+                  "The output, in the form `Accept` asked for.", LOGS_200,
+                  contract.LOGS_DESCRIPTION, params=contract.LOGS_QUERY, also=(503,)),
     },
     "/v1/runners/{runner_id}/runs/{run_id}/cancel": {
         "post": Op("cancelRun", "Cancel a run",

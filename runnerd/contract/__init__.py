@@ -79,7 +79,12 @@ from .fields import (
     is_uuid,
 )
 from .queries import (
+    IDEMPOTENCY_KEY,
+    LOGS_DESCRIPTION,
+    LOGS_QUERY,
+    RUN_LIST_QUERY,
     LogsPage,
+    Param,
     Query,
     parse_idempotency_key,
     parse_json_logs_query,
@@ -115,6 +120,7 @@ from .resources import (
     ValidationErrors,
     env_json,
     log_entry_json,
+    log_event_schema,
     registry_json,
     run_json,
     runner_json,
@@ -179,6 +185,7 @@ def component_schemas() -> dict[str, Any]:
         schema_generator=_ComponentNames,
     )
     schemas: dict[str, Any] = {"Timestamp": dict(TIMESTAMP), **top["$defs"]}
+    schemas["LogEvent"] = log_event_schema()
     for schema in schemas.values():
         schema.pop("title", None)
     with_refs: dict[str, Any] = _with_timestamp_refs(schemas)
@@ -224,13 +231,16 @@ __all__ = [
     "Error",
     "Health",
     "HealthUnavailable",
+    "IDEMPOTENCY_KEY",
     "IDEMPOTENCY_KEY_MAX",
     "IMAGE_NAME",
     "IMAGE_TAG",
     "Id",
     "InstanceType",
     "Invalid",
+    "LOGS_DESCRIPTION",
     "LOGS_LIMIT_DEFAULT",
+    "LOGS_QUERY",
     "LOGS_LIMIT_MAX",
     "LOG_STREAMS",
     "LOG_STREAM_NAMES",
@@ -243,6 +253,7 @@ __all__ = [
     "NO_NUL",
     "Name",
     "PULL_POLICIES",
+    "Param",
     "PullPolicy",
     "Query",
     "QueueDepth",
@@ -252,6 +263,7 @@ __all__ = [
     "RESPONSES",
     "RUNNER_FIELDS",
     "RUNNER_MAX_CONCURRENT",
+    "RUN_LIST_QUERY",
     "RUNS_LIMIT_DEFAULT",
     "RUNS_LIMIT_MAX",
     "RUN_COMMAND_MAX",

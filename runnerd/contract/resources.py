@@ -140,6 +140,33 @@ class LogPage(_Resource):
     logs: list[LogEntry]
 
 
+def log_event_schema() -> dict[str, Any]:
+    """The `LogEvent` component: what a model cannot say, a `text/event-stream` schema
+    (as OpenAPI 3.1 reads it: each event), whose `data` is a model as JSON."""
+
+    def event(name: str, data: type[BaseModel], *, with_id: bool) -> dict[str, Any]:
+        data_schema = {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "contentSchema": {"$ref": f"#/components/schemas/{data.__name__}"},
+        }
+        id_ = {"id": {"type": "string"}} if with_id else {}
+        return {
+            "type": "object",
+            "required": ["event", *id_, "data"],
+            "properties": {"event": {"const": name}, **id_, "data": data_schema},
+        }
+
+    return {
+        "description": "One Server-Sent Event of the stream (as OpenAPI 3.1 reads a "
+        "`text/event-stream` schema: each event). Per line of output an `event: log` whose "
+        "`id` is the entry's cursor (send it back as `Last-Event-ID` to resume) and whose "
+        "`data` is JSON `{ts, stream, msg}`; last, once the run has completed and all its "
+        "output is out, an `event: end` whose `data` is the Run as JSON.",
+        "oneOf": [event("log", LogLine, with_id=True), event("end", Run, with_id=False)],
+    }
+
+
 class RunnerResponse(_Resource):
     runner: Runner
 

@@ -355,7 +355,7 @@ async def test_json_logs_bad_cursor_both_cursors_or_bad_stream_is_400(api: Api) 
         ("?before=7", "before"),
         ("?after=-5", "after"),
         ("?after=99999999", "after"),
-        (f"?after={first}&before={second}", "after and before"),
+        (f"?after={first}&before={second}", "before: cannot be used together with after"),
         ("?stream=bogus", "stream"),
     ]:
         status, body = await json_logs(api, rid, run_id, query)
