@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 import time
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
@@ -120,6 +121,48 @@ class Run:
     container_registry_id: str | None = None
     image_pull_policy: str = "if_not_present"
     seq: int = 0  # queue order; also the cursor for `before=` pages
+
+    @classmethod
+    def queued(
+        cls,
+        runner: Runner,
+        env: list[tuple[str, str]],
+        *,
+        cpu: float,
+        mem: int,
+        pids: int,
+        image: str | None,
+        now: int,
+        seq: int = 0,
+    ) -> Run:
+        """A new pending run of `runner`: what it runs is copied from the runner now."""
+        return cls(
+            seq=seq,
+            id=str(uuid.uuid4()),
+            runner_id=runner.id,
+            status=Status.PENDING,
+            image=image or runner.image,
+            command=runner.run_command,
+            argv=runner.argv,
+            entrypoint=runner.entrypoint,
+            env=list(env),
+            timeout_seconds=runner.timeout_seconds,
+            instance_type=runner.instance_type,
+            cpu=cpu,
+            mem=mem,
+            pids=pids,
+            exit_code=None,
+            failure_reason=None,
+            error=None,
+            container_id=None,
+            started_at=None,
+            completed_at=None,
+            created_at=now,
+            updated_at=now,
+            webhook_url=runner.webhook_url,
+            container_registry_id=runner.container_registry_id,
+            image_pull_policy=runner.image_pull_policy or "if_not_present",
+        )
 
 
 @dataclass

@@ -105,32 +105,8 @@ class MemoryStore:
             if first is not None and first.created_at >= now - IDEMPOTENCY_WINDOW_MS:
                 return copy.deepcopy(first), False
         self._seq += 1
-        run = Run(
-            seq=self._seq,
-            id=str(uuid.uuid4()),
-            runner_id=runner.id,
-            status=Status.PENDING,
-            image=image or runner.image,
-            command=runner.run_command,
-            argv=runner.argv,
-            entrypoint=runner.entrypoint,
-            env=list(env),
-            timeout_seconds=runner.timeout_seconds,
-            instance_type=runner.instance_type,
-            cpu=cpu,
-            mem=mem,
-            pids=pids,
-            exit_code=None,
-            failure_reason=None,
-            error=None,
-            container_id=None,
-            started_at=None,
-            completed_at=None,
-            created_at=now,
-            updated_at=now,
-            webhook_url=runner.webhook_url,
-            container_registry_id=runner.container_registry_id,
-            image_pull_policy=runner.image_pull_policy or "if_not_present",
+        run = Run.queued(
+            runner, env, cpu=cpu, mem=mem, pids=pids, image=image, now=now, seq=self._seq
         )
         self.runs[run.id] = run
         if idempotency_key is not None:

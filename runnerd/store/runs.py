@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, overload
 
@@ -39,32 +38,7 @@ class Runs(Aggregate):
         in the last 24 hours: (that first run, False) and nothing is queued. The
         UNIQUE index decides, so concurrent requests cannot both insert."""
         now = now_ms()
-        run = Run(
-            id=str(uuid.uuid4()),
-            runner_id=runner.id,
-            status=Status.PENDING,
-            image=image or runner.image,
-            command=runner.run_command,
-            argv=runner.argv,
-            entrypoint=runner.entrypoint,
-            env=list(env),
-            timeout_seconds=runner.timeout_seconds,
-            instance_type=runner.instance_type,
-            cpu=cpu,
-            mem=mem,
-            pids=pids,
-            exit_code=None,
-            failure_reason=None,
-            error=None,
-            container_id=None,
-            started_at=None,
-            completed_at=None,
-            created_at=now,
-            updated_at=now,
-            webhook_url=runner.webhook_url,
-            container_registry_id=runner.container_registry_id,
-            image_pull_policy=runner.image_pull_policy or "if_not_present",
-        )
+        run = Run.queued(runner, env, cpu=cpu, mem=mem, pids=pids, image=image, now=now)
         sealed_env = self.box.encrypt(json.dumps(env))
         box = self.box
 
