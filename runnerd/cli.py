@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from . import __version__, client
@@ -343,7 +343,7 @@ def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
         loop.close()
 
 
-def _with_store(config: config_mod.Config, action) -> int:  # type: ignore[no-untyped-def]
+def _with_store(config: config_mod.Config, action: Callable[[Store], Awaitable[int]]) -> int:
     async def run() -> int:
         async with Store(config.storage.db_path, config.storage.secret_key_path) as store:
             return int(await action(store))

@@ -160,7 +160,8 @@ def host_zone() -> tzinfo:
             os.environ.get("TZ"),
             fixed,
         )
-        return fixed  # type: ignore[return-value]
+        assert fixed is not None  # astimezone() always gives an aware time
+        return fixed
 
 
 def host_key(host: str) -> str:

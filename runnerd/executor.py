@@ -629,7 +629,8 @@ class Executor:
                     run.timeout_seconds,
                 )
                 await self.engine.stop(container_id, self.stop_grace_seconds)
-                exit_code = await asyncio.shield(waiting)  # type: ignore[arg-type]
+                assert waiting is not None  # only the wait on it can time out
+                exit_code = await asyncio.shield(waiting)
             if output is not None:
                 await self._drain(run, output)
             assert exit_code is not None

@@ -70,7 +70,8 @@ T = TypeVar("T")
 
 def _open(path: Path, mode: str = "rb", buffering: int = -1) -> BinaryIO:
     """Every file this module reads or writes is opened here."""
-    return open(path, mode, buffering=buffering)  # type: ignore[return-value]
+    # typeshed types open() with a str mode as IO[Any]; every mode here is binary.
+    return open(path, mode, buffering=buffering)  # type: ignore[return-value]  # binary modes only
 
 
 def _stream_of(record: Record) -> int:

@@ -16,6 +16,7 @@ import hmac
 import json
 import logging
 import time
+from datetime import tzinfo
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -39,7 +40,7 @@ def signature(secret: str, body: bytes) -> str:
 
 
 class Notifier:
-    def __init__(self, store: RunStore, config: WebhooksConfig, tz) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, store: RunStore, config: WebhooksConfig, tz: tzinfo) -> None:
         self.store = store
         self.config = config
         self.tz = tz
