@@ -274,13 +274,15 @@ async def test_retention_max_age_applies_retroactively_after_a_restart(
         return await run_ids(api, runner["id"]) == [ids[2]]
 
     await wait_until(swept, timeout=15, what="the runs older than max_age_days to be deleted")
-    assert not any(log_file(daemon, i).exists() for i in old)
-    assert log_file(daemon, ids[2]).exists()
 
-    async def logged() -> bool:  # the sweep logs once its last (empty) batch is read
+    # The rows go first, then their log files (never a run without its log); the sweep
+    # logs once it has deleted the files and read its last (empty) batch.
+    async def logged() -> bool:
         return "retention: deleted 2 completed runs" in daemon.log_text()
 
     await wait_until(logged, timeout=15, what="the sweep's log line")
+    assert not any(log_file(daemon, i).exists() for i in old)
+    assert log_file(daemon, ids[2]).exists()
 
 
 async def test_deleting_a_runner_deletes_its_runs_and_their_log_files(
