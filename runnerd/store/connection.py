@@ -78,6 +78,11 @@ class _Connection:
     async def close(self, wait_seconds: float | None = None) -> None:
         """Finish the operations in flight, waiting at most `wait_seconds`; past
         that, abort them (their callers get StoreError) and close."""
+        await self.finish(wait_seconds)
+        await self.shut()
+
+    async def finish(self, wait_seconds: float | None = None) -> None:
+        """The first half of close(): the operations in flight end or are aborted."""
         if self._turns is not None:
             turns = self._turns
             done, _ = await asyncio.wait({turns}, timeout=wait_seconds)
@@ -88,6 +93,9 @@ class _Connection:
                         _aiosqlite_shim.interrupt(self.db)  # a long statement stops
                 turns.cancel()
                 await asyncio.gather(turns, return_exceptions=True)
+
+    async def shut(self) -> None:
+        """The second half of close(): the SQLite connection closes."""
         if self.db is not None:
             db, self.db = self.db, None
             await db.close()
@@ -168,11 +176,21 @@ class Database:
         if self.lookups is not None:
             db, self.lookups = self.lookups, None
             db.close()
-        outcomes = await asyncio.gather(
-            self.reader.close(wait_seconds),
-            self.writer.close(wait_seconds),
-            return_exceptions=True,
-        )
+        outcomes: list[BaseException | None] = [
+            *await asyncio.gather(
+                self.reader.finish(wait_seconds),
+                self.writer.finish(wait_seconds),
+                return_exceptions=True,
+            )
+        ]
+        # One after the other, the writer last: the last connection to close
+        # checkpoints the WAL and deletes it, but two closing at the same moment on
+        # two threads can each see the other still open, and both leave it.
+        for connection in (self.reader, self.writer):
+            try:
+                await connection.shut()
+            except BaseException as e:  # the other still closes
+                outcomes.append(e)
         for outcome in outcomes:
             if isinstance(outcome, BaseException):
                 raise outcome
