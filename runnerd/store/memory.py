@@ -95,6 +95,7 @@ class MemoryStore:
         pids: int,
         idempotency_key: str | None = None,
         image: str | None = None,
+        **queued: Any,
     ) -> tuple[Run, bool]:
         await _round_trip()
         if runner.id not in self.runners:
@@ -106,7 +107,7 @@ class MemoryStore:
                 return copy.deepcopy(first), False
         self._seq += 1
         run = Run.queued(
-            runner, env, cpu=cpu, mem=mem, pids=pids, image=image, now=now, seq=self._seq
+            runner, env, cpu=cpu, mem=mem, pids=pids, image=image, now=now, seq=self._seq, **queued
         )
         self.runs[run.id] = run
         if idempotency_key is not None:
@@ -144,8 +145,11 @@ class MemoryStore:
     async def next_pending(self, in_flight: list[str] | None = None) -> Run | None:
         await _round_trip()
         held = set(in_flight or [])
+        now = now_ms()
         for run in self.runs.values():
             if run.status is not Status.PENDING or run.id in held:
+                continue
+            if run.not_before is not None and run.not_before > now:
                 continue
             limit = self.runners[run.runner_id].max_concurrent_runs
             if limit is None or limit > sum(
@@ -156,6 +160,16 @@ class MemoryStore:
             ):
                 return copy.deepcopy(run)
         return None
+
+    async def next_not_before(self) -> int | None:
+        await _round_trip()
+        now = now_ms()
+        waiting = [
+            r.not_before
+            for r in self.runs.values()
+            if r.status is Status.PENDING and r.not_before is not None and r.not_before > now
+        ]
+        return min(waiting, default=None)
 
     async def cancel_pending(self, run_id: str, error: str) -> Run | None:
         await _round_trip()
