@@ -22,6 +22,7 @@ from .auth import hash_secret, secret_from_header
 from .config import Config
 from .engine import EngineError, EngineUnavailable
 from .executor import Executor
+from .firing import Firing
 from .logs import LogStore, Record
 from .models import TERMINAL_STATUSES, FailureReason, Run, Scope, Status
 from .scheduler import Scheduler
@@ -34,6 +35,7 @@ STORE = web.AppKey("store", Store)
 LOGS = web.AppKey("logs", LogStore)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 EXECUTOR = web.AppKey("executor", Executor)
+FIRING = web.AppKey("firing", Firing)
 STOPPING = web.AppKey("stopping", asyncio.Event)  # set when the daemon begins to stop
 
 OPENAPI_PATH = "/v1/openapi.json"  # the one /v1 path that needs no key
@@ -51,6 +53,7 @@ def make_app(
     logs: LogStore,
     scheduler: Scheduler,
     executor: Executor,
+    firing: Firing,
 ) -> web.Application:
     """The routes and the state they use. The caller wires the parts: see
     daemon.serve (e.g. daemon.wake_log_followers for live log follows)."""
@@ -63,6 +66,7 @@ def make_app(
     app[LOGS] = logs
     app[SCHEDULER] = scheduler
     app[EXECUTOR] = executor
+    app[FIRING] = firing
     app[STOPPING] = asyncio.Event()
     app[FOLLOWERS] = Followers(config.server.max_log_followers)
     r = app.router

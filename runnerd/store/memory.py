@@ -205,6 +205,13 @@ class MemoryStore:
         if run is None or run.status not in ACTIVE_STATUSES:
             raise Conflict(f"run {run_id} has already completed")
         self._complete(run, status, exit_code, failure_reason, error, completed_at or now_ms())
+        if run.will_retry:  # as the SQLite store does in the same commit
+            assert run.completed_at is not None
+            wait = run.retry_policy.backoff_ms(run.attempt)
+            self._seq += 1
+            retry = run.retry(now=run.completed_at, not_before=run.completed_at + wait)
+            retry.seq = self._seq
+            self.runs[retry.id] = retry
         return self._completed(run)
 
     async def runs_with_status(self, status: Status) -> list[Run]:

@@ -190,9 +190,14 @@ class Runs(Aggregate):
         error: str | None,
         completed_at: int | None = None,
     ) -> Run:
-        """Move a pending or running run to its final status; never backwards."""
+        """Move a pending or running run to its final status; never backwards. In
+        the same commit, what its end makes (so a crash can neither lose it nor make
+        it twice): the retry of a failed attempt that its policy retries (pending
+        until its back-off ends), or else, when its runner chains runs on this
+        outcome, the mark that they are still to be made (runnerd.chains)."""
         assert status in (Status.SUCCEEDED, Status.FAILED)
         completed_at = completed_at or now_ms()
+        box = self.box
 
         def update(db: sqlite3.Connection) -> sqlite3.Row:
             row: sqlite3.Row | None = db.execute(
@@ -212,7 +217,7 @@ class Runs(Aggregate):
             ).fetchone()
             if row is None:
                 raise Conflict(f"run {run_id} has already completed")
-            return row
+            return _follow_up(db, row, run_from_row(row, box))
 
         run = run_from_row(await self._db.write(update), self.box)
         self._completed(run)
@@ -276,6 +281,27 @@ class Runs(Aggregate):
             return ids
 
         return await self._db.write(delete)
+
+
+def _follow_up(db: sqlite3.Connection, row: sqlite3.Row, run: Run) -> sqlite3.Row:
+    """Inside finish_run's write: the ended `run`'s retry, or its chain mark. The
+    row as it is after that."""
+    assert run.completed_at is not None
+    if run.will_retry:
+        wait = run.retry_policy.backoff_ms(run.attempt)
+        retry = run.retry(now=run.completed_at, not_before=run.completed_at + wait)
+        insert_run(db, retry, row["env"])  # the same sealed env; runs_retry_of: once
+        return row
+    if run.failure_reason is FailureReason.CANCELED:
+        return row  # a cancel is the user's (or shutdown's) stop: nothing follows it
+    column = "on_success" if run.status is Status.SUCCEEDED else "on_failure"
+    targets = db.execute(f"SELECT {column} FROM runners WHERE id = ?", (run.runner_id,)).fetchone()
+    if targets is None or not json.loads(targets[0] or "[]"):
+        return row
+    marked: sqlite3.Row = db.execute(
+        "UPDATE runs SET chain_status = 'pending' WHERE id = ? RETURNING *", (run.id,)
+    ).fetchone()
+    return marked
 
 
 # A run's columns as insert_run writes them (seq and status aside).

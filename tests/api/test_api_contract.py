@@ -269,7 +269,7 @@ async def test_healthz_needs_no_key_and_answers_ok(api: Api) -> None:
 def write_routes() -> list[tuple[str, str]]:
     """Every (method, path template) under /v1 that is not a read, from the app's own
     route table: a route added later is in this list without anyone adding it."""
-    app = make_app(Config(), None, None, None, None)  # type: ignore[arg-type]  # routes only
+    app = make_app(Config(), None, None, None, None, None)  # type: ignore[arg-type]  # routes only
     routes = set()
     for route in app.router.routes():
         info = route.resource.get_info() if route.resource is not None else {}
