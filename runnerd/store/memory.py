@@ -14,6 +14,7 @@ from typing import Any
 
 from ..models import (
     ACTIVE_STATUSES,
+    NO_RETRIES,
     TERMINAL_STATUSES,
     ContainerRegistry,
     EnvVariable,
@@ -60,7 +61,9 @@ class MemoryStore:
         await _round_trip()
         now = now_ms()
         values: dict[str, Any] = {f.name: None for f in dataclasses.fields(Runner)}
+        values.update(retry_policy=NO_RETRIES, on_success=[], on_failure=[])  # as read back
         values.update(fields, id=str(uuid.uuid4()), created_at=now, updated_at=now)
+        values["retry_policy"] = values["retry_policy"] or NO_RETRIES
         runner = Runner(**values)
         self.runners[runner.id] = runner
         self.env[runner.id] = [
