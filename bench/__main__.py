@@ -18,7 +18,16 @@ import traceback
 from pathlib import Path
 from types import ModuleType
 
-from . import p1_overhead, p2_drain, p3_trigger, p4_logs, p5_history, p6_queue, report
+from . import (
+    p1_overhead,
+    p2_drain,
+    p3_trigger,
+    p4_logs,
+    p5_history,
+    p6_queue,
+    p7_schedules,
+    report,
+)
 from .common import Context, FigureResult, Row, check_engine, remove_bench_containers
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +41,7 @@ FIGURES: dict[str, ModuleType] = {
     "P4": p4_logs,
     "P5": p5_history,
     "P6": p6_queue,
+    "P7": p7_schedules,
 }
 # A figure that runs past this is stopped and reported as an error.
 FIGURE_TIMEOUT = {"quick": 240.0, "full": 1800.0}

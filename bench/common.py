@@ -420,6 +420,11 @@ class Api:
             await self.ok("POST", f"/v1/runners/{runner_id}/runs", body if body is not None else {})
         )["run"]
 
+    async def create_schedule(self, runner_id: str, cron: str, **fields: Any) -> dict[str, Any]:
+        """POST a schedule (`fields`: timezone, enabled, env_variables, …); the schedule."""
+        body = {"cron": cron, **fields}
+        return (await self.ok("POST", f"/v1/runners/{runner_id}/schedules", body))["schedule"]
+
     async def run(self, runner_id: str, run_id: str) -> dict[str, Any]:
         return (await self.ok("GET", f"/v1/runners/{runner_id}/runs/{run_id}"))["run"]
 
