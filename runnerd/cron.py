@@ -147,11 +147,11 @@ class Cadence:
 
     def _latest_at_or_before(self, end_ms: int, tz: tzinfo) -> int | None:
         local = datetime.fromtimestamp(end_ms // 1000, tz)
-        wall = local.replace(tzinfo=None)
+        wall = local.replace(tzinfo=None, fold=0)
         if local.fold:
             # `end_ms` is in a repeated hour's second pass: wall times up to the end of
             # the repeat map to their first occurrence, before end_ms. Start past them.
-            first = wall.replace(tzinfo=tz).utcoffset() or _ZERO
+            first = wall.replace(tzinfo=tz, fold=0).utcoffset() or _ZERO
             wall += first - (local.utcoffset() or _ZERO)
         try:
             for candidate in CronSim(self._fields, wall + _SECOND, reverse=True):
@@ -304,13 +304,15 @@ def _shown(text: str) -> str:
 
 
 def _wall(seconds: int, tz: tzinfo) -> datetime:
-    """The wall time in `tz` at an instant (whole seconds since the epoch)."""
-    return datetime.fromtimestamp(seconds, tz).replace(tzinfo=None)
+    """The wall time in `tz` at an instant (whole seconds since the epoch), with fold=0:
+    cronsim's `replace` calls would carry a fold=1 into the wall times it yields."""
+    return datetime.fromtimestamp(seconds, tz).replace(tzinfo=None, fold=0)
 
 
 def _instant(wall: datetime, tz: tzinfo) -> int:
     """The one instant (epoch ms) a wall time in `tz` fires at, by the DST rules."""
-    first = wall.replace(tzinfo=tz).utcoffset() or _ZERO  # fold=0: the earlier offset
+    # fold=0 given, not kept from `wall`: that reads a repeated wall time at its first pass.
+    first = wall.replace(tzinfo=tz, fold=0).utcoffset() or _ZERO
     later = wall.replace(tzinfo=tz, fold=1).utcoffset() or _ZERO
     if first >= later:
         # The same offset both ways: a plain wall time. First above later: it occurs
