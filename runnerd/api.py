@@ -17,11 +17,12 @@ from typing import Any
 
 from aiohttp import web
 
-from . import contract, images, metrics, openapi
+from . import contract, metrics, openapi, triggers
 from .auth import hash_secret, secret_from_header
 from .config import Config
 from .engine import EngineError, EngineUnavailable
 from .executor import Executor
+from .firing import Firing
 from .logs import LogStore, Record
 from .models import TERMINAL_STATUSES, FailureReason, Run, Scope, Status
 from .scheduler import Scheduler
@@ -34,6 +35,7 @@ STORE = web.AppKey("store", Store)
 LOGS = web.AppKey("logs", LogStore)
 SCHEDULER = web.AppKey("scheduler", Scheduler)
 EXECUTOR = web.AppKey("executor", Executor)
+FIRING = web.AppKey("firing", Firing)
 STOPPING = web.AppKey("stopping", asyncio.Event)  # set when the daemon begins to stop
 
 OPENAPI_PATH = "/v1/openapi.json"  # the one /v1 path that needs no key
@@ -51,6 +53,7 @@ def make_app(
     logs: LogStore,
     scheduler: Scheduler,
     executor: Executor,
+    firing: Firing,
 ) -> web.Application:
     """The routes and the state they use. The caller wires the parts: see
     daemon.serve (e.g. daemon.wake_log_followers for live log follows)."""
@@ -63,6 +66,7 @@ def make_app(
     app[LOGS] = logs
     app[SCHEDULER] = scheduler
     app[EXECUTOR] = executor
+    app[FIRING] = firing
     app[STOPPING] = asyncio.Event()
     app[FOLLOWERS] = Followers(config.server.max_log_followers)
     r = app.router
@@ -330,37 +334,30 @@ async def list_runs(request: web.Request) -> web.Response:
 async def trigger_run(request: web.Request) -> web.Response:
     store = request.app[STORE]
     config = request.app[CONFIG]
-    runner, runner_env, image = await _runner_for_run(request)
+    found = await store.runner_for_run(_id(request, "runner_id"))
+    if found is None:
+        raise web.HTTPNotFound()
     overrides = contract.parse_trigger(await read_json(request))
-    itype = config.instance_types.get(runner.instance_type)
-    if itype is None:
-        raise contract.Invalid(
-            [
-                f"instance_type: the runner's instance type {runner.instance_type!r} is no longer "
-                f"configured; PATCH the runner to one of {', '.join(sorted(config.instance_types))}"
-            ]
-        )
+    try:
+        prepared = triggers.prepare(found, config, overrides)
+    except triggers.NotTriggerable as e:
+        raise contract.Invalid([str(e)]) from None
     idempotency_key = contract.parse_idempotency_key(request.headers.get("Idempotency-Key"))
-    env = contract.merge_env(runner_env, overrides)
     run, created = await store.create_run(
-        runner, env, itype.cpu, itype.mem, itype.pids, idempotency_key=idempotency_key, image=image
+        prepared.runner,
+        prepared.env,
+        prepared.cpu,
+        prepared.mem,
+        prepared.pids,
+        idempotency_key=idempotency_key,
+        image=prepared.image,
     )
     if created:
         request.app[SCHEDULER].wake()
         # DEBUG: at hundreds of triggers a second a line each is noise (and 8 % of
         # a trigger's CPU); the run's "started" and final lines carry its id.
-        log.debug("run %s of runner %s queued", run.id, runner.id)
+        log.debug("run %s of runner %s queued", run.id, run.runner_id)
     return web.json_response({"run": contract.run_json(run, config.tz)})
-
-
-async def _runner_for_run(request: web.Request) -> tuple[Any, list[Any], str]:
-    """The runner, its env variables and the full image reference a run of it
-    pulls (under its registry's host, if it has one); 404 when there is none."""
-    found = await request.app[STORE].runner_for_run(_id(request, "runner_id"))
-    if found is None:
-        raise web.HTTPNotFound()
-    runner, env, registry_host = found
-    return runner, env, images.reference(runner.image_name, runner.image_tag, registry_host)
 
 
 async def warm_runner(request: web.Request) -> web.Response:

@@ -36,6 +36,7 @@ from .engine import (
     log_file_bytes,
 )
 from .executor import Executor
+from .firing import Firing
 from .logs import EngineCopy, LogStore
 from .notify import notify, tell_systemd
 from .retention import Retention
@@ -150,6 +151,7 @@ async def serve(config: Config) -> Stopped:
     app: web.Application | None = None
     runner: web.AppRunner | None = None
     scheduler: Scheduler | None = None
+    firing: Firing | None = None
     executor: Executor | None = None
     notifier: Notifier | None = None
     retention: Retention | None = None
@@ -193,7 +195,8 @@ async def serve(config: Config) -> Stopped:
                 executor,
                 max_concurrent_runs=config.scheduler.max_concurrent_runs,
             )
-            app = make_app(config, store, logs, scheduler, executor)
+            firing = Firing(store, config, scheduler)
+            app = make_app(config, store, logs, scheduler, executor, firing)
             runner = web.AppRunner(
                 app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS, handle_signals=False
             )
@@ -209,6 +212,7 @@ async def serve(config: Config) -> Stopped:
                     config.storage.data_dir,
                 )
             scheduler.start()
+            firing.start()
             notifier.start()
             retention.start()
             side_tasks.append(
@@ -224,6 +228,7 @@ async def serve(config: Config) -> Stopped:
                 stop,
                 {
                     "the scheduler": scheduler.task,
+                    "the schedules": firing.task,
                     "webhook deliveries": notifier.task,
                     "retention": retention.task,
                     "the systemd watchdog": side_tasks[-1],
@@ -246,6 +251,8 @@ async def serve(config: Config) -> Stopped:
         steps: list[tuple[Any, ...]] = [("the side tasks", _cancel(side_tasks), bounds.tasks)]
         if runner is not None:  # stop accepting, let in-flight requests finish
             steps.append(("the HTTP server", runner.cleanup(), bounds.http))
+        if firing is not None:  # no fire after this: the scheduler stops next
+            steps.append(("the schedules", firing.stop(), bounds.tasks))
         if scheduler is not None:
             steps.append(
                 (

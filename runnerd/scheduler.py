@@ -1,10 +1,11 @@
 """Queue policy: which pending run starts next, and how many run at once.
 
 One loop claims pending runs oldest first while fewer than `max_concurrent_runs`
-are in flight (and the run's runner is under its own `max_concurrent_runs`), and
-hands each to the executor in a task of its own. A trigger wakes it at once
-(`wake()`); there is no polling delay. The loop is the only thing that starts
-runs, so the limits hold whatever requests interleave.
+are in flight (and the run's runner is under its own `max_concurrent_runs`, and
+the run's `not_before` has come), and hands each to the executor in a task of its
+own. A trigger wakes it at once (`wake()`), and it sleeps until the earliest
+`not_before` when only delayed runs wait; there is no polling delay. The loop is
+the only thing that starts runs, so the limits hold whatever requests interleave.
 
 Before the first claim it has the executor reconcile with the engine (containers
 of ended runs are removed) and re-attaches the runs an earlier process left
@@ -20,13 +21,14 @@ any step (reconciling, claiming, a run's start) is logged with the back-off, and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 from .engine import EngineError, EngineUnavailable
-from .models import ACTIVE_STATUSES, FailureReason, Run, Status
+from .models import ACTIVE_STATUSES, FailureReason, Run, Status, now_ms
 from .retry import is_database_damaged, is_store_fault, retry_store
 from .store import Conflict, RunStore
 
@@ -209,7 +211,12 @@ class Scheduler:
         if self._fatal is not None:  # a run's task failed during the claim: start nothing
             return
         if run is None:
-            await self._wakeup.wait()
+            # A delayed run (`run_at`, a retry's back-off) is claimable once its time
+            # comes: sleep until the earliest, or a wake-up before.
+            not_before = await self.store.next_not_before()
+            timeout = None if not_before is None else max(0.0, (not_before - now_ms()) / 1000)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
             return
         self._spawn(run, self.executor.execute)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Iterable
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -27,15 +27,18 @@ from pydantic import (
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from ..config import Config
-from ..models import EnvVariable
+from ..models import RETRYABLE, EnvVariable, FailureReason, RetryPolicy
 from .fields import (
     ARGV_ITEM_MAX,
     ARGV_MAX_ITEMS,
+    BACKOFF_RANGE,
+    CHAIN_MAX_ITEMS,
     DEFAULT_TIMEOUT,
     ENTRYPOINT_MAX,
     ENV_MAX_ITEMS,
     IMAGE_NAME,
     IMAGE_TAG,
+    MAX_RETRIES,
     NAME_LEN,
     REGISTRY_HOST,
     RUN_COMMAND_MAX,
@@ -57,6 +60,7 @@ from .fields import (
     image_name_rule,
     image_tag_rule,
     registry_id_rule,
+    runner_id_rule,
     webhook_url_rule,
 )
 
@@ -122,6 +126,81 @@ EnvList = Annotated[
 
 
 # -- request bodies -----------------------------------------------------------------
+
+# The failure reasons a policy may retry: every one but `canceled` (models.RETRYABLE;
+# tests/unit/test_unit_contract.py holds the two together).
+RetryReason = Literal["nonzero_exit", "timeout", "lost", "start_failed", "image_pull_failed"]
+
+
+class RetryPolicyInput(_Body):
+    """When a failed run is tried again: each attempt is its own run (`attempt`,
+    `retry_of`), pending until its back-off has passed. A canceled run is never retried."""
+
+    max_retries: Annotated[
+        int,
+        Whole(0, MAX_RETRIES),
+        Field(description="Retries after the first attempt; 0 (the default): none."),
+    ] = 0
+    backoff_seconds: Annotated[
+        int,
+        Whole(*BACKOFF_RANGE),
+        Field(description="Before the first retry; doubled for each retry after it."),
+    ] = 10
+    backoff_max_seconds: Annotated[
+        int,
+        Whole(*BACKOFF_RANGE),
+        Field(description="The longest back-off. Each wait is 80-100 % of its value (jitter)."),
+    ] = 600
+    retry_on: Annotated[
+        list[RetryReason],
+        Field(
+            max_length=len(RETRYABLE),
+            description="The failure reasons that are retried (default all but "
+            "`image_pull_failed`; `canceled` never is).",
+        ),
+    ] = ["nonzero_exit", "timeout", "lost", "start_failed"]  # models.DEFAULT_RETRY_ON
+    retry_exit_codes: (
+        Annotated[
+            list[Annotated[int, Whole(1, 255)]],
+            Field(
+                min_length=1,
+                max_length=255,
+                description="For `nonzero_exit`: only these exit codes are retried; null "
+                "(the default): any non-zero one.",
+            ),
+        ]
+        | None
+    ) = None
+
+    def policy(self) -> RetryPolicy:
+        if self.backoff_max_seconds < self.backoff_seconds:
+            raise Invalid(
+                [
+                    f"retry_policy.backoff_max_seconds: must be at least backoff_seconds "
+                    f"({self.backoff_seconds}), got {self.backoff_max_seconds}"
+                ]
+            )
+        return RetryPolicy(
+            max_retries=self.max_retries,
+            backoff_seconds=self.backoff_seconds,
+            backoff_max_seconds=self.backoff_max_seconds,
+            retry_on=tuple(FailureReason(r) for r in dict.fromkeys(self.retry_on)),
+            retry_exit_codes=None
+            if self.retry_exit_codes is None
+            else tuple(sorted(set(self.retry_exit_codes))),
+        )
+
+
+RunnerIds = Annotated[
+    list[
+        Annotated[
+            str,
+            Text(36, pattern="^[0-9a-fA-F-]{36}$", rule=runner_id_rule),
+            Field(json_schema_extra={"format": "uuid"}),
+        ]
+    ],
+    Field(max_length=CHAIN_MAX_ITEMS),
+]
 
 
 def _config(info: ValidationInfo) -> Config:
@@ -248,7 +327,29 @@ class RunnerCreate(_Body):
         description="`if_not_present`: pull only when the image is missing; `always`: pull "
         "before every run; `never`: fail (`image_pull_failed`) when missing.",
     )
+    retry_policy: RetryPolicyInput | None = Field(
+        default=None,
+        description="Retries of failed runs; null (the default): never retried. Copied onto "
+        "each run when it is triggered, like the command.",
+    )
+    on_success: RunnerIds = Field(
+        default=[],
+        description="Runner ids triggered (once each, `trigger: chain`) when a run of this "
+        "runner succeeds; the chained run gets `RUNNERD_PARENT_RUN_ID` and "
+        "`RUNNERD_PARENT_STATUS` in its env. Unknown ids, and a change that would make a "
+        "cycle of chains, are a 400.",
+    )
+    on_failure: RunnerIds = Field(
+        default=[],
+        description="Runner ids triggered when a run of this runner fails for good (after "
+        "its retries; not when canceled).",
+    )
     env_variables: EnvList = []
+
+    @field_validator("on_success", "on_failure")
+    @classmethod
+    def _lower_ids(cls, ids: list[str]) -> list[str]:
+        return list(dict.fromkeys(i.lower() for i in ids))
 
     @field_validator("instance_type")
     @classmethod
@@ -464,6 +565,9 @@ def parse_runner(body: Any, config: Config, *, partial: bool) -> tuple[dict[str,
         for key in RUNNER_FIELDS
         if key != "env_variables" and (key in given or not partial)
     }
+    if "retry_policy" in fields:
+        given_policy = fields["retry_policy"]
+        fields["retry_policy"] = given_policy.policy() if given_policy is not None else None
     if not partial:
         if "instance_type" not in given:
             fields["instance_type"] = config.default_instance_type

@@ -226,6 +226,18 @@ def registry_id_rule(value: str) -> str | None:
     return "must be the id (a UUID) of a container registry, or null"
 
 
+def runner_id_rule(value: str) -> str | None:
+    if is_uuid(value):
+        return None
+    return "must be the id (a UUID) of a runner"
+
+
+# A runner's retries (RetryPolicy).
+MAX_RETRIES = 20
+BACKOFF_RANGE = (1, 86400)
+CHAIN_MAX_ITEMS = 50  # runners triggered by one outcome (on_success, on_failure)
+
+
 Name = Annotated[
     str,
     Text(NAME_LEN[1], NAME_LEN[0], "^[^\\u0000-\\u001f\\u007f]*$", name_rule),

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import models as domain
 from ..config import Config
-from ..models import FailureReason, Status
+from ..models import FailureReason, Status, Trigger
 from ..timefmt import format_ms
 from .fields import (
     LOG_STREAM_NAMES,
@@ -40,6 +40,16 @@ class InstanceType(_Resource):
     mem: int | None = Field(description="Memory in MiB")
 
 
+class RetryPolicy(_Resource):
+    """When a failed run is tried again (see RetryPolicyInput)."""
+
+    max_retries: int
+    backoff_seconds: int
+    backoff_max_seconds: int
+    retry_on: list[FailureReason]
+    retry_exit_codes: list[int] | None
+
+
 class Runner(_Resource):
     """A container job definition."""
 
@@ -58,6 +68,9 @@ class Runner(_Resource):
     image_pull_policy: PullPolicy
     warmed_at: Timestamp | None
     instance_type: InstanceType
+    retry_policy: RetryPolicy | None = Field(description="Null: runs are never retried.")
+    on_success: list[Id]
+    on_failure: list[Id]
     created_at: Timestamp
     updated_at: Timestamp
 
@@ -102,6 +115,25 @@ class Run(_Resource):
     webhook_status: WebhookStatus | None = Field(
         description="Delivery of the runner's webhook for this run: null when there is none."
     )
+    timeout_seconds: Annotated[int, Whole(*TIMEOUT_RANGE)] = Field(
+        description="The runner's when triggered, unless the trigger set its own."
+    )
+    trigger: Trigger = Field(
+        description="`api`: POST …/runs; `schedule`: a schedule fired (`schedule_id`, "
+        "`scheduled_for`); `retry`: it retries the failed attempt `retry_of`; `chain`: the "
+        "run `parent_run_id` of another runner ended."
+    )
+    attempt: Annotated[int, Field(ge=1)] = Field(
+        description="1 for a first try; each retry is its previous attempt's + 1."
+    )
+    retry_of: Id | None
+    not_before: Timestamp | None = Field(
+        description="A pending run is not started before this time (a delayed run's "
+        "`run_at`, a retry's back-off)."
+    )
+    schedule_id: Id | None = Field(description="The schedule that fired it (or its 1st attempt).")
+    scheduled_for: Timestamp | None = Field(description="The schedule's slot it was fired for.")
+    parent_run_id: Id | None = Field(description="A chained run's: the run whose end made it.")
 
 
 class ContainerRegistry(_Resource):
@@ -280,6 +312,11 @@ def runner_json(runner: domain.Runner, config: Config) -> dict[str, Any]:
             "cpu": itype.cpu if itype else None,
             "mem": itype.mem if itype else None,
         },
+        "retry_policy": None
+        if runner.retry_policy == domain.NO_RETRIES
+        else runner.retry_policy.to_json(),
+        "on_success": runner.on_success,
+        "on_failure": runner.on_failure,
         "created_at": format_ms(runner.created_at, tz),
         "updated_at": format_ms(runner.updated_at, tz),
     }
@@ -334,4 +371,12 @@ def run_json(run: domain.Run, tz: tzinfo) -> dict[str, Any]:
         "failure_reason": run.failure_reason.value if run.failure_reason else None,
         "error": run.error,
         "webhook_status": run.webhook_status,
+        "timeout_seconds": run.timeout_seconds,
+        "trigger": run.trigger.value,
+        "attempt": run.attempt,
+        "retry_of": run.retry_of,
+        "not_before": format_ms(run.not_before, tz),
+        "schedule_id": run.schedule_id,
+        "scheduled_for": format_ms(run.scheduled_for, tz),
+        "parent_run_id": run.parent_run_id,
     }

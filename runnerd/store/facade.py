@@ -16,11 +16,12 @@ from .connection import Database
 from .registries import Registries
 from .runners import Runners
 from .runs import Runs
+from .schedules import Schedules
 from .schema import prepare
 from .webhooks import Webhooks
 
 
-class Store(ApiKeys, Runners, Runs, Registries, Webhooks):
+class Store(ApiKeys, Runners, Runs, Registries, Schedules, Webhooks):
     def __init__(self, path: Path, secret_key_file: Path | None = None) -> None:
         self.path = path
         self.secret_key_file = secret_key_file or path.parent / "secret.key"

@@ -14,6 +14,7 @@ from typing import Any
 
 from ..models import (
     ACTIVE_STATUSES,
+    NO_RETRIES,
     TERMINAL_STATUSES,
     ContainerRegistry,
     EnvVariable,
@@ -60,7 +61,9 @@ class MemoryStore:
         await _round_trip()
         now = now_ms()
         values: dict[str, Any] = {f.name: None for f in dataclasses.fields(Runner)}
+        values.update(retry_policy=NO_RETRIES, on_success=[], on_failure=[])  # as read back
         values.update(fields, id=str(uuid.uuid4()), created_at=now, updated_at=now)
+        values["retry_policy"] = values["retry_policy"] or NO_RETRIES
         runner = Runner(**values)
         self.runners[runner.id] = runner
         self.env[runner.id] = [
@@ -95,6 +98,7 @@ class MemoryStore:
         pids: int,
         idempotency_key: str | None = None,
         image: str | None = None,
+        **queued: Any,
     ) -> tuple[Run, bool]:
         await _round_trip()
         if runner.id not in self.runners:
@@ -106,7 +110,7 @@ class MemoryStore:
                 return copy.deepcopy(first), False
         self._seq += 1
         run = Run.queued(
-            runner, env, cpu=cpu, mem=mem, pids=pids, image=image, now=now, seq=self._seq
+            runner, env, cpu=cpu, mem=mem, pids=pids, image=image, now=now, seq=self._seq, **queued
         )
         self.runs[run.id] = run
         if idempotency_key is not None:
@@ -144,8 +148,11 @@ class MemoryStore:
     async def next_pending(self, in_flight: list[str] | None = None) -> Run | None:
         await _round_trip()
         held = set(in_flight or [])
+        now = now_ms()
         for run in self.runs.values():
             if run.status is not Status.PENDING or run.id in held:
+                continue
+            if run.not_before is not None and run.not_before > now:
                 continue
             limit = self.runners[run.runner_id].max_concurrent_runs
             if limit is None or limit > sum(
@@ -156,6 +163,16 @@ class MemoryStore:
             ):
                 return copy.deepcopy(run)
         return None
+
+    async def next_not_before(self) -> int | None:
+        await _round_trip()
+        now = now_ms()
+        waiting = [
+            r.not_before
+            for r in self.runs.values()
+            if r.status is Status.PENDING and r.not_before is not None and r.not_before > now
+        ]
+        return min(waiting, default=None)
 
     async def cancel_pending(self, run_id: str, error: str) -> Run | None:
         await _round_trip()
@@ -191,6 +208,13 @@ class MemoryStore:
         if run is None or run.status not in ACTIVE_STATUSES:
             raise Conflict(f"run {run_id} has already completed")
         self._complete(run, status, exit_code, failure_reason, error, completed_at or now_ms())
+        if run.will_retry:  # as the SQLite store does in the same commit
+            assert run.completed_at is not None
+            wait = run.retry_policy.backoff_ms(run.attempt)
+            self._seq += 1
+            retry = run.retry(now=run.completed_at, not_before=run.completed_at + wait)
+            retry.seq = self._seq
+            self.runs[retry.id] = retry
         return self._completed(run)
 
     async def runs_with_status(self, status: Status) -> list[Run]:

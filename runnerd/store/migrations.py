@@ -119,6 +119,43 @@ MIGRATIONS: dict[int, list[str]] = {
         "DROP TABLE runners",
         "ALTER TABLE runners_v5 RENAME TO runners",
     ],
+    # Schedules, retries, delayed runs and chains (#12).
+    6: [
+        "ALTER TABLE runners ADD COLUMN retry_policy TEXT",
+        "ALTER TABLE runners ADD COLUMN on_success TEXT",
+        "ALTER TABLE runners ADD COLUMN on_failure TEXT",
+        "ALTER TABLE runs ADD COLUMN trigger TEXT NOT NULL DEFAULT 'api'",
+        "ALTER TABLE runs ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1",
+        "ALTER TABLE runs ADD COLUMN retry_of TEXT",
+        "ALTER TABLE runs ADD COLUMN not_before INTEGER",
+        "ALTER TABLE runs ADD COLUMN schedule_id TEXT",
+        "ALTER TABLE runs ADD COLUMN scheduled_for INTEGER",
+        "ALTER TABLE runs ADD COLUMN parent_run_id TEXT",
+        "ALTER TABLE runs ADD COLUMN retry_policy TEXT",
+        "ALTER TABLE runs ADD COLUMN chain_status TEXT",
+        "CREATE UNIQUE INDEX runs_schedule_slot ON runs (schedule_id, scheduled_for)"
+        " WHERE trigger = 'schedule'",
+        "CREATE UNIQUE INDEX runs_retry_of ON runs (retry_of) WHERE retry_of IS NOT NULL",
+        "CREATE UNIQUE INDEX runs_chain ON runs (parent_run_id, runner_id) WHERE trigger = 'chain'",
+        "CREATE INDEX runs_by_schedule ON runs (schedule_id, status) WHERE schedule_id IS NOT NULL",
+        "CREATE INDEX runs_delayed ON runs (not_before)"
+        " WHERE status = 'pending' AND not_before IS NOT NULL",
+        "CREATE INDEX runs_chain_pending ON runs (completed_at) WHERE chain_status = 'pending'",
+        "CREATE TABLE schedules ("
+        " id TEXT PRIMARY KEY,"
+        " runner_id TEXT NOT NULL REFERENCES runners (id) ON DELETE CASCADE,"
+        " cron TEXT NOT NULL, timezone TEXT NOT NULL, enabled INTEGER NOT NULL,"
+        " env TEXT NOT NULL,"  # encrypted
+        " concurrency_policy TEXT NOT NULL"
+        " CHECK (concurrency_policy IN ('allow', 'forbid', 'replace')),"
+        " starting_deadline_seconds INTEGER NOT NULL, anchor_at INTEGER NOT NULL,"
+        " next_run_at INTEGER, last_run_at INTEGER, last_run_id TEXT,"
+        " missed_count INTEGER NOT NULL DEFAULT 0,"
+        " created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL)",
+        "CREATE INDEX schedules_by_runner ON schedules (runner_id, created_at)",
+        "CREATE INDEX schedules_due ON schedules (next_run_at)"
+        " WHERE enabled AND next_run_at IS NOT NULL",
+    ],
 }
 
 SCHEMA_VERSION = max(MIGRATIONS)

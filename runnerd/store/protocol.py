@@ -30,8 +30,13 @@ class RunStore(Protocol):
         ...
 
     async def next_pending(self, in_flight: list[str] | None = None) -> Run | None:
-        """The oldest pending run not in `in_flight` whose runner is below its
-        `max_concurrent_runs` (counting its running and in-flight runs)."""
+        """The oldest pending run whose `not_before` has come, not in `in_flight`, whose
+        runner is below its `max_concurrent_runs` (counting its running and in-flight
+        runs)."""
+        ...
+
+    async def next_not_before(self) -> int | None:
+        """The earliest future `not_before` of a pending run; None when none waits."""
         ...
 
     async def cancel_pending(self, run_id: str, error: str) -> Run | None:

@@ -9,14 +9,14 @@ import uuid
 from typing import Any
 
 from ..crypto import SecretBox
-from ..models import ACTIVE_STATUSES, RUNNER_COLUMNS, EnvVariable, Runner, now_ms
+from ..models import ACTIVE_STATUSES, RUNNER_COLUMNS, EnvVariable, RetryPolicy, Runner, now_ms
 from .base import Aggregate, json_or_null
 from .errors import Conflict, NotFound, conflict_as
 
 # A runner's fields, each a column of the same name; a create or update sets
 # RUNNER_COLUMNS (the ones a client sets), the store the rest.
 RUNNER_FIELDS = tuple(f.name for f in dataclasses.fields(Runner))
-_JSON_COLUMNS = frozenset({"argv"})
+_JSON_COLUMNS = frozenset({"argv", "on_success", "on_failure"})
 
 
 class Runners(Aggregate):
@@ -229,6 +229,10 @@ def _insert_env(
 
 
 def _runner_value(column: str, value: Any) -> Any:
+    if column == "retry_policy":
+        return None if value is None else json.dumps(value.to_json())
+    if column in ("on_success", "on_failure"):
+        return json_or_null(value or None)
     return json_or_null(value) if column in _JSON_COLUMNS else value
 
 
@@ -237,6 +241,11 @@ def runner_from_row(row: sqlite3.Row) -> Runner:
     for column in _JSON_COLUMNS:
         if values[column] is not None:
             values[column] = json.loads(values[column])
+    values["on_success"] = values["on_success"] or []
+    values["on_failure"] = values["on_failure"] or []
+    values["retry_policy"] = RetryPolicy.from_json(
+        json.loads(row["retry_policy"]) if row["retry_policy"] else None
+    )
     return Runner(**values)
 
 

@@ -9,7 +9,17 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, overload
 
 from ..crypto import SecretBox
-from ..models import ACTIVE_STATUSES, FailureReason, Run, Runner, Status, now_ms
+from ..models import (
+    ACTIVE_STATUSES,
+    NO_RETRIES,
+    FailureReason,
+    RetryPolicy,
+    Run,
+    Runner,
+    Status,
+    Trigger,
+    now_ms,
+)
 from .base import Aggregate, json_or_null
 from .errors import Conflict
 
@@ -32,13 +42,15 @@ class Runs(Aggregate):
         pids: int,
         idempotency_key: str | None = None,
         image: str | None = None,
+        **queued: Any,
     ) -> tuple[Run, bool]:
         """Queue a run of `runner` with the merged `env` and the instance type's
-        limits; (run, True). With an `idempotency_key` already used for this runner
-        in the last 24 hours: (that first run, False) and nothing is queued. The
-        UNIQUE index decides, so concurrent requests cannot both insert."""
+        limits (`queued`: Run.queued's other keywords: trigger, not_before, …);
+        (run, True). With an `idempotency_key` already used for this runner in the
+        last 24 hours: (that first run, False) and nothing is queued. The UNIQUE
+        index decides, so concurrent requests cannot both insert."""
         now = now_ms()
-        run = Run.queued(runner, env, cpu=cpu, mem=mem, pids=pids, image=image, now=now)
+        run = Run.queued(runner, env, cpu=cpu, mem=mem, pids=pids, image=image, now=now, **queued)
         sealed_env = self.box.encrypt(json.dumps(env))
         box = self.box
 
@@ -50,36 +62,7 @@ class Runs(Aggregate):
                     " AND idempotency_key = ? AND created_at < ?",
                     (runner.id, idempotency_key, now - IDEMPOTENCY_WINDOW_MS),
                 )
-            row = db.execute(
-                "INSERT INTO runs (id, runner_id, status, image, command, argv, entrypoint,"
-                " env, timeout_seconds, instance_type, cpu, mem, pids, idempotency_key,"
-                " webhook_url, container_registry_id, image_pull_policy, created_at, updated_at)"
-                " VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (runner_id, idempotency_key)"
-                " WHERE idempotency_key IS NOT NULL DO NOTHING RETURNING seq",
-                (
-                    run.id,
-                    run.runner_id,
-                    run.image,
-                    run.command,
-                    json_or_null(run.argv),
-                    run.entrypoint,
-                    sealed_env,
-                    run.timeout_seconds,
-                    run.instance_type,
-                    cpu,
-                    mem,
-                    pids,
-                    idempotency_key,
-                    run.webhook_url,
-                    run.container_registry_id,
-                    run.image_pull_policy,
-                    now,
-                    now,
-                ),
-            ).fetchone()
-            if row is not None:
-                run.seq = row[0]
+            if insert_run(db, run, sealed_env, idempotency_key):
                 return run, True
             first = db.execute(
                 "SELECT * FROM runs WHERE runner_id = ? AND idempotency_key = ?",
@@ -129,9 +112,10 @@ class Runs(Aggregate):
         return None if rows is None else [run_from_row(r, self.box) for r in rows]
 
     async def next_pending(self, in_flight: list[str] | None = None) -> Run | None:
-        """The oldest pending run that may start now: not already in flight (held by
-        the scheduler), and of a runner below its own `max_concurrent_runs`, counting
-        its running runs and its runs in flight."""
+        """The oldest pending run that may start now: its `not_before` (if any) has
+        come, it is not already in flight (held by the scheduler), and its runner is
+        below its own `max_concurrent_runs`, counting its running runs and its runs in
+        flight."""
         in_flight = in_flight or []
         marks = ", ".join("?" for _ in in_flight)  # SQLite takes an empty IN ()
         # `status IN ('pending', 'running')` repeats the partial index's own WHERE:
@@ -141,6 +125,7 @@ class Runs(Aggregate):
         row = await self._db.one(
             "SELECT r.* FROM runs r JOIN runners n ON n.id = r.runner_id"
             " WHERE r.status = 'pending' AND r.status IN ('pending', 'running')"
+            " AND (r.not_before IS NULL OR r.not_before <= ?)"
             f" AND r.id NOT IN ({marks})"
             " AND (n.max_concurrent_runs IS NULL OR n.max_concurrent_runs > ("
             "   SELECT count(*) FROM runs x WHERE x.runner_id = r.runner_id"
@@ -148,9 +133,19 @@ class Runs(Aggregate):
             f" + (SELECT count(*) FROM runs y WHERE y.id IN ({marks})"
             "   AND y.runner_id = r.runner_id AND y.status <> 'running'))"
             " ORDER BY r.seq LIMIT 1",
-            [*in_flight, *in_flight],
+            [now_ms(), *in_flight, *in_flight],
         )
         return run_from_row(row, self.box) if row else None
+
+    async def next_not_before(self) -> int | None:
+        """When the earliest pending run that waits for its `not_before` may start
+        (a delayed run, a retry's back-off); None when none waits."""
+        row = await self._db.one(
+            "SELECT min(not_before) FROM runs WHERE status = 'pending'"
+            " AND not_before IS NOT NULL AND not_before > ?",
+            (now_ms(),),
+        )
+        return row[0] if row is not None else None
 
     async def cancel_pending(self, run_id: str, error: str) -> Run | None:
         """Pending → failed/canceled at once; None when it is no longer pending."""
@@ -195,9 +190,14 @@ class Runs(Aggregate):
         error: str | None,
         completed_at: int | None = None,
     ) -> Run:
-        """Move a pending or running run to its final status; never backwards."""
+        """Move a pending or running run to its final status; never backwards. In
+        the same commit, what its end makes (so a crash can neither lose it nor make
+        it twice): the retry of a failed attempt that its policy retries (pending
+        until its back-off ends), or else, when its runner chains runs on this
+        outcome, the mark that they are still to be made (runnerd.chains)."""
         assert status in (Status.SUCCEEDED, Status.FAILED)
         completed_at = completed_at or now_ms()
+        box = self.box
 
         def update(db: sqlite3.Connection) -> sqlite3.Row:
             row: sqlite3.Row | None = db.execute(
@@ -217,7 +217,7 @@ class Runs(Aggregate):
             ).fetchone()
             if row is None:
                 raise Conflict(f"run {run_id} has already completed")
-            return row
+            return _follow_up(db, row, run_from_row(row, box))
 
         run = run_from_row(await self._db.write(update), self.box)
         self._completed(run)
@@ -283,6 +283,86 @@ class Runs(Aggregate):
         return await self._db.write(delete)
 
 
+def _follow_up(db: sqlite3.Connection, row: sqlite3.Row, run: Run) -> sqlite3.Row:
+    """Inside finish_run's write: the ended `run`'s retry, or its chain mark. The
+    row as it is after that."""
+    assert run.completed_at is not None
+    if run.will_retry:
+        wait = run.retry_policy.backoff_ms(run.attempt)
+        retry = run.retry(now=run.completed_at, not_before=run.completed_at + wait)
+        insert_run(db, retry, row["env"])  # the same sealed env; runs_retry_of: once
+        return row
+    if run.failure_reason is FailureReason.CANCELED:
+        return row  # a cancel is the user's (or shutdown's) stop: nothing follows it
+    column = "on_success" if run.status is Status.SUCCEEDED else "on_failure"
+    targets = db.execute(f"SELECT {column} FROM runners WHERE id = ?", (run.runner_id,)).fetchone()
+    if targets is None or not json.loads(targets[0] or "[]"):
+        return row
+    marked: sqlite3.Row = db.execute(
+        "UPDATE runs SET chain_status = 'pending' WHERE id = ? RETURNING *", (run.id,)
+    ).fetchone()
+    return marked
+
+
+# A run's columns as insert_run writes them (seq and status aside).
+_INSERTED = (
+    "id, runner_id, image, command, argv, entrypoint, env, timeout_seconds, instance_type,"
+    " cpu, mem, pids, idempotency_key, webhook_url, container_registry_id, image_pull_policy,"
+    " created_at, updated_at, trigger, attempt, retry_of, not_before, schedule_id,"
+    " scheduled_for, parent_run_id, retry_policy"
+)
+
+
+def insert_run(
+    db: sqlite3.Connection, run: Run, sealed_env: str, idempotency_key: str | None = None
+) -> bool:
+    """Insert a new pending run (inside the caller's write transaction) and set its
+    `seq`; False, inserting nothing, when a UNIQUE index already holds its place:
+    the idempotency key, the schedule's slot, the retry of its attempt, or the
+    chain's run of this runner for that parent."""
+    marks = ", ".join("?" * (_INSERTED.count(",") + 1))
+    row = db.execute(
+        f"INSERT INTO runs (status, {_INSERTED}) VALUES ('pending', {marks})"
+        " ON CONFLICT DO NOTHING RETURNING seq",
+        (
+            run.id,
+            run.runner_id,
+            run.image,
+            run.command,
+            json_or_null(run.argv),
+            run.entrypoint,
+            sealed_env,
+            run.timeout_seconds,
+            run.instance_type,
+            run.cpu,
+            run.mem,
+            run.pids,
+            idempotency_key,
+            run.webhook_url,
+            run.container_registry_id,
+            run.image_pull_policy,
+            run.created_at,
+            run.updated_at,
+            run.trigger.value,
+            run.attempt,
+            run.retry_of,
+            run.not_before,
+            run.schedule_id,
+            run.scheduled_for,
+            run.parent_run_id,
+            _policy_json(run.retry_policy),
+        ),
+    ).fetchone()
+    if row is None:
+        return False
+    run.seq = row[0]
+    return True
+
+
+def _policy_json(policy: RetryPolicy) -> str | None:
+    return None if policy == NO_RETRIES else json.dumps(policy.to_json())
+
+
 def run_from_row(row: sqlite3.Row, box: SecretBox) -> Run:
     return Run(
         seq=row["seq"],
@@ -311,6 +391,16 @@ def run_from_row(row: sqlite3.Row, box: SecretBox) -> Run:
         webhook_status=row["webhook_status"],
         container_registry_id=row["container_registry_id"],
         image_pull_policy=row["image_pull_policy"] or "if_not_present",
+        trigger=Trigger(row["trigger"]),
+        attempt=row["attempt"],
+        retry_of=row["retry_of"],
+        not_before=row["not_before"],
+        schedule_id=row["schedule_id"],
+        scheduled_for=row["scheduled_for"],
+        parent_run_id=row["parent_run_id"],
+        retry_policy=RetryPolicy.from_json(
+            json.loads(row["retry_policy"]) if row["retry_policy"] else None
+        ),
     )
 
 

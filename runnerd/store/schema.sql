@@ -1,4 +1,4 @@
--- runnerd's database as it is now (schema version 5): what a new database is made
+-- runnerd's database as it is now (schema version 6): what a new database is made
 -- from. An older database gets here through migrations.py instead; a test proves
 -- both end the same (tests/unit/test_unit_store_schema.py). Change both together.
 
@@ -43,6 +43,9 @@ CREATE TABLE runners (
     container_registry_id TEXT REFERENCES container_registries (id),
     image_pull_policy     TEXT,
     warmed_at             INTEGER,
+    retry_policy          TEXT,        -- JSON object, or NULL: never retried
+    on_success            TEXT,        -- JSON array of runner ids, or NULL
+    on_failure            TEXT,        -- JSON array of runner ids, or NULL
     -- So two PATCHes that each set one cannot leave both set.
     CONSTRAINT run_command_or_argv CHECK (run_command IS NULL OR argv IS NULL)
 );
@@ -85,7 +88,16 @@ CREATE TABLE runs (
     webhook_url           TEXT,
     webhook_status        TEXT,        -- NULL: no webhook; 'pending', 'delivered' or 'failed'
     container_registry_id TEXT,
-    image_pull_policy     TEXT
+    image_pull_policy     TEXT,
+    trigger               TEXT NOT NULL DEFAULT 'api',  -- api, schedule, retry or chain
+    attempt               INTEGER NOT NULL DEFAULT 1,
+    retry_of              TEXT,        -- the attempt this one retries
+    not_before            INTEGER,     -- pending until then
+    schedule_id           TEXT,        -- no foreign key: a run outlives its schedule
+    scheduled_for         INTEGER,
+    parent_run_id         TEXT,
+    retry_policy          TEXT,        -- the runner's when triggered: JSON object, or NULL
+    chain_status          TEXT         -- 'pending': its chained runs are still to be made
 );
 
 CREATE INDEX runs_by_runner ON runs (runner_id, seq);
@@ -95,3 +107,34 @@ CREATE UNIQUE INDEX runs_idempotency ON runs (runner_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX runs_webhook_pending ON runs (completed_at) WHERE webhook_status = 'pending';
 CREATE INDEX runs_completed ON runs (completed_at) WHERE status IN ('succeeded', 'failed');
+-- Exactly once: a schedule's slot, a failed attempt's retry and a chain's run of each
+-- runner can each be made only once, however often a crash or a race tries again.
+CREATE UNIQUE INDEX runs_schedule_slot ON runs (schedule_id, scheduled_for)
+    WHERE trigger = 'schedule';
+CREATE UNIQUE INDEX runs_retry_of ON runs (retry_of) WHERE retry_of IS NOT NULL;
+CREATE UNIQUE INDEX runs_chain ON runs (parent_run_id, runner_id) WHERE trigger = 'chain';
+CREATE INDEX runs_by_schedule ON runs (schedule_id, status) WHERE schedule_id IS NOT NULL;
+CREATE INDEX runs_delayed ON runs (not_before) WHERE status = 'pending' AND not_before IS NOT NULL;
+CREATE INDEX runs_chain_pending ON runs (completed_at) WHERE chain_status = 'pending';
+
+CREATE TABLE schedules (
+    id                        TEXT PRIMARY KEY,
+    runner_id                 TEXT NOT NULL REFERENCES runners (id) ON DELETE CASCADE,
+    cron                      TEXT NOT NULL,
+    timezone                  TEXT NOT NULL,
+    enabled                   INTEGER NOT NULL,
+    env                       TEXT NOT NULL,  -- encrypted JSON array of [key, value]
+    concurrency_policy        TEXT NOT NULL
+                              CHECK (concurrency_policy IN ('allow', 'forbid', 'replace')),
+    starting_deadline_seconds INTEGER NOT NULL,
+    anchor_at                 INTEGER NOT NULL,  -- @every counts from here
+    next_run_at               INTEGER,           -- NULL: disabled, or never again
+    last_run_at               INTEGER,
+    last_run_id               TEXT,
+    missed_count              INTEGER NOT NULL DEFAULT 0,
+    created_at                INTEGER NOT NULL,
+    updated_at                INTEGER NOT NULL
+);
+
+CREATE INDEX schedules_by_runner ON schedules (runner_id, created_at);
+CREATE INDEX schedules_due ON schedules (next_run_at) WHERE enabled AND next_run_at IS NOT NULL;

@@ -32,6 +32,7 @@ from runnerd.api import make_app
 from runnerd.auth import hash_secret, new_secret
 from runnerd.config import Config
 from runnerd.daemon import wake_log_followers
+from runnerd.firing import Firing
 from runnerd.logs import LogStore
 from runnerd.models import Scope
 from runnerd.scheduler import Scheduler
@@ -95,9 +96,12 @@ async def build_app(
     wake_log_followers(store, logs)
     executor = FakeExecutor(store, logs)
     scheduler = Scheduler(store, executor, max_concurrent_runs=config.scheduler.max_concurrent_runs)
-    app = make_app(config, store, logs, scheduler, executor)  # type: ignore[arg-type]  # the fake has what the API calls
+    firing = Firing(store, config, scheduler)
+    app = make_app(config, store, logs, scheduler, executor, firing)  # type: ignore[arg-type]  # the fake has what the API calls
     scheduler.start()
     stack.push_async_callback(scheduler.stop)
+    firing.start()
+    stack.push_async_callback(firing.stop)
     return app, store, logs, scheduler, executor
 
 

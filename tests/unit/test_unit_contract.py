@@ -66,6 +66,9 @@ def test_parse_runner_fills_in_every_default_on_create() -> None:
         "webhook_url": None,
         "container_registry_id": None,
         "image_pull_policy": "if_not_present",
+        "retry_policy": None,
+        "on_success": [],
+        "on_failure": [],
     }
     assert env == []
 
@@ -103,6 +106,9 @@ def test_parse_runner_keeps_every_given_value() -> None:
         "webhook_url": None,
         "container_registry_id": None,
         "image_pull_policy": "if_not_present",
+        "retry_policy": None,
+        "on_success": [],
+        "on_failure": [],
     }
     assert env == [("A", "1"), ("_b2", "")]
 
@@ -446,7 +452,7 @@ def test_parse_idempotency_key() -> None:
 KNOWN = (
     "name, image_name, image_tag, run_command, argv, entrypoint, timeout_seconds, "
     "instance_type, max_concurrent_runs, webhook_url, container_registry_id, "
-    "image_pull_policy, env_variables"
+    "image_pull_policy, retry_policy, on_success, on_failure, env_variables"
 )
 PAIR = {"env_key": "A", "env_val": "1"}
 
@@ -689,3 +695,13 @@ def test_container_command_copies_argv() -> None:
     assert cmd is not None
     cmd.append("b")
     assert run.argv == ["a"]
+
+
+def test_the_retry_reasons_a_policy_takes_are_every_failure_reason_but_canceled() -> None:
+    from typing import get_args
+
+    from runnerd.contract.bodies import RetryReason
+    from runnerd.models import RETRYABLE, FailureReason
+
+    assert set(get_args(RetryReason)) == {r.value for r in RETRYABLE}
+    assert set(FailureReason) - RETRYABLE == {FailureReason.CANCELED}

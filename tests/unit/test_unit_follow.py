@@ -58,6 +58,7 @@ async def test_a_follow_ends_when_the_run_is_recorded_completed_not_on_a_timer(
                 logs,
                 NoScheduler(),  # type: ignore[arg-type]  # the logs' routes only wake it
                 None,  # type: ignore[arg-type]  # no executor: no run starts here
+                None,  # type: ignore[arg-type]  # no schedules fire here
             )
         )
         response = await client.get(
@@ -122,6 +123,7 @@ async def test_every_api_read_of_a_log_runs_in_the_log_read_pool(
                 logs,
                 NoScheduler(),  # type: ignore[arg-type]  # the logs' routes only wake it
                 None,  # type: ignore[arg-type]  # no executor: no run starts here
+                None,  # type: ignore[arg-type]  # no schedules fire here
             )
         )
         url = f"/v1/runners/{runner.id}/runs/{run.id}/logs"
