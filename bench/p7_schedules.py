@@ -28,6 +28,7 @@ from .common import (
     percentile,
     session,
 )
+from .report import loadavg
 
 TITLE = "schedules"
 GOAL = "fire lateness p99 ≤ 50 ms with 10,000 schedules"
@@ -149,6 +150,7 @@ class Window:
     fires: list[Fire]
     cpu: CpuMeter
     rss: RssSampler
+    load: str  # the machine's load average when the window began (it is shared)
 
     @property
     def missing(self) -> int:
@@ -182,7 +184,8 @@ class Window:
             f"p99 {self.p(99):.1f} ms, max {self.p(100):.1f} ms; committed p50 "
             f"{self.p(50, True):.1f} ms, p99 {self.p(99, True):.1f} ms, max "
             f"{self.p(100, True):.1f} ms; daemon CPU {self.cpu_per_minute:.2f} s/min, peak "
-            f"VmRSS {self.rss.peak_kib / 1024:.1f} MiB ({self.cpu.summary()})."
+            f"VmRSS {self.rss.peak_kib / 1024:.1f} MiB ({self.cpu.summary()}; load average "
+            f"{self.load} at its start)."
         )
 
 
@@ -201,6 +204,7 @@ async def measure(
     """Meter the daemon from `start` to `end`, then wait (up to SETTLE_S) for the runs
     of the `expected` slots in [start, end) that `pick` selects."""
     await sleep_until(start)
+    load = loadavg()
     with CpuMeter(runnerd=daemon.pid) as cpu, RssSampler(daemon.pid) as rss:
         await sleep_until(end)
 
@@ -212,7 +216,7 @@ async def measure(
         if not daemon.alive():
             raise RuntimeError(f"the daemon exited:\n{daemon.log_tail()}")
         await asyncio.sleep(0.05)
-    return Window(start, end, expected, fires, cpu, rss)
+    return Window(start, end, expected, fires, cpu, rss, load)
 
 
 async def first_fire(daemon: Daemon, watch: FireWatch, schedule_id: str, after: int) -> None:
