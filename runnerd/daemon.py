@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import tzinfo
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
@@ -38,10 +39,12 @@ from .engine import (
 from .executor import Executor
 from .firing import Firing
 from .logs import EngineCopy, LogStore
+from .models import Run
 from .notify import notify, tell_systemd
 from .retention import Retention
 from .scheduler import Scheduler
 from .store import Store
+from .timefmt import format_ms
 from .webhooks import Notifier
 
 log = logging.getLogger("runnerd")
@@ -130,6 +133,20 @@ def wake_log_followers(store: Store, logs: LogStore) -> None:
     store.on_run_completed.append(lambda run: logs.notify(run.id))
 
 
+def log_retry(run: Run, tz: tzinfo) -> None:
+    """Completion listener: one line when a failed attempt's retry was queued (the
+    store made it in the same commit; its id and time follow from the run's)."""
+    if run.will_retry:
+        log.info(
+            "run %s failed (%s); retry attempt %d as run %s at %s",
+            run.id,
+            run.failure_reason.value if run.failure_reason else "?",
+            run.attempt + 1,
+            run.retry_id,
+            format_ms(run.retry_not_before, tz),
+        )
+
+
 async def serve(config: Config) -> Stopped:
     """Run until SIGTERM or SIGINT, then stop. Start-up errors are raised (after
     what was started is stopped); a signal during start-up cuts it short."""
@@ -173,7 +190,11 @@ async def serve(config: Config) -> Stopped:
             await store.open()
             notifier = Notifier(store, config.webhooks, config.tz)
             retention = Retention(store, logs, config.retention)
-            store.on_run_completed += [metrics.run_completed, notifier.run_completed]
+            store.on_run_completed += [
+                metrics.run_completed,
+                notifier.run_completed,
+                lambda run: log_retry(run, config.tz),
+            ]
             wake_log_followers(store, logs)
             try:
                 version = await engine.version()
