@@ -78,8 +78,8 @@ class RetryPolicy:
 
     def retries(self, attempt: int, reason: FailureReason | None, exit_code: int | None) -> bool:
         """Whether attempt number `attempt`, failed with `reason`, gets another one."""
-        if attempt > self.max_retries or reason is None or reason not in self.retry_on:
-            return False  # a cancel is never in retry_on
+        if attempt > self.max_retries or reason not in RETRYABLE or reason not in self.retry_on:
+            return False  # a cancel is never retried, whatever retry_on holds
         if reason is FailureReason.NONZERO_EXIT and self.retry_exit_codes is not None:
             return exit_code in self.retry_exit_codes
         return True
