@@ -6,6 +6,10 @@ tests/integration/test_retries.py."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import os
+import sys
 from typing import Any
 
 from conftest import Api
@@ -161,3 +165,85 @@ async def test_a_canceled_pending_attempt_is_never_retried(api: Api) -> None:
     assert data["run"]["failure_reason"] == "canceled"
     assert len(await runs_of(api, runner["id"])) == 2
     await cancel(api, runner["id"], busy["id"])
+
+
+# -- the CLI's retry and chain options, against this app --------------------------
+
+
+async def cli(api: Api, *args: str) -> tuple[int, str, str]:
+    """`runnerd ARGS` in a process of its own (this loop serves it meanwhile)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNERD_")}
+    env |= {"RUNNERD_URL": api.url, "RUNNERD_TOKEN": api.key or ""}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "runnerd",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert b"Traceback" not in err, err
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+async def cli_runner(api: Api, *args: str) -> dict[str, Any]:
+    code, out, err = await cli(api, *args, "--json")
+    assert code == 0, (code, out, err)
+    runner: dict[str, Any] = json.loads(out)["runner"]
+    return runner
+
+
+async def test_cli_sets_changes_and_clears_retries_and_chains(api: Api) -> None:
+    next_job = await api.create_runner(name="next-job")
+    runner = await cli_runner(
+        api,
+        *("runners", "create", "--name", "flaky", "--image", "busybox", "--command", "exit 3"),
+        *("--max-retries", "2", "--backoff", "5", "--retry-on", "nonzero_exit,timeout"),
+        *("--retry-exit-codes", "1,2", "--on-failure", "next-job", "--on-success", ""),
+    )
+    assert runner["retry_policy"] == {
+        "max_retries": 2,
+        "backoff_seconds": 5,
+        "backoff_max_seconds": 600,
+        "retry_on": ["nonzero_exit", "timeout"],
+        "retry_exit_codes": [1, 2],
+    }
+    assert (runner["on_failure"], runner["on_success"]) == ([next_job["id"]], [])
+
+    # An update changes only the options given, the rest of the policy stays.
+    changed = await cli_runner(
+        api, "runners", "update", "flaky", "--max-retries", "4", "--retry-exit-codes", "any"
+    )
+    assert changed["retry_policy"] == {
+        **runner["retry_policy"],
+        "max_retries": 4,
+        "retry_exit_codes": None,
+    }
+    assert changed["on_failure"] == [next_job["id"]]
+
+    code, out, _ = await cli(api, "runners", "show", "flaky")
+    assert code == 0
+    lines = dict(line.split(":", 1) for line in out.splitlines())
+    assert '"max_retries": 4' in lines["retry_policy"] and next_job["id"] in lines["on_failure"]
+
+    cleared = await cli_runner(
+        api, "runners", "update", "flaky", "--no-retries", "--on-failure", ""
+    )
+    assert (cleared["retry_policy"], cleared["on_failure"]) == (None, [])
+
+
+async def test_cli_refuses_bad_retry_options_naming_them(api: Api) -> None:
+    await api.create_runner(name="job-x")
+    code, _, err = await cli(
+        api, "runners", "update", "job-x", "--no-retries", "--max-retries", "1"
+    )
+    assert code == 2 and "--no-retries" in err, err
+    code, _, err = await cli(api, "runners", "update", "job-x", "--max-retries", "99")
+    assert code == 1 and "retry_policy.max_retries:" in err, err
+    code, _, err = await cli(api, "runners", "update", "job-x", "--retry-exit-codes", "x")
+    assert code == 2 and "--retry-exit-codes" in err, err
+    code, _, err = await cli(api, "runners", "update", "job-x", "--on-success", "no-such-runner")
+    assert code == 1 and "no-such-runner" in err, err
