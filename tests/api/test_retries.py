@@ -167,6 +167,23 @@ async def test_a_canceled_pending_attempt_is_never_retried(api: Api) -> None:
     await cancel(api, runner["id"], busy["id"])
 
 
+async def test_a_bad_retry_policy_is_a_400_naming_the_field_and_null_clears_it(api: Api) -> None:
+    runner = await api.create_runner(retry_policy=policy())
+    path = f"/v1/runners/{runner['id']}"
+    status, data = await api.patch(
+        path, {"retry_policy": {"backoff_seconds": 60, "backoff_max_seconds": 30}}
+    )
+    assert status == 400, data
+    assert data["errors"] == [
+        "retry_policy.backoff_max_seconds: must be at least backoff_seconds (60), got 30"
+    ]
+    status, data = await api.patch(path, {"retry_policy": {"max_retries": 21, "retry_on": []}})
+    assert status == 400 and data["errors"][0].startswith("retry_policy.max_retries:"), data
+    assert (await api.get(path))[1]["runner"]["retry_policy"] == runner["retry_policy"]
+    status, data = await api.patch(path, {"retry_policy": None})
+    assert status == 200 and data["runner"]["retry_policy"] is None, data
+
+
 # -- the CLI's retry and chain options, against this app --------------------------
 
 
