@@ -244,8 +244,13 @@ async def test_cli_sets_changes_and_clears_retries_and_chains(api: Api) -> None:
     code, out, _ = await cli(api, "runners", "show", "flaky")
     assert code == 0
     lines = dict(line.split(":", 1) for line in out.splitlines())
-    assert '"max_retries": 4' in lines["retry_policy"] and next_job["id"] in lines["on_failure"]
+    assert lines["retry_policy"].strip() == (
+        "4 retries on nonzero_exit, timeout; back-off 5 s, doubled up to 600 s"
+    )
+    assert next_job["id"] in lines["on_failure"]
 
+    code, out, _ = await cli(api, "runners", "update", "flaky", "--retry-exit-codes", "1,3")
+    assert "4 retries on nonzero_exit (exit codes 1, 3), timeout;" in out, (code, out)
     cleared = await cli_runner(
         api, "runners", "update", "flaky", "--no-retries", "--on-failure", ""
     )
