@@ -133,10 +133,14 @@ def wake_log_followers(store: Store, logs: LogStore) -> None:
     store.on_run_completed.append(lambda run: logs.notify(run.id))
 
 
-def log_retry(run: Run, tz: tzinfo) -> None:
-    """Completion listener: one line when a failed attempt's retry was queued (the
-    store made it in the same commit; its id and time follow from the run's)."""
-    if run.will_retry:
+def log_retries(store: Store, tz: tzinfo) -> None:
+    """One log line for each retry queued: when a failed attempt's retry was made
+    (in the same commit; its id and time follow from the attempt's). (Wherever an
+    app is built in process, its builder wires this too.)"""
+
+    def retry_queued(run: Run) -> None:
+        if not run.will_retry:
+            return
         log.info(
             "run %s failed (%s); retry attempt %d as run %s at %s",
             run.id,
@@ -145,6 +149,8 @@ def log_retry(run: Run, tz: tzinfo) -> None:
             run.retry_id,
             format_ms(run.retry_not_before, tz),
         )
+
+    store.on_run_completed.append(retry_queued)
 
 
 async def serve(config: Config) -> Stopped:
@@ -190,12 +196,9 @@ async def serve(config: Config) -> Stopped:
             await store.open()
             notifier = Notifier(store, config.webhooks, config.tz)
             retention = Retention(store, logs, config.retention)
-            store.on_run_completed += [
-                metrics.run_completed,
-                notifier.run_completed,
-                lambda run: log_retry(run, config.tz),
-            ]
+            store.on_run_completed += [metrics.run_completed, notifier.run_completed]
             wake_log_followers(store, logs)
+            log_retries(store, config.tz)
             try:
                 version = await engine.version()
                 log.info("Docker engine %s answers", version.get("Version", "?"))

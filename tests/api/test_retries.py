@@ -12,7 +12,7 @@ import os
 import sys
 from typing import Any
 
-from conftest import Api
+from conftest import Api, Daemon
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import wait_until
@@ -59,7 +59,7 @@ async def retries_counted(api: Api, reason: str) -> float:
 
 
 async def test_a_failed_attempt_s_retry_is_a_pending_run_that_waits_its_back_off(
-    api: Api,
+    api: Api, daemon: Daemon
 ) -> None:
     before = await retries_counted(api, "nonzero_exit")
     runner_id, first, retry = await failed_with_retry(api)
@@ -69,6 +69,10 @@ async def test_a_failed_attempt_s_retry_is_a_pending_run_that_waits_its_back_off
     assert retry["not_before"] is not None and retry["not_before"] > first["completed_at"]
     assert retry["command"] == first["command"]
     assert await retries_counted(api, "nonzero_exit") == before + 1
+    assert (
+        f"run {first['id']} failed (nonzero_exit); retry attempt 2 as run {retry['id']}"
+        f" at {retry['not_before']}"
+    ) in daemon.log_text()
 
 
 async def test_the_runs_list_shows_every_attempt_linked_newest_first(api: Api) -> None:
