@@ -52,6 +52,12 @@ QUEUE_WAIT = Histogram(
     buckets=_WAIT_BUCKETS,
     registry=REGISTRY,
 )
+CHAINED_RUNS = Counter(
+    "runnerd_chained_runs",
+    "Runs made by a chain (on_success, on_failure), by the parent run's status.",
+    ["parent_status"],
+    registry=REGISTRY,
+)
 IMAGE_PULLS = Counter(
     "runnerd_image_pulls", "Image pulls, by result (ok or error).", ["result"], registry=REGISTRY
 )
@@ -89,6 +95,10 @@ def run_completed(run: Run) -> None:
     ).inc()
     if run.started_at is not None and run.completed_at is not None:
         RUN_DURATION.observe(max(0.0, (run.completed_at - run.started_at) / 1000))
+
+
+def run_chained(parent: Run) -> None:
+    CHAINED_RUNS.labels(parent.status.value).inc()
 
 
 def image_pulled(ok: bool) -> None:
