@@ -300,7 +300,10 @@ class Runs(Aggregate):
             ids = [
                 r[0]
                 for r in db.execute(
-                    f"SELECT id FROM runs WHERE {' OR '.join(where)} LIMIT ?", (*params, batch)
+                    # A run whose chained runs are still to be made waits for them.
+                    f"SELECT id FROM runs WHERE ({' OR '.join(where)}) AND chain_status IS NULL"
+                    " LIMIT ?",
+                    (*params, batch),
                 )
             ]
             db.executemany(

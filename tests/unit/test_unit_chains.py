@@ -347,3 +347,13 @@ async def test_the_loop_backs_off_and_retries_when_the_database_fails(
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 2 and "database or disk is full" in warnings[0].getMessage()
     assert not any(r.exc_info for r in warnings)  # a database fault: no traceback
+
+
+async def test_retention_keeps_a_run_until_its_chained_runs_are_made(store: Store) -> None:
+    b = await make_runner(store, "B")
+    a = await make_runner(store, "A", on_success=[b.id])
+    parent = await completed_run(store, a, Status.SUCCEEDED)
+    everything = {"completed_before": 10**15, "keep_per_runner": 0}
+    assert await store.delete_expired_runs(**everything) == []
+    await make_chains(store).chain(parent)
+    assert await store.delete_expired_runs(**everything) == [parent.id]
