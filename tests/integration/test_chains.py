@@ -2,7 +2,7 @@
 A → C on failure (only the right one runs, and its container sees the parent in
 RUNNERD_PARENT_RUN_ID / RUNNERD_PARENT_STATUS), a failure chained once after
 its last attempt only, and each chained run made exactly once across kill -9
-and restarts."""
+and restarts; a change that would make a cycle refused."""
 
 from __future__ import annotations
 
@@ -97,6 +97,12 @@ async def test_a_success_chains_on_success_and_a_failure_on_failure_each_with_th
     assert [r["id"] for r in await runs_of(api, c["id"])] == [run_c["id"]]
     assert f"run {ok['id']} of parent succeeded: chained run {run_b['id']} of on-success" in (
         daemon.log_text()
+    )
+    # And the chains cannot loop: C → A would close A → C.
+    status, body = await api.patch(f"/v1/runners/{c['id']}", {"on_success": [a["id"]]})
+    assert (status, body) == (
+        400,
+        {"errors": ["on_success: would make a cycle: on-failure → parent → on-failure"]},
     )
     assert_no_tracebacks(daemon)
 
