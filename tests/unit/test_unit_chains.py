@@ -5,6 +5,8 @@ runnerd.chains making each chained run exactly once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import sqlite3
 import time
@@ -270,14 +272,13 @@ async def test_a_target_deleted_or_not_triggerable_is_skipped_with_a_warning(
     a = await make_runner(store, "A", on_success=[gone.id, odd.id, ok.id])
     parent = await completed_run(store, a, Status.SUCCEEDED)
     # Deleted after the parent completed: the store's cleanup took it out of A's
-    # list, so put it back as it was when the run ended, behind the store's back.
+    # list, so put it back as it was when the run ended, from another connection.
     await store.delete_runner(gone.id)
-    await store._db.write(
-        lambda db: db.execute(
+    with contextlib.closing(sqlite3.connect(store.path)) as db, db:
+        db.execute(
             "UPDATE runners SET on_success = ? WHERE id = ?",
-            (f'["{gone.id}", "{odd.id}", "{ok.id}"]', a.id),
+            (json.dumps([gone.id, odd.id, ok.id]), a.id),
         )
-    )
 
     with caplog.at_level(logging.INFO, logger="runnerd.chains"):
         made = await make_chains(store).chain(parent)
