@@ -268,13 +268,19 @@ async def update_runner(request: web.Request) -> web.Response:
 async def delete_runner(request: web.Request) -> web.Response:
     runner_id = _id(request, "runner_id")
     try:
-        run_ids = await request.app[STORE].delete_runner(runner_id)
+        deleted = await request.app[STORE].delete_runner(runner_id)
     except NotFound:
         raise web.HTTPNotFound() from None
     except Conflict:
         raise web.HTTPConflict() from None
-    request.app[LOGS].delete(run_ids)
-    log.info("runner %s deleted with %d runs", runner_id, len(run_ids))
+    request.app[LOGS].delete(deleted.run_ids)
+    log.info("runner %s deleted with %d runs", runner_id, len(deleted.run_ids))
+    if deleted.unchained:
+        log.info(
+            "runner %s: no longer chained from %s (their on_success/on_failure named it)",
+            runner_id,
+            ", ".join(deleted.unchained),
+        )
     return web.json_response({"deleted": True})
 
 
