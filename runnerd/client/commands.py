@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from ..contract import ENV_KEY
+from ..contract import ENV_KEY, RUN_AT_AHEAD_MAX_MS
 from ..models import TERMINAL_STATUSES
 from . import render
 from .errors import (
@@ -159,8 +159,11 @@ def run_at(text: str) -> str:
     seconds = sum(
         int(n) * _UNIT_SECONDS[unit] for n, unit in re.findall(r"([0-9]+)([smhd])", match[1])
     )
-    if seconds > 400 * 86400:  # far past what the daemon takes; keeps datetime in range
-        raise argparse.ArgumentTypeError(f"must be at most a year from now, got {text!r}")
+    if seconds * 1000 > RUN_AT_AHEAD_MAX_MS:  # the daemon's limit (and datetime's range)
+        raise argparse.ArgumentTypeError(
+            f"must be at most a year ({RUN_AT_AHEAD_MAX_MS // 86_400_000} days) from now, "
+            f"got {text!r}"
+        )
     at = datetime.now().astimezone() + timedelta(seconds=seconds)
     return at.isoformat(timespec="milliseconds")
 

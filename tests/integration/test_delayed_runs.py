@@ -175,7 +175,9 @@ async def test_cli_triggers_a_delayed_run_with_its_own_timeout_and_lists_it(
 
     bad = cli(daemon, "runs", "trigger", "cli-delayed", "--at", "+10 minutes")
     assert bad.returncode == 2 and "+90s, +10m, +2h" in bad.stderr, bad.stderr
-    far = cli(daemon, "runs", "trigger", "cli-delayed", "--at", "+400d")
+    far = cli(daemon, "runs", "trigger", "cli-delayed", "--at", "+367d")
+    assert far.returncode == 2 and "at most a year (366 days)" in far.stderr, far.stderr
+    far = cli(daemon, "runs", "trigger", "cli-delayed", "--at", utc(ms_now() + 367 * 86_400_000))
     assert far.returncode == 1, far
     assert "runnerd: run_at: must be at most 1 year ahead" in far.stderr, far.stderr
     short = cli(daemon, "runs", "trigger", "cli-delayed", "--timeout", "0")
