@@ -6,6 +6,7 @@ enforced; and the CLI's `runs trigger --at --timeout` and `runs list` columns.""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -172,6 +173,14 @@ async def test_cli_triggers_a_delayed_run_with_its_own_timeout_and_lists_it(
     assert parse_time(
         show(ok(cli(daemon, "runs", "trigger", "cli-delayed", "--at", at)))["not_before"]
     ) == parse_time(at)
+
+    waited = cli(daemon, "runs", "trigger", "cli-delayed", "--at", "+2s", "--wait")
+    assert ok(waited) == "later\n"  # --wait waits through the delay, then for the output
+    final = json.loads(
+        ok(cli(daemon, "runs", "trigger", "cli-delayed", "--at", "+1s", "--wait", "--json"))
+    )["run"]
+    assert final["status"] == "succeeded", final
+    assert parse_time(final["started_at"]) >= parse_time(final["not_before"]), final
 
     bad = cli(daemon, "runs", "trigger", "cli-delayed", "--at", "+10 minutes")
     assert bad.returncode == 2 and "+90s, +10m, +2h" in bad.stderr, bad.stderr
