@@ -343,9 +343,9 @@ async def trigger_run(request: web.Request) -> web.Response:
     found = await store.runner_for_run(_id(request, "runner_id"))
     if found is None:
         raise web.HTTPNotFound()
-    overrides = contract.parse_trigger(await read_json(request))
+    options = contract.parse_trigger(await read_json(request))
     try:
-        prepared = triggers.prepare(found, config, overrides)
+        prepared = triggers.prepare(found, config, options.env)
     except triggers.NotTriggerable as e:
         raise contract.Invalid([str(e)]) from None
     idempotency_key = contract.parse_idempotency_key(request.headers.get("Idempotency-Key"))
@@ -357,6 +357,8 @@ async def trigger_run(request: web.Request) -> web.Response:
         prepared.pids,
         idempotency_key=idempotency_key,
         image=prepared.image,
+        not_before=options.not_before,
+        timeout_seconds=options.timeout_seconds,
     )
     if created:
         request.app[SCHEDULER].wake()

@@ -266,6 +266,19 @@ def _client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="override an env variable for this run only (repeatable)",
     )
     p.add_argument(
+        "--at",
+        type=client.run_at,
+        metavar="TIME",
+        help="start it not before TIME: 2026-01-15T22:00:00+01:00 (with an offset, or Z), "
+        "or from now: +90s, +10m, +2h, +1d (run_at; at most a year ahead)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=int,
+        metavar="SECONDS",
+        help="this run's timeout_seconds, 1-86400, instead of the runner's",
+    )
+    p.add_argument(
         "--idempotency-key",
         metavar="K",
         help="a retry with the same key within 24 h queues nothing new",

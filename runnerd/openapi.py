@@ -285,8 +285,10 @@ PATHS: dict[str, dict[str, Op]] = {
                    "`Idempotency-Key` already used for this runner, the first run as it is now.",
                    "RunResponse",
                    "The run's environment is the runner's env variables, then the body's "
-                   "overrides on top. A runner whose instance type is no longer configured is a "
-                   "400.", body="TriggerRequest", body_required=False,
+                   "overrides on top. With `run_at` the run stays `pending` until then "
+                   "(`not_before`); `timeout_seconds` replaces the runner's for this run. A "
+                   "runner whose instance type is no longer configured is a 400.",
+                   body="TriggerRequest", body_required=False,
                    params=(contract.IDEMPOTENCY_KEY,)),
     },
     "/v1/runners/{runner_id}/runs/{run_id}": {

@@ -12,11 +12,12 @@ import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
 
-from ..contract import ENV_KEY
+from ..contract import ENV_KEY, RUN_AT_AHEAD_MAX_MS
 from ..models import TERMINAL_STATUSES
 from . import render
 from .errors import (
@@ -137,6 +138,34 @@ def key_val(text: str) -> tuple[str, str]:
     if not sep:
         raise argparse.ArgumentTypeError(f"expected KEY=VAL, got {text!r}")
     return key, val
+
+
+_RELATIVE = re.compile(r"\+((?:[0-9]+[smhd])+)\Z")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def run_at(text: str) -> str:
+    """argparse type of `runs trigger --at`: a time in the API's format, passed on
+    for the daemon to check, or `+90s`, `+10m`, `+2h`, `+1d`, `+1h30m` from now, made
+    into one (in this machine's zone)."""
+    if not text.startswith("+"):
+        return text
+    match = _RELATIVE.match(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"expected a time such as 2026-01-15T22:00:00+01:00, or a wait from now such "
+            f"as +90s, +10m, +2h or +1h30m, got {text!r}"
+        )
+    seconds = sum(
+        int(n) * _UNIT_SECONDS[unit] for n, unit in re.findall(r"([0-9]+)([smhd])", match[1])
+    )
+    if seconds * 1000 > RUN_AT_AHEAD_MAX_MS:  # the daemon's limit (and datetime's range)
+        raise argparse.ArgumentTypeError(
+            f"must be at most a year ({RUN_AT_AHEAD_MAX_MS // 86_400_000} days) from now, "
+            f"got {text!r}"
+        )
+    at = datetime.now().astimezone() + timedelta(seconds=seconds)
+    return at.isoformat(timespec="milliseconds")
 
 
 def _env_body(pairs: list[tuple[str, str]]) -> list[dict[str, str]]:
@@ -490,10 +519,7 @@ async def runs_list(c: Client, args: argparse.Namespace) -> int:
             + (f" with status {args.status}" if args.status else "")
         )
     else:
-        render.table(
-            ["ID", "STATUS", "EXIT", "STARTED", "COMPLETED", "REASON"],
-            [render.run_row(r) for r in data["runs"]],
-        )
+        render.table(*render.run_table(data["runs"]))
     return EXIT_OK
 
 
@@ -509,9 +535,17 @@ async def runs_show(c: Client, args: argparse.Namespace) -> int:
 
 async def runs_trigger(c: Client, args: argparse.Namespace) -> int:
     runner = await c.runner(args.runner)
-    body = {"env_variables": _env_body(args.env)} if args.env else None
+    body: dict[str, Any] = {}
+    if args.env:
+        body["env_variables"] = _env_body(args.env)
+    if args.at is not None:
+        body["run_at"] = args.at
+    if args.timeout is not None:
+        body["timeout_seconds"] = args.timeout
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
-    data = await c.request("POST", f"/v1/runners/{runner['id']}/runs", body=body, headers=headers)
+    data = await c.request(
+        "POST", f"/v1/runners/{runner['id']}/runs", body=body or None, headers=headers
+    )
     run_ = data["run"]
     if not args.wait:
         if args.json:

@@ -85,12 +85,30 @@ def write_out(data: bytes) -> None:
         sys.stdout.buffer.flush()
 
 
+RUN_HEADERS = ["ID", "STATUS", "TRIGGER", "ATTEMPT", "EXIT", "STARTED", "COMPLETED", "REASON"]
+
+
 def run_row(r: dict[str, Any]) -> list[str]:
     return [
         r["id"],
         r["status"],
+        cell(r.get("trigger")),
+        cell(r.get("attempt")),
         cell(r.get("exit_code")),
         when(r.get("started_at")),
         when(r.get("completed_at")),
         cell(r.get("failure_reason")),
     ]
+
+
+def run_table(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The headers and rows of `runs list`. NOT BEFORE only when a listed run waits
+    for its time (a delayed run, a retry's back-off): the table is wide enough."""
+    if not any(_waits(r) for r in runs):
+        return RUN_HEADERS, [run_row(r) for r in runs]
+    rows = [[*run_row(r), when(r.get("not_before")) if _waits(r) else "-"] for r in runs]
+    return [*RUN_HEADERS, "NOT BEFORE"], rows
+
+
+def _waits(r: dict[str, Any]) -> bool:
+    return r.get("status") == "pending" and r.get("not_before") is not None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
@@ -27,7 +28,8 @@ from pydantic import (
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from ..config import Config
-from ..models import RETRYABLE, EnvVariable, FailureReason, RetryPolicy
+from ..models import RETRYABLE, EnvVariable, FailureReason, RetryPolicy, now_ms
+from ..timefmt import TIME_INPUT_PATTERN, parse_time
 from .fields import (
     ARGV_ITEM_MAX,
     ARGV_MAX_ITEMS,
@@ -41,6 +43,8 @@ from .fields import (
     MAX_RETRIES,
     NAME_LEN,
     REGISTRY_HOST,
+    RUN_AT_AHEAD_MAX_MS,
+    RUN_AT_SKEW_MS,
     RUN_COMMAND_MAX,
     RUNNER_MAX_CONCURRENT,
     TIMEOUT_RANGE,
@@ -61,6 +65,7 @@ from .fields import (
     image_tag_rule,
     registry_id_rule,
     runner_id_rule,
+    time_rule,
     webhook_url_rule,
 )
 
@@ -207,6 +212,12 @@ def _config(info: ValidationInfo) -> Config:
     context = info.context
     config = context.get("config") if isinstance(context, dict) else None
     return config if isinstance(config, Config) else Config()
+
+
+def _now(info: ValidationInfo) -> int:
+    context = info.context
+    now = context.get("now") if isinstance(context, dict) else None
+    return now if isinstance(now, int) else now_ms()
 
 
 class RunnerCreate(_Body):
@@ -424,10 +435,55 @@ EnvVariableUpdate = _partial(
 
 
 class TriggerRequest(_Body):
-    """Env overrides for this run only, on top of the runner's env variables. An empty
-    body or `{}` is valid."""
+    """What this run does differently from the runner's other runs: env overrides on
+    top of the runner's env variables, a later start, its own timeout. An empty body
+    or `{}` is valid: a run like any other, queued now."""
 
     env_variables: EnvList = []
+    run_at: (
+        Annotated[
+            str,
+            Text(40, 1, TIME_INPUT_PATTERN, time_rule),
+            Field(
+                json_schema_extra={"format": "date-time"},
+                description="Not started before this time: the run stays `pending`, with it "
+                "as `not_before`, until then. With a UTC offset (`+01:00`, or `Z`); at most a "
+                "year (366 days) ahead; up to 60 s in the past is taken as now, further back "
+                "is a 400. Null (the default): now.",
+                examples=["2026-01-15T10:01:00.000+01:00"],
+            ),
+        ]
+        | None
+    ) = None
+    timeout_seconds: (
+        Annotated[
+            int,
+            Whole(*TIMEOUT_RANGE),
+            Field(
+                description="This run's timeout instead of the runner's: counted from "
+                "`started_at`, past it the container is stopped and the run fails with "
+                "`timeout`. Null (the default): the runner's."
+            ),
+        ]
+        | None
+    ) = None
+
+    @field_validator("run_at")
+    @classmethod
+    def _within_limits(cls, run_at: str | None, info: ValidationInfo) -> str | None:
+        if run_at is None:
+            return None
+        now = _now(info)
+        at = parse_time(run_at)  # Text's rule has checked that it parses
+        if at > now + RUN_AT_AHEAD_MAX_MS:
+            raise fail(f"must be at most 1 year ahead, got {run_at}")
+        if at < now - RUN_AT_SKEW_MS:
+            ago = (now - at) // 1000
+            raise fail(
+                f"must not be more than {RUN_AT_SKEW_MS // 1000} s in the past, got {run_at} "
+                f"({ago} s before the daemon's clock)"
+            )
+        return run_at
 
 
 class ContainerRegistryCreate(_Body):
@@ -524,11 +580,14 @@ def _message(model: type[BaseModel], error: ErrorDetails) -> str:
     return f"{where}: {error['msg'][:1].lower()}{error['msg'][1:]}"  # any other: pydantic's
 
 
-def _validate(model: type[_Body], body: Any, config: Config | None = None) -> _Body:
+def _validate(
+    model: type[_Body], body: Any, config: Config | None = None, now: int | None = None
+) -> _Body:
     """`body` (decoded JSON; None for an empty body) as `model`, or `Invalid` listing
-    every problem."""
+    every problem. `config` and `now` are for the validators that need them."""
     try:
-        return model.model_validate({} if body is None else body, context={"config": config})
+        context = {"config": config, "now": now}
+        return model.model_validate({} if body is None else body, context=context)
     except ValidationError as e:
         raise Invalid([_message(model, err) for err in e.errors(include_url=False)]) from None
 
@@ -612,13 +671,30 @@ def parse_registry(body: Any, *, partial: bool) -> dict[str, str]:
     return {key: getattr(registry, key) for key in REGISTRY_FIELDS if key in given or not partial}
 
 
-def parse_trigger(body: Any) -> Env:
-    """A trigger body (`{}` or `{"env_variables": [...]}`) → the env overrides."""
+@dataclass(frozen=True)
+class TriggerOptions:
+    """A trigger body as the handler takes it: Run.queued's `not_before` and
+    `timeout_seconds` (None: now, and the runner's)."""
+
+    env: Env  # the overrides, on top of the runner's env variables
+    not_before: int | None = None
+    timeout_seconds: int | None = None
+
+
+def parse_trigger(body: Any, now: int | None = None) -> TriggerOptions:
+    """A trigger body (empty, `{}`, or any of `env_variables`, `run_at`,
+    `timeout_seconds`) → what the run does differently. `now` (default: the clock)
+    is what `run_at`'s limits count from; a `run_at` a little in the past is now."""
     if body is None or body == {}:
-        return []  # the usual trigger: no model to build
-    trigger = _validate(TriggerRequest, body)
+        return TriggerOptions([])  # the usual trigger: no model to build
+    now = now_ms() if now is None else now
+    trigger = _validate(TriggerRequest, body, now=now)
     assert isinstance(trigger, TriggerRequest)
-    return _env(trigger.env_variables)
+    return TriggerOptions(
+        env=_env(trigger.env_variables),
+        not_before=None if trigger.run_at is None else max(now, parse_time(trigger.run_at)),
+        timeout_seconds=trigger.timeout_seconds,
+    )
 
 
 def merge_env(defaults: list[EnvVariable], overrides: Env) -> Env:

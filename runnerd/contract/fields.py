@@ -18,6 +18,8 @@ from pydantic import Field, GetCoreSchemaHandler, GetJsonSchemaHandler, WithJson
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
 
+from ..timefmt import parse_time
+
 # -- constants (the CLI client and openapi import these) ---------------------------
 
 ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -58,6 +60,10 @@ TIME_PATTERN = (
     r"[+-][0-9]{2}:[0-9]{2}$"
 )
 WEBHOOK_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#]+([/?#]\S*)?$"
+# A trigger's `run_at`: at most a year ahead (366 days: the same date next year is
+# always in), and a little in the past is taken as now (the client's clock is behind).
+RUN_AT_AHEAD_MAX_MS = 366 * 86_400_000
+RUN_AT_SKEW_MS = 60_000
 
 
 def anchored(pattern: re.Pattern[str]) -> str:
@@ -218,6 +224,14 @@ def host_rule(host: str) -> str | None:
         "must be a registry host such as 'registry.example.com:5000' or "
         f"'ghcr.io' (no scheme, no path), got {host[:100]!r}"
     )
+
+
+def time_rule(value: str) -> str | None:
+    try:
+        parse_time(value)
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def registry_id_rule(value: str) -> str | None:

@@ -25,6 +25,7 @@ import time
 import types
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -364,6 +365,28 @@ def test_container_registries_are_added_listed_changed_and_deleted(
     op(gen, "runners", "delete_runner").sync_detailed(runner.id, client=c)
     deleted = delete.sync_detailed(registry.id, client=c)
     assert isinstance(deleted.parsed, m.Deleted), deleted.content
+
+
+def test_a_generated_clients_run_at_and_timeout_seconds_are_taken_as_sent(
+    gen: types.ModuleType, client: Client
+) -> None:
+    """`run_at` is a `date-time` in the document: the generated client sends a
+    datetime as Python writes it (microseconds, `+00:00`), and gets it back as one."""
+    m, c = gen.models, client()
+    runner = make_runner(gen, c, run_command="true")
+    at = datetime.now(UTC).replace(microsecond=123456) + timedelta(hours=1)
+    body = m.TriggerRequest(run_at=at, timeout_seconds=5)
+    run = trigger(gen, c, runner.id, body=body)
+    assert run.status.value == "pending" and run.timeout_seconds == 5
+    assert run.not_before == at.replace(microsecond=123000)  # milliseconds are kept
+    cancel = op(gen, "runs", "cancel_run").sync_detailed(runner.id, run.id, client=c)
+    assert cancel.status_code == 200, cancel.content
+    too_far = m.TriggerRequest(run_at=at + timedelta(days=400))
+    invalid(
+        gen,
+        op(gen, "runs", "trigger_run").sync_detailed(runner.id, client=c, body=too_far),
+        "run_at",
+    )
 
 
 def test_a_run_is_triggered_listed_shown_and_its_logs_read_in_every_form(
