@@ -76,3 +76,15 @@ def run_row(r: dict[str, Any]) -> list[str]:
         when(r.get("completed_at")),
         cell(r.get("failure_reason")),
     ]
+
+
+def schedule_row(s: dict[str, Any]) -> list[str]:
+    return [
+        s["id"],
+        cell(s["cron"]),
+        cell(s["timezone"]),
+        "yes" if s.get("enabled") else "no",
+        when(s.get("next_run_at")),
+        when(s.get("last_run_at")),
+        cell(s.get("missed_count")),
+    ]

@@ -42,6 +42,7 @@ from .bodies import (
 from .fields import (
     ARGV_ITEM_MAX,
     ARGV_MAX_ITEMS,
+    CONCURRENCY_POLICIES,
     DEFAULT_TIMEOUT,
     ENTRYPOINT_MAX,
     ENV_KEY,
@@ -220,6 +221,7 @@ def _with_timestamp_refs(node: Any) -> Any:
 __all__ = [
     "ARGV_ITEM_MAX",
     "ARGV_MAX_ITEMS",
+    "CONCURRENCY_POLICIES",
     "ContainerRegistry",
     "ContainerRegistryCreate",
     "ContainerRegistryList",

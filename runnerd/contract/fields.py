@@ -246,6 +246,7 @@ TIMEZONE_MAX = 255
 STARTING_DEADLINE_RANGE = (0, 86400)
 DEFAULT_STARTING_DEADLINE = 300
 ConcurrencyPolicyName = Literal["allow", "forbid", "replace"]  # models.ConcurrencyPolicy
+CONCURRENCY_POLICIES: tuple[str, ...] = get_args(ConcurrencyPolicyName)
 
 
 def cron_rule(expression: str) -> str | None:
