@@ -434,22 +434,3 @@ async def test_a_bad_patch_is_a_400_and_changes_nothing(api: Api) -> None:
         assert data["errors"][0].startswith(error), (body, data)
     status, data = await api.get(path)
     assert data == {"schedule": schedule}
-
-
-async def test_a_read_key_may_list_and_show_but_not_change(
-    api: Api, daemon: InProcessDaemon
-) -> None:
-    runner = await api.create_runner()
-    schedule = await create(api, runner, cron="@daily")
-    read_key = daemon.create_key("reader", "read")
-    status, _ = await api.get(base(runner), key=read_key)
-    assert status == 200
-    status, _ = await api.get(f"{base(runner)}/{schedule['id']}", key=read_key)
-    assert status == 200
-    for method, path in (
-        ("POST", base(runner)),
-        ("PATCH", f"{base(runner)}/{schedule['id']}"),
-        ("DELETE", f"{base(runner)}/{schedule['id']}"),
-    ):
-        status, _ = await api.request(method, path, json_body={"enabled": False}, key=read_key)
-        assert status == 403, (method, path)
