@@ -167,6 +167,20 @@ class Runs(Aggregate):
         self._completed(run)
         return run
 
+    async def latest_retry(self, run_id: str) -> Run | None:
+        """The last attempt retrying run `run_id`, following `retry_of` from it (its
+        retry, that one's retry, …); None when it has no retry. A pending one is the
+        retry still to come, which cancelling `run_id` cancels."""
+        row = await self._db.lookup_one(
+            "WITH RECURSIVE attempts(id, attempt) AS ("
+            " SELECT id, attempt FROM runs WHERE retry_of = ?"
+            " UNION ALL SELECT r.id, r.attempt FROM runs r JOIN attempts a ON r.retry_of = a.id)"
+            " SELECT * FROM runs WHERE id = (SELECT id FROM attempts ORDER BY attempt DESC"
+            " LIMIT 1)",
+            (run_id,),
+        )
+        return run_from_row(row, self.box) if row else None
+
     async def mark_running(self, run_id: str, container_id: str, started_at: int) -> Run:
         def update(db: sqlite3.Connection) -> sqlite3.Row:
             row: sqlite3.Row | None = db.execute(
@@ -288,8 +302,7 @@ def _follow_up(db: sqlite3.Connection, row: sqlite3.Row, run: Run) -> sqlite3.Ro
     row as it is after that."""
     assert run.completed_at is not None
     if run.will_retry:
-        wait = run.retry_policy.backoff_ms(run.attempt)
-        retry = run.retry(now=run.completed_at, not_before=run.completed_at + wait)
+        retry = run.retry(now=run.completed_at, not_before=run.retry_not_before)
         insert_run(db, retry, row["env"])  # the same sealed env; runs_retry_of: once
         return row
     if run.failure_reason is FailureReason.CANCELED:

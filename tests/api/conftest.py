@@ -31,7 +31,7 @@ from runnerd import metrics
 from runnerd.api import make_app
 from runnerd.auth import hash_secret, new_secret
 from runnerd.config import Config
-from runnerd.daemon import wake_log_followers
+from runnerd.daemon import log_retries, wake_log_followers
 from runnerd.firing import Firing
 from runnerd.logs import LogStore
 from runnerd.models import Scope
@@ -94,6 +94,7 @@ async def build_app(
     stack.push_async_callback(store.close)
     store.on_run_completed.append(metrics.run_completed)
     wake_log_followers(store, logs)
+    log_retries(store, config.tz)
     executor = FakeExecutor(store, logs)
     scheduler = Scheduler(store, executor, max_concurrent_runs=config.scheduler.max_concurrent_runs)
     firing = Firing(store, config, scheduler)
