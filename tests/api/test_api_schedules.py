@@ -19,6 +19,7 @@ import pytest
 from conftest import Api
 
 from runnerd import api as api_mod
+from runnerd.contract import parse_schedule
 from runnerd.models import Schedule
 from tests.api.conftest import InProcessDaemon
 
@@ -199,6 +200,20 @@ async def test_env_values_are_stored_encrypted(api: Api, daemon: InProcessDaemon
     assert secret not in stored and "TOKEN" not in stored
     got = await daemon.store.get_schedule(runner["id"], schedule["id"])
     assert got is not None and got.env == [("TOKEN", secret)]
+
+
+async def test_a_runner_may_have_ten_thousand_schedules_and_more(
+    api: Api, daemon: InProcessDaemon
+) -> None:
+    runner = await api.create_runner()
+    fields = parse_schedule({"cron": "@yearly", "enabled": False}, daemon.config, partial=False)
+    await asyncio.gather(
+        *(daemon.store.create_schedule(runner["id"], fields) for _ in range(10_000))
+    )
+    one_more = await create(api, runner, cron="@every 5m")
+    status, data = await api.get(base(runner))
+    assert status == 200
+    assert len(data["schedules"]) == 10_001 and data["schedules"][-1] == one_more
 
 
 # -- change, pause, resume -------------------------------------------------------------
