@@ -704,7 +704,7 @@ def parse_schedule(body: Any, config: Config, *, partial: bool) -> dict[str, Any
         raise Invalid(["body: must set at least one of " + ", ".join(SCHEDULE_FIELDS)])
     fields: dict[str, Any] = {}
     for key in SCHEDULE_FIELDS:
-        if not (key in given or not partial):
+        if partial and key not in given:
             continue
         value = getattr(schedule, key)
         if key == "env_variables":
