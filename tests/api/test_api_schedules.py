@@ -283,6 +283,30 @@ async def test_a_change_that_is_not_timing_keeps_next_run_at(api: Api) -> None:
     assert cleared["env_variables"] == []
 
 
+async def test_a_change_keeps_what_a_fire_wrote_meanwhile(
+    api: Api, daemon: InProcessDaemon
+) -> None:
+    runner = await api.create_runner()
+    schedule = await create(api, runner, cron="@every 1h")
+    # A fire between the API's read and its write moves the schedule on: the change
+    # sets only its own columns, so it cannot put the fired slot back.
+    fired_slot, next_slot = ms(schedule["next_run_at"]), ms(schedule["next_run_at"]) + 3600_000
+    run_id = str(uuid.uuid4())
+    with sqlite3.connect(daemon.data_dir / "runnerd.db", timeout=10) as db:
+        db.execute(
+            "UPDATE schedules SET next_run_at = ?, last_run_at = ?, last_run_id = ?,"
+            " missed_count = 2 WHERE id = ?",
+            (next_slot, fired_slot, run_id, schedule["id"]),
+        )
+    for body in ({"env_variables": [{"env_key": "A", "env_val": "1"}]}, {"enabled": True}):
+        changed = await patch(api, runner, schedule["id"], **body)
+        assert ms(changed["next_run_at"]) == next_slot, body
+        assert ms(changed["last_run_at"]) == fired_slot and changed["last_run_id"] == run_id
+        assert changed["missed_count"] == 2
+    paused = await patch(api, runner, schedule["id"], enabled=False)
+    assert paused["next_run_at"] is None and paused["last_run_id"] == run_id
+
+
 async def test_a_cron_change_on_a_paused_schedule_leaves_it_paused(api: Api) -> None:
     runner = await api.create_runner()
     schedule = await create(api, runner, cron="@hourly", enabled=False)
