@@ -278,15 +278,21 @@ async def delete_runner(request: web.Request) -> web.Response:
     # row when its time comes, forgets it then.
     schedule_ids = await store.schedule_ids_of_runner(runner_id)
     try:
-        run_ids = await store.delete_runner(runner_id)
+        deleted = await store.delete_runner(runner_id)
     except NotFound:
         raise web.HTTPNotFound() from None
     except Conflict:
         raise web.HTTPConflict() from None
     for schedule_id in schedule_ids:
         request.app[FIRING].removed(schedule_id)
-    request.app[LOGS].delete(run_ids)
-    log.info("runner %s deleted with %d runs", runner_id, len(run_ids))
+    request.app[LOGS].delete(deleted.run_ids)
+    log.info("runner %s deleted with %d runs", runner_id, len(deleted.run_ids))
+    if deleted.unchained:
+        log.info(
+            "runner %s: no longer chained from %s (their on_success/on_failure named it)",
+            runner_id,
+            ", ".join(deleted.unchained),
+        )
     return web.json_response({"deleted": True})
 
 

@@ -27,6 +27,7 @@ from aiohttp import web
 
 from . import datadir, metrics
 from .api import STOPPING, make_app
+from .chains import Chains
 from .config import Config
 from .engine import (
     LOG_LINE_OVERHEAD,
@@ -175,6 +176,7 @@ async def serve(config: Config) -> Stopped:
     runner: web.AppRunner | None = None
     scheduler: Scheduler | None = None
     firing: Firing | None = None
+    chains: Chains | None = None
     executor: Executor | None = None
     notifier: Notifier | None = None
     retention: Retention | None = None
@@ -220,6 +222,8 @@ async def serve(config: Config) -> Stopped:
                 max_concurrent_runs=config.scheduler.max_concurrent_runs,
             )
             firing = Firing(store, config, scheduler)
+            chains = Chains(store, config, scheduler)
+            store.on_run_completed.append(chains.run_completed)
             app = make_app(config, store, logs, scheduler, executor, firing)
             runner = web.AppRunner(
                 app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS, handle_signals=False
@@ -237,6 +241,7 @@ async def serve(config: Config) -> Stopped:
                 )
             scheduler.start()
             firing.start()
+            chains.start()
             notifier.start()
             retention.start()
             side_tasks.append(
@@ -253,6 +258,7 @@ async def serve(config: Config) -> Stopped:
                 {
                     "the scheduler": scheduler.task,
                     "the schedules": firing.task,
+                    "the chains": chains.task,
                     "webhook deliveries": notifier.task,
                     "retention": retention.task,
                     "the systemd watchdog": side_tasks[-1],
@@ -277,6 +283,8 @@ async def serve(config: Config) -> Stopped:
             steps.append(("the HTTP server", runner.cleanup(), bounds.http))
         if firing is not None:  # no fire after this: the scheduler stops next
             steps.append(("the schedules", firing.stop(), bounds.tasks))
+        if chains is not None:  # no chained run after this either
+            steps.append(("the chains", chains.stop(), bounds.tasks))
         if scheduler is not None:
             steps.append(
                 (

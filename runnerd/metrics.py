@@ -58,6 +58,12 @@ QUEUE_WAIT = Histogram(
     buckets=_WAIT_BUCKETS,
     registry=REGISTRY,
 )
+CHAINED_RUNS = Counter(
+    "runnerd_chained_runs",
+    "Runs made by a chain (on_success, on_failure), by the parent run's status.",
+    ["parent_status"],
+    registry=REGISTRY,
+)
 IMAGE_PULLS = Counter(
     "runnerd_image_pulls", "Image pulls, by result (ok or error).", ["result"], registry=REGISTRY
 )
@@ -97,6 +103,10 @@ def run_completed(run: Run) -> None:
         RUN_RETRIES.labels(run.failure_reason.value if run.failure_reason else "").inc()
     if run.started_at is not None and run.completed_at is not None:
         RUN_DURATION.observe(max(0.0, (run.completed_at - run.started_at) / 1000))
+
+
+def run_chained(parent: Run) -> None:
+    CHAINED_RUNS.labels(parent.status.value).inc()
 
 
 def image_pulled(ok: bool) -> None:

@@ -258,6 +258,35 @@ class Runs(Aggregate):
         )
         return [run_from_row(r, self.box) for r in rows]
 
+    # -- chains (runnerd.chains) ------------------------------------------------
+
+    async def pending_chains(self, limit: int) -> list[Run]:
+        """Completed runs whose chained runs are still to be made (finish_run
+        marked them), oldest completion first."""
+        rows = await self._db.all(
+            "SELECT * FROM runs WHERE chain_status = 'pending' ORDER BY completed_at LIMIT ?",
+            (limit,),
+        )
+        return [run_from_row(r, self.box) for r in rows]
+
+    async def make_chained(self, parent_id: str, runs: list[Run]) -> list[Run]:
+        """In one write: queue each of `runs` (chained runs of the run `parent_id`)
+        and clear the parent's mark. A run already made for this parent and runner
+        (the UNIQUE index: a second loop, or the same parent again after a crash)
+        and a run of a runner deleted meanwhile are left out; returns the runs made."""
+        sealed = [(run, self.box.encrypt(json.dumps(list(run.env)))) for run in runs]
+
+        def write(db: sqlite3.Connection) -> list[Run]:
+            made = []
+            for run, env in sealed:
+                if db.execute("SELECT 1 FROM runners WHERE id = ?", (run.runner_id,)).fetchone():
+                    if insert_run(db, run, env):
+                        made.append(run)
+            db.execute("UPDATE runs SET chain_status = NULL WHERE id = ?", (parent_id,))
+            return made
+
+        return await self._db.write(write)
+
     # -- retention ------------------------------------------------------------
 
     async def delete_expired_runs(
@@ -285,7 +314,10 @@ class Runs(Aggregate):
             ids = [
                 r[0]
                 for r in db.execute(
-                    f"SELECT id FROM runs WHERE {' OR '.join(where)} LIMIT ?", (*params, batch)
+                    # A run whose chained runs are still to be made waits for them.
+                    f"SELECT id FROM runs WHERE ({' OR '.join(where)}) AND chain_status IS NULL"
+                    " LIMIT ?",
+                    (*params, batch),
                 )
             ]
             db.executemany(
