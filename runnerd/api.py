@@ -88,6 +88,11 @@ def make_app(
     r.add_get("/v1/runners/{runner_id}/runs/{run_id}/logs", run_logs)
     r.add_post("/v1/runners/{runner_id}/runs/{run_id}/cancel", cancel_run)
     r.add_post("/v1/runners/{runner_id}/warm", warm_runner)
+    r.add_get("/v1/runners/{runner_id}/schedules", list_schedules)
+    r.add_post("/v1/runners/{runner_id}/schedules", create_schedule)
+    r.add_get("/v1/runners/{runner_id}/schedules/{schedule_id}", get_schedule)
+    r.add_patch("/v1/runners/{runner_id}/schedules/{schedule_id}", update_schedule)
+    r.add_delete("/v1/runners/{runner_id}/schedules/{schedule_id}", delete_schedule)
     r.add_get("/v1/container_registries", list_registries)
     r.add_post("/v1/container_registries", create_registry)
     r.add_get("/v1/container_registries/{registry_id}", get_registry)
@@ -267,12 +272,19 @@ async def update_runner(request: web.Request) -> web.Response:
 
 async def delete_runner(request: web.Request) -> web.Response:
     runner_id = _id(request, "runner_id")
+    store = request.app[STORE]
+    # Its schedules go with it (the foreign key cascades); the firing loop is told.
+    # One made between this read and the delete is gone too, and the loop, finding no
+    # row when its time comes, forgets it then.
+    schedule_ids = await store.schedule_ids_of_runner(runner_id)
     try:
-        deleted = await request.app[STORE].delete_runner(runner_id)
+        deleted = await store.delete_runner(runner_id)
     except NotFound:
         raise web.HTTPNotFound() from None
     except Conflict:
         raise web.HTTPConflict() from None
+    for schedule_id in schedule_ids:
+        request.app[FIRING].removed(schedule_id)
     request.app[LOGS].delete(deleted.run_ids)
     log.info("runner %s deleted with %d runs", runner_id, len(deleted.run_ids))
     if deleted.unchained:
@@ -380,6 +392,58 @@ async def warm_runner(request: web.Request) -> web.Response:
     if runner is None:
         raise web.HTTPNotFound()
     return web.json_response({"runner": contract.runner_json(runner, request.app[CONFIG])})
+
+
+# -- schedules ------------------------------------------------------------------------
+
+
+async def list_schedules(request: web.Request) -> web.Response:
+    runner = await _runner_or_404(request)
+    tz = request.app[CONFIG].tz
+    schedules = await request.app[STORE].list_schedules(runner.id)
+    return web.json_response({"schedules": [contract.schedule_json(s, tz) for s in schedules]})
+
+
+async def get_schedule(request: web.Request) -> web.Response:
+    runner_id, schedule_id = _id(request, "runner_id"), _id(request, "schedule_id")
+    schedule = await request.app[STORE].get_schedule(runner_id, schedule_id)
+    if schedule is None:
+        raise web.HTTPNotFound()
+    return web.json_response({"schedule": contract.schedule_json(schedule, request.app[CONFIG].tz)})
+
+
+async def create_schedule(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    runner_id = (await _runner_or_404(request)).id
+    fields = contract.parse_schedule(await read_json(request), config, partial=False)
+    try:
+        schedule = await request.app[STORE].create_schedule(runner_id, fields)
+    except NotFound:
+        raise web.HTTPNotFound() from None
+    request.app[FIRING].changed(schedule)
+    log.info("schedule %s (%s) of runner %s created", schedule.id, schedule.cron, runner_id)
+    return web.json_response({"schedule": contract.schedule_json(schedule, config.tz)})
+
+
+async def update_schedule(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    runner_id, schedule_id = _id(request, "runner_id"), _id(request, "schedule_id")
+    fields = contract.parse_schedule(await read_json(request), config, partial=True)
+    try:
+        schedule = await request.app[STORE].update_schedule(runner_id, schedule_id, fields)
+    except NotFound:
+        raise web.HTTPNotFound() from None
+    request.app[FIRING].changed(schedule)
+    return web.json_response({"schedule": contract.schedule_json(schedule, config.tz)})
+
+
+async def delete_schedule(request: web.Request) -> web.Response:
+    runner_id, schedule_id = _id(request, "runner_id"), _id(request, "schedule_id")
+    if not await request.app[STORE].delete_schedule(runner_id, schedule_id):
+        raise web.HTTPNotFound()
+    request.app[FIRING].removed(schedule_id)
+    log.info("schedule %s of runner %s deleted", schedule_id, runner_id)
+    return web.json_response({"deleted": True})
 
 
 # -- container registries -------------------------------------------------------------

@@ -40,8 +40,8 @@ ERROR_RESPONSES: dict[int, tuple[str, str]] = {
           "`field: message`."),
     401: ("Unauthorized", "No API key, or an unknown or revoked one."),
     403: ("Forbidden", "A `read` key on anything but GET (and HEAD)."),
-    404: ("NotFound", "No such runner, run, env variable or container registry (a malformed id "
-          "is a 404 too)."),
+    404: ("NotFound", "No such runner, run, env variable, schedule or container registry (a "
+          "malformed id is a 404 too)."),
     405: ("MethodNotAllowed",
           "A method the path does not take; the `Allow` header lists the ones it does."),
     409: ("Conflict", "Deleting a runner that has pending or running runs; canceling a run that "
@@ -101,6 +101,7 @@ PATH_IDS = {
     "run_id": "A run's id; the run must belong to the runner.",
     "env_id": "An env variable's id; it must belong to the runner.",
     "registry_id": "A container registry's id.",
+    "schedule_id": "A schedule's id; it must belong to the runner.",
 }
 
 
@@ -133,7 +134,7 @@ PUBLIC: tuple[dict[str, list[str]], ...] = ()  # no key needed
 
 # -- operations ---------------------------------------------------------------------
 
-RUNNERS, ENV, RUNS = "runners", "env variables", "runs"
+RUNNERS, ENV, RUNS, SCHEDULES = "runners", "env variables", "runs", "schedules"
 REGISTRIES, OPS = "container registries", "operations"
 
 
@@ -158,7 +159,12 @@ class Op:
 
 def _tag(path: str) -> str:
     """The resource the path is under."""
-    under = {"/runs": RUNS, "/env_variables": ENV, "/container_registries": REGISTRIES}
+    under = {
+        "/runs": RUNS,
+        "/env_variables": ENV,
+        "/schedules": SCHEDULES,
+        "/container_registries": REGISTRIES,
+    }
     return next(
         (tag for part, tag in under.items() if part in path),
         RUNNERS if "/v1/runners" in path else OPS,
@@ -243,7 +249,7 @@ PATHS: dict[str, dict[str, Op]] = {
                     "Runs already triggered keep what they were triggered with.",
                     body="RunnerUpdate", body_required=False),
         "delete": Op("deleteRunner", "Delete a runner",
-                     "Deleted, with its env variables, runs and logs.", "Deleted",
+                     "Deleted, with its env variables, schedules, runs and logs.", "Deleted",
                      "409 while it has pending or running runs.", also=(409,)),
     },
     "/v1/runners/{runner_id}/warm": {
@@ -290,6 +296,25 @@ PATHS: dict[str, dict[str, Op]] = {
                    "runner whose instance type is no longer configured is a 400.",
                    body="TriggerRequest", body_required=False,
                    params=(contract.IDEMPOTENCY_KEY,)),
+    },
+    "/v1/runners/{runner_id}/schedules": {
+        "get": Op("listSchedules", "List a runner's schedules, oldest first",
+                  "The runner's schedules.", "ScheduleList"),
+        "post": Op("createSchedule", "Add a schedule to a runner", "The new schedule.",
+                   "ScheduleResponse",
+                   "`timezone` defaults to the daemon's. When enabled, `next_run_at` is the "
+                   "first slot after now (`@every` counts from now).", body="ScheduleCreate"),
+    },
+    "/v1/runners/{runner_id}/schedules/{schedule_id}": {
+        "get": Op("getSchedule", "Show a schedule", "The schedule.", "ScheduleResponse"),
+        "patch": Op("updateSchedule", "Change, pause or resume a schedule",
+                    "The schedule as it is now.", "ScheduleResponse",
+                    "Only what is given changes. A change of `cron`, `timezone` or `enabled` "
+                    "computes `next_run_at` again from now: slots that passed while it was "
+                    "paused are neither fired nor counted as missed.",
+                    body="ScheduleUpdate"),
+        "delete": Op("deleteSchedule", "Delete a schedule",
+                     "Deleted; it fires no more. Its runs stay.", "Deleted"),
     },
     "/v1/runners/{runner_id}/runs/{run_id}": {
         "get": Op("getRun", "Show a run", "The run.", "RunResponse"),
@@ -355,6 +380,7 @@ def document() -> dict[str, Any]:
             {"name": RUNNERS, "description": "Container job definitions."},
             {"name": ENV, "description": "A runner's default env variables."},
             {"name": RUNS, "description": "Executions of a runner, and their output."},
+            {"name": SCHEDULES, "description": "When the clock triggers a runner."},
             {"name": REGISTRIES, "description": "Private registries images are pulled from."},
             {"name": OPS, "description": "Health, metrics and this document."},
         ],

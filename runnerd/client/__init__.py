@@ -1,7 +1,7 @@
 """The client side of the `runnerd` command: talk to a running daemon over its REST API.
 
-`runners`, `env`, `runs` and `logs` (wired up in cli.py) each end in `run(args)`,
-which connects to `--url`/`$RUNNERD_URL` with `--token`/`$RUNNERD_TOKEN`, performs
+`runners`, `env`, `runs`, `schedules` and `logs` (wired up in cli.py) each end in
+`run(args)`, which connects to `--url`/`$RUNNERD_URL` with `--token`/`$RUNNERD_TOKEN`, performs
 one command with aiohttp under `asyncio.run`, prints tables (or the API's JSON with
 `--json`) and turns every failure into a one-line message and an exit code — never a
 traceback. Nothing here reads the daemon's config: the API is the only contract.
@@ -43,6 +43,12 @@ from .commands import (
     runs_list,
     runs_show,
     runs_trigger,
+    schedules_create,
+    schedules_delete,
+    schedules_list,
+    schedules_pause,
+    schedules_resume,
+    schedules_update,
 )
 from .errors import (
     EXIT_CANCELED,
@@ -94,4 +100,10 @@ __all__ = [
     "runs_list",
     "runs_show",
     "runs_trigger",
+    "schedules_create",
+    "schedules_delete",
+    "schedules_list",
+    "schedules_pause",
+    "schedules_resume",
+    "schedules_update",
 ]

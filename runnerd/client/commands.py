@@ -17,7 +17,7 @@ from typing import Any
 
 import aiohttp
 
-from ..contract import ENV_KEY, RUN_AT_AHEAD_MAX_MS
+from ..contract import ENV_KEY, RUN_AT_AHEAD_MAX_MS, is_uuid
 from ..models import TERMINAL_STATUSES
 from . import render
 from .errors import (
@@ -611,6 +611,129 @@ async def _poll_until_done(c: Client, runner: dict[str, Any], run_id: str) -> di
         if run_["status"] in TERMINAL:
             return run_
         await asyncio.sleep(POLL_SECONDS)
+
+
+# -- schedules ------------------------------------------------------------------------------
+
+
+def _schedule_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The fields given on the command line: on update, only those."""
+    body: dict[str, Any] = {}
+    if args.cron is not None:
+        body["cron"] = args.cron
+    if args.timezone is not None:
+        body["timezone"] = args.timezone
+    if args.enabled is not None:
+        body["enabled"] = args.enabled
+    if args.env:
+        body["env_variables"] = _env_body(args.env)
+    elif getattr(args, "clear_env", False):
+        body["env_variables"] = []
+    if args.concurrency_policy is not None:
+        body["concurrency_policy"] = args.concurrency_policy
+    if args.starting_deadline is not None:
+        body["starting_deadline_seconds"] = args.starting_deadline
+    return body
+
+
+def _schedule_path(runner: dict[str, Any], schedule_id: str | None = None) -> str:
+    path = f"/v1/runners/{runner['id']}/schedules"
+    return path if schedule_id is None else f"{path}/{schedule_id.lower()}"
+
+
+async def _schedule_request(
+    c: Client, runner: dict[str, Any], method: str, schedule_id: str, body: Any = None
+) -> dict[str, Any]:
+    """`method` on one schedule of the runner; a clean message for an unknown one."""
+    if not is_uuid(schedule_id):  # nor a path of its own, such as `../runs`
+        raise CliError(
+            f"{schedule_id!r} is not a schedule id: ids are UUIDs "
+            f"(see: runnerd schedules list {runner['name']})",
+            code=EXIT_USAGE,
+        )
+    try:
+        data: dict[str, Any] = await c.request(
+            method, _schedule_path(runner, schedule_id), body=body
+        )
+    except ApiError as e:
+        if e.status == 404:
+            raise CliError(
+                f"runner {runner['name']!r} has no schedule {schedule_id!r} "
+                f"(see: runnerd schedules list {runner['name']})"
+            ) from None
+        raise
+    return data
+
+
+def _print_schedule(args: argparse.Namespace, data: dict[str, Any]) -> None:
+    if args.json:
+        render.print_json(data)
+    else:
+        render.show(data["schedule"])
+
+
+async def schedules_list(c: Client, args: argparse.Namespace) -> int:
+    runner = await c.runner(args.runner)
+    data = await c.request("GET", _schedule_path(runner))
+    if args.json:
+        render.print_json(data)
+    elif not data["schedules"]:
+        print(
+            f"runner {runner['name']} has no schedules; add one with: "
+            f"runnerd schedules create {runner['name']} --cron EXPR"
+        )
+    else:
+        render.table(
+            ["ID", "CRON", "TIMEZONE", "ENABLED", "NEXT RUN", "LAST RUN", "MISSED"],
+            [render.schedule_row(s) for s in data["schedules"]],
+        )
+    return EXIT_OK
+
+
+async def schedules_create(c: Client, args: argparse.Namespace) -> int:
+    runner = await c.runner(args.runner)
+    data = await c.request("POST", _schedule_path(runner), body=_schedule_body(args))
+    _print_schedule(args, data)
+    return EXIT_OK
+
+
+async def schedules_update(c: Client, args: argparse.Namespace) -> int:
+    body = _schedule_body(args)
+    if not body:
+        raise CliError(
+            "nothing to update: give at least one option (see: runnerd schedules update --help)",
+            code=EXIT_USAGE,
+        )
+    runner = await c.runner(args.runner)
+    _print_schedule(args, await _schedule_request(c, runner, "PATCH", args.schedule, body))
+    return EXIT_OK
+
+
+async def schedules_pause(c: Client, args: argparse.Namespace) -> int:
+    """PATCH enabled: false. It fires no more until resumed."""
+    runner = await c.runner(args.runner)
+    body = {"enabled": False}
+    _print_schedule(args, await _schedule_request(c, runner, "PATCH", args.schedule, body))
+    return EXIT_OK
+
+
+async def schedules_resume(c: Client, args: argparse.Namespace) -> int:
+    """PATCH enabled: true. It fires next at its first slot from now on: the slots that
+    passed while it was paused are not made up."""
+    runner = await c.runner(args.runner)
+    body = {"enabled": True}
+    _print_schedule(args, await _schedule_request(c, runner, "PATCH", args.schedule, body))
+    return EXIT_OK
+
+
+async def schedules_delete(c: Client, args: argparse.Namespace) -> int:
+    runner = await c.runner(args.runner)
+    data = await _schedule_request(c, runner, "DELETE", args.schedule)
+    if args.json:
+        render.print_json(data)
+    else:
+        print(f"deleted schedule {args.schedule.lower()} of runner {runner['name']}")
+    return EXIT_OK
 
 
 # -- logs -----------------------------------------------------------------------------------

@@ -112,3 +112,15 @@ def run_table(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
 
 def _waits(r: dict[str, Any]) -> bool:
     return r.get("status") == "pending" and r.get("not_before") is not None
+
+
+def schedule_row(s: dict[str, Any]) -> list[str]:
+    return [
+        s["id"],
+        cell(s["cron"]),
+        cell(s["timezone"]),
+        "yes" if s.get("enabled") else "no",
+        when(s.get("next_run_at")),
+        when(s.get("last_run_at")),
+        cell(s.get("missed_count")),
+    ]

@@ -28,13 +28,22 @@ from pydantic import (
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from ..config import Config
-from ..models import RETRYABLE, EnvVariable, FailureReason, RetryPolicy, now_ms
+from ..models import (
+    RETRYABLE,
+    ConcurrencyPolicy,
+    EnvVariable,
+    FailureReason,
+    RetryPolicy,
+    now_ms,
+)
 from ..timefmt import TIME_INPUT_PATTERN, parse_time
 from .fields import (
     ARGV_ITEM_MAX,
     ARGV_MAX_ITEMS,
     BACKOFF_RANGE,
     CHAIN_MAX_ITEMS,
+    CRON_MAX,
+    DEFAULT_STARTING_DEADLINE,
     DEFAULT_TIMEOUT,
     ENTRYPOINT_MAX,
     ENV_MAX_ITEMS,
@@ -47,9 +56,12 @@ from .fields import (
     RUN_AT_SKEW_MS,
     RUN_COMMAND_MAX,
     RUNNER_MAX_CONCURRENT,
+    STARTING_DEADLINE_RANGE,
     TIMEOUT_RANGE,
+    TIMEZONE_MAX,
     WEBHOOK_URL_MAX,
     WEBHOOK_URL_PATTERN,
+    ConcurrencyPolicyName,
     EnvKey,
     EnvVal,
     Invalid,
@@ -58,6 +70,7 @@ from .fields import (
     Text,
     Whole,
     anchored,
+    cron_rule,
     entrypoint_rule,
     fail,
     host_rule,
@@ -66,6 +79,7 @@ from .fields import (
     registry_id_rule,
     runner_id_rule,
     time_rule,
+    timezone_rule,
     webhook_url_rule,
 )
 
@@ -486,6 +500,77 @@ class TriggerRequest(_Body):
         return run_at
 
 
+class ScheduleCreate(_Body):
+    """A new schedule of the runner: when the clock triggers it. Unknown fields are a 400."""
+
+    cron: Annotated[
+        str,
+        Text(CRON_MAX, rule=cron_rule),
+        Field(
+            json_schema_extra={"minLength": 1},
+            description="The five standard fields (minute hour day-of-month month "
+            "day-of-week, with names, ranges, lists and steps; a day-of-month and a "
+            "day-of-week both restricted match either), a macro (`@hourly`, `@daily`, "
+            "`@weekly`, `@monthly`, `@yearly`) or `@every <duration>` (`30s`, `5m`, "
+            "`1h30m`; at least 1 s). A bad expression is a 400 naming the part that is wrong.",
+            examples=["*/15 9-17 * * MON-FRI"],
+        ),
+    ]
+    # Its default is the daemon's zone, filled in by parse_schedule.
+    timezone: Annotated[
+        str,
+        Text(TIMEZONE_MAX, 1, rule=timezone_rule),
+        Field(
+            default_factory=str,  # not in the schema: the default depends on the config
+            description="The IANA time zone the cron fields are read in, e.g. "
+            "`Europe/Berlin`; default the daemon's `timezone` (else the host's zone). A wall "
+            "time a spring-forward skips fires once, at the first moment after the gap; a wall "
+            "time that occurs twice fires once, at its first occurrence. `@every` ignores it.",
+            examples=["Europe/Berlin"],
+        ),
+    ]
+    enabled: bool = Field(
+        default=True,
+        description="False: paused (`next_run_at` null). Slots that pass while paused are "
+        "neither fired nor counted as missed when it is enabled again.",
+    )
+    env_variables: EnvList = Field(
+        default=[],
+        description="Env overrides for the runs it fires, on top of the runner's env "
+        "variables, as a trigger's `env_variables`. On PATCH it replaces all of them.",
+    )
+    concurrency_policy: ConcurrencyPolicyName = Field(
+        default="allow",
+        description="When a fire comes while a run of this schedule is pending or running: "
+        "`allow` fires anyway, `forbid` skips the fire (counted, logged), `replace` cancels "
+        "that run, then fires. The runner's `max_concurrent_runs` applies on top.",
+    )
+    starting_deadline_seconds: Annotated[
+        int,
+        Whole(*STARTING_DEADLINE_RANGE),
+        Field(
+            description="After the daemon or the engine was down: a slot missed by at most "
+            "this long still fires (only the latest missed slot, once); older ones are skipped "
+            "and counted in `missed_count`."
+        ),
+    ] = DEFAULT_STARTING_DEADLINE
+
+    @field_validator("cron")
+    @classmethod
+    def _stripped(cls, expression: str) -> str:
+        return expression.strip()
+
+
+ScheduleUpdate = _partial(
+    ScheduleCreate,
+    "ScheduleUpdate",
+    "Any fields of a schedule, changed together; the others keep their values. A new "
+    "`cron` counts `@every` from now; a change of `cron`, `timezone` or `enabled` computes "
+    "`next_run_at` again from now. At least one field; unknown fields are a 400.",
+    at_least_one=True,
+)
+
+
 class ContainerRegistryCreate(_Body):
     name: Annotated[str, Text(NAME_LEN[1], NAME_LEN[0]), Field(description="Unique.")]
     host: Annotated[
@@ -564,6 +649,8 @@ def _message(model: type[BaseModel], error: ErrorDetails) -> str:
         if value is None:
             return f"{where}: must be a string, not null"
         return f"{where}: must be a string{or_null}, got {_json_type(value)}"
+    if kind == "bool_type":
+        return f"{where}: must be true or false, got {_json_type(value)}"
     if kind == "int_type":
         return f"{where}: must be a whole number{or_null}, got {_json_type(value)}"
     if kind == "list_type":
@@ -671,6 +758,41 @@ def parse_registry(body: Any, *, partial: bool) -> dict[str, str]:
     return {key: getattr(registry, key) for key in REGISTRY_FIELDS if key in given or not partial}
 
 
+def parse_schedule(body: Any, config: Config, *, partial: bool) -> dict[str, Any]:
+    """A schedule create (`partial=False`) or PATCH body → the store's fields: `cron`,
+    `timezone`, `enabled`, `env`, `concurrency_policy`, `starting_deadline_seconds`.
+
+    On create, defaults are filled in (`timezone`: the daemon's zone); on PATCH only the
+    given fields are returned, and at least one must be."""
+    schedule = _validate(ScheduleUpdate if partial else ScheduleCreate, body, config)
+    given = schedule.model_fields_set
+    if partial and not given:
+        raise Invalid(["body: must set at least one of " + ", ".join(SCHEDULE_FIELDS)])
+    fields: dict[str, Any] = {}
+    for key in SCHEDULE_FIELDS:
+        if partial and key not in given:
+            continue
+        value = getattr(schedule, key)
+        if key == "env_variables":
+            fields["env"] = _env(value)
+        elif key == "concurrency_policy":
+            fields[key] = ConcurrencyPolicy(value)
+        else:
+            fields[key] = value
+    if not partial and "timezone" not in given:
+        fields["timezone"] = default_timezone(config)
+    return fields
+
+
+def default_timezone(config: Config) -> str:
+    """A schedule's zone when none is given: the daemon's `timezone`, else the host
+    zone's IANA name, else UTC (a host zone without a name, e.g. a POSIX rule in $TZ)."""
+    if config.timezone is not None:
+        return config.timezone
+    key = getattr(config.tz, "key", None)
+    return key if isinstance(key, str) and key else "UTC"
+
+
 @dataclass(frozen=True)
 class TriggerOptions:
     """A trigger body as the handler takes it: Run.queued's `not_before` and
@@ -706,3 +828,4 @@ def merge_env(defaults: list[EnvVariable], overrides: Env) -> Env:
 
 RUNNER_FIELDS: tuple[str, ...] = tuple(RunnerCreate.model_fields)
 REGISTRY_FIELDS: tuple[str, ...] = tuple(ContainerRegistryCreate.model_fields)
+SCHEDULE_FIELDS: tuple[str, ...] = tuple(ScheduleCreate.model_fields)

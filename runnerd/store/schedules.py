@@ -5,11 +5,180 @@ makes the slot's run and moves the schedule on, under the runs' UNIQUE
 
 from __future__ import annotations
 
+import json
+import sqlite3
+import uuid
+import zoneinfo
+from typing import Any
+
+from .. import cron
+from ..crypto import SecretBox
+from ..models import ConcurrencyPolicy, Schedule, now_ms
 from .base import Aggregate
+from .errors import NotFound
+
+# What a client sets on a schedule (parse_schedule's keys), each a column of that name.
+SCHEDULE_COLUMNS = (
+    "cron",
+    "timezone",
+    "enabled",
+    "env",
+    "concurrency_policy",
+    "starting_deadline_seconds",
+)
+# A change of one of these moves next_run_at: it is computed again from now.
+_TIMING = frozenset({"cron", "timezone", "enabled"})
 
 
 class Schedules(Aggregate):
     # -- through the API ----------------------------------------------------------
 
+    async def create_schedule(self, runner_id: str, fields: dict[str, Any]) -> Schedule:
+        """A new schedule of the runner (`fields`: every one of SCHEDULE_COLUMNS); its
+        `@every` counts from now, and it fires first at its first slot after now (when
+        enabled). NotFound for no such runner."""
+        now = now_ms()
+        schedule_id = str(uuid.uuid4())
+        next_run_at = (
+            next_slot(fields["cron"], fields["timezone"], now, now) if fields["enabled"] else None
+        )
+        values = [_column_value(self.box, c, fields[c]) for c in SCHEDULE_COLUMNS]
+        box = self.box
+
+        def insert(db: sqlite3.Connection) -> Schedule:
+            # Checked in this transaction: the foreign key alone would fail as well, but
+            # with no word of which one.
+            if db.execute("SELECT 1 FROM runners WHERE id = ?", (runner_id,)).fetchone() is None:
+                raise NotFound(runner_id)
+            row = db.execute(
+                f"INSERT INTO schedules (id, runner_id, {', '.join(SCHEDULE_COLUMNS)},"
+                " anchor_at, next_run_at, created_at, updated_at)"
+                f" VALUES (?, ?, {', '.join('?' for _ in SCHEDULE_COLUMNS)}, ?, ?, ?, ?)"
+                " RETURNING *",
+                (schedule_id, runner_id, *values, now, next_run_at, now, now),
+            ).fetchone()
+            return schedule_from_row(row, box)
+
+        return await self._db.write(insert)
+
+    async def list_schedules(self, runner_id: str) -> list[Schedule]:
+        """The runner's schedules, oldest first."""
+        rows = await self._db.all(
+            "SELECT * FROM schedules WHERE runner_id = ? ORDER BY created_at, rowid",
+            (runner_id,),
+        )
+        return [schedule_from_row(r, self.box) for r in rows]
+
+    async def get_schedule(self, runner_id: str, schedule_id: str) -> Schedule | None:
+        """None for no such schedule, or one of another runner."""
+        row = await self._db.lookup_one(
+            "SELECT * FROM schedules WHERE id = ? AND runner_id = ?", (schedule_id, runner_id)
+        )
+        return schedule_from_row(row, self.box) if row else None
+
+    async def update_schedule(
+        self, runner_id: str, schedule_id: str, fields: dict[str, Any]
+    ) -> Schedule:
+        """Set the given columns, in one write, and return the schedule as it is after
+        it. A changed `cron` counts `@every` from now; a changed `cron`, `timezone` or
+        `enabled` computes `next_run_at` again from now (null when disabled), so slots
+        that passed while it was paused are never fired. Anything else leaves
+        `next_run_at` as it is: a fire's compare-and-set on it goes through.
+        NotFound for no such schedule of the runner."""
+        now = now_ms()
+        columns = [c for c in SCHEDULE_COLUMNS if c in fields]
+        values = [_column_value(self.box, c, fields[c]) for c in columns]
+        box = self.box
+
+        def update(db: sqlite3.Connection) -> Schedule:
+            row = db.execute(
+                "SELECT * FROM schedules WHERE id = ? AND runner_id = ?", (schedule_id, runner_id)
+            ).fetchone()
+            if row is None:
+                raise NotFound(schedule_id)
+            sets = [f"{c} = ?" for c in columns]
+            params: list[Any] = list(values)
+            # Read in this transaction, so two PATCHes at once cannot compute from a row
+            # the other one has changed.
+            after = {c: fields.get(c, row[c]) for c in _TIMING}
+            changed = {c for c in _TIMING if c in fields and fields[c] != _as_given(c, row[c])}
+            if "cron" in changed:
+                sets.append("anchor_at = ?")
+                params.append(now)
+            if changed:
+                anchor = now if "cron" in changed else row["anchor_at"]
+                sets.append("next_run_at = ?")
+                params.append(
+                    next_slot(after["cron"], after["timezone"], now, anchor)
+                    if after["enabled"]
+                    else None
+                )
+            updated: sqlite3.Row = db.execute(
+                f"UPDATE schedules SET {''.join(s + ', ' for s in sets)}updated_at = ?"
+                " WHERE id = ? RETURNING *",
+                (*params, now, schedule_id),
+            ).fetchone()
+            return schedule_from_row(updated, box)
+
+        return await self._db.write(update)
+
+    async def delete_schedule(self, runner_id: str, schedule_id: str) -> bool:
+        """False for no such schedule of the runner. Its runs stay (with their
+        `schedule_id`), as a deleted runner's would not."""
+
+        def delete(db: sqlite3.Connection) -> bool:
+            cur = db.execute(
+                "DELETE FROM schedules WHERE id = ? AND runner_id = ?", (schedule_id, runner_id)
+            )
+            return cur.rowcount > 0
+
+        return await self._db.write(delete)
+
+    async def schedule_ids_of_runner(self, runner_id: str) -> list[str]:
+        """For a runner delete: its schedules go with it (the foreign key cascades),
+        and the firing loop is told which."""
+        rows = await self._db.all("SELECT id FROM schedules WHERE runner_id = ?", (runner_id,))
+        return [r[0] for r in rows]
+
     # -- firing -------------------------------------------------------------------
-    pass
+
+
+def next_slot(expression: str, timezone: str, after_ms: int, anchor_ms: int) -> int | None:
+    """The first slot of the schedule strictly after `after_ms`; None when the
+    expression never matches again."""
+    return cron.parse(expression).next_after(after_ms, zoneinfo.ZoneInfo(timezone), anchor_ms)
+
+
+def _column_value(box: SecretBox, column: str, value: Any) -> Any:
+    if column == "env":
+        return box.encrypt(json.dumps([list(pair) for pair in value]))
+    if column == "concurrency_policy":
+        return ConcurrencyPolicy(value).value
+    if column == "enabled":
+        return int(bool(value))
+    return value
+
+
+def _as_given(column: str, stored: Any) -> Any:
+    """A stored timing column as parse_schedule gives it, to tell a change."""
+    return bool(stored) if column == "enabled" else stored
+
+
+def schedule_from_row(row: sqlite3.Row, box: SecretBox) -> Schedule:
+    return Schedule(
+        id=row["id"],
+        runner_id=row["runner_id"],
+        cron=row["cron"],
+        timezone=row["timezone"],
+        enabled=bool(row["enabled"]),
+        env=[(k, v) for k, v in json.loads(box.decrypt(row["env"]))],
+        concurrency_policy=ConcurrencyPolicy(row["concurrency_policy"]),
+        starting_deadline_seconds=row["starting_deadline_seconds"],
+        anchor_at=row["anchor_at"],
+        next_run_at=row["next_run_at"],
+        last_run_at=row["last_run_at"],
+        last_run_id=row["last_run_id"],
+        missed_count=row["missed_count"],
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
