@@ -301,6 +301,44 @@ async def test_a_cron_schedule_fires_at_its_wall_times(
     assert (await schedule(store, sid)).next_run_at == T0 + 10 * MINUTE
 
 
+async def test_schedules_due_at_the_same_moment_all_fire_once(
+    store: Store, runner: Runner, start: Callable[..., Awaitable[Loop]]
+) -> None:
+    ids = [add_schedule(store, runner) for _ in range(100)]
+    loop = await start(T0)
+    await loop.at(T0 + MINUTE)
+    with db(store) as conn:
+        rows = conn.execute("SELECT schedule_id, scheduled_for FROM runs").fetchall()
+    assert sorted(r[0] for r in rows) == sorted(ids)
+    assert {r[1] for r in rows} == {T0 + MINUTE}
+
+
+async def test_the_loop_reads_nothing_while_no_slot_is_due(
+    store: Store, runner: Runner, start: Callable[..., Awaitable[Loop]]
+) -> None:
+    for _ in range(50):
+        add_schedule(store, runner, next_run_at=T0 + 10 * MINUTE)
+    loop = await start(T0)
+    reads: list[str] = []
+    read = store.schedule_to_fire
+
+    async def counted(schedule_id: str) -> Schedule | None:
+        reads.append(schedule_id)
+        return await read(schedule_id)
+
+    async def scanned() -> list[tuple[str, int]]:
+        reads.append("all")
+        return []
+
+    store.schedule_to_fire = counted  # type: ignore[method-assign]  # counts the loop's reads
+    store.schedules_due = scanned  # type: ignore[method-assign]
+    for minute in range(1, 10):  # time passes: no scan, no tick
+        await loop.at(T0 + minute * MINUTE)
+    assert reads == []
+    await loop.at(T0 + 10 * MINUTE)
+    assert len(reads) == 50
+
+
 # -- changes -------------------------------------------------------------------------
 
 
