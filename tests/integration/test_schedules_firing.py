@@ -102,7 +102,7 @@ async def test_an_every_2s_schedule_fires_each_slot_on_time_once(
     daemon, runner_id = await runner_then_stop(
         start_daemon, http, run_command='test "$FROM_SCHEDULE" = yes'
     )
-    first = now_ms() + 4000  # after the daemon is up: each slot is met on time
+    first = now_ms() + 5000  # after the daemon is up: each slot is met on time
     sid = add_schedule(daemon, runner_id, every_ms=2000, first_at=first)
     daemon.start()
     api = Api(http, daemon.url, daemon.key)
