@@ -119,13 +119,20 @@ class Firing:
 
     def changed(self, schedule: Schedule) -> None:
         """A schedule was created or changed (its `next_run_at` is the store's)."""
-        if schedule.enabled and schedule.next_run_at is not None:
-            self._expect(schedule.id, schedule.next_run_at)
-        else:
-            self.removed(schedule.id)
+        self._follow(schedule)
 
     def removed(self, schedule_id: str) -> None:
         """A schedule was deleted (or its runner was)."""
+        self._forget(schedule_id)
+
+    def _follow(self, schedule: Schedule) -> None:
+        """Expect the schedule at its next_run_at (as stored), or not at all."""
+        if schedule.enabled and schedule.next_run_at is not None:
+            self._expect(schedule.id, schedule.next_run_at)
+        else:
+            self._forget(schedule.id)
+
+    def _forget(self, schedule_id: str) -> None:
         self._next.pop(schedule_id, None)  # its heap entries are skipped when they come up
 
     def _expect(self, schedule_id: str, at: int) -> None:
@@ -197,7 +204,7 @@ class Firing:
         if schedule is None:
             return  # deleted
         if not schedule.enabled or schedule.next_run_at != due:
-            self.changed(schedule)  # changed since: follow the store
+            self._follow(schedule)  # changed since: follow the store
             return
         found = await self.store.runner_for_run(schedule.runner_id)
         now = self.clock.now()
@@ -276,7 +283,7 @@ class Firing:
             # Moved meanwhile (a change through the API, another loop): follow the store.
             current = await self.store.schedule_to_fire(schedule.id)
             if current is not None:
-                self.changed(current)
+                self._follow(current)
             return
         if next_run_at is not None:
             self._expect(schedule.id, next_run_at)
