@@ -75,6 +75,7 @@ class FakeScheduler:
     store: Store
     wakes: int = 0
     cancels: list[tuple[str, float]] = field(default_factory=list)
+    in_flight: bool = True  # False: as while a run is starting or being re-attached
 
     def wake(self) -> None:
         self.wakes += 1
@@ -82,7 +83,7 @@ class FakeScheduler:
     async def cancel(self, run_id: str, why: str, wait_seconds: float) -> bool:
         self.cancels.append((run_id, wait_seconds))
         run = await self.store.get_run(run_id)
-        if run is None or run.status is not Status.RUNNING:
+        if run is None or run.status is not Status.RUNNING or not self.in_flight:
             return False
         await self.store.finish_run(
             run_id,
@@ -518,6 +519,20 @@ async def test_replace_stops_the_running_run_and_waits_for_it(
     assert (old.id, old.failure_reason) == (earlier.id, FailureReason.CANCELED)
     assert (new.status, new.scheduled_for) == (Status.PENDING, T0 + MINUTE)
     assert loop.scheduler.cancels == [(earlier.id, config.docker.stop_grace_seconds + 5)]
+
+
+async def test_replace_still_fires_when_the_running_run_cannot_be_stopped_now(
+    store: Store, runner: Runner, start: Callable[..., Awaitable[Loop]], caplog: Any
+) -> None:
+    sid = add_schedule(store, runner, concurrency_policy="replace")
+    earlier = await active_run(store, runner, sid, running=True)
+    loop = await start(T0)
+    loop.scheduler.in_flight = False
+    await loop.at(T0 + MINUTE)
+    old, new = await runs_of(store, sid)
+    assert (old.id, old.status) == (earlier.id, Status.RUNNING)
+    assert new.scheduled_for == T0 + MINUTE  # the slot is not lost
+    assert "could not be stopped now" in caplog.text
 
 
 async def test_allow_fires_beside_an_active_run(
