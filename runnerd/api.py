@@ -268,13 +268,19 @@ async def update_runner(request: web.Request) -> web.Response:
 async def delete_runner(request: web.Request) -> web.Response:
     runner_id = _id(request, "runner_id")
     try:
-        run_ids = await request.app[STORE].delete_runner(runner_id)
+        deleted = await request.app[STORE].delete_runner(runner_id)
     except NotFound:
         raise web.HTTPNotFound() from None
     except Conflict:
         raise web.HTTPConflict() from None
-    request.app[LOGS].delete(run_ids)
-    log.info("runner %s deleted with %d runs", runner_id, len(run_ids))
+    request.app[LOGS].delete(deleted.run_ids)
+    log.info("runner %s deleted with %d runs", runner_id, len(deleted.run_ids))
+    if deleted.unchained:
+        log.info(
+            "runner %s: no longer chained from %s (their on_success/on_failure named it)",
+            runner_id,
+            ", ".join(deleted.unchained),
+        )
     return web.json_response({"deleted": True})
 
 
@@ -437,8 +443,11 @@ async def delete_registry(request: web.Request) -> web.Response:
 
 async def cancel_run(request: web.Request) -> web.Response:
     """Pending: failed/canceled at once, never started. Running: its container is
-    stopped, then failed/canceled with the exit code it ended with. Cancelling a
-    canceled run again answers as the first time; any other ended run → 409."""
+    stopped, then failed/canceled with the exit code it ended with. Either way it is
+    never retried. Failed, with a retry still pending (its latest attempt): that retry
+    is canceled, and the answer is the run asked for, unchanged. Cancelling a
+    canceled run (or one whose retry was canceled) again answers as the first time;
+    any other ended run → 409."""
     store = request.app[STORE]
     config = request.app[CONFIG]
     run = await _run_or_404(request)
@@ -468,9 +477,33 @@ async def cancel_run(request: web.Request) -> web.Response:
         run = await _run_or_404(request)
     if run.status is Status.FAILED and run.failure_reason is FailureReason.CANCELED:
         return web.json_response({"run": contract.run_json(run, config.tz)})
+    if run.status is Status.FAILED and await _cancel_retry(request, run):
+        return web.json_response({"run": contract.run_json(run, config.tz)})
     if run.status in TERMINAL_STATUSES:
         raise web.HTTPConflict()
     return web.json_response({"run": contract.run_json(run, config.tz)})
+
+
+async def _cancel_retry(request: web.Request, run: Run) -> bool:
+    """Cancel the pending retry of the failed `run` (its latest attempt); True when
+    that retry is canceled now or already was, False when it has none or it started."""
+    latest = await request.app[STORE].latest_retry(run.id)
+    if latest is None:
+        return False
+    if latest.status is Status.PENDING:
+        why = (
+            "The run was canceled before it started "
+            f"(by canceling attempt {run.attempt}, run {run.id})."
+        )
+        canceled = await request.app[STORE].cancel_pending(latest.id, why)
+        if canceled is not None:
+            log.info(
+                "run %s: its retry %s (attempt %d) canceled", run.id, latest.id, latest.attempt
+            )
+            await request.app[SCHEDULER].cancel(latest.id, why, wait_seconds=0)
+            return True
+        latest = await request.app[STORE].get_run(latest.id) or latest  # it started meanwhile
+    return latest.status is Status.FAILED and latest.failure_reason is FailureReason.CANCELED
 
 
 async def get_run(request: web.Request) -> web.Response:

@@ -156,6 +156,54 @@ def _client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             else env_help + "; replaces ALL the runner's env variables "
             "(to change one, use: runnerd env set)",
         )
+        retries = p.add_argument_group(
+            "retries",
+            "a failed run is tried again as a new run (attempt 2, 3, ...)"
+            + ("" if create else "; the options given change the runner's policy, the rest stays"),
+        )
+        retries.add_argument(
+            "--max-retries", type=int, metavar="N", help="retries after the first attempt, 0-20"
+        )
+        retries.add_argument(
+            "--backoff",
+            type=int,
+            metavar="SECONDS",
+            help="wait before the first retry, doubled for each one after it (default 10)",
+        )
+        retries.add_argument(
+            "--backoff-max", type=int, metavar="SECONDS", help="the longest wait (default 600)"
+        )
+        retries.add_argument(
+            "--retry-on",
+            type=client.comma_list,
+            metavar="REASONS",
+            help="failure reasons retried, comma-separated (default "
+            "nonzero_exit,timeout,lost,start_failed; also image_pull_failed)",
+        )
+        retries.add_argument(
+            "--retry-exit-codes",
+            type=client.exit_codes,
+            metavar="CODES",
+            help="only these exit codes are retried, e.g. 1,2; 'any' (default): every non-zero",
+        )
+        retries.add_argument(
+            "--no-retries",
+            action="store_true",
+            help="never retry (retry_policy null)",
+        )
+        chains = p.add_argument_group("chains", "runners triggered when a run of this one ends")
+        chains.add_argument(
+            "--on-success",
+            type=client.comma_list,
+            metavar="RUNNERS",
+            help="runner ids or names, comma-separated, triggered when a run succeeds ('' clears)",
+        )
+        chains.add_argument(
+            "--on-failure",
+            type=client.comma_list,
+            metavar="RUNNERS",
+            help="triggered when a run fails for good, after its retries ('' clears)",
+        )
 
     runners = sub.add_parser("runners", help="list, show, create, update, delete runners")
     runners_sub = runners.add_subparsers(metavar="ACTION", required=True)

@@ -37,6 +37,12 @@ RUNS_COMPLETED = Counter(
     ["status", "failure_reason"],
     registry=REGISTRY,
 )
+RUN_RETRIES = Counter(
+    "runnerd_run_retries",
+    "Retries queued (a failed attempt its retry policy tries again), by failure_reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
 RUNS_NOW = Gauge(
     "runnerd_runs", "Runs pending or running right now.", ["status"], registry=REGISTRY
 )
@@ -50,6 +56,12 @@ QUEUE_WAIT = Histogram(
     "runnerd_run_queue_wait_seconds",
     "Time from trigger to container start.",
     buckets=_WAIT_BUCKETS,
+    registry=REGISTRY,
+)
+CHAINED_RUNS = Counter(
+    "runnerd_chained_runs",
+    "Runs made by a chain (on_success, on_failure), by the parent run's status.",
+    ["parent_status"],
     registry=REGISTRY,
 )
 IMAGE_PULLS = Counter(
@@ -105,8 +117,14 @@ def run_completed(run: Run) -> None:
     RUNS_COMPLETED.labels(
         run.status.value, run.failure_reason.value if run.failure_reason else ""
     ).inc()
+    if run.will_retry:  # its retry was made in the same commit
+        RUN_RETRIES.labels(run.failure_reason.value if run.failure_reason else "").inc()
     if run.started_at is not None and run.completed_at is not None:
         RUN_DURATION.observe(max(0.0, (run.completed_at - run.started_at) / 1000))
+
+
+def run_chained(parent: Run) -> None:
+    CHAINED_RUNS.labels(parent.status.value).inc()
 
 
 def image_pulled(ok: bool) -> None:

@@ -45,7 +45,7 @@ ERROR_RESPONSES: dict[int, tuple[str, str]] = {
     405: ("MethodNotAllowed",
           "A method the path does not take; the `Allow` header lists the ones it does."),
     409: ("Conflict", "Deleting a runner that has pending or running runs; canceling a run that "
-          "ended otherwise than canceled."),
+          "ended otherwise than canceled (and has no pending retry)."),
     413: ("PayloadTooLarge", "The body is over `[server] max_body_bytes` (default 1 MiB)."),
     415: ("UnsupportedMediaType", "A non-empty body whose `Content-Type` is not JSON "
           "(`application/json`, `text/json` or `…+json`; no `Content-Type` at all is read as "
@@ -303,8 +303,11 @@ PATHS: dict[str, dict[str, Op]] = {
                    "than `stop_grace_seconds` + 15 s to stop: as it is then).", "RunResponse",
                    "Pending: ends `failed`/`canceled` at once and never starts. Running: the "
                    "container is stopped (SIGTERM, then SIGKILL after `stop_grace_seconds`), then "
-                   "the run ends `failed`/`canceled` with the exit code it ended with. Already "
-                   "canceled: 200 again, unchanged. Ended otherwise: 409. 503 when the Docker "
+                   "the run ends `failed`/`canceled` with the exit code it ended with; either "
+                   "way it is never retried. Failed, with a retry still pending (its latest "
+                   "attempt, following `retry_of`): that retry is canceled, and the answer is "
+                   "this run, unchanged. Already canceled (or its retry): 200 again, unchanged. "
+                   "Ended otherwise: 409. 503 when the Docker "
                    "engine does not answer or the run is between the store and the engine: "
                    "nothing changed, retry. No body.", also=(409, 503)),
     },

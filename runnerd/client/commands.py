@@ -199,6 +199,64 @@ def _runner_body(args: argparse.Namespace, *, create: bool) -> dict[str, Any]:
     return body
 
 
+async def _retry_and_chain_body(
+    c: Client, args: argparse.Namespace, current: dict[str, Any] | None
+) -> dict[str, Any]:
+    """`retry_policy`, `on_success` and `on_failure` from the retry and chain options.
+    The API replaces a whole policy, so on update the options given change the
+    runner's `current` policy and the rest of it is kept. Chained runners may be
+    given by name: each is looked up to its id."""
+    body: dict[str, Any] = {}
+    policy = {
+        key: value
+        for key, value in (
+            ("max_retries", args.max_retries),
+            ("backoff_seconds", args.backoff),
+            ("backoff_max_seconds", args.backoff_max),
+            ("retry_on", args.retry_on),
+            ("retry_exit_codes", args.retry_exit_codes),
+        )
+        if value is not None
+    }
+    if args.no_retries:
+        if policy:
+            raise CliError(
+                "--no-retries cannot be combined with the other retry options", code=EXIT_USAGE
+            )
+        body["retry_policy"] = None
+    elif policy:
+        policy = {**((current or {}).get("retry_policy") or {}), **policy}
+        if policy.get("retry_exit_codes") is ANY_EXIT_CODE:
+            policy["retry_exit_codes"] = None
+        body["retry_policy"] = policy
+    for field in ("on_success", "on_failure"):
+        refs = getattr(args, field)
+        if refs is not None:
+            body[field] = [(await c.runner(ref))["id"] for ref in refs]
+    return body
+
+
+ANY_EXIT_CODE: list[int] = []  # `--retry-exit-codes any`: null, every non-zero code
+
+
+def comma_list(text: str) -> list[str]:
+    """argparse type of `--retry-on`, `--on-success`, `--on-failure`: comma-separated
+    items; an empty string is the empty list (it clears)."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def exit_codes(text: str) -> list[int]:
+    """argparse type of `--retry-exit-codes`: `1,2`, or `any` (ANY_EXIT_CODE)."""
+    if text.strip().lower() in ("any", "none", "null"):
+        return ANY_EXIT_CODE
+    try:
+        return [int(code) for code in comma_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected exit codes like 1,2 or 'any', got {text!r}"
+        ) from None
+
+
 NO_LIMIT = "none"  # `--max-concurrent-runs none`; not None, which is "not given"
 
 
@@ -250,7 +308,8 @@ async def runners_show(c: Client, args: argparse.Namespace) -> int:
 
 
 async def runners_create(c: Client, args: argparse.Namespace) -> int:
-    data = await c.request("POST", "/v1/runners", body=_runner_body(args, create=True))
+    body = _runner_body(args, create=True) | await _retry_and_chain_body(c, args, None)
+    data = await c.request("POST", "/v1/runners", body=body)
     if args.json:
         render.print_json(data)
     else:
@@ -260,12 +319,25 @@ async def runners_create(c: Client, args: argparse.Namespace) -> int:
 
 async def runners_update(c: Client, args: argparse.Namespace) -> int:
     body = _runner_body(args, create=False)
-    if not body:
+    retry_or_chain = any(
+        getattr(args, option) is not None
+        for option in (
+            "max_retries",
+            "backoff",
+            "backoff_max",
+            "retry_on",
+            "retry_exit_codes",
+            "on_success",
+            "on_failure",
+        )
+    )
+    if not body and not retry_or_chain and not args.no_retries:
         raise CliError(
             "nothing to update: give at least one option (see: runnerd runners update --help)",
             code=EXIT_USAGE,
         )
     runner = await c.runner(args.runner)
+    body |= await _retry_and_chain_body(c, args, runner)
     data = await c.request("PATCH", f"/v1/runners/{runner['id']}", body=body)
     if args.json:
         render.print_json(data)

@@ -56,9 +56,27 @@ def show(obj: dict[str, Any]) -> None:
                 f"{value.get('slug')} ({value.get('name')}: {value.get('cpu')} CPU, "
                 f"{value.get('mem')} MiB)"
             )
+        elif key == "retry_policy" and isinstance(value, dict):
+            shown = retry_policy(value)
         else:
             shown = cell(value)
         print(f"{key + ':':<{width}} {shown}")
+
+
+def retry_policy(policy: dict[str, Any]) -> str:
+    """A runner's `retry_policy` in one line, e.g. `2 retries on nonzero_exit (exit
+    codes 1, 3), timeout; back-off 10 s, doubled up to 600 s`."""
+    codes = policy.get("retry_exit_codes")
+    reasons = [
+        f"{r} (exit codes {', '.join(map(str, codes))})" if r == "nonzero_exit" and codes else r
+        for r in policy.get("retry_on") or []
+    ]
+    count = policy.get("max_retries")
+    return (
+        f"{count} {'retry' if count == 1 else 'retries'} on {', '.join(reasons) or 'nothing'}; "
+        f"back-off {policy.get('backoff_seconds')} s, doubled up to "
+        f"{policy.get('backoff_max_seconds')} s"
+    )
 
 
 def write_out(data: bytes) -> None:
