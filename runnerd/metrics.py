@@ -73,6 +73,24 @@ ENGINE_ERRORS = Counter(
     ["operation"],
     registry=REGISTRY,
 )
+SCHEDULE_FIRES = Counter(
+    "runnerd_schedule_fires",
+    "Runs made by schedules firing (one per slot fired).",
+    registry=REGISTRY,
+)
+SCHEDULE_SKIPPED_FIRES = Counter(
+    "runnerd_schedule_skipped_fires",
+    "Schedule fires that made no run, by reason: forbid (concurrency_policy forbid and"
+    " a run of the schedule still active), not_triggerable (its runner cannot run now).",
+    ["reason"],
+    registry=REGISTRY,
+)
+SCHEDULE_MISSED_SLOTS = Counter(
+    "runnerd_schedule_missed_slots",
+    "Schedule slots never fired because runnerd was down or busy past them (only the"
+    " latest slot inside starting_deadline_seconds fires).",
+    registry=REGISTRY,
+)
 HTTP_REQUESTS = Counter(
     "runnerd_http_requests",
     "HTTP requests, by method, route and status.",
@@ -115,6 +133,18 @@ def image_pulled(ok: bool) -> None:
 
 def engine_error(operation: str) -> None:
     ENGINE_ERRORS.labels(operation).inc()
+
+
+def schedule_fired() -> None:
+    SCHEDULE_FIRES.inc()
+
+
+def schedule_skipped(reason: str) -> None:
+    SCHEDULE_SKIPPED_FIRES.labels(reason).inc()
+
+
+def schedule_missed(slots: int) -> None:
+    SCHEDULE_MISSED_SLOTS.inc(slots)
 
 
 def render(pending: int, running: int) -> bytes:
