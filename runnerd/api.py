@@ -88,6 +88,11 @@ def make_app(
     r.add_get("/v1/runners/{runner_id}/runs/{run_id}/logs", run_logs)
     r.add_post("/v1/runners/{runner_id}/runs/{run_id}/cancel", cancel_run)
     r.add_post("/v1/runners/{runner_id}/warm", warm_runner)
+    r.add_get("/v1/runners/{runner_id}/schedules", list_schedules)
+    r.add_post("/v1/runners/{runner_id}/schedules", create_schedule)
+    r.add_get("/v1/runners/{runner_id}/schedules/{schedule_id}", get_schedule)
+    r.add_patch("/v1/runners/{runner_id}/schedules/{schedule_id}", update_schedule)
+    r.add_delete("/v1/runners/{runner_id}/schedules/{schedule_id}", delete_schedule)
     r.add_get("/v1/container_registries", list_registries)
     r.add_post("/v1/container_registries", create_registry)
     r.add_get("/v1/container_registries/{registry_id}", get_registry)
@@ -267,14 +272,27 @@ async def update_runner(request: web.Request) -> web.Response:
 
 async def delete_runner(request: web.Request) -> web.Response:
     runner_id = _id(request, "runner_id")
+    store = request.app[STORE]
+    # Its schedules go with it (the foreign key cascades); the firing loop is told.
+    # One made between this read and the delete is gone too, and the loop, finding no
+    # row when its time comes, forgets it then.
+    schedule_ids = await store.schedule_ids_of_runner(runner_id)
     try:
-        run_ids = await request.app[STORE].delete_runner(runner_id)
+        deleted = await store.delete_runner(runner_id)
     except NotFound:
         raise web.HTTPNotFound() from None
     except Conflict:
         raise web.HTTPConflict() from None
-    request.app[LOGS].delete(run_ids)
-    log.info("runner %s deleted with %d runs", runner_id, len(run_ids))
+    for schedule_id in schedule_ids:
+        request.app[FIRING].removed(schedule_id)
+    request.app[LOGS].delete(deleted.run_ids)
+    log.info("runner %s deleted with %d runs", runner_id, len(deleted.run_ids))
+    if deleted.unchained:
+        log.info(
+            "runner %s: no longer chained from %s (their on_success/on_failure named it)",
+            runner_id,
+            ", ".join(deleted.unchained),
+        )
     return web.json_response({"deleted": True})
 
 
@@ -337,9 +355,9 @@ async def trigger_run(request: web.Request) -> web.Response:
     found = await store.runner_for_run(_id(request, "runner_id"))
     if found is None:
         raise web.HTTPNotFound()
-    overrides = contract.parse_trigger(await read_json(request))
+    options = contract.parse_trigger(await read_json(request))
     try:
-        prepared = triggers.prepare(found, config, overrides)
+        prepared = triggers.prepare(found, config, options.env)
     except triggers.NotTriggerable as e:
         raise contract.Invalid([str(e)]) from None
     idempotency_key = contract.parse_idempotency_key(request.headers.get("Idempotency-Key"))
@@ -351,6 +369,8 @@ async def trigger_run(request: web.Request) -> web.Response:
         prepared.pids,
         idempotency_key=idempotency_key,
         image=prepared.image,
+        not_before=options.not_before,
+        timeout_seconds=options.timeout_seconds,
     )
     if created:
         request.app[SCHEDULER].wake()
@@ -372,6 +392,58 @@ async def warm_runner(request: web.Request) -> web.Response:
     if runner is None:
         raise web.HTTPNotFound()
     return web.json_response({"runner": contract.runner_json(runner, request.app[CONFIG])})
+
+
+# -- schedules ------------------------------------------------------------------------
+
+
+async def list_schedules(request: web.Request) -> web.Response:
+    runner = await _runner_or_404(request)
+    tz = request.app[CONFIG].tz
+    schedules = await request.app[STORE].list_schedules(runner.id)
+    return web.json_response({"schedules": [contract.schedule_json(s, tz) for s in schedules]})
+
+
+async def get_schedule(request: web.Request) -> web.Response:
+    runner_id, schedule_id = _id(request, "runner_id"), _id(request, "schedule_id")
+    schedule = await request.app[STORE].get_schedule(runner_id, schedule_id)
+    if schedule is None:
+        raise web.HTTPNotFound()
+    return web.json_response({"schedule": contract.schedule_json(schedule, request.app[CONFIG].tz)})
+
+
+async def create_schedule(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    runner_id = (await _runner_or_404(request)).id
+    fields = contract.parse_schedule(await read_json(request), config, partial=False)
+    try:
+        schedule = await request.app[STORE].create_schedule(runner_id, fields)
+    except NotFound:
+        raise web.HTTPNotFound() from None
+    request.app[FIRING].changed(schedule)
+    log.info("schedule %s (%s) of runner %s created", schedule.id, schedule.cron, runner_id)
+    return web.json_response({"schedule": contract.schedule_json(schedule, config.tz)})
+
+
+async def update_schedule(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    runner_id, schedule_id = _id(request, "runner_id"), _id(request, "schedule_id")
+    fields = contract.parse_schedule(await read_json(request), config, partial=True)
+    try:
+        schedule = await request.app[STORE].update_schedule(runner_id, schedule_id, fields)
+    except NotFound:
+        raise web.HTTPNotFound() from None
+    request.app[FIRING].changed(schedule)
+    return web.json_response({"schedule": contract.schedule_json(schedule, config.tz)})
+
+
+async def delete_schedule(request: web.Request) -> web.Response:
+    runner_id, schedule_id = _id(request, "runner_id"), _id(request, "schedule_id")
+    if not await request.app[STORE].delete_schedule(runner_id, schedule_id):
+        raise web.HTTPNotFound()
+    request.app[FIRING].removed(schedule_id)
+    log.info("schedule %s of runner %s deleted", schedule_id, runner_id)
+    return web.json_response({"deleted": True})
 
 
 # -- container registries -------------------------------------------------------------
@@ -437,8 +509,11 @@ async def delete_registry(request: web.Request) -> web.Response:
 
 async def cancel_run(request: web.Request) -> web.Response:
     """Pending: failed/canceled at once, never started. Running: its container is
-    stopped, then failed/canceled with the exit code it ended with. Cancelling a
-    canceled run again answers as the first time; any other ended run → 409."""
+    stopped, then failed/canceled with the exit code it ended with. Either way it is
+    never retried. Failed, with a retry still pending (its latest attempt): that retry
+    is canceled, and the answer is the run asked for, unchanged. Cancelling a
+    canceled run (or one whose retry was canceled) again answers as the first time;
+    any other ended run → 409."""
     store = request.app[STORE]
     config = request.app[CONFIG]
     run = await _run_or_404(request)
@@ -468,9 +543,33 @@ async def cancel_run(request: web.Request) -> web.Response:
         run = await _run_or_404(request)
     if run.status is Status.FAILED and run.failure_reason is FailureReason.CANCELED:
         return web.json_response({"run": contract.run_json(run, config.tz)})
+    if run.status is Status.FAILED and await _cancel_retry(request, run):
+        return web.json_response({"run": contract.run_json(run, config.tz)})
     if run.status in TERMINAL_STATUSES:
         raise web.HTTPConflict()
     return web.json_response({"run": contract.run_json(run, config.tz)})
+
+
+async def _cancel_retry(request: web.Request, run: Run) -> bool:
+    """Cancel the pending retry of the failed `run` (its latest attempt); True when
+    that retry is canceled now or already was, False when it has none or it started."""
+    latest = await request.app[STORE].latest_retry(run.id)
+    if latest is None:
+        return False
+    if latest.status is Status.PENDING:
+        why = (
+            "The run was canceled before it started "
+            f"(by canceling attempt {run.attempt}, run {run.id})."
+        )
+        canceled = await request.app[STORE].cancel_pending(latest.id, why)
+        if canceled is not None:
+            log.info(
+                "run %s: its retry %s (attempt %d) canceled", run.id, latest.id, latest.attempt
+            )
+            await request.app[SCHEDULER].cancel(latest.id, why, wait_seconds=0)
+            return True
+        latest = await request.app[STORE].get_run(latest.id) or latest  # it started meanwhile
+    return latest.status is Status.FAILED and latest.failure_reason is FailureReason.CANCELED
 
 
 async def get_run(request: web.Request) -> web.Response:

@@ -1,5 +1,6 @@
 """The `runnerd` command: `serve` runs the daemon, `keys` manages API keys; `runners`,
-`env`, `runs` and `logs` talk to a running daemon over its API (see the client package)."""
+`env`, `runs`, `schedules` and `logs` talk to a running daemon over its API (see the
+client package)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pathlib import Path
 from . import __version__, client
 from . import config as config_mod
 from .auth import hash_secret, new_secret
-from .contract import PULL_POLICIES
+from .contract import CONCURRENCY_POLICIES, PULL_POLICIES
 from .crypto import SecretKeyError
 from .models import Scope
 from .store import Conflict, Store, StoreError
@@ -77,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """`runners`, `env`, `runs`, `logs`: commands that talk to a running daemon."""
+    """`runners`, `env`, `runs`, `schedules`, `logs`: commands that talk to a running daemon."""
     common = argparse.ArgumentParser(add_help=False)
     conn = common.add_argument_group("daemon")
     conn.add_argument(
@@ -156,6 +157,54 @@ def _client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             else env_help + "; replaces ALL the runner's env variables "
             "(to change one, use: runnerd env set)",
         )
+        retries = p.add_argument_group(
+            "retries",
+            "a failed run is tried again as a new run (attempt 2, 3, ...)"
+            + ("" if create else "; the options given change the runner's policy, the rest stays"),
+        )
+        retries.add_argument(
+            "--max-retries", type=int, metavar="N", help="retries after the first attempt, 0-20"
+        )
+        retries.add_argument(
+            "--backoff",
+            type=int,
+            metavar="SECONDS",
+            help="wait before the first retry, doubled for each one after it (default 10)",
+        )
+        retries.add_argument(
+            "--backoff-max", type=int, metavar="SECONDS", help="the longest wait (default 600)"
+        )
+        retries.add_argument(
+            "--retry-on",
+            type=client.comma_list,
+            metavar="REASONS",
+            help="failure reasons retried, comma-separated (default "
+            "nonzero_exit,timeout,lost,start_failed; also image_pull_failed)",
+        )
+        retries.add_argument(
+            "--retry-exit-codes",
+            type=client.exit_codes,
+            metavar="CODES",
+            help="only these exit codes are retried, e.g. 1,2; 'any' (default): every non-zero",
+        )
+        retries.add_argument(
+            "--no-retries",
+            action="store_true",
+            help="never retry (retry_policy null)",
+        )
+        chains = p.add_argument_group("chains", "runners triggered when a run of this one ends")
+        chains.add_argument(
+            "--on-success",
+            type=client.comma_list,
+            metavar="RUNNERS",
+            help="runner ids or names, comma-separated, triggered when a run succeeds ('' clears)",
+        )
+        chains.add_argument(
+            "--on-failure",
+            type=client.comma_list,
+            metavar="RUNNERS",
+            help="triggered when a run fails for good, after its retries ('' clears)",
+        )
 
     runners = sub.add_parser("runners", help="list, show, create, update, delete runners")
     runners_sub = runners.add_subparsers(metavar="ACTION", required=True)
@@ -218,6 +267,19 @@ def _client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="override an env variable for this run only (repeatable)",
     )
     p.add_argument(
+        "--at",
+        type=client.run_at,
+        metavar="TIME",
+        help="start it not before TIME: 2026-01-15T22:00:00+01:00 (with an offset, or Z), "
+        "or from now: +90s, +10m, +2h, +1d (run_at; at most a year ahead)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=int,
+        metavar="SECONDS",
+        help="this run's timeout_seconds, 1-86400, instead of the runner's",
+    )
+    p.add_argument(
         "--idempotency-key",
         metavar="K",
         help="a retry with the same key within 24 h queues nothing new",
@@ -231,6 +293,86 @@ def _client_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p = command(runs_sub, "cancel", client.runs_cancel, "cancel a pending or running run")
     p.add_argument("runner", metavar="RUNNER", help="runner id or name")
     p.add_argument("run", metavar="RUN", help="run id")
+
+    def schedule_fields(p: argparse.ArgumentParser, create: bool) -> None:
+        p.add_argument(
+            "--cron",
+            required=create,
+            metavar="EXPR",
+            help="five cron fields ('*/15 9-17 * * MON-FRI'), a macro (@hourly, @daily, "
+            "@weekly, @monthly, @yearly) or '@every DURATION' (30s, 5m, 1h30m)",
+        )
+        p.add_argument(
+            "--timezone",
+            metavar="ZONE",
+            help="IANA zone the cron fields are read in, e.g. Europe/Berlin "
+            "(default: the daemon's)",
+        )
+        state = p.add_mutually_exclusive_group()
+        state.add_argument(
+            "--disabled",
+            dest="enabled",
+            action="store_const",
+            const=False,
+            help="paused: it does not fire (see: runnerd schedules resume)",
+        )
+        if not create:
+            state.add_argument(
+                "--enabled", dest="enabled", action="store_const", const=True, help="resumed"
+            )
+        env = p.add_mutually_exclusive_group()
+        env.add_argument(
+            "-e",
+            "--env",
+            action="append",
+            type=client.key_val,
+            metavar="KEY=VAL",
+            help="override an env variable for the runs it fires (repeatable)"
+            + ("" if create else "; replaces ALL the schedule's overrides"),
+        )
+        if not create:
+            env.add_argument(
+                "--clear-env", action="store_true", help="remove all the schedule's overrides"
+            )
+        p.add_argument(
+            "--concurrency-policy",
+            choices=CONCURRENCY_POLICIES,
+            help="while a run it fired is pending or running: allow (default) fires anyway, "
+            "forbid skips the fire, replace cancels that run and fires",
+        )
+        p.add_argument(
+            "--starting-deadline",
+            type=int,
+            metavar="SECONDS",
+            help="starting_deadline_seconds, 0-86400 (default 300): how late a slot missed "
+            "while the daemon was down may still fire",
+        )
+
+    schedules = sub.add_parser("schedules", help="when the clock triggers a runner")
+    schedules_sub = schedules.add_subparsers(metavar="ACTION", required=True)
+    p = command(schedules_sub, "list", client.schedules_list, "list a runner's schedules")
+    p.add_argument("runner", metavar="RUNNER", help="runner id or name")
+    p = command(schedules_sub, "create", client.schedules_create, "add a schedule to a runner")
+    p.add_argument("runner", metavar="RUNNER", help="runner id or name")
+    schedule_fields(p, create=True)
+    p = command(
+        schedules_sub, "update", client.schedules_update, "change some of a schedule's fields"
+    )
+    p.add_argument("runner", metavar="RUNNER", help="runner id or name")
+    p.add_argument("schedule", metavar="SCHEDULE", help="schedule id")
+    schedule_fields(p, create=False)
+    for name, func, what in (
+        ("pause", client.schedules_pause, "stop a schedule firing until it is resumed"),
+        (
+            "resume",
+            client.schedules_resume,
+            "let a paused schedule fire again, from its next slot (missed ones are not made up)",
+        ),
+        ("delete", client.schedules_delete, "delete a schedule (the runs it fired stay)"),
+    ):
+        p = command(schedules_sub, name, func, what)
+        p.add_argument("runner", metavar="RUNNER", help="runner id or name")
+        p.add_argument("schedule", metavar="SCHEDULE", help="schedule id")
 
     p = command(sub, "logs", client.logs, "print a run's output")
     p.add_argument("runner", metavar="RUNNER", help="runner id or name")

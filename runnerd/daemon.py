@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
+from datetime import tzinfo
 from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn
@@ -26,6 +27,7 @@ from aiohttp import web
 
 from . import datadir, metrics
 from .api import STOPPING, make_app
+from .chains import Chains
 from .config import Config
 from .engine import (
     LOG_LINE_OVERHEAD,
@@ -38,10 +40,12 @@ from .engine import (
 from .executor import Executor
 from .firing import Firing
 from .logs import EngineCopy, LogStore
+from .models import Run
 from .notify import notify, tell_systemd
 from .retention import Retention
 from .scheduler import Scheduler
 from .store import Store
+from .timefmt import format_ms
 from .webhooks import Notifier
 
 log = logging.getLogger("runnerd")
@@ -130,6 +134,26 @@ def wake_log_followers(store: Store, logs: LogStore) -> None:
     store.on_run_completed.append(lambda run: logs.notify(run.id))
 
 
+def log_retries(store: Store, tz: tzinfo) -> None:
+    """One log line for each retry queued: when a failed attempt's retry was made
+    (in the same commit; its id and time follow from the attempt's). (Wherever an
+    app is built in process, its builder wires this too.)"""
+
+    def retry_queued(run: Run) -> None:
+        if not run.will_retry:
+            return
+        log.info(
+            "run %s failed (%s); retry attempt %d as run %s at %s",
+            run.id,
+            run.failure_reason.value if run.failure_reason else "?",
+            run.attempt + 1,
+            run.retry_id,
+            format_ms(run.retry_not_before, tz),
+        )
+
+    store.on_run_completed.append(retry_queued)
+
+
 async def serve(config: Config) -> Stopped:
     """Run until SIGTERM or SIGINT, then stop. Start-up errors are raised (after
     what was started is stopped); a signal during start-up cuts it short."""
@@ -152,6 +176,7 @@ async def serve(config: Config) -> Stopped:
     runner: web.AppRunner | None = None
     scheduler: Scheduler | None = None
     firing: Firing | None = None
+    chains: Chains | None = None
     executor: Executor | None = None
     notifier: Notifier | None = None
     retention: Retention | None = None
@@ -175,6 +200,7 @@ async def serve(config: Config) -> Stopped:
             retention = Retention(store, logs, config.retention)
             store.on_run_completed += [metrics.run_completed, notifier.run_completed]
             wake_log_followers(store, logs)
+            log_retries(store, config.tz)
             try:
                 version = await engine.version()
                 log.info("Docker engine %s answers", version.get("Version", "?"))
@@ -196,6 +222,8 @@ async def serve(config: Config) -> Stopped:
                 max_concurrent_runs=config.scheduler.max_concurrent_runs,
             )
             firing = Firing(store, config, scheduler)
+            chains = Chains(store, config, scheduler)
+            store.on_run_completed.append(chains.run_completed)
             app = make_app(config, store, logs, scheduler, executor, firing)
             runner = web.AppRunner(
                 app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS, handle_signals=False
@@ -213,6 +241,7 @@ async def serve(config: Config) -> Stopped:
                 )
             scheduler.start()
             firing.start()
+            chains.start()
             notifier.start()
             retention.start()
             side_tasks.append(
@@ -229,6 +258,7 @@ async def serve(config: Config) -> Stopped:
                 {
                     "the scheduler": scheduler.task,
                     "the schedules": firing.task,
+                    "the chains": chains.task,
                     "webhook deliveries": notifier.task,
                     "retention": retention.task,
                     "the systemd watchdog": side_tasks[-1],
@@ -253,6 +283,8 @@ async def serve(config: Config) -> Stopped:
             steps.append(("the HTTP server", runner.cleanup(), bounds.http))
         if firing is not None:  # no fire after this: the scheduler stops next
             steps.append(("the schedules", firing.stop(), bounds.tasks))
+        if chains is not None:  # no chained run after this either
+            steps.append(("the chains", chains.stop(), bounds.tasks))
         if scheduler is not None:
             steps.append(
                 (

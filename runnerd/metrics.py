@@ -37,6 +37,12 @@ RUNS_COMPLETED = Counter(
     ["status", "failure_reason"],
     registry=REGISTRY,
 )
+RUN_RETRIES = Counter(
+    "runnerd_run_retries",
+    "Retries queued (a failed attempt its retry policy tries again), by failure_reason.",
+    ["reason"],
+    registry=REGISTRY,
+)
 RUNS_NOW = Gauge(
     "runnerd_runs", "Runs pending or running right now.", ["status"], registry=REGISTRY
 )
@@ -52,6 +58,12 @@ QUEUE_WAIT = Histogram(
     buckets=_WAIT_BUCKETS,
     registry=REGISTRY,
 )
+CHAINED_RUNS = Counter(
+    "runnerd_chained_runs",
+    "Runs made by a chain (on_success, on_failure), by the parent run's status.",
+    ["parent_status"],
+    registry=REGISTRY,
+)
 IMAGE_PULLS = Counter(
     "runnerd_image_pulls", "Image pulls, by result (ok or error).", ["result"], registry=REGISTRY
 )
@@ -59,6 +71,24 @@ ENGINE_ERRORS = Counter(
     "runnerd_docker_api_errors",
     "Docker Engine API calls that failed, by operation.",
     ["operation"],
+    registry=REGISTRY,
+)
+SCHEDULE_FIRES = Counter(
+    "runnerd_schedule_fires",
+    "Runs made by schedules firing (one per slot fired).",
+    registry=REGISTRY,
+)
+SCHEDULE_SKIPPED_FIRES = Counter(
+    "runnerd_schedule_skipped_fires",
+    "Schedule fires that made no run, by reason: forbid (concurrency_policy forbid and"
+    " a run of the schedule still active), not_triggerable (its runner cannot run now).",
+    ["reason"],
+    registry=REGISTRY,
+)
+SCHEDULE_MISSED_SLOTS = Counter(
+    "runnerd_schedule_missed_slots",
+    "Schedule slots never fired because runnerd was down or busy past them (only the"
+    " latest slot inside starting_deadline_seconds fires).",
     registry=REGISTRY,
 )
 HTTP_REQUESTS = Counter(
@@ -87,8 +117,14 @@ def run_completed(run: Run) -> None:
     RUNS_COMPLETED.labels(
         run.status.value, run.failure_reason.value if run.failure_reason else ""
     ).inc()
+    if run.will_retry:  # its retry was made in the same commit
+        RUN_RETRIES.labels(run.failure_reason.value if run.failure_reason else "").inc()
     if run.started_at is not None and run.completed_at is not None:
         RUN_DURATION.observe(max(0.0, (run.completed_at - run.started_at) / 1000))
+
+
+def run_chained(parent: Run) -> None:
+    CHAINED_RUNS.labels(parent.status.value).inc()
 
 
 def image_pulled(ok: bool) -> None:
@@ -97,6 +133,18 @@ def image_pulled(ok: bool) -> None:
 
 def engine_error(operation: str) -> None:
     ENGINE_ERRORS.labels(operation).inc()
+
+
+def schedule_fired() -> None:
+    SCHEDULE_FIRES.inc()
+
+
+def schedule_skipped(reason: str) -> None:
+    SCHEDULE_SKIPPED_FIRES.labels(reason).inc()
+
+
+def schedule_missed(slots: int) -> None:
+    SCHEDULE_MISSED_SLOTS.inc(slots)
 
 
 def render(pending: int, running: int) -> bytes:

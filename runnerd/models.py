@@ -78,8 +78,8 @@ class RetryPolicy:
 
     def retries(self, attempt: int, reason: FailureReason | None, exit_code: int | None) -> bool:
         """Whether attempt number `attempt`, failed with `reason`, gets another one."""
-        if attempt > self.max_retries or reason is None or reason not in self.retry_on:
-            return False  # a cancel is never in retry_on
+        if attempt > self.max_retries or reason not in RETRYABLE or reason not in self.retry_on:
+            return False  # a cancel is never retried, whatever retry_on holds
         if reason is FailureReason.NONZERO_EXIT and self.retry_exit_codes is not None:
             return exit_code in self.retry_exit_codes
         return True
@@ -123,6 +123,9 @@ class RetryPolicy:
 
 
 NO_RETRIES = RetryPolicy()
+
+# The namespace of retries' ids: a retry's id is derived from the attempt it retries.
+_RETRY_IDS = uuid.UUID("5d0c2a4e-6f1b-4c3e-9a57-2b8e1f0d7c93")
 
 
 class Scope(str, enum.Enum):
@@ -289,12 +292,29 @@ class Run:
             retry_policy=runner.retry_policy,
         )
 
+    @property
+    def retry_id(self) -> str:
+        """The id its retry gets (when `will_retry`). Derived from this run's id, as
+        is the retry's `retry_not_before`: a completion listener can name the retry
+        the store made in the same commit without reading it back."""
+        return str(uuid.uuid5(_RETRY_IDS, self.id))
+
+    @property
+    def retry_not_before(self) -> int:
+        """When its retry may start: its back-off after this run completed, the
+        jitter seeded by this run's id (runs that failed together still spread out)."""
+        assert self.completed_at is not None, "only a completed run is retried"
+        return self.completed_at + self.retry_policy.backoff_ms(
+            self.attempt, random.Random(self.id)
+        )
+
     def retry(self, *, now: int, not_before: int) -> Run:
         """The next attempt of this failed run: the same command, env and limits, its
-        own id, pending until `not_before`. Kept: what fired it (schedule, parent)."""
+        own id (`retry_id`), pending until `not_before`. Kept: what fired it
+        (schedule, parent)."""
         return dataclasses.replace(
             self,
-            id=str(uuid.uuid4()),
+            id=self.retry_id,
             seq=0,
             status=Status.PENDING,
             exit_code=None,

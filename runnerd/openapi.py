@@ -40,12 +40,12 @@ ERROR_RESPONSES: dict[int, tuple[str, str]] = {
           "`field: message`."),
     401: ("Unauthorized", "No API key, or an unknown or revoked one."),
     403: ("Forbidden", "A `read` key on anything but GET (and HEAD)."),
-    404: ("NotFound", "No such runner, run, env variable or container registry (a malformed id "
-          "is a 404 too)."),
+    404: ("NotFound", "No such runner, run, env variable, schedule or container registry (a "
+          "malformed id is a 404 too)."),
     405: ("MethodNotAllowed",
           "A method the path does not take; the `Allow` header lists the ones it does."),
     409: ("Conflict", "Deleting a runner that has pending or running runs; canceling a run that "
-          "ended otherwise than canceled."),
+          "ended otherwise than canceled (and has no pending retry)."),
     413: ("PayloadTooLarge", "The body is over `[server] max_body_bytes` (default 1 MiB)."),
     415: ("UnsupportedMediaType", "A non-empty body whose `Content-Type` is not JSON "
           "(`application/json`, `text/json` or `…+json`; no `Content-Type` at all is read as "
@@ -101,6 +101,7 @@ PATH_IDS = {
     "run_id": "A run's id; the run must belong to the runner.",
     "env_id": "An env variable's id; it must belong to the runner.",
     "registry_id": "A container registry's id.",
+    "schedule_id": "A schedule's id; it must belong to the runner.",
 }
 
 
@@ -133,7 +134,7 @@ PUBLIC: tuple[dict[str, list[str]], ...] = ()  # no key needed
 
 # -- operations ---------------------------------------------------------------------
 
-RUNNERS, ENV, RUNS = "runners", "env variables", "runs"
+RUNNERS, ENV, RUNS, SCHEDULES = "runners", "env variables", "runs", "schedules"
 REGISTRIES, OPS = "container registries", "operations"
 
 
@@ -158,7 +159,12 @@ class Op:
 
 def _tag(path: str) -> str:
     """The resource the path is under."""
-    under = {"/runs": RUNS, "/env_variables": ENV, "/container_registries": REGISTRIES}
+    under = {
+        "/runs": RUNS,
+        "/env_variables": ENV,
+        "/schedules": SCHEDULES,
+        "/container_registries": REGISTRIES,
+    }
     return next(
         (tag for part, tag in under.items() if part in path),
         RUNNERS if "/v1/runners" in path else OPS,
@@ -243,7 +249,7 @@ PATHS: dict[str, dict[str, Op]] = {
                     "Runs already triggered keep what they were triggered with.",
                     body="RunnerUpdate", body_required=False),
         "delete": Op("deleteRunner", "Delete a runner",
-                     "Deleted, with its env variables, runs and logs.", "Deleted",
+                     "Deleted, with its env variables, schedules, runs and logs.", "Deleted",
                      "409 while it has pending or running runs.", also=(409,)),
     },
     "/v1/runners/{runner_id}/warm": {
@@ -285,9 +291,30 @@ PATHS: dict[str, dict[str, Op]] = {
                    "`Idempotency-Key` already used for this runner, the first run as it is now.",
                    "RunResponse",
                    "The run's environment is the runner's env variables, then the body's "
-                   "overrides on top. A runner whose instance type is no longer configured is a "
-                   "400.", body="TriggerRequest", body_required=False,
+                   "overrides on top. With `run_at` the run stays `pending` until then "
+                   "(`not_before`); `timeout_seconds` replaces the runner's for this run. A "
+                   "runner whose instance type is no longer configured is a 400.",
+                   body="TriggerRequest", body_required=False,
                    params=(contract.IDEMPOTENCY_KEY,)),
+    },
+    "/v1/runners/{runner_id}/schedules": {
+        "get": Op("listSchedules", "List a runner's schedules, oldest first",
+                  "The runner's schedules.", "ScheduleList"),
+        "post": Op("createSchedule", "Add a schedule to a runner", "The new schedule.",
+                   "ScheduleResponse",
+                   "`timezone` defaults to the daemon's. When enabled, `next_run_at` is the "
+                   "first slot after now (`@every` counts from now).", body="ScheduleCreate"),
+    },
+    "/v1/runners/{runner_id}/schedules/{schedule_id}": {
+        "get": Op("getSchedule", "Show a schedule", "The schedule.", "ScheduleResponse"),
+        "patch": Op("updateSchedule", "Change, pause or resume a schedule",
+                    "The schedule as it is now.", "ScheduleResponse",
+                    "Only what is given changes. A change of `cron`, `timezone` or `enabled` "
+                    "computes `next_run_at` again from now: slots that passed while it was "
+                    "paused are neither fired nor counted as missed.",
+                    body="ScheduleUpdate"),
+        "delete": Op("deleteSchedule", "Delete a schedule",
+                     "Deleted; it fires no more. Its runs stay.", "Deleted"),
     },
     "/v1/runners/{runner_id}/runs/{run_id}": {
         "get": Op("getRun", "Show a run", "The run.", "RunResponse"),
@@ -303,8 +330,11 @@ PATHS: dict[str, dict[str, Op]] = {
                    "than `stop_grace_seconds` + 15 s to stop: as it is then).", "RunResponse",
                    "Pending: ends `failed`/`canceled` at once and never starts. Running: the "
                    "container is stopped (SIGTERM, then SIGKILL after `stop_grace_seconds`), then "
-                   "the run ends `failed`/`canceled` with the exit code it ended with. Already "
-                   "canceled: 200 again, unchanged. Ended otherwise: 409. 503 when the Docker "
+                   "the run ends `failed`/`canceled` with the exit code it ended with; either "
+                   "way it is never retried. Failed, with a retry still pending (its latest "
+                   "attempt, following `retry_of`): that retry is canceled, and the answer is "
+                   "this run, unchanged. Already canceled (or its retry): 200 again, unchanged. "
+                   "Ended otherwise: 409. 503 when the Docker "
                    "engine does not answer or the run is between the store and the engine: "
                    "nothing changed, retry. No body.", also=(409, 503)),
     },
@@ -350,6 +380,7 @@ def document() -> dict[str, Any]:
             {"name": RUNNERS, "description": "Container job definitions."},
             {"name": ENV, "description": "A runner's default env variables."},
             {"name": RUNS, "description": "Executions of a runner, and their output."},
+            {"name": SCHEDULES, "description": "When the clock triggers a runner."},
             {"name": REGISTRIES, "description": "Private registries images are pulled from."},
             {"name": OPS, "description": "Health, metrics and this document."},
         ],

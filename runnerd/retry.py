@@ -45,10 +45,16 @@ def is_database_damaged(e: BaseException) -> bool:
     return isinstance(e, sqlite3.DatabaseError) and not is_store_fault(e)
 
 
-async def retry_store(what: str, op: Callable[[], Awaitable[T]], logger: logging.Logger = log) -> T:
+async def retry_store(
+    what: str,
+    op: Callable[[], Awaitable[T]],
+    logger: logging.Logger = log,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> T:
     """`op()`, tried again with back-off (a warning each time) while the database
-    cannot serve: an outcome (a run's result, a webhook's delivery) must not be
-    dropped because the disk was full or the database locked for a while."""
+    cannot serve: an outcome (a run's result, a webhook's delivery, a schedule's
+    fire) must not be dropped because the disk was full or the database locked for
+    a while. `sleep`: the back-off's (a test's clock)."""
     delay = RETRY_FIRST
     while True:
         try:
@@ -57,5 +63,5 @@ async def retry_store(what: str, op: Callable[[], Awaitable[T]], logger: logging
             if not is_store_fault(e):
                 raise
             logger.warning("%s: the database failed: %s; retrying in %.1f s", what, e, delay)
-            await asyncio.sleep(delay)
+            await sleep(delay)
             delay = min(RETRY_MAX, delay * 2)

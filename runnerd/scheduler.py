@@ -36,6 +36,7 @@ log = logging.getLogger("runnerd.scheduler")
 
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
+WALL_CLOCK_RECHECK = 60.0  # the longest sleep before the wall clock is read again
 
 
 @dataclass(frozen=True)
@@ -212,9 +213,16 @@ class Scheduler:
             return
         if run is None:
             # A delayed run (`run_at`, a retry's back-off) is claimable once its time
-            # comes: sleep until the earliest, or a wake-up before.
+            # comes: sleep until the earliest, or a wake-up before. The sleep is on the
+            # loop's monotonic clock, `not_before` on the wall clock: a long one is cut
+            # into pieces, so a wall clock stepped forward (NTP at boot) delays the run
+            # by at most a piece.
             not_before = await self.store.next_not_before()
-            timeout = None if not_before is None else max(0.0, (not_before - now_ms()) / 1000)
+            timeout = (
+                None
+                if not_before is None
+                else min(WALL_CLOCK_RECHECK, max(0.0, (not_before - now_ms()) / 1000))
+            )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
             return

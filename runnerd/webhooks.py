@@ -1,4 +1,5 @@
-"""Webhook deliveries: when a run completes, POST it to its runner's `webhook_url`.
+"""Webhook deliveries: when a run completes, POST it to its runner's `webhook_url`
+as `{"run": Run, "runner_id": …, "will_retry": …}` (whether a retry of it is queued).
 
 The store marks a completed run's webhook `pending` in the same commit that
 completes it, so a delivery survives a restart. This module's loop picks
@@ -143,7 +144,13 @@ class Notifier:
                 host,
             )
             return "failed"
-        body = json.dumps({"run": run_json(run, self.tz), "runner_id": run.runner_id}).encode()
+        body = json.dumps(
+            {
+                "run": run_json(run, self.tz),
+                "runner_id": run.runner_id,
+                "will_retry": run.will_retry,
+            }
+        ).encode()
         headers = {
             "Content-Type": "application/json",
             "X-Runnerd-Signature": signature(secret, body),

@@ -1,7 +1,7 @@
 """The client side of the `runnerd` command: talk to a running daemon over its REST API.
 
-`runners`, `env`, `runs` and `logs` (wired up in cli.py) each end in `run(args)`,
-which connects to `--url`/`$RUNNERD_URL` with `--token`/`$RUNNERD_TOKEN`, performs
+`runners`, `env`, `runs`, `schedules` and `logs` (wired up in cli.py) each end in
+`run(args)`, which connects to `--url`/`$RUNNERD_URL` with `--token`/`$RUNNERD_TOKEN`, performs
 one command with aiohttp under `asyncio.run`, prints tables (or the API's JSON with
 `--json`) and turns every failure into a one-line message and an exit code — never a
 traceback. Nothing here reads the daemon's config: the API is the only contract.
@@ -22,14 +22,17 @@ from __future__ import annotations
 from .commands import (
     NO_LIMIT,
     Command,
+    comma_list,
     env_list,
     env_set,
     env_unset,
+    exit_codes,
     follow_logs,
     key_val,
     logs,
     max_runs,
     run,
+    run_at,
     runners_create,
     runners_delete,
     runners_list,
@@ -40,6 +43,12 @@ from .commands import (
     runs_list,
     runs_show,
     runs_trigger,
+    schedules_create,
+    schedules_delete,
+    schedules_list,
+    schedules_pause,
+    schedules_resume,
+    schedules_update,
 )
 from .errors import (
     EXIT_CANCELED,
@@ -70,14 +79,17 @@ __all__ = [
     "CliError",
     "Client",
     "Command",
+    "comma_list",
     "env_list",
     "env_set",
     "env_unset",
+    "exit_codes",
     "follow_logs",
     "key_val",
     "logs",
     "max_runs",
     "run",
+    "run_at",
     "runners_create",
     "runners_delete",
     "runners_list",
@@ -88,4 +100,10 @@ __all__ = [
     "runs_list",
     "runs_show",
     "runs_trigger",
+    "schedules_create",
+    "schedules_delete",
+    "schedules_list",
+    "schedules_pause",
+    "schedules_resume",
+    "schedules_update",
 ]

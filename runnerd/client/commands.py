@@ -12,11 +12,12 @@ import re
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
 
-from ..contract import ENV_KEY
+from ..contract import ENV_KEY, RUN_AT_AHEAD_MAX_MS, is_uuid
 from ..models import TERMINAL_STATUSES
 from . import render
 from .errors import (
@@ -139,6 +140,34 @@ def key_val(text: str) -> tuple[str, str]:
     return key, val
 
 
+_RELATIVE = re.compile(r"\+((?:[0-9]+[smhd])+)\Z")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def run_at(text: str) -> str:
+    """argparse type of `runs trigger --at`: a time in the API's format, passed on
+    for the daemon to check, or `+90s`, `+10m`, `+2h`, `+1d`, `+1h30m` from now, made
+    into one (in this machine's zone)."""
+    if not text.startswith("+"):
+        return text
+    match = _RELATIVE.match(text)
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"expected a time such as 2026-01-15T22:00:00+01:00, or a wait from now such "
+            f"as +90s, +10m, +2h or +1h30m, got {text!r}"
+        )
+    seconds = sum(
+        int(n) * _UNIT_SECONDS[unit] for n, unit in re.findall(r"([0-9]+)([smhd])", match[1])
+    )
+    if seconds * 1000 > RUN_AT_AHEAD_MAX_MS:  # the daemon's limit (and datetime's range)
+        raise argparse.ArgumentTypeError(
+            f"must be at most a year ({RUN_AT_AHEAD_MAX_MS // 86_400_000} days) from now, "
+            f"got {text!r}"
+        )
+    at = datetime.now().astimezone() + timedelta(seconds=seconds)
+    return at.isoformat(timespec="milliseconds")
+
+
 def _env_body(pairs: list[tuple[str, str]]) -> list[dict[str, str]]:
     return [{"env_key": k, "env_val": v} for k, v in pairs]
 
@@ -199,6 +228,64 @@ def _runner_body(args: argparse.Namespace, *, create: bool) -> dict[str, Any]:
     return body
 
 
+async def _retry_and_chain_body(
+    c: Client, args: argparse.Namespace, current: dict[str, Any] | None
+) -> dict[str, Any]:
+    """`retry_policy`, `on_success` and `on_failure` from the retry and chain options.
+    The API replaces a whole policy, so on update the options given change the
+    runner's `current` policy and the rest of it is kept. Chained runners may be
+    given by name: each is looked up to its id."""
+    body: dict[str, Any] = {}
+    policy = {
+        key: value
+        for key, value in (
+            ("max_retries", args.max_retries),
+            ("backoff_seconds", args.backoff),
+            ("backoff_max_seconds", args.backoff_max),
+            ("retry_on", args.retry_on),
+            ("retry_exit_codes", args.retry_exit_codes),
+        )
+        if value is not None
+    }
+    if args.no_retries:
+        if policy:
+            raise CliError(
+                "--no-retries cannot be combined with the other retry options", code=EXIT_USAGE
+            )
+        body["retry_policy"] = None
+    elif policy:
+        policy = {**((current or {}).get("retry_policy") or {}), **policy}
+        if policy.get("retry_exit_codes") is ANY_EXIT_CODE:
+            policy["retry_exit_codes"] = None
+        body["retry_policy"] = policy
+    for field in ("on_success", "on_failure"):
+        refs = getattr(args, field)
+        if refs is not None:
+            body[field] = [(await c.runner(ref))["id"] for ref in refs]
+    return body
+
+
+ANY_EXIT_CODE: list[int] = []  # `--retry-exit-codes any`: null, every non-zero code
+
+
+def comma_list(text: str) -> list[str]:
+    """argparse type of `--retry-on`, `--on-success`, `--on-failure`: comma-separated
+    items; an empty string is the empty list (it clears)."""
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def exit_codes(text: str) -> list[int]:
+    """argparse type of `--retry-exit-codes`: `1,2`, or `any` (ANY_EXIT_CODE)."""
+    if text.strip().lower() in ("any", "none", "null"):
+        return ANY_EXIT_CODE
+    try:
+        return [int(code) for code in comma_list(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected exit codes like 1,2 or 'any', got {text!r}"
+        ) from None
+
+
 NO_LIMIT = "none"  # `--max-concurrent-runs none`; not None, which is "not given"
 
 
@@ -250,7 +337,8 @@ async def runners_show(c: Client, args: argparse.Namespace) -> int:
 
 
 async def runners_create(c: Client, args: argparse.Namespace) -> int:
-    data = await c.request("POST", "/v1/runners", body=_runner_body(args, create=True))
+    body = _runner_body(args, create=True) | await _retry_and_chain_body(c, args, None)
+    data = await c.request("POST", "/v1/runners", body=body)
     if args.json:
         render.print_json(data)
     else:
@@ -260,12 +348,25 @@ async def runners_create(c: Client, args: argparse.Namespace) -> int:
 
 async def runners_update(c: Client, args: argparse.Namespace) -> int:
     body = _runner_body(args, create=False)
-    if not body:
+    retry_or_chain = any(
+        getattr(args, option) is not None
+        for option in (
+            "max_retries",
+            "backoff",
+            "backoff_max",
+            "retry_on",
+            "retry_exit_codes",
+            "on_success",
+            "on_failure",
+        )
+    )
+    if not body and not retry_or_chain and not args.no_retries:
         raise CliError(
             "nothing to update: give at least one option (see: runnerd runners update --help)",
             code=EXIT_USAGE,
         )
     runner = await c.runner(args.runner)
+    body |= await _retry_and_chain_body(c, args, runner)
     data = await c.request("PATCH", f"/v1/runners/{runner['id']}", body=body)
     if args.json:
         render.print_json(data)
@@ -418,10 +519,7 @@ async def runs_list(c: Client, args: argparse.Namespace) -> int:
             + (f" with status {args.status}" if args.status else "")
         )
     else:
-        render.table(
-            ["ID", "STATUS", "EXIT", "STARTED", "COMPLETED", "REASON"],
-            [render.run_row(r) for r in data["runs"]],
-        )
+        render.table(*render.run_table(data["runs"]))
     return EXIT_OK
 
 
@@ -437,9 +535,17 @@ async def runs_show(c: Client, args: argparse.Namespace) -> int:
 
 async def runs_trigger(c: Client, args: argparse.Namespace) -> int:
     runner = await c.runner(args.runner)
-    body = {"env_variables": _env_body(args.env)} if args.env else None
+    body: dict[str, Any] = {}
+    if args.env:
+        body["env_variables"] = _env_body(args.env)
+    if args.at is not None:
+        body["run_at"] = args.at
+    if args.timeout is not None:
+        body["timeout_seconds"] = args.timeout
     headers = {"Idempotency-Key": args.idempotency_key} if args.idempotency_key else None
-    data = await c.request("POST", f"/v1/runners/{runner['id']}/runs", body=body, headers=headers)
+    data = await c.request(
+        "POST", f"/v1/runners/{runner['id']}/runs", body=body or None, headers=headers
+    )
     run_ = data["run"]
     if not args.wait:
         if args.json:
@@ -505,6 +611,129 @@ async def _poll_until_done(c: Client, runner: dict[str, Any], run_id: str) -> di
         if run_["status"] in TERMINAL:
             return run_
         await asyncio.sleep(POLL_SECONDS)
+
+
+# -- schedules ------------------------------------------------------------------------------
+
+
+def _schedule_body(args: argparse.Namespace) -> dict[str, Any]:
+    """The fields given on the command line: on update, only those."""
+    body: dict[str, Any] = {}
+    if args.cron is not None:
+        body["cron"] = args.cron
+    if args.timezone is not None:
+        body["timezone"] = args.timezone
+    if args.enabled is not None:
+        body["enabled"] = args.enabled
+    if args.env:
+        body["env_variables"] = _env_body(args.env)
+    elif getattr(args, "clear_env", False):
+        body["env_variables"] = []
+    if args.concurrency_policy is not None:
+        body["concurrency_policy"] = args.concurrency_policy
+    if args.starting_deadline is not None:
+        body["starting_deadline_seconds"] = args.starting_deadline
+    return body
+
+
+def _schedule_path(runner: dict[str, Any], schedule_id: str | None = None) -> str:
+    path = f"/v1/runners/{runner['id']}/schedules"
+    return path if schedule_id is None else f"{path}/{schedule_id.lower()}"
+
+
+async def _schedule_request(
+    c: Client, runner: dict[str, Any], method: str, schedule_id: str, body: Any = None
+) -> dict[str, Any]:
+    """`method` on one schedule of the runner; a clean message for an unknown one."""
+    if not is_uuid(schedule_id):  # nor a path of its own, such as `../runs`
+        raise CliError(
+            f"{schedule_id!r} is not a schedule id: ids are UUIDs "
+            f"(see: runnerd schedules list {runner['name']})",
+            code=EXIT_USAGE,
+        )
+    try:
+        data: dict[str, Any] = await c.request(
+            method, _schedule_path(runner, schedule_id), body=body
+        )
+    except ApiError as e:
+        if e.status == 404:
+            raise CliError(
+                f"runner {runner['name']!r} has no schedule {schedule_id!r} "
+                f"(see: runnerd schedules list {runner['name']})"
+            ) from None
+        raise
+    return data
+
+
+def _print_schedule(args: argparse.Namespace, data: dict[str, Any]) -> None:
+    if args.json:
+        render.print_json(data)
+    else:
+        render.show(data["schedule"])
+
+
+async def schedules_list(c: Client, args: argparse.Namespace) -> int:
+    runner = await c.runner(args.runner)
+    data = await c.request("GET", _schedule_path(runner))
+    if args.json:
+        render.print_json(data)
+    elif not data["schedules"]:
+        print(
+            f"runner {runner['name']} has no schedules; add one with: "
+            f"runnerd schedules create {runner['name']} --cron EXPR"
+        )
+    else:
+        render.table(
+            ["ID", "CRON", "TIMEZONE", "ENABLED", "NEXT RUN", "LAST RUN", "MISSED"],
+            [render.schedule_row(s) for s in data["schedules"]],
+        )
+    return EXIT_OK
+
+
+async def schedules_create(c: Client, args: argparse.Namespace) -> int:
+    runner = await c.runner(args.runner)
+    data = await c.request("POST", _schedule_path(runner), body=_schedule_body(args))
+    _print_schedule(args, data)
+    return EXIT_OK
+
+
+async def schedules_update(c: Client, args: argparse.Namespace) -> int:
+    body = _schedule_body(args)
+    if not body:
+        raise CliError(
+            "nothing to update: give at least one option (see: runnerd schedules update --help)",
+            code=EXIT_USAGE,
+        )
+    runner = await c.runner(args.runner)
+    _print_schedule(args, await _schedule_request(c, runner, "PATCH", args.schedule, body))
+    return EXIT_OK
+
+
+async def schedules_pause(c: Client, args: argparse.Namespace) -> int:
+    """PATCH enabled: false. It fires no more until resumed."""
+    runner = await c.runner(args.runner)
+    body = {"enabled": False}
+    _print_schedule(args, await _schedule_request(c, runner, "PATCH", args.schedule, body))
+    return EXIT_OK
+
+
+async def schedules_resume(c: Client, args: argparse.Namespace) -> int:
+    """PATCH enabled: true. It fires next at its first slot from now on: the slots that
+    passed while it was paused are not made up."""
+    runner = await c.runner(args.runner)
+    body = {"enabled": True}
+    _print_schedule(args, await _schedule_request(c, runner, "PATCH", args.schedule, body))
+    return EXIT_OK
+
+
+async def schedules_delete(c: Client, args: argparse.Namespace) -> int:
+    runner = await c.runner(args.runner)
+    data = await _schedule_request(c, runner, "DELETE", args.schedule)
+    if args.json:
+        render.print_json(data)
+    else:
+        print(f"deleted schedule {args.schedule.lower()} of runner {runner['name']}")
+    return EXIT_OK
 
 
 # -- logs -----------------------------------------------------------------------------------

@@ -56,9 +56,27 @@ def show(obj: dict[str, Any]) -> None:
                 f"{value.get('slug')} ({value.get('name')}: {value.get('cpu')} CPU, "
                 f"{value.get('mem')} MiB)"
             )
+        elif key == "retry_policy" and isinstance(value, dict):
+            shown = retry_policy(value)
         else:
             shown = cell(value)
         print(f"{key + ':':<{width}} {shown}")
+
+
+def retry_policy(policy: dict[str, Any]) -> str:
+    """A runner's `retry_policy` in one line, e.g. `2 retries on nonzero_exit (exit
+    codes 1, 3), timeout; back-off 10 s, doubled up to 600 s`."""
+    codes = policy.get("retry_exit_codes")
+    reasons = [
+        f"{r} (exit codes {', '.join(map(str, codes))})" if r == "nonzero_exit" and codes else r
+        for r in policy.get("retry_on") or []
+    ]
+    count = policy.get("max_retries")
+    return (
+        f"{count} {'retry' if count == 1 else 'retries'} on {', '.join(reasons) or 'nothing'}; "
+        f"back-off {policy.get('backoff_seconds')} s, doubled up to "
+        f"{policy.get('backoff_max_seconds')} s"
+    )
 
 
 def write_out(data: bytes) -> None:
@@ -67,12 +85,42 @@ def write_out(data: bytes) -> None:
         sys.stdout.buffer.flush()
 
 
+RUN_HEADERS = ["ID", "STATUS", "TRIGGER", "ATTEMPT", "EXIT", "STARTED", "COMPLETED", "REASON"]
+
+
 def run_row(r: dict[str, Any]) -> list[str]:
     return [
         r["id"],
         r["status"],
+        cell(r.get("trigger")),
+        cell(r.get("attempt")),
         cell(r.get("exit_code")),
         when(r.get("started_at")),
         when(r.get("completed_at")),
         cell(r.get("failure_reason")),
+    ]
+
+
+def run_table(runs: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    """The headers and rows of `runs list`. NOT BEFORE only when a listed run waits
+    for its time (a delayed run, a retry's back-off): the table is wide enough."""
+    if not any(_waits(r) for r in runs):
+        return RUN_HEADERS, [run_row(r) for r in runs]
+    rows = [[*run_row(r), when(r.get("not_before")) if _waits(r) else "-"] for r in runs]
+    return [*RUN_HEADERS, "NOT BEFORE"], rows
+
+
+def _waits(r: dict[str, Any]) -> bool:
+    return r.get("status") == "pending" and r.get("not_before") is not None
+
+
+def schedule_row(s: dict[str, Any]) -> list[str]:
+    return [
+        s["id"],
+        cell(s["cron"]),
+        cell(s["timezone"]),
+        "yes" if s.get("enabled") else "no",
+        when(s.get("next_run_at")),
+        when(s.get("last_run_at")),
+        cell(s.get("missed_count")),
     ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import types
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import urlsplit
 
@@ -27,12 +28,22 @@ from pydantic import (
 from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from ..config import Config
-from ..models import RETRYABLE, EnvVariable, FailureReason, RetryPolicy
+from ..models import (
+    RETRYABLE,
+    ConcurrencyPolicy,
+    EnvVariable,
+    FailureReason,
+    RetryPolicy,
+    now_ms,
+)
+from ..timefmt import TIME_INPUT_PATTERN, parse_time
 from .fields import (
     ARGV_ITEM_MAX,
     ARGV_MAX_ITEMS,
     BACKOFF_RANGE,
     CHAIN_MAX_ITEMS,
+    CRON_MAX,
+    DEFAULT_STARTING_DEADLINE,
     DEFAULT_TIMEOUT,
     ENTRYPOINT_MAX,
     ENV_MAX_ITEMS,
@@ -41,11 +52,16 @@ from .fields import (
     MAX_RETRIES,
     NAME_LEN,
     REGISTRY_HOST,
+    RUN_AT_AHEAD_MAX_MS,
+    RUN_AT_SKEW_MS,
     RUN_COMMAND_MAX,
     RUNNER_MAX_CONCURRENT,
+    STARTING_DEADLINE_RANGE,
     TIMEOUT_RANGE,
+    TIMEZONE_MAX,
     WEBHOOK_URL_MAX,
     WEBHOOK_URL_PATTERN,
+    ConcurrencyPolicyName,
     EnvKey,
     EnvVal,
     Invalid,
@@ -54,6 +70,7 @@ from .fields import (
     Text,
     Whole,
     anchored,
+    cron_rule,
     entrypoint_rule,
     fail,
     host_rule,
@@ -61,6 +78,8 @@ from .fields import (
     image_tag_rule,
     registry_id_rule,
     runner_id_rule,
+    time_rule,
+    timezone_rule,
     webhook_url_rule,
 )
 
@@ -207,6 +226,12 @@ def _config(info: ValidationInfo) -> Config:
     context = info.context
     config = context.get("config") if isinstance(context, dict) else None
     return config if isinstance(config, Config) else Config()
+
+
+def _now(info: ValidationInfo) -> int:
+    context = info.context
+    now = context.get("now") if isinstance(context, dict) else None
+    return now if isinstance(now, int) else now_ms()
 
 
 class RunnerCreate(_Body):
@@ -424,10 +449,126 @@ EnvVariableUpdate = _partial(
 
 
 class TriggerRequest(_Body):
-    """Env overrides for this run only, on top of the runner's env variables. An empty
-    body or `{}` is valid."""
+    """What this run does differently from the runner's other runs: env overrides on
+    top of the runner's env variables, a later start, its own timeout. An empty body
+    or `{}` is valid: a run like any other, queued now."""
 
     env_variables: EnvList = []
+    run_at: (
+        Annotated[
+            str,
+            Text(40, 1, TIME_INPUT_PATTERN, time_rule),
+            Field(
+                json_schema_extra={"format": "date-time"},
+                description="Not started before this time: the run stays `pending`, with it "
+                "as `not_before`, until then. With a UTC offset (`+01:00`, or `Z`); at most a "
+                "year (366 days) ahead; up to 60 s in the past is taken as now, further back "
+                "is a 400. Null (the default): now.",
+                examples=["2026-01-15T10:01:00.000+01:00"],
+            ),
+        ]
+        | None
+    ) = None
+    timeout_seconds: (
+        Annotated[
+            int,
+            Whole(*TIMEOUT_RANGE),
+            Field(
+                description="This run's timeout instead of the runner's: counted from "
+                "`started_at`, past it the container is stopped and the run fails with "
+                "`timeout`. Null (the default): the runner's."
+            ),
+        ]
+        | None
+    ) = None
+
+    @field_validator("run_at")
+    @classmethod
+    def _within_limits(cls, run_at: str | None, info: ValidationInfo) -> str | None:
+        if run_at is None:
+            return None
+        now = _now(info)
+        at = parse_time(run_at)  # Text's rule has checked that it parses
+        if at > now + RUN_AT_AHEAD_MAX_MS:
+            raise fail(f"must be at most 1 year ahead, got {run_at}")
+        if at < now - RUN_AT_SKEW_MS:
+            ago = (now - at) // 1000
+            raise fail(
+                f"must not be more than {RUN_AT_SKEW_MS // 1000} s in the past, got {run_at} "
+                f"({ago} s before the daemon's clock)"
+            )
+        return run_at
+
+
+class ScheduleCreate(_Body):
+    """A new schedule of the runner: when the clock triggers it. Unknown fields are a 400."""
+
+    cron: Annotated[
+        str,
+        Text(CRON_MAX, rule=cron_rule),
+        Field(
+            json_schema_extra={"minLength": 1},
+            description="The five standard fields (minute hour day-of-month month "
+            "day-of-week, with names, ranges, lists and steps; a day-of-month and a "
+            "day-of-week both restricted match either), a macro (`@hourly`, `@daily`, "
+            "`@weekly`, `@monthly`, `@yearly`) or `@every <duration>` (`30s`, `5m`, "
+            "`1h30m`; at least 1 s). A bad expression is a 400 naming the part that is wrong.",
+            examples=["*/15 9-17 * * MON-FRI"],
+        ),
+    ]
+    # Its default is the daemon's zone, filled in by parse_schedule.
+    timezone: Annotated[
+        str,
+        Text(TIMEZONE_MAX, 1, rule=timezone_rule),
+        Field(
+            default_factory=str,  # not in the schema: the default depends on the config
+            description="The IANA time zone the cron fields are read in, e.g. "
+            "`Europe/Berlin`; default the daemon's `timezone` (else the host's zone). A wall "
+            "time a spring-forward skips fires once, at the first moment after the gap; a wall "
+            "time that occurs twice fires once, at its first occurrence. `@every` ignores it.",
+            examples=["Europe/Berlin"],
+        ),
+    ]
+    enabled: bool = Field(
+        default=True,
+        description="False: paused (`next_run_at` null). Slots that pass while paused are "
+        "neither fired nor counted as missed when it is enabled again.",
+    )
+    env_variables: EnvList = Field(
+        default=[],
+        description="Env overrides for the runs it fires, on top of the runner's env "
+        "variables, as a trigger's `env_variables`. On PATCH it replaces all of them.",
+    )
+    concurrency_policy: ConcurrencyPolicyName = Field(
+        default="allow",
+        description="When a fire comes while a run of this schedule is pending or running: "
+        "`allow` fires anyway, `forbid` skips the fire (counted, logged), `replace` cancels "
+        "that run, then fires. The runner's `max_concurrent_runs` applies on top.",
+    )
+    starting_deadline_seconds: Annotated[
+        int,
+        Whole(*STARTING_DEADLINE_RANGE),
+        Field(
+            description="After the daemon or the engine was down: a slot missed by at most "
+            "this long still fires (only the latest missed slot, once); older ones are skipped "
+            "and counted in `missed_count`."
+        ),
+    ] = DEFAULT_STARTING_DEADLINE
+
+    @field_validator("cron")
+    @classmethod
+    def _stripped(cls, expression: str) -> str:
+        return expression.strip()
+
+
+ScheduleUpdate = _partial(
+    ScheduleCreate,
+    "ScheduleUpdate",
+    "Any fields of a schedule, changed together; the others keep their values. A new "
+    "`cron` counts `@every` from now; a change of `cron`, `timezone` or `enabled` computes "
+    "`next_run_at` again from now. At least one field; unknown fields are a 400.",
+    at_least_one=True,
+)
 
 
 class ContainerRegistryCreate(_Body):
@@ -508,6 +649,8 @@ def _message(model: type[BaseModel], error: ErrorDetails) -> str:
         if value is None:
             return f"{where}: must be a string, not null"
         return f"{where}: must be a string{or_null}, got {_json_type(value)}"
+    if kind == "bool_type":
+        return f"{where}: must be true or false, got {_json_type(value)}"
     if kind == "int_type":
         return f"{where}: must be a whole number{or_null}, got {_json_type(value)}"
     if kind == "list_type":
@@ -524,11 +667,14 @@ def _message(model: type[BaseModel], error: ErrorDetails) -> str:
     return f"{where}: {error['msg'][:1].lower()}{error['msg'][1:]}"  # any other: pydantic's
 
 
-def _validate(model: type[_Body], body: Any, config: Config | None = None) -> _Body:
+def _validate(
+    model: type[_Body], body: Any, config: Config | None = None, now: int | None = None
+) -> _Body:
     """`body` (decoded JSON; None for an empty body) as `model`, or `Invalid` listing
-    every problem."""
+    every problem. `config` and `now` are for the validators that need them."""
     try:
-        return model.model_validate({} if body is None else body, context={"config": config})
+        context = {"config": config, "now": now}
+        return model.model_validate({} if body is None else body, context=context)
     except ValidationError as e:
         raise Invalid([_message(model, err) for err in e.errors(include_url=False)]) from None
 
@@ -612,13 +758,65 @@ def parse_registry(body: Any, *, partial: bool) -> dict[str, str]:
     return {key: getattr(registry, key) for key in REGISTRY_FIELDS if key in given or not partial}
 
 
-def parse_trigger(body: Any) -> Env:
-    """A trigger body (`{}` or `{"env_variables": [...]}`) → the env overrides."""
+def parse_schedule(body: Any, config: Config, *, partial: bool) -> dict[str, Any]:
+    """A schedule create (`partial=False`) or PATCH body → the store's fields: `cron`,
+    `timezone`, `enabled`, `env`, `concurrency_policy`, `starting_deadline_seconds`.
+
+    On create, defaults are filled in (`timezone`: the daemon's zone); on PATCH only the
+    given fields are returned, and at least one must be."""
+    schedule = _validate(ScheduleUpdate if partial else ScheduleCreate, body, config)
+    given = schedule.model_fields_set
+    if partial and not given:
+        raise Invalid(["body: must set at least one of " + ", ".join(SCHEDULE_FIELDS)])
+    fields: dict[str, Any] = {}
+    for key in SCHEDULE_FIELDS:
+        if partial and key not in given:
+            continue
+        value = getattr(schedule, key)
+        if key == "env_variables":
+            fields["env"] = _env(value)
+        elif key == "concurrency_policy":
+            fields[key] = ConcurrencyPolicy(value)
+        else:
+            fields[key] = value
+    if not partial and "timezone" not in given:
+        fields["timezone"] = default_timezone(config)
+    return fields
+
+
+def default_timezone(config: Config) -> str:
+    """A schedule's zone when none is given: the daemon's `timezone`, else the host
+    zone's IANA name, else UTC (a host zone without a name, e.g. a POSIX rule in $TZ)."""
+    if config.timezone is not None:
+        return config.timezone
+    key = getattr(config.tz, "key", None)
+    return key if isinstance(key, str) and key else "UTC"
+
+
+@dataclass(frozen=True)
+class TriggerOptions:
+    """A trigger body as the handler takes it: Run.queued's `not_before` and
+    `timeout_seconds` (None: now, and the runner's)."""
+
+    env: Env  # the overrides, on top of the runner's env variables
+    not_before: int | None = None
+    timeout_seconds: int | None = None
+
+
+def parse_trigger(body: Any, now: int | None = None) -> TriggerOptions:
+    """A trigger body (empty, `{}`, or any of `env_variables`, `run_at`,
+    `timeout_seconds`) → what the run does differently. `now` (default: the clock)
+    is what `run_at`'s limits count from; a `run_at` a little in the past is now."""
     if body is None or body == {}:
-        return []  # the usual trigger: no model to build
-    trigger = _validate(TriggerRequest, body)
+        return TriggerOptions([])  # the usual trigger: no model to build
+    now = now_ms() if now is None else now
+    trigger = _validate(TriggerRequest, body, now=now)
     assert isinstance(trigger, TriggerRequest)
-    return _env(trigger.env_variables)
+    return TriggerOptions(
+        env=_env(trigger.env_variables),
+        not_before=None if trigger.run_at is None else max(now, parse_time(trigger.run_at)),
+        timeout_seconds=trigger.timeout_seconds,
+    )
 
 
 def merge_env(defaults: list[EnvVariable], overrides: Env) -> Env:
@@ -630,3 +828,4 @@ def merge_env(defaults: list[EnvVariable], overrides: Env) -> Env:
 
 RUNNER_FIELDS: tuple[str, ...] = tuple(RunnerCreate.model_fields)
 REGISTRY_FIELDS: tuple[str, ...] = tuple(ContainerRegistryCreate.model_fields)
+SCHEDULE_FIELDS: tuple[str, ...] = tuple(ScheduleCreate.model_fields)

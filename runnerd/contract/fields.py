@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import shlex
 import uuid
+import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
@@ -17,6 +18,9 @@ from urllib.parse import urlsplit
 from pydantic import Field, GetCoreSchemaHandler, GetJsonSchemaHandler, WithJsonSchema
 from pydantic.json_schema import JsonSchemaValue
 from pydantic_core import PydanticCustomError, core_schema
+
+from .. import cron
+from ..timefmt import parse_time
 
 # -- constants (the CLI client and openapi import these) ---------------------------
 
@@ -58,6 +62,10 @@ TIME_PATTERN = (
     r"[+-][0-9]{2}:[0-9]{2}$"
 )
 WEBHOOK_URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s/?#]+([/?#]\S*)?$"
+# A trigger's `run_at`: at most a year ahead (366 days: the same date next year is
+# always in), and a little in the past is taken as now (the client's clock is behind).
+RUN_AT_AHEAD_MAX_MS = 366 * 86_400_000
+RUN_AT_SKEW_MS = 60_000
 
 
 def anchored(pattern: re.Pattern[str]) -> str:
@@ -220,6 +228,14 @@ def host_rule(host: str) -> str | None:
     )
 
 
+def time_rule(value: str) -> str | None:
+    try:
+        parse_time(value)
+    except ValueError as e:
+        return str(e)
+    return None
+
+
 def registry_id_rule(value: str) -> str | None:
     if is_uuid(value):
         return None
@@ -236,6 +252,34 @@ def runner_id_rule(value: str) -> str | None:
 MAX_RETRIES = 20
 BACKOFF_RANGE = (1, 86400)
 CHAIN_MAX_ITEMS = 50  # runners triggered by one outcome (on_success, on_failure)
+
+# A schedule's fields.
+CRON_MAX = cron.MAX_LENGTH
+TIMEZONE_MAX = 255
+STARTING_DEADLINE_RANGE = (0, 86400)
+DEFAULT_STARTING_DEADLINE = 300
+ConcurrencyPolicyName = Literal["allow", "forbid", "replace"]  # models.ConcurrencyPolicy
+CONCURRENCY_POLICIES: tuple[str, ...] = get_args(ConcurrencyPolicyName)
+
+
+def cron_rule(expression: str) -> str | None:
+    try:
+        cron.parse(expression)
+    except cron.CronError as e:
+        return str(e)
+    return None
+
+
+def timezone_rule(name: str) -> str | None:
+    """An IANA name zoneinfo can load, as the config's `timezone` is checked."""
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):
+        # ValueError: not a key (`../x`, `/etc/localtime`, ``) or not a zone file.
+        return (
+            f"unknown time zone {name[:100]!r} (use an IANA name such as 'Europe/Berlin' or 'UTC')"
+        )
+    return None
 
 
 Name = Annotated[

@@ -10,11 +10,12 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import models as domain
 from ..config import Config
-from ..models import FailureReason, Status, Trigger
+from ..models import ConcurrencyPolicy, FailureReason, Status, Trigger
 from ..timefmt import format_ms
 from .fields import (
     LOG_STREAM_NAMES,
     RUNNER_MAX_CONCURRENT,
+    STARTING_DEADLINE_RANGE,
     TIMEOUT_RANGE,
     Id,
     PullPolicy,
@@ -136,6 +137,38 @@ class Run(_Resource):
     parent_run_id: Id | None = Field(description="A chained run's: the run whose end made it.")
 
 
+class ScheduleEnvVariable(_Resource):
+    """An env override of the runs a schedule fires."""
+
+    env_key: str
+    env_val: str
+
+
+class Schedule(_Resource):
+    """When the clock triggers a runner. Each fire is a run with `trigger: schedule`,
+    `schedule_id` and `scheduled_for` (its slot), made at most once per slot."""
+
+    id: Id
+    cron: str
+    timezone: str
+    enabled: bool
+    env_variables: list[ScheduleEnvVariable]
+    concurrency_policy: ConcurrencyPolicy
+    starting_deadline_seconds: Annotated[int, Whole(*STARTING_DEADLINE_RANGE)]
+    next_run_at: Timestamp | None = Field(
+        description="The slot it fires next; null while disabled, or when the expression "
+        "never matches again."
+    )
+    last_run_at: Timestamp | None = Field(description="The slot of its last fire.")
+    last_run_id: Id | None = Field(description="The run its last fire made.")
+    missed_count: Annotated[int, Field(ge=0)] = Field(
+        description="Slots not fired because they were missed by more than "
+        "`starting_deadline_seconds` (or were not the latest one missed)."
+    )
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
 class ContainerRegistry(_Resource):
     """A registry runnerd pulls from with credentials. Never the password."""
 
@@ -221,6 +254,14 @@ class RunResponse(_Resource):
 
 class RunList(_Resource):
     runs: list[Run]
+
+
+class ScheduleResponse(_Resource):
+    schedule: Schedule
+
+
+class ScheduleList(_Resource):
+    schedules: list[Schedule]
 
 
 class ContainerRegistryResponse(_Resource):
@@ -341,6 +382,24 @@ def registry_json(registry: domain.ContainerRegistry, tz: tzinfo) -> dict[str, A
         "username": registry.username,
         "created_at": format_ms(registry.created_at, tz),
         "updated_at": format_ms(registry.updated_at, tz),
+    }
+
+
+def schedule_json(schedule: domain.Schedule, tz: tzinfo) -> dict[str, Any]:
+    return {
+        "id": schedule.id,
+        "cron": schedule.cron,
+        "timezone": schedule.timezone,
+        "enabled": schedule.enabled,
+        "env_variables": [{"env_key": k, "env_val": v} for k, v in schedule.env],
+        "concurrency_policy": schedule.concurrency_policy.value,
+        "starting_deadline_seconds": schedule.starting_deadline_seconds,
+        "next_run_at": format_ms(schedule.next_run_at, tz),
+        "last_run_at": format_ms(schedule.last_run_at, tz),
+        "last_run_id": schedule.last_run_id,
+        "missed_count": schedule.missed_count,
+        "created_at": format_ms(schedule.created_at, tz),
+        "updated_at": format_ms(schedule.updated_at, tz),
     }
 
 

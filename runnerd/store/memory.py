@@ -182,6 +182,14 @@ class MemoryStore:
         self._complete(run, Status.FAILED, None, FailureReason.CANCELED, error, now_ms())
         return self._completed(run)
 
+    async def latest_retry(self, run_id: str) -> Run | None:
+        await _round_trip()
+        latest = None
+        retries = {r.retry_of: r for r in self.runs.values() if r.retry_of is not None}
+        while (retry := retries.get(run_id)) is not None:
+            latest, run_id = retry, retry.id
+        return copy.deepcopy(latest)
+
     async def mark_running(self, run_id: str, container_id: str, started_at: int) -> Run:
         await _round_trip()
         run = self.runs.get(run_id)
@@ -210,9 +218,8 @@ class MemoryStore:
         self._complete(run, status, exit_code, failure_reason, error, completed_at or now_ms())
         if run.will_retry:  # as the SQLite store does in the same commit
             assert run.completed_at is not None
-            wait = run.retry_policy.backoff_ms(run.attempt)
             self._seq += 1
-            retry = run.retry(now=run.completed_at, not_before=run.completed_at + wait)
+            retry = run.retry(now=run.completed_at, not_before=run.retry_not_before)
             retry.seq = self._seq
             self.runs[retry.id] = retry
         return self._completed(run)

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import sqlite3
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from ..crypto import SecretBox
@@ -17,6 +18,12 @@ from .errors import Conflict, NotFound, conflict_as
 # RUNNER_COLUMNS (the ones a client sets), the store the rest.
 RUNNER_FIELDS = tuple(f.name for f in dataclasses.fields(Runner))
 _JSON_COLUMNS = frozenset({"argv", "on_success", "on_failure"})
+
+
+@dataclass(frozen=True)
+class DeletedRunner:
+    run_ids: list[str]  # its runs, deleted with it (their logs are the caller's to delete)
+    unchained: list[str]  # names of the runners whose on_success/on_failure named it
 
 
 class Runners(Aggregate):
@@ -33,6 +40,7 @@ class Runners(Aggregate):
                     f" VALUES (?, {', '.join('?' for _ in RUNNER_COLUMNS)}, ?, ?) RETURNING *",
                     (runner_id, *values, now, now),
                 ).fetchone()
+            _check_chains(db, runner_id, fields)
             _insert_env(db, box, runner_id, env, now)
             return runner_from_row(row)
 
@@ -93,6 +101,7 @@ class Runners(Aggregate):
                 )
             if cur.rowcount == 0:
                 raise NotFound(runner_id)
+            _check_chains(db, runner_id, fields)
             if env is not None:
                 db.execute("DELETE FROM runner_env_variables WHERE runner_id = ?", (runner_id,))
                 _insert_env(db, box, runner_id, env, now)
@@ -102,11 +111,12 @@ class Runners(Aggregate):
 
         return await self._db.write(update)
 
-    async def delete_runner(self, runner_id: str) -> list[str]:
-        """Delete a runner with its env variables and runs; returns the run ids.
-        Refused while it has pending or running runs."""
+    async def delete_runner(self, runner_id: str) -> DeletedRunner:
+        """Delete a runner with its env variables and runs, and take it out of
+        every other runner's `on_success`/`on_failure` (a chain to it just goes
+        away). Refused while it has pending or running runs."""
 
-        def delete(db: sqlite3.Connection) -> list[str]:
+        def delete(db: sqlite3.Connection) -> DeletedRunner:
             if db.execute("SELECT 1 FROM runners WHERE id = ?", (runner_id,)).fetchone() is None:
                 raise NotFound(runner_id)
             active = db.execute(
@@ -120,7 +130,7 @@ class Runners(Aggregate):
             ]
             db.execute("DELETE FROM runs WHERE runner_id = ?", (runner_id,))
             db.execute("DELETE FROM runners WHERE id = ?", (runner_id,))
-            return run_ids
+            return DeletedRunner(run_ids, _unchain(db, runner_id))
 
         return await self._db.write(delete)
 
@@ -215,6 +225,85 @@ def _runner_rules(fields: dict[str, Any]) -> conflict_as:
         check="run_command and argv cannot both be set: the runner was changed meanwhile; "
         "set the other one to null in the same request",
     )
+
+
+_CHAIN_COLUMNS = ("on_success", "on_failure")
+
+
+def _check_chains(db: sqlite3.Connection, runner_id: str, fields: dict[str, Any]) -> None:
+    """Inside a runner write, after it: every runner its new `on_success` and
+    `on_failure` name exists, and the chains (both lists together) make no cycle.
+    In the transaction, so two writes that each add one edge cannot close a cycle
+    between them. Only a cycle through this runner can be new: the graph had none."""
+    changed = [c for c in _CHAIN_COLUMNS if fields.get(c)]
+    if not changed:
+        return
+    for column in changed:
+        for target in fields[column]:
+            if db.execute("SELECT 1 FROM runners WHERE id = ?", (target,)).fetchone() is None:
+                raise Conflict(f"{column}: no runner {target}")
+    cycle = _cycle_from(db, runner_id)
+    if cycle is not None:
+        start = _chain_row(db, runner_id)
+        column = next(c for c in _CHAIN_COLUMNS if cycle[1] in start[c])
+        names = " → ".join(_chain_row(db, i)["name"] for i in cycle)
+        raise Conflict(f"{column}: would make a cycle: {names}")
+
+
+def _chain_row(db: sqlite3.Connection, runner_id: str) -> dict[str, Any]:
+    row = db.execute(
+        "SELECT name, on_success, on_failure FROM runners WHERE id = ?", (runner_id,)
+    ).fetchone()
+    if row is None:  # only named, never a runner: the check above refused that
+        return {"name": runner_id, "on_success": [], "on_failure": []}
+    return {
+        "name": row["name"],
+        **{c: json.loads(row[c]) if row[c] else [] for c in _CHAIN_COLUMNS},
+    }
+
+
+def _cycle_from(db: sqlite3.Connection, start: str) -> list[str] | None:
+    """A path of runner ids start → … → start along on_success and on_failure, or
+    None. Depth first; each runner is read once, so the cost is what `start`
+    reaches, not the number of runners."""
+    came_from: dict[str, str] = {}
+    stack = [start]
+    seen = {start}
+    while stack:
+        current = stack.pop()
+        row = _chain_row(db, current)
+        for target in dict.fromkeys([*row["on_success"], *row["on_failure"]]):
+            if target == start:  # back: the path is start → … → current → start
+                path = [current]
+                while path[-1] != start:
+                    path.append(came_from[path[-1]])
+                return [*reversed(path), start]
+            if target not in seen:
+                seen.add(target)
+                came_from[target] = current
+                stack.append(target)
+    return None
+
+
+def _unchain(db: sqlite3.Connection, runner_id: str) -> list[str]:
+    """Take `runner_id` out of every runner's on_success and on_failure; the names
+    of the runners changed."""
+    rows = db.execute(
+        "SELECT id, name, on_success, on_failure FROM runners WHERE"
+        " EXISTS (SELECT 1 FROM json_each(runners.on_success) WHERE value = ?1)"
+        " OR EXISTS (SELECT 1 FROM json_each(runners.on_failure) WHERE value = ?1)",
+        (runner_id,),
+    ).fetchall()
+    for row in rows:
+        kept = [
+            json_or_null([i for i in json.loads(row[c] or "[]") if i != runner_id] or None)
+            for c in _CHAIN_COLUMNS
+        ]
+        db.execute(
+            "UPDATE runners SET on_success = ?, on_failure = ?, updated_at = ? WHERE id = ?",
+            (*kept, now_ms(), row["id"]),
+        )
+    return [row["name"] for row in rows]
 
 
 def _insert_env(

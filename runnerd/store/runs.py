@@ -167,6 +167,20 @@ class Runs(Aggregate):
         self._completed(run)
         return run
 
+    async def latest_retry(self, run_id: str) -> Run | None:
+        """The last attempt retrying run `run_id`, following `retry_of` from it (its
+        retry, that one's retry, …); None when it has no retry. A pending one is the
+        retry still to come, which cancelling `run_id` cancels."""
+        row = await self._db.lookup_one(
+            "WITH RECURSIVE attempts(id, attempt) AS ("
+            " SELECT id, attempt FROM runs WHERE retry_of = ?"
+            " UNION ALL SELECT r.id, r.attempt FROM runs r JOIN attempts a ON r.retry_of = a.id)"
+            " SELECT * FROM runs WHERE id = (SELECT id FROM attempts ORDER BY attempt DESC"
+            " LIMIT 1)",
+            (run_id,),
+        )
+        return run_from_row(row, self.box) if row else None
+
     async def mark_running(self, run_id: str, container_id: str, started_at: int) -> Run:
         def update(db: sqlite3.Connection) -> sqlite3.Row:
             row: sqlite3.Row | None = db.execute(
@@ -244,6 +258,35 @@ class Runs(Aggregate):
         )
         return [run_from_row(r, self.box) for r in rows]
 
+    # -- chains (runnerd.chains) ------------------------------------------------
+
+    async def pending_chains(self, limit: int) -> list[Run]:
+        """Completed runs whose chained runs are still to be made (finish_run
+        marked them), oldest completion first."""
+        rows = await self._db.all(
+            "SELECT * FROM runs WHERE chain_status = 'pending' ORDER BY completed_at LIMIT ?",
+            (limit,),
+        )
+        return [run_from_row(r, self.box) for r in rows]
+
+    async def make_chained(self, parent_id: str, runs: list[Run]) -> list[Run]:
+        """In one write: queue each of `runs` (chained runs of the run `parent_id`)
+        and clear the parent's mark. A run already made for this parent and runner
+        (the UNIQUE index: a second loop, or the same parent again after a crash)
+        and a run of a runner deleted meanwhile are left out; returns the runs made."""
+        sealed = [(run, self.box.encrypt(json.dumps(list(run.env)))) for run in runs]
+
+        def write(db: sqlite3.Connection) -> list[Run]:
+            made = []
+            for run, env in sealed:
+                if db.execute("SELECT 1 FROM runners WHERE id = ?", (run.runner_id,)).fetchone():
+                    if insert_run(db, run, env):
+                        made.append(run)
+            db.execute("UPDATE runs SET chain_status = NULL WHERE id = ?", (parent_id,))
+            return made
+
+        return await self._db.write(write)
+
     # -- retention ------------------------------------------------------------
 
     async def delete_expired_runs(
@@ -271,7 +314,10 @@ class Runs(Aggregate):
             ids = [
                 r[0]
                 for r in db.execute(
-                    f"SELECT id FROM runs WHERE {' OR '.join(where)} LIMIT ?", (*params, batch)
+                    # A run whose chained runs are still to be made waits for them.
+                    f"SELECT id FROM runs WHERE ({' OR '.join(where)}) AND chain_status IS NULL"
+                    " LIMIT ?",
+                    (*params, batch),
                 )
             ]
             db.executemany(
@@ -288,8 +334,7 @@ def _follow_up(db: sqlite3.Connection, row: sqlite3.Row, run: Run) -> sqlite3.Ro
     row as it is after that."""
     assert run.completed_at is not None
     if run.will_retry:
-        wait = run.retry_policy.backoff_ms(run.attempt)
-        retry = run.retry(now=run.completed_at, not_before=run.completed_at + wait)
+        retry = run.retry(now=run.completed_at, not_before=run.retry_not_before)
         insert_run(db, retry, row["env"])  # the same sealed env; runs_retry_of: once
         return row
     if run.failure_reason is FailureReason.CANCELED:

@@ -30,8 +30,9 @@ from runnerd import config as config_mod
 from runnerd import metrics
 from runnerd.api import make_app
 from runnerd.auth import hash_secret, new_secret
+from runnerd.chains import Chains
 from runnerd.config import Config
-from runnerd.daemon import wake_log_followers
+from runnerd.daemon import log_retries, wake_log_followers
 from runnerd.firing import Firing
 from runnerd.logs import LogStore
 from runnerd.models import Scope
@@ -94,14 +95,19 @@ async def build_app(
     stack.push_async_callback(store.close)
     store.on_run_completed.append(metrics.run_completed)
     wake_log_followers(store, logs)
+    log_retries(store, config.tz)
     executor = FakeExecutor(store, logs)
     scheduler = Scheduler(store, executor, max_concurrent_runs=config.scheduler.max_concurrent_runs)
     firing = Firing(store, config, scheduler)
+    chains = Chains(store, config, scheduler)
+    store.on_run_completed.append(chains.run_completed)
     app = make_app(config, store, logs, scheduler, executor, firing)  # type: ignore[arg-type]  # the fake has what the API calls
     scheduler.start()
     stack.push_async_callback(scheduler.stop)
     firing.start()
     stack.push_async_callback(firing.stop)
+    chains.start()
+    stack.push_async_callback(chains.stop)
     return app, store, logs, scheduler, executor
 
 

@@ -311,13 +311,24 @@ async def test_read_key_can_get_everything_but_every_write_is_403(api: Api, daem
     )
     assert status == 200, body
     registry = body["container_registry"]
-    ids = {"runner_id": rid, "env_id": env_id, "run_id": run["id"], "registry_id": registry["id"]}
+    status, body = await api.post(f"/v1/runners/{rid}/schedules", {"cron": "@yearly"})
+    assert status == 200, body
+    schedule = body["schedule"]
+    ids = {
+        "runner_id": rid,
+        "env_id": env_id,
+        "run_id": run["id"],
+        "registry_id": registry["id"],
+        "schedule_id": schedule["id"],
+    }
 
     for path in (
         "/v1/runners",
         f"/v1/runners/{rid}",
         f"/v1/runners/{rid}/runs",
         f"/v1/runners/{rid}/env_variables",
+        f"/v1/runners/{rid}/schedules",
+        f"/v1/runners/{rid}/schedules/{schedule['id']}",
         "/v1/container_registries",
         f"/v1/container_registries/{registry['id']}",
     ):
@@ -345,6 +356,8 @@ async def test_read_key_can_get_everything_but_every_write_is_403(api: Api, daem
     assert [(e["env_key"], e["env_val"]) for e in body["env_variables"]] == [("A", "1")]
     status, body = await api.get(f"/v1/container_registries/{registry['id']}")
     assert status == 200 and body["container_registry"] == registry, body
+    status, body = await api.get(f"/v1/runners/{rid}/schedules/{schedule['id']}")
+    assert status == 200 and body["schedule"] == schedule, body
 
 
 async def test_revoked_key_stops_working_immediately(api: Api, daemon: Daemon) -> None:

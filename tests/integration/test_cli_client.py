@@ -206,8 +206,10 @@ async def test_trigger_list_show_and_logs(daemon: Daemon, api: Api) -> None:
     await api.wait_done(runner_id, run_id)
 
     rows = table(ok(cli(daemon, "runs", "list", "cli-runs")))
-    assert rows[0] == ["ID", "STATUS", "EXIT", "STARTED", "COMPLETED", "REASON"]
-    assert rows[1][:3] == [run_id, "succeeded", "0"] and rows[1][-1] == "-"
+    assert rows[0] == [
+        *("ID", "STATUS", "TRIGGER", "ATTEMPT", "EXIT", "STARTED", "COMPLETED", "REASON")
+    ]
+    assert rows[1][:5] == [run_id, "succeeded", "api", "1", "0"] and rows[1][-1] == "-"
     listed = as_json(
         cli(daemon, "runs", "list", runner_id, "--status", "succeeded", "--limit", "5", "--json")
     )

@@ -25,6 +25,7 @@ import time
 import types
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -364,6 +365,76 @@ def test_container_registries_are_added_listed_changed_and_deleted(
     op(gen, "runners", "delete_runner").sync_detailed(runner.id, client=c)
     deleted = delete.sync_detailed(registry.id, client=c)
     assert isinstance(deleted.parsed, m.Deleted), deleted.content
+
+
+def test_a_generated_clients_run_at_and_timeout_seconds_are_taken_as_sent(
+    gen: types.ModuleType, client: Client
+) -> None:
+    """`run_at` is a `date-time` in the document: the generated client sends a
+    datetime as Python writes it (microseconds, `+00:00`), and gets it back as one."""
+    m, c = gen.models, client()
+    runner = make_runner(gen, c, run_command="true")
+    at = datetime.now(UTC).replace(microsecond=123456) + timedelta(hours=1)
+    body = m.TriggerRequest(run_at=at, timeout_seconds=5)
+    run = trigger(gen, c, runner.id, body=body)
+    assert run.status.value == "pending" and run.timeout_seconds == 5
+    assert run.not_before == at.replace(microsecond=123000)  # milliseconds are kept
+    cancel = op(gen, "runs", "cancel_run").sync_detailed(runner.id, run.id, client=c)
+    assert cancel.status_code == 200, cancel.content
+    too_far = m.TriggerRequest(run_at=at + timedelta(days=400))
+    invalid(
+        gen,
+        op(gen, "runs", "trigger_run").sync_detailed(runner.id, client=c, body=too_far),
+        "run_at",
+    )
+
+
+def test_schedules_are_added_listed_changed_paused_and_deleted(
+    gen: types.ModuleType, client: Client
+) -> None:
+    m, c = gen.models, client()
+    runner = make_runner(gen, c)
+    made = op(gen, "schedules", "create_schedule").sync_detailed(
+        runner.id,
+        client=c,
+        body=m.ScheduleCreate(
+            cron="0 3 * * *",
+            timezone="Europe/Berlin",
+            env_variables=[m.EnvVariableInput(env_key="A", env_val="1")],
+            concurrency_policy=m.ScheduleCreateConcurrencyPolicy("forbid"),
+        ),
+    )
+    assert isinstance(made.parsed, m.ScheduleResponse), made.content
+    schedule = made.parsed.schedule
+    assert schedule.concurrency_policy == m.ConcurrencyPolicy.FORBID
+    assert [(e.env_key, e.env_val) for e in schedule.env_variables] == [("A", "1")]
+    assert schedule.next_run_at is not None and schedule.last_run_at is None
+
+    listed = op(gen, "schedules", "list_schedules").sync_detailed(runner.id, client=c)
+    assert isinstance(listed.parsed, m.ScheduleList)
+    assert [s.id for s in listed.parsed.schedules] == [schedule.id]
+    shown = op(gen, "schedules", "get_schedule").sync_detailed(runner.id, schedule.id, client=c)
+    assert (
+        isinstance(shown.parsed, m.ScheduleResponse) and shown.parsed.schedule.cron == "0 3 * * *"
+    )
+    # Only the named field changes: the update model sends no defaults of its own.
+    paused = op(gen, "schedules", "update_schedule").sync_detailed(
+        runner.id, schedule.id, client=c, body=m.ScheduleUpdate(enabled=False)
+    )
+    assert isinstance(paused.parsed, m.ScheduleResponse), paused.content
+    after = paused.parsed.schedule
+    assert after.enabled is False and after.next_run_at is None
+    assert (after.cron, after.timezone) == ("0 3 * * *", "Europe/Berlin")
+    bad = op(gen, "schedules", "create_schedule").sync_detailed(
+        runner.id, client=c, body=m.ScheduleCreate(cron="61 * * * *")
+    )
+    invalid(gen, bad, "cron")
+
+    delete = op(gen, "schedules", "delete_schedule")
+    deleted = delete.sync_detailed(runner.id, schedule.id, client=c)
+    assert isinstance(deleted.parsed, m.Deleted), deleted.content
+    error(gen, delete.sync_detailed(runner.id, schedule.id, client=c), 404)
+    op(gen, "runners", "delete_runner").sync_detailed(runner.id, client=c)
 
 
 def test_a_run_is_triggered_listed_shown_and_its_logs_read_in_every_form(

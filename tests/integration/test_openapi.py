@@ -59,6 +59,7 @@ import runnerd
 from runnerd import api as runnerd_api
 from runnerd import contract, openapi
 from runnerd.config import BUILTIN_INSTANCE_TYPES, Config
+from runnerd.contract.fields import cron_rule
 
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 CHECKS = [
@@ -181,6 +182,7 @@ class Seed:
     runs: list[str]
     finished_runs: list[str]
     env_ids: list[str]
+    schedule_ids: list[str]
     session: requests.Session
     url: str
     key: str
@@ -226,6 +228,7 @@ def seed(daemon: Daemon) -> Seed:
     b_running = call("POST", f"/v1/runners/{b['id']}/runs")["run"]
     b_pending = call("POST", f"/v1/runners/{b['id']}/runs")["run"]
     env = call("GET", f"/v1/runners/{a['id']}/env_variables")["env_variables"]
+    schedule = call("POST", f"/v1/runners/{a['id']}/schedules", {"cron": "@yearly"})["schedule"]
 
     def status(runner: dict[str, Any], run: dict[str, Any]) -> str:
         return call("GET", f"/v1/runners/{runner['id']}/runs/{run['id']}")["run"]["status"]
@@ -244,6 +247,7 @@ def seed(daemon: Daemon) -> Seed:
         runs=[a_ok["id"], a_fail["id"], b_running["id"], b_pending["id"]],
         finished_runs=[a_ok["id"], a_fail["id"]],
         env_ids=[e["id"] for e in env],
+        schedule_ids=[schedule["id"]],
         session=session,
         url=daemon.url,
         key=daemon.key,
@@ -255,7 +259,12 @@ def fuzzing_document(s: Seed) -> dict[str, Any]:
     only gets finished runs (a follower of a running one waits for it to end)."""
     doc = copy.deepcopy(openapi.document())
     params = doc["components"]["parameters"]
-    for name, ids in (("RunnerId", s.runners), ("RunId", s.runs), ("EnvId", s.env_ids)):
+    for name, ids in (
+        ("RunnerId", s.runners),
+        ("RunId", s.runs),
+        ("EnvId", s.env_ids),
+        ("ScheduleId", s.schedule_ids),
+    ):
         params[name]["schema"] = {**params[name]["schema"], "enum": list(ids)}
     logs_item = doc["paths"]["/v1/runners/{runner_id}/runs/{run_id}/logs"]
     logs_item["parameters"] = [
@@ -312,6 +321,9 @@ def make_harmless(body: Any) -> None:
         body["host"] = "127.0.0.1:1"
     if body.get("image_pull_policy") == "always":
         body["image_pull_policy"] = "if_not_present"
+    # A schedule the fuzzing makes or changes never fires while the test runs.
+    if isinstance(body.get("cron"), str) and cron_rule(body["cron"]) is None:
+        body["cron"] = "@yearly"
 
 
 @dataclass
@@ -336,7 +348,12 @@ def exercise(case: schemathesis.Case, s: Seed, findings: Findings) -> None:
     """Send one case and check the response; the logs endpoint once per representation
     (`Accept`), /metrics with and without its token."""
     op = case.operation
-    if op.label in ("POST /v1/runners", "PATCH /v1/runners/{runner_id}"):
+    if op.label in (
+        "POST /v1/runners",
+        "PATCH /v1/runners/{runner_id}",
+        "POST /v1/runners/{runner_id}/schedules",
+        "PATCH /v1/runners/{runner_id}/schedules/{schedule_id}",
+    ):
         make_harmless(case.body)
     if op.label == "POST /v1/runners/{runner_id}/runs" and s.triggers >= MAX_TRIGGERS:
         return

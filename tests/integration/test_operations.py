@@ -341,8 +341,9 @@ async def test_webhook_posts_the_completed_run_signed_with_hmac_sha256(
     assert_signed(body, headers)
     assert headers["Content-Type"].startswith("application/json")
     payload = json.loads(body)
-    assert set(payload) == {"run", "runner_id"}
+    assert set(payload) == {"run", "runner_id", "will_retry"}
     assert payload["runner_id"] == runner["id"]
+    assert payload["will_retry"] is False  # the runner has no retry_policy
     sent = payload["run"]
     assert sent["id"] == run["id"]
     assert (sent["status"], sent["exit_code"], sent["failure_reason"]) == (

@@ -13,6 +13,7 @@ from runnerd.contract import (
     IMAGE_NAME,
     RUNNER_FIELDS,
     Invalid,
+    TriggerOptions,
     check_command_exclusive,
     is_uuid,
     merge_env,
@@ -349,15 +350,102 @@ def test_merge_env_lets_the_override_win_and_keeps_each_key_once() -> None:
 # -- runs ------------------------------------------------------------------------
 
 
-def test_parse_trigger_of_no_body_or_an_empty_object_is_no_overrides() -> None:
-    assert parse_trigger(None) == []
-    assert parse_trigger({}) == []
-    assert parse_trigger({"env_variables": []}) == []
+def test_parse_trigger_of_no_body_or_an_empty_object_is_a_run_like_any_other_queued_now() -> None:
+    plain = TriggerOptions(env=[], not_before=None, timeout_seconds=None)
+    assert parse_trigger(None) == plain
+    assert parse_trigger({}) == plain
+    assert parse_trigger({"env_variables": []}) == plain
+    assert parse_trigger({"run_at": None, "timeout_seconds": None}) == plain
 
 
 def test_parse_trigger_returns_the_overrides_in_order() -> None:
     body = {"env_variables": [{"env_key": "B", "env_val": "2"}, {"env_key": "A", "env_val": ""}]}
-    assert parse_trigger(body) == [("B", "2"), ("A", "")]
+    assert parse_trigger(body).env == [("B", "2"), ("A", "")]
+
+
+# 2026-01-15T09:01:00Z, the clock the run_at tests read
+NOW = 1_768_467_660_000
+
+
+@pytest.mark.parametrize(
+    ("run_at", "expected"),
+    [
+        ("2026-01-15T10:31:00.000+01:00", NOW + 30 * 60_000),  # the API's own format
+        ("2026-01-15T09:31:00Z", NOW + 30 * 60_000),
+        ("2026-01-15T09:31:00.250Z", NOW + 30 * 60_000 + 250),
+        ("2026-01-15T04:31:00.123456-05:00", NOW + 30 * 60_000 + 123),  # Python's isoformat
+        ("2026-01-15T15:01:00+05:30", NOW + 30 * 60_000),
+        ("2027-01-16T09:01:00Z", NOW + 366 * 86_400_000),  # a year ahead, leap day or not
+    ],
+)
+def test_parse_trigger_takes_run_at_with_any_offset_as_not_before(
+    run_at: str, expected: int
+) -> None:
+    assert parse_trigger({"run_at": run_at}, now=NOW).not_before == expected
+
+
+def test_parse_trigger_takes_a_run_at_up_to_60_s_in_the_past_as_now() -> None:
+    assert parse_trigger({"run_at": "2026-01-15T09:00:00Z"}, now=NOW).not_before == NOW
+    assert parse_trigger({"run_at": "2026-01-15T09:01:00Z"}, now=NOW).not_before == NOW
+
+
+def test_parse_trigger_returns_the_runs_own_timeout() -> None:
+    assert parse_trigger({"timeout_seconds": 1}).timeout_seconds == 1
+    assert parse_trigger({"timeout_seconds": 86400}).timeout_seconds == 86400
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (
+            {"run_at": "2027-01-16T09:01:00.001Z"},
+            "run_at: must be at most 1 year ahead, got 2027-01-16T09:01:00.001Z",
+        ),
+        (
+            {"run_at": "2026-01-15T08:59:59.999Z"},
+            "run_at: must not be more than 60 s in the past, got 2026-01-15T08:59:59.999Z "
+            "(60 s before the daemon's clock)",
+        ),
+        (
+            {"run_at": "2026-01-15T10:01:00"},
+            "run_at: needs a UTC offset (such as 2026-01-15T10:01:00.000+01:00 or Z for UTC), "
+            "got '2026-01-15T10:01:00'",
+        ),
+        (
+            {"run_at": "tomorrow"},
+            "run_at: must be a time such as 2026-01-15T10:01:00.000+01:00 (or Z for UTC), "
+            "got 'tomorrow'",
+        ),
+        (
+            {"run_at": "2026-02-30T10:01:00Z"},
+            "run_at: is not a valid time (day is out of range for month), "
+            "got '2026-02-30T10:01:00Z'",
+        ),
+        ({"run_at": 1768467660000}, "run_at: must be a string or null, got a number"),
+        ({"timeout_seconds": 0}, "timeout_seconds: must be between 1 and 86400, got 0"),
+        ({"timeout_seconds": 86401}, "timeout_seconds: must be between 1 and 86400, got 86401"),
+        ({"timeout_seconds": 1.5}, "timeout_seconds: must be a whole number or null, got a number"),
+        (
+            {"timeout_seconds": "60"},
+            "timeout_seconds: must be a whole number or null, got a string",
+        ),
+    ],
+)
+def test_parse_trigger_rejects_a_bad_run_at_or_timeout_naming_it(
+    body: dict[str, Any], message: str
+) -> None:
+    assert errors_of(parse_trigger, body, now=NOW) == [message]
+
+
+def test_parse_trigger_lists_every_problem_of_the_body_at_once() -> None:
+    body = {"run_at": "2030-01-01T00:00:00Z", "timeout_seconds": 0, "env_variables": [{}]}
+    errors = errors_of(parse_trigger, body, now=NOW)
+    assert [e.split(":")[0] for e in errors] == [
+        "env_variables[0].env_key",
+        "env_variables[0].env_val",
+        "run_at",
+        "timeout_seconds",
+    ]
 
 
 @pytest.mark.parametrize(

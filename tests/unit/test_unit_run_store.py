@@ -12,7 +12,16 @@ from typing import Any
 
 import pytest
 
-from runnerd.models import FailureReason, Run, Runner, Status
+from runnerd.models import (
+    NO_RETRIES,
+    FailureReason,
+    RetryPolicy,
+    Run,
+    Runner,
+    Status,
+    Trigger,
+    now_ms,
+)
 from runnerd.store import Conflict, NotFound, RunStore, Store
 from runnerd.store.memory import MemoryStore
 
@@ -329,3 +338,106 @@ async def test_set_warmed_records_the_pull_and_refuses_an_unknown_runner(
     assert found is not None and found[0].warmed_at == 42_000
     with pytest.raises(NotFound):
         await store.set_warmed("no-such-runner", 1)
+
+
+# -- retries (issue #12) ------------------------------------------------------------
+
+RETRY_TWICE = RetryPolicy(max_retries=2, backoff_seconds=10, backoff_max_seconds=600)
+
+
+async def fail(store: AnyStore, run_id: str, completed_at: int = 5_000, **over: Any) -> Run:
+    values: dict[str, Any] = {
+        "exit_code": 3,
+        "failure_reason": FailureReason.NONZERO_EXIT,
+        "error": "The command exited with code 3.",
+    }
+    values.update(over)
+    return await store.finish_run(run_id, Status.FAILED, completed_at=completed_at, **values)
+
+
+async def test_a_failed_attempt_makes_exactly_one_retry_like_it(store: AnyStore) -> None:
+    runner = await make_runner(store, retry_policy=RETRY_TWICE)
+    run = await queue(store, runner, [("A", "1")])
+    now = now_ms()
+    failed = await fail(store, run.id, completed_at=now)
+    assert failed.will_retry
+    (retry,) = await store.runs_with_status(Status.PENDING)
+    assert retry.id == failed.retry_id
+    assert (retry.trigger, retry.attempt, retry.retry_of) == (Trigger.RETRY, 2, run.id)
+    assert (retry.command, list(retry.env), retry.image, retry.timeout_seconds) == (
+        run.command,
+        [("A", "1")],
+        run.image,
+        run.timeout_seconds,
+    )
+    assert retry.retry_policy == RETRY_TWICE
+    assert retry.not_before == failed.retry_not_before
+    assert now + 8_000 <= retry.not_before <= now + 10_000
+    assert await store.next_pending() is None  # its back-off has not passed
+    assert await store.next_not_before() == retry.not_before
+    with pytest.raises(Conflict):  # finishing twice makes no second retry
+        await fail(store, run.id)
+    assert [r.id for r in await store.runs_with_status(Status.PENDING)] == [retry.id]
+
+
+async def test_each_retry_waits_longer_and_the_last_attempt_is_not_retried(
+    store: AnyStore,
+) -> None:
+    runner = await make_runner(store, retry_policy=RETRY_TWICE)
+    first = await queue(store, runner)
+    await fail(store, first.id, completed_at=10_000)
+    (second,) = await store.runs_with_status(Status.PENDING)
+    second_done = await fail(store, second.id, completed_at=50_000)
+    (third,) = await store.runs_with_status(Status.PENDING)
+    assert (third.attempt, third.retry_of) == (3, second.id)
+    assert third.not_before is not None and 50_000 + 16_000 <= third.not_before <= 70_000
+    assert second_done.will_retry
+    last = await fail(store, third.id, completed_at=90_000)
+    assert not last.will_retry
+    assert await store.runs_with_status(Status.PENDING) == []
+    latest = await store.latest_retry(first.id)
+    assert latest is not None and latest.id == third.id
+    assert (await store.latest_retry(second.id) or second).id == third.id
+    assert await store.latest_retry(third.id) is None
+
+
+async def test_a_canceled_or_succeeded_run_is_never_retried(store: AnyStore) -> None:
+    runner = await make_runner(store, retry_policy=RETRY_TWICE)
+    pending, run, ok = [await queue(store, runner) for _ in range(3)]
+    canceled = await store.cancel_pending(pending.id, "canceled")
+    assert canceled is not None and not canceled.will_retry
+    await store.mark_running(run.id, "c", 1_000)
+    stopped = await fail(
+        store, run.id, exit_code=143, failure_reason=FailureReason.CANCELED, error="canceled"
+    )
+    assert not stopped.will_retry
+    await finish(store, ok)
+    assert await store.runs_with_status(Status.PENDING) == []
+    assert await store.latest_retry(run.id) is None
+
+
+async def test_a_reason_or_exit_code_outside_the_policy_is_not_retried(store: AnyStore) -> None:
+    policy = RetryPolicy(max_retries=3, retry_exit_codes=(2,))
+    runner = await make_runner(store, retry_policy=policy)
+    a, b, c = [await queue(store, runner) for _ in range(3)]
+    await fail(store, a.id, exit_code=3)
+    await fail(store, b.id, exit_code=None, failure_reason=FailureReason.IMAGE_PULL_FAILED)
+    assert [r.id for r in await store.runs_with_status(Status.PENDING)] == [c.id]
+    await fail(store, c.id, exit_code=2)
+    (retry,) = await store.runs_with_status(Status.PENDING)
+    assert retry.attempt == 2
+
+
+async def test_a_runner_without_a_policy_is_never_retried(store: AnyStore) -> None:
+    run = await queue(store, await make_runner(store))
+    assert run.retry_policy == NO_RETRIES
+    assert not (await fail(store, run.id)).will_retry
+    assert await store.runs_with_status(Status.PENDING) == []
+
+
+async def test_the_listener_hears_the_failed_attempt_not_its_retry(store: AnyStore) -> None:
+    heard: list[tuple[str, bool]] = []
+    store.on_run_completed.append(lambda run: heard.append((run.id, run.will_retry)))
+    run = await queue(store, await make_runner(store, retry_policy=RETRY_TWICE))
+    await fail(store, run.id)
+    assert heard == [(run.id, True)]

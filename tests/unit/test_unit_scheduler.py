@@ -15,7 +15,7 @@ import runnerd.scheduler as scheduler_module
 from runnerd.engine import LABEL_DAEMON, LABEL_RUN, EngineError, EngineUnavailable
 from runnerd.executor import Executor
 from runnerd.logs import LogStore
-from runnerd.models import FailureReason, Run, Runner, Status
+from runnerd.models import FailureReason, Run, Runner, Status, now_ms
 from runnerd.scheduler import Scheduler
 from runnerd.store import Conflict, Store
 from runnerd.store.memory import MemoryStore
@@ -317,6 +317,107 @@ async def test_finishing_a_run_frees_its_slot_for_the_next_without_a_wake(
     await fake.until(lambda: fake.started == [first])
     fake.release[first].set()
     await fake.until(lambda: fake.started == [first, second], timeout=1.0)
+
+
+# -- delayed runs (not_before) ---------------------------------------------------
+
+
+async def queue_at(store: AnyStore, runner: Runner, not_before: int) -> str:
+    run, _created = await store.create_run(runner, [], 1.0, 1024, 512, not_before=not_before)
+    return run.id
+
+
+def record_start_times(fake: FakeExecutor) -> dict[str, int]:
+    """When each run was handed to the executor (the clock the store reads)."""
+    starts: dict[str, int] = {}
+    execute = fake.execute
+
+    async def timed(run: Run) -> Run:
+        starts.setdefault(run.id, now_ms())
+        return await execute(run)
+
+    fake.execute = timed  # type: ignore[method-assign]  # the scheduler looks it up per run
+    return starts
+
+
+async def test_a_delayed_run_starts_at_its_time_not_before_and_without_a_wake(
+    store: AnyStore, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+) -> None:
+    starts = record_start_times(fake)
+    runner = await make_runner(store)
+    not_before = now_ms() + 400
+    run_id = await queue_at(store, runner, not_before)
+    sched = make_scheduler()
+    sched.start()
+    async with asyncio.timeout(DEADLINE):
+        await sched.reconciled.wait()
+    await settle(store)
+    assert fake.started == [] and (await status_of(store, run_id)).status is Status.PENDING
+    await fake.until(lambda: fake.started == [run_id])  # nothing calls wake()
+    assert not_before <= starts[run_id] < not_before + 1000  # on time: the loop slept until it
+
+
+async def test_an_earlier_delayed_run_queued_while_the_loop_sleeps_wakes_it_earlier(
+    store: AnyStore, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+) -> None:
+    starts = record_start_times(fake)
+    runner = await make_runner(store)
+    later = await queue_at(store, runner, now_ms() + 60_000)
+    sched = make_scheduler()
+    sched.start()
+    async with asyncio.timeout(DEADLINE):
+        await sched.reconciled.wait()
+    await settle(store)  # the loop now sleeps until `later`'s time, a minute away
+    soon_at = now_ms() + 300
+    soon = await queue_at(store, runner, soon_at)
+    sched.wake()  # as every trigger does
+    await fake.until(lambda: fake.started == [soon])
+    assert soon_at <= starts[soon] < soon_at + 1000
+    assert (await status_of(store, later)).status is Status.PENDING
+
+
+async def test_a_due_run_behind_a_delayed_one_is_not_held_up(
+    store: AnyStore, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+) -> None:
+    runner = await make_runner(store, max_concurrent_runs=1)  # and the daemon's limit is 1
+    delayed = await queue_at(store, runner, now_ms() + 60_000)  # older: first in the queue
+    (due,) = await queue(store, runner)
+    sched = make_scheduler(max_concurrent_runs=1)
+    sched.start()
+    await fake.until(lambda: fake.started == [due])
+    fake.release[due].set()
+    await until_status(store, due, Status.SUCCEEDED)
+    await settle(store)
+    assert fake.started == [due]
+    assert (await status_of(store, delayed)).status is Status.PENDING
+
+
+async def test_a_delayed_run_whose_time_has_passed_starts_at_once(
+    store: AnyStore, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+) -> None:
+    """As after a restart: the daemon was down when its time came."""
+    runner = await make_runner(store)
+    run_id = await queue_at(store, runner, now_ms() - 5_000)
+    sched = make_scheduler()
+    sched.start()
+    await fake.until(lambda: fake.started == [run_id], timeout=1.0)
+
+
+async def test_a_delayed_run_canceled_while_it_waits_never_starts(
+    store: AnyStore, fake: FakeExecutor, make_scheduler: Callable[..., Scheduler]
+) -> None:
+    runner = await make_runner(store)
+    canceled = await queue_at(store, runner, now_ms() + 300)
+    marker = await queue_at(store, runner, now_ms() + 600)  # due after the canceled one
+    sched = make_scheduler()
+    sched.start()
+    async with asyncio.timeout(DEADLINE):
+        await sched.reconciled.wait()
+    assert await store.cancel_pending(canceled, "The run was canceled before it started.")
+    await fake.until(lambda: fake.started == [marker])
+    await settle(store)
+    assert fake.started == [marker]
+    assert (await status_of(store, canceled)).failure_reason is FailureReason.CANCELED
 
 
 # -- engine outages and executor bugs --------------------------------------------

@@ -99,7 +99,7 @@ async def test_runner_create_get_list_update_delete(store: Store) -> None:
     updated = await store.update_runner(r.id, {}, [("C", "3")])
     assert [(e.env_key, e.env_val) for e in await store.list_env(r.id)] == [("C", "3")]
 
-    assert await store.delete_runner(r.id) == []
+    assert (await store.delete_runner(r.id)).run_ids == []
     assert await store.get_runner(r.id) is None
     assert [x.id for x in await store.list_runners()] == [r2.id]
 
@@ -389,7 +389,7 @@ async def test_delete_runner_is_refused_while_a_run_is_active_then_deletes_runs_
         )
 
         deleted = await store.delete_runner(r.id)
-        assert sorted(deleted) == sorted([old.id, active.id])
+        assert sorted(deleted.run_ids) == sorted([old.id, active.id])
         assert await store.get_runner(r.id) is None
         assert await store.get_run(old.id) is None and await store.get_run(active.id) is None
         assert await store.list_env(r.id) == []

@@ -191,7 +191,7 @@ async def test_a_schema_4_database_gets_the_command_check_keeping_runners_env_an
         # Foreign keys hold on the rebuilt table, in both directions.
         with pytest.raises(Conflict):
             await store.delete_registry("cr")
-        assert await store.delete_runner("r1") == ["run1"]
+        assert (await store.delete_runner("r1")).run_ids == ["run1"]
         assert await store.get_run("run1") is None
 
     with raw_db(path) as db:

@@ -9,7 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from runnerd.timefmt import format_ms
+from runnerd.timefmt import format_ms, parse_time
 
 # 2026-01-15T09:01:00Z
 JAN_15_0901_UTC = 1_768_467_660_000
@@ -78,3 +78,49 @@ def test_format_ms_round_trips_exactly_over_many_values() -> None:
         assert s is not None and FORMAT.match(s), s
         assert _ms(datetime.fromisoformat(s)) == ms, (ms, s)
         assert int(s[20:23]) == ms % 1000, (ms, s)
+
+
+# -- the times the API takes (a trigger's run_at) ------------------------------------
+
+
+def test_parse_time_reads_back_every_time_the_api_writes() -> None:
+    rng = random.Random(20261202)
+    zones = [ZoneInfo("UTC"), ZoneInfo("Europe/Berlin"), ZoneInfo("America/St_Johns")]
+    for i in range(2000):
+        ms = rng.randrange(0, 4_102_444_800_000)
+        s = format_ms(ms, zones[i % len(zones)])
+        assert s is not None and parse_time(s) == ms, (ms, s)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2026-01-15T09:01:00Z", JAN_15_0901_UTC),
+        ("2026-01-15T09:01:00+00:00", JAN_15_0901_UTC),
+        ("2026-01-15T09:01:00-00:00", JAN_15_0901_UTC),
+        ("2026-01-15T10:01:00.5+01:00", JAN_15_0901_UTC + 500),
+        ("2026-01-15T10:01:00.123999+01:00", JAN_15_0901_UTC + 123),  # below a ms: dropped
+        ("2026-01-15T10:01:00.123456789+01:00", JAN_15_0901_UTC + 123),
+        ("2026-01-15T03:31:00-05:30", JAN_15_0901_UTC),
+    ],
+)
+def test_parse_time_takes_z_any_offset_and_any_fraction(text: str, expected: int) -> None:
+    assert parse_time(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("2026-01-15T10:01:00", "needs a UTC offset"),
+        ("2026-01-15T10:01", "needs a UTC offset"),
+        ("2026-01-15 10:01:00Z", "must be a time such as"),
+        ("2026-01-15", "must be a time such as"),
+        ("1768467660000", "must be a time such as"),
+        ("2026-01-15t10:01:00z", "must be a time such as"),
+        ("2026-13-01T00:00:00Z", "is not a valid time (month must be in 1..12)"),
+        ("2026-01-15T10:01:00+24:00", "is not a valid time (the UTC offset must be less than"),
+    ],
+)
+def test_parse_time_says_what_is_wrong_with_a_bad_time(text: str, problem: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(problem)):
+        parse_time(text)
