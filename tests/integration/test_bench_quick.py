@@ -19,7 +19,7 @@ RATIO = re.compile(r"^\d+(\.\d+)?×$")
 
 
 @pytest.mark.bench
-@pytest.mark.timeout(480)
+@pytest.mark.timeout(420)
 def test_bench_quick_mode_writes_a_ratio_for_every_figure(
     tmp_path: Path, docker_engine: str
 ) -> None:
@@ -29,7 +29,7 @@ def test_bench_quick_mode_writes_a_ratio_for_every_figure(
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=420,
+        timeout=360,
     )
     log = f"stdout:\n{proc.stdout[-4000:]}\nstderr:\n{proc.stderr[-6000:]}"
     assert proc.returncode == 0, log
