@@ -36,7 +36,7 @@ from .config import Config
 from .engine import EngineError
 from .models import ConcurrencyPolicy, Run, Schedule, Status, Trigger, now_ms
 from .retry import retry_store
-from .scheduler import Scheduler
+from .scheduler import WALL_CLOCK_RECHECK, Scheduler
 from .store import Store
 from .timefmt import format_ms
 
@@ -68,7 +68,12 @@ class RealClock:
         return now_ms()
 
     async def wait(self, event: asyncio.Event, until: int | None) -> None:
-        timeout = None if until is None else max(0.0, (until - now_ms()) / 1000)
+        # Slots are wall-clock times, the sleep is on the loop's monotonic clock: a
+        # long wait is cut into pieces (the loop looks again after each), so a wall
+        # clock stepped forward (NTP at boot) delays a fire by at most a piece.
+        timeout = (
+            None if until is None else min(WALL_CLOCK_RECHECK, max(0.0, (until - now_ms()) / 1000))
+        )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), timeout)
 
