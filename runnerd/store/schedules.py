@@ -215,7 +215,7 @@ class Schedules(Aggregate):
                 return Fired(advanced=True)
             db.execute(
                 "UPDATE schedules SET last_run_at = ?, last_run_id = ? WHERE id = ?",
-                (run.created_at, run.id, schedule_id),
+                (run.scheduled_for, run.id, schedule_id),  # the slot, as the API says
             )
             return Fired(advanced=True, run=run)
 

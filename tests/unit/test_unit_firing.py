@@ -274,7 +274,7 @@ async def test_a_schedule_fires_at_its_slot_and_not_before(
     assert (s.next_run_at, s.last_run_id, s.last_run_at) == (
         T0 + 2 * MINUTE,
         run.id,
-        run.created_at,
+        run.scheduled_for,  # the slot (here also when it was made)
     )
     assert s.missed_count == 0
 
@@ -424,6 +424,8 @@ async def test_down_over_five_slots_inside_the_deadline_fires_only_the_latest(
     assert run.scheduled_for == T0 + 5 * MINUTE
     s = await schedule(store, sid)
     assert (s.missed_count, s.next_run_at) == (4, T0 + 6 * MINUTE)
+    # A late fire: its run is made now, and last_run_at is still the slot it was for.
+    assert (run.created_at, s.last_run_at) == (T0 + 5 * MINUTE + 30_000, T0 + 5 * MINUTE)
     assert metric("runnerd_schedule_missed_slots_total") == missed + 4
 
 
