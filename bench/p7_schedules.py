@@ -16,7 +16,6 @@ from pathlib import Path
 from runnerd.models import now_ms
 
 from .common import (
-    UNREACHABLE_ENGINE,
     Api,
     Context,
     CpuMeter,
@@ -60,13 +59,13 @@ METHOD = (
     "after 9,999 schedules are added that are enabled but not due (`0 0 1 <month> *` half "
     "a year away, in five time zones), restarted (so it loads all 10,000 at start), the "
     "same 60 s window; ratio = p99 ÷ row A's p99 (with 60 fires, p99 is the latest one). "
-    "Row C: a fresh daemon, 10,000 `@every 60s` schedules created back to back (each "
-    "counts from its creation, so each minute their slots come in a burst as long as the "
-    "creation took, at the API's creation rate), then every fire in the next full minute "
-    "(one per schedule, after the last was created: no API load in it). Row C′: the same "
-    "with a daemon that cannot reach an engine, so the fired runs stay pending and the "
-    "daemon only fires: the fires' own cost, against row C's fires plus running their "
-    "runs. Row D: the daemon's CPU (/proc, CPU seconds per minute) and peak VmRSS "
+    "Row C: a fresh daemon, 10,000 `@every 60s` schedules created evenly over a minute "
+    "(each counts from its creation, so their slots are spread the same way: ~167 fires a "
+    "second, every second), then every fire in the next full minute (one per schedule, "
+    "after the last was created: no API load in it). Row C′ (no goal): the same created "
+    "back to back, so each minute their slots come in a burst as long as the creation "
+    "took, at the API's creation rate (a thundering herd: it shows where one event loop "
+    "saturates). Row D: the daemon's CPU (/proc, CPU seconds per minute) and peak VmRSS "
     "(sampled every 20 ms, and VmHWM) during row B's window ÷ the same during row A's: "
     "both fire the one `@every 1s` schedule, so the ratio is what holding 9,999 more "
     "schedules costs. Each window's busiest second of daemon CPU (sampled every 0.1 s) "
@@ -280,16 +279,25 @@ async def first_fire(daemon: Daemon, watch: FireWatch, schedule_id: str, after: 
 
 
 async def create_schedules(
-    ctx: Context, api: Api, runner_id: str, specs: Sequence[tuple[str, str | None]]
+    ctx: Context,
+    api: Api,
+    runner_id: str,
+    specs: Sequence[tuple[str, str | None]],
+    spread_s: float = 0.0,
 ) -> tuple[list[str], float]:
     """Create a schedule per (cron, timezone) through the API, CREATE_CONCURRENCY at a
-    time; their ids, and the seconds it took."""
+    time (with `spread_s`, the i-th not before i × spread_s / len(specs) from the
+    start: evenly over that time); their ids, and the seconds it took."""
     ids: list[str] = []
-    todo = iter(specs)
+    todo = iter(enumerate(specs))
     t0 = time.perf_counter()
+    step = spread_s / max(1, len(specs))
 
     async def worker() -> None:
-        for cron, zone in todo:  # one shared iterator: each spec is taken once
+        for i, (cron, zone) in todo:  # one shared iterator: each spec is taken once
+            wait = t0 + i * step - time.perf_counter()
+            if wait > 0:
+                await asyncio.sleep(wait)
             fields = {"timezone": zone} if zone else {}
             ids.append(str((await api.create_schedule(runner_id, cron, **fields))["id"]))
             if len(ids) % 2_000 == 0:
@@ -370,15 +378,12 @@ class AllFiring:
         return len(self.window.fires) / self.burst_s if self.burst_s else float("nan")
 
 
-async def all_firing(ctx: Context, n: int, period: int, *, execute: bool = True) -> AllFiring:
+async def all_firing(ctx: Context, n: int, period: int, *, spread: bool) -> AllFiring:
     """Row C: n `@every <period>s` schedules, every fire in one full period. With
-    `execute` False the daemon cannot reach an engine: the fired runs stay pending,
-    so the daemon does nothing but fire (row C′)."""
-    daemon = Daemon(
-        ctx,
-        "p7-all" if execute else "p7-all-pending",
-        docker_url=None if execute else UNREACHABLE_ENGINE,
-    )
+    `spread` they are created evenly over a period, so their slots are too (n / period
+    fires a second); without, back to back (row C′: a burst at the API's creation
+    rate each period)."""
+    daemon = Daemon(ctx, "p7-spread" if spread else "p7-burst")
     try:
         daemon.start()
         async with session(limit=CREATE_CONCURRENCY) as http:
@@ -386,7 +391,11 @@ async def all_firing(ctx: Context, n: int, period: int, *, execute: bool = True)
             runner_id = await create_runner(api)
             first = now_ms()
             ids, create_s = await create_schedules(
-                ctx, api, runner_id, [(f"@every {period}s", None)] * n
+                ctx,
+                api,
+                runner_id,
+                [(f"@every {period}s", None)] * n,
+                spread_s=period if spread else 0.0,
             )
         ctx.log(f"P7: {n:,} `@every {period}s` schedules created in {create_s:.1f} s")
         start = now_ms() + 200
@@ -424,8 +433,8 @@ async def run(ctx: Context) -> FigureResult:
     result = FigureResult("P7", TITLE, METHOD)
     many = await one_among_many(ctx, n, seconds)
     alone, among = many.alone, many.among
-    everyone = await all_firing(ctx, n, period)
-    pending = await all_firing(ctx, n, period, execute=False)
+    everyone = await all_firing(ctx, n, period, spread=True)
+    burst = await all_firing(ctx, n, period, spread=False)
 
     base = f"p50 {alone.p(50):.1f} ms, p99 {alone.p(99):.1f} ms (1 schedule)"
     result.rows.append(
@@ -450,7 +459,8 @@ async def run(ctx: Context) -> FigureResult:
     )
     result.rows.append(
         Row(
-            f"P7 {TITLE}: fire lateness, {n:,} `@every {period}s` schedules, all firing",
+            f"P7 {TITLE}: fire lateness, {n:,} `@every {period}s` schedules, all firing "
+            f"({n // period:,}/s)",
             everyone.window.lateness(),
             base,
             ratio(everyone.window.p(99), alone.p(99)),
@@ -460,11 +470,11 @@ async def run(ctx: Context) -> FigureResult:
     )
     result.rows.append(
         Row(
-            f"P7 {TITLE}: fire lateness, {n:,} all firing, their runs left pending",
-            pending.window.lateness(),
+            f"P7 {TITLE}: fire lateness, {n:,} all firing in a burst ({burst.rate:,.0f}/s)",
+            burst.window.lateness(),
             base,
-            ratio(pending.window.p(99), alone.p(99)),
-            "(none: the fires alone, to split the row above)",
+            ratio(burst.window.p(99), alone.p(99)),
+            "(none: a thundering herd, to show the limit)",
             None,
         )
     )
@@ -495,7 +505,7 @@ async def run(ctx: Context) -> FigureResult:
         f"({(n - 1) / many.create_s:.0f}/s); the daemon then restarted with them "
         f"(spawn → listening) in {many.start_s:.2f} s."
     )
-    for what, fired in ((f"C, {n:,} all firing", everyone), ("C′, runs left pending", pending)):
+    for what, fired in ((f"C, {n:,} all firing", everyone), ("C′, the same in a burst", burst)):
         result.details.append(
             fired.window.detail(what)
             + f" They were created in {fired.create_s:.1f} s ({n / fired.create_s:.0f}/s), "
