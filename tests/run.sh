@@ -64,9 +64,11 @@ if [ ${#gate_failed[@]} -gt 0 ]; then
 fi
 
 # The fast tier stops short of Docker: its tests need no engine, and its conftest
-# makes sure they cannot reach one.
+# makes sure they cannot reach one. Its tests mostly wait (on an in-process app, a
+# subprocess CLI, a store's lock), so four workers (pytest-xdist) share 2 cores well;
+# RUNNERD_FAST_WORKERS=0 runs it in one process.
 if [ "$fast" = 1 ]; then
-  exec "$venv/bin/python" -m pytest "$@"
+  exec "$venv/bin/python" -m pytest -n "${RUNNERD_FAST_WORKERS:-4}" "$@"
 fi
 
 # 3. A Docker engine that answers. Where none does and we are root, install

@@ -224,8 +224,8 @@ def as_json(body: bytes) -> Any:
     [
         ("GET", "/v1/runners"),
         ("POST", "/v1/runners"),
-        ("GET", f"/v1/runners/{uuid.uuid4()}"),
-        ("GET", f"/v1/runners/{uuid.uuid4()}/runs"),
+        ("GET", "/v1/runners/9e2e21dc-6903-4f7b-a91e-345c7ded2214"),
+        ("GET", "/v1/runners/24b8327e-c936-4086-87d3-76bc0828856e/runs"),
         ("GET", "/v1/no-such-route"),
     ],
 )
