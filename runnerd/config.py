@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import tzlocal
 
@@ -125,6 +126,28 @@ class WebhooksConfig:
 
 
 @dataclass(frozen=True)
+class UiConfig:
+    enabled: bool = True  # the dashboard under /ui/
+    # The address users reach the dashboard at (e.g. behind a TLS proxy); None: the
+    # request's own. An https one makes the session cookie Secure; its origin is the
+    # one a form's POST may come from.
+    public_url: str | None = None
+    session_hours: float = 12.0  # a dashboard session idle this long ends
+
+    @property
+    def secure_cookie(self) -> bool:
+        return self.public_url is not None and self.public_url.startswith("https://")
+
+    @property
+    def public_origin(self) -> str | None:
+        """`scheme://host[:port]` of public_url, as a browser sends it in Origin."""
+        if self.public_url is None:
+            return None
+        parts = urlsplit(self.public_url)
+        return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -132,6 +155,7 @@ class Config:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
+    ui: UiConfig = field(default_factory=UiConfig)
     timezone: str | None = None  # None: the host's
     default_instance_type: str = DEFAULT_INSTANCE_TYPE
     instance_types: dict[str, InstanceType] = field(
@@ -209,6 +233,7 @@ def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
         "scheduler",
         "retention",
         "webhooks",
+        "ui",
         "timezone",
         "default_instance_type",
         "instance_types",
@@ -280,6 +305,16 @@ def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
             "allowed_hosts": _host_list,
         },
     )
+    ui = _section(
+        data,
+        "ui",
+        UiConfig,
+        {
+            "enabled": _bool,
+            "public_url": _public_url,
+            "session_hours": lambda k, v: _number(k, v, 0.01, 24 * 366),
+        },
+    )
 
     timezone = data.get("timezone")
     if timezone is not None:
@@ -310,6 +345,7 @@ def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
         scheduler=scheduler,
         retention=retention,
         webhooks=webhooks,
+        ui=ui,
         timezone=timezone,
         default_instance_type=default_type,
         instance_types=instance_types,
@@ -453,6 +489,25 @@ def _webhook_secret(key: str, value: Any) -> str:
     text = _nonempty_str(key, value)
     if len(text) < 16:
         raise ConfigError(f"{key}: must be at least 16 characters (use a random string)")
+    return text
+
+
+def _bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: must be true or false, got {value!r}")
+    return value
+
+
+def _public_url(key: str, value: Any) -> str:
+    text = _nonempty_str(key, value).strip()
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            f"{key}: must be an http:// or https:// URL such as "
+            f"'https://runnerd.example.com/', got {value!r}"
+        )
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(f"{key}: must have no user, query or fragment, got {value!r}")
     return text
 
 

@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 
 from aiohttp import web
 
-from . import datadir, metrics
+from . import datadir, metrics, ui
 from .api import STOPPING, make_app
 from .chains import Chains
 from .config import Config
@@ -225,6 +225,8 @@ async def serve(config: Config) -> Stopped:
             chains = Chains(store, config, scheduler)
             store.on_run_completed.append(chains.run_completed)
             app = make_app(config, store, logs, scheduler, executor, firing)
+            if config.ui.enabled:
+                ui.attach(app)
             runner = web.AppRunner(
                 app, access_log=None, shutdown_timeout=SHUTDOWN_SECONDS, handle_signals=False
             )

@@ -378,5 +378,18 @@ class ApiKey:
     last_used_at: int | None
 
 
+@dataclass
+class UiSession:
+    """A dashboard login: the key it was made with (its name and scope as they are
+    now) and when it was last used. Its id is the hash of the cookie's token."""
+
+    id: str
+    api_key_id: str
+    key_name: str
+    scope: Scope
+    created_at: int
+    last_seen_at: int
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000

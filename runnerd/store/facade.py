@@ -18,10 +18,11 @@ from .runners import Runners
 from .runs import Runs
 from .schedules import Schedules
 from .schema import prepare
+from .sessions import UiSessions
 from .webhooks import Webhooks
 
 
-class Store(ApiKeys, Runners, Runs, Registries, Schedules, Webhooks):
+class Store(ApiKeys, Runners, Runs, Registries, Schedules, UiSessions, Webhooks):
     def __init__(self, path: Path, secret_key_file: Path | None = None) -> None:
         self.path = path
         self.secret_key_file = secret_key_file or path.parent / "secret.key"

@@ -156,6 +156,16 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX schedules_due ON schedules (next_run_at)"
         " WHERE enabled AND next_run_at IS NOT NULL",
     ],
+    # The dashboard's sessions (#13): a row per login, found by the hash of its
+    # cookie, gone with its API key.
+    7: [
+        "CREATE TABLE ui_sessions ("
+        " id TEXT PRIMARY KEY,"  # SHA-256 of the cookie's token, never the token
+        " api_key_id TEXT NOT NULL REFERENCES api_keys (id) ON DELETE CASCADE,"
+        " created_at INTEGER NOT NULL, last_seen_at INTEGER NOT NULL)",
+        "CREATE INDEX ui_sessions_by_key ON ui_sessions (api_key_id)",
+        "CREATE INDEX ui_sessions_idle ON ui_sessions (last_seen_at)",
+    ],
 }
 
 SCHEMA_VERSION = max(MIGRATIONS)

@@ -138,3 +138,15 @@ CREATE TABLE schedules (
 
 CREATE INDEX schedules_by_runner ON schedules (runner_id, created_at);
 CREATE INDEX schedules_due ON schedules (next_run_at) WHERE enabled AND next_run_at IS NOT NULL;
+
+-- The dashboard's sessions: a row per login, found by the SHA-256 of its cookie's
+-- token (never the token), gone with its API key.
+CREATE TABLE ui_sessions (
+    id           TEXT PRIMARY KEY,
+    api_key_id   TEXT NOT NULL REFERENCES api_keys (id) ON DELETE CASCADE,
+    created_at   INTEGER NOT NULL,
+    last_seen_at INTEGER NOT NULL
+);
+
+CREATE INDEX ui_sessions_by_key ON ui_sessions (api_key_id);
+CREATE INDEX ui_sessions_idle ON ui_sessions (last_seen_at);

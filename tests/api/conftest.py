@@ -27,7 +27,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from runnerd import config as config_mod
-from runnerd import metrics
+from runnerd import metrics, ui
 from runnerd.api import make_app
 from runnerd.auth import hash_secret, new_secret
 from runnerd.chains import Chains
@@ -102,6 +102,8 @@ async def build_app(
     chains = Chains(store, config, scheduler)
     store.on_run_completed.append(chains.run_completed)
     app = make_app(config, store, logs, scheduler, executor, firing)  # type: ignore[arg-type]  # the fake has what the API calls
+    if config.ui.enabled:
+        ui.attach(app)
     scheduler.start()
     stack.push_async_callback(scheduler.stop)
     firing.start()

@@ -200,7 +200,7 @@ async def test_a_schema_4_database_gets_the_command_check_keeping_runners_env_an
         assert db.execute("SELECT count(*) FROM runner_env_variables").fetchone() == (0,)
         with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
             db.execute("UPDATE runners SET argv = '[\"a\"]' WHERE id = 'r2'")
-    assert version == (str(SCHEMA_VERSION),) and SCHEMA_VERSION == 6
+    assert version == (str(SCHEMA_VERSION),) and SCHEMA_VERSION == 7
     assert "run_command_or_argv" in sql
 
 

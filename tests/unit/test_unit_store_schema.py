@@ -97,7 +97,7 @@ def test_the_comparison_tells_a_missing_check_apart() -> None:
 def test_schema_sql_splits_into_whole_statements_even_with_semicolons_in_comments() -> None:
     found = statements(SCHEMA)
     assert all(sqlite3.complete_statement(s) for s in found)
-    assert sum("CREATE TABLE" in s for s in found) == 7
+    assert sum("CREATE TABLE" in s for s in found) == 8
     tricky = statements("CREATE TABLE a (x); -- a; b\nCREATE TABLE b (y);")
     assert len(tricky) == 2
     db = sqlite3.connect(":memory:")
