@@ -26,6 +26,7 @@ from . import (
     p5_history,
     p6_queue,
     p7_schedules,
+    p8_dashboard,
     report,
 )
 from .common import Context, FigureResult, Row, check_engine, remove_bench_containers
@@ -42,6 +43,7 @@ FIGURES: dict[str, ModuleType] = {
     "P5": p5_history,
     "P6": p6_queue,
     "P7": p7_schedules,
+    "P8": p8_dashboard,
 }
 # A figure that runs past this is stopped and reported as an error.
 FIGURE_TIMEOUT = {"quick": 240.0, "full": 1800.0}
