@@ -1,4 +1,4 @@
-"""`python -m bench [--quick] [--only P1,P3] [--out docs/benchmarks.md] [--profile DIR]
+"""`python -m bench [--quick] [--only P1,P3] [--out docs/benchmarks.md] [--merge] [--profile DIR]
 [--profile-gil] [--keep]`
 
 Runs runnerd's benchmark figures against a real Docker engine, each next to a
@@ -73,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
         "outside the generated block of an existing file is kept.",
     )
     parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="with --out: replace only the rows and notes of the figures run in the "
+        "file's generated block, keeping every other figure's (update one figure in "
+        "place: `--only P8 --merge --out docs/benchmarks.md`)",
+    )
+    parser.add_argument(
         "--profile",
         metavar="DIR",
         help="record every daemon with py-spy: collapsed stacks in DIR/<daemon>-<n>.folded; "
@@ -97,6 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     out: Path | None = Path(args.out) if args.out else None
     if out is None and not args.quick and not args.only:
         out = DEFAULT_OUT
+    if args.merge:
+        if out is None:
+            parser.error("--merge needs --out: the file whose block it updates")
+        try:
+            report.check_mergeable(out.read_text(), quick=args.quick)
+        except (OSError, ValueError) as e:
+            parser.error(f"--merge into {out}: {e}")
 
     try:
         version = check_engine()
@@ -135,12 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report.text_table(results))
     if out is not None:
-        report.write(
-            out,
-            report.markdown(
-                results, quick=args.quick, wall_seconds=wall, info=report.machine(load_at_start)
-            ),
-        )
+        info = report.machine(load_at_start)
+        if args.merge:
+            generated = report.merge(
+                out.read_text(), results, quick=args.quick, wall_seconds=wall, info=info
+            )
+        else:
+            generated = report.markdown(results, quick=args.quick, wall_seconds=wall, info=info)
+        report.write(out, generated)
         print(f"\nwritten to {out}", file=sys.stderr)
     failed = [r.figure for res in results for r in res.rows if r.error]
     return 1 if failed else 0

@@ -136,3 +136,85 @@ def write(path: Path, generated: str) -> None:
         text = "# runnerd benchmarks\n\n" + generated
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+
+
+FIGURE_KEY = re.compile(r"^(?:\| |\*\*)(P\d+) ")
+
+
+def _key_order(key: str) -> int:
+    return int(key[1:])
+
+
+def _row_key(line: str) -> str:
+    m = FIGURE_KEY.match(line)
+    return m.group(1) if m else ""
+
+
+def check_mergeable(old: str, *, quick: bool) -> None:
+    """ValueError unless `old` has a generated block of the same mode (quick/full) to
+    merge figures into: checked before a run, so its results are not lost after it."""
+    if BEGIN not in old or END not in old:
+        raise ValueError("the file has no generated block to merge into")
+    block = old.split(BEGIN, 1)[1].split(END, 1)[0]
+    mode = next((ln for ln in block.splitlines() if ln.startswith("Mode: ")), None)
+    if mode is None or "### Table" not in block or "### Method and measured details" not in block:
+        raise ValueError("the file's generated block is not the bench's (no Mode:/Table/Method)")
+    if (" --quick" in mode) != quick:
+        raise ValueError("the file's figures ran in the other mode (quick/full): not merging")
+
+
+def merge(
+    old: str, results: list[FigureResult], *, quick: bool, wall_seconds: float, info: dict[str, str]
+) -> str:
+    """The generated block of `old` (a whole file) with the table rows and method
+    notes of the figures in `results` replaced (or added, in figure order) and every
+    other figure's kept as it was: re-running one figure updates it in place. The
+    machine table stays the full run's; a line under the mode says when, in which
+    mode and under what load the merged figures ran."""
+    check_mergeable(old, quick=quick)
+    block = old.split(BEGIN, 1)[1].split(END, 1)[0]
+    new_keys = {r.key for r in results}
+    lines = block.strip("\n").splitlines()
+    table_at = lines.index("### Table")
+    method_at = lines.index("### Method and measured details")
+
+    # the table: header lines, then one row a line
+    head = lines[table_at : table_at + 4]  # "### Table", "", header, separator
+    rows = [ln for ln in lines[table_at + 4 : method_at] if FIGURE_KEY.match(ln)]
+    fresh = markdown(results, quick=quick, wall_seconds=wall_seconds, info=info).splitlines()
+    f_table, f_method = fresh.index("### Table"), fresh.index("### Method and measured details")
+    rows = [r for r in rows if _row_key(r) not in new_keys]
+    rows += [ln for ln in fresh[f_table + 4 : f_method] if FIGURE_KEY.match(ln)]
+    rows.sort(key=lambda ln: _key_order(_row_key(ln)))
+
+    # the notes: a paragraph starting "**Pn title**" and its bullets, up to the next
+    def chunks(body: list[str]) -> dict[str, list[str]]:
+        out: dict[str, list[str]] = {}
+        key = None
+        for ln in body:
+            if m := FIGURE_KEY.match(ln):
+                key = m.group(1)
+                out[key] = []
+            if key is not None:
+                out[key].append(ln)
+        return out
+
+    notes = {k: v for k, v in chunks(lines[method_at + 1 :]).items() if k not in new_keys}
+    notes.update(chunks(fresh[f_method + 1 : fresh.index(END)]))
+
+    # the mode line: every figure now in the block, and when the merged ones ran
+    top = lines[:table_at]
+    keys = sorted({_row_key(r) for r in rows}, key=_key_order)
+    mode_at = next(i for i, ln in enumerate(top) if ln.startswith("Mode: "))
+    top[mode_at] = re.sub(r"Figures: [^.]*\.", f"Figures: {', '.join(keys)}.", top[mode_at])
+    top.insert(
+        mode_at + 1,
+        f"\nUpdated in place: {', '.join(r.key for r in results)} ran on {info['date']} "
+        f"({wall_seconds / 60:.1f} min; load average {info['load average (1/5/15 min)']}); "
+        "the machine table below is the full run's.",
+    )
+    out = [BEGIN, "", *top, *head, *rows, "", "### Method and measured details", ""]
+    for key in sorted(notes, key=_key_order):
+        out += notes[key] + ([""] if notes[key][-1:] != [""] else [])
+    out.append(END)
+    return "\n".join(out) + "\n"
