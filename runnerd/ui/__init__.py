@@ -73,8 +73,10 @@ async def to_dashboard(request: web.Request) -> web.Response:
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
     """On every dashboard response, streamed ones (live logs, downloads) included."""
     response.headers.update(SECURITY_HEADERS)
-    if "Cache-Control" not in response.headers and not request.path.startswith("/ui/static/"):
-        response.headers["Cache-Control"] = "no-store"  # pages hold what a key may see
+    if not sessions.is_static(request):
+        # Pages, logs and streams hold what a key may see: no cache keeps them, not
+        # even where a handler asked for less (no-cache still stores).
+        response.headers["Cache-Control"] = "no-store"
 
 
 @web.middleware

@@ -129,7 +129,7 @@ def _posted_from(request: web.Request) -> str | None:
     return origin_of(referer) if referer else None
 
 
-def _is_static(request: web.Request) -> bool:
+def is_static(request: web.Request) -> bool:
     # By the route matched, not the path's spelling: only the static files
     # themselves are served without a session.
     resource = request.match_info.route.resource
@@ -142,7 +142,7 @@ def forbidden(why: str) -> web.HTTPForbidden:
 
 @web.middleware
 async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if _is_static(request):
+    if is_static(request):
         return await handler(request)
     found = await current_session(request)
     if found is not None:
@@ -194,6 +194,8 @@ async def start_session(request: web.Request, key: ApiKey, response: web.StreamR
     store = request.config_dict[STORE]
     now = now_ms()
     await store.delete_idle_sessions(now - _idle_ms(request))
+    if (old := request.get(TOKEN)) is not None:  # logging in again: the old one ends
+        await store.delete_session(hash_secret(old))
     token = secrets.token_urlsafe(32)
     await store.create_session(hash_secret(token), key.id, now)
     log.info("dashboard: logged in with API key %r (%s)", key.name, key.scope.value)

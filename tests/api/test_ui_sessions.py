@@ -20,7 +20,7 @@ from aiohttp import web
 from runnerd import ui
 from runnerd.auth import hash_secret, new_secret
 from runnerd.models import Scope, now_ms
-from runnerd.ui import runner_page, sessions
+from runnerd.ui import run_page, runner_page, sessions
 from tests.conftest import Api
 from tests.dashboard import Dashboard
 from tests.harness import runnerd_cli
@@ -47,7 +47,7 @@ def _ui_routes(method: str) -> list[str]:
 
 
 POST_ROUTES = _ui_routes("POST")
-GET_ROUTES = [p for p in _ui_routes("GET") if not p.startswith("/ui/static/")]
+GET_ROUTES = [p for p in _ui_routes("GET") if p.rstrip("/") != "/ui/static"]
 
 
 async def read_key(daemon: InProcessDaemon, name: str = "reader") -> str:
@@ -715,3 +715,40 @@ async def test_an_action_route_runs_only_for_a_full_keys_genuine_post(
         )
         assert status == 200 and calls == ["/ui/test-poke"]
     assert "API key 'reader' may only read" not in daemon.log_text()  # a page, not a log
+
+
+async def test_a_handlers_own_cache_control_gives_way_to_no_store(
+    start_daemon: StartDaemon, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def cached(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Cache-Control": "max-age=3600"})
+        response.content_type = "text/event-stream"
+        await response.prepare(request)  # streamed: headers leave before the body
+        await response.write(b"data: x\n\n")
+        return response
+
+    add_routes = run_page.add_routes
+
+    def with_cached(r: web.UrlDispatcher) -> None:
+        add_routes(r)
+        r.add_get("/test-cached", cached)
+
+    monkeypatch.setattr(run_page, "add_routes", with_cached)
+    daemon = await start_daemon()
+    async with await logged_in(daemon) as dash:
+        async with dash.http.get(daemon.url + "/ui/test-cached") as r:
+            assert r.status == 200 and await r.text() == "data: x\n\n"
+            assert r.headers["Cache-Control"] == "no-store"
+            assert_security_headers(r, "a streamed response")
+
+
+async def test_logging_in_again_ends_the_session_before(daemon: InProcessDaemon) -> None:
+    async with await logged_in(daemon) as dash:
+        first = dash.session_cookie()
+        assert first is not None
+        await dash.login(await read_key(daemon))
+        second = dash.session_cookie()
+        assert second is not None and second != first
+        assert session_row(daemon, first) is None and session_row(daemon, second) is not None
+        status, page = await dash.get("/ui/")
+        assert status == 200 and "reader (read)" in page
