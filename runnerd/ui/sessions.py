@@ -160,7 +160,9 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
             "dashboard: refused a %s to %s from origin %r (not %s)",
             request.method,
             request.path,
-            request.headers.get("Origin", request.headers.get("Referer")),
+            # Origin as sent ("null"), else the Referer's origin: never a whole URL
+            # of another site's, which may hold its secrets.
+            request.headers.get("Origin", posted_from),
             allowed_origin(request),
         )
         raise forbidden("the form was not sent from this dashboard")
@@ -174,7 +176,9 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
         raise forbidden("log in again (your session has ended)")
     form = await request.post()
     given = form.get(CSRF_FIELD)
-    if not isinstance(given, str) or not hmac.compare_digest(given, csrf_token(found[1])):
+    # As bytes: compare_digest raises on a str that is not ASCII (a 500, not a 403).
+    expected = csrf_token(found[1]).encode()
+    if not isinstance(given, str) or not hmac.compare_digest(given.encode(), expected):
         log.warning(
             "dashboard: refused a %s to %s without its CSRF token", request.method, request.path
         )
