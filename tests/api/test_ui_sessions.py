@@ -784,3 +784,42 @@ async def test_route_parameters_are_filled_from_a_real_runner_and_run(
     assert status == 200 and body["runner"]["name"].startswith(XSS_NAME)
     with pytest.raises(AssertionError, match="teach fill"):
         await fill(daemon, api, "/ui/things/{thing_id}")
+
+
+POST_FORM = re.compile(r"<form\b[^>]*\bmethod=\"post\"[^>]*>.*?</form>", re.S | re.I)
+
+
+async def _pages(daemon: InProcessDaemon, api: Api, dash: Dashboard) -> list[tuple[str, str]]:
+    """(path, HTML) of every GET route's page, filled from a real runner and run."""
+    found = []
+    for canonical in GET_ROUTES:
+        path = await fill(daemon, api, canonical)
+        async with dash.http.get(daemon.url + path, allow_redirects=False) as r:
+            if r.status == 200 and r.content_type == "text/html":
+                found.append((path, await r.text()))
+    return found
+
+
+async def test_a_read_key_sees_every_page_and_no_form_but_logout(
+    daemon: InProcessDaemon, api: Api
+) -> None:
+    async with await logged_in(daemon, await read_key(daemon)) as dash:
+        pages = await _pages(daemon, api, dash)
+        assert "/ui/" in dict(pages)
+        for path, page in pages:
+            actions = re.findall(r'action="([^"]*)"', " ".join(POST_FORM.findall(page)))
+            assert actions == ["/ui/logout"], (path, actions)
+
+
+async def test_every_post_form_a_full_key_sees_carries_its_sessions_token(
+    daemon: InProcessDaemon, api: Api
+) -> None:
+    async with await logged_in(daemon) as dash:
+        token = dash.session_cookie()
+        assert token is not None
+        expected = f'<input type="hidden" name="csrf_token" value="{sessions.csrf_token(token)}">'
+        for path, page in await _pages(daemon, api, dash):
+            forms = POST_FORM.findall(page)
+            assert forms, path  # the nav's logout at least
+            for form in forms:
+                assert expected in form, (path, form)
