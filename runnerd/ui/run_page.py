@@ -101,7 +101,12 @@ async def run_page(request: web.Request) -> web.StreamResponse:
             ),
             "runner_name": runner.name if runner is not None else None,
             "image": run.image,
-            "instance_type": run.instance_type,
+            "instance_type": {
+                "slug": run.instance_type,
+                "cpu": run.cpu,
+                "mem": run.mem,
+                "pids": run.pids,
+            },
             "duration_ms": (
                 run.completed_at - run.started_at
                 if run.completed_at is not None and run.started_at is not None
