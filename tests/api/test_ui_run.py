@@ -394,3 +394,34 @@ async def test_a_forged_cancel_changes_nothing(daemon: InProcessDaemon, api: Api
         forged = await ui.post(page_url(run, runner_id) + "/cancel", origin="http://evil.example")
         assert forged.status == 403
     assert (await api.run(runner_id, run["id"]))["status"] == "running"
+
+
+async def test_cancel_of_a_failed_run_with_a_waiting_retry_cancels_the_retry(
+    daemon: InProcessDaemon, api: Api
+) -> None:
+    policy = {"max_retries": 2, "backoff_seconds": 3600, "backoff_max_seconds": 3600}
+    runner = await api.create_runner(run_command="exit 1", retry_policy=policy)
+    first = await api.wait_done(runner["id"], (await api.trigger(runner["id"]))["id"])
+    async with await logged_in(daemon) as ui:
+        _, page = await ui.get(page_url(first, runner["id"]))
+        retry_path = element(page, r'id="next-attempt" href="([^"]*)"')
+        assert 'id="cancel"' in page  # the run ended, but its retry is still to come
+        r = await ui.post(page_url(first, runner["id"]) + "/cancel")
+        assert r.status == 303 and r.headers["Location"] == page_url(first, runner["id"])
+        _, page = await ui.get(page_url(first, runner["id"]))
+        assert 'id="cancel-run"' not in page
+        _, retry_page = await ui.get(retry_path)
+    assert element(retry_page, r'id="run-status"[^>]*>([^<]*)<') == "failed: canceled"
+    assert (await api.run(runner["id"], first["id"]))["failure_reason"] == "nonzero_exit"
+
+
+async def test_a_runner_name_typed_as_markup_is_shown_escaped(
+    daemon: InProcessDaemon, api: Api
+) -> None:
+    runner = await api.create_runner(name="<script>alert(1)</script>", run_command="exit 0")
+    run = await api.wait_done(runner["id"], (await api.trigger(runner["id"]))["id"])
+    async with await logged_in(daemon) as ui:
+        status, page = await ui.get(page_url(run, runner["id"]))
+    assert status == 200
+    assert "<script>alert(1)</script>" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
