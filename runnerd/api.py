@@ -594,14 +594,13 @@ async def get_run(request: web.Request) -> web.Response:
     return web.json_response({"run": contract.run_json(run, request.app[CONFIG].tz)})
 
 
-async def run_or_404(request: web.Request) -> Run:
-    """The run of the path's runner_id and run_id; 404 when there is none."""
-    run = await request.config_dict[STORE].get_run(
-        _id(request, "run_id"), _id(request, "runner_id")
-    )
-    if run is None:
+async def run_or_404(request: web.Request, runner: str = "runner_id", run: str = "run_id") -> Run:
+    """The run of the path's runner and run ids (the route's names for them); 404
+    when there is none."""
+    found = await request.config_dict[STORE].get_run(_id(request, run), _id(request, runner))
+    if found is None:
         raise web.HTTPNotFound()
-    return run
+    return found
 
 
 async def run_logs(request: web.Request) -> web.StreamResponse:

@@ -26,11 +26,16 @@ TAIL_BYTES = 256 * 1024
 
 
 def add_routes(r: web.UrlDispatcher) -> None:
-    base = "/runners/{runner_id}/runs/{run_id}"
+    base = "/runners/{rid}/runs/{id}"
     r.add_get(base, run_page, name="run")
     r.add_get(base + "/events", run_events, name="run_events")
     r.add_get(base + "/log", run_log, name="run_log")
     r.add_post(base + "/cancel", cancel_run, name="cancel_run")
+
+
+async def the_run(request: web.Request) -> Run:
+    """The run of the path's {rid} and {id} (the dashboard's names); 404 without one."""
+    return await api.run_or_404(request, "rid", "id")
 
 
 def run_url(run: Run) -> str:
@@ -71,7 +76,7 @@ def can_cancel(run: Run, retry: Run | None) -> bool:
 
 
 async def run_page(request: web.Request) -> web.StreamResponse:
-    run = await api.run_or_404(request)
+    run = await the_run(request)
     store = request.config_dict[STORE]
     tz = request.config_dict[CONFIG].tz
     logs = request.config_dict[LOGS]
@@ -84,9 +89,7 @@ async def run_page(request: web.Request) -> web.StreamResponse:
     live = run.status not in TERMINAL_STATUSES
     events_url = None
     if live:
-        events_url = str(
-            request.app.router["run_events"].url_for(runner_id=run.runner_id, run_id=run.id)
-        )
+        events_url = str(request.app.router["run_events"].url_for(rid=run.runner_id, id=run.id))
         if records:
             events_url += f"?after={records[-1].offset}"
     shown = contract.run_json(run, tz)
@@ -119,11 +122,9 @@ async def run_page(request: web.Request) -> web.StreamResponse:
             ],
             "earlier_cut": cut,
             "events_url": events_url,
-            "log_url": str(
-                request.app.router["run_log"].url_for(runner_id=run.runner_id, run_id=run.id)
-            ),
+            "log_url": str(request.app.router["run_log"].url_for(rid=run.runner_id, id=run.id)),
             "cancel_url": str(
-                request.app.router["cancel_run"].url_for(runner_id=run.runner_id, run_id=run.id)
+                request.app.router["cancel_run"].url_for(rid=run.runner_id, id=run.id)
             ),
             "cancelable": can_cancel(run, latest),
         },
@@ -149,13 +150,13 @@ def parse_events_query(
 
 
 async def run_events(request: web.Request) -> web.StreamResponse:
-    run = await api.run_or_404(request)
+    run = await the_run(request)
     cursor, name, stream = parse_events_query(request.query, request.headers.get("Last-Event-ID"))
     return await api.logs_sse(request, run, cursor, name, stream)
 
 
 async def run_log(request: web.Request) -> web.StreamResponse:
-    run = await api.run_or_404(request)
+    run = await the_run(request)
     response = web.StreamResponse(
         headers={
             "Content-Type": "text/plain; charset=utf-8",
@@ -168,7 +169,7 @@ async def run_log(request: web.Request) -> web.StreamResponse:
 async def cancel_run(request: web.Request) -> web.StreamResponse:
     """The API's cancel (409 for an ended run, 503 while starting, as an error
     page), then back to the run's page. The overview's cancel buttons post here."""
-    run = await api.run_or_404(request)
+    run = await the_run(request)
     await api.cancel(request, run)
     raise web.HTTPSeeOther(run_url(run))
 
