@@ -92,9 +92,10 @@ class Runs(Aggregate):
         before: str | None = None,
     ) -> list[Run] | None:
         """Newest first. `before` is a run id of this runner: only runs queued
-        before it; None when there is no such run. Each filter has its index
-        (runs_by_runner_status, runs_by_runner_trigger), so a page stays one index
-        range however many runs the runner has."""
+        before it; None when there is no such run. Each filter, and the two
+        together, has its index (runs_by_runner_status, runs_by_runner_trigger,
+        runs_by_runner_status_trigger): a page is one index range however many
+        runs the runner has."""
         where = ["runner_id = ?"]
         params: list[Any] = [runner_id]
         if status is not None:
