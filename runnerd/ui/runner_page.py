@@ -19,8 +19,8 @@ HISTORY_FILTERS = ("status", "trigger")
 
 
 def add_routes(r: web.UrlDispatcher) -> None:
-    r.add_get("/runners/{runner_id}", runner_page, name="runner")
-    r.add_post("/runners/{runner_id}/runs", trigger_run, name="trigger-run")
+    r.add_get("/runners/{rid}", runner_page, name="runner")
+    r.add_post("/runners/{rid}/runs", trigger_run, name="trigger-run")
 
 
 def run_href(run: Run) -> str:
@@ -58,7 +58,7 @@ async def runner_page(request: web.Request) -> web.StreamResponse:
 async def trigger_run(request: web.Request) -> web.StreamResponse:
     """The Trigger run form: its env lines become the API's trigger body and go
     through api.trigger, the same path as POST /v1/runners/{id}/runs."""
-    runner_id = request.match_info["runner_id"]
+    runner_id = request.match_info["rid"]
     if not contract.is_uuid(runner_id):
         raise web.HTTPNotFound()
     form = await request.post()
@@ -87,7 +87,7 @@ def history_filters(request: web.Request) -> contract.RunListQuery:
 async def render(
     request: web.Request, *, env_text: str, errors: list[str], status: int
 ) -> web.StreamResponse:
-    runner_id = request.match_info["runner_id"]
+    runner_id = request.match_info["rid"]
     if not contract.is_uuid(runner_id):
         raise web.HTTPNotFound()
     store = request.config_dict[STORE]
