@@ -354,3 +354,11 @@ async def test_what_a_user_typed_is_escaped_everywhere_on_the_page(
             rejected = await r.text()
     assert r.status == 400 and XSS not in rejected
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in rejected
+
+
+async def test_a_trigger_post_for_an_unknown_runner_is_a_404_page(daemon: InProcessDaemon) -> None:
+    async with await logged_in(daemon) as ui:
+        for runner_id in (str(uuid.uuid4()), "not-an-id"):
+            r = await ui.post(f"/ui/runners/{runner_id}/runs", {"env": "A=1"})
+            assert r.status == 404, runner_id
+            assert r.content_type == "text/html"
