@@ -171,6 +171,11 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX runs_outcomes ON runs (completed_at, status, started_at)"
         " WHERE status IN ('succeeded', 'failed')",
         "CREATE INDEX runs_failed ON runs (completed_at) WHERE status = 'failed'",
+        # The Runner page's history filtered by trigger, or by status and trigger
+        # (GET …/runs?trigger=&status=): one index range per page, as
+        # runs_by_runner_status is for a status alone, however rare the matches.
+        "CREATE INDEX runs_by_runner_trigger ON runs (runner_id, trigger, seq)",
+        "CREATE INDEX runs_by_runner_status_trigger ON runs (runner_id, status, trigger, seq)",
     ],
 }
 

@@ -200,3 +200,21 @@ async def test_a_runner_named_like_a_script_is_escaped_on_every_page(
             assert status == 200, path
             assert "&lt;script&gt;alert(1)&lt;/script&gt;" in section(page, where), (path, where)
             assert XSS not in page, path
+
+
+async def test_the_overviews_cancel_form_cancels_the_active_run(
+    api: Api, daemon: InProcessDaemon
+) -> None:
+    runner, run = await running(api)
+    async with Dashboard(daemon.url) as ui:
+        await ui.login(daemon.key)
+        _, page = await ui.get("/ui/")
+        action = re.search(r'<form method="post" action="([^"]+)" class="inline cancel-run">', page)
+        assert action is not None, section(page, "active-runs")
+        r = await ui.post(action.group(1))
+        assert r.status == 303, r.status
+        done = await api.wait_done(str(runner["id"]), str(run["id"]))
+        assert (done["status"], done["failure_reason"]) == ("failed", "canceled")
+        _, page = await ui.get("/ui/")
+    assert "No active runs." in section(page, "active-runs")
+    assert str(run["id"]) in section(page, "failures")
