@@ -6,12 +6,13 @@ served (CSRF, Origin, redirects), app.js runs under the CSP, the log streams."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 from selenium.common.exceptions import NoAlertPresentException
 
 from tests.harness import Daemon, runnerd_cli
 
-from .chrome import Browser, SyncApi, wait_for
+from .chrome import Browser, SyncApi, chrome, wait_for
 
 RUN_PAGE = re.compile(r"^/ui/runners/([0-9a-f-]+)/runs/([0-9a-f-]+)$")
 TICK = re.compile(r"tick (\d+)")
@@ -55,7 +56,8 @@ def test_login_with_a_full_key_through_the_form_shows_the_runners_and_opens_one(
     )
     link.click()
     browser.wait().until(lambda d: browser.path() == f"/ui/runners/{runner['id']}")
-    assert "nightly-backup" in browser.find("#settings").text
+    browser.find("#settings")
+    assert "nightly-backup" in browser.find("h1").text
     browser.find("form#trigger-run")
 
 
@@ -70,6 +72,7 @@ def test_trigger_run_with_an_env_override_lands_on_its_run_page_showing_the_line
     browser.login(daemon.key)
     browser.get(f"/ui/runners/{runner['id']}")
     env = browser.find("form#trigger-run textarea[name=env]")
+    env.clear()
     env.send_keys("GREETING=hello-from-the-browser")
     browser.find("button#trigger").click()
 
@@ -189,3 +192,31 @@ def test_revoked_key_session_is_logged_out_on_its_next_page_load(
     assert browser.path() == "/ui/login"
     assert browser.all("button#logout") == []
     assert browser.all("a.runner-link") == []
+
+
+def test_console_check_catches_an_inline_script_and_style_the_csp_blocks_and_a_js_error(
+    tmp_path: Path, daemon: Daemon
+) -> None:
+    """The check every browser test ends with can fail: what a page would do wrong
+    (inline script, a style attribute, an uncaught error) shows up in it."""
+    profile = tmp_path / "chromium-profile"
+    profile.mkdir()
+    driver = chrome(profile)
+    try:
+        b = Browser(driver, daemon.url)
+        b.get("/ui/login")
+        b.find("input#api_key")
+        assert b.errors() == []
+        driver.execute_script(
+            "var s = document.createElement('script'); s.textContent = 'window.x = 1';"
+            "document.body.appendChild(s);"
+            "var d = document.createElement('div'); d.setAttribute('style', 'color: red');"
+            "document.body.appendChild(d);"
+            "setTimeout(function () { throw new Error('uncaught-in-the-page'); }, 0);"
+        )
+        errors = b.wait().until(lambda _: len(b.errors()) >= 3 and b.errors(), "3 errors")
+    finally:
+        driver.quit()
+    text = "\n".join(errors)
+    assert "script-src 'self'" in text and "style-src 'self'" in text, text
+    assert "uncaught-in-the-page" in text, text
