@@ -136,15 +136,7 @@ class UiConfig:
 
     @property
     def secure_cookie(self) -> bool:
-        return self.public_url is not None and self.public_url.startswith("https://")
-
-    @property
-    def public_origin(self) -> str | None:
-        """`scheme://host[:port]` of public_url, as a browser sends it in Origin."""
-        if self.public_url is None:
-            return None
-        parts = urlsplit(self.public_url)
-        return f"{parts.scheme}://{parts.netloc}".lower()
+        return self.public_url is not None and urlsplit(self.public_url).scheme == "https"
 
 
 @dataclass(frozen=True)
@@ -500,8 +492,13 @@ def _bool(key: str, value: Any) -> bool:
 
 def _public_url(key: str, value: Any) -> str:
     text = _nonempty_str(key, value).strip()
-    parts = urlsplit(text)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        parts = urlsplit(text)
+        # .port raises on one that is not a port (`:99999`, `:x`), urlsplit on a bad [IPv6]
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:
+        ok = False
+    if not ok:
         raise ConfigError(
             f"{key}: must be an http:// or https:// URL such as "
             f"'https://runnerd.example.com/', got {value!r}"

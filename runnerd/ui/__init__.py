@@ -23,6 +23,7 @@ from . import pages, run_page, runner_page, sessions, views
 log = logging.getLogger("runnerd.ui")
 
 STATIC_DIR = Path(__file__).parent / "static"
+UI_APP = web.AppKey("ui_app", web.Application)  # on the API's app: the dashboard's
 
 # No inline script or style anywhere: the pages load /ui/static/ only. img-src data:
 # is for pico.css's icons (inline SVG in CSS); a chart is SVG in the page itself.
@@ -56,20 +57,26 @@ def attach(app: web.Application) -> None:
     run_page.add_routes(r)
     static = r["static"]
     env.globals["static"] = lambda name: str(static.url_for(filename=name))
-    app.add_subapp("/ui/", ui)
+    # Before the sub-app: its prefix would take /ui too, where the cookie (Path=/ui/)
+    # is not sent, and a logged-in user would be asked to log in again.
     app.router.add_get("/", to_dashboard)
     app.router.add_get("/ui", to_dashboard)
+    app.add_subapp("/ui/", ui)
+    app[UI_APP] = ui
 
 
 async def to_dashboard(request: web.Request) -> web.Response:
-    raise web.HTTPFound("/ui/")
+    # The API's app answers these, so they get the dashboard's headers here.
+    raise web.HTTPFound("/ui/", headers=SECURITY_HEADERS)
 
 
 async def security_headers(request: web.Request, response: web.StreamResponse) -> None:
     """On every dashboard response, streamed ones (live logs, downloads) included."""
     response.headers.update(SECURITY_HEADERS)
-    if "Cache-Control" not in response.headers and not request.path.startswith("/ui/static/"):
-        response.headers["Cache-Control"] = "no-store"  # pages hold what a key may see
+    if not sessions.is_static(request):
+        # Pages, logs and streams hold what a key may see: no cache keeps them, not
+        # even where a handler asked for less (no-cache still stores).
+        response.headers["Cache-Control"] = "no-store"
 
 
 @web.middleware

@@ -32,7 +32,11 @@ def add_routes(r: web.UrlDispatcher) -> None:
 def _safe_next(value: Any) -> str:
     """Where to go after login: a dashboard path only (never another site)."""
     if isinstance(value, str) and value.startswith("/ui/") and not value.startswith("/ui//"):
-        if "\\" not in value and urlsplit(value).netloc == "":
+        # No backslash, space or control character: browsers drop or turn them into
+        # "/", which could make "/ui/\t/x" "/ui//x" after this check.
+        if urlsplit(value).netloc == "" and not any(
+            c == "\\" or c <= " " or c == "\x7f" for c in value
+        ):
             return value
     return "/ui/"
 

@@ -66,6 +66,12 @@ def _idle_ms(request: web.Request) -> int:
     return int(request.config_dict[CONFIG].ui.session_hours * 3600 * 1000)
 
 
+def _touch_every_ms(idle_ms: int) -> int:
+    # Once a minute spares the database a write per page; a session_hours shorter
+    # than two minutes touches more often, or an active session would idle out.
+    return min(TOUCH_EVERY_MS, idle_ms // 2)
+
+
 async def current_session(request: web.Request) -> tuple[UiSession, str] | None:
     """The request's live session and its token; None without one (no cookie, an
     unknown or idle one, or its key revoked)."""
@@ -73,32 +79,61 @@ async def current_session(request: web.Request) -> tuple[UiSession, str] | None:
     if not token or len(token) > 200:
         return None
     store = request.config_dict[STORE]
-    now = now_ms()
+    now, idle_ms = now_ms(), _idle_ms(request)
     token_hash = hash_secret(token)
-    session = await store.session_by_hash(token_hash, now - _idle_ms(request))
+    session = await store.session_by_hash(token_hash, now - idle_ms)
     if session is None:
         return None
-    if now - session.last_seen_at >= TOUCH_EVERY_MS:
+    if now - session.last_seen_at >= _touch_every_ms(idle_ms):
         await store.touch_session(token_hash, now)
         session.last_seen_at = now
     return session, token
 
 
-def allowed_origin(request: web.Request) -> str:
-    """The one origin a form may be posted from: public_url's, else the request's."""
-    public = request.config_dict[CONFIG].ui.public_origin
-    return public or f"{request.scheme}://{request.host}".lower()
+DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_of(url: str) -> str | None:
+    """`scheme://host[:port]` of `url` as a browser writes it in Origin: lower case,
+    no default port (`https://Example.com:443/x` → `https://example.com`); None when
+    it has none (`null`, a path, garbage)."""
+    try:
+        parts = urlsplit(url.strip())
+        host, port = parts.hostname, parts.port
+    except ValueError:  # a port that is not a number, a bad IPv6 address
+        return None
+    scheme = parts.scheme.lower()
+    if scheme not in DEFAULT_PORTS or not host:
+        return None
+    if ":" in host:
+        host = f"[{host}]"  # IPv6
+    if port is None or port == DEFAULT_PORTS[scheme]:
+        return f"{scheme}://{host}"
+    return f"{scheme}://{host}:{port}"
+
+
+def allowed_origin(request: web.Request) -> str | None:
+    """The one origin a form may be posted from: public_url's, else the request's
+    own (its Host header, as the browser addressed it)."""
+    public = request.config_dict[CONFIG].ui.public_url
+    return origin_of(public or f"{request.scheme}://{request.host}/")
 
 
 def _posted_from(request: web.Request) -> str | None:
+    """The origin a POST says it came from: Origin, else (some browsers send none
+    on a same-origin form) the Referer's; None when neither says."""
     origin = request.headers.get("Origin")
     if origin is not None:
-        return origin.strip().lower()
+        return origin_of(origin)  # "null" (a sandboxed frame, a file:) is None
     referer = request.headers.get("Referer")
-    if referer:
-        parts = urlsplit(referer)
-        return f"{parts.scheme}://{parts.netloc}".lower()
-    return None
+    return origin_of(referer) if referer else None
+
+
+def is_static(request: web.Request) -> bool:
+    # By the route matched, not the path's spelling: only the static files
+    # themselves are served without a session.
+    resource = request.match_info.route.resource
+    return resource is not None and resource.name == "static"
 
 
 def forbidden(why: str) -> web.HTTPForbidden:
@@ -107,7 +142,7 @@ def forbidden(why: str) -> web.HTTPForbidden:
 
 @web.middleware
 async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if request.path.startswith("/ui/static/"):
+    if is_static(request):
         return await handler(request)
     found = await current_session(request)
     if found is not None:
@@ -119,22 +154,31 @@ async def middleware(request: web.Request, handler: Handler) -> web.StreamRespon
             raise web.HTTPSeeOther(login_url(request))
         return await handler(request)
     # A state-changing request: from our own pages only.
-    if _posted_from(request) != allowed_origin(request):
+    posted_from = _posted_from(request)
+    if posted_from is None or posted_from != allowed_origin(request):
         log.warning(
             "dashboard: refused a %s to %s from origin %r (not %s)",
             request.method,
             request.path,
-            _posted_from(request),
+            # Origin as sent ("null"), else the Referer's origin: never a whole URL
+            # of another site's, which may hold its secrets.
+            request.headers.get("Origin", posted_from),
             allowed_origin(request),
         )
         raise forbidden("the form was not sent from this dashboard")
     if request.path in PUBLIC_PATHS:
         return await handler(request)
     if found is None:
+        if request.path == "/ui/logout":  # already ended (idle, revoked): nothing to do
+            response = web.HTTPSeeOther(str(request.app.router["login"].url_for()))
+            clear_cookie(request, response)
+            raise response
         raise forbidden("log in again (your session has ended)")
     form = await request.post()
     given = form.get(CSRF_FIELD)
-    if not isinstance(given, str) or not hmac.compare_digest(given, csrf_token(found[1])):
+    # As bytes: compare_digest raises on a str that is not ASCII (a 500, not a 403).
+    expected = csrf_token(found[1]).encode()
+    if not isinstance(given, str) or not hmac.compare_digest(given.encode(), expected):
         log.warning(
             "dashboard: refused a %s to %s without its CSRF token", request.method, request.path
         )
@@ -154,17 +198,27 @@ async def start_session(request: web.Request, key: ApiKey, response: web.StreamR
     store = request.config_dict[STORE]
     now = now_ms()
     await store.delete_idle_sessions(now - _idle_ms(request))
+    if (old := request.get(TOKEN)) is not None:  # logging in again: the old one ends
+        await store.delete_session(hash_secret(old))
     token = secrets.token_urlsafe(32)
     await store.create_session(hash_secret(token), key.id, now)
     log.info("dashboard: logged in with API key %r (%s)", key.name, key.scope.value)
-    response.set_cookie(
-        COOKIE,
-        token,
-        path=COOKIE_PATH,
-        httponly=True,
-        samesite="Strict",
-        secure=request.config_dict[CONFIG].ui.secure_cookie,
-    )
+    response.set_cookie(COOKIE, token, **_cookie_attributes(request))
+
+
+def _cookie_attributes(request: web.Request) -> dict[str, Any]:
+    return {
+        "path": COOKIE_PATH,
+        "httponly": True,
+        "samesite": "Strict",
+        "secure": request.config_dict[CONFIG].ui.secure_cookie,
+    }
+
+
+def clear_cookie(request: web.Request, response: web.StreamResponse) -> None:
+    # With the attributes it was set with: a browser may keep a Secure cookie that
+    # a Set-Cookie without Secure tries to overwrite.
+    response.del_cookie(COOKIE, **_cookie_attributes(request))
 
 
 async def end_session(request: web.Request, response: web.StreamResponse) -> None:
@@ -173,4 +227,4 @@ async def end_session(request: web.Request, response: web.StreamResponse) -> Non
     if token is not None:
         await request.config_dict[STORE].delete_session(hash_secret(token))
         log.info("dashboard: API key %r logged out", request[SESSION].key_name)
-    response.del_cookie(COOKIE, path=COOKIE_PATH)
+    clear_cookie(request, response)
