@@ -58,7 +58,13 @@ def chrome(user_data_dir: Path, window: tuple[int, int] = WINDOW) -> WebDriver:
     options.add_argument(f"--user-data-dir={user_data_dir}")
     options.add_argument(f"--window-size={window[0]},{window[1]}")
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    # --window-size counts the window's own bars: the page itself gets exactly this.
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": window[0], "height": window[1], "deviceScaleFactor": 1, "mobile": False},
+    )
+    return driver
 
 
 class Browser:
