@@ -508,27 +508,35 @@ async def delete_registry(request: web.Request) -> web.Response:
 
 
 async def cancel_run(request: web.Request) -> web.Response:
-    """Pending: failed/canceled at once, never started. Running: its container is
+    run = await cancel(request, await run_or_404(request))
+    return web.json_response({"run": contract.run_json(run, request.config_dict[CONFIG].tz)})
+
+
+async def cancel(request: web.Request, run: Run) -> Run:
+    """Cancel `run`; the run as it is after. The one cancel both POST /v1/…/cancel
+    and the dashboard's Cancel run button use.
+
+    Pending: failed/canceled at once, never started. Running: its container is
     stopped, then failed/canceled with the exit code it ended with. Either way it is
     never retried. Failed, with a retry still pending (its latest attempt): that retry
     is canceled, and the answer is the run asked for, unchanged. Cancelling a
     canceled run (or one whose retry was canceled) again answers as the first time;
-    any other ended run → 409."""
-    store = request.app[STORE]
-    config = request.app[CONFIG]
-    run = await _run_or_404(request)
+    any other ended run → 409; one between the store and the engine → 503."""
+    store = request.config_dict[STORE]
+    config = request.config_dict[CONFIG]
+    scheduler = request.config_dict[SCHEDULER]
     if run.status is Status.PENDING:
         canceled = await store.cancel_pending(run.id, "The run was canceled before it started.")
         if canceled is not None:
             log.info("run %s canceled while pending", run.id)
             # If it was being started (pulling, creating), that stops now.
-            await request.app[SCHEDULER].cancel(run.id, canceled.error or "", wait_seconds=0)
-            return web.json_response({"run": contract.run_json(canceled, config.tz)})
-        run = await _run_or_404(request)  # it started meanwhile
+            await scheduler.cancel(run.id, canceled.error or "", wait_seconds=0)
+            return canceled
+        run = await _reread(request, run)  # it started meanwhile
     if run.status is Status.RUNNING:
         grace = config.docker.stop_grace_seconds
         try:
-            stopped = await request.app[SCHEDULER].cancel(
+            stopped = await scheduler.cancel(
                 run.id, "The run was canceled.", wait_seconds=grace + 15
             )
         except EngineError:
@@ -540,20 +548,27 @@ async def cancel_run(request: web.Request) -> web.Response:
             # restart) for a moment: nothing was changed, the client may retry.
             raise web.HTTPServiceUnavailable(reason="Run Is Starting, Retry Cancel")
         log.info("run %s canceled while running", run.id)
-        run = await _run_or_404(request)
+        run = await _reread(request, run)
     if run.status is Status.FAILED and run.failure_reason is FailureReason.CANCELED:
-        return web.json_response({"run": contract.run_json(run, config.tz)})
+        return run
     if run.status is Status.FAILED and await _cancel_retry(request, run):
-        return web.json_response({"run": contract.run_json(run, config.tz)})
+        return run
     if run.status in TERMINAL_STATUSES:
         raise web.HTTPConflict()
-    return web.json_response({"run": contract.run_json(run, config.tz)})
+    return run
+
+
+async def _reread(request: web.Request, run: Run) -> Run:
+    current = await request.config_dict[STORE].get_run(run.id, run.runner_id)
+    if current is None:
+        raise web.HTTPNotFound()  # deleted meanwhile, with its runner
+    return current
 
 
 async def _cancel_retry(request: web.Request, run: Run) -> bool:
     """Cancel the pending retry of the failed `run` (its latest attempt); True when
     that retry is canceled now or already was, False when it has none or it started."""
-    latest = await request.app[STORE].latest_retry(run.id)
+    latest = await request.config_dict[STORE].latest_retry(run.id)
     if latest is None:
         return False
     if latest.status is Status.PENDING:
@@ -561,33 +576,37 @@ async def _cancel_retry(request: web.Request, run: Run) -> bool:
             "The run was canceled before it started "
             f"(by canceling attempt {run.attempt}, run {run.id})."
         )
-        canceled = await request.app[STORE].cancel_pending(latest.id, why)
+        canceled = await request.config_dict[STORE].cancel_pending(latest.id, why)
         if canceled is not None:
             log.info(
                 "run %s: its retry %s (attempt %d) canceled", run.id, latest.id, latest.attempt
             )
-            await request.app[SCHEDULER].cancel(latest.id, why, wait_seconds=0)
+            await request.config_dict[SCHEDULER].cancel(latest.id, why, wait_seconds=0)
             return True
-        latest = await request.app[STORE].get_run(latest.id) or latest  # it started meanwhile
+        latest = (
+            await request.config_dict[STORE].get_run(latest.id) or latest
+        )  # it started meanwhile
     return latest.status is Status.FAILED and latest.failure_reason is FailureReason.CANCELED
 
 
 async def get_run(request: web.Request) -> web.Response:
-    run = await _run_or_404(request)
+    run = await run_or_404(request)
     return web.json_response({"run": contract.run_json(run, request.app[CONFIG].tz)})
 
 
-async def _run_or_404(request: web.Request) -> Any:
-    run = await request.app[STORE].get_run(_id(request, "run_id"), _id(request, "runner_id"))
-    if run is None:
+async def run_or_404(request: web.Request, runner: str = "runner_id", run: str = "run_id") -> Run:
+    """The run of the path's runner and run ids (the route's names for them); 404
+    when there is none."""
+    found = await request.config_dict[STORE].get_run(_id(request, run), _id(request, runner))
+    if found is None:
         raise web.HTTPNotFound()
-    return run
+    return found
 
 
 async def run_logs(request: web.Request) -> web.StreamResponse:
     """The run's output: text/plain (optionally `follow`ing it live), Server-Sent
     Events (`Accept: text/event-stream`, always live) or a JSON page."""
-    run = await _run_or_404(request)
+    run = await run_or_404(request)
     accept = request.headers.get("Accept", "")
     if "text/event-stream" in accept:
         return await _logs_sse(request, run)
@@ -613,9 +632,18 @@ async def run_logs(request: web.Request) -> web.StreamResponse:
             await response.prepare(request)
             await _follow(request, run, offset, emit)
             return await _end(request, response)
+    return await send_text_log(request, run, response, tail)
+
+
+async def send_text_log(
+    request: web.Request, run: Run, response: web.StreamResponse, tail: int | None = None
+) -> web.StreamResponse:
+    """The run's output written so far, as the container wrote it (its last `tail`
+    lines only, if given), on `response`: the API's text/plain logs and the
+    dashboard's raw download."""
     await response.prepare(request)
     # File reads happen in the log read pool: a big log never stalls other requests.
-    async with contextlib.aclosing(logs.text_chunks(run.id, tail)) as chunks:
+    async with contextlib.aclosing(request.config_dict[LOGS].text_chunks(run.id, tail)) as chunks:
         async for chunk in chunks:
             await _send(request, response, chunk)
     await response.write_eof()
@@ -645,18 +673,29 @@ async def _logs_sse(request: web.Request, run: Run) -> web.StreamResponse:
     cursor, stream = contract.parse_sse_logs_query(
         request.query, request.headers.get("Last-Event-ID")
     )
-    logs = request.app[LOGS]
-    offset = await _cursor(logs, run.id, cursor, "Last-Event-ID") or 0
-    with request.app[FOLLOWERS].slot() as admitted:
+    return await logs_sse(request, run, cursor, "Last-Event-ID", stream)
+
+
+async def logs_sse(
+    request: web.Request, run: Run, cursor: int | None, cursor_name: str, stream: int | None
+) -> web.StreamResponse:
+    """The run's log as Server-Sent Events from after the entry `cursor` (from its
+    start without one; a 400 naming `cursor_name` when it is not an entry of this
+    log), live until the run ends, within the followers' limit: the API's and the
+    dashboard's live log."""
+    logs = request.config_dict[LOGS]
+    offset = await _cursor(logs, run.id, cursor, cursor_name) or 0
+    followers = request.config_dict[FOLLOWERS]
+    with followers.slot() as admitted:
         if not admitted:
-            return request.app[FOLLOWERS].refusal()
+            return followers.refusal()
         return await _stream_sse(request, run, offset, stream)
 
 
 async def _stream_sse(
     request: web.Request, run: Run, offset: int, stream: int | None
 ) -> web.StreamResponse:
-    tz = request.app[CONFIG].tz
+    tz = request.config_dict[CONFIG].tz
     response = web.StreamResponse(
         headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
     )
@@ -748,9 +787,9 @@ async def _follow(
     has completed and all its output is out (→ the final Run), or the daemon stops
     or the client has gone (→ None). Waits on the writer's notifications, not on a
     timer."""
-    logs = request.app[LOGS]
-    store = request.app[STORE]
-    stopping = request.app[STOPPING]
+    logs = request.config_dict[LOGS]
+    store = request.config_dict[STORE]
+    stopping = request.config_dict[STOPPING]
     completed: Run | None = None
     while True:
         changed = logs.changed(run.id)
