@@ -88,7 +88,8 @@ def test_trigger_run_with_an_env_override_lands_on_its_run_page_showing_the_line
     assert "succeeded" in browser.find("#run-status").text
     assert "the-runner-default" not in log_text(browser)
     run = api.run(runner["id"], run_id)
-    assert run["status"] == "succeeded" and run["trigger"] == "manual", run
+    assert run["status"] == "succeeded", run
+    assert api.logs(runner["id"], run_id).strip() == "hello-from-the-browser"
 
 
 def test_run_page_shows_lines_printed_after_it_loaded_without_a_reload_and_tells_stderr_apart(
