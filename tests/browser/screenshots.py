@@ -5,7 +5,7 @@
 starts `runnerd serve` (tests/harness.py's Daemon, on the Docker engine and the test
 image, as the test suite does), makes four runners with schedules and a handful of
 runs (succeeded, failed, one still running and logging on stdout and stderr), logs
-in with headless Chromium at 1280×900 and saves OUTDIR/dashboard-overview.png and
+in with headless Chromium at 1280×900 and saves, each page whole, OUTDIR/dashboard-overview.png and
 OUTDIR/dashboard-run.png (the running run's page). Then it stops the daemon and
 removes its containers.
 """
@@ -18,9 +18,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from selenium.webdriver.remote.webdriver import WebDriver
+
 from tests.harness import Daemon, write_config
 
-from .chrome import Browser, SyncApi, chrome, wait_for
+from .chrome import WINDOW, Browser, SyncApi, chrome, wait_for
 
 # name, command, schedule (cron or None), how many runs to make and wait for
 WORLD: list[tuple[str, str, str | None, int]] = [
@@ -38,12 +40,15 @@ WORLD: list[tuple[str, str, str | None, int]] = [
     ),
     ("cache-warmer", 'echo "warmed 412 keys"', "@every 15m", 2),
 ]
+# The engine's log hands over a burst's stderr lines before its stdout ones (the
+# API shows them so too): a pause between lines keeps the log in the order written.
 LOG_SHIPPER = (
     "log-shipper",
-    'echo "shipping /var/log/app/*.log"; echo "batch 1: 2048 lines sent"; '
-    'echo "warning: access.log.3 rotated while reading, skipped" >&2; '
-    'echo "batch 2: 1911 lines sent"; echo "retrying batch 3 (HTTP 503)" >&2; '
-    'echo "batch 3: 2203 lines sent"; sleep 600',
+    "for line in 'shipping /var/log/app/*.log' 'batch 1: 2048 lines sent' "
+    "'!access.log.3 rotated while reading, skipped' 'batch 2: 1911 lines sent' "
+    "'!batch 3: HTTP 503, retrying in 2 s' 'batch 3: 2203 lines sent'; do "
+    'case "$line" in !*) echo "warning: ${line#!}" >&2 ;; *) echo "$line" ;; esac; '
+    "sleep 0.3; done; sleep 600",
 )
 
 
@@ -77,6 +82,21 @@ def build_world(api: SyncApi) -> tuple[dict[str, Any], dict[str, Any]]:
     return shipper, running
 
 
+def save_whole_page(driver: WebDriver, path: Path) -> None:
+    """The page from top to bottom, laid out at the window's width: the viewport is
+    stretched to the page's height for the shot (a run page's log is below the fold
+    of a 900 px window), then set back."""
+    height = max(WINDOW[1], int(driver.execute_script("return document.body.scrollHeight")))
+    metrics = {"width": WINDOW[0], "deviceScaleFactor": 1, "mobile": False}
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {**metrics, "height": height})
+    try:
+        driver.save_screenshot(str(path))
+    finally:
+        driver.execute_cdp_cmd(
+            "Emulation.setDeviceMetricsOverride", {**metrics, "height": WINDOW[1]}
+        )
+
+
 def take(outdir: Path, work: Path) -> None:
     d = work / "daemon"
     d.mkdir()
@@ -97,11 +117,11 @@ def take(outdir: Path, work: Path) -> None:
             b.get("/ui/")
             b.find("table#active-runs tr.run")
             b.find("table#failures")
-            driver.save_screenshot(str(outdir / "dashboard-overview.png"))
+            save_whole_page(driver, outdir / "dashboard-overview.png")
             b.get(f"/ui/runners/{shipper['id']}/runs/{running['id']}")
             b.wait().until(lambda _: "batch 3" in b.find("pre#log").text, "the run's log")
             b.find("pre#log span.line.stderr")
-            driver.save_screenshot(str(outdir / "dashboard-run.png"))
+            save_whole_page(driver, outdir / "dashboard-run.png")
             if errors := b.errors():
                 raise SystemExit("the browser's console has errors:\n" + "\n".join(errors))
         finally:
