@@ -341,43 +341,62 @@ async def delete_env(request: web.Request) -> web.Response:
 
 async def list_runs(request: web.Request) -> web.Response:
     runner = await _runner_or_404(request)
-    limit, status, before = contract.parse_run_list_query(request.query)
-    runs = await request.app[STORE].list_runs(runner.id, limit=limit, status=status, before=before)
+    q = contract.parse_run_list_query(request.query)
+    runs = await request.app[STORE].list_runs(
+        runner.id, limit=q.limit, status=q.status, trigger=q.trigger, before=q.before
+    )
     if runs is None:
-        raise contract.Invalid([f"before: no run {before} of this runner"])
+        raise contract.Invalid([f"before: no run {q.before} of this runner"])
     tz = request.app[CONFIG].tz
     return web.json_response({"runs": [contract.run_json(r, tz) for r in runs]})
 
 
 async def trigger_run(request: web.Request) -> web.Response:
-    store = request.app[STORE]
-    config = request.app[CONFIG]
-    found = await store.runner_for_run(_id(request, "runner_id"))
+    run = await trigger(
+        request,
+        _id(request, "runner_id"),
+        await read_json(request),
+        request.headers.get("Idempotency-Key"),
+    )
+    return web.json_response({"run": contract.run_json(run, request.app[CONFIG].tz)})
+
+
+async def trigger(
+    request: web.Request, runner_id: str, body: Any, idempotency_key: str | None
+) -> Run:
+    """A run of `runner_id` from a trigger body (TriggerRequest's JSON shape): what
+    POST …/runs and the dashboard's Trigger run form both do, so validation, the env
+    merge, the scheduler's wake-up and the log line are one piece of code. Raises
+    HTTPNotFound for an unknown runner, contract.Invalid for a bad body. Reads the
+    app's state through `config_dict`: the dashboard's requests belong to its sub-app."""
+    store = request.config_dict[STORE]
+    config = request.config_dict[CONFIG]
+    found = await store.runner_for_run(runner_id)
     if found is None:
         raise web.HTTPNotFound()
-    options = contract.parse_trigger(await read_json(request))
+    options = contract.parse_trigger(body)
     try:
         prepared = triggers.prepare(found, config, options.env)
     except triggers.NotTriggerable as e:
         raise contract.Invalid([str(e)]) from None
-    idempotency_key = contract.parse_idempotency_key(request.headers.get("Idempotency-Key"))
+    key = contract.parse_idempotency_key(idempotency_key)
     run, created = await store.create_run(
         prepared.runner,
         prepared.env,
         prepared.cpu,
         prepared.mem,
         prepared.pids,
-        idempotency_key=idempotency_key,
+        idempotency_key=key,
         image=prepared.image,
         not_before=options.not_before,
         timeout_seconds=options.timeout_seconds,
     )
     if created:
-        request.app[SCHEDULER].wake()
+        request.config_dict[SCHEDULER].wake()
         # DEBUG: at hundreds of triggers a second a line each is noise (and 8 % of
         # a trigger's CPU); the run's "started" and final lines carry its id.
         log.debug("run %s of runner %s queued", run.id, run.runner_id)
-    return web.json_response({"run": contract.run_json(run, config.tz)})
+    return run
 
 
 async def warm_runner(request: web.Request) -> web.Response:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, cast
 
-from ..models import Status
+from ..models import Status, Trigger
 from .fields import (
     IDEMPOTENCY_KEY_MAX,
     LOG_STREAMS,
@@ -188,6 +188,9 @@ RUN_LIST_QUERY: tuple[Param, ...] = (
     Choice("status", "Only runs in this status.", ref="RunStatus",
            choices={s.value: s for s in Status},
            said=f"one of {', '.join(s.value for s in Status)}"),
+    Choice("trigger", "Only runs made by this trigger.", ref="Trigger",
+           choices={t.value: t for t in Trigger},
+           said=f"one of {', '.join(t.value for t in Trigger)}"),
     RunId("before", "Only runs queued before this run, which must be one of this runner's: "
           "pass the last id of a page to get the next page."),
 )
@@ -285,14 +288,23 @@ def _is_count(raw: str) -> bool:
     return 0 < len(raw) <= 12 and raw.isascii() and raw.isdigit()
 
 
-def parse_run_list_query(query: Query) -> tuple[int, Status | None, str | None]:
-    """`limit`, `status`, `before` of GET …/runs."""
+@dataclass(frozen=True)
+class RunListQuery:
+    limit: int
+    status: Status | None
+    trigger: Trigger | None
+    before: str | None
+
+
+def parse_run_list_query(query: Query) -> RunListQuery:
+    """`limit`, `status`, `trigger`, `before` of GET …/runs."""
     c = _Checker()
     v = _read(c, query, RUN_LIST_QUERY)
     c.done()
-    return (
+    return RunListQuery(
         cast(int, v["limit"]),
         cast("Status | None", v["status"]),
+        cast("Trigger | None", v["trigger"]),
         cast("str | None", v["before"]),
     )
 

@@ -165,6 +165,11 @@ MIGRATIONS: dict[int, list[str]] = {
         " created_at INTEGER NOT NULL, last_seen_at INTEGER NOT NULL)",
         "CREATE INDEX ui_sessions_by_key ON ui_sessions (api_key_id)",
         "CREATE INDEX ui_sessions_idle ON ui_sessions (last_seen_at)",
+        # The Runner page's history filtered by trigger, or by status and trigger
+        # (GET …/runs?trigger=&status=): one index range per page, as
+        # runs_by_runner_status is for a status alone, however rare the matches.
+        "CREATE INDEX runs_by_runner_trigger ON runs (runner_id, trigger, seq)",
+        "CREATE INDEX runs_by_runner_status_trigger ON runs (runner_id, status, trigger, seq)",
     ],
 }
 

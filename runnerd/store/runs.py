@@ -83,15 +83,27 @@ class Runs(Aggregate):
         return run_from_row(row, self.box) if row else None
 
     async def list_runs(
-        self, runner_id: str, *, limit: int, status: Status | None = None, before: str | None = None
+        self,
+        runner_id: str,
+        *,
+        limit: int,
+        status: Status | None = None,
+        trigger: Trigger | None = None,
+        before: str | None = None,
     ) -> list[Run] | None:
         """Newest first. `before` is a run id of this runner: only runs queued
-        before it; None when there is no such run."""
+        before it; None when there is no such run. Each filter, and the two
+        together, has its index (runs_by_runner_status, runs_by_runner_trigger,
+        runs_by_runner_status_trigger): a page is one index range however many
+        runs the runner has."""
         where = ["runner_id = ?"]
         params: list[Any] = [runner_id]
         if status is not None:
             where.append("status = ?")
             params.append(status.value)
+        if trigger is not None:
+            where.append("trigger = ?")
+            params.append(trigger.value)
 
         def read(db: sqlite3.Connection) -> list[sqlite3.Row] | None:
             if before is not None:

@@ -150,3 +150,9 @@ CREATE TABLE ui_sessions (
 
 CREATE INDEX ui_sessions_by_key ON ui_sessions (api_key_id);
 CREATE INDEX ui_sessions_idle ON ui_sessions (last_seen_at);
+
+-- The run history filtered by trigger, or by status and trigger (GET …/runs, the
+-- Runner page): one index range per page, as runs_by_runner_status is for a status
+-- alone, however rare the matches. Schema 7, hence here.
+CREATE INDEX runs_by_runner_trigger ON runs (runner_id, trigger, seq);
+CREATE INDEX runs_by_runner_status_trigger ON runs (runner_id, status, trigger, seq);

@@ -13,6 +13,7 @@ from runnerd.contract import (
     IMAGE_NAME,
     RUNNER_FIELDS,
     Invalid,
+    RunListQuery,
     TriggerOptions,
     check_command_exclusive,
     is_uuid,
@@ -26,7 +27,15 @@ from runnerd.contract import (
     parse_trigger,
 )
 from runnerd.executor import container_command
-from runnerd.models import RUNNER_COLUMNS, ContainerRegistry, EnvVariable, Run, Runner, Status
+from runnerd.models import (
+    RUNNER_COLUMNS,
+    ContainerRegistry,
+    EnvVariable,
+    Run,
+    Runner,
+    Status,
+    Trigger,
+)
 
 CONFIG = Config()
 
@@ -467,15 +476,16 @@ def test_parse_trigger_rejects_naming_the_field(body: Any, field: str) -> None:
 
 
 def test_parse_run_list_query_defaults() -> None:
-    assert parse_run_list_query({}) == (50, None, None)
+    assert parse_run_list_query({}) == RunListQuery(50, None, None, None)
 
 
 def test_parse_run_list_query_accepts_its_bounds_and_values() -> None:
     run_id = str(uuid.uuid4())
-    assert parse_run_list_query({"limit": "1"})[0] == 1
-    assert parse_run_list_query({"limit": "1000"})[0] == 1000
-    assert parse_run_list_query({"status": "failed"})[1] is Status.FAILED
-    assert parse_run_list_query({"before": run_id})[2] == run_id
+    assert parse_run_list_query({"limit": "1"}).limit == 1
+    assert parse_run_list_query({"limit": "1000"}).limit == 1000
+    assert parse_run_list_query({"status": "failed"}).status is Status.FAILED
+    assert parse_run_list_query({"trigger": "retry"}).trigger is Trigger.RETRY
+    assert parse_run_list_query({"before": run_id}).before == run_id
 
 
 @pytest.mark.parametrize(
@@ -490,6 +500,7 @@ def test_parse_run_list_query_accepts_its_bounds_and_values() -> None:
         pytest.param({"limit": "1" * 5000}, "limit", id="limit-5000-digits"),
         ({"limit": " 5"}, "limit"),
         ({"status": "done"}, "status"),
+        ({"trigger": "cron"}, "trigger"),
         ({"before": "not-a-uuid"}, "before"),
         ({"before": str(uuid.uuid4()).replace("-", "")}, "before"),
         ({"page": "2"}, "page"),
@@ -503,8 +514,10 @@ def test_parse_run_list_query_rejects_naming_the_parameter(
 
 
 def test_parse_run_list_query_reports_every_bad_parameter() -> None:
-    errors = errors_of(parse_run_list_query, {"limit": "0", "status": "x", "before": "y"})
-    assert [e.split()[0] for e in errors] == ["limit:", "status:", "before:"]
+    errors = errors_of(
+        parse_run_list_query, {"limit": "0", "status": "x", "trigger": "z", "before": "y"}
+    )
+    assert [e.split()[0] for e in errors] == ["limit:", "status:", "trigger:", "before:"]
 
 
 def test_parse_run_list_query_gives_before_in_the_stored_lowercase_form() -> None:
@@ -512,7 +525,7 @@ def test_parse_run_list_query_gives_before_in_the_stored_lowercase_form() -> Non
     is_uuid in upper case too but was handed on as given, so the run is not found."""
     run_id = str(uuid.uuid4())
     assert is_uuid(run_id.upper())
-    assert parse_run_list_query({"before": run_id.upper()})[2] == run_id
+    assert parse_run_list_query({"before": run_id.upper()}).before == run_id
 
 
 @pytest.mark.parametrize(("raw", "expected"), [("0", 0), ("5", 5), ("1000000", 1_000_000)])

@@ -67,12 +67,12 @@ def test_the_document_says_each_logs_form_takes_exactly_what_the_server_accepts(
 
 def test_the_run_list_documents_exactly_the_parameters_it_accepts() -> None:
     documented = [p["name"] for p in served_parameters(RUNS_PATH, "get")]
-    assert documented == known_of(parse_run_list_query) == ["limit", "status", "before"]
+    assert documented == known_of(parse_run_list_query) == ["limit", "status", "trigger", "before"]
 
 
 def test_no_parameter_has_a_schema_default_and_each_default_is_said_and_applied() -> None:
     """Generated clients send a schema default on every call (see Param.openapi)."""
-    assert parse_run_list_query({})[0] == contract.RUNS_LIMIT_DEFAULT
+    assert parse_run_list_query({}).limit == contract.RUNS_LIMIT_DEFAULT
     assert parse_json_logs_query({}).limit == contract.LOGS_LIMIT_DEFAULT
     assert parse_text_logs_query({}) == (None, False)
     for params in (contract.RUN_LIST_QUERY, contract.LOGS_QUERY, (contract.IDEMPOTENCY_KEY,)):

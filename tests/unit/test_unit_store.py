@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from runnerd.models import FailureReason, Run, Runner, Scope, Status
+from runnerd.models import FailureReason, Run, Runner, Scope, Status, Trigger
 from runnerd.store import (
     IDEMPOTENCY_WINDOW_MS,
     SCHEMA_V1,
@@ -266,6 +266,29 @@ async def test_list_runs_before_combined_with_status_pages_that_status_only(stor
     page3 = await store.list_runs(r.id, limit=2, status=Status.PENDING, before=page2[-1].id)
     pending = [x.id for i, x in enumerate(runs) if i % 3][::-1]
     assert [x.id for x in page1 + page2 + page3] == pending[:6]
+
+
+async def test_list_runs_filters_by_trigger_alone_and_with_status_and_pages(store: Store) -> None:
+    r, other = await make_runner(store, "aaa"), await make_runner(store, "bbb")
+    made = []
+    for i in range(6):
+        trigger = Trigger.RETRY if i % 2 else Trigger.API
+        run, _ = await store.create_run(r, [], 1.0, 1024, 512, trigger=trigger)
+        made.append(run)
+    await store.create_run(other, [], 1.0, 1024, 512, trigger=Trigger.RETRY)
+    await store.finish_run(
+        made[3].id, Status.FAILED, exit_code=1, failure_reason=FailureReason.NONZERO_EXIT, error="x"
+    )
+    retries = [x.id for x in made[1::2]][::-1]
+    found = await store.list_runs(r.id, limit=50, trigger=Trigger.RETRY)
+    assert [x.id for x in found or []] == retries
+    page1 = await store.list_runs(r.id, limit=2, trigger=Trigger.RETRY)
+    assert page1 is not None
+    page2 = await store.list_runs(r.id, limit=2, trigger=Trigger.RETRY, before=page1[-1].id)
+    assert [x.id for x in page1 + (page2 or [])] == retries
+    both = await store.list_runs(r.id, limit=50, status=Status.PENDING, trigger=Trigger.RETRY)
+    assert [x.id for x in both or []] == [made[5].id, made[1].id]
+    assert await store.list_runs(r.id, limit=50, trigger=Trigger.CHAIN) == []
 
 
 async def test_list_runs_before_a_run_of_another_runner_is_none(store: Store) -> None:
@@ -759,3 +782,53 @@ async def test_close_clears_run_completed_listeners(tmp_path: Path) -> None:
     store.on_run_completed.append(lambda run: None)
     await store.close()
     assert store.on_run_completed == []
+
+
+class _Recording:
+    """A connection that notes each statement (and its parameters) it runs."""
+
+    def __init__(self, db: sqlite3.Connection, seen: list[tuple[str, tuple[Any, ...]]]) -> None:
+        self.db, self.seen = db, seen
+
+    def execute(self, sql: str, params: Any = ()) -> sqlite3.Cursor:
+        self.seen.append((sql, tuple(params)))
+        return self.db.execute(sql, params)
+
+
+@pytest.mark.parametrize(
+    ("status", "trigger", "index"),
+    [
+        (None, None, "runs_by_runner"),
+        (Status.FAILED, None, "runs_by_runner_status"),
+        (None, Trigger.RETRY, "runs_by_runner_trigger"),
+        (Status.FAILED, Trigger.RETRY, "runs_by_runner_status_trigger"),
+    ],
+)
+async def test_a_run_history_page_is_one_index_range_whatever_its_filters(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    status: Status | None,
+    trigger: Trigger | None,
+    index: str,
+) -> None:
+    """With a million runs a page must not scan: each filter (GET …/runs, the Runner
+    page) has an index whose order is the page's, so SQLite reads `limit` entries."""
+    path = tmp_path / "runnerd.db"
+    seen: list[tuple[str, tuple[Any, ...]]] = []
+    async with Store(path) as store:
+        r = await make_runner(store)
+        last = await queue(store, r)
+        real = Database.lookup
+
+        async def recording(self: Database, fn: Any, **kw: Any) -> Any:
+            return await real(self, lambda db: fn(_Recording(db, seen)), **kw)
+
+        monkeypatch.setattr(Database, "lookup", recording)
+        await store.list_runs(r.id, limit=50, status=status, trigger=trigger, before=last.id)
+        monkeypatch.undo()
+    page = [(sql, params) for sql, params in seen if "ORDER BY seq DESC" in sql]
+    assert len(page) == 1
+    with raw_db(path) as db:
+        plans = [row[3] for row in db.execute("EXPLAIN QUERY PLAN " + page[0][0], page[0][1])]
+    assert len(plans) == 1 and plans[0].startswith(f"SEARCH runs USING INDEX {index} ("), plans
+    assert "seq<?" in plans[0], plans  # `before` is in the range too, not a filter on it
