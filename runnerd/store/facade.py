@@ -13,6 +13,7 @@ from ..crypto import SecretBox, SecretKeyError, load_key
 from ..models import Run
 from .api_keys import ApiKeys
 from .connection import Database
+from .dashboard import Dashboard
 from .registries import Registries
 from .runners import Runners
 from .runs import Runs
@@ -22,7 +23,7 @@ from .sessions import UiSessions
 from .webhooks import Webhooks
 
 
-class Store(ApiKeys, Runners, Runs, Registries, Schedules, UiSessions, Webhooks):
+class Store(ApiKeys, Dashboard, Runners, Runs, Registries, Schedules, UiSessions, Webhooks):
     def __init__(self, path: Path, secret_key_file: Path | None = None) -> None:
         self.path = path
         self.secret_key_file = secret_key_file or path.parent / "secret.key"

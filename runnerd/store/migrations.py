@@ -165,6 +165,12 @@ MIGRATIONS: dict[int, list[str]] = {
         " created_at INTEGER NOT NULL, last_seen_at INTEGER NOT NULL)",
         "CREATE INDEX ui_sessions_by_key ON ui_sessions (api_key_id)",
         "CREATE INDEX ui_sessions_idle ON ui_sessions (last_seen_at)",
+        # The dashboard's Overview: its 24 h totals and median read only this index
+        # (it replaces runs_completed, its first column), its latest failures the next.
+        "DROP INDEX runs_completed",
+        "CREATE INDEX runs_outcomes ON runs (completed_at, status, started_at)"
+        " WHERE status IN ('succeeded', 'failed')",
+        "CREATE INDEX runs_failed ON runs (completed_at) WHERE status = 'failed'",
         # The Runner page's history filtered by trigger, or by status and trigger
         # (GET …/runs?trigger=&status=): one index range per page, as
         # runs_by_runner_status is for a status alone, however rare the matches.
