@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The whole test suite, from a clean machine: Python deps, the gate (ruff, mypy),
-# a Docker engine, the offline test image, then pytest. The README's test command;
-# .ci/run calls it.
+# a Docker engine, the offline test image, Debian's chromium and chromedriver (the
+# browser tier), then pytest. The README's test command; .ci/run calls it.
 #
-#   bash tests/run.sh [PYTEST ARGS]          everything: tests/unit, api, integration, ...
+#   bash tests/run.sh [PYTEST ARGS]          everything: tests/unit, api, integration,
+#                                            browser, ...
 #   bash tests/run.sh --fast [PYTEST ARGS]   the fast tier: tests/unit and tests/api,
 #                                            without Docker (none installed, started or
 #                                            asked: the tier's tests cannot reach one)
@@ -123,5 +124,25 @@ if ! docker image inspect "$RUNNERD_TEST_IMAGE" >/dev/null 2>&1; then
   docker import -c 'CMD ["sh"]' -c 'ENV PATH=/bin' "$tmp/rootfs.tar" "$RUNNERD_TEST_IMAGE" >/dev/null
 fi
 
-# 5. The suite.
+# 5. The browser tier (tests/browser) drives Debian's chromium through its
+#    chromedriver, never a downloaded browser: where either is missing and we are
+#    root, install Debian's packages; otherwise say so and stop (the tier would fail).
+browser_ok() { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }
+if ! browser_ok; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "installing chromium and chromium-driver"
+    apt-get update -qq
+    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; then
+      log "apt-get could not install chromium and chromium-driver (output above)"
+      exit 1
+    fi
+  fi
+  if ! browser_ok; then
+    log "/usr/bin/chromium or /usr/bin/chromedriver is missing and cannot be installed here" \
+      "(not root, or no apt-get): install Debian's chromium and chromium-driver"
+    exit 1
+  fi
+fi
+
+# 6. The suite.
 "$venv/bin/python" -m pytest "$@"
