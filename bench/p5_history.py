@@ -19,6 +19,7 @@ from .common import (
     mean,
     ms,
     percentile,
+    seed_history,
     seed_runs,
     session,
     template_run,
@@ -176,16 +177,7 @@ async def run(ctx: Context) -> FigureResult:
         small["run"] = await run_latency(ctx, daemon, runner_id, k)
 
         # -- the full history
-        t0 = time.perf_counter()
-
-        def progress(done: int) -> None:
-            if done % 200_000 == 0:
-                ctx.log(f"P5: seeded {SMALL + done:,} runs")
-
-        await asyncio.to_thread(
-            seed_runs, daemon.db_path, template, total - SMALL, completed=True, progress=progress
-        )
-        seed_t = time.perf_counter() - t0
+        seed_t = await seed_history(ctx, "P5", daemon.db_path, template, total - SMALL, SMALL)
         ctx.log(f"P5: {total:,} runs seeded in {seed_t:.0f} s; start-ups and requests")
         big_starts = timed_starts(daemon)
         daemon.start()

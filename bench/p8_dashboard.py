@@ -21,6 +21,7 @@ from .common import (
     Row,
     ms,
     percentile,
+    seed_history,
     seed_runs,
     session,
     template_run,
@@ -195,16 +196,7 @@ async def run(ctx: Context) -> FigureResult:
         daemon.stop()
 
         # -- the full history
-        t0 = time.perf_counter()
-
-        def progress(done: int) -> None:
-            if done % 200_000 == 0:
-                ctx.log(f"P8: seeded {SMALL + done:,} runs")
-
-        await asyncio.to_thread(
-            seed_runs, daemon.db_path, template, total - SMALL, completed=True, progress=progress
-        )
-        seed_t = time.perf_counter() - t0
+        seed_t = await seed_history(ctx, "P8", daemon.db_path, template, total - SMALL, SMALL)
         ctx.log(f"P8: {total:,} runs seeded in {seed_t:.0f} s; {n} GETs of each page")
         daemon.start()
         big, big_sizes = await measure(ctx, daemon, world, n)

@@ -168,7 +168,8 @@ async def read_json(request: web.Request) -> Any:
         raise contract.Invalid([f"body: is not valid JSON: {message}"]) from None
 
 
-def _id(request: web.Request, name: str) -> str:
+def path_id(request: web.Request, name: str) -> str:
+    """The path's id `name`, lowercased; 404 when it is not a UUID."""
     value = request.match_info[name]
     if not contract.is_uuid(value):
         raise web.HTTPNotFound()
@@ -218,7 +219,7 @@ async def metrics_endpoint(request: web.Request) -> web.Response:
 
 
 async def _runner_or_404(request: web.Request) -> Any:
-    runner = await request.app[STORE].get_runner(_id(request, "runner_id"))
+    runner = await request.app[STORE].get_runner(path_id(request, "runner_id"))
     if runner is None:
         raise web.HTTPNotFound()
     return runner
@@ -271,7 +272,7 @@ async def update_runner(request: web.Request) -> web.Response:
 
 
 async def delete_runner(request: web.Request) -> web.Response:
-    runner_id = _id(request, "runner_id")
+    runner_id = path_id(request, "runner_id")
     store = request.app[STORE]
     # Its schedules go with it (the foreign key cascades); the firing loop is told.
     # One made between this read and the delete is gone too, and the loop, finding no
@@ -318,7 +319,7 @@ async def create_env(request: web.Request) -> web.Response:
 
 async def update_env(request: web.Request) -> web.Response:
     runner = await _runner_or_404(request)
-    env_id = _id(request, "env_id")
+    env_id = path_id(request, "env_id")
     fields = contract.parse_env_variable(await read_json(request), partial=True)
     try:
         env = await request.app[STORE].update_env(runner.id, env_id, fields)
@@ -331,7 +332,7 @@ async def update_env(request: web.Request) -> web.Response:
 
 async def delete_env(request: web.Request) -> web.Response:
     runner = await _runner_or_404(request)
-    if not await request.app[STORE].delete_env(runner.id, _id(request, "env_id")):
+    if not await request.app[STORE].delete_env(runner.id, path_id(request, "env_id")):
         raise web.HTTPNotFound()
     return web.json_response({"deleted": True})
 
@@ -354,7 +355,7 @@ async def list_runs(request: web.Request) -> web.Response:
 async def trigger_run(request: web.Request) -> web.Response:
     run = await trigger(
         request,
-        _id(request, "runner_id"),
+        path_id(request, "runner_id"),
         await read_json(request),
         request.headers.get("Idempotency-Key"),
     )
@@ -403,7 +404,7 @@ async def warm_runner(request: web.Request) -> web.Response:
     """Pull the runner's image now (whatever its pull policy); 400 with the pull
     error when that fails."""
     try:
-        runner = await request.app[EXECUTOR].warm(_id(request, "runner_id"))
+        runner = await request.app[EXECUTOR].warm(path_id(request, "runner_id"))
     except EngineUnavailable:
         raise web.HTTPServiceUnavailable(reason="Docker Engine Unavailable") from None
     except EngineError as e:
@@ -424,7 +425,7 @@ async def list_schedules(request: web.Request) -> web.Response:
 
 
 async def get_schedule(request: web.Request) -> web.Response:
-    runner_id, schedule_id = _id(request, "runner_id"), _id(request, "schedule_id")
+    runner_id, schedule_id = path_id(request, "runner_id"), path_id(request, "schedule_id")
     schedule = await request.app[STORE].get_schedule(runner_id, schedule_id)
     if schedule is None:
         raise web.HTTPNotFound()
@@ -446,7 +447,7 @@ async def create_schedule(request: web.Request) -> web.Response:
 
 async def update_schedule(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
-    runner_id, schedule_id = _id(request, "runner_id"), _id(request, "schedule_id")
+    runner_id, schedule_id = path_id(request, "runner_id"), path_id(request, "schedule_id")
     fields = contract.parse_schedule(await read_json(request), config, partial=True)
     try:
         schedule = await request.app[STORE].update_schedule(runner_id, schedule_id, fields)
@@ -457,7 +458,7 @@ async def update_schedule(request: web.Request) -> web.Response:
 
 
 async def delete_schedule(request: web.Request) -> web.Response:
-    runner_id, schedule_id = _id(request, "runner_id"), _id(request, "schedule_id")
+    runner_id, schedule_id = path_id(request, "runner_id"), path_id(request, "schedule_id")
     if not await request.app[STORE].delete_schedule(runner_id, schedule_id):
         raise web.HTTPNotFound()
     request.app[FIRING].removed(schedule_id)
@@ -469,7 +470,7 @@ async def delete_schedule(request: web.Request) -> web.Response:
 
 
 async def _registry_or_404(request: web.Request) -> Any:
-    registry = await request.app[STORE].get_registry(_id(request, "registry_id"))
+    registry = await request.app[STORE].get_registry(path_id(request, "registry_id"))
     if registry is None:
         raise web.HTTPNotFound()
     return registry
@@ -518,7 +519,7 @@ async def update_registry(request: web.Request) -> web.Response:
 
 async def delete_registry(request: web.Request) -> web.Response:
     try:
-        await request.app[STORE].delete_registry(_id(request, "registry_id"))
+        await request.app[STORE].delete_registry(path_id(request, "registry_id"))
     except NotFound:
         raise web.HTTPNotFound() from None
     except Conflict:
@@ -616,7 +617,9 @@ async def get_run(request: web.Request) -> web.Response:
 async def run_or_404(request: web.Request, runner: str = "runner_id", run: str = "run_id") -> Run:
     """The run of the path's runner and run ids (the route's names for them); 404
     when there is none."""
-    found = await request.config_dict[STORE].get_run(_id(request, run), _id(request, runner))
+    found = await request.config_dict[STORE].get_run(
+        path_id(request, run), path_id(request, runner)
+    )
     if found is None:
         raise web.HTTPNotFound()
     return found

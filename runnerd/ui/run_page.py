@@ -38,10 +38,6 @@ async def the_run(request: web.Request) -> Run:
     return await api.run_or_404(request, "rid", "id")
 
 
-def run_url(run: Run) -> str:
-    return f"/ui/runners/{run.runner_id}/runs/{run.id}"
-
-
 def status_text(run: dict[str, Any]) -> str:
     """What #run-status says: the status, and why for a failed run."""
     if run["status"] == Status.FAILED.value and run["failure_reason"]:
@@ -171,7 +167,7 @@ async def cancel_run(request: web.Request) -> web.StreamResponse:
     page), then back to the run's page. The overview's cancel buttons post here."""
     run = await the_run(request)
     await api.cancel(request, run)
-    raise web.HTTPSeeOther(run_url(run))
+    raise web.HTTPSeeOther(views.run_href(run))
 
 
-__all__ = ["add_routes", "run_url", "status_text", "log_tail", "TAIL_ENTRIES", "TAIL_BYTES"]
+__all__ = ["add_routes", "status_text", "log_tail", "TAIL_ENTRIES", "TAIL_BYTES"]

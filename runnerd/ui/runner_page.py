@@ -23,10 +23,6 @@ def add_routes(r: web.UrlDispatcher) -> None:
     r.add_post("/runners/{rid}/runs", trigger_run, name="trigger-run")
 
 
-def run_href(run: Run) -> str:
-    return f"/ui/runners/{run.runner_id}/runs/{run.id}"
-
-
 def run_duration_ms(run: Run, now: int) -> int | None:
     """How long it took, or has taken so far while running; None before it started."""
     if run.started_at is None:
@@ -58,9 +54,7 @@ async def runner_page(request: web.Request) -> web.StreamResponse:
 async def trigger_run(request: web.Request) -> web.StreamResponse:
     """The Trigger run form: its env lines become the API's trigger body and go
     through api.trigger, the same path as POST /v1/runners/{id}/runs."""
-    runner_id = request.match_info["rid"]
-    if not contract.is_uuid(runner_id):
-        raise web.HTTPNotFound()
+    runner_id = api.path_id(request, "rid")
     form = await request.post()
     raw = form.get("env", "")
     env_text = raw if isinstance(raw, str) else ""
@@ -68,11 +62,11 @@ async def trigger_run(request: web.Request) -> web.StreamResponse:
     if not errors:
         body: dict[str, Any] = {"env_variables": env} if env else {}
         try:
-            run = await api.trigger(request, runner_id.lower(), body, None)
+            run = await api.trigger(request, runner_id, body, None)
         except contract.Invalid as e:
             errors = e.errors
         else:
-            raise web.HTTPSeeOther(run_href(run))
+            raise web.HTTPSeeOther(views.run_href(run))
     return await render(request, env_text=env_text, errors=errors, status=400)
 
 
@@ -87,12 +81,9 @@ def history_filters(request: web.Request) -> contract.RunListQuery:
 async def render(
     request: web.Request, *, env_text: str, errors: list[str], status: int
 ) -> web.StreamResponse:
-    runner_id = request.match_info["rid"]
-    if not contract.is_uuid(runner_id):
-        raise web.HTTPNotFound()
     store = request.config_dict[STORE]
     config = request.config_dict[CONFIG]
-    runner = await store.get_runner(runner_id.lower())
+    runner = await store.get_runner(api.path_id(request, "rid"))
     if runner is None:
         raise web.HTTPNotFound()
     q = history_filters(request)
@@ -107,7 +98,7 @@ async def render(
     now = now_ms()
     chart = charts.runs_chart(
         [
-            charts.Bar(r.id, r.status.value, run_duration_ms(r, now), run_href(r))
+            charts.Bar(r.id, r.status.value, run_duration_ms(r, now), views.run_href(r))
             for r in reversed(latest)  # oldest on the left
         ]
     )
@@ -137,7 +128,7 @@ async def render(
     history = [
         {
             **contract.run_json(r, config.tz),
-            "href": run_href(r),
+            "href": views.run_href(r),
             "duration_ms": run_duration_ms(r, now),
         }
         for r in runs

@@ -12,6 +12,7 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
+from ..models import Run
 from . import sessions
 
 
@@ -30,6 +31,11 @@ def page(
     )
     response.set_status(status)
     return response
+
+
+def run_href(run: Run) -> str:
+    """A run's page."""
+    return f"/ui/runners/{run.runner_id}/runs/{run.id}"
 
 
 def when(api_time: str | None) -> str:
