@@ -183,12 +183,11 @@ async def healthz(request: web.Request) -> web.Response:
     """200 while runs can start: the engine answers and the scheduler claims runs."""
     queue = await request.app[STORE].count_active()
     try:
-        version = await request.app[EXECUTOR].engine_version()
+        engine = await request.app[EXECUTOR].engine_version()
     except EngineError as e:
         return web.json_response(
             {"status": "unavailable", "error": str(e), "queue": queue}, status=503
         )
-    engine = {"version": version.get("Version"), "api_version": version.get("ApiVersion")}
     health = request.app[SCHEDULER].health
     if not health.ok:
         return web.json_response(

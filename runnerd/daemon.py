@@ -202,8 +202,7 @@ async def serve(config: Config) -> Stopped:
             wake_log_followers(store, logs)
             log_retries(store, config.tz)
             try:
-                version = await engine.version()
-                log.info("Docker engine %s answers", version.get("Version", "?"))
+                await engine.version()  # logs which engine it is
             except EngineError as e:
                 log.warning("%s; runs stay pending until it does", e)
             daemon_id = await store.daemon_id()

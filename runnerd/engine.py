@@ -16,7 +16,7 @@ import logging
 import os
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -54,6 +54,11 @@ CONNECTION_HEADROOM = 32
 _SOCKETS = ("/run/docker.sock", "/var/run/docker.sock")
 
 T = TypeVar("T")
+
+DOCKER = "docker"
+PODMAN = "podman"
+# Limits a run's container is created with, by the names runnerd reports them under.
+LIMITS = ("cpu", "memory", "pids")
 
 
 def connection_limit(max_concurrent_runs: int) -> int:
@@ -151,6 +156,110 @@ def log_file_bytes(max_log_bytes: int) -> int:
     return 2 * max_log_bytes + 1024 * 1024
 
 
+@dataclass(frozen=True)
+class EngineKind:
+    """Which engine answers, and what runnerd does differently for it. Every
+    per-engine choice is made here, from what `/version` and `/info` say:
+
+    - Docker: the `local` log driver (raw bytes, rotated at `log_file_bytes`),
+      whose follow stream is a faithful copy of the output (`exact_follow`).
+    - Podman (`Components` names a "Podman Engine"): it has no `local` driver,
+      so `k8s-file`, never rotated (conmon's rotation truncates the file, which
+      would lose the start of the output). Its follow stream drops and repeats
+      data and its timestamps are whole seconds, so after each run the log is
+      checked against a plain read of the engine's copy, and repaired from it.
+
+    `unenforced_limits` are the limits (of LIMITS) the engine says it cannot
+    apply: rootless on cgroup v1, or a controller the cgroup lacks."""
+
+    name: str  # DOCKER or PODMAN
+    version: str
+    api_version: str
+    rootless: bool = False
+    cgroup_version: str = ""  # "1", "2"; "" when the engine does not say
+    unenforced_limits: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """For people: "Podman 4.3.1 (rootless)"."""
+        name = "Podman" if self.name == PODMAN else "Docker"
+        return f"{name} {self.version}{' (rootless)' if self.rootless else ''}"
+
+    @property
+    def exact_follow(self) -> bool:
+        """The follow stream is a faithful copy of the output: nothing to check."""
+        return self.name != PODMAN
+
+    @property
+    def log_driver(self) -> str:
+        return "k8s-file" if self.name == PODMAN else "local"
+
+    def log_config(self, log_file_bytes: int) -> dict[str, Any]:
+        """The container's HostConfig.LogConfig."""
+        if self.name == PODMAN:
+            return {"Type": self.log_driver}  # no max-size: see the class
+        # "local" keeps raw bytes (json-file mangles non-UTF-8). One file holds
+        # everything runnerd keeps, so it is never rotated while runnerd reads it:
+        # Docker 20.10's follow reader skips or repeats messages across a rotation
+        # when it lags behind the container. Older files keep it readable (for a
+        # resume after a daemon restart) once the container writes past it.
+        return {
+            "Type": self.log_driver,
+            "Config": {
+                "max-size": str(log_file_bytes),
+                "max-file": str(max(2, -(-LOG_KEEP_BYTES // log_file_bytes))),
+                "compress": "false",
+            },
+        }
+
+    def engine_copy(self, max_log_bytes: int) -> tuple[int, int, int] | None:
+        """(bytes, per line, per piece) the engine's copy of a run's output holds
+        before it rotates (see logs.EngineCopy); None: it never rotates."""
+        if self.name == PODMAN:
+            return None
+        return log_file_bytes(max_log_bytes), LOG_LINE_OVERHEAD, LOG_PIECE_OVERHEAD
+
+    def as_json(self) -> dict[str, Any]:
+        """For /healthz."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "api_version": self.api_version,
+            "rootless": self.rootless,
+            "cgroup_version": self.cgroup_version or None,
+            "unenforced_limits": list(self.unenforced_limits),
+        }
+
+
+def engine_kind(version: Mapping[str, Any], info: Mapping[str, Any]) -> EngineKind:
+    """What `/version` and `/info` say about the engine."""
+    components = version.get("Components") or []
+    podman = next(
+        (
+            c
+            for c in components
+            if isinstance(c, dict) and "podman" in str(c.get("Name", "")).lower()
+        ),
+        None,
+    )
+    security = [str(o) for o in info.get("SecurityOptions") or []]
+    rootless = any("name=rootless" in o for o in security)
+    cgroup = str(info.get("CgroupVersion") or "")
+    if rootless and cgroup == "1":  # no delegation on cgroup v1: no limit applies
+        unenforced: tuple[str, ...] = LIMITS
+    else:
+        flags = {"cpu": "CpuCfsQuota", "memory": "MemoryLimit", "pids": "PidsLimit"}
+        unenforced = tuple(name for name in LIMITS if info.get(flags[name]) is False)
+    return EngineKind(
+        name=PODMAN if podman is not None else DOCKER,
+        version=str((podman or version).get("Version") or version.get("Version") or "?"),
+        api_version=str(version.get("ApiVersion") or "?"),
+        rootless=rootless,
+        cgroup_version=cgroup,
+        unenforced_limits=unenforced,
+    )
+
+
 @dataclass
 class OutputBatch:
     """The messages of one read from the engine, in the order it logged them:
@@ -182,6 +291,8 @@ class Engine:
         self.pull_stall = pull_stall
         self.max_connections = max_connections
         self._docker: aiodocker.Docker | None = None
+        self._kind: EngineKind | None = None
+        self._kind_of: tuple[Any, Any] = (None, None)  # the /version it was detected from
         self._streams: aiohttp.ClientSession | None = None
 
     @property
@@ -269,9 +380,54 @@ class Engine:
         """The engine's version info; raises EngineUnavailable when it does not answer."""
         try:
             async with asyncio.timeout(min(VERSION_TIMEOUT_SECONDS, self.request_timeout)):
-                return await self.docker.version()
+                version = await self.docker.version()
         except (DockerError, aiohttp.ClientError, OSError, TimeoutError) as e:
             raise EngineUnavailable(f"the Docker engine does not answer: {_reason(e)}") from None
+        await self._detect(version)
+        return version
+
+    async def kind(self) -> EngineKind:
+        """Which engine answers (asked once, then again when its version changes,
+        as after an upgrade); raises EngineUnavailable when it does not answer."""
+        if self._kind is None:
+            await self.version()
+        assert self._kind is not None
+        return self._kind
+
+    @property
+    def known_kind(self) -> EngineKind | None:
+        """The engine last seen, without asking; None before it first answered."""
+        return self._kind
+
+    async def _detect(self, version: dict[str, Any]) -> None:
+        seen = (version.get("Version"), version.get("ApiVersion"))
+        if self._kind is not None and seen == self._kind_of:
+            return
+        try:
+            async with asyncio.timeout(min(VERSION_TIMEOUT_SECONDS, self.request_timeout)):
+                info = await self.docker.system.info()
+        except (DockerError, aiohttp.ClientError, OSError, TimeoutError) as e:
+            raise EngineUnavailable(f"the Docker engine does not answer: {_reason(e)}") from None
+        kind = engine_kind(version, info)
+        if kind != self._kind:
+            log.info(
+                "the engine is %s (API %s%s)%s",
+                kind.label,
+                kind.api_version,
+                f", cgroup v{kind.cgroup_version}" if kind.cgroup_version else "",
+                ""
+                if kind.exact_follow
+                else "; each run's log is checked against the engine's copy when it ends",
+            )
+            if kind.unenforced_limits:
+                log.warning(
+                    "the engine cannot apply a run's %s limits%s: runs go without them",
+                    ", ".join(kind.unenforced_limits),
+                    " (rootless on cgroup v1)"
+                    if kind.rootless and kind.cgroup_version == "1"
+                    else "",
+                )
+        self._kind, self._kind_of = kind, seen
 
     # -- images ---------------------------------------------------------------
 
@@ -373,6 +529,7 @@ class Engine:
     # -- containers -----------------------------------------------------------
 
     async def create(self, spec: ContainerSpec) -> str:
+        kind = await self.kind()
         config: dict[str, Any] = {
             "Image": spec.image,
             "Env": [f"{k}={v}" for k, v in spec.env],
@@ -388,20 +545,7 @@ class Engine:
                 "MemorySwap": spec.mem_mib * 1024 * 1024,  # no swap beyond the limit
                 "PidsLimit": spec.pids,
                 "NetworkMode": spec.network,
-                # "local" keeps raw bytes (json-file mangles non-UTF-8). One file
-                # holds everything runnerd keeps, so it is never rotated while
-                # runnerd reads it: Docker 20.10's follow reader skips or repeats
-                # messages across a rotation when it lags behind the container.
-                # Older files keep it readable (for a resume after a daemon
-                # restart) once the container writes past it.
-                "LogConfig": {
-                    "Type": "local",
-                    "Config": {
-                        "max-size": str(spec.log_file_bytes),
-                        "max-file": str(max(2, -(-LOG_KEEP_BYTES // spec.log_file_bytes))),
-                        "compress": "false",
-                    },
-                },
+                "LogConfig": kind.log_config(spec.log_file_bytes),
                 "AutoRemove": False,
             },
         }

@@ -187,9 +187,11 @@ class Executor:
         return warmed
 
     async def engine_version(self) -> dict[str, Any]:
-        """The engine's version document (`Version`, `ApiVersion`, ...); EngineError
-        when it does not answer."""
-        return await self.engine.version()
+        """Which engine answers, for /healthz: name (docker, podman), version,
+        api_version, rootless, cgroup_version, unenforced_limits; EngineError when
+        it does not answer."""
+        await self.engine.version()
+        return (await self.engine.kind()).as_json()
 
     async def stop_run(self, run_id: str, why: str) -> bool:
         """Cancel an in-flight run: its container is stopped (SIGTERM, then SIGKILL

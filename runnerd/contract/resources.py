@@ -295,12 +295,20 @@ class QueueDepth(_Resource):
 
 
 class EngineVersion(BaseModel):
-    """The Docker engine's version."""
+    """Which engine answers: Docker or Podman, its version, and the limits it
+    cannot apply to a run's container (rootless on cgroup v1 applies none)."""
 
     model_config = ConfigDict(extra="allow")
 
+    name: Literal["docker", "podman"] | None = None
     version: str | None = None
     api_version: str | None = None
+    rootless: bool | None = None
+    cgroup_version: str | None = Field(default=None, description='"1" or "2"; null: unknown.')
+    unenforced_limits: list[Literal["cpu", "memory", "pids"]] = Field(
+        default_factory=list,
+        description="Limits of an instance type the engine cannot apply: runs go without them.",
+    )
 
 
 class Health(BaseModel):

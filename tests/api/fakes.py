@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from runnerd import images
-from runnerd.engine import EngineError
+from runnerd.engine import EngineError, engine_kind
 from runnerd.logs import LogStore
 from runnerd.models import FailureReason, Run, Runner, Status
 from runnerd.store import NotFound, Store
@@ -61,7 +61,7 @@ class FakeExecutor:
         self._why: dict[str, str] = {}
 
     async def engine_version(self) -> dict[str, Any]:
-        return {"Version": "fake", "ApiVersion": "1.44"}
+        return engine_kind({"Version": "fake", "ApiVersion": "1.44"}, {}).as_json()
 
     async def warm(self, runner_id: str) -> Runner | None:
         found = await self.store.runner_for_run(runner_id)

@@ -27,7 +27,7 @@ DEADLINE = 5.0
 
 
 class HangingEngine:
-    """Answers /version; takes every other request and never answers it, except a
+    """Answers /version and /info; takes every other request and never answers it, except a
     pull, which sends `events` progress lines and then nothing more."""
 
     def __init__(self, events: int = 1) -> None:
@@ -52,6 +52,8 @@ class HangingEngine:
         self.requests.append(f"{request.method} {request.path}")
         if request.path.endswith("/version"):
             return aiohttp.web.json_response({"ApiVersion": "1.41", "Version": "hanging"})
+        if request.path.endswith("/info"):  # asked with /version: which engine it is
+            return aiohttp.web.json_response({})
         if request.path.endswith("/images/create"):
             response = aiohttp.web.StreamResponse()
             await response.prepare(request)
