@@ -242,10 +242,14 @@ def engine_kind(version: Mapping[str, Any], info: Mapping[str, Any]) -> EngineKi
         ),
         None,
     )
+    # Rootless Docker says so in SecurityOptions ("name=rootless"); Podman (4.3,
+    # measured) never does, only in a field of its own, "Rootless": true.
     security = [str(o) for o in info.get("SecurityOptions") or []]
-    rootless = any("name=rootless" in o for o in security)
+    rootless = any("name=rootless" in o for o in security) or info.get("Rootless") is True
     cgroup = str(info.get("CgroupVersion") or "")
-    if rootless and cgroup == "1":  # no delegation on cgroup v1: no limit applies
+    # No delegation on cgroup v1: no limit applies, whatever the flags below say
+    # (rootless Podman 4.3 on cgroup v1 reports all three true, and ignores them).
+    if rootless and cgroup == "1":
         unenforced: tuple[str, ...] = LIMITS
     else:
         flags = {"cpu": "CpuCfsQuota", "memory": "MemoryLimit", "pids": "PidsLimit"}
