@@ -314,11 +314,12 @@ class Session:
         # cgroupfs and a file for events: no systemd user session here (with one,
         # as under `systemctl --user`, Podman's defaults, systemd and journald, fit).
         # No default_ulimits, unlike the rootful engine's (tests/run.sh): rootless
-        # Podman gives a container its own limits (nofile 20000 and nproc 32768
-        # here), which it can always set; root's defaults (1048576 and 4194304) are
-        # what fails ("error setting rlimit type 7") without CAP_SYS_RESOURCE. A
-        # value of our own fails where it passes the user's podman's limits: half
-        # of this host's nproc hard limit (48181) did ("rlimit type 6").
+        # Podman gives a container its own limits (nofile 20000, the hard limit,
+        # and nproc 32768, the host's pid_max, here), which it can always set;
+        # root's default nofile (1048576, the kernel's maximum) is what fails
+        # ("error setting rlimit type 7") without CAP_SYS_RESOURCE. A value of our
+        # own fails where it passes the user's podman's limits: half of this host's
+        # nproc hard limit (48181) did ("rlimit type 6").
         (self.dir / "containers.conf").write_text(
             '[engine]\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
             f'tmp_dir = "{self.dir / "libpod-tmp"}"\n'
