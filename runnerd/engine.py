@@ -560,6 +560,8 @@ class Engine:
                 "create",
             )
         except DockerError as e:
+            if e.status == 500 and "name is already in use" in str(e.message):
+                e = DockerError(409, str(e.message))  # Podman answers a name conflict with 500
             raise _engine_error(e, "could not create the container", "create") from None
         except (aiohttp.ClientError, OSError) as e:
             raise _engine_error(e, "could not create the container", "create") from None
