@@ -404,7 +404,9 @@ class Engine:
         if self._kind is not None and seen == self._kind_of:
             return
         try:
-            async with asyncio.timeout(min(VERSION_TIMEOUT_SECONDS, self.request_timeout)):
+            # Bounded like any call, not by the health probe's few seconds: a busy
+            # Podman service has been seen to take over a minute for /info.
+            async with asyncio.timeout(self.request_timeout):
                 info = await self.docker.system.info()
         except (DockerError, aiohttp.ClientError, OSError, TimeoutError) as e:
             raise EngineUnavailable(f"the Docker engine does not answer: {_reason(e)}") from None
