@@ -128,6 +128,7 @@ async def test_the_log_is_byte_exact_per_stream_with_a_last_line_without_newline
     run = await rootless_api.trigger(runner["id"])
     done = await rootless_api.wait_done(runner["id"], run["id"])
     assert done["status"] == "succeeded", done
+    assert done["log_incomplete"] is False  # checked against the engine's copy
     stdout = (
         b"".join(f"out {i} {pad}\n".encode() for i in range(n))
         + b"L" * 20000
