@@ -615,7 +615,7 @@ class Engine:
             )
             return True
         except DockerError as e:
-            if e.status in (404, 409):  # gone, or not running
+            if e.status in (404, 409) or _not_running(e):  # gone, or not running
                 return False
             raise _engine_error(e, "could not signal the container", "kill") from None
         except (aiohttp.ClientError, OSError) as e:
@@ -894,3 +894,10 @@ def _engine_error(e: BaseException, what: str, operation: str) -> EngineError:
     ):
         return EngineUnavailable(f"{what}: the Docker engine does not answer ({_reason(e)})")
     return EngineError(f"{what}: {_reason(e)}")
+
+
+def _not_running(e: DockerError) -> bool:
+    """Podman's answer to a signal for a container that is not running: a 500
+    "container state improper" (Docker's is a 409), e.g. when two cancels race
+    and the first one's SIGKILL has already ended it."""
+    return e.status == 500 and "container state improper" in str(e.message)

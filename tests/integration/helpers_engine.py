@@ -1,16 +1,27 @@
-"""Observing the Docker engine directly, independent of runnerd: which containers
-exist or run for a daemon or a run, what they were created with, and a way to
-release a container that waits for a file (no network inside test containers).
+"""Observing and acting on the engine directly, independent of runnerd: which
+containers exist or run for a daemon or a run, what they were created with, and
+acting on them as an operator would (exec, kill, remove), e.g. to release a
+container that waits for a file (no network inside test containers).
 
-Everything here talks to the engine's own API over its unix socket (or the
-docker CLI), never through runnerd.
+Everything here talks to the engine's own API over the unix socket DOCKER_HOST
+names (Docker's or Podman's), never through runnerd and never through the docker
+CLI: the CLI's own wording and defaults differ by engine, the API is the contract
+both serve. `EngineProbe` is the asynchronous client (aiohttp, for coroutines);
+`EngineApi` the same calls, synchronous (stdlib http.client), for plain functions
+and threads.
 """
 
 from __future__ import annotations
 
-import asyncio
+import base64
+import contextlib
+import http.client
 import json
 import os
+import socket
+import threading
+import time
+import urllib.parse
 from typing import Any
 
 import aiohttp
@@ -40,6 +51,10 @@ class EngineProbe:
     async def _get(self, path: str, **params: str) -> tuple[int, Any]:
         async with self.session.get(f"http://docker{path}", params=params) as resp:
             return resp.status, await resp.json(content_type=None)
+
+    async def _post(self, path: str, body: Any = None, **params: str) -> tuple[int, bytes]:
+        async with self.session.post(f"http://docker{path}", params=params, json=body) as resp:
+            return resp.status, await resp.read()
 
     async def containers(self, labels: dict[str, str], *, all: bool) -> list[dict[str, Any]]:
         """Containers carrying every label; only running ones unless `all`."""
@@ -80,6 +95,30 @@ class EngineProbe:
 
         await wait_until(gone, timeout=timeout, what=f"run {run_id}'s container to be removed")
 
+    async def exec(self, container_id: str, *cmd: str) -> int:
+        """Run `cmd` inside the running container, to its end; its exit code."""
+        status, body = await self._post(f"/containers/{container_id}/exec", exec_config(cmd))
+        assert status == 201, (status, body)
+        exec_id = json.loads(body)["Id"]
+        # Attached, not detached: the answer's stream ends when the command has
+        # ended (Podman 4 never marks a detached exec as ended in its inspect data).
+        status, body = await self._post(f"/exec/{exec_id}/start", {"Detach": False})
+        assert status == 200, (status, body)
+        status, data = await self._get(f"/exec/{exec_id}/json")
+        assert status == 200 and not data["Running"], (status, data)
+        return int(data["ExitCode"])
+
+    async def kill(self, container_id: str, signal: str = "KILL") -> None:
+        status, body = await self._post(f"/containers/{container_id}/kill", signal=signal)
+        assert status == 204, (status, body)
+
+    async def remove(self, container_id: str) -> None:
+        """Remove the container, stopping it first if it runs (`docker rm -f`)."""
+        async with self.session.delete(
+            f"http://docker/containers/{container_id}", params={"force": "1"}
+        ) as resp:
+            assert resp.status == 204, (resp.status, await resp.read())
+
 
 async def engine_probe() -> tuple[aiohttp.ClientSession, EngineProbe]:
     session = aiohttp.ClientSession(
@@ -92,14 +131,234 @@ async def engine_probe() -> tuple[aiohttp.ClientSession, EngineProbe]:
 async def release(probe: EngineProbe, run_id: str) -> None:
     """Let a run running `GATE` finish: create /tmp/go inside its container."""
     container = await probe.running_container_of(run_id)
-    proc = await asyncio.create_subprocess_exec(
-        "docker",
-        "exec",
-        container["Id"],
-        "touch",
-        "/tmp/go",
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, (out, err)
+    assert await probe.exec(container["Id"], *RELEASE) == 0
+
+
+RELEASE = ("touch", "/tmp/go")  # the command that lets a container running `GATE` go on
+
+
+def exec_config(cmd: tuple[str, ...]) -> dict[str, Any]:
+    # Output attached (and discarded by the caller): that is what makes the start
+    # call last until the command ends.
+    return {"Cmd": list(cmd), "AttachStdout": True, "AttachStderr": True}
+
+
+def label_filters(labels: dict[str, str]) -> str:
+    return json.dumps({"label": [f"{k}={v}" for k, v in labels.items()]})
+
+
+def registry_auth(auth: dict[str, str]) -> str:
+    """The X-Registry-Auth header's value: the credentials' JSON, base64url."""
+    return base64.urlsafe_b64encode(json.dumps(auth).encode()).decode()
+
+
+def stream_errors(body: bytes, what: str) -> None:
+    """An image operation answers 200 and then streams JSON progress objects; a
+    failure on the way is an object with an "error" (both engines)."""
+    decoder = json.JSONDecoder()
+    text, at = body.decode("utf-8", "replace"), 0
+    while True:
+        while at < len(text) and text[at].isspace():
+            at += 1
+        if at == len(text):
+            return
+        item, at = decoder.raw_decode(text, at)
+        if isinstance(item, dict) and item.get("error"):
+            raise AssertionError(f"{what} failed: {item['error']}")
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float | None) -> None:
+        super().__init__("docker", timeout=timeout)
+        self.socket_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.socket_path)
+        self.sock = sock
+
+
+class EngineApi:
+    """The engine's API, synchronous: one connection per call, on the socket
+    DOCKER_HOST names when the call is made."""
+
+    def __init__(self, timeout: float = 120) -> None:
+        self.timeout = timeout
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        **params: str,
+    ) -> tuple[int, bytes]:
+        """One call: `body` is sent as JSON, or `data` as it is."""
+        if params:
+            path += "?" + urllib.parse.urlencode(params)
+        conn = _UnixConnection(docker_socket(), self.timeout)
+        try:
+            conn.request(
+                method,
+                path,
+                body=data if body is None else json.dumps(body).encode(),
+                headers={"Content-Type": "application/json", **(headers or {})},
+            )
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        finally:
+            conn.close()
+
+    def get_json(self, path: str, **params: str) -> tuple[int, Any]:
+        status, body = self.request("GET", path, **params)
+        return status, json.loads(body) if body.strip() else None
+
+    # -- containers ----------------------------------------------------------------
+
+    def container_ids(self, labels: dict[str, str], *, all: bool = True) -> list[str]:
+        """Ids of the containers carrying every label (any state unless not `all`)."""
+        status, data = self.get_json(
+            "/containers/json", filters=label_filters(labels), all="1" if all else "0"
+        )
+        assert status == 200, data
+        return [c["Id"] for c in data]
+
+    def inspect(self, ref: str) -> dict[str, Any] | None:
+        """The container's inspect data (by id or name); None if there is none."""
+        status, data = self.get_json(f"/containers/{urllib.parse.quote(ref)}/json")
+        if status == 404:
+            return None
+        assert status == 200, (status, data)
+        return data
+
+    def state(self, ref: str) -> str | None:
+        """The container's status (created, running, exited, ...); None if gone."""
+        data = self.inspect(ref)
+        return None if data is None else str(data["State"]["Status"])
+
+    def exec(self, ref: str, *cmd: str) -> int:
+        """Run `cmd` inside the running container, to its end; its exit code."""
+        status, body = self.request(
+            "POST", f"/containers/{urllib.parse.quote(ref)}/exec", exec_config(cmd)
+        )
+        assert status == 201, (status, body)
+        exec_id = json.loads(body)["Id"]
+        status, body = self.request("POST", f"/exec/{exec_id}/start", {"Detach": False})
+        assert status == 200, (status, body)
+        status, data = self.get_json(f"/exec/{exec_id}/json")
+        assert status == 200 and not data["Running"], (status, data)
+        return int(data["ExitCode"])
+
+    def kill(self, ref: str, signal: str = "KILL") -> None:
+        status, body = self.request(
+            "POST", f"/containers/{urllib.parse.quote(ref)}/kill", signal=signal
+        )
+        assert status == 204, (status, body)
+
+    def remove(self, ref: str) -> None:
+        """Remove the container, stopping it first if it runs (`docker rm -f`)."""
+        status, body = self.request("DELETE", f"/containers/{urllib.parse.quote(ref)}", force="1")
+        assert status == 204, (status, body)
+
+    def create(self, name: str, config: dict[str, Any]) -> str:
+        """Create (not start) a container named `name`; its id."""
+        status, body = self.request("POST", "/containers/create", config, name=name)
+        assert status == 201, (status, body)
+        return str(json.loads(body)["Id"])
+
+    # -- images --------------------------------------------------------------------
+
+    def has_image(self, ref: str) -> bool:
+        status, body = self.request("GET", f"/images/{ref}/json")
+        assert status in (200, 404), (status, body)
+        return status == 200
+
+    def remove_image(self, ref: str) -> None:
+        """Remove the image named `ref` if the engine has it."""
+        status, body = self.request("DELETE", f"/images/{ref}", force="1")
+        assert status in (200, 404), (status, body)
+
+    def tag(self, ref: str, repository: str, tag: str) -> None:
+        """Give the image `ref` the further name `repository:tag`."""
+        status, body = self.request("POST", f"/images/{ref}/tag", repo=repository, tag=tag)
+        assert status == 201, (status, body)
+
+    def push(self, repository: str, tag: str, auth: dict[str, str]) -> None:
+        """Push `repository:tag` (named with its registry's host) with these
+        credentials (username, password, serveraddress). The registries the tests
+        push to are plain HTTP on loopback: Docker allows that for 127.0.0.0/8 by
+        itself, Podman when asked (`tlsVerify=false`, which Docker ignores)."""
+        status, body = self.request(
+            "POST",
+            f"/images/{repository}/push",
+            headers={"X-Registry-Auth": registry_auth(auth)},
+            tag=tag,
+            tlsVerify="false",
+        )
+        assert status == 200, (status, body)
+        stream_errors(body, f"push of {repository}:{tag}")
+
+    def import_tar(self, tar: bytes, repository: str, tag: str) -> None:
+        """A new image `repository:tag` of one layer, the tar's files (`docker import`)."""
+        status, body = self.request(
+            "POST",
+            "/images/create",
+            data=tar,
+            headers={"Content-Type": "application/x-tar"},
+            fromSrc="-",
+            # The tag within `repo`: Podman ignores the `tag` parameter of an import.
+            repo=f"{repository}:{tag}",
+        )
+        assert status == 200, (status, body)
+        stream_errors(body, f"import of {repository}:{tag}")
+
+    def image_tags(self) -> list[str]:
+        """Every repository:tag the engine holds (Podman's carry its `localhost/`
+        or registry prefix, as the engine names them)."""
+        status, data = self.get_json("/images/json")
+        assert status == 200, data
+        return [tag for image in data for tag in image.get("RepoTags") or ()]
+
+
+engine_api = EngineApi()
+
+
+class ContainerEvents:
+    """The engine's event stream for containers carrying every label, recorded in
+    a thread from the moment this is made (`since` the current second, so nothing
+    is missed while the subscription is set up) until `close()`. `actions()` are
+    (action, the container's labels and attributes) in the engine's order; the
+    actions differ by engine (Podman adds init, cleanup, remove), `start` is in both."""
+
+    def __init__(self, labels: dict[str, str]) -> None:
+        self.events: list[dict[str, Any]] = []
+        self._conn = _UnixConnection(docker_socket(), timeout=None)  # a quiet stream is fine
+        filters = json.dumps({**json.loads(label_filters(labels)), "type": ["container"]})
+        query = urllib.parse.urlencode({"filters": filters, "since": str(int(time.time()))})
+        self._conn.request("GET", f"/events?{query}")
+        self._resp = self._conn.getresponse()
+        assert self._resp.status == 200, (self._resp.status, self._resp.read())
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        with contextlib.suppress(OSError, ValueError, http.client.HTTPException):
+            while line := self._resp.readline():
+                if line.strip():
+                    self.events.append(json.loads(line))
+
+    def close(self) -> None:
+        """Stop recording (the stream never ends by itself)."""
+        if self._conn.sock is not None:
+            with contextlib.suppress(OSError):
+                self._conn.sock.shutdown(socket.SHUT_RDWR)
+        self._thread.join(10)
+        self._conn.close()
+
+    def actions(self) -> list[tuple[str, dict[str, str]]]:
+        return [
+            (e.get("Action", ""), e.get("Actor", {}).get("Attributes", {})) for e in self.events
+        ]

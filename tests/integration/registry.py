@@ -9,7 +9,6 @@ which result, or that nothing did.
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import shutil
@@ -21,7 +20,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from conftest import TEST_IMAGE, docker_cli
+from conftest import TEST_IMAGE
+from helpers_engine import engine_api
 
 REGISTRY_BIN = "/usr/bin/docker-registry"
 START_DEADLINE = 30.0
@@ -124,38 +124,34 @@ class Registry:
         except (urllib.error.URLError, OSError):
             return None
 
+    @property
+    def auth(self) -> dict[str, str]:
+        """The user's credentials as the engine API takes them for a push."""
+        return {"username": self.username, "password": self.password, "serveraddress": self.host}
+
+    def push(self, repository: str, tag: str) -> None:
+        """Push the engine's `<host>/<repository>:<tag>` here, then remove it from
+        the engine (so the image is absent locally under that name). Through the
+        engine API with the credentials in the request: nothing is stored, as a
+        `docker login` would."""
+        engine_api.push(f"{self.host}/{repository}", tag, self.auth)
+        self.remove_local(f"{self.host}/{repository}:{tag}")
+
     def push_test_image(self) -> None:
-        """Push the test image as `image_ref`, then forget the credentials and the
-        local tag (so the image is absent locally under that name)."""
-        config_dir = self.dir / "docker-config"  # the CLI's login stays out of ~/.docker
-        config_dir.mkdir(exist_ok=True)
-        env = {**os.environ, "DOCKER_CONFIG": str(config_dir)}
-
-        def cli(*args: str, stdin: str | None = None) -> None:
-            out = subprocess.run(
-                ["docker", *args], input=stdin, capture_output=True, text=True, env=env, timeout=120
-            )
-            if out.returncode != 0:
-                raise AssertionError(f"docker {args[0]} failed: {out.stdout}{out.stderr}")
-
-        cli("login", self.host, "-u", self.username, "--password-stdin", stdin=self.password)
-        try:
-            cli("tag", TEST_IMAGE, self.image_ref)
-            cli("push", self.image_ref)
-        finally:
-            cli("logout", self.host)
-        self.remove_local()
+        """Push the test image as `image_ref`."""
+        engine_api.tag(TEST_IMAGE, f"{self.host}/{REPOSITORY}", TAG)
+        self.push(REPOSITORY, TAG)
 
     def remove_local(self, ref: str | None = None) -> None:
         """Make sure the engine does not have `ref` (default: the pushed image)."""
         ref = ref or self.image_ref
-        docker_cli("rmi", "-f", ref, check=False)
+        engine_api.remove_image(ref)
         if self.has_local(ref):
             raise AssertionError(f"could not remove {ref} from the engine")
 
     @staticmethod
     def has_local(ref: str) -> bool:
-        return docker_cli("image", "inspect", ref, check=False).returncode == 0
+        return engine_api.has_image(ref)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -11,15 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from conftest import Api, Daemon, docker_cli, wait_until
-from helpers_engine import GATE
+from conftest import Api, Daemon, wait_until
+from helpers_engine import GATE, RELEASE, engine_api
 
 MiB = 1024 * 1024
 
 
-def container_state(run_id: str) -> str:
-    out = docker_cli("inspect", "-f", "{{.State.Status}}", f"runnerd-{run_id}", check=False)
-    return out.stdout.strip()
+def container_state(run_id: str) -> str | None:
+    return engine_api.state(f"runnerd-{run_id}")
 
 
 async def run_while_daemon_is_stopped(
@@ -40,7 +39,7 @@ async def run_while_daemon_is_stopped(
     assert daemon.proc is not None
     daemon.proc.send_signal(signal.SIGSTOP)
     try:
-        docker_cli("exec", f"runnerd-{run['id']}", "touch", "/tmp/go")
+        assert engine_api.exec(f"runnerd-{run['id']}", *RELEASE) == 0
         await wait_until(
             lambda: asyncio.to_thread(lambda: container_state(run["id"]) == "exited"),
             timeout=timeout,

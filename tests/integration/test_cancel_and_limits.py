@@ -17,8 +17,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import Api, Daemon, docker_cli, wait_until
-from helpers_engine import LABEL_RUN, LABEL_RUNNER, EngineProbe, engine_probe
+from conftest import Api, Daemon, wait_until
+from helpers_engine import LABEL_RUN, LABEL_RUNNER, EngineProbe, engine_api, engine_probe
 
 CONFLICT = {"status": 409, "error": "Conflict"}
 NOT_FOUND = {"status": 404, "error": "Not Found"}
@@ -55,10 +55,9 @@ def assert_canceled(body: Any) -> dict[str, Any]:
     return run
 
 
-def containers_of_run_cli(run_id: str) -> list[str]:
-    """Every container (any state) labelled with the run id, as `docker ps -a` sees it."""
-    out = docker_cli("ps", "-aq", "--filter", f"label={LABEL_RUN}={run_id}")
-    return out.stdout.split()
+def containers_of_run(run_id: str) -> list[str]:
+    """Every container (any state) labelled with the run id, as the engine lists them."""
+    return engine_api.container_ids({LABEL_RUN: run_id})
 
 
 async def run_ids(api: Api, runner_id: str) -> list[str]:
@@ -101,7 +100,7 @@ async def test_cancel_pending_run_fails_it_as_canceled_at_once_and_it_never_star
     assert done["status"] == "succeeded", done
     await engine.wait_gone(blocker["id"])
 
-    assert containers_of_run_cli(queued["id"]) == [], "a canceled pending run got a container"
+    assert containers_of_run(queued["id"]) == [], "a canceled pending run got a container"
     assert await engine.for_run(queued["id"]) == []
     after = await api.run(runner["id"], queued["id"])
     assert after == canceled, "the canceled run changed after the queue moved on"
@@ -124,7 +123,7 @@ async def test_cancel_running_container_ignoring_sigterm_is_killed_after_grace_1
     assert ts(canceled["started_at"]) <= ts(canceled["completed_at"])
 
     await engine.wait_gone(run["id"])
-    assert containers_of_run_cli(run["id"]) == []
+    assert containers_of_run(run["id"]) == []
     status, _ = await engine._get(f"/containers/{container['Id']}/json")
     assert status == 404, "the canceled run's container was not removed"
     assert await api.run(runner["id"], run["id"]) == canceled

@@ -12,7 +12,8 @@ from datetime import datetime
 from typing import Any
 
 import aiohttp
-from conftest import Api, Daemon, docker_cli, wait_until
+from conftest import Api, Daemon, wait_until
+from helpers_engine import engine_api
 
 # A chained runner's command: what it was told about its parent.
 SAYS_PARENT = 'echo "parent=$RUNNERD_PARENT_RUN_ID status=$RUNNERD_PARENT_STATUS"'
@@ -60,8 +61,7 @@ def chained_rows(daemon: Daemon) -> list[tuple[str, str]]:
 
 
 def container_state(run_id: str) -> str | None:
-    out = docker_cli("inspect", "--format", "{{.State.Status}}", f"runnerd-{run_id}", check=False)
-    return out.stdout.strip() if out.returncode == 0 else None
+    return engine_api.state(f"runnerd-{run_id}")
 
 
 def assert_no_tracebacks(daemon: Daemon) -> None:

@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 
 import aiohttp
 import pytest
-from conftest import LABEL_DAEMON, Api, Daemon, docker_cli
+from conftest import LABEL_DAEMON, Api, Daemon
+from helpers_engine import engine_api
 
 from runnerd.timefmt import parse_time
 
@@ -36,9 +37,7 @@ def api_for(http: aiohttp.ClientSession, daemon: Daemon) -> Api:
 
 
 def daemon_containers(daemon: Daemon) -> list[str]:
-    return docker_cli(
-        "ps", "-aq", "--filter", f"label={LABEL_DAEMON}={daemon.daemon_id()}"
-    ).stdout.split()
+    return engine_api.container_ids({LABEL_DAEMON: daemon.daemon_id()})
 
 
 async def stays_pending_until(api: Api, runner_id: str, run_id: str, until_ms: int) -> None:

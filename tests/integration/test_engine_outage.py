@@ -16,7 +16,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import Api, Daemon, docker_cli, wait_until
+from conftest import Api, Daemon, wait_until
 from faults import (  # noqa: F401 (fixtures)
     daemon_errors,
     engine,
@@ -24,7 +24,7 @@ from faults import (  # noqa: F401 (fixtures)
     start_proxied_daemon,
     wait_log_line,
 )
-from helpers_engine import LABEL_RUN, EngineProbe
+from helpers_engine import LABEL_RUN, RELEASE, EngineProbe
 from socket_proxy import SocketProxy
 
 RECOVERY_DEADLINE = 60  # the scheduler backs off up to 30 s; outages here are short
@@ -171,7 +171,7 @@ async def test_container_exiting_while_engine_unreachable_is_recorded_with_its_e
     await proxy.stop()
     await wait_log_line(daemon, f"run {run['id']}: lost touch with the engine")
     # The container finishes while runnerd cannot see the engine.
-    await asyncio.to_thread(docker_cli, "exec", container["Id"], "touch", "/tmp/go")
+    assert await engine.exec(container["Id"], *RELEASE) == 0
     await wait_container_exited(engine, container["Id"])
     assert (await api.run(runner["id"], run["id"]))["status"] == "running"
 
@@ -197,7 +197,7 @@ async def test_container_killed_under_the_daemon_ends_failed_with_exit_137(
     await wait_logs(api, runner["id"], run["id"], b"started\n")
     container = await container_of(engine, run["id"])
 
-    await asyncio.to_thread(docker_cli, "kill", container["Id"])
+    await engine.kill(container["Id"])
 
     done = await api.wait_done(runner["id"], run["id"], timeout=30)
     assert done["status"] == "failed", done
@@ -217,7 +217,7 @@ async def test_container_killed_while_engine_unreachable_is_reconciled_as_failed
 
     await proxy.stop()
     await wait_log_line(daemon, f"run {run['id']}: lost touch with the engine")
-    await asyncio.to_thread(docker_cli, "kill", container["Id"])
+    await engine.kill(container["Id"])
     await wait_container_exited(engine, container["Id"])
     await proxy.start()
 
@@ -237,7 +237,7 @@ async def test_container_removed_while_engine_unreachable_marks_run_lost_never_s
 
     await proxy.stop()
     await wait_log_line(daemon, f"run {run['id']}: lost touch with the engine")
-    await asyncio.to_thread(docker_cli, "rm", "-f", container["Id"])
+    await engine.remove(container["Id"])
     await proxy.start()
 
     done = await api.wait_done(runner["id"], run["id"], timeout=RECOVERY_DEADLINE)
@@ -272,7 +272,7 @@ async def test_cancel_while_engine_unreachable_is_not_a_500_and_never_falsifies_
     await proxy.start()
     if status != 200:
         # Not canceled: the run goes on; let it finish on its own.
-        await asyncio.to_thread(docker_cli, "exec", container["Id"], "touch", "/tmp/go")
+        assert await engine.exec(container["Id"], *RELEASE) == 0
     done = await api.wait_done(runner["id"], run["id"], timeout=RECOVERY_DEADLINE)
     logs = await api.logs(runner["id"], run["id"])
     await engine.wait_gone(run["id"])

@@ -24,23 +24,21 @@ import os
 import re
 import secrets
 import shutil
-import subprocess
 import tarfile
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from conftest import Api, Daemon, docker_cli, wait_until
+from conftest import Api, Daemon, wait_until
 from faults import (  # noqa: F401 (fixtures)
     daemon_errors,
     engine,
     start_proxied_daemon,
     wait_log_line,
 )
-from helpers_engine import EngineProbe
+from helpers_engine import EngineProbe, engine_api
 from registry import Registry, free_port
 from socket_proxy import SocketProxy
 
@@ -189,11 +187,10 @@ async def stalling(registry: Registry) -> AsyncIterator[StallingRegistryProxy]:
         await p.stop()
 
 
-def push_new_image(reg: Registry, workdir: Path) -> str:
+def push_new_image(reg: Registry) -> str:
     """A new image (busybox and incompressible noise) in the registry as
     `team/stall-<hex>:v1`, absent from the engine; its repository:tag."""
-    repo_tag = f"team/stall-{secrets.token_hex(6)}:v1"
-    local = f"{reg.host}/{repo_tag}"
+    repository, tag = f"team/stall-{secrets.token_hex(6)}", "v1"
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         tar.add("/bin/busybox", arcname="bin/busybox")
@@ -201,38 +198,25 @@ def push_new_image(reg: Registry, workdir: Path) -> str:
         info = tarfile.TarInfo("noise")
         info.size = len(noise)
         tar.addfile(info, io.BytesIO(noise))
-    workdir.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "DOCKER_CONFIG": str(workdir)}
-
-    def cli(*args: str, stdin: bytes | None = None) -> None:
-        out = subprocess.run(
-            ["docker", *args], input=stdin, capture_output=True, env=env, timeout=120
-        )
-        assert out.returncode == 0, f"docker {args[0]} failed: {out.stdout!r}{out.stderr!r}"
-
-    cli("import", "-", local, stdin=buf.getvalue())
-    cli("login", reg.host, "-u", reg.username, "--password-stdin", stdin=reg.password.encode())
-    try:
-        cli("push", local)
-    finally:
-        cli("logout", reg.host)
-    reg.remove_local(local)
-    return repo_tag
+    engine_api.import_tar(buf.getvalue(), f"{reg.host}/{repository}", tag)
+    reg.push(repository, tag)
+    return f"{repository}:{tag}"
 
 
 @pytest.fixture
-def new_image(registry: Registry, tmp_path: Path) -> Iterator[Callable[[], str]]:
-    """Makes new images in the registry; removes their pulled copies at the end."""
+def new_image(registry: Registry) -> Iterator[Callable[[], str]]:
+    """Makes new images in the registry; removes their pulled copies at the end
+    (pulled through the stalling proxy, so under another host: by repository)."""
     made: list[str] = []
 
     def make() -> str:
-        made.append(push_new_image(registry, tmp_path / f"docker-config-{len(made)}"))
+        made.append(push_new_image(registry))
         return made[-1]
 
     yield make
-    for ref in docker_cli("images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split():
+    for ref in engine_api.image_tags():
         if any(ref.endswith("/" + repo_tag) for repo_tag in made):
-            docker_cli("rmi", "-f", ref, check=False)
+            engine_api.remove_image(ref)
 
 
 async def stalled_runner(

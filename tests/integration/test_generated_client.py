@@ -32,7 +32,8 @@ from typing import Any
 import httpx
 import pytest
 import requests
-from conftest import TEST_IMAGE_NAME, TEST_IMAGE_TAG, Daemon, docker_cli, write_config
+from conftest import TEST_IMAGE_NAME, TEST_IMAGE_TAG, Daemon, write_config
+from helpers_engine import engine_api
 from registry import REPOSITORY, TAG, Registry
 
 PACKAGE = "runnerd_generated_client"
@@ -73,7 +74,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory, docker_engine: str) -> It
         yield reg
     finally:
         reg.stop()
-        docker_cli("rmi", "-f", reg.image_ref, check=False)
+        engine_api.remove_image(reg.image_ref)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from conftest import Api, Daemon, docker_cli, wait_until
+from conftest import Api, Daemon, wait_until
+from helpers_engine import RELEASE, engine_api
 
 from runnerd.logs import HEADER
 
@@ -163,7 +164,7 @@ async def test_log_index_torn_by_a_crash_is_repaired_and_the_log_stays_exact(
     await api.wait_status(runner["id"], run["id"], "running", timeout=60)
     # The tail of the resumed log is right before any more output arrives.
     assert await api.logs(runner["id"], run["id"], "?tail=2") == b"29999\n30000\n"
-    docker_cli("exec", f"runnerd-{run['id']}", "touch", "/tmp/go")
+    assert await asyncio.to_thread(engine_api.exec, f"runnerd-{run['id']}", *RELEASE) == 0
     done = await api.wait_done(runner["id"], run["id"], timeout=120)
     assert (done["status"], done["exit_code"]) == ("succeeded", 0), done
     assert await api.logs(runner["id"], run["id"]) == b"".join(b"%d\n" % i for i in range(1, 60001))

@@ -30,8 +30,9 @@ import aiohttp
 import aiohttp.web
 import pytest
 from api.test_registries import REGISTRY_KEYS, RecordingApi
-from conftest import Api, Daemon, docker_cli, wait_until
+from conftest import Api, Daemon, wait_until
 from cryptography.fernet import Fernet
+from helpers_engine import engine_api
 from registry import REPOSITORY, TAG, Registry
 
 TIME_FORMAT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}(?:Z|[+-]\d\d:\d\d)\Z")
@@ -48,7 +49,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory, docker_engine: str) -> It
         yield reg
     finally:
         reg.stop()
-        docker_cli("rmi", "-f", reg.image_ref, check=False)
+        engine_api.remove_image(reg.image_ref)
 
 
 @pytest.fixture

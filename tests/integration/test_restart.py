@@ -20,7 +20,6 @@ import random
 import signal
 import sqlite3
 import struct
-import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +27,8 @@ from datetime import datetime
 from typing import Any
 
 import aiohttp
-from conftest import LABEL_DAEMON, TEST_IMAGE, Api, Daemon, docker_cli, wait_until
+from conftest import LABEL_DAEMON, TEST_IMAGE, Api, Daemon, wait_until
+from helpers_engine import LABEL_RUN, LABEL_RUNNER, ContainerEvents, engine_api
 
 SEED = int(os.environ.get("RUNNERD_TEST_SEED", "20240611"))
 
@@ -71,9 +71,7 @@ def db_run(daemon: Daemon, run_id: str) -> dict[str, Any]:
 
 def daemon_containers(daemon: Daemon) -> list[str]:
     """Ids of every container (any state) labelled with this daemon's id."""
-    return docker_cli(
-        "ps", "-aq", "--filter", f"label={LABEL_DAEMON}={daemon.daemon_id()}"
-    ).stdout.split()
+    return engine_api.container_ids({LABEL_DAEMON: daemon.daemon_id()})
 
 
 def stop_policy_leftovers(daemon: Daemon) -> list[str]:
@@ -85,23 +83,19 @@ def stop_policy_leftovers(daemon: Daemon) -> list[str]:
         status = dict(db.execute("SELECT id, status FROM runs").fetchall())
     problems = [f"run {rid} left running" for rid, s in status.items() if s == "running"]
     for cid in daemon_containers(daemon):
-        out = docker_cli(
-            "inspect",
-            "--format",
-            '{{.State.Status}} {{index .Config.Labels "io.runnerd.run"}}',
-            cid,
-            check=False,
-        ).stdout.split()
-        if len(out) == 2 and out[0] == "created" and status.get(out[1]) == "pending":
+        c = engine_api.inspect(cid)
+        if c is None:  # gone since it was listed
             continue
-        problems.append(f"container {cid} left: {out} (run {status.get(out[-1]) if out else '?'})")
+        state, run_id = c["State"]["Status"], c["Config"]["Labels"].get(LABEL_RUN)
+        if state == "created" and status.get(run_id) == "pending":
+            continue
+        problems.append(f"container {cid} left: {state} {run_id} (run {status.get(run_id)})")
     return problems
 
 
 def container_state(run_id: str) -> str | None:
-    """Docker's status of the run's container (running, exited, ...); None if gone."""
-    out = docker_cli("inspect", "--format", "{{.State.Status}}", f"runnerd-{run_id}", check=False)
-    return out.stdout.strip() if out.returncode == 0 else None
+    """The engine's status of the run's container (running, exited, ...); None if gone."""
+    return engine_api.state(f"runnerd-{run_id}")
 
 
 async def no_containers_left(daemon: Daemon, timeout: float = 20) -> None:
@@ -138,44 +132,21 @@ def assert_no_tracebacks(daemon: Daemon) -> None:
 
 
 class EngineEvents:
-    """`docker events` for one daemon's containers, recorded from before its first
-    run: how often each run's container was started (a second start would mean a
-    run executed twice)."""
+    """The engine's events for one daemon's containers, recorded from before its
+    first run: how often each run's container was started (a second start would
+    mean a run executed twice)."""
 
     def __init__(self, daemon: Daemon) -> None:
-        self.path = daemon.dir / "engine-events.txt"
-        self._out = open(self.path, "wb")
-        self.proc = subprocess.Popen(
-            [
-                "docker",
-                "events",
-                "--filter",
-                f"label={LABEL_DAEMON}={daemon.daemon_id()}",
-                "--filter",
-                "type=container",
-                "--format",
-                '{{.Action}} {{index .Actor.Attributes "io.runnerd.run"}}',
-            ],
-            stdout=self._out,
-            stderr=subprocess.DEVNULL,
-        )
-        time.sleep(0.5)  # the subscription is in place before anything is triggered
+        self.events = ContainerEvents({LABEL_DAEMON: daemon.daemon_id()})
 
     def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self._out.close()
+        self.events.close()
 
     def starts(self) -> dict[str, int]:
         counts: dict[str, int] = {}
-        for line in self.path.read_text().splitlines():
-            action, _, run_id = line.partition(" ")
+        for action, attributes in self.events.actions():
             if action == "start":
+                run_id = attributes.get(LABEL_RUN, "")
                 counts[run_id] = counts.get(run_id, 0) + 1
         return counts
 
@@ -665,7 +636,7 @@ async def test_container_removed_while_daemon_is_killed_marks_run_lost(
     run = await api.trigger(runner["id"])
     await wait_running_with_output(api, runner["id"], run["id"], b"begin\n")
     daemon.kill()
-    docker_cli("rm", "-f", f"runnerd-{run['id']}")
+    engine_api.remove(f"runnerd-{run['id']}")
 
     daemon.start()
     api = api_for(http, daemon)
@@ -754,22 +725,18 @@ async def test_container_created_before_a_crash_for_a_pending_run_is_replaced_no
         second = await api.trigger(runner["id"], env(N=5, RUN_TAG="second"))
         daemon.kill()
         assert db_run(daemon, second["id"])["status"] == "pending"
-        docker_cli(
-            "create",
-            "--name",
+        engine_api.create(
             f"runnerd-{second['id']}",
-            "--network",
-            "none",
-            "--label",
-            f"{LABEL_DAEMON}={daemon.daemon_id()}",
-            "--label",
-            f"io.runnerd.run={second['id']}",
-            "--label",
-            f"io.runnerd.runner={runner['id']}",
-            TEST_IMAGE,
-            "sh",
-            "-c",
-            "echo stale container; exit 3",
+            {
+                "Image": TEST_IMAGE,
+                "Cmd": ["sh", "-c", "echo stale container; exit 3"],
+                "Labels": {
+                    LABEL_DAEMON: daemon.daemon_id(),
+                    LABEL_RUN: second["id"],
+                    LABEL_RUNNER: runner["id"],
+                },
+                "HostConfig": {"NetworkMode": "none"},
+            },
         )
 
         daemon.start()

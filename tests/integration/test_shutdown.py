@@ -29,8 +29,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import Api, Daemon, docker_cli, wait_until, write_config
+from conftest import Api, Daemon, wait_until, write_config
 from faults import daemon_errors, proxy, wait_log_line  # noqa: F401
+from helpers_engine import engine_api
 from socket_proxy import SocketProxy
 
 from runnerd import config as config_mod
@@ -94,8 +95,7 @@ def uses_file(pid: int, path: Path) -> bool:
 
 
 def container_state(run_id: str) -> str:
-    out = docker_cli("inspect", "--format", "{{.State.Status}}", f"runnerd-{run_id}", check=False)
-    return out.stdout.strip() if out.returncode == 0 else "gone"
+    return engine_api.state(f"runnerd-{run_id}") or "gone"
 
 
 async def runs_that_end_while_the_lock_is_held(
