@@ -31,7 +31,7 @@ from typing import Any
 import aiodocker
 import aiohttp
 
-from runnerd.engine import DOCKER, PODMAN, Engine, EngineKind
+from runnerd.engine import DOCKER, PODMAN, EngineKind, engine_kind
 from tests import harness
 from tests.harness import TEST_IMAGE, TEST_IMAGE_NAME, TEST_IMAGE_TAG, docker_cli, remove_containers
 
@@ -149,15 +149,23 @@ def use_engine(name: str, podman: str | None = None) -> str | None:
     return os.environ.get("DOCKER_HOST")
 
 
-def detect_engine() -> EngineKind:
-    """What answers at DOCKER_HOST (or the local socket), as runnerd itself sees it."""
+def detect_engine(timeout: float = 120.0) -> EngineKind:
+    """What answers at DOCKER_HOST (or the local socket), classified as runnerd
+    classifies it (engine_kind), from its /version and /info. Bounded by `timeout`,
+    not by runnerd's 5 s health-probe bound: a busy Podman service here has taken
+    over a minute to answer /info, and the bench should wait for it, not give up."""
 
     async def ask() -> EngineKind:
-        engine = Engine()
+        docker = aiodocker.Docker()
         try:
-            return await engine.kind()
+            async with asyncio.timeout(timeout):
+                version = await docker.version()
+                info = await docker.system.info()
+        except TimeoutError:
+            raise RuntimeError(f"/version and /info took over {timeout:.0f} s") from None
         finally:
-            await engine.close()
+            await docker.close()
+        return engine_kind(version, info)
 
     return asyncio.run(ask())
 
