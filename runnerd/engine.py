@@ -404,7 +404,9 @@ class Engine:
         if self._kind is not None and seen == self._kind_of:
             return
         try:
-            async with asyncio.timeout(min(VERSION_TIMEOUT_SECONDS, self.request_timeout)):
+            # Bounded like any call, not by the health probe's few seconds: a busy
+            # Podman service has been seen to take over a minute for /info.
+            async with asyncio.timeout(self.request_timeout):
                 info = await self.docker.system.info()
         except (DockerError, aiohttp.ClientError, OSError, TimeoutError) as e:
             raise EngineUnavailable(f"the Docker engine does not answer: {_reason(e)}") from None
@@ -560,6 +562,8 @@ class Engine:
                 "create",
             )
         except DockerError as e:
+            if e.status == 500 and "name is already in use" in str(e.message):
+                e = DockerError(409, str(e.message))  # Podman answers a name conflict with 500
             raise _engine_error(e, "could not create the container", "create") from None
         except (aiohttp.ClientError, OSError) as e:
             raise _engine_error(e, "could not create the container", "create") from None
