@@ -785,15 +785,27 @@ class Executor:
         """Record the run's outcome; while the database refuses it, tried again
         (the run stays `running` and in flight, and its container is kept)."""
         status = Status.SUCCEEDED if reason is None else Status.FAILED
+        incomplete = run.id in self._log_incomplete
+        self._log_incomplete.discard(run.id)
         try:
             done = await retry_store(
                 f"run {run.id}: recording it {status.value}",
                 lambda: self.store.finish_run(
-                    run.id, status, exit_code=exit_code, failure_reason=reason, error=error
+                    run.id,
+                    status,
+                    exit_code=exit_code,
+                    failure_reason=reason,
+                    error=error,
+                    log_incomplete=incomplete,
                 ),
             )
-        except Conflict:
-            return await self._current(run)  # someone else completed it (e.g. cancel)
+        except Conflict:  # someone else completed it (e.g. cancel)
+            if incomplete:
+                await retry_store(
+                    f"run {run.id}: marking its log incomplete",
+                    lambda: self.store.mark_log_incomplete(run.id),
+                )
+            return await self._current(run)
         log.info(
             "run %s %s (exit code %s%s)",
             run.id,
