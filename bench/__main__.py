@@ -1,9 +1,10 @@
-"""`python -m bench [--quick] [--only P1,P3] [--out docs/benchmarks.md] [--merge] [--profile DIR]
-[--profile-gil] [--keep]`
+"""`python -m bench [--quick] [--only P1,P3] [--engine docker|podman] [--podman-host URL]
+[--out docs/benchmarks.md] [--merge] [--profile DIR] [--profile-gil] [--keep]`
 
-Runs runnerd's benchmark figures against a real Docker engine, each next to a
-baseline measured in the same run, prints the table and writes it (with the
-machine and a note on each figure's method) to a Markdown file.
+Runs runnerd's benchmark figures against a real engine (Docker, or Podman through
+its Docker-compatible socket), each next to a baseline measured in the same run on
+the same engine, prints the table and writes it (with the machine and a note on
+each figure's method) to a Markdown file.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import traceback
 from pathlib import Path
 from types import ModuleType
 
+from runnerd.engine import DOCKER
+
 from . import (
     p1_overhead,
     p2_drain,
@@ -29,7 +32,19 @@ from . import (
     p8_dashboard,
     report,
 )
-from .common import Context, FigureResult, Row, check_engine, remove_bench_containers
+from .common import (
+    DEFAULT_PODMAN_HOST,
+    ENGINES,
+    PODMAN_HOST_ENV,
+    TEST_PODMAN_HOST_ENV,
+    Context,
+    FigureResult,
+    Row,
+    check_engine,
+    engine_title,
+    remove_bench_containers,
+    use_engine,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OUT = ROOT / "docs" / "benchmarks.md"
@@ -65,11 +80,26 @@ def main(argv: list[str] | None = None) -> int:
         "--only", metavar="P1,P3", help="comma-separated figures to run (default: all)"
     )
     parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=DOCKER,
+        help="the engine every figure and its baseline run on (default: docker, at "
+        "DOCKER_HOST or the local socket). A figure run on another engine than Docker is "
+        "keyed by it, e.g. `P4 (Podman)`, so --merge adds it beside Docker's instead of "
+        "replacing it",
+    )
+    parser.add_argument(
+        "--podman-host",
+        metavar="URL",
+        help=f"with --engine podman: its socket (default: ${PODMAN_HOST_ENV}, else "
+        f"${TEST_PODMAN_HOST_ENV}, else {DEFAULT_PODMAN_HOST}: where tests/run.sh starts it)",
+    )
+    parser.add_argument(
         "--out",
         metavar="PATH",
         help="Markdown file to write the table to (default: "
-        "docs/benchmarks.md for a full run of every figure; a --quick "
-        "or --only run writes no file unless --out is given). Text "
+        "docs/benchmarks.md for a full run of every figure on Docker; a --quick, "
+        "--only or --engine podman run writes no file unless --out is given). Text "
         "outside the generated block of an existing file is kept.",
     )
     parser.add_argument(
@@ -101,8 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         unknown = [k for k in keys if k not in FIGURES]
         if unknown:
             parser.error(f"unknown figure(s) {', '.join(unknown)}; known: {', '.join(FIGURES)}")
+    if args.podman_host and args.engine != "podman":
+        parser.error("--podman-host is for --engine podman")
     out: Path | None = Path(args.out) if args.out else None
-    if out is None and not args.quick and not args.only:
+    if out is None and not args.quick and not args.only and args.engine == DOCKER:
         out = DEFAULT_OUT
     if args.merge:
         if out is None:
@@ -113,13 +145,15 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--merge into {out}: {e}")
 
     try:
-        version = check_engine()
+        host = use_engine(args.engine, args.podman_host)
+        kind = check_engine(args.engine)
     except Exception as e:  # noqa: BLE001
         print(f"bench: {e}", file=sys.stderr)
         return 2
     mode = "quick" if args.quick else "full"
     print(
-        f"bench: {mode} run of {', '.join(keys)} on Docker engine {version}",
+        f"bench: {mode} run of {', '.join(keys)} on {kind.label} "
+        f"(API {kind.api_version}) at {host or 'the local socket'}",
         file=sys.stderr,
         flush=True,
     )
@@ -137,7 +171,10 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     try:
         for key in keys:
-            results.append(run_figure(ctx, key, FIGURES[key], FIGURE_TIMEOUT[mode]))
+            result = run_figure(ctx, key, FIGURES[key], FIGURE_TIMEOUT[mode])
+            if kind.name != DOCKER:
+                report.qualify(result, engine_title(kind))
+            results.append(result)
     finally:
         remove_bench_containers()
         if args.keep:
@@ -150,12 +187,15 @@ def main(argv: list[str] | None = None) -> int:
     print(report.text_table(results))
     if out is not None:
         info = report.machine(load_at_start)
+        flags = "" if kind.name == DOCKER else f" --engine {kind.name}"
         if args.merge:
             generated = report.merge(
                 out.read_text(), results, quick=args.quick, wall_seconds=wall, info=info
             )
         else:
-            generated = report.markdown(results, quick=args.quick, wall_seconds=wall, info=info)
+            generated = report.markdown(
+                results, quick=args.quick, wall_seconds=wall, info=info, flags=flags
+            )
         report.write(out, generated)
         print(f"\nwritten to {out}", file=sys.stderr)
     failed = [r.figure for res in results for r in res.rows if r.error]

@@ -1,4 +1,5 @@
-"""What every figure shares: a real `runnerd serve` process with a temp config and
+"""What every figure shares: the engine they run on (Docker, or Podman through its
+Docker-compatible socket), a real `runnerd serve` process with a temp config and
 an API key, a thin HTTP client, the engine baseline (aiodocker, with the container
 config runnerd itself uses), memory sampling from /proc, statistics, and the
 result rows the report is made of.
@@ -27,8 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiodocker
 import aiohttp
 
+from runnerd.engine import DOCKER, PODMAN, EngineKind, engine_kind
 from tests import harness
 from tests.harness import TEST_IMAGE, TEST_IMAGE_NAME, TEST_IMAGE_TAG, docker_cli, remove_containers
 
@@ -113,24 +116,105 @@ def human_bytes(n: float) -> str:
     return f"{n:.0f} B"
 
 
-# -- the engine, through the docker CLI (set-up and clean-up only) -----------------------
+# -- the engine ---------------------------------------------------------------------------
+
+ENGINES = (DOCKER, PODMAN)
+PODMAN_HOST_ENV = "RUNNERD_BENCH_PODMAN_HOST"
+TEST_PODMAN_HOST_ENV = "RUNNERD_TEST_PODMAN_HOST"  # tests/run.sh exports where it started it
+# Where tests/run.sh starts its rootful `podman system service` by default.
+DEFAULT_PODMAN_HOST = "unix:///run/runnerd-test-podman/podman.sock"
+
+
+def podman_host(given: str | None = None) -> str:
+    """The Podman socket: `--podman-host`, else $RUNNERD_BENCH_PODMAN_HOST, else the
+    test command's ($RUNNERD_TEST_PODMAN_HOST, or where it starts one by default)."""
+    return (
+        given
+        or os.environ.get(PODMAN_HOST_ENV)
+        or os.environ.get(TEST_PODMAN_HOST_ENV)
+        or DEFAULT_PODMAN_HOST
+    )
+
+
+def use_engine(name: str, podman: str | None = None) -> str | None:
+    """Point everything this process and its children start at engine `name`: for
+    Podman, DOCKER_HOST names its socket, which the docker CLI, aiodocker (the
+    baseline) and every runnerd daemon (`[docker] url` unset) all honour, so the
+    baselines run on the same engine as runnerd. Docker is DOCKER_HOST as given, or
+    the local socket. The address, or None for Docker's default."""
+    if name not in ENGINES:
+        raise ValueError(f"unknown engine {name!r}; known: {', '.join(ENGINES)}")
+    if name == PODMAN:
+        os.environ["DOCKER_HOST"] = podman_host(podman)
+    return os.environ.get("DOCKER_HOST")
+
+
+def detect_engine(timeout: float = 120.0) -> EngineKind:
+    """What answers at DOCKER_HOST (or the local socket), classified as runnerd
+    classifies it (engine_kind), from its /version and /info. Bounded by `timeout`,
+    not by runnerd's 5 s health-probe bound: a busy Podman service here has taken
+    over a minute to answer /info, and the bench should wait for it, not give up."""
+
+    async def ask() -> EngineKind:
+        docker = aiodocker.Docker()
+        try:
+            async with asyncio.timeout(timeout):
+                version = await docker.version()
+                info = await docker.system.info()
+        except TimeoutError:
+            raise RuntimeError(f"/version and /info took over {timeout:.0f} s") from None
+        finally:
+            await docker.close()
+        return engine_kind(version, info)
+
+    return asyncio.run(ask())
+
+
+# The engine the figures run on: set once by check_engine() before any figure runs
+# (one `python -m bench` process measures one engine).
+_engine: EngineKind | None = None
+
+
+def engine() -> EngineKind:
+    if _engine is None:
+        raise RuntimeError("check_engine() has not run: no engine chosen")
+    return _engine
+
+
+def engine_title(kind: EngineKind) -> str:
+    """ "Docker" or "Podman": how a figure's key names the engine it ran on."""
+    return "Podman" if kind.name == PODMAN else "Docker"
 
 
 def engine_version() -> str:
     out = docker_cli("version", "--format", "{{.Server.Version}}", check=False)
     if out.returncode != 0:
-        raise RuntimeError(f"no Docker engine answers: {out.stderr.strip()}")
+        raise RuntimeError(f"no engine answers: {out.stderr.strip()}")
     return out.stdout.strip()
 
 
-def check_engine() -> str:
-    version = engine_version()
+def check_engine(name: str = DOCKER) -> EngineKind:
+    """The engine that answers, which must be `name` (a figure labelled Docker but
+    measured on Podman, or the other way, would be worse than none), with the test
+    image; it becomes `engine()` for the figures."""
+    global _engine
+    where = os.environ.get("DOCKER_HOST") or "the local socket"
+    try:
+        kind = detect_engine()
+    except Exception as e:  # noqa: BLE001 - said in one sentence
+        raise RuntimeError(f"no engine answers at {where}: {e}") from None
+    if kind.name != name:
+        raise RuntimeError(
+            f"--engine {name}, but {kind.label} answers at {where}"
+            + (f" (--engine {kind.name} measures it)" if kind.name in ENGINES else "")
+        )
     if docker_cli("image", "inspect", TEST_IMAGE, check=False).returncode != 0:
         raise RuntimeError(
-            f"the test image {TEST_IMAGE} is missing; `bash tests/run.sh` "
+            f"the test image {TEST_IMAGE} is missing on {kind.label}; `bash tests/run.sh` "
             "builds it (offline, from busybox-static)"
         )
-    return version
+    _engine = kind
+    return kind
 
 
 # -- a real runnerd process -----------------------------------------------------------
@@ -262,25 +346,39 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def dockerd_pid() -> int | None:
-    """The engine's process, when it runs on this machine (for its CPU time)."""
+def engine_process() -> tuple[str, int | None]:
+    """The engine's process, when it runs on this machine (for its CPU time): its
+    name in CPU summaries and its pid. Docker's is `dockerd`; Podman's is the
+    `podman system service` serving DOCKER_HOST's socket (each container's conmon,
+    which writes its log file, is a process of its own, not counted)."""
+    podman = _engine is not None and _engine.name == PODMAN
+    name = "podman service" if podman else "dockerd"
+    socket = (os.environ.get("DOCKER_HOST") or "").removeprefix("unix://")
     for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/comm") as f:
-                    if f.read().strip() == "dockerd":
-                        return int(entry)
-            except OSError:
-                continue
-    return None
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/comm") as f:
+                comm = f.read().strip()
+            if not podman and comm == "dockerd":
+                return name, int(entry)
+            if podman and comm == "podman":
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    args = f.read().split(b"\0")
+                if b"service" in args and any(socket.encode() in a for a in args):
+                    return name, int(entry)
+        except OSError:
+            continue
+    return name, None
 
 
 class CpuMeter:
-    """CPU seconds used by the daemon, the engine (dockerd) and this process
-    between enter and exit — where the machine's 2 cores went."""
+    """CPU seconds used by the daemon, the engine (dockerd or the podman service)
+    and this process between enter and exit — where the machine's 2 cores went."""
 
     def __init__(self, **processes: int | None) -> None:
-        self.pids = {**processes, "dockerd": dockerd_pid(), "bench client": os.getpid()}
+        name, pid = engine_process()
+        self.pids = {**processes, name: pid, "bench client": os.getpid()}
         self.used: dict[str, float] = {}
         self._start: dict[str, float] = {}
 
@@ -479,7 +577,16 @@ def container_config(
     cmd: list[str], *, log_max_size: str = "64m", log_max_file: str = "4"
 ) -> dict[str, Any]:
     """The container runnerd creates for a run of instance type standard-s
-    (runnerd/engine.py `Engine.create`), labelled as the bench's own."""
+    (runnerd/engine.py `Engine.create`), labelled as the bench's own. On Docker its
+    log is `local`, of `log_max_file` files of `log_max_size`; on Podman the log
+    config is runnerd's for Podman (`k8s-file`, never rotated: the sizes do not apply)."""
+    if engine().name == PODMAN:
+        log_config = engine().log_config(0)
+    else:
+        log_config = {
+            "Type": "local",
+            "Config": {"max-size": log_max_size, "max-file": log_max_file, "compress": "false"},
+        }
     return {
         "Image": TEST_IMAGE,
         "Cmd": cmd,
@@ -496,10 +603,7 @@ def container_config(
             "MemorySwap": 1024 * MiB,
             "PidsLimit": 512,
             "NetworkMode": "none",
-            "LogConfig": {
-                "Type": "local",
-                "Config": {"max-size": log_max_size, "max-file": log_max_file, "compress": "false"},
-            },
+            "LogConfig": log_config,
             "AutoRemove": False,
         },
     }
@@ -507,11 +611,10 @@ def container_config(
 
 class DirectEngine:
     """The baseline: what a run costs when a program drives the engine itself
-    with aiodocker — create, start, wait, read the logs, remove."""
+    with aiodocker — create, start, wait, read the logs, remove. It talks to
+    DOCKER_HOST (or the local socket), as runnerd's daemons do: the same engine."""
 
     def __init__(self) -> None:
-        import aiodocker  # only the baseline talks to the engine directly
-
         self.docker = aiodocker.Docker()
 
     async def close(self) -> None:
@@ -532,6 +635,16 @@ class DirectEngine:
             f"containers/{cid}/wait", method="POST", timeout=aiohttp.ClientTimeout(total=None)
         )
         return int(data["StatusCode"])
+
+    async def exists(self, name: str) -> bool:
+        """A container of that id or name exists (in any state)."""
+        try:
+            async with self.docker._query(f"containers/{name}/json"):
+                return True
+        except aiodocker.exceptions.DockerError as e:
+            if e.status == 404:
+                return False
+            raise
 
     async def logs(self, cid: str) -> bytes:
         async with self.docker._query(
