@@ -228,5 +228,12 @@ if ! browser_ok; then
   exit 1
 fi
 
-# 8. The suite.
-"$venv/bin/python" -m pytest "$@"
+# 8. The suite, in two pytest-xdist workers: tests/conftest.py puts each engine's
+#    tests in an xdist group of their own (the Docker-only tiers with Docker's),
+#    so Docker and Podman run side by side, one test at a time each, and the tests
+#    that need no engine fill in. RUNNERD_TEST_WORKERS=0 runs it all in one process.
+workers="${RUNNERD_TEST_WORKERS:-2}"
+if [ "$workers" = 0 ]; then
+  exec "$venv/bin/python" -m pytest "$@"
+fi
+exec "$venv/bin/python" -m pytest -n "$workers" --dist loadgroup "$@"
