@@ -404,7 +404,9 @@ class Engine:
         if self._kind is not None and seen == self._kind_of:
             return
         try:
-            async with asyncio.timeout(min(VERSION_TIMEOUT_SECONDS, self.request_timeout)):
+            # Bounded like any call, not by the health probe's few seconds: a busy
+            # Podman service has been seen to take over a minute for /info.
+            async with asyncio.timeout(self.request_timeout):
                 info = await self.docker.system.info()
         except (DockerError, aiohttp.ClientError, OSError, TimeoutError) as e:
             raise EngineUnavailable(f"the Docker engine does not answer: {_reason(e)}") from None
@@ -560,6 +562,8 @@ class Engine:
                 "create",
             )
         except DockerError as e:
+            if e.status == 500 and "name is already in use" in str(e.message):
+                e = DockerError(409, str(e.message))  # Podman answers a name conflict with 500
             raise _engine_error(e, "could not create the container", "create") from None
         except (aiohttp.ClientError, OSError) as e:
             raise _engine_error(e, "could not create the container", "create") from None
@@ -649,6 +653,9 @@ class Engine:
                 if response.status >= 400:
                     raise DockerError(response.status, _error_message(await response.read()))
                 splitter = _FrameSplitter()
+                joiner = (
+                    _LineJoiner() if self._kind is not None and self._kind.name == PODMAN else None
+                )
                 content = response.content
                 while True:
                     # read() also raises the stream's buffer limits to this size.
@@ -656,8 +663,12 @@ class Engine:
                     if not data:
                         if splitter.pending:
                             log.warning("output of %s ended inside a message", container_id[:12])
+                        if joiner is not None and joiner.pending:
+                            yield OutputBatch(joiner.flush())
                         return
                     for batch in splitter.feed(data):
+                        if joiner is not None:
+                            batch.records = joiner.feed(batch.records)
                         if batch.error is not None:
                             log.warning(
                                 "the engine reported on the output of %s: %s",
@@ -792,6 +803,60 @@ class _FrameSplitter:
         frac = payload[20:space].rstrip(b"Z")
         nanos = int(frac.ljust(9, b"0")[:9]) if frac.isdigit() else 0
         return self._second_ns + nanos, space + 1
+
+
+# Podman's pieces of a line are joined up to this size, as Docker's own log reader
+# cuts a longer line into messages of 16 KiB.
+LINE_JOIN_BYTES = 16 * 1024
+
+
+class _LineJoiner:
+    """Podman's conmon logs what each read of a pipe gave (up to 8 KiB), so a line
+    often comes in pieces, and the pieces of stdout and stderr lines interleave:
+    read in order, a line of one stream would be torn by the other. Joined here,
+    per stream, into whole lines of up to LINE_JOIN_BYTES, as Docker's engine
+    logs them: each stamped with its first piece's time, and placed where its
+    last piece came. The pieces still held are given by flush() at the end."""
+
+    def __init__(self) -> None:
+        # stream -> its pieces held since the last newline: (time, bytes)
+        self._held: dict[int, list[tuple[int, memoryview]]] = {1: [], 2: []}
+        self._sizes = {1: 0, 2: 0}
+
+    @property
+    def pending(self) -> bool:
+        return bool(self._held[1] or self._held[2])
+
+    def feed(self, records: list[tuple[int, int, memoryview]]) -> list[tuple[int, int, memoryview]]:
+        out: list[tuple[int, int, memoryview]] = []
+        held, sizes = self._held, self._sizes
+        for stream, ts_ns, data in records:
+            pieces = held[stream]
+            n = len(data)
+            if n and data[n - 1] != 0x0A and sizes[stream] + n < LINE_JOIN_BYTES:
+                pieces.append((ts_ns, data))
+                sizes[stream] += n
+            elif pieces:
+                pieces.append((ts_ns, data))
+                out.append((stream, pieces[0][0], memoryview(b"".join(p for _, p in pieces))))
+                pieces.clear()
+                sizes[stream] = 0
+            else:
+                out.append((stream, ts_ns, data))
+        return out
+
+    def flush(self) -> list[tuple[int, int, memoryview]]:
+        """The pieces held (lines without their newline yet), in the order they began."""
+        out = [
+            (stream, pieces[0][0], memoryview(b"".join(p for _, p in pieces)))
+            for stream, pieces in self._held.items()
+            if pieces
+        ]
+        out.sort(key=lambda r: r[1])
+        for stream in self._held:
+            self._held[stream] = []
+            self._sizes[stream] = 0
+        return out
 
 
 def _error_message(body: bytes) -> str:

@@ -33,7 +33,7 @@ from .engine import (
     RegistryCredentials,
     log_file_bytes,
 )
-from .logs import LogStore, LogWriter
+from .logs import EngineCopy, LogStore, LogWriter
 from .models import ACTIVE_STATUSES, FailureReason, Run, Runner, Status, now_ms
 from .retry import retry_store
 from .store import Conflict, NotFound, RunStore
@@ -115,6 +115,7 @@ class Executor:
         # Images seen on the engine: a run of one is created without asking first.
         # Removed behind runnerd's back, the create says 404 and the run pulls then.
         self._present: set[str] = set()
+        self._log_incomplete: set[str] = set()  # runs whose log may miss output
 
     # -- entry points ---------------------------------------------------------
 
@@ -492,7 +493,7 @@ class Executor:
         self._containers[run.id] = container_id
         writer: LogWriter | None = None
         try:
-            writer = await self.logs.open_writer(run.id)
+            writer = await self.logs.open_writer(run.id, self._engine_copy())
             if run.id in self._cancels:  # canceled before we were watching
                 try:
                     await self.engine.stop(container_id, self.stop_grace_seconds)
@@ -502,10 +503,14 @@ class Executor:
                 try:
                     outcome = await self._watch(run, container_id, writer, just_started)
                     if outcome is not None:
-                        # The follow stream can end before the engine logged the very
-                        # last message; a plain read over the last moments catches it.
-                        await asyncio.to_thread(writer.prepare_resume)
-                        await self._copy_output(run, container_id, writer, follow=False)
+                        if self._exact_follow():
+                            # The follow stream can end before the engine logged the
+                            # very last message; a plain read over the last moments
+                            # catches it.
+                            await asyncio.to_thread(writer.prepare_resume)
+                            await self._copy_output(run, container_id, writer, follow=False)
+                        else:
+                            writer = await self._check_output(run, container_id, writer)
                     break
                 except EngineError as e:
                     log.warning(
@@ -645,6 +650,87 @@ class Executor:
                 *(t for t in (waiting, output) if t is not None), return_exceptions=True
             )
 
+    def _engine_copy(self) -> EngineCopy | None:
+        """What the engine keeps of a run's output (see logs.EngineCopy)."""
+        kind = self.engine.known_kind
+        if kind is None:  # not asked yet: runs start only once it answered
+            return self.logs.engine_copy
+        limits = kind.engine_copy(self.logs.max_log_bytes)
+        return EngineCopy(*limits) if limits is not None else None
+
+    def _exact_follow(self) -> bool:
+        kind = self.engine.known_kind
+        return kind is None or kind.exact_follow
+
+    def _incomplete(self, run: Run, writer: LogWriter, why: str) -> None:
+        """The log may miss output: a note in it says why, and the run is marked."""
+        if run.id not in self._log_incomplete:
+            log.warning("run %s: its log may be incomplete: %s", run.id, why)
+        self._log_incomplete.add(run.id)
+        writer.note(f"this log may be incomplete: {why}")
+
+    async def _check_output(self, run: Run, container_id: str, writer: LogWriter) -> LogWriter:
+        """For an engine whose follow stream is not a faithful copy (Podman's): the
+        whole output read again from the engine's own copy once the container has
+        exited, compared with the log and the log repaired from it where they
+        differ (logs.LogCheck). The writer to go on with.
+
+        The engine not answering is raised (the caller waits for it and checks
+        again: the container, and so its output, is kept until the run is
+        recorded); any other error reading the copy leaves the log as it is,
+        marked incomplete."""
+        check = self.logs.check(run.id, writer)
+        try:
+            async for batch in self.engine.output(container_id, follow=False):
+                if batch.error is not None:
+                    self._incomplete(
+                        run,
+                        check.writer,
+                        f"the engine reported an error while runnerd read its copy of the "
+                        f"output to check this log: {batch.error}",
+                    )
+                check.feed(cast("list[tuple[int, int, bytes | memoryview]]", batch.records))
+            result = check.finish()
+        except EngineUnavailable:
+            check.finish()
+            raise
+        except EngineError as e:
+            self._incomplete(
+                run,
+                check.writer,
+                f"runnerd could not read the engine's copy of the output to check this "
+                f"log against it ({e}); the live stream it was written from may have "
+                "missed or repeated lines",
+            )
+            return check.writer
+        except OSError as e:  # the log cannot be written (e.g. disk full)
+            log.error(
+                "run %s: cannot write its log %s: %s; dropping further output",
+                run.id,
+                check.writer.path,
+                e.strerror or e,
+            )
+            return check.writer
+        if result.removed:  # the live stream got something wrong, not just late
+            log.info(
+                "run %s: its log was repaired from the engine's copy of the output "
+                "(the live stream had %d bytes right, then missed or repeated some: "
+                "%d bytes written from the copy, %d removed)",
+                run.id,
+                result.matched,
+                result.added,
+                result.removed,
+            )
+        elif result.added:  # a run over before it was followed, or a stream that ended early
+            log.debug(
+                "run %s: %d bytes of output read from the engine's copy after the %d "
+                "the live stream gave",
+                run.id,
+                result.added,
+                result.matched,
+            )
+        return check.writer
+
     async def _copy_output(
         self, run: Run, container_id: str, writer: LogWriter, follow: bool = True
     ) -> None:
@@ -653,9 +739,11 @@ class Executor:
         ):
             try:
                 if batch.error is not None:
-                    writer.note(
-                        f"the engine reported an error while runnerd read this "
-                        f"output, which may be incomplete here: {batch.error}"
+                    self._incomplete(
+                        run,
+                        writer,
+                        f"the engine reported an error while runnerd read this output: "
+                        f"{batch.error}",
                     )
                 # (append only reads the records: a list of memoryviews is fine)
                 writer.append(cast("list[tuple[int, int, bytes | memoryview]]", batch.records))
@@ -668,17 +756,18 @@ class Executor:
                 )
 
     async def _drain(self, run: Run, output: asyncio.Task[None]) -> None:
-        """The container has exited: let the rest of its output arrive."""
+        """The container has exited: let the rest of its output arrive. What does
+        not is read by the last, plain read (from the newest record in the log)."""
         try:
             await asyncio.wait_for(asyncio.shield(output), OUTPUT_DRAIN_SECONDS)
         except TimeoutError:
             log.warning(
-                "run %s: output still streaming %d s after exit; log may be cut",
+                "run %s: output still streaming %d s after exit; reading the rest plainly",
                 run.id,
                 OUTPUT_DRAIN_SECONDS,
             )
         except EngineError as e:
-            log.warning("run %s: output stream broke: %s; log may be cut", run.id, e)
+            log.warning("run %s: output stream broke: %s; reading the rest plainly", run.id, e)
 
     async def _wait_for_engine(self) -> None:
         delay = 0.5
@@ -696,15 +785,27 @@ class Executor:
         """Record the run's outcome; while the database refuses it, tried again
         (the run stays `running` and in flight, and its container is kept)."""
         status = Status.SUCCEEDED if reason is None else Status.FAILED
+        incomplete = run.id in self._log_incomplete
+        self._log_incomplete.discard(run.id)
         try:
             done = await retry_store(
                 f"run {run.id}: recording it {status.value}",
                 lambda: self.store.finish_run(
-                    run.id, status, exit_code=exit_code, failure_reason=reason, error=error
+                    run.id,
+                    status,
+                    exit_code=exit_code,
+                    failure_reason=reason,
+                    error=error,
+                    log_incomplete=incomplete,
                 ),
             )
-        except Conflict:
-            return await self._current(run)  # someone else completed it (e.g. cancel)
+        except Conflict:  # someone else completed it (e.g. cancel)
+            if incomplete:
+                await retry_store(
+                    f"run {run.id}: marking its log incomplete",
+                    lambda: self.store.mark_log_incomplete(run.id),
+                )
+            return await self._current(run)
         log.info(
             "run %s %s (exit code %s%s)",
             run.id,

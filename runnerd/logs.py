@@ -68,6 +68,13 @@ _LOCK_STRIPES = 64  # index builds and writer opens of one run are serialised by
 T = TypeVar("T")
 
 
+class _Default:
+    """The type of _DEFAULT: "the store's own", where None means "none"."""
+
+
+_DEFAULT = _Default()
+
+
 def _open(path: Path, mode: str = "rb", buffering: int = -1) -> BinaryIO:
     """Every file this module reads or writes is opened here."""
     # typeshed types open() with a str mode as IO[Any]; every mode here is binary.
@@ -401,12 +408,15 @@ class LogStore:
     def _lock(self, run_id: str) -> threading.Lock:
         return self._locks[hash(run_id) % _LOCK_STRIPES]
 
-    def writer(self, run_id: str) -> LogWriter:
+    def writer(
+        self, run_id: str, engine_copy: EngineCopy | None | _Default = _DEFAULT
+    ) -> LogWriter:
         """Open a run's log for appending. After a restart this resumes where the
         file ends: a torn last record (a write cut by a crash) is cut off, and the
         writer knows the last record's time so the caller can skip what it has.
         With the log's index this reads about the last index interval and the
-        resume margin; a log without one is read whole, once, to build it."""
+        resume margin; a log without one is read whole, once, to build it.
+        `engine_copy`: what the engine running it keeps (the store's by default)."""
         path = self.path(run_id)
         with self._lock(run_id):
             self._writing[run_id] += 1
@@ -415,7 +425,9 @@ class LogStore:
                     path,
                     self.max_log_bytes,
                     on_change=lambda: self.notify(run_id),
-                    engine_copy=self.engine_copy,
+                    engine_copy=self.engine_copy
+                    if isinstance(engine_copy, _Default)
+                    else engine_copy,
                     index_path=self.index_path(run_id),
                     index_interval=self.index_interval,
                     on_close=lambda: self._closed(run_id),
@@ -429,15 +441,34 @@ class LogStore:
         if self._writing[run_id] <= 0:
             del self._writing[run_id]
 
-    async def open_writer(self, run_id: str) -> LogWriter:
+    async def open_writer(
+        self, run_id: str, engine_copy: EngineCopy | None | _Default = _DEFAULT
+    ) -> LogWriter:
         """writer(), reading an existing log (after a restart) off the event loop."""
         try:
             existing = self.path(run_id).stat().st_size > 0
         except FileNotFoundError:
             existing = False
         if existing:
-            return await asyncio.to_thread(self.writer, run_id)
-        return self.writer(run_id)
+            return await asyncio.to_thread(self.writer, run_id, engine_copy)
+        return self.writer(run_id, engine_copy)
+
+    def rewind(self, run_id: str, writer: LogWriter, offset: int) -> LogWriter:
+        """Cut the run's log at `offset` (a record boundary) and go on writing from
+        there: `writer` is closed, and a writer on the shortened log (with the same
+        engine copy, no resume pending) is returned. The index loses its entries
+        past the cut when the new writer opens it."""
+        engine_copy = writer.engine_copy
+        writer.close()
+        with _open(self.path(run_id), "r+b") as f:
+            f.truncate(offset)
+        rewound = self.writer(run_id, engine_copy)
+        rewound.prepare_resume(since_ns=0)
+        return rewound
+
+    def check(self, run_id: str, writer: LogWriter) -> LogCheck:
+        """A check of the run's log against the engine's copy of its output: see LogCheck."""
+        return LogCheck(self, run_id, writer)
 
     def delete(self, run_ids: list[str]) -> None:
         for run_id in run_ids:
@@ -763,11 +794,15 @@ class LogWriter:
                 pass
         self._index = None
 
-    def prepare_resume(self) -> None:
+    def prepare_resume(self, since_ns: int | None = None) -> None:
         """Get ready for the engine to send the output again from `since_ns`: after
         its stream broke, or for the last read after the container exited. Reads
-        only the log's last records (may run in a thread: no write meanwhile)."""
+        only the log's last records (may run in a thread: no write meanwhile).
+        `since_ns=0`: nothing is sent again; every record given is new."""
         self._on_disk.clear()
+        if since_ns == 0:
+            self.since_ns = 0
+            return
         if not self._newest or self._f is None:
             self.since_ns = 0
             return
@@ -780,6 +815,11 @@ class LogWriter:
                     break
                 if stream != MARKER and ts_ns >= self.since_ns:
                     self._on_disk[(ts_ns, stream)] += 1
+
+    @property
+    def end(self) -> int:
+        """The size of the log: where the next record goes."""
+        return self._end if self._f is not None else 0
 
     def seen(self, ts_ns: int, stream: int) -> bool:
         """True for a chunk of a resumed stream that is already on disk."""
@@ -952,6 +992,106 @@ class LogWriter:
 
 
 _LIMIT_NOTE = b"[runnerd] log limit"
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """What a LogCheck found: bytes of output the log had right from its start,
+    bytes it then wrote from the engine's copy, and bytes of output it cut from
+    the log (repeated, or out of their place)."""
+
+    matched: int
+    added: int
+    removed: int
+
+    @property
+    def repaired(self) -> bool:
+        return bool(self.added or self.removed)
+
+
+class LogCheck:
+    """A run's log, checked against the engine's own copy of the output read again
+    in full after the run ended, and repaired from it: for an engine whose follow
+    stream is not a faithful copy (Podman's drops and repeats data, and its times
+    are whole seconds, so no resume by time can be trusted either).
+
+    The engine's records are compared in order with the log's output records
+    (runnerd's notes are passed over) by stream and bytes, never by time. At the
+    first difference the log is cut there and the rest is written from the
+    engine's copy; output the log holds past the end of the engine's copy is cut
+    off. The log before the first difference stays as it was, so readers' cursors
+    up to there stay valid. Feed it the engine's records (`feed`), then `finish`."""
+
+    def __init__(self, store: LogStore, run_id: str, writer: LogWriter) -> None:
+        self._store = store
+        self._run_id = run_id
+        self.writer = writer  # the writer to go on with: a new one after a cut
+        self._output_before = writer.output_bytes
+        self.matched = 0
+        self._cut_at: int | None = None
+        self._f: BinaryIO | None = None
+        self._disk: Iterator[tuple[int, int, int, bytes, int, int]] = iter(())
+        if writer.end:
+            self._f = _open(store.path(run_id), "rb")
+            self._disk = _frames(self._f, 0, writer.end)
+
+    def _next_output(self) -> tuple[int, int, bytes, int, int] | None:
+        """(offset, stream, block, start, stop) of the log's next output record."""
+        for offset, stream, _, block, start, stop in self._disk:
+            if stream != MARKER:
+                return offset, stream, block, start, stop
+        return None
+
+    def _cut(self, offset: int) -> None:
+        """From `offset` on, the log is the engine's copy."""
+        self._close()
+        self._cut_at = offset
+        if offset < self.writer.end:
+            self.writer = self._store.rewind(self._run_id, self.writer, offset)
+        else:
+            self.writer.prepare_resume(since_ns=0)
+
+    def _close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+        self._disk = iter(())
+
+    def feed(self, records: list[tuple[int, int, bytes | memoryview]]) -> None:
+        """The engine's next records (stream, time, bytes), in its order. After a
+        cut they are appended (OSError from the write, as LogWriter.append)."""
+        if self._cut_at is None:
+            for i, (stream, _, data) in enumerate(records):
+                found = self._next_output()
+                if found is not None:
+                    offset, on_disk, block, start, stop = found
+                    if on_disk == stream and block[start:stop] == data:
+                        self.matched += stop - start
+                        continue
+                    self._cut(offset)
+                else:  # the log ends here: the rest is missing from it
+                    self._cut(self.writer.end)
+                records = records[i:]
+                break
+            else:
+                return
+        self.writer.append(records)
+
+    def finish(self) -> CheckResult:
+        """The engine's copy has been fed in full: output the log holds past it is
+        cut off. What was found."""
+        if self._cut_at is None:
+            found = self._next_output()
+            if found is not None:  # more in the log than in the engine's copy
+                self._cut(found[0])
+            self._close()
+        if self._cut_at is None:
+            return CheckResult(self.matched, 0, 0)
+        return CheckResult(
+            self.matched,
+            self.writer.output_bytes - self.matched,
+            self._output_before - self.matched,
+        )
 
 
 def _frames(

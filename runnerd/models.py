@@ -228,6 +228,10 @@ class Run:
     scheduled_for: int | None = None  # the schedule's slot it was fired for
     parent_run_id: str | None = None  # the run whose end triggered it (a chain)
     retry_policy: RetryPolicy = NO_RETRIES  # the runner's, when it was triggered
+    # True when runnerd knows its stored log may miss output (the engine's stream
+    # broke, or its log could not be checked against the engine's copy); the log
+    # itself then holds a note saying what happened. Never cleared.
+    log_incomplete: bool = False
 
     @property
     def will_retry(self) -> bool:
@@ -326,6 +330,7 @@ class Run:
             created_at=now,
             updated_at=now,
             webhook_status=None,
+            log_incomplete=False,  # its own log, not this attempt's
             trigger=Trigger.RETRY,
             attempt=self.attempt + 1,
             retry_of=self.id,

@@ -530,6 +530,7 @@ async def runs_show(c: Client, args: argparse.Namespace) -> int:
         render.print_json({"run": run_})
     else:
         render.show(run_)
+        render.warn_log_incomplete(run_)
     return EXIT_OK
 
 
@@ -559,6 +560,7 @@ async def runs_trigger(c: Client, args: argparse.Namespace) -> int:
         render.print_json({"run": final})
     else:
         final = await follow_logs(c, runner, run_["id"])
+        render.warn_log_incomplete(final)
     c.watching = None
     return _report(final)
 
@@ -754,13 +756,15 @@ async def logs(c: Client, args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.follow:
         c.watching = (runner["name"], run_["id"])
-        await follow_logs(c, runner, run_["id"], tail=args.tail)
+        final = await follow_logs(c, runner, run_["id"], tail=args.tail)
         c.watching = None
+        render.warn_log_incomplete(final)
         return EXIT_OK
     params = {"tail": str(args.tail)} if args.tail is not None else None
     async with c.stream(path, params) as resp:
         async for chunk in resp.content.iter_any():
             render.write_out(chunk)
+    render.warn_log_incomplete(run_)
     return EXIT_OK
 
 

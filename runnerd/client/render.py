@@ -58,6 +58,8 @@ def show(obj: dict[str, Any]) -> None:
             )
         elif key == "retry_policy" and isinstance(value, dict):
             shown = retry_policy(value)
+        elif key == "log_incomplete" and value is True:
+            shown = "true (the stored log may miss output: see the notes in the log)"
         else:
             shown = cell(value)
         print(f"{key + ':':<{width}} {shown}")
@@ -77,6 +79,21 @@ def retry_policy(policy: dict[str, Any]) -> str:
         f"back-off {policy.get('backoff_seconds')} s, doubled up to "
         f"{policy.get('backoff_max_seconds')} s"
     )
+
+
+def warn_log_incomplete(run: dict[str, Any]) -> None:
+    """On stderr, after a run's output (or its fields), when runnerd knows its stored
+    log may miss output: whoever reads the output should not take it as whole."""
+    if run.get("log_incomplete") is True:
+        try:
+            sys.stdout.flush()
+        except (OSError, ValueError):
+            pass
+        print(
+            f"runnerd: the log of run {run.get('id')} may be incomplete: "
+            "see the notes runnerd wrote in the log",
+            file=sys.stderr,
+        )
 
 
 def write_out(data: bytes) -> None:

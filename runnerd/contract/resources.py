@@ -135,6 +135,12 @@ class Run(_Resource):
     schedule_id: Id | None = Field(description="The schedule that fired it (or its 1st attempt).")
     scheduled_for: Timestamp | None = Field(description="The schedule's slot it was fired for.")
     parent_run_id: Id | None = Field(description="A chained run's: the run whose end made it.")
+    log_incomplete: bool = Field(
+        description="True when runnerd knows the stored log may miss output (the engine's "
+        "log stream broke or was still streaming when the run was done with, or the log "
+        "could not be checked against the engine's copy); the log then holds a note saying "
+        "what happened. False otherwise; once true it stays true."
+    )
 
 
 class ScheduleEnvVariable(_Resource):
@@ -446,4 +452,5 @@ def run_json(run: domain.Run, tz: tzinfo) -> dict[str, Any]:
         "schedule_id": run.schedule_id,
         "scheduled_for": format_ms(run.scheduled_for, tz),
         "parent_run_id": run.parent_run_id,
+        "log_incomplete": run.log_incomplete,
     }

@@ -209,6 +209,7 @@ class MemoryStore:
         failure_reason: FailureReason | None,
         error: str | None,
         completed_at: int | None = None,
+        log_incomplete: bool = False,
     ) -> Run:
         await _round_trip()
         assert status in TERMINAL_STATUSES
@@ -216,6 +217,7 @@ class MemoryStore:
         if run is None or run.status not in ACTIVE_STATUSES:
             raise Conflict(f"run {run_id} has already completed")
         self._complete(run, status, exit_code, failure_reason, error, completed_at or now_ms())
+        run.log_incomplete = run.log_incomplete or log_incomplete
         if run.will_retry:  # as the SQLite store does in the same commit
             assert run.completed_at is not None
             self._seq += 1
@@ -223,6 +225,13 @@ class MemoryStore:
             retry.seq = self._seq
             self.runs[retry.id] = retry
         return self._completed(run)
+
+    async def mark_log_incomplete(self, run_id: str) -> None:
+        await _round_trip()
+        run = self.runs.get(run_id)
+        if run is not None and not run.log_incomplete:
+            run.log_incomplete = True
+            run.updated_at = max(run.updated_at, now_ms())
 
     async def runs_with_status(self, status: Status) -> list[Run]:
         await _round_trip()

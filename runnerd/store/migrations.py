@@ -177,6 +177,11 @@ MIGRATIONS: dict[int, list[str]] = {
         "CREATE INDEX runs_by_runner_trigger ON runs (runner_id, trigger, seq)",
         "CREATE INDEX runs_by_runner_status_trigger ON runs (runner_id, status, trigger, seq)",
     ],
+    # Podman as an engine (#14): 1 when runnerd knows a run's stored log may miss
+    # output (the engine's stream broke, or its copy could not be checked).
+    8: [
+        "ALTER TABLE runs ADD COLUMN log_incomplete INTEGER NOT NULL DEFAULT 0",
+    ],
 }
 
 SCHEMA_VERSION = max(MIGRATIONS)

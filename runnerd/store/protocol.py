@@ -56,8 +56,16 @@ class RunStore(Protocol):
         failure_reason: FailureReason | None,
         error: str | None,
         completed_at: int | None = None,
+        log_incomplete: bool = False,
     ) -> Run:
-        """Pending or running → succeeded/failed; Conflict when already completed."""
+        """Pending or running → succeeded/failed; Conflict when already completed.
+        `log_incomplete` True marks its stored log as possibly missing output (a
+        mark made before is kept: False never clears it)."""
+        ...
+
+    async def mark_log_incomplete(self, run_id: str) -> None:
+        """Mark the stored log of a run (typically one already finished) as possibly
+        missing output; idempotent, and nothing for a run that is gone."""
         ...
 
     async def runs_with_status(self, status: Status) -> list[Run]:

@@ -215,6 +215,7 @@ class Runs(Aggregate):
         failure_reason: FailureReason | None,
         error: str | None,
         completed_at: int | None = None,
+        log_incomplete: bool = False,
     ) -> Run:
         """Move a pending or running run to its final status; never backwards. In
         the same commit, what its end makes (so a crash can neither lose it nor make
@@ -228,6 +229,7 @@ class Runs(Aggregate):
         def update(db: sqlite3.Connection) -> sqlite3.Row:
             row: sqlite3.Row | None = db.execute(
                 "UPDATE runs SET status = ?, exit_code = ?, failure_reason = ?, error = ?,"
+                " log_incomplete = log_incomplete OR ?,"
                 f" completed_at = ?, updated_at = ?, {WEBHOOK_ON_COMPLETION}"
                 " WHERE id = ? AND status IN (?, ?) RETURNING *",
                 (
@@ -235,6 +237,7 @@ class Runs(Aggregate):
                     exit_code,
                     failure_reason.value if failure_reason else None,
                     error,
+                    int(log_incomplete),
                     completed_at,
                     completed_at,
                     run_id,
@@ -248,6 +251,22 @@ class Runs(Aggregate):
         run = run_from_row(await self._db.write(update), self.box)
         self._completed(run)
         return run
+
+    async def mark_log_incomplete(self, run_id: str) -> None:
+        """Record that the stored log of this run (finished or not) may miss output.
+        Idempotent: marking it again, or marking a run that is gone, changes nothing
+        (updated_at moves only on the first mark). Its webhook, if already sent, is
+        not sent again: the flag is read from the run afterwards."""
+        now = now_ms()
+
+        def update(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE runs SET log_incomplete = 1, updated_at = max(updated_at, ?)"
+                " WHERE id = ? AND log_incomplete = 0",
+                (now, run_id),
+            )
+
+        await self._db.write(update)
 
     def _completed(self, run: Run) -> None:
         for listener in self.on_run_completed:
@@ -458,6 +477,7 @@ def run_from_row(row: sqlite3.Row, box: SecretBox) -> Run:
         retry_policy=RetryPolicy.from_json(
             json.loads(row["retry_policy"]) if row["retry_policy"] else None
         ),
+        log_incomplete=bool(row["log_incomplete"]),
     )
 
 

@@ -97,7 +97,8 @@ CREATE TABLE runs (
     scheduled_for         INTEGER,
     parent_run_id         TEXT,
     retry_policy          TEXT,        -- the runner's when triggered: JSON object, or NULL
-    chain_status          TEXT         -- 'pending': its chained runs are still to be made
+    chain_status          TEXT,        -- 'pending': its chained runs are still to be made
+    log_incomplete        INTEGER NOT NULL DEFAULT 0  -- 1: its stored log may miss output
 );
 
 CREATE INDEX runs_by_runner ON runs (runner_id, seq);

@@ -88,6 +88,7 @@ LATER_RUN_KEYS = {
     "schedule_id",
     "scheduled_for",
     "parent_run_id",
+    "log_incomplete",  # issue 14
 }
 ENV_KEYS = {"id", "env_key", "env_val", "created_at", "updated_at"}
 RUNNER_TIME_FIELDS = ("created_at", "updated_at")

@@ -137,6 +137,24 @@ async def test_the_run_page_shows_every_field_of_a_succeeded_run(
     assert 'id="cancel-run"' not in page  # nothing to cancel
 
 
+async def test_a_run_whose_log_may_be_incomplete_says_so_prominently(
+    daemon: InProcessDaemon, api: Api
+) -> None:
+    runner = await api.create_runner(run_command="exit 0")
+    plain = await api.wait_done(runner["id"], (await api.trigger(runner["id"]))["id"])
+    marked = await api.wait_done(runner["id"], (await api.trigger(runner["id"]))["id"])
+    await daemon.store.mark_log_incomplete(marked["id"])  # as the executor does
+    async with await logged_in(daemon) as ui:
+        _, plain_page = await ui.get(page_url(plain, runner["id"]))
+        _, page = await ui.get(page_url(marked, runner["id"]))
+    assert 'id="log-incomplete" class="warning" hidden' in plain_page
+    warning = element(page, r'(<article id="log-incomplete"[^>]*>.*?</article>)')
+    assert "hidden" not in element(warning, r"(<article[^>]*>)")
+    assert "The log may be incomplete" in warning and "notes runnerd wrote in the log" in warning
+    # The run itself is as it ended: only its log is in doubt.
+    assert element(page, r'id="run-status"[^>]*>([^<]*)<') == "succeeded"
+
+
 def run_page_image(runner: dict[str, Any]) -> str:
     return f"{runner['image_name']}:{runner['image_tag']}"
 
@@ -308,6 +326,22 @@ async def test_the_live_log_ends_with_the_final_run(daemon: InProcessDaemon, api
             assert (await events.next())["data"]["msg"] == "bye"
             end = await events.next(timeout=30)
             assert end["event"] == "end" and end["data"]["status"] == "succeeded"
+
+
+async def test_the_live_log_s_final_run_carries_the_incomplete_log_mark(
+    daemon: InProcessDaemon, api: Api
+) -> None:
+    runner_id, run = await running(api)  # 60 s: it ends when canceled, not before
+    async with await logged_in(daemon) as ui:
+        _, page = await ui.get(page_url(run, runner_id))
+        assert 'id="log-incomplete" class="warning" hidden' in page  # app.js reveals it
+        async with open_events(ui, page_url(run, runner_id) + "/events") as events:
+            await daemon.store.mark_log_incomplete(run["id"])  # the stream broke mid-run
+            status, _ = await api.post(f"/v1/runners/{runner_id}/runs/{run['id']}/cancel")
+            assert status == 200
+            end = await events.next(timeout=30)
+    assert end["event"] == "end"
+    assert (end["data"]["status"], end["data"]["log_incomplete"]) == ("failed", True)
 
 
 async def test_the_live_log_without_a_session_is_401(daemon: InProcessDaemon, api: Api) -> None:

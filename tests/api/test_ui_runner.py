@@ -216,6 +216,22 @@ async def _two_runs(api: Api, runner_id: str) -> list[dict[str, Any]] | None:
     return runs if len(runs) == 2 else None
 
 
+async def test_the_history_marks_runs_whose_log_may_be_incomplete(
+    daemon: InProcessDaemon, api: Api
+) -> None:
+    runner = await api.create_runner(run_command="exit 0")
+    plain, marked = [(await api.trigger(runner["id"]))["id"] for _ in range(2)]
+    await all_done(api, runner["id"], 2)
+    await daemon.store.mark_log_incomplete(marked)
+    async with await logged_in(daemon) as ui:
+        status, page = await ui.get(f"/ui/runners/{runner['id']}")
+    assert status == 200
+    by_id = dict(zip(run_ids(page), rows(page, "runs"), strict=True))
+    assert 'class="log-incomplete"' not in by_id[plain]
+    mark = re.search(r'<span class="log-incomplete" title="([^"]*)"[^>]*>⚠</span>', by_id[marked])
+    assert mark and mark.group(1) == "The log may be incomplete: see the notes in the log"
+
+
 async def test_a_bad_filter_value_is_a_400_page_naming_the_field(
     daemon: InProcessDaemon, api: Api
 ) -> None:

@@ -441,3 +441,81 @@ async def test_the_listener_hears_the_failed_attempt_not_its_retry(store: AnySto
     run = await queue(store, await make_runner(store, retry_policy=RETRY_TWICE))
     await fail(store, run.id)
     assert heard == [(run.id, True)]
+
+
+# -- log_incomplete (issue #14) -----------------------------------------------------
+
+
+async def test_a_run_s_log_is_complete_unless_its_finish_says_otherwise(store: AnyStore) -> None:
+    runner = await make_runner(store)
+    plain, broken = await queue(store, runner), await queue(store, runner)
+    assert not plain.log_incomplete
+    heard: list[tuple[str, bool]] = []
+    store.on_run_completed.append(lambda run: heard.append((run.id, run.log_incomplete)))
+    assert not (await finish(store, plain)).log_incomplete
+    await store.mark_running(broken.id, "c", 1_000)
+    done = await store.finish_run(
+        broken.id,
+        Status.SUCCEEDED,
+        exit_code=0,
+        failure_reason=None,
+        error=None,
+        log_incomplete=True,
+    )
+    assert done.log_incomplete and done.status is Status.SUCCEEDED
+    # Recorded with the final status, so the completion listeners (webhooks) see it.
+    assert heard == [(plain.id, False), (broken.id, True)]
+    stored = {r.id: r.log_incomplete for r in [await store.get_run(plain.id), done] if r}
+    assert stored == {plain.id: False, broken.id: True}
+    assert (await store.get_run(broken.id) or plain).log_incomplete
+
+
+async def test_a_finished_run_is_marked_log_incomplete_once_and_again_changes_nothing(
+    store: AnyStore,
+) -> None:
+    run = await queue(store, await make_runner(store))
+    await store.mark_running(run.id, "c", 1_000)
+    done = await store.finish_run(
+        run.id,
+        Status.FAILED,
+        exit_code=1,
+        failure_reason=FailureReason.NONZERO_EXIT,
+        error="exit 1",
+        completed_at=5_000,
+    )
+    heard: list[str] = []
+    store.on_run_completed.append(lambda r: heard.append(r.id))
+    await store.mark_log_incomplete(run.id)
+    marked = await store.get_run(run.id)
+    assert marked is not None and marked.log_incomplete
+    # Only the flag (and updated_at) moves: the outcome is what finish_run recorded.
+    assert (marked.status, marked.exit_code, marked.completed_at, marked.error) == (
+        done.status,
+        done.exit_code,
+        done.completed_at,
+        done.error,
+    )
+    assert marked.updated_at >= done.updated_at
+    await store.mark_log_incomplete(run.id)
+    again = await store.get_run(run.id)
+    assert again is not None and again.log_incomplete and again.updated_at == marked.updated_at
+    assert heard == []  # not a second completion
+    await store.mark_log_incomplete("no-such-run")  # gone (retention): nothing to mark
+
+
+async def test_a_later_finish_without_the_flag_keeps_an_earlier_mark(store: AnyStore) -> None:
+    run = await queue(store, await make_runner(store))
+    await store.mark_running(run.id, "c", 1_000)
+    await store.mark_log_incomplete(run.id)  # the stream broke while it ran
+    done = await finish(store, run)
+    assert done.log_incomplete
+
+
+async def test_the_retry_of_a_run_with_an_incomplete_log_starts_with_a_complete_one(
+    store: AnyStore,
+) -> None:
+    run = await queue(store, await make_runner(store, retry_policy=RETRY_TWICE))
+    failed = await fail(store, run.id, log_incomplete=True)
+    assert failed.log_incomplete and failed.will_retry
+    (retry,) = await store.runs_with_status(Status.PENDING)
+    assert retry.retry_of == run.id and not retry.log_incomplete

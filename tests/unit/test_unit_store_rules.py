@@ -185,7 +185,9 @@ async def test_a_schema_4_database_gets_the_command_check_keeping_runners_env_an
         r2 = await store.get_runner("r2")
         assert (r2.run_command, r2.argv) == ("echo cmd", None)  # what its runs ran
         assert [e.env_key for e in await store.list_env("r1")] == ["K"]
-        assert (await store.get_run("run1")).status is Status.SUCCEEDED
+        run1 = await store.get_run("run1")
+        assert run1.status is Status.SUCCEEDED
+        assert not run1.log_incomplete  # schema 8: a run from before has no such mark
         with pytest.raises(Conflict):
             await store.update_runner("r1", {"run_command": "echo y"}, None)
         # Foreign keys hold on the rebuilt table, in both directions.
@@ -200,7 +202,7 @@ async def test_a_schema_4_database_gets_the_command_check_keeping_runners_env_an
         assert db.execute("SELECT count(*) FROM runner_env_variables").fetchone() == (0,)
         with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
             db.execute("UPDATE runners SET argv = '[\"a\"]' WHERE id = 'r2'")
-    assert version == (str(SCHEMA_VERSION),) and SCHEMA_VERSION == 7
+    assert version == (str(SCHEMA_VERSION),) and SCHEMA_VERSION == 8
     assert "run_command_or_argv" in sql
 
 
