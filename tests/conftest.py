@@ -1,10 +1,15 @@
-"""Shared fixtures: a real runnerd process on a real Docker engine, and a client for it.
+"""Shared fixtures: a real runnerd process on a real engine, and a client for it.
 
-Tests that need Docker use the `daemon` fixture (or `start_daemon` for a custom
-config). No engine answering is a failure, never a skip: the README's test
-command (tests/run.sh) installs and starts one. The process itself is
-tests/harness.py's `Daemon`, shared with bench/. tests/api/conftest.py gives the
-same fixture names an in-process app without Docker.
+Tests that need an engine use the `daemon` fixture (or `start_daemon` for a custom
+config); under them is `engine_under_test`. Every test of
+tests/integration that uses it runs once per engine, Docker and Podman (ids
+`[docker]`, `[podman]`; RUNNERD_TEST_ENGINES=docker limits them), and while it runs
+DOCKER_HOST names that engine, so runnerd, the docker CLI and the tests' own probes
+all talk to it. The other tiers that need an engine (tests/browser, tests/systemd)
+and tests marked `docker_only` run on Docker alone. No engine answering is a
+failure, never a skip: the README's test command (tests/run.sh) installs and starts
+both. The process itself is tests/harness.py's `Daemon`, shared with bench/.
+tests/api/conftest.py gives the same fixture names an in-process app without Docker.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
@@ -26,7 +32,11 @@ from tests.harness import (  # noqa: F401
     TEST_IMAGE_NAME,
     TEST_IMAGE_TAG,
     Daemon,
+    EngineUnderTest,
     docker_cli,
+    engine_api,
+    engine_for,
+    engines_under_test,
     runnerd_cli,
     wait_until,
     write_config,
@@ -37,13 +47,42 @@ TESTS = Path(__file__).parent
 FAST_TIERS = ("unit", "api")
 
 
-def _tier(item: pytest.Item) -> str:
+def _tier(item: pytest.Item | pytest.FunctionDefinition) -> str:
     return item.path.relative_to(TESTS).parts[0]
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Each test of tests/integration that needs an engine runs once per engine
+    under test, unless it is marked `docker_only`. Session scope: pytest then runs
+    all of one engine's tests before the other's, each engine checked once."""
+    if (
+        "engine_under_test" in metafunc.fixturenames
+        and _tier(metafunc.definition) == "integration"
+        and metafunc.definition.get_closest_marker("docker_only") is None
+    ):
+        try:
+            names = [e.name for e in engines_under_test()]
+        except ValueError as e:
+            raise pytest.UsageError(str(e)) from None
+        metafunc.parametrize("engine_under_test", names, indirect=True, scope="session", ids=names)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (its hook is registered later)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under `--dist loadgroup` (tests/run.sh's full tier), one xdist worker runs
+    all of an engine's tests, so both engines run side by side and no engine sees
+    two tests of ours at once more than it did with one engine. Tests with no
+    engine have no group: they fill in wherever a worker is free."""
+    for item in items:
+        if "engine_under_test" in getattr(item, "fixturenames", ()):
+            callspec = getattr(item, "callspec", None)
+            name = callspec.params.get("engine_under_test", "docker") if callspec else "docker"
+            item.add_marker(pytest.mark.xdist_group(f"engine-{name}"))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
     """A test of the fast tier that asks for the engine fails before it gets one."""
-    if _tier(item) in FAST_TIERS and "docker_engine" in getattr(item, "fixturenames", ()):
+    if _tier(item) in FAST_TIERS and "engine_under_test" in getattr(item, "fixturenames", ()):
         pytest.fail(
             f"{item.nodeid} needs a Docker engine: it belongs in tests/integration, "
             "not in the fast tier (tests/unit, tests/api)"
@@ -61,18 +100,52 @@ def no_docker_in_the_fast_tier(
         monkeypatch.setenv("DOCKER_HOST", NO_ENGINE)
 
 
+@pytest.fixture(autouse=True)
+def docker_host_is_the_engine_under_test(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While a test of an engine runs, DOCKER_HOST is that engine's address (the
+    `engine_under_test` fixture sets it for the session's fixtures too; this holds it for the
+    test, whatever ran on that worker before)."""
+    if "engine_under_test" in request.fixturenames and _tier(request.node) not in FAST_TIERS:
+        monkeypatch.setenv("DOCKER_HOST", request.getfixturevalue("engine_under_test").host)
+
+
 @pytest.fixture(scope="session")
-def docker_engine() -> str:
-    """The engine answers and the test image is there, or the run fails loudly."""
-    version = docker_cli("version", "--format", "{{.Server.Version}}", check=False)
-    if version.returncode != 0:
-        pytest.fail(
-            "no Docker engine answers; run the suite with tests/run.sh, which "
-            f"starts one:\n{version.stderr}"
-        )
-    if docker_cli("image", "inspect", TEST_IMAGE, check=False).returncode != 0:
-        pytest.fail(f"test image {TEST_IMAGE} is missing; tests/run.sh builds it")
-    return version.stdout.strip()
+def engine_under_test(request: pytest.FixtureRequest) -> Iterator[EngineUnderTest]:
+    """The engine under test (a parameter in tests/integration, else Docker). It
+    answers and has the test image, or every test on it fails loudly; for the
+    fixtures built on it (module- and session-scoped ones too) DOCKER_HOST is its
+    address."""
+    under_test = engine_for(getattr(request, "param", "docker"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("DOCKER_HOST", under_test.host)
+        try:
+            status, version = engine_api("GET", "/version", timeout=30)
+        except OSError as e:
+            status, version = 0, str(e)
+        if status != 200:
+            pytest.fail(
+                f"no {under_test.name} engine answers at {under_test.host} ({version}); run "
+                "the suite with tests/run.sh, which starts Docker and Podman, or test "
+                "on the engines you have with RUNNERD_TEST_ENGINES=docker (or podman)"
+            )
+        status, _ = engine_api("GET", f"/images/{quote(TEST_IMAGE, safe='')}/json", timeout=30)
+        if status != 200:
+            pytest.fail(
+                f"test image {TEST_IMAGE} is missing on {under_test.name} "
+                f"({under_test.host}); tests/run.sh imports it"
+            )
+        yield under_test
+
+
+@pytest.fixture(scope="session")
+def docker_engine(engine_under_test: EngineUnderTest) -> str:
+    """The version of the engine under test, which answers and has the test image
+    (the fixture the tests and `start_daemon` depend on)."""
+    status, version = engine_api("GET", "/version", host=engine_under_test.host, timeout=30)
+    assert status == 200, version
+    return str(version["Version"])
 
 
 @pytest.fixture

@@ -2,8 +2,10 @@
 
 A `Daemon` is `python -m runnerd serve` with its own config (`write_config`), data dir
 and API key, started until it logs "listening on", stopped by signal, its containers
-removed by label; around it the docker CLI, the runnerd CLI, the test image's name
-and `wait_until`. tests/conftest.py builds its fixtures on these and bench/common.py
+removed by label; around it the engines the suite runs on (`engines_under_test`), a
+small client of the engine's API (`engine_api`), the docker CLI, the runnerd CLI, the
+test image's name and `wait_until`. Everything that talks to an engine talks to the
+one DOCKER_HOST names when it is called, as runnerd itself does. tests/conftest.py builds its fixtures on these and bench/common.py
 its figures, so both set a daemon up the same way.
 
 Why here, imported as `tests.harness`: `python -m pytest` and `python -m bench` both
@@ -20,9 +22,12 @@ Nothing here needs pytest: bench runs without it.
 from __future__ import annotations
 
 import asyncio
+import http.client
+import json
 import os
 import re
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -31,6 +36,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 TEST_IMAGE = os.environ.get("RUNNERD_TEST_IMAGE", "runnerd-test/busybox:latest")
 TEST_IMAGE_NAME, _, TEST_IMAGE_TAG = TEST_IMAGE.rpartition(":")
@@ -40,6 +46,96 @@ LISTENING = re.compile(rb"listening on (http://\S+)")
 # An engine address where nothing answers: a daemon given it keeps runs pending, and
 # a test tier that must not touch Docker points DOCKER_HOST at it, so any use fails.
 NO_ENGINE = "unix:///nonexistent/runnerd-no-engine.sock"
+
+# The engines the integration tests run on, each at its own DOCKER_HOST. Docker's
+# is whatever answered before the suite started (DOCKER_HOST then, else the
+# default socket); Podman's is the rootful service tests/run.sh starts.
+# RUNNERD_TEST_ENGINES limits them (e.g. "docker" on a machine without Podman).
+ENGINE_NAMES = ("docker", "podman")
+DOCKER_DEFAULT_HOST = "unix:///var/run/docker.sock"
+PODMAN_DEFAULT_HOST = "unix:///run/runnerd-test-podman/podman.sock"
+ENGINES_ENV = "RUNNERD_TEST_ENGINES"
+PODMAN_HOST_ENV = "RUNNERD_TEST_PODMAN_HOST"
+# Read once, at import: a test tier later points DOCKER_HOST elsewhere (NO_ENGINE,
+# or the engine under test), and the engines' own addresses must not move with it.
+_DOCKER_HOST_AT_START = os.environ.get("DOCKER_HOST") or DOCKER_DEFAULT_HOST
+
+
+@dataclass(frozen=True)
+class EngineUnderTest:
+    """One engine the suite runs on: its name ("docker" or "podman") and address."""
+
+    name: str
+    host: str
+
+
+def engines_under_test() -> list[EngineUnderTest]:
+    """The engines RUNNERD_TEST_ENGINES names (default: both), in ENGINE_NAMES order.
+    A name that is not an engine is an error, so a typo cannot silently drop one."""
+    hosts = {
+        "docker": _DOCKER_HOST_AT_START,
+        "podman": os.environ.get(PODMAN_HOST_ENV) or PODMAN_DEFAULT_HOST,
+    }
+    wanted = [n.strip() for n in os.environ.get(ENGINES_ENV, ",".join(ENGINE_NAMES)).split(",")]
+    wanted = [n for n in wanted if n]
+    unknown = sorted(set(wanted) - set(ENGINE_NAMES))
+    if unknown or not wanted:
+        raise ValueError(
+            f"{ENGINES_ENV}={os.environ.get(ENGINES_ENV)!r}: name engines among "
+            f"{', '.join(ENGINE_NAMES)}, comma-separated"
+        )
+    return [EngineUnderTest(n, hosts[n]) for n in ENGINE_NAMES if n in wanted]
+
+
+def engine_for(name: str) -> EngineUnderTest:
+    """The engine called `name`, at its address, whether or not it is under test."""
+    if name == "docker":
+        return EngineUnderTest(name, _DOCKER_HOST_AT_START)
+    if name == "podman":
+        return EngineUnderTest(name, os.environ.get(PODMAN_HOST_ENV) or PODMAN_DEFAULT_HOST)
+    raise ValueError(f"no engine called {name!r}")
+
+
+class _UnixHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        sock.connect(self.unix_path)
+        self.sock = sock
+
+
+def engine_api(
+    method: str,
+    path: str,
+    params: dict[str, str] | None = None,
+    *,
+    host: str | None = None,
+    timeout: float = 120,
+) -> tuple[int, Any]:
+    """One request to the engine's API (Docker's, which Podman serves too) at
+    `host` (default: DOCKER_HOST now, else the default socket); returns the status
+    and the parsed JSON body (None when empty, the text when not JSON). Unix
+    sockets only: the suite's engines all listen on one."""
+    host = host or os.environ.get("DOCKER_HOST") or DOCKER_DEFAULT_HOST
+    if not host.startswith("unix://"):
+        raise ValueError(f"the test harness talks to engines on unix sockets, not {host}")
+    conn = _UnixHTTPConnection(host[len("unix://") :], timeout)
+    try:
+        conn.request(method, path + ("?" + urlencode(params) if params else ""))
+        resp = conn.getresponse()
+        raw = resp.read()
+    finally:
+        conn.close()
+    if not raw:
+        return resp.status, None
+    try:
+        return resp.status, json.loads(raw)
+    except ValueError:
+        return resp.status, raw.decode(errors="replace")
 
 
 class DaemonFailed(AssertionError):
@@ -85,10 +181,23 @@ def create_key(config_path: Path, name: str, scope: str = "full") -> str:
 
 
 def remove_containers(label: str) -> list[str]:
-    """Remove every container carrying `label` (`key=value`); returns their ids."""
-    ids = docker_cli("ps", "-aq", "--filter", f"label={label}", check=False).stdout.split()
-    for start in range(0, len(ids), 100):  # the command line stays short
-        docker_cli("rm", "-f", *ids[start : start + 100], check=False, timeout=300)
+    """Remove every container carrying `label` (`key=value`) from the engine
+    DOCKER_HOST names, through its API; returns their ids. One already gone (its
+    run removed it meanwhile) is fine; any other refusal fails."""
+    filters = json.dumps({"label": [label]})
+    status, listed = engine_api("GET", "/containers/json", {"all": "1", "filters": filters})
+    if status != 200:
+        raise AssertionError(f"the engine did not list containers ({status}): {listed}")
+    ids = [str(c["Id"]) for c in listed]
+    for cid in ids:
+        status, body = engine_api(
+            "DELETE", f"/containers/{quote(cid)}", {"force": "1"}, timeout=300
+        )
+        # 404: gone meanwhile; 409 "removal ... already in progress": runnerd removes it.
+        if status == 404 or (status == 409 and "in progress" in str(body)):
+            continue
+        if status not in (200, 204):
+            raise AssertionError(f"the engine did not remove container {cid} ({status}): {body}")
     return ids
 
 

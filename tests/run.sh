@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a clean machine: Python deps, the gate (ruff, mypy),
-# a Docker engine, the offline test image, Debian's chromium and chromedriver (the
-# browser tier), then pytest. The README's test command; .ci/run calls it.
+# two engines (a Docker engine and a rootful Podman service on its own socket), the
+# offline test image in each, Debian's chromium and chromedriver (the browser
+# tier), then pytest, one worker per engine. The README's test command; .ci/run
+# calls it.
 #
 #   bash tests/run.sh [PYTEST ARGS]          everything: tests/unit, api, integration,
 #                                            browser, ...
@@ -72,23 +74,34 @@ if [ "$fast" = 1 ]; then
   exec "$venv/bin/python" -m pytest -n "${RUNNERD_FAST_WORKERS:-4}" "$@"
 fi
 
-# 3. A Docker engine that answers. Where none does and we are root, install
-#    Debian's docker.io and start dockerd without networking: no container gets
-#    an address on this machine. The registry tests also need Debian's
-#    docker-registry and htpasswd (apache2-utils); they start the registry
-#    themselves, on 127.0.0.1 only.
-docker_ok() { docker version >/dev/null 2>&1; }
+# 3. The engines and tools, from Debian where missing and we are root, in one
+#    apt-get: docker.io (dockerd), podman (the second engine: every integration
+#    test runs on both) with uidmap (newuidmap, for the rootless tier),
+#    busybox-static (the test image), for the registry tests Debian's
+#    docker-registry and htpasswd (apache2-utils) (they start the registry
+#    themselves, on 127.0.0.1 only), and for the browser tier chromium and
+#    chromium-driver.
+browser_ok() { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }
 registry_tools_ok() { [ -x /usr/bin/docker-registry ] && command -v htpasswd >/dev/null 2>&1; }
-if ! command -v docker >/dev/null 2>&1 || ! command -v dockerd >/dev/null 2>&1 || ! command -v busybox >/dev/null 2>&1 || ! registry_tools_ok; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    if ! command -v dockerd >/dev/null 2>&1 || ! [ -x /bin/busybox ] || ! registry_tools_ok; then
-      log "installing docker.io, busybox-static, docker-registry and apache2-utils"
-      apt-get update -qq
-      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io busybox-static \
-        docker-registry apache2-utils >/dev/null
-    fi
+missing=()
+{ command -v dockerd && command -v docker; } >/dev/null 2>&1 || missing+=(docker.io)
+[ -x /bin/busybox ] || missing+=(busybox-static)
+registry_tools_ok || missing+=(docker-registry apache2-utils)
+command -v podman >/dev/null 2>&1 || missing+=(podman)
+command -v newuidmap >/dev/null 2>&1 || missing+=(uidmap)
+browser_ok || missing+=(chromium chromium-driver)
+if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  log "installing ${missing[*]}"
+  apt-get update -qq
+  if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null; then
+    log "apt-get could not install ${missing[*]} (output above)"
+    exit 1
   fi
 fi
+
+# 4. A Docker engine that answers. Where none does and we are root, start
+#    dockerd without networking: no container gets an address on this machine.
+docker_ok() { docker version >/dev/null 2>&1; }
 if ! docker_ok; then
   if [ "$(id -u)" != 0 ]; then
     log "no Docker engine answers and we are not root: start one, or set DOCKER_HOST"
@@ -108,41 +121,119 @@ if ! docker_ok; then
   fi
 fi
 
-# 4. The test image, built offline: a tarball of busybox-static with its applets.
-export RUNNERD_TEST_IMAGE="${RUNNERD_TEST_IMAGE:-runnerd-test/busybox:latest}"
-if ! docker image inspect "$RUNNERD_TEST_IMAGE" >/dev/null 2>&1; then
-  log "building $RUNNERD_TEST_IMAGE from /bin/busybox"
-  tmp=$(mktemp -d)
-  trap 'rm -rf "$tmp"' EXIT
-  mkdir -p "$tmp/rootfs/bin" "$tmp/rootfs/tmp" "$tmp/rootfs/etc"
-  cp /bin/busybox "$tmp/rootfs/bin/busybox"
-  for applet in $("$tmp/rootfs/bin/busybox" --list); do
-    [ "$applet" = busybox ] || ln -sf busybox "$tmp/rootfs/bin/$applet"
-  done
-  echo 'root:x:0:0:root:/root:/bin/sh' >"$tmp/rootfs/etc/passwd"
-  tar -C "$tmp/rootfs" -cf "$tmp/rootfs.tar" .
-  docker import -c 'CMD ["sh"]' -c 'ENV PATH=/bin' "$tmp/rootfs.tar" "$RUNNERD_TEST_IMAGE" >/dev/null
-fi
-
-# 5. The browser tier (tests/browser) drives Debian's chromium through its
-#    chromedriver, never a downloaded browser: where either is missing and we are
-#    root, install Debian's packages; otherwise say so and stop (the tier would fail).
-browser_ok() { [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; }
-if ! browser_ok; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    log "installing chromium and chromium-driver"
-    apt-get update -qq
-    if ! DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; then
-      log "apt-get could not install chromium and chromium-driver (output above)"
-      exit 1
-    fi
+# 5. A rootful Podman service (its Docker-compatible API) on a socket of its own:
+#    tests/conftest.py runs every integration test once per engine and finds this
+#    one at RUNNERD_TEST_PODMAN_HOST. One that answers there already is used as it
+#    is. RUNNERD_TEST_ENGINES=docker skips this step (and pytest then runs Docker only).
+export RUNNERD_TEST_ENGINES="${RUNNERD_TEST_ENGINES:-docker,podman}"
+podman_dir=/run/runnerd-test-podman
+podman_log=/var/log/runnerd-test-podman.log
+export RUNNERD_TEST_PODMAN_HOST="${RUNNERD_TEST_PODMAN_HOST:-unix://$podman_dir/podman.sock}"
+podman_ok() { DOCKER_HOST="$RUNNERD_TEST_PODMAN_HOST" docker version >/dev/null 2>&1; }
+if [[ ",$RUNNERD_TEST_ENGINES," == *,podman,* ]] && ! podman_ok; then
+  if [ "$(id -u)" != 0 ] || ! command -v podman >/dev/null 2>&1; then
+    log "no Podman service answers at $RUNNERD_TEST_PODMAN_HOST and we cannot start one" \
+      "(not root, or no podman): start one there, or test on Docker only with" \
+      "RUNNERD_TEST_ENGINES=docker"
+    exit 1
   fi
-  if ! browser_ok; then
-    log "/usr/bin/chromium or /usr/bin/chromedriver is missing and cannot be installed here" \
-      "(not root, or no apt-get): install Debian's chromium and chromium-driver"
+  mkdir -p "$podman_dir"
+  # Podman gives each container default ulimits of its own (nofile 1048576, ...),
+  # and raising a hard limit needs CAP_SYS_RESOURCE, which root lacks in an
+  # unprivileged container (a CI runner): every create then fails with "error
+  # setting rlimit type 7" (nofile) or "type 6" (nproc). So the containers get
+  # limits under ours. Measured (Podman 4.3.1): nofile equal to our hard limit
+  # works, but nproc failed above 32768 with a hard limit of 96363, as the podman
+  # process caps its own nproc limit (at kernel.pid_max, 32768 there). Half of
+  # each, nproc capped at pid_max first: far more than any test needs, and clear
+  # of both.
+  hard_n=$(ulimit -Hn)
+  [ "$hard_n" = unlimited ] && hard_n=$(cat /proc/sys/fs/nr_open)
+  hard_u=$(ulimit -Hu)
+  pid_max=$(cat /proc/sys/kernel/pid_max)
+  if [ "$hard_u" = unlimited ] || [ "$hard_u" -gt "$pid_max" ]; then
+    hard_u=$pid_max
+  fi
+  {
+    echo "# Written by tests/run.sh for its Podman service (see there): limits under"
+    echo "# the hard limits it had (nofile $(ulimit -Hn), nproc $(ulimit -Hu), pid_max $pid_max)."
+    echo "[containers]"
+    echo "default_ulimits = [\"nofile=$((hard_n / 2)):$((hard_n / 2))\", \"nproc=$((hard_u / 2)):$((hard_u / 2))\"]"
+  } >"$podman_dir/containers.conf"
+  # The registry tests push to and pull from a plain-HTTP registry on
+  # 127.0.0.1:<a free port>. dockerd treats 127.0.0.0/8 as insecure; Podman
+  # reads registries.conf, whose [[registry]] location "127.0.0.1" also matches
+  # "127.0.0.1:<port>/..." (containers/image, sysregistriesv2 refMatchingPrefix:
+  # the prefix may be followed by ':'), so one entry covers every port. Short
+  # names resolve to docker.io, as on Docker.
+  {
+    echo "# Written by tests/run.sh for its Podman service (see there)."
+    echo 'unqualified-search-registries = ["docker.io"]'
+    echo '[[registry]]'
+    echo 'location = "127.0.0.1"'
+    echo 'insecure = true'
+  } >"$podman_dir/registries.conf"
+  log "starting podman system service at $RUNNERD_TEST_PODMAN_HOST (log: $podman_log)"
+  CONTAINERS_CONF="$podman_dir/containers.conf" \
+    CONTAINERS_REGISTRIES_CONF="$podman_dir/registries.conf" \
+    nohup podman system service --time=0 "$RUNNERD_TEST_PODMAN_HOST" >"$podman_log" 2>&1 &
+  for _ in $(seq 1 120); do
+    podman_ok && break
+    sleep 0.5
+  done
+  if ! podman_ok; then
+    log "the Podman service did not answer within 60 s; its log:"
+    tail -50 "$podman_log" >&2 || true
     exit 1
   fi
 fi
 
-# 6. The suite.
-"$venv/bin/python" -m pytest "$@"
+# 6. The test image, built offline and the same on each engine: a tarball of
+#    busybox-static with its applets, imported where it is missing. Into Podman
+#    through its own API (podman --url): it names the image
+#    localhost/runnerd-test/busybox:latest, which the short name finds.
+export RUNNERD_TEST_IMAGE="${RUNNERD_TEST_IMAGE:-runnerd-test/busybox:latest}"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+import_test_image() { # the engine's DOCKER_HOST, then the command that imports into it
+  local host=$1
+  shift
+  if DOCKER_HOST="$host" docker image inspect "$RUNNERD_TEST_IMAGE" >/dev/null 2>&1; then
+    return
+  fi
+  if [ ! -f "$tmp/rootfs.tar" ]; then
+    log "building $RUNNERD_TEST_IMAGE from /bin/busybox"
+    mkdir -p "$tmp/rootfs/bin" "$tmp/rootfs/tmp" "$tmp/rootfs/etc"
+    cp /bin/busybox "$tmp/rootfs/bin/busybox"
+    for applet in $("$tmp/rootfs/bin/busybox" --list); do
+      [ "$applet" = busybox ] || ln -sf busybox "$tmp/rootfs/bin/$applet"
+    done
+    echo 'root:x:0:0:root:/root:/bin/sh' >"$tmp/rootfs/etc/passwd"
+    tar -C "$tmp/rootfs" -cf "$tmp/rootfs.tar" .
+  fi
+  log "importing $RUNNERD_TEST_IMAGE into $host"
+  "$@" import -c 'CMD ["sh"]' -c 'ENV PATH=/bin' "$tmp/rootfs.tar" "$RUNNERD_TEST_IMAGE" >/dev/null
+}
+import_test_image "${DOCKER_HOST:-unix:///var/run/docker.sock}" docker
+if [[ ",$RUNNERD_TEST_ENGINES," == *,podman,* ]]; then
+  import_test_image "$RUNNERD_TEST_PODMAN_HOST" podman --url "$RUNNERD_TEST_PODMAN_HOST"
+fi
+
+# 7. The browser tier (tests/browser) drives Debian's chromium through its
+#    chromedriver, never a downloaded browser (step 3 installs them as root);
+#    without them, say so and stop (the tier would fail).
+if ! browser_ok; then
+  log "/usr/bin/chromium or /usr/bin/chromedriver is missing and cannot be installed here" \
+    "(not root, or no apt-get): install Debian's chromium and chromium-driver"
+  exit 1
+fi
+
+# 8. The suite, in two pytest-xdist workers: tests/conftest.py puts each engine's
+#    tests in an xdist group of their own (the Docker-only tiers with Docker's),
+#    so Docker and Podman run side by side, one test at a time each, and the tests
+#    that need no engine fill in. RUNNERD_TEST_WORKERS=0 runs it all in one process.
+workers="${RUNNERD_TEST_WORKERS:-2}"
+if [ "$workers" = 0 ]; then
+  exec "$venv/bin/python" -m pytest "$@"
+fi
+exec "$venv/bin/python" -m pytest -n "$workers" --dist loadgroup "$@"
