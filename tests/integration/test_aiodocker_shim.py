@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from aiodocker.exceptions import DockerError
+from conftest import EngineUnderTest
 from helpers_engine import docker_socket
 
 from runnerd._aiodocker_shim import api_url, raw_request
@@ -20,8 +21,8 @@ from runnerd.engine import Engine
 
 
 @pytest.fixture
-async def engine() -> AsyncIterator[Engine]:
-    engine = Engine(f"unix://{docker_socket()}")
+async def engine(engine_under_test: EngineUnderTest) -> AsyncIterator[Engine]:
+    engine = Engine(f"unix://{docker_socket()}")  # DOCKER_HOST: the engine under test
     try:
         yield engine
     finally:
