@@ -14,12 +14,10 @@ and threads.
 from __future__ import annotations
 
 import base64
-import contextlib
 import http.client
 import json
 import os
 import socket
-import threading
 import time
 import urllib.parse
 from typing import Any
@@ -336,38 +334,40 @@ engine_api = EngineApi()
 
 
 class ContainerEvents:
-    """The engine's event stream for containers carrying every label, recorded in
-    a thread from the moment this is made (`since` the current second, so nothing
-    is missed while the subscription is set up) until `close()`. `actions()` are
-    (action, the container's labels and attributes) in the engine's order; the
-    actions differ by engine (Podman adds init, cleanup, remove), `start` is in both."""
+    """The engine's events for containers carrying every label, from the second
+    this is made: `actions()` reads them then, up to the next second, as
+    (action, the container's labels and attributes) in the engine's order. Read
+    once, not followed: Podman 4.3's followed stream was seen to stop delivering
+    events of containers made after a restart of runnerd; a read bounded by
+    `until` gives them all, on both engines. The actions differ by engine (Podman
+    adds init, cleanup, remove); `start` is in both."""
 
     def __init__(self, labels: dict[str, str]) -> None:
+        self.since = int(time.time())
+        self.filters = json.dumps({**json.loads(label_filters(labels)), "type": ["container"]})
         self.events: list[dict[str, Any]] = []
-        self._conn = _UnixConnection(docker_socket(), timeout=None)  # a quiet stream is fine
-        filters = json.dumps({**json.loads(label_filters(labels)), "type": ["container"]})
-        query = urllib.parse.urlencode({"filters": filters, "since": str(int(time.time()))})
-        self._conn.request("GET", f"/events?{query}")
-        self._resp = self._conn.getresponse()
-        assert self._resp.status == 200, (self._resp.status, self._resp.read())
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        with contextlib.suppress(OSError, ValueError, http.client.HTTPException):
-            while line := self._resp.readline():
-                if line.strip():
-                    self.events.append(json.loads(line))
 
     def close(self) -> None:
-        """Stop recording (the stream never ends by itself)."""
-        if self._conn.sock is not None:
-            with contextlib.suppress(OSError):
-                self._conn.sock.shutdown(socket.SHUT_RDWR)
-        self._thread.join(10)
-        self._conn.close()
+        """Nothing is held open (kept for the callers' try/finally)."""
+
+    def read(self) -> list[dict[str, Any]]:
+        """Every event so far (the engine answers once `until` has passed)."""
+        until = int(time.time()) + 1
+        query = urllib.parse.urlencode(
+            {"filters": self.filters, "since": str(self.since), "until": str(until)}
+        )
+        conn = _UnixConnection(docker_socket(), timeout=60)
+        try:
+            conn.request("GET", f"/events?{query}")
+            resp = conn.getresponse()
+            body = resp.read()
+        finally:
+            conn.close()
+        assert resp.status == 200, (resp.status, body[:500])
+        self.events = [json.loads(line) for line in body.splitlines() if line.strip()]
+        return self.events
 
     def actions(self) -> list[tuple[str, dict[str, str]]]:
         return [
-            (e.get("Action", ""), e.get("Actor", {}).get("Attributes", {})) for e in self.events
+            (e.get("Action", ""), e.get("Actor", {}).get("Attributes", {})) for e in self.read()
         ]
