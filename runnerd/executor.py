@@ -508,7 +508,17 @@ class Executor:
                             # very last message; a plain read over the last moments
                             # catches it.
                             await asyncio.to_thread(writer.prepare_resume)
-                            await self._copy_output(run, container_id, writer, follow=False)
+                            try:
+                                await self._copy_output(run, container_id, writer, follow=False)
+                            except EngineUnavailable:
+                                raise  # waited for, then read again (below)
+                            except EngineError as e:
+                                self._incomplete(
+                                    run,
+                                    writer,
+                                    f"runnerd could not read the end of the output from "
+                                    f"the engine ({e})",
+                                )
                         else:
                             writer = await self._check_output(run, container_id, writer)
                     break

@@ -482,3 +482,38 @@ async def test_many_running_runs_do_not_starve_creates_and_stops(
     for run in more:
         done = await api.wait_done(quick["id"], run["id"], timeout=DEADLINE)
         assert done["status"] == "succeeded", (done, daemon_errors(daemon))
+
+
+async def test_engine_500s_on_the_plain_read_after_the_run_gives_log_incomplete_and_a_note(
+    start_proxied_daemon: Callable[..., Awaitable[Daemon]],
+    http: aiohttp.ClientSession,
+    proxy: TrackingProxy,
+) -> None:
+    # After a run ends, runnerd reads the output once more without following: the
+    # last moments on Docker, the whole copy to check the log against on Podman.
+    # The engine refusing that read is never a silent difference: the run is
+    # recorded with its exit code, its log keeps what the live stream gave, says
+    # why it may be incomplete, and the run is marked log_incomplete.
+    daemon = await start_proxied_daemon()
+    api = Api(http, daemon.url, daemon.key)
+    runner = await api.create_runner(run_command="echo live; sleep 2; echo end")
+    proxy.fail(r"GET \S*/containers/\S+/logs\?follow=0", 500, "injected: logs read failed")
+    run = await api.trigger(runner["id"])
+    done = await api.wait_done(runner["id"], run["id"], timeout=DEADLINE)
+    assert (done["status"], done["exit_code"], done["log_incomplete"]) == (
+        "succeeded",
+        0,
+        True,
+    ), (done, daemon_errors(daemon))
+    assert proxy.failed >= 1
+    log_text = await api.logs(runner["id"], run["id"])
+    assert log_text.startswith(b"live\n"), log_text
+    assert b"[runnerd] this log may be incomplete: " in log_text, log_text
+    assert b"injected: logs read failed" in log_text, log_text
+    assert "its log may be incomplete" in daemon.log_text()
+    proxy.unfail()
+    # A run the engine answers for is complete, and says nothing of the kind.
+    ok = await api.trigger(runner["id"])
+    done = await api.wait_done(runner["id"], ok["id"], timeout=DEADLINE)
+    assert (done["status"], done["log_incomplete"]) == ("succeeded", False), done
+    assert await api.logs(runner["id"], ok["id"]) == b"live\nend\n"
