@@ -37,6 +37,7 @@ from tests.harness import (  # noqa: F401
     engine_api,
     engine_for,
     engines_under_test,
+    log_records,
     runnerd_cli,
     wait_until,
     write_config,

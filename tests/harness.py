@@ -38,6 +38,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from runnerd.logs import HEADER
+
 TEST_IMAGE = os.environ.get("RUNNERD_TEST_IMAGE", "runnerd-test/busybox:latest")
 TEST_IMAGE_NAME, _, TEST_IMAGE_TAG = TEST_IMAGE.rpartition(":")
 LABEL_DAEMON = "io.runnerd.daemon"  # what runnerd puts on its containers
@@ -149,6 +151,18 @@ def docker_cli(
     return subprocess.run(
         ["docker", *args], capture_output=True, text=True, check=check, timeout=timeout
     )
+
+
+def log_records(path: Path) -> list[tuple[int, int, bytes]]:
+    """(stream, ts_ns, data) of each record of a run's log file (format in runnerd.logs)."""
+    raw = path.read_bytes()
+    out, at = [], 0
+    while at < len(raw):
+        stream, ts_ns, length = HEADER.unpack_from(raw, at)
+        at += HEADER.size
+        out.append((stream, ts_ns, raw[at : at + length]))
+        at += length
+    return out
 
 
 def runnerd_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -287,16 +301,23 @@ class Daemon:
     def create_key(self, name: str, scope: str = "full") -> str:
         return create_key(self.config_path, name, scope)
 
+    cwd: str | None = None  # where the process starts (None: here)
+
+    def command(self, *args: str) -> list[str]:
+        """The command line of `runnerd <args>` (a subclass may run it otherwise)."""
+        return [sys.executable, "-m", "runnerd", *args]
+
     def start(self, timeout: float = START_DEADLINE) -> float:
         """Start the process; seconds from spawning it to its "listening on" line."""
         log = open(self.log_path, "ab")
         offset = log.tell()  # a restarted daemon appends: only its own lines count
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "runnerd", "serve", "--config", str(self.config_path)],
+            self.command("serve", "--config", str(self.config_path)),
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            cwd=self.cwd,
         )
         log.close()
         deadline = t0 + timeout

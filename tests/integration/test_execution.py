@@ -12,7 +12,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import Api, Daemon, wait_until
+from conftest import Api, Daemon, log_records, wait_until
 from helpers_engine import (
     GATE,
     LABEL_DAEMON,
@@ -23,7 +23,7 @@ from helpers_engine import (
     release,
 )
 
-from runnerd.logs import HEADER, STDERR, STDOUT
+from runnerd.logs import STDERR, STDOUT
 
 TIME_FORMAT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d\Z")
 
@@ -64,18 +64,6 @@ def assert_same_lines(got: list[bytes], expected: list[bytes], what: str) -> Non
         f"{what}: {len(got)} lines, expected {len(expected)}; "
         f"{len(missing)} missing, e.g. {[m[:12] for m in missing[:5]]}"
     )
-
-
-def log_records(path: Any) -> list[tuple[int, int, bytes]]:
-    """(stream, ts_ns, data) of each record of a run's log file (format in runnerd.logs)."""
-    raw = path.read_bytes()
-    out, at = [], 0
-    while at < len(raw):
-        stream, ts_ns, length = HEADER.unpack_from(raw, at)
-        at += HEADER.size
-        out.append((stream, ts_ns, raw[at : at + length]))
-        at += length
-    return out
 
 
 def assert_readable(error: Any) -> None:

@@ -38,7 +38,7 @@ from typing import Any, BinaryIO
 from packaging.requirements import Requirement
 
 import runnerd
-from tests.harness import LISTENING, START_DEADLINE, TEST_IMAGE, Daemon, DaemonFailed, write_config
+from tests.harness import TEST_IMAGE, Daemon, DaemonFailed, write_config
 
 USER = os.environ.get("RUNNERD_ROOTLESS_USER", "runnerd-rootless")
 SUBID_COUNT = 65536
@@ -466,7 +466,9 @@ class UserDaemon(Daemon):
 
     session: Session | None = None
 
-    def _python(self, *args: str) -> list[str]:
+    cwd: str | None = "/"  # the user may not enter the tests' working directory
+
+    def command(self, *args: str) -> list[str]:
         assert self.session is not None
         return self.session.user.command(
             [self.session.python, "-m", "runnerd", *args],
@@ -475,7 +477,7 @@ class UserDaemon(Daemon):
 
     def create_key(self, name: str, scope: str = "full") -> str:
         out = _run(
-            self._python(
+            self.command(
                 "keys",
                 "create",
                 "--name",
@@ -491,39 +493,6 @@ class UserDaemon(Daemon):
         if out.returncode != 0:
             raise DaemonFailed(f"runnerd keys create (as the user) failed: {out.stderr.strip()}")
         return out.stdout.strip().splitlines()[-1]
-
-    def start(self, timeout: float = START_DEADLINE) -> float:
-        with open(self.log_path, "ab") as log:
-            offset = log.tell()
-            t0 = time.perf_counter()
-            self.proc = subprocess.Popen(
-                self._python("serve", "--config", str(self.config_path)),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                cwd="/",
-            )
-        with open(self.log_path, "rb") as f:
-            f.seek(offset)
-            seen = b""
-            while True:
-                seen += f.read()
-                match = LISTENING.search(seen)
-                if match:
-                    self.url = match.group(1).decode()
-                    return time.perf_counter() - t0
-                if self.proc.poll() is not None:
-                    raise DaemonFailed(
-                        f"runnerd (as the user) exited with {self.proc.returncode}:\n"
-                        f"{self.log_text()}"
-                    )
-                if time.perf_counter() - t0 > timeout:
-                    self.stop(signal.SIGKILL)
-                    raise DaemonFailed(
-                        f"runnerd (as the user) did not listen within {timeout:.0f} s:\n"
-                        f"{self.log_text()}"
-                    )
-                time.sleep(0.02)
 
     def remove_containers(self) -> list[str]:
         """The session's teardown removes every container of its engine."""

@@ -9,26 +9,14 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from conftest import Api, wait_until
+from conftest import Api, log_records, wait_until
 
-from runnerd.logs import HEADER, STDERR, STDOUT
+from runnerd.logs import STDERR, STDOUT
 
 from .podman_user import Session, UserDaemon
 
 # Keeps its container running until /tmp/go exists in it (no network to signal it).
 GATE = "while [ ! -e /tmp/go ]; do sleep 0.05; done"
-
-
-def log_records(path: Path) -> list[tuple[int, int, bytes]]:
-    """(stream, ts_ns, data) of each record of a run's log file (format in runnerd.logs)."""
-    raw = path.read_bytes()
-    out, at = [], 0
-    while at < len(raw):
-        stream, ts_ns, length = HEADER.unpack_from(raw, at)
-        at += HEADER.size
-        out.append((stream, ts_ns, raw[at : at + length]))
-        at += length
-    return out
 
 
 def containers_of_run(engine: Session, run_id: str) -> list[dict[str, Any]]:
