@@ -812,9 +812,16 @@ async def _follow(
     store = request.config_dict[STORE]
     stopping = request.config_dict[STOPPING]
     completed: Run | None = None
+    cuts, _ = logs.cuts(run.id)
     while True:
         changed = logs.changed(run.id)
         try:
+            if logs.cuts(run.id)[0] != cuts:
+                # The log was repaired from the engine's copy (Podman): what this
+                # stream sent past the cut is not in the log any more; it goes on
+                # with what replaced it.
+                cuts, at = logs.cuts(run.id)
+                offset = min(offset, at)
             records, offset = await logs.reading(logs.read, run.id, offset)
             if records:
                 await emit(records)

@@ -314,6 +314,7 @@ class LogStore:
         )
         self._locks = [threading.Lock() for _ in range(_LOCK_STRIPES)]
         self._writing: Counter[str] = Counter()  # run id -> writers open on its log
+        self._cuts: dict[str, tuple[int, int]] = {}  # run id -> see cuts()
 
     # -- change notification: followers wait, writers wake them ------------------
 
@@ -462,9 +463,17 @@ class LogStore:
         writer.close()
         with _open(self.path(run_id), "r+b") as f:
             f.truncate(offset)
+        count, lowest = self._cuts.get(run_id, (0, offset))
+        self._cuts[run_id] = (count + 1, min(lowest, offset))
         rewound = self.writer(run_id, engine_copy)
         rewound.prepare_resume(since_ns=0)
         return rewound
+
+    def cuts(self, run_id: str) -> tuple[int, int]:
+        """(how many times the run's log was cut by rewind(), the lowest offset cut
+        at): a follower that read past a cut goes on from there, not from inside a
+        record that is no longer there."""
+        return self._cuts.get(run_id, (0, 0))
 
     def check(self, run_id: str, writer: LogWriter) -> LogCheck:
         """A check of the run's log against the engine's copy of its output: see LogCheck."""
@@ -473,6 +482,7 @@ class LogStore:
     def delete(self, run_ids: list[str]) -> None:
         for run_id in run_ids:
             self._woken.pop(run_id, None)
+            self._cuts.pop(run_id, None)
             for path in (self.path(run_id), self.index_path(run_id)):
                 try:
                     path.unlink()

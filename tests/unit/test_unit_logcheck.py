@@ -211,3 +211,19 @@ def test_random_losses_and_repeats_always_end_as_the_engines_copy(tmp_path: Path
         live(seen, logs)
         check(logs, copy, batch=rng.randrange(1, 50))
         assert output(logs) == as_output(copy), trial
+
+
+def test_a_cut_is_counted_so_a_follower_past_it_goes_on_from_where_the_log_was_cut(
+    logs: LogStore,
+) -> None:
+    copy = copy_of(200)
+    live(copy[:100] + copy[101:], logs)
+    assert logs.cuts(RUN) == (0, 0)
+    follower_at = logs.path(RUN).stat().st_size  # a follower that read it all
+    check(logs, copy)
+    count, at = logs.cuts(RUN)
+    assert count == 1 and 0 < at < follower_at
+    records, _ = logs.read(RUN, min(follower_at, at), max_bytes=10**6)
+    assert [bytes(r.data) for r in records] == [d for _, _, d in copy[100:]]
+    logs.delete([RUN])
+    assert logs.cuts(RUN) == (0, 0)
