@@ -124,8 +124,10 @@ fi
 # 5. A rootful Podman service (its Docker-compatible API) on a socket of its own:
 #    tests/conftest.py runs every integration test once per engine and finds this
 #    one at RUNNERD_TEST_PODMAN_HOST. One that answers there already is used as it
-#    is. RUNNERD_TEST_ENGINES=docker skips this step (and pytest then runs Docker only).
-export RUNNERD_TEST_ENGINES="${RUNNERD_TEST_ENGINES:-docker,podman}"
+#    is. Only with RUNNERD_TEST_ENGINES=docker,podman (or podman): by default the
+#    suite runs on Docker alone, until the Podman tier is green and fits the CI time
+#    budget (issue #14 is open on that).
+export RUNNERD_TEST_ENGINES="${RUNNERD_TEST_ENGINES:-docker}"
 podman_dir=/run/runnerd-test-podman
 podman_log=/var/log/runnerd-test-podman.log
 export RUNNERD_TEST_PODMAN_HOST="${RUNNERD_TEST_PODMAN_HOST:-unix://$podman_dir/podman.sock}"
@@ -228,11 +230,12 @@ if ! browser_ok; then
   exit 1
 fi
 
-# 8. The suite, in two pytest-xdist workers: tests/conftest.py puts each engine's
-#    tests in an xdist group of their own (the Docker-only tiers with Docker's),
-#    so Docker and Podman run side by side, one test at a time each, and the tests
-#    that need no engine fill in. RUNNERD_TEST_WORKERS=0 runs it all in one process.
-workers="${RUNNERD_TEST_WORKERS:-2}"
+# 8. The suite, in one process by default. RUNNERD_TEST_WORKERS=2 runs it in two
+#    pytest-xdist workers (--dist loadgroup), meant to run each engine's tests in a
+#    worker of their own: tests/conftest.py gives them xdist groups, but those groups
+#    were seen not to hold (one module's tests on both workers), so it is not the
+#    default yet.
+workers="${RUNNERD_TEST_WORKERS:-0}"
 if [ "$workers" = 0 ]; then
   exec "$venv/bin/python" -m pytest "$@"
 fi

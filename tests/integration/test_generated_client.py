@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 import pytest
 import requests
-from conftest import TEST_IMAGE_NAME, TEST_IMAGE_TAG, Daemon, write_config
+from conftest import TEST_IMAGE_NAME, TEST_IMAGE_TAG, Daemon, EngineUnderTest, write_config
 from helpers_engine import engine_api
 from registry import REPOSITORY, TAG, Registry
 
@@ -153,9 +153,15 @@ class Called:
         self.statuses.setdefault(key, set()).add(response.status_code)
 
 
+# What the client called, per engine, for the whole session: under xdist a worker may
+# run another module's test between two of this one's, which ends this module's
+# fixtures (the daemon, the document) and makes them again.
+_CALLED: dict[str, Called] = {}
+
+
 @pytest.fixture(scope="module")
-def called(served: dict[str, Any]) -> Called:
-    return Called(served)
+def called(served: dict[str, Any], engine_under_test: EngineUnderTest) -> Called:
+    return _CALLED.setdefault(engine_under_test.name, Called(served))
 
 
 Client = Callable[..., Any]
