@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
 
 from tests.harness import Daemon, runnerd_cli
 
@@ -140,8 +140,11 @@ def test_cancel_run_button_on_a_sleeping_run_ends_it_canceled_and_the_api_agrees
             browser.driver.switch_to.alert.accept()
         except NoAlertPresentException:
             pass
-        text = browser.all("#run-status")
-        return bool(text) and text[0].text.strip().endswith("canceled")
+        try:
+            text = browser.all("#run-status")
+            return bool(text) and text[0].text.strip().endswith("canceled")
+        except StaleElementReferenceException:  # the page was replaced (the POST's redirect)
+            return False
 
     browser.wait().until(canceled, "#run-status to end with 'canceled'")
     assert browser.path() == f"/ui/runners/{runner['id']}/runs/{run['id']}"
