@@ -191,6 +191,12 @@ class EngineKind:
         return self.name != PODMAN
 
     @property
+    def joins_line_pieces(self) -> bool:
+        """The engine logs a long line in pieces as its pipe gave them, and
+        runnerd joins them into lines (see _LineJoiner); Docker logs lines."""
+        return self.name == PODMAN
+
+    @property
     def log_driver(self) -> str:
         return "k8s-file" if self.name == PODMAN else "local"
 
@@ -658,7 +664,9 @@ class Engine:
                     raise DockerError(response.status, _error_message(await response.read()))
                 splitter = _FrameSplitter()
                 joiner = (
-                    _LineJoiner() if self._kind is not None and self._kind.name == PODMAN else None
+                    _LineJoiner()
+                    if self._kind is not None and self._kind.joins_line_pieces
+                    else None
                 )
                 content = response.content
                 while True:

@@ -161,6 +161,11 @@ if [[ ",$RUNNERD_TEST_ENGINES," == *,podman,* ]] && ! podman_ok; then
     echo "# the hard limits it had (nofile $(ulimit -Hn), nproc $(ulimit -Hu), pid_max $pid_max)."
     echo "[containers]"
     echo "default_ulimits = [\"nofile=$((hard_n / 2)):$((hard_n / 2))\", \"nproc=$((hard_u / 2)):$((hard_u / 2))\"]"
+    echo "[engine]"
+    echo "# The tests read the engine's events (a container started twice is a run"
+    echo "# executed twice); at its default 1m Podman's events file was rotated"
+    echo "# mid-suite, and the events a test had not read yet were gone."
+    echo "events_logfile_max_size = \"256m\""
   } >"$podman_dir/containers.conf"
   # The registry tests push to and pull from a plain-HTTP registry on
   # 127.0.0.1:<a free port>. dockerd treats 127.0.0.0/8 as insecure; Podman

@@ -16,7 +16,10 @@ tests/integration.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -25,6 +28,7 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from conftest import Api
 
 from runnerd import config as config_mod
 from runnerd import metrics, ui
@@ -183,3 +187,24 @@ async def start_daemon(
 @pytest.fixture
 async def daemon(start_daemon: Callable[..., Awaitable[InProcessDaemon]]) -> InProcessDaemon:
     return await start_daemon()
+
+
+async def cli(api: Api, *args: str) -> tuple[int, str, str]:
+    """`runnerd ARGS` in a process of its own, against the app this loop serves
+    (so it is awaited, not run: the app answers it meanwhile); (exit code,
+    stdout, stderr)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNERD_")}
+    env |= {"RUNNERD_URL": api.url, "RUNNERD_TOKEN": api.key or ""}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "runnerd",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert b"Traceback" not in err, err
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

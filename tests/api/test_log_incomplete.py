@@ -6,10 +6,7 @@ of `logs` / `runs trigger --wait` in the CLI, and the webhook payload."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 from collections.abc import AsyncIterator
 from datetime import UTC
 from typing import Any
@@ -24,28 +21,9 @@ from runnerd.store.memory import MemoryStore
 from runnerd.webhooks import Notifier
 from tests.harness import wait_until
 
-from .conftest import InProcessDaemon
+from .conftest import InProcessDaemon, cli
 
 WARNING = "may be incomplete: see the notes runnerd wrote in the log"
-
-
-async def cli(api: Api, *args: str) -> tuple[int, str, str]:
-    """`runnerd ARGS` in a process of its own (this loop serves it meanwhile)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNERD_")}
-    env |= {"RUNNERD_URL": api.url, "RUNNERD_TOKEN": api.key or ""}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "runnerd",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert b"Traceback" not in err, err
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def two_ended_runs(daemon: InProcessDaemon, api: Api) -> tuple[str, str, str]:

@@ -6,16 +6,15 @@ tests/integration/test_retries.py."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 from typing import Any
 
 from conftest import Api, Daemon
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import wait_until
+
+from .conftest import cli
 
 # Fails at once in the fake executor; its retry waits an hour unless said otherwise.
 FAILING = {"run_command": "exit 3"}
@@ -189,25 +188,6 @@ async def test_a_bad_retry_policy_is_a_400_naming_the_field_and_null_clears_it(a
 
 
 # -- the CLI's retry and chain options, against this app --------------------------
-
-
-async def cli(api: Api, *args: str) -> tuple[int, str, str]:
-    """`runnerd ARGS` in a process of its own (this loop serves it meanwhile)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNERD_")}
-    env |= {"RUNNERD_URL": api.url, "RUNNERD_TOKEN": api.key or ""}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "runnerd",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert b"Traceback" not in err, err
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
 
 
 async def cli_runner(api: Api, *args: str) -> dict[str, Any]:

@@ -178,9 +178,10 @@ class Registry:
         return [Request(m[1], m[2], int(m[3])) for m in ACCESS_LINE.finditer(text)]
 
     def manifest_requests(
-        self, since: int = 0, repository: str = REPOSITORY, tag: str = TAG, method: str = "HEAD"
+        self, since: int = 0, repository: str = REPOSITORY, tag: str = TAG
     ) -> list[Request]:
-        """Requests for a repository's manifest by tag: one HEAD per pull the
-        engine makes (it then fetches the manifest by digest)."""
+        """Requests for a repository's manifest by tag: one per pull the engine
+        makes (Docker asks with HEAD and then fetches the manifest by digest;
+        Podman GETs it by tag)."""
         uri = f"/v2/{repository}/manifests/{tag}"
-        return [r for r in self.requests(since) if r.method == method and r.uri == uri]
+        return [r for r in self.requests(since) if r.method in ("HEAD", "GET") and r.uri == uri]

@@ -51,6 +51,7 @@ def table_rows(text: str) -> list[list[str]]:
 
 @pytest.mark.bench
 @pytest.mark.timeout(420)
+@pytest.mark.docker_only("bench's default engine is Docker; Podman's figure has its own test below")
 def test_bench_quick_mode_writes_a_ratio_for_every_figure(
     tmp_path: Path, docker_engine: str
 ) -> None:
@@ -74,6 +75,7 @@ def test_bench_quick_mode_writes_a_ratio_for_every_figure(
         assert re.search(rf"^{figure} ", proc.stdout, re.M), proc.stdout
 
 
+@pytest.mark.docker_only("it points bench's --engine podman at Docker's socket")
 def test_bench_refuses_an_engine_other_than_the_one_asked_for(docker_engine: str) -> None:
     """A figure labelled Podman but measured on Docker would be worse than none."""
     docker = os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"

@@ -36,6 +36,10 @@ from conftest import TEST_IMAGE_NAME, TEST_IMAGE_TAG, Daemon, EngineUnderTest, w
 from helpers_engine import engine_api
 from registry import REPOSITORY, TAG, Registry
 
+pytestmark = pytest.mark.docker_only(
+    "the generated client speaks the API, which is the same on every engine"
+)
+
 PACKAGE = "runnerd_generated_client"
 GENERATE_DEADLINE = 120.0  # seconds; it takes about 2 on an idle machine
 RUN_DEADLINE = 60.0

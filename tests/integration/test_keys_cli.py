@@ -13,6 +13,8 @@ from conftest import Api, Daemon, runnerd_cli, write_config
 
 import runnerd
 
+pytestmark = pytest.mark.docker_only("API keys and the config check are the same on every engine")
+
 
 def create_key(config: Path, name: str, *scope: str) -> subprocess.CompletedProcess[str]:
     args = ["keys", "create", "--name", name, "--config", str(config)]

@@ -18,15 +18,12 @@ Nothing here needs pytest.
 from __future__ import annotations
 
 import fcntl
-import http.client
 import importlib.metadata
-import json
 import os
 import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,7 +35,7 @@ from typing import Any, BinaryIO
 from packaging.requirements import Requirement
 
 import runnerd
-from tests.harness import TEST_IMAGE, Daemon, DaemonFailed, write_config
+from tests.harness import TEST_IMAGE, Daemon, DaemonFailed, engine_api, write_config
 
 USER = os.environ.get("RUNNERD_ROOTLESS_USER", "runnerd-rootless")
 SUBID_COUNT = 65536
@@ -169,29 +166,6 @@ def ensure_user(name: str = USER) -> User:
     user.chown(user.runtime_dir)
     user.runtime_dir.chmod(0o700)
     return user
-
-
-def unix_get(sock: Path, path: str, timeout: float = 10) -> tuple[int, bytes]:
-    """GET `path` from an HTTP server on a unix socket: (status, body)."""
-
-    class Conn(http.client.HTTPConnection):
-        def connect(self) -> None:
-            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                s.settimeout(timeout)
-                s.connect(str(sock))
-            except OSError:
-                s.close()
-                raise
-            self.sock = s
-
-    conn = Conn("localhost", timeout=timeout)
-    try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
 
 
 def _busybox_rootfs(dest: Path) -> Path:
@@ -396,15 +370,15 @@ class Session:
 
     def answers(self) -> bool:
         try:
-            status, body = unix_get(self.user.socket, "/_ping", timeout=2)
+            status, body = engine_api("GET", "/_ping", host=self.url, timeout=2)
         except OSError:
             return False
-        return status == 200 and body.strip() == b"OK"
+        return status == 200 and str(body).strip() == "OK"
 
     def engine_json(self, path: str) -> Any:
-        status, body = unix_get(self.user.socket, path)
+        status, body = engine_api("GET", path, host=self.url)
         assert status == 200, body
-        return json.loads(body)
+        return body
 
     def stop(self) -> list[str]:
         """Containers removed, the service stopped, Podman's pause process (which

@@ -96,7 +96,7 @@ def test_docker_20_10_is_docker_rootful_with_every_limit_applied() -> None:
     assert not kind.rootless
     assert kind.cgroup_version == "1"
     assert kind.unenforced_limits == ()
-    assert kind.exact_follow and kind.log_driver == "local"
+    assert kind.exact_follow and not kind.joins_line_pieces and kind.log_driver == "local"
     assert kind.label == "Docker 20.10.24+dfsg1"
 
 
@@ -108,7 +108,7 @@ def test_rootful_podman_4_3_is_podman_with_every_limit_applied() -> None:
     assert not kind.rootless
     assert kind.cgroup_version == "1"
     assert kind.unenforced_limits == ()
-    assert not kind.exact_follow and kind.log_driver == "k8s-file"
+    assert not kind.exact_follow and kind.joins_line_pieces and kind.log_driver == "k8s-file"
     assert kind.label == "Podman 4.3.1"
 
 
