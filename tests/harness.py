@@ -72,13 +72,13 @@ class EngineUnderTest:
 
 
 def engines_under_test() -> list[EngineUnderTest]:
-    """The engines RUNNERD_TEST_ENGINES names (default: Docker), in ENGINE_NAMES order.
+    """The engines RUNNERD_TEST_ENGINES names (default: both), in ENGINE_NAMES order.
     A name that is not an engine is an error, so a typo cannot silently drop one."""
     hosts = {
         "docker": _DOCKER_HOST_AT_START,
         "podman": os.environ.get(PODMAN_HOST_ENV) or PODMAN_DEFAULT_HOST,
     }
-    wanted = [n.strip() for n in os.environ.get(ENGINES_ENV, "docker").split(",")]
+    wanted = [n.strip() for n in os.environ.get(ENGINES_ENV, ",".join(ENGINE_NAMES)).split(",")]
     wanted = [n for n in wanted if n]
     unknown = sorted(set(wanted) - set(ENGINE_NAMES))
     if unknown or not wanted:

@@ -124,10 +124,8 @@ fi
 # 5. A rootful Podman service (its Docker-compatible API) on a socket of its own:
 #    tests/conftest.py runs every integration test once per engine and finds this
 #    one at RUNNERD_TEST_PODMAN_HOST. One that answers there already is used as it
-#    is. Only with RUNNERD_TEST_ENGINES=docker,podman (or podman): by default the
-#    suite runs on Docker alone, until the Podman tier is green and fits the CI time
-#    budget (issue #14 is open on that).
-export RUNNERD_TEST_ENGINES="${RUNNERD_TEST_ENGINES:-docker}"
+#    is. RUNNERD_TEST_ENGINES=docker leaves Podman out (a machine without it).
+export RUNNERD_TEST_ENGINES="${RUNNERD_TEST_ENGINES:-docker,podman}"
 podman_dir=/run/runnerd-test-podman
 podman_log=/var/log/runnerd-test-podman.log
 export RUNNERD_TEST_PODMAN_HOST="${RUNNERD_TEST_PODMAN_HOST:-unix://$podman_dir/podman.sock}"
@@ -235,12 +233,12 @@ if ! browser_ok; then
   exit 1
 fi
 
-# 8. The suite, in one process by default. RUNNERD_TEST_WORKERS=2 runs it in two
-#    pytest-xdist workers (--dist loadgroup), meant to run each engine's tests in a
-#    worker of their own: tests/conftest.py gives them xdist groups, but those groups
-#    were seen not to hold (one module's tests on both workers), so it is not the
-#    default yet.
-workers="${RUNNERD_TEST_WORKERS:-0}"
+# 8. The suite, in two pytest-xdist workers (--dist loadgroup): tests/conftest.py
+#    puts all of an engine's tests in one xdist group, so Docker's and Podman's run
+#    side by side, each engine seeing one test of ours at a time; the tests with no
+#    engine fill in wherever a worker is free. RUNNERD_TEST_WORKERS=0 runs it all in
+#    one process (about twice as long).
+workers="${RUNNERD_TEST_WORKERS:-2}"
 if [ "$workers" = 0 ]; then
   exec "$venv/bin/python" -m pytest "$@"
 fi

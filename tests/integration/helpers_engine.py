@@ -25,6 +25,8 @@ from typing import Any
 import aiohttp
 from conftest import wait_until
 
+from runnerd.engine import PODMAN, engine_kind
+
 LABEL_DAEMON = "io.runnerd.daemon"
 LABEL_RUN = "io.runnerd.run"
 LABEL_RUNNER = "io.runnerd.runner"
@@ -333,14 +335,26 @@ class EngineApi:
 engine_api = EngineApi()
 
 
+_PODMAN: dict[str, bool] = {}  # socket -> whether Podman answers there
+
+
+def is_podman() -> bool:
+    """Whether the engine DOCKER_HOST names is Podman (as runnerd tells them apart)."""
+    sock = docker_socket()
+    if sock not in _PODMAN:
+        status, version = engine_api.get_json("/version")
+        assert status == 200, version
+        _PODMAN[sock] = engine_kind(version, {}).name == PODMAN
+    return _PODMAN[sock]
+
+
 class ContainerEvents:
     """The engine's events for containers carrying every label, from the second
-    this is made: `actions()` reads them then, up to the next second, as
-    (action, the container's labels and attributes) in the engine's order. Read
-    once, not followed: Podman 4.3's followed stream was seen to stop delivering
-    events of containers made after a restart of runnerd; a read bounded by
-    `until` gives them all, on both engines. The actions differ by engine (Podman
-    adds init, cleanup, remove); `start` is in both."""
+    this is made: `actions()` reads them then, as (action, the container's labels
+    and attributes) in the engine's order. Read once, not followed: Podman 4.3's
+    followed stream was seen to stop delivering events of containers made after a
+    restart of runnerd. The actions differ by engine (Podman adds init, cleanup,
+    remove); `start` is in both."""
 
     def __init__(self, labels: dict[str, str]) -> None:
         self.since = int(time.time())
@@ -351,19 +365,22 @@ class ContainerEvents:
         """Nothing is held open (kept for the callers' try/finally)."""
 
     def read(self) -> list[dict[str, Any]]:
-        """Every event so far (the engine answers once `until` has passed)."""
-        until = int(time.time()) + 1
-        query = urllib.parse.urlencode(
-            {"filters": self.filters, "since": str(self.since), "until": str(until)}
+        """Every event so far. Docker answers once `until` has passed (it ignores
+        `stream`). Podman, with stream=false, answers once it has read its events
+        file to the end, but gives only what it read before `until`: with `until`
+        a second off, a long file on a loaded machine outlasted it and a test saw
+        none of its events. So Podman's `until` is far off; it answers at the end
+        of the file all the same."""
+        until = int(time.time()) + (120 if is_podman() else 1)
+        status, body = EngineApi(timeout=180).request(
+            "GET",
+            "/events",
+            filters=self.filters,
+            since=str(self.since),
+            until=str(until),
+            stream="false",
         )
-        conn = _UnixConnection(docker_socket(), timeout=60)
-        try:
-            conn.request("GET", f"/events?{query}")
-            resp = conn.getresponse()
-            body = resp.read()
-        finally:
-            conn.close()
-        assert resp.status == 200, (resp.status, body[:500])
+        assert status == 200, (status, body[:500])
         self.events = [json.loads(line) for line in body.splitlines() if line.strip()]
         return self.events
 
