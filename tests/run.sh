@@ -160,9 +160,9 @@ if [[ ",$RUNNERD_TEST_ENGINES," == *,podman,* ]] && ! podman_ok; then
     echo "[containers]"
     echo "default_ulimits = [\"nofile=$((hard_n / 2)):$((hard_n / 2))\", \"nproc=$((hard_u / 2)):$((hard_u / 2))\"]"
     echo "[engine]"
-    echo "# The tests read the engine's events (a container started twice is a run"
-    echo "# executed twice); at its default 1m Podman's events file was rotated"
-    echo "# mid-suite, and the events a test had not read yet were gone."
+    echo "# The tests read the engine's events since they began (a container started"
+    echo "# twice is a run executed twice); at its default 1m Podman rotates its events"
+    echo "# file several times a suite, dropping the older half, events a test may need."
     echo "events_logfile_max_size = \"256m\""
   } >"$podman_dir/containers.conf"
   # The registry tests push to and pull from a plain-HTTP registry on

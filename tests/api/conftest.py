@@ -189,12 +189,12 @@ async def daemon(start_daemon: Callable[..., Awaitable[InProcessDaemon]]) -> InP
     return await start_daemon()
 
 
-async def cli(api: Api, *args: str) -> tuple[int, str, str]:
-    """`runnerd ARGS` in a process of its own, against the app this loop serves
-    (so it is awaited, not run: the app answers it meanwhile); (exit code,
-    stdout, stderr)."""
+async def cli(to: Api | InProcessDaemon, *args: str) -> tuple[int, str, str]:
+    """`runnerd ARGS` in a process of its own, with RUNNERD_URL and RUNNERD_TOKEN
+    naming the app this loop serves (so it is awaited, not run: the app answers it
+    meanwhile); (exit code, stdout, stderr)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNERD_")}
-    env |= {"RUNNERD_URL": api.url, "RUNNERD_TOKEN": api.key or ""}
+    env |= {"RUNNERD_URL": to.url, "RUNNERD_TOKEN": to.key or ""}
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -4,17 +4,15 @@ The other client commands are tests/integration/test_cli_client.py's."""
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 import re
-import sys
 import uuid
 from typing import Any
 
 from conftest import Api
 
 from tests.api.conftest import InProcessDaemon
+from tests.api.conftest import cli as run_cli
 
 
 class Result:
@@ -23,24 +21,8 @@ class Result:
 
 
 async def cli(daemon: InProcessDaemon, *args: str) -> Result:
-    """`runnerd ARGS` with RUNNERD_URL/RUNNERD_TOKEN set: a process of its own, awaited
-    without blocking the loop that serves the app it talks to."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNERD_")}
-    env |= {"RUNNERD_URL": daemon.url, "RUNNERD_TOKEN": daemon.key}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "runnerd",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    result = Result(proc.returncode, out.decode(), err.decode())
-    assert "Traceback" not in result.stderr, result.stderr
-    return result
+    """`runnerd ARGS` against the app in process (conftest's cli)."""
+    return Result(*await run_cli(daemon, *args))
 
 
 def ok(result: Result) -> str:
