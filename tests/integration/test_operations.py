@@ -187,12 +187,14 @@ async def test_retention_keeps_only_the_newest_completed_runs_and_deletes_the_re
         ids.append(run["id"])
     newest_two = ids[:-3:-1]  # the list is newest first
 
+    # A sweep deletes the rows, then their logs: the logs go a moment after the
+    # runs leave the API, so both are waited for.
     async def swept() -> bool:
-        return await run_ids(api, runner["id"]) == newest_two
+        gone = not any(log_file(daemon, i).exists() for i in ids[:3])
+        return gone and await run_ids(api, runner["id"]) == newest_two
 
     await wait_until(swept, timeout=15, what="the sweep to keep only the newest 2 runs")
     for run_id in ids[:3]:
-        assert not log_file(daemon, run_id).exists(), run_id
         status, _ = await api.get(f"/v1/runners/{runner['id']}/runs/{run_id}")
         assert status == 404
     for run_id in newest_two:
@@ -224,11 +226,11 @@ async def test_retention_never_deletes_or_counts_pending_and_running_runs(
     b = await api.create_runner(run_command="echo b")
     b_runs = [(await run_to_end(api, b["id"]))["id"] for _ in range(3)]
 
-    async def swept() -> bool:
-        return b_runs[0] not in await run_ids(api, b["id"])
+    async def swept() -> bool:  # the row, then the log (see above)
+        gone = not log_file(daemon, b_runs[0]).exists()
+        return gone and b_runs[0] not in await run_ids(api, b["id"])
 
     await wait_until(swept, timeout=15, what="the sweep to delete runner B's oldest run")
-    assert not log_file(daemon, b_runs[0]).exists()
     # Runner A keeps all: its running and pending runs are neither deleted nor
     # counted against its 2 completed runs.
     assert await run_ids(api, a["id"]) == [
