@@ -39,6 +39,8 @@ class InstanceType:
     cpu: float
     mem: int
     pids: int
+    # Swarm placement constraints its runs get, on top of [swarm] placement (swarm backend only)
+    placement: tuple[str, ...] = ()
 
 
 BUILTIN_INSTANCE_TYPES: dict[str, InstanceType] = {
@@ -98,6 +100,21 @@ class DockerConfig:
     start_timeout_seconds: float = 3600.0  # a run's pull + create, from when it is picked
 
 
+BACKENDS = ("docker", "swarm")
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    # "docker": each run a container on the engine [docker] url names; "swarm": each
+    # run a service on the Swarm whose manager [docker] url names (see runnerd/swarm.py)
+    backend: str = "docker"
+
+
+@dataclass(frozen=True)
+class SwarmConfig:
+    placement: tuple[str, ...] = ()  # constraints every run's service gets
+
+
 @dataclass(frozen=True)
 class SchedulerConfig:
     max_concurrent_runs: int = 4
@@ -144,6 +161,8 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     docker: DockerConfig = field(default_factory=DockerConfig)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)
+    swarm: SwarmConfig = field(default_factory=SwarmConfig)
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     retention: RetentionConfig = field(default_factory=RetentionConfig)
     webhooks: WebhooksConfig = field(default_factory=WebhooksConfig)
@@ -222,6 +241,8 @@ def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
         "server",
         "storage",
         "docker",
+        "executor",
+        "swarm",
         "scheduler",
         "retention",
         "webhooks",
@@ -267,6 +288,10 @@ def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
             "start_timeout_seconds": lambda k, v: _number(k, v, 1, 7 * 86400),
         },
     )
+    executor = _section(
+        data, "executor", ExecutorConfig, {"backend": lambda k, v: _choice(k, v, BACKENDS)}
+    )
+    swarm = _section(data, "swarm", SwarmConfig, {"placement": _placement})
     scheduler = _section(
         data,
         "scheduler",
@@ -330,10 +355,32 @@ def from_dict(data: dict[str, Any], base_dir: Path | None = None) -> Config:
             f"({', '.join(sorted(instance_types))})"
         )
 
+    if executor.backend == "swarm":
+        if docker.network == "none":
+            # Swarm has no "none" network for services (it refuses the name): a
+            # task with no network gets its node's default bridge.
+            raise ConfigError(
+                'docker.network: "none" is not available to Swarm services; with '
+                '[executor] backend = "swarm" name "bridge" (each node\'s default), '
+                '"host" or a swarm-scoped network'
+            )
+    else:
+        placed = [
+            f"instance_types.{t.slug}.placement" for t in instance_types.values() if t.placement
+        ]
+        if swarm.placement or placed:
+            key = "swarm.placement" if swarm.placement else placed[0]
+            raise ConfigError(
+                f"{key}: placement applies to the Swarm backend only; set [executor] "
+                'backend = "swarm" or remove it'
+            )
+
     return Config(
         server=server,
         storage=storage,
         docker=docker,
+        executor=executor,
+        swarm=swarm,
         scheduler=scheduler,
         retention=retention,
         webhooks=webhooks,
@@ -383,6 +430,7 @@ def _instance_types(raw: Any) -> dict[str, InstanceType]:
             cpu=_number(f"{key}.cpu", spec["cpu"], 0.01, 1024),
             mem=_int(f"{key}.mem", spec["mem"], 6, 16 * 1024 * 1024),
             pids=_int(f"{key}.pids", spec.get("pids", 1024), 1, 4_194_304),
+            placement=_placement(f"{key}.placement", spec.get("placement", [])),
         )
     return types
 
@@ -506,6 +554,26 @@ def _public_url(key: str, value: Any) -> str:
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ConfigError(f"{key}: must have no user, query or fragment, got {value!r}")
     return text
+
+
+# A Swarm constraint: an attribute (node.id, node.hostname, node.role,
+# node.platform.os, node.labels.<name>, engine.labels.<name>), == or !=, a value.
+_CONSTRAINT = re.compile(r"^\s*(node|engine)\.[A-Za-z0-9_.-]+\s*(==|!=)\s*\S.*$")
+
+
+def _placement(key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(c, str) for c in value):
+        raise ConfigError(
+            f"{key}: must be a list of constraints such as ['node.labels.runnerd==yes'], "
+            f"got {value!r}"
+        )
+    for c in value:
+        if not _CONSTRAINT.match(c):
+            raise ConfigError(
+                f"{key}: {c!r} is not a Swarm constraint (an attribute such as "
+                "node.labels.<name>, node.hostname or node.role, then == or !=, then a value)"
+            )
+    return tuple(c.strip() for c in value)
 
 
 def _choice(key: str, value: Any, choices: tuple[str, ...]) -> str:

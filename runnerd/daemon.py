@@ -45,6 +45,7 @@ from .notify import notify, tell_systemd
 from .retention import Retention
 from .scheduler import Scheduler
 from .store import Store
+from .swarm import SwarmEngine
 from .timefmt import format_ms
 from .webhooks import Notifier
 
@@ -154,6 +155,28 @@ def log_retries(store: Store, tz: tzinfo) -> None:
     store.on_run_completed.append(retry_queued)
 
 
+def make_engine(config: Config) -> Engine:
+    """The engine client of the configured backend: a Docker (or Podman) engine,
+    or a Swarm manager (runnerd/swarm.py)."""
+    common: dict[str, Any] = {
+        "request_timeout": config.docker.request_timeout_seconds,
+        "pull_timeout": config.docker.start_timeout_seconds,
+        "pull_stall": config.docker.pull_stall_seconds,
+        "max_connections": connection_limit(config.scheduler.max_concurrent_runs),
+    }
+    if config.executor.backend == "swarm":
+        return SwarmEngine(
+            config.docker.url,
+            placement=config.swarm.placement,
+            instance_placement={
+                slug: t.placement for slug, t in config.instance_types.items() if t.placement
+            },
+            stop_grace_seconds=config.docker.stop_grace_seconds,
+            **common,
+        )
+    return Engine(config.docker.url, **common)
+
+
 async def serve(config: Config) -> Stopped:
     """Run until SIGTERM or SIGINT, then stop. Start-up errors are raised (after
     what was started is stopped); a signal during start-up cuts it short."""
@@ -164,13 +187,7 @@ async def serve(config: Config) -> Stopped:
     workers = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="runnerd-worker")
     loop.set_default_executor(workers)
     store: Store | None = None
-    engine = Engine(
-        config.docker.url,
-        request_timeout=config.docker.request_timeout_seconds,
-        pull_timeout=config.docker.start_timeout_seconds,
-        pull_stall=config.docker.pull_stall_seconds,
-        max_connections=connection_limit(config.scheduler.max_concurrent_runs),
-    )
+    engine = make_engine(config)
     logs: LogStore | None = None
     app: web.Application | None = None
     runner: web.AppRunner | None = None

@@ -16,7 +16,7 @@ import logging
 import os
 import struct
 import time
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, TypeVar
 
@@ -86,6 +86,11 @@ class ImageNotFound(EngineError):
     pass
 
 
+class ContainerLost(EngineError):
+    """A run's container ended without a result (a swarm task whose node went
+    away, or that the swarm shut down): `str()` says where and why."""
+
+
 @dataclass
 class ContainerSpec:
     """What to run: the container runnerd creates for one run."""
@@ -101,6 +106,10 @@ class ContainerSpec:
     network: str
     log_file_bytes: int  # the size of the engine's log file for it (see log_file_bytes())
     labels: dict[str, str] = field(default_factory=dict)
+    instance_type: str = ""  # its slug (the swarm backend places runs by it)
+    # The image's registry credentials, for an engine whose nodes pull it themselves
+    # as the run starts (Engine.credentials_on_start)
+    credentials: RegistryCredentials | None = None
 
     def __repr__(self) -> str:  # env values are secrets: only their names are shown
         shown = ", ".join(
@@ -133,6 +142,8 @@ class ContainerState:
     exit_code: int
     started_at: str
     labels: dict[str, str]
+    node: str | None = None  # where it runs, on an engine of several nodes (Swarm)
+    lost: str | None = None  # it ended without a result: why (its node went away, ...)
 
 
 # The `local` log driver stores each message as a protobuf entry (stream name, time,
@@ -304,6 +315,10 @@ class Engine:
         self._kind: EngineKind | None = None
         self._kind_of: tuple[Any, Any] = (None, None)  # the /version it was detected from
         self._streams: aiohttp.ClientSession | None = None
+
+    # Whether a run's ContainerSpec carries its registry credentials: the engine
+    # pulls the image again where the run starts (the swarm backend's nodes).
+    credentials_on_start = False
 
     @property
     def docker(self) -> aiodocker.Docker:
@@ -587,8 +602,9 @@ class Engine:
         except (DockerError, aiohttp.ClientError, OSError) as e:
             raise _engine_error(e, "could not start the container", "start") from None
 
-    async def wait(self, container_id: str) -> int:
-        """Block until the container exits; its exit code."""
+    async def wait(self, container_id: str) -> int | None:
+        """Block until the container exits; its exit code (None: not known, as
+        for a swarm task that runnerd stopped)."""
         try:
             data = await self._container(container_id).wait(timeout=_NO_TIMEOUT)
         except (DockerError, aiohttp.ClientError, OSError) as e:
@@ -649,6 +665,16 @@ class Engine:
         and time. Following, it ends when the container has exited; the engine may
         then still hold a last message (a final line without newline): read once
         more without `follow` to get it."""
+        async for batch in self._logs(
+            f"containers/{container_id}/logs", container_id, since_ns, follow
+        ):
+            yield batch
+
+    async def _logs(
+        self, path: str, name: str, since_ns: int, follow: bool
+    ) -> AsyncGenerator[OutputBatch, None]:
+        """The log stream at `path` (a container's, or a swarm task's: the same
+        multiplexed, timestamped format), as `output` gives it."""
         params: dict[str, Any] = {
             "follow": follow,
             "stdout": True,
@@ -658,7 +684,7 @@ class Engine:
         if since_ns:
             params["since"] = f"{since_ns // 1_000_000_000}.{since_ns % 1_000_000_000:09d}"
         try:
-            url = await api_url(self.docker, f"containers/{container_id}/logs")
+            url = await api_url(self.docker, path)
             async with self.streams.get(url, params=httpize(params)) as response:
                 if response.status >= 400:
                     raise DockerError(response.status, _error_message(await response.read()))
@@ -674,7 +700,7 @@ class Engine:
                     data = await content.read(OUTPUT_READ_BYTES)
                     if not data:
                         if splitter.pending:
-                            log.warning("output of %s ended inside a message", container_id[:12])
+                            log.warning("output of %s ended inside a message", name[:12])
                         if joiner is not None and joiner.pending:
                             yield OutputBatch(joiner.flush())
                         return
@@ -684,7 +710,7 @@ class Engine:
                         if batch.error is not None:
                             log.warning(
                                 "the engine reported on the output of %s: %s",
-                                container_id[:12],
+                                name[:12],
                                 batch.error,
                             )
                         yield batch

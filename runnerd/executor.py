@@ -24,6 +24,7 @@ from .engine import (
     LABEL_DAEMON,
     LABEL_RUN,
     LABEL_RUNNER,
+    ContainerLost,
     ContainerSpec,
     Engine,
     EngineError,
@@ -116,6 +117,7 @@ class Executor:
         # Removed behind runnerd's back, the create says 404 and the run pulls then.
         self._present: set[str] = set()
         self._log_incomplete: set[str] = set()  # runs whose log may miss output
+        self._lost: dict[str, str] = {}  # run id -> why the engine lost its container
 
     # -- entry points ---------------------------------------------------------
 
@@ -337,6 +339,10 @@ class Executor:
             return None
         self._stage[run.id] = (FailureReason.START_FAILED, "the engine was creating its container")
         cmd, entrypoint = container_command(run)
+        credentials = None
+        if self.engine.credentials_on_start and run.container_registry_id is not None:
+            found = await self.store.registry_credentials(run.container_registry_id)
+            credentials = RegistryCredentials(*found) if found is not None else None
         spec = ContainerSpec(
             name=container_name(run.id),
             image=run.image,
@@ -353,6 +359,8 @@ class Executor:
                 else log_file_bytes(self.logs.max_log_bytes)
             ),
             labels={LABEL_DAEMON: self.daemon_id, LABEL_RUN: run.id, LABEL_RUNNER: run.runner_id},
+            instance_type=run.instance_type,
+            credentials=credentials,
         )
         try:
             try:
@@ -552,13 +560,18 @@ class Executor:
                 writer.close()
         why = self._cancels.pop(run.id, None)
         if outcome is None:
+            lost = self._lost.pop(run.id, None)
             done = await self._finish(
                 run,
                 exit_code=None,
                 reason=FailureReason.LOST,
-                error="The run's container disappeared: the engine no longer knows it, so "
+                error=f"The run was lost: {lost}, so its result is unknown."
+                if lost
+                else "The run's container disappeared: the engine no longer knows it, so "
                 "its result is unknown.",
             )
+            if lost:
+                await self._remove_quietly(container_id)
             return done
         exit_code, timed_out = outcome
         if why is not None:
@@ -600,13 +613,18 @@ class Executor:
 
     async def _watch(
         self, run: Run, container_id: str, writer: LogWriter, just_started: bool = False
-    ) -> tuple[int, bool] | None:
+    ) -> tuple[int | None, bool] | None:
         """(exit code, timed out) once the container has exited and its output is
-        in the log; None when the engine has no such container."""
+        in the log; None when the engine has no such container, or lost it (why
+        is kept in _lost). The exit code is None when the engine could not tell it
+        (a swarm task runnerd stopped)."""
         ended_with: int | None = None  # the exit code of a container that ended unwatched
         if not just_started:  # (a container just started is running or exited: wait() tells)
             state = await self.engine.inspect(container_id)
             if state is None:
+                return None
+            if state.lost is not None:
+                self._lost[run.id] = state.lost
                 return None
             if state.status == "created":  # marked running, then the daemon or engine died
                 await self.engine.start(container_id)
@@ -638,6 +656,9 @@ class Executor:
                     exit_code = await asyncio.wait_for(
                         asyncio.shield(waiting), max(0.001, deadline - time.time())
                     )
+            except ContainerLost as e:  # its node went away: nothing more to read or wait for
+                self._lost[run.id] = str(e)
+                return None
             except TimeoutError:
                 timed_out = True
                 log.info(
@@ -650,7 +671,6 @@ class Executor:
                 exit_code = await asyncio.shield(waiting)
             if output is not None:
                 await self._drain(run, output)
-            assert exit_code is not None
             return exit_code, timed_out
         finally:
             for task in (waiting, output):

@@ -1,0 +1,497 @@
+"""The Swarm backend: each run a service of Docker's own orchestrator, on
+whichever node of the swarm fits (`[executor] backend = "swarm"`, `[docker] url`
+naming a manager).
+
+`SwarmEngine` is an `Engine` whose "container" is a service named after the
+run, so the executor carries a run the same way on either backend: the store
+marks it running, then `start` creates the service, `wait` follows its task to
+a final state, `output` reads the task's log, `remove` deletes the service.
+
+Checked against Docker 20.10 (API 1.41), where they decide how it is done:
+
+- The service is `Replicated` with one replica and `RestartPolicy: none`, not a
+  `ReplicatedJob`: on 20.10 a job's running task keeps running after its service
+  is removed, and the tasks of removed jobs are never deleted (moby#44312, fixed
+  in 24.0), so a cancel would not stop a job and every run would leave its task
+  and container behind. A one-replica service that never restarts runs its
+  container once, like a job; removing it stops the container (SIGTERM, then
+  SIGKILL after StopGracePeriod) and deletes its task and container. runnerd's
+  own retry policy does the retries, each a run of its own.
+- A stopped task is deleted a moment after it has exited (its exit code is
+  visible for a few hundred milliseconds in between): `stop` watches it closely
+  to catch that code. Its output until then came through the follow stream.
+- A task's follow stream does not end when the task ends; `output` ends it
+  once the task is in a final state, and the executor then reads the rest.
+- Services take no `none` network (config refuses it); every request goes to
+  the API version the manager speaks, 1.41 at least (`Limits.Pids` needs it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiodocker.exceptions import DockerError
+
+from ._aiodocker_shim import raw_request
+from .engine import (
+    ContainerLost,
+    ContainerSpec,
+    ContainerState,
+    Engine,
+    EngineError,
+    OutputBatch,
+    _engine_error,
+)
+from .images import auth_address
+
+log = logging.getLogger("runnerd.swarm")
+
+MIN_API_VERSION = (1, 41)
+# A task in one of these has ended; `rejected` never started (no node could take
+# it, or its image could not be had), `orphaned` was on a node that went away.
+FINAL_STATES = frozenset({"complete", "failed", "shutdown", "rejected", "orphaned", "remove"})
+STARTED_STATES = frozenset({"starting", "running"}) | FINAL_STATES
+POLL_FIRST = 0.05  # a task's state is asked for this often at first, doubling up to POLL_MAX
+POLL_MAX = 1.0
+STOP_POLL = 0.02  # while a stopped task exits: its exit code is visible only briefly
+TAIL_QUIET_SECONDS = 0.25  # after its task ended, a follow stream quiet this long is done
+
+
+def _api_version(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(p) for p in text.split("."))
+    except ValueError:
+        return (0,)
+
+
+class SwarmEngine(Engine):
+    """The Engine of the swarm backend (see the module's docstring).
+
+    `placement` is the constraints every run's service gets ([swarm] placement),
+    `instance_placement` those of each instance type, by slug, added to them;
+    `stop_grace_seconds` is the services' StopGracePeriod."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        placement: tuple[str, ...] = (),
+        instance_placement: dict[str, tuple[str, ...]] | None = None,
+        stop_grace_seconds: float = 10.0,
+        **kw: Any,
+    ) -> None:
+        super().__init__(url, **kw)
+        self.placement = placement
+        self.instance_placement = instance_placement or {}
+        self.stop_grace_seconds = stop_grace_seconds
+        self._specs: dict[str, ContainerSpec] = {}  # created, not yet started
+        self._exit_codes: dict[str, int] = {}  # of tasks runnerd stopped, seen as they exited
+        self._stopping: dict[str, asyncio.Event] = {}  # set once the stopped task has exited
+        self._node_names: dict[str, str] = {}
+
+    credentials_on_start = True
+
+    # -- the engine ------------------------------------------------------------
+
+    async def version(self) -> dict[str, Any]:
+        version = await super().version()
+        api = str(version.get("ApiVersion") or "0")
+        if _api_version(api) < MIN_API_VERSION:
+            raise EngineError(
+                f"the engine at [docker] url speaks API {api}; the swarm backend needs "
+                f"{'.'.join(map(str, MIN_API_VERSION))} or later (Docker 20.10+)"
+            )
+        return version
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        what: str,
+        *,
+        params: dict[str, str] | None = None,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+    ) -> Any:
+        """One API call, bounded; its JSON answer (None when empty). A refusal is
+        an EngineError with the manager's message and status."""
+        kw: dict[str, Any] = {"method": method, "params": params, "headers": dict(headers or {})}
+        if body is not None:
+            kw["data"] = json.dumps(body)
+            kw["headers"]["Content-Type"] = "application/json"
+
+        async def call() -> Any:
+            async with raw_request(self.docker, path, **kw) as response:
+                raw = await response.read()
+            return json.loads(raw) if raw else None
+
+        try:
+            return await self._bounded(call(), what, path.split("/")[0])
+        except (DockerError, aiohttp.ClientError, OSError, ValueError) as e:
+            raise _engine_error(e, what, path.split("/")[0]) from None
+
+    async def _tasks(self, service: str) -> list[dict[str, Any]] | None:
+        """The service's tasks, newest first; None when there is no such service."""
+        try:
+            tasks = await self._request(
+                "GET",
+                "tasks",
+                f"could not list the tasks of service {service}",
+                params={"filters": json.dumps({"service": [service]})},
+            )
+        except EngineError as e:
+            if e.status == 404 or "not found" in str(e):
+                return None
+            raise
+        tasks = [t for t in tasks or [] if t.get("ServiceID")]
+        tasks.sort(key=lambda t: (t.get("Version") or {}).get("Index", 0), reverse=True)
+        return tasks
+
+    async def _service_exists(self, service: str) -> bool:
+        try:
+            await self._request("GET", f"services/{service}", f"could not inspect {service}")
+            return True
+        except EngineError as e:
+            if e.status == 404:
+                return False
+            raise
+
+    async def node_name(self, node_id: str) -> str:
+        """A node's name (its spec's, else its hostname), or its id if unknown."""
+        if node_id not in self._node_names:
+            try:
+                node = await self._request("GET", f"nodes/{node_id}", "could not inspect a node")
+            except EngineError:
+                return node_id
+            name = (node.get("Spec") or {}).get("Name") or (node.get("Description") or {}).get(
+                "Hostname"
+            )
+            self._node_names[node_id] = str(name or node_id)
+        return self._node_names[node_id]
+
+    # -- images: the manager's own, pinned by digest for every node ---------------
+
+    async def _pinned(self, ref: str) -> str:
+        """`ref` with its digest from the manager's copy (`name:tag@sha256:…`), so
+        every node runs the same bytes; `ref` as it is for an image that has no
+        registry digest (built or imported locally)."""
+        try:
+            image = await self._request(
+                "GET", f"images/{ref}/json", f"could not inspect image {ref}"
+            )
+        except EngineError as e:
+            if e.status == 404:
+                return ref
+            raise
+        name = ref.split("@")[0].rsplit(":", 1)[0] if "/" in ref or ":" in ref else ref
+        for digest in image.get("RepoDigests") or []:
+            repo, _, sha = str(digest).partition("@")
+            if repo == name or repo.endswith("/" + name):
+                return f"{ref}@{sha}"
+        return ref
+
+    # -- a run's service ----------------------------------------------------------
+
+    async def create(self, spec: ContainerSpec) -> str:
+        """Nothing is made yet: a service starts as it is created, and a run is
+        marked running before it starts (see Executor). The name stands for it."""
+        self._specs[spec.name] = spec
+        return spec.name
+
+    def _service_spec(self, spec: ContainerSpec, image: str) -> dict[str, Any]:
+        kind = self.known_kind
+        container: dict[str, Any] = {
+            "Image": image,
+            "Env": [f"{k}={v}" for k, v in spec.env],
+            "Labels": spec.labels,
+            "StopGracePeriod": int(self.stop_grace_seconds * 1e9),
+            "StopSignal": "SIGTERM",
+        }
+        if spec.entrypoint is not None:
+            container["Command"] = spec.entrypoint
+            if spec.cmd is not None:
+                container["Args"] = spec.cmd
+        elif spec.cmd is not None:
+            # Swarm's Command is the entrypoint; keeping the image's, only Args is set.
+            container["Args"] = spec.cmd
+        constraints = [*self.placement, *self.instance_placement.get(spec.instance_type, ())]
+        template: dict[str, Any] = {
+            "ContainerSpec": container,
+            "Resources": {
+                "Limits": {
+                    "NanoCPUs": int(spec.cpu * 1e9),
+                    "MemoryBytes": spec.mem_mib * 1024 * 1024,
+                    "Pids": spec.pids,
+                }
+            },
+            "RestartPolicy": {"Condition": "none", "MaxAttempts": 0},
+            "Placement": {"Constraints": constraints},
+            "LogDriver": {
+                "Name": "local",
+                "Options": (kind.log_config(spec.log_file_bytes).get("Config") or {})
+                if kind is not None
+                else {},
+            },
+        }
+        if spec.network not in ("", "default"):
+            template["Networks"] = [{"Target": spec.network}]
+        return {
+            "Name": spec.name,
+            "Labels": spec.labels,
+            "TaskTemplate": template,
+            "Mode": {"Replicated": {"Replicas": 1}},
+        }
+
+    async def start(self, container_id: str) -> None:
+        """Create the run's service, then wait until its task has started (or
+        ended): a task no node can take, or whose image cannot be had, is an
+        EngineError with the swarm's reason, and the service is removed."""
+        spec = self._specs.pop(container_id, None)
+        if spec is None:
+            raise EngineError(f"could not start service {container_id}: it was never created")
+        headers: dict[str, str] = {}
+        if spec.credentials is not None:
+            auth = {
+                "username": spec.credentials.username,
+                "password": spec.credentials.password,
+                "serveraddress": auth_address(spec.credentials.host),
+            }
+            headers["X-Registry-Auth"] = base64.urlsafe_b64encode(
+                json.dumps(auth).encode("utf-8")
+            ).decode("ascii")
+        image = await self._pinned(spec.image)
+        try:
+            await self._request(
+                "POST",
+                "services/create",
+                "could not create the service",
+                body=self._service_spec(spec, image),
+                headers=headers,
+            )
+        except EngineError as e:
+            if spec.credentials is not None and spec.credentials.password:
+                raise type(e)(str(e).replace(spec.credentials.password, "***"), e.status) from None
+            raise
+        delay = POLL_FIRST
+        # As long as a pull may take: a node pulls the image as the task starts.
+        deadline = time.monotonic() + self.pull_timeout
+        while True:
+            if time.monotonic() > deadline:
+                await self.remove(container_id)
+                raise EngineError(
+                    f"the swarm did not start the run's task within {self.pull_timeout:g} s "
+                    "([docker] start_timeout_seconds)"
+                )
+            tasks = await self._tasks(container_id)
+            if tasks is None:
+                raise EngineError(f"service {container_id} disappeared as it was started")
+            task = tasks[0] if tasks else None
+            status = (task or {}).get("Status") or {}
+            state = status.get("State", "")
+            err = status.get("Err") or ""
+            if state in ("rejected",) or (state == "failed" and _never_ran(status)):
+                await self.remove(container_id)
+                raise EngineError(f"the swarm could not start the run's task: {err or state}")
+            if state == "pending" and err.startswith("no suitable node"):
+                await self.remove(container_id)
+                raise EngineError(
+                    f"no node of the swarm can take the run: {err} (see [swarm] placement "
+                    "and the instance type's placement)"
+                )
+            if state in STARTED_STATES:
+                return
+            await asyncio.sleep(delay)
+            delay = min(POLL_MAX, delay * 2)
+
+    async def _task_state(self, service: str) -> tuple[dict[str, Any] | None, bool]:
+        """(the service's task, whether the service exists)."""
+        tasks = await self._tasks(service)
+        if tasks is None:
+            return None, False
+        return (tasks[0] if tasks else None), True
+
+    async def wait(self, container_id: str) -> int | None:
+        """Until the run's task has ended: its exit code; None for one runnerd
+        stopped whose code went with its task. ContainerLost when it ended without
+        one otherwise (its node went away, the swarm shut it down)."""
+        delay = POLL_FIRST
+        while True:
+            stopping = self._stopping.get(container_id)
+            if stopping is not None:  # stop() watches it exit, and keeps its code
+                await stopping.wait()
+                return self._exit_codes.get(container_id)
+            task, exists = await self._task_state(container_id)
+            if not exists or task is None:
+                raise ContainerLost(f"the swarm no longer knows service {container_id}")
+            status = task.get("Status") or {}
+            state = status.get("State", "")
+            if state in ("complete", "failed") and not _never_ran(status):
+                return int((status.get("ContainerStatus") or {}).get("ExitCode") or 0)
+            if state in FINAL_STATES:
+                node = await self.node_name(str(task.get("NodeID") or "?"))
+                raise ContainerLost(
+                    f"its task on node {node} was {state}"
+                    f"{': ' + status['Err'] if status.get('Err') else ''}"
+                    f" ({status.get('Message') or 'no message'})"
+                )
+            await asyncio.sleep(delay)
+            delay = min(POLL_MAX, delay * 2)
+
+    async def stop(self, container_id: str, grace_seconds: float) -> bool:
+        """Remove the service: the swarm stops its container (SIGTERM, SIGKILL after
+        StopGracePeriod) and then deletes the task. Returns once it has exited, its
+        exit code kept for `wait`; False when it was not running."""
+        task, exists = await self._task_state(container_id)
+        state = ((task or {}).get("Status") or {}).get("State", "")
+        if not exists or task is None or state in FINAL_STATES:
+            return False
+        stopped = self._stopping[container_id] = asyncio.Event()
+        try:
+            await self._delete(container_id)
+            task_id = str(task["ID"])
+            deadline = time.monotonic() + self.stop_grace_seconds + self.request_timeout
+            while time.monotonic() < deadline:
+                try:
+                    seen = await self._request(
+                        "GET", f"tasks/{task_id}", "could not inspect a task"
+                    )
+                except EngineError as e:
+                    if e.status == 404:  # deleted: it exited unseen
+                        break
+                    raise
+                status = seen.get("Status") or {}
+                code = (status.get("ContainerStatus") or {}).get("ExitCode")
+                if status.get("State") in FINAL_STATES and code not in (None, -1):
+                    self._exit_codes[container_id] = int(code)
+                    break
+                await asyncio.sleep(STOP_POLL)
+        finally:
+            stopped.set()
+        return True
+
+    async def remove(self, container_id: str) -> None:
+        """Delete the run's service (stopping its container) and forget it."""
+        await self._delete(container_id)
+        self._specs.pop(container_id, None)
+        self._stopping.pop(container_id, None)
+        self._exit_codes.pop(container_id, None)
+
+    async def _delete(self, container_id: str) -> None:
+        try:
+            await self._request(
+                "DELETE", f"services/{container_id}", "could not remove the service"
+            )
+        except EngineError as e:
+            if e.status != 404:
+                raise
+
+    async def inspect(self, container_id: str) -> ContainerState | None:
+        """The run's task as a container: running, or exited with its code; None
+        when there is no such service. A task that ended without a result (node
+        gone) is `lost`, saying why."""
+        task, exists = await self._task_state(container_id)
+        if not exists:
+            return None
+        status = (task or {}).get("Status") or {}
+        state = status.get("State", "new")
+        node = await self.node_name(str((task or {}).get("NodeID") or "")) if task else None
+        code = int((status.get("ContainerStatus") or {}).get("ExitCode") or 0)
+        lost = None
+        if state in ("complete", "failed") and not _never_ran(status):
+            shown = "exited"
+        elif state in FINAL_STATES:
+            shown = "exited"
+            lost = (
+                f"its task on node {node} was {state}"
+                f"{': ' + status['Err'] if status.get('Err') else ''}"
+            )
+        else:
+            shown = "running"
+        return ContainerState(
+            id=container_id,
+            status=shown,
+            running=shown == "running",
+            exit_code=code,
+            started_at=str(status.get("Timestamp") or ""),
+            labels={},
+            node=node,
+            lost=lost,
+        )
+
+    async def list_containers(self, labels: dict[str, str]) -> list[dict[str, Any]]:
+        """The services carrying every given label, as the executor's reconcile
+        reads containers: "Id" (the service's name), "Labels"."""
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        services = await self._request(
+            "GET", "services", "could not list services", params={"filters": json.dumps(filters)}
+        )
+        return [
+            {"Id": s["Spec"]["Name"], "Labels": (s.get("Spec") or {}).get("Labels") or {}}
+            for s in services or []
+        ]
+
+    async def output(
+        self, container_id: str, since_ns: int = 0, follow: bool = True
+    ) -> AsyncIterator[OutputBatch]:
+        """The task's output (as Engine.output); following, it ends once the task
+        has ended (the swarm's follow stream would not)."""
+        task, exists = await self._task_state(container_id)
+        if not exists or task is None:
+            raise EngineError(
+                "the swarm has deleted the run's task (it does so as soon as a task "
+                "runnerd stopped has exited), so its output cannot be read again"
+                if container_id in self._stopping
+                else f"service {container_id} has no task whose output could be read"
+            )
+        path = f"tasks/{task['ID']}/logs"
+        if not follow:
+            async for batch in self._logs(path, container_id, since_ns, False):
+                yield batch
+            return
+        ended = asyncio.ensure_future(self._ended(container_id))
+        reader = self._logs(path, container_id, since_ns, True)
+        try:
+            while True:
+                nxt = asyncio.ensure_future(reader.__anext__())
+                if ended.done():
+                    # The task has ended: the stream gives what it still holds,
+                    # then would never end; it is cut once it goes quiet.
+                    await asyncio.wait({nxt}, timeout=TAIL_QUIET_SECONDS)
+                else:
+                    await asyncio.wait({nxt, ended}, return_when=asyncio.FIRST_COMPLETED)
+                if not nxt.done():
+                    if not ended.done():
+                        await asyncio.wait({nxt}, timeout=TAIL_QUIET_SECONDS)
+                    if not nxt.done():
+                        nxt.cancel()
+                        await asyncio.gather(nxt, return_exceptions=True)
+                        return
+                try:
+                    yield nxt.result()
+                except StopAsyncIteration:
+                    return
+        finally:
+            ended.cancel()
+            await asyncio.gather(ended, return_exceptions=True)
+            await reader.aclose()
+
+    async def _ended(self, container_id: str) -> None:
+        try:
+            await self.wait(container_id)
+        except EngineError:
+            pass
+
+
+def _never_ran(status: dict[str, Any]) -> bool:
+    """A failed task whose container never ran its command (it could not be made
+    or started): the swarm says so in Err, where a command that ran and failed
+    reads "task: non-zero exit (N)"."""
+    err = str(status.get("Err") or "")
+    return bool(err) and not err.startswith("task: non-zero exit")
