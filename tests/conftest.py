@@ -14,6 +14,7 @@ tests/api/conftest.py gives the same fixture names an in-process app without Doc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -26,6 +27,7 @@ import pytest
 
 # Re-exported: test modules import these from conftest.
 from tests.harness import (  # noqa: F401
+    BACKEND_ENV,
     LABEL_DAEMON,
     NO_ENGINE,
     TEST_IMAGE,
@@ -42,6 +44,7 @@ from tests.harness import (  # noqa: F401
     wait_until,
     write_config,
 )
+from tests.swarm_cluster import SwarmCluster
 
 TESTS = Path(__file__).parent
 # The fast tier (`bash tests/run.sh --fast`): these run with no Docker engine at all.
@@ -65,6 +68,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             names = [e.name for e in engines_under_test()]
         except ValueError as e:
             raise pytest.UsageError(str(e)) from None
+        if metafunc.definition.get_closest_marker("swarm") is None:
+            names = [n for n in names if n != "swarm"]
         metafunc.parametrize("engine_under_test", names, indirect=True, scope="session", ids=names)
 
 
@@ -109,7 +114,12 @@ def docker_host_is_the_engine_under_test(
     `engine_under_test` fixture sets it for the session's fixtures too; this holds it for the
     test, whatever ran on that worker before)."""
     if "engine_under_test" in request.fixturenames and _tier(request.node) not in FAST_TIERS:
-        monkeypatch.setenv("DOCKER_HOST", request.getfixturevalue("engine_under_test").host)
+        under_test = request.getfixturevalue("engine_under_test")
+        monkeypatch.setenv("DOCKER_HOST", under_test.host)
+        if under_test.name == "swarm":
+            monkeypatch.setenv(BACKEND_ENV, "swarm")
+        else:
+            monkeypatch.delenv(BACKEND_ENV, raising=False)
 
 
 @pytest.fixture(scope="session")
@@ -119,7 +129,16 @@ def engine_under_test(request: pytest.FixtureRequest) -> Iterator[EngineUnderTes
     fixtures built on it (module- and session-scoped ones too) DOCKER_HOST is its
     address."""
     under_test = engine_for(getattr(request, "param", "docker"))
-    with pytest.MonkeyPatch.context() as mp:
+    with contextlib.ExitStack() as stack:
+        mp = stack.enter_context(pytest.MonkeyPatch.context())
+        if under_test.name == "swarm":
+            # Started here, by the worker that runs the swarm's tests, and taken
+            # away at the end of its session: nothing of it outlives the suite.
+            cluster = SwarmCluster()
+            assert cluster.manager_host == under_test.host, cluster.manager_host
+            cluster.start()
+            stack.callback(cluster.stop)
+            mp.setenv(BACKEND_ENV, "swarm")
         mp.setenv("DOCKER_HOST", under_test.host)
         try:
             status, version = engine_api("GET", "/version", timeout=30)

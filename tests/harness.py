@@ -53,9 +53,15 @@ NO_ENGINE = "unix:///nonexistent/runnerd-no-engine.sock"
 # is whatever answered before the suite started (DOCKER_HOST then, else the
 # default socket); Podman's is the rootful service tests/run.sh starts.
 # RUNNERD_TEST_ENGINES limits them (e.g. "docker" on a machine without Podman).
-ENGINE_NAMES = ("docker", "podman")
+ENGINE_NAMES = ("docker", "podman", "swarm")
 DOCKER_DEFAULT_HOST = "unix:///var/run/docker.sock"
 PODMAN_DEFAULT_HOST = "unix:///run/runnerd-test-podman/podman.sock"
+# The third "engine" is runnerd's swarm backend on a three-node swarm of extra
+# dockerds that the tests start themselves (tests/swarm_cluster.py), at its
+# manager's socket. Only tests marked `swarm` run on it.
+SWARM_DEFAULT_HOST = "unix:///run/runnerd-swarm/node1/sock"  # SwarmCluster().manager_host
+# Which executor backend a daemon gets (write_config): "swarm" while a swarm test runs.
+BACKEND_ENV = "RUNNERD_TEST_BACKEND"
 ENGINES_ENV = "RUNNERD_TEST_ENGINES"
 PODMAN_HOST_ENV = "RUNNERD_TEST_PODMAN_HOST"
 # Read once, at import: a test tier later points DOCKER_HOST elsewhere (NO_ENGINE,
@@ -74,10 +80,7 @@ class EngineUnderTest:
 def engines_under_test() -> list[EngineUnderTest]:
     """The engines RUNNERD_TEST_ENGINES names (default: both), in ENGINE_NAMES order.
     A name that is not an engine is an error, so a typo cannot silently drop one."""
-    hosts = {
-        "docker": _DOCKER_HOST_AT_START,
-        "podman": os.environ.get(PODMAN_HOST_ENV) or PODMAN_DEFAULT_HOST,
-    }
+    hosts = {name: engine_for(name).host for name in ENGINE_NAMES}
     wanted = [n.strip() for n in os.environ.get(ENGINES_ENV, ",".join(ENGINE_NAMES)).split(",")]
     wanted = [n for n in wanted if n]
     unknown = sorted(set(wanted) - set(ENGINE_NAMES))
@@ -95,6 +98,8 @@ def engine_for(name: str) -> EngineUnderTest:
         return EngineUnderTest(name, _DOCKER_HOST_AT_START)
     if name == "podman":
         return EngineUnderTest(name, os.environ.get(PODMAN_HOST_ENV) or PODMAN_DEFAULT_HOST)
+    if name == "swarm":
+        return EngineUnderTest(name, SWARM_DEFAULT_HOST)
     raise ValueError(f"no engine called {name!r}")
 
 
@@ -200,9 +205,20 @@ def create_key(config_path: Path, name: str, scope: str = "full") -> str:
 
 def remove_containers(label: str) -> list[str]:
     """Remove every container carrying `label` (`key=value`) from the engine
-    DOCKER_HOST names, through its API; returns their ids. One already gone (its
-    run removed it meanwhile) is fine; any other refusal fails."""
+    DOCKER_HOST names, through its API (on the swarm backend: every service);
+    returns their ids. One already gone (its run removed it meanwhile) is fine;
+    any other refusal fails."""
     filters = json.dumps({"label": [label]})
+    if os.environ.get(BACKEND_ENV) == "swarm":
+        status, listed = engine_api("GET", "/services", {"filters": filters})
+        if status != 200:
+            raise AssertionError(f"the swarm did not list services ({status}): {listed}")
+        names = [str(s["Spec"]["Name"]) for s in listed]
+        for name in names:
+            status, body = engine_api("DELETE", f"/services/{quote(name)}")
+            if status not in (200, 204, 404):
+                raise AssertionError(f"the swarm did not remove service {name} ({status}): {body}")
+        return names
     status, listed = engine_api("GET", "/containers/json", {"all": "1", "filters": filters})
     if status != 200:
         raise AssertionError(f"the engine did not list containers ({status}): {listed}")
@@ -248,12 +264,17 @@ def write_config(
     """A test config: loopback on a free port, no network for containers, short grace.
     `top_level` is TOML for top-level keys (e.g. `timezone = "UTC"`), written first;
     `extra` is TOML appended verbatim; tables given there replace these."""
+    swarm = os.environ.get(BACKEND_ENV) == "swarm"
     sections = {
         "server": 'listen = "127.0.0.1:0"',
         "storage": f'data_dir = "{data_dir}"',
-        "docker": 'network = "none"\nstop_grace_seconds = 1',
+        # Swarm services take no "none" network: the test swarm's nodes have no
+        # bridge (--bridge=none), so "bridge" gives no address either.
+        "docker": f'network = "{"bridge" if swarm else "none"}"\nstop_grace_seconds = 1',
         "scheduler": f"max_concurrent_runs = {max_concurrent_runs}",
     }
+    if swarm:
+        sections["executor"] = 'backend = "swarm"'
     given = set(re.findall(r"^\[(\w+)\]", extra, re.M))
     text = "".join(f"[{name}]\n{body}\n\n" for name, body in sections.items() if name not in given)
     path.write_text((top_level + "\n" if top_level else "") + text + extra)

@@ -14,6 +14,7 @@ and threads.
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import os
@@ -23,9 +24,10 @@ import urllib.parse
 from typing import Any
 
 import aiohttp
-from conftest import wait_until
+from conftest import BACKEND_ENV, wait_until
 
 from runnerd.engine import PODMAN, engine_kind
+from tests.swarm_cluster import SwarmCluster
 
 LABEL_DAEMON = "io.runnerd.daemon"
 LABEL_RUN = "io.runnerd.run"
@@ -120,12 +122,100 @@ class EngineProbe:
             assert resp.status == 204, (resp.status, await resp.read())
 
 
-async def engine_probe() -> tuple[aiohttp.ClientSession, EngineProbe]:
-    session = aiohttp.ClientSession(
-        connector=aiohttp.UnixConnector(path=docker_socket()),
-        timeout=aiohttp.ClientTimeout(total=30),
-    )
+class SwarmProbe(EngineProbe):
+    """The probe on the swarm backend: a run's container is on whichever node of
+    the test swarm its task went to, so a list asks every node, and a call about
+    one container (or exec) goes to the node that has it."""
+
+    def __init__(self, sessions: list[aiohttp.ClientSession]) -> None:
+        super().__init__(sessions[0])
+        self.sessions = sessions
+        self._node_of: dict[str, aiohttp.ClientSession] = {}  # container or exec id -> node
+
+    async def _node(self, path: str) -> aiohttp.ClientSession:
+        parts = path.split("/")
+        if len(parts) > 2 and parts[1] in ("containers", "exec") and parts[2] != "json":
+            ref = parts[2]
+            if ref not in self._node_of:
+                for session in self.sessions:
+                    async with session.get(f"http://docker/containers/{ref}/json") as resp:
+                        if resp.status == 200:
+                            self._node_of[ref] = session
+                            break
+            return self._node_of.get(ref, self.sessions[0])
+        return self.sessions[0]
+
+    async def _get(self, path: str, **params: str) -> tuple[int, Any]:
+        if path == "/containers/json":  # every node's, together
+            found: list[Any] = []
+            for session in self.sessions:
+                async with session.get(f"http://docker{path}", params=params) as resp:
+                    data = await resp.json(content_type=None)
+                    if resp.status != 200:
+                        return resp.status, data
+                    found.extend(data)
+            return 200, found
+        self.session = await self._node(path)
+        return await super()._get(path, **params)
+
+    async def _post(self, path: str, body: Any = None, **params: str) -> tuple[int, bytes]:
+        self.session = await self._node(path)
+        status, data = await super()._post(path, body, **params)
+        if path.endswith("/exec") and status == 201:  # the exec lives on the same node
+            self._node_of[json.loads(data)["Id"]] = self.session
+        return status, data
+
+    async def remove(self, container_id: str) -> None:
+        self.session = await self._node(f"/containers/{container_id}/json")
+        await super().remove(container_id)
+
+    async def wait_gone(self, run_id: str, timeout: float = 15) -> None:
+        """As on an engine, and the run's service is gone from the swarm too."""
+        await super().wait_gone(run_id, timeout)
+
+        async def no_service() -> bool:
+            filters = json.dumps({"label": [f"{LABEL_RUN}={run_id}"]})
+            async with self.sessions[0].get(
+                "http://docker/services", params={"filters": filters}
+            ) as resp:
+                assert resp.status == 200, await resp.read()
+                return not await resp.json()
+
+        await wait_until(no_service, timeout=timeout, what=f"run {run_id}'s service to go")
+
+
+def on_swarm() -> bool:
+    """The test runs on the swarm backend (see tests/harness.py's BACKEND_ENV)."""
+    return os.environ.get(BACKEND_ENV) == "swarm"
+
+
+async def engine_probe() -> tuple[contextlib.AbstractAsyncContextManager[Any], EngineProbe]:
+    """A probe of the engine under test, and the session to close when done."""
+
+    def session_on(path: str) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=path), timeout=aiohttp.ClientTimeout(total=30)
+        )
+
+    if on_swarm():
+        sessions = [session_on(str(node.socket_path)) for node in SwarmCluster().nodes]
+        return _Sessions(sessions), SwarmProbe(sessions)
+    session = session_on(docker_socket())
     return session, EngineProbe(session)
+
+
+class _Sessions:
+    """Several sessions closed as one (`async with`), as engine_probe's caller expects."""
+
+    def __init__(self, sessions: list[aiohttp.ClientSession]) -> None:
+        self.sessions = sessions
+
+    async def __aenter__(self) -> _Sessions:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        for session in self.sessions:
+            await session.close()
 
 
 async def release(probe: EngineProbe, run_id: str) -> None:

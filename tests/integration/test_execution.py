@@ -20,10 +20,15 @@ from helpers_engine import (
     LABEL_RUNNER,
     EngineProbe,
     engine_probe,
+    on_swarm,
     release,
 )
 
 from runnerd.logs import STDERR, STDOUT
+
+# Every test here also runs on the swarm backend (the engine probes read the
+# swarm's services and tasks there).
+pytestmark = pytest.mark.swarm
 
 TIME_FORMAT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d\Z")
 
@@ -517,8 +522,15 @@ async def test_container_gets_instance_limits_network_labels_name_and_merged_env
         assert host["NanoCpus"] == nano_cpus
         assert host["Memory"] == mem * 1024 * 1024
         assert host["PidsLimit"] == pids
-        assert host["NetworkMode"] == "none"
-        assert c["Name"] == f"/runnerd-{run_id}"
+        if on_swarm():
+            # A service's task container: named "<service>.<slot>.<task id>", on
+            # network "bridge" (the test swarm's nodes have none: --bridge=none,
+            # so loopback alone, as the log below shows).
+            assert host["NetworkMode"] == "bridge"
+            assert c["Name"].startswith(f"/runnerd-{run_id}.1."), c["Name"]
+        else:
+            assert host["NetworkMode"] == "none"
+            assert c["Name"] == f"/runnerd-{run_id}"
         labels = c["Config"]["Labels"]
         assert labels[LABEL_DAEMON] == daemon_id
         assert labels[LABEL_RUN] == run_id
