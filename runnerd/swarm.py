@@ -61,6 +61,7 @@ STARTED_STATES = frozenset({"starting", "running"}) | FINAL_STATES
 POLL_FIRST = 0.05  # a task's state is asked for this often at first, doubling up to POLL_MAX
 POLL_MAX = 1.0
 STOP_POLL = 0.02  # while a stopped task exits: its exit code is visible only briefly
+NODE_CHECK_SECONDS = 5.0  # how often a running task's node is asked whether it is up
 TAIL_QUIET_SECONDS = 0.25  # after its task ended, a follow stream quiet this long is done
 
 
@@ -94,6 +95,7 @@ class SwarmEngine(Engine):
         self._specs: dict[str, ContainerSpec] = {}  # created, not yet started
         self._exit_codes: dict[str, int] = {}  # of tasks runnerd stopped, seen as they exited
         self._stopping: dict[str, asyncio.Event] = {}  # set once the stopped task has exited
+        self._tailed: set[str] = set()  # followed to the end of the task's output
         self._node_names: dict[str, str] = {}
 
     credentials_on_start = True
@@ -322,6 +324,7 @@ class SwarmEngine(Engine):
         stopped whose code went with its task. ContainerLost when it ended without
         one otherwise (its node went away, the swarm shut it down)."""
         delay = POLL_FIRST
+        node_checked = time.monotonic()
         while True:
             stopping = self._stopping.get(container_id)
             if stopping is not None:  # stop() watches it exit, and keeps its code
@@ -331,18 +334,44 @@ class SwarmEngine(Engine):
             if not exists or task is None:
                 raise ContainerLost(f"the swarm no longer knows service {container_id}")
             status = task.get("Status") or {}
-            state = status.get("State", "")
-            if state in ("complete", "failed") and not _never_ran(status):
+            if status.get("State") in ("complete", "failed") and not _never_ran(status):
                 return int((status.get("ContainerStatus") or {}).get("ExitCode") or 0)
-            if state in FINAL_STATES:
-                node = await self.node_name(str(task.get("NodeID") or "?"))
-                raise ContainerLost(
-                    f"its task on node {node} was {state}"
-                    f"{': ' + status['Err'] if status.get('Err') else ''}"
-                    f" ({status.get('Message') or 'no message'})"
-                )
+            check_node = time.monotonic() - node_checked >= NODE_CHECK_SECONDS
+            why = await self._lost(task, check_node)
+            if check_node:
+                node_checked = time.monotonic()
+            if why is not None:
+                raise ContainerLost(why)
             await asyncio.sleep(delay)
             delay = min(POLL_MAX, delay * 2)
+
+    async def _lost(self, task: dict[str, Any], check_node: bool = True) -> str | None:
+        """Why a task that has not ended with a result never will, or None. The
+        swarm ends a task without one (rejected, orphaned, shut down); a node that
+        dies leaves its task "running" with desired state shutdown, and no task
+        replaces it (restart condition none): its node is Down."""
+        status = task.get("Status") or {}
+        state = status.get("State", "")
+        node_id = str(task.get("NodeID") or "")
+        if state in FINAL_STATES:
+            node = await self.node_name(node_id) if node_id else "(none)"
+            return (
+                f"its task on node {node} was {state}"
+                f"{': ' + status['Err'] if status.get('Err') else ''}"
+            )
+        if not node_id or not (check_node or task.get("DesiredState") in ("shutdown", "remove")):
+            return None
+        try:
+            node = await self._request("GET", f"nodes/{node_id}", "could not inspect a node")
+        except EngineError as e:
+            if e.status != 404:
+                raise
+            return f"its node {node_id} left the swarm"
+        node_state = str((node.get("Status") or {}).get("State") or "")
+        if node_state in ("down", "disconnected"):
+            name = await self.node_name(node_id)
+            return f"its node {name} is {node_state}, and its container with it"
+        return None
 
     async def stop(self, container_id: str, grace_seconds: float) -> bool:
         """Remove the service: the swarm stops its container (SIGTERM, SIGKILL after
@@ -381,6 +410,7 @@ class SwarmEngine(Engine):
         await self._delete(container_id)
         self._specs.pop(container_id, None)
         self._stopping.pop(container_id, None)
+        self._tailed.discard(container_id)
         self._exit_codes.pop(container_id, None)
 
     async def _delete(self, container_id: str) -> None:
@@ -394,26 +424,18 @@ class SwarmEngine(Engine):
 
     async def inspect(self, container_id: str) -> ContainerState | None:
         """The run's task as a container: running, or exited with its code; None
-        when there is no such service. A task that ended without a result (node
-        gone) is `lost`, saying why."""
+        when there is no such service. A task that ended without a result, or
+        whose node is down, is `lost`, saying why."""
         task, exists = await self._task_state(container_id)
         if not exists:
             return None
         status = (task or {}).get("Status") or {}
-        state = status.get("State", "new")
-        node = await self.node_name(str((task or {}).get("NodeID") or "")) if task else None
+        node_id = str((task or {}).get("NodeID") or "")
+        node = await self.node_name(node_id) if node_id else None
         code = int((status.get("ContainerStatus") or {}).get("ExitCode") or 0)
-        lost = None
-        if state in ("complete", "failed") and not _never_ran(status):
-            shown = "exited"
-        elif state in FINAL_STATES:
-            shown = "exited"
-            lost = (
-                f"its task on node {node} was {state}"
-                f"{': ' + status['Err'] if status.get('Err') else ''}"
-            )
-        else:
-            shown = "running"
+        ended = status.get("State") in ("complete", "failed") and not _never_ran(status)
+        lost = None if ended or task is None else await self._lost(task)
+        shown = "exited" if ended or lost else "running"
         return ContainerState(
             id=container_id,
             status=shown,
@@ -444,6 +466,10 @@ class SwarmEngine(Engine):
         has ended (the swarm's follow stream would not)."""
         task, exists = await self._task_state(container_id)
         if not exists or task is None:
+            if not follow and container_id in self._stopping and container_id in self._tailed:
+                # Stopped by runnerd and deleted by the swarm as it exited, after the
+                # follow stream gave all it had: there is nothing more to read.
+                return
             raise EngineError(
                 "the swarm has deleted the run's task (it does so as soon as a task "
                 "runnerd stopped has exited), so its output cannot be read again"
@@ -460,23 +486,23 @@ class SwarmEngine(Engine):
         try:
             while True:
                 nxt = asyncio.ensure_future(reader.__anext__())
-                if ended.done():
+                if not ended.done():
+                    await asyncio.wait({nxt, ended}, return_when=asyncio.FIRST_COMPLETED)
+                if not nxt.done():
                     # The task has ended: the stream gives what it still holds,
                     # then would never end; it is cut once it goes quiet.
                     await asyncio.wait({nxt}, timeout=TAIL_QUIET_SECONDS)
-                else:
-                    await asyncio.wait({nxt, ended}, return_when=asyncio.FIRST_COMPLETED)
                 if not nxt.done():
-                    if not ended.done():
-                        await asyncio.wait({nxt}, timeout=TAIL_QUIET_SECONDS)
-                    if not nxt.done():
-                        nxt.cancel()
-                        await asyncio.gather(nxt, return_exceptions=True)
-                        return
-                try:
-                    yield nxt.result()
-                except StopAsyncIteration:
+                    nxt.cancel()
+                    await asyncio.gather(nxt, return_exceptions=True)
+                    self._tailed.add(container_id)
                     return
+                try:
+                    batch = nxt.result()
+                except StopAsyncIteration:
+                    self._tailed.add(container_id)
+                    return
+                yield batch
         finally:
             ended.cancel()
             await asyncio.gather(ended, return_exceptions=True)

@@ -129,7 +129,7 @@ def _mounts(mountinfo: str) -> list[tuple[str, str, set[str]]]:
     mounts = []
     for line in mountinfo.splitlines():
         fields = line.split(" ")
-        if "-" not in fields[6:] or len(fields) < 5:
+        if len(fields) < 7 or "-" not in fields[6:]:
             continue
         tail = fields[fields.index("-", 6) + 1 :]
         point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4])
@@ -531,8 +531,20 @@ class SwarmCluster:
     def start(self) -> None:
         """Bring the cluster up: the three dockerds, the swarm, the nodes' names and
         labels, the image on each; returns once the manager sees all three Ready
-        and Active. Whatever an earlier run of this state dir left is cleared first."""
+        and Active. Whatever an earlier run of this state dir left is cleared first;
+        a start that fails takes down what it made (its failure carries the logs'
+        tails), as no caller would stop a cluster it never got."""
         self._clear()
+        try:
+            self._bring_up()
+        except BaseException:
+            try:
+                self.stop()
+            except Exception:
+                pass  # the first failure is the one to report
+            raise
+
+    def _bring_up(self) -> None:
         for node in self.nodes:
             node.dir.mkdir(parents=True)
             (node.dir / "daemon.json").write_text("{}\n")
@@ -746,9 +758,8 @@ class SwarmCluster:
             return False
         if state != "ready":
             return True
-        return seen["Spec"].get("Availability") == "active" and (
-            seen["Spec"].get("Name") == node.name
-        )
+        spec = seen["Spec"]
+        return bool(spec.get("Availability") == "active" and spec.get("Name") == node.name)
 
     # -- faults -----------------------------------------------------------------
 
@@ -883,8 +894,8 @@ class SwarmCluster:
                         pass  # in use by another container of the same parent
         for path in shim_sockets:
             path.unlink(missing_ok=True)  # a shim killed by a signal leaves its socket
+        libc = ctypes.CDLL(None, use_errno=True)
         for point in mount_points(_read("/proc/self/mountinfo"), self.state_dir):
-            libc = ctypes.CDLL(None, use_errno=True)
             if libc.umount2(point.encode(), MNT_DETACH) != 0:
                 errno = ctypes.get_errno()
                 raise SwarmFailed(f"could not unmount {point}: {os.strerror(errno)}")
@@ -958,8 +969,9 @@ class SwarmCluster:
     def _failed(self, message: str, *nodes: Node) -> SwarmFailed:
         """A SwarmFailed saying `message`, with the log tails of `nodes` (of every
         node when none is named)."""
+        named = {n.index: n for n in nodes or self.nodes}  # each node's tail once
         tails = "".join(
-            f"\n--- {n.log_path} (last lines) ---\n{n.log_tail()}" for n in nodes or self.nodes
+            f"\n--- {n.log_path} (last lines) ---\n{n.log_tail()}" for n in named.values()
         )
         return SwarmFailed(message + tails)
 

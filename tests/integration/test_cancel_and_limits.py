@@ -20,6 +20,8 @@ import pytest
 from conftest import Api, Daemon, wait_until
 from helpers_engine import LABEL_RUN, LABEL_RUNNER, EngineProbe, engine_api, engine_probe
 
+pytestmark = pytest.mark.swarm  # every test here runs on the swarm backend too
+
 CONFLICT = {"status": 409, "error": "Conflict"}
 NOT_FOUND = {"status": 404, "error": "Not Found"}
 FORBIDDEN = {"status": 403, "error": "Forbidden"}
