@@ -602,6 +602,11 @@ class Engine:
         except (DockerError, aiohttp.ClientError, OSError) as e:
             raise _engine_error(e, "could not start the container", "start") from None
 
+    def node_of(self, container_id: str) -> str | None:
+        """The node a started container runs on, on an engine of several (Swarm);
+        None on one engine."""
+        return None
+
     async def wait(self, container_id: str) -> int | None:
         """Block until the container exits; its exit code (None: not known, as
         for a swarm task that runnerd stopped)."""

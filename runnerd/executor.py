@@ -485,7 +485,12 @@ class Executor:
                 run, exit_code=None, reason=FailureReason.START_FAILED, error=f"{e}."
             )
             return None
-        log.info("run %s started in container %s", run.id, container_id[:12])
+        node = self.engine.node_of(container_id)
+        if node is not None:
+            log.info("run %s started as service %s on node %s", run.id, container_id, node)
+            await self._record_node(run, node)
+        else:
+            log.info("run %s started in container %s", run.id, container_id[:12])
         return container_id, True
 
     async def _follow(self, run: Run, container_id: str, just_started: bool = False) -> Run:
@@ -623,6 +628,8 @@ class Executor:
             state = await self.engine.inspect(container_id)
             if state is None:
                 return None
+            if state.node is not None and run.node is None:
+                await self._record_node(run, state.node)
             if state.lost is not None:
                 self._lost[run.id] = state.lost
                 return None
@@ -844,6 +851,14 @@ class Executor:
             f", {reason.value}" if reason else "",
         )
         return done
+
+    async def _record_node(self, run: Run, node: str) -> None:
+        """Which node the run runs on (swarm): for the API, CLI and dashboard. Not
+        worth holding a run for: a database that refuses it is logged."""
+        try:
+            await self.store.set_node(run.id, node)
+        except Exception as e:
+            log.warning("run %s: could not record its node %s: %s", run.id, node, e)
 
     async def _current(self, run: Run) -> Run:
         fresh = await self.store.get_run(run.id)

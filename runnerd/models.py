@@ -232,6 +232,7 @@ class Run:
     # broke, or its log could not be checked against the engine's copy); the log
     # itself then holds a note saying what happened. Never cleared.
     log_incomplete: bool = False
+    node: str | None = None  # the Swarm node its container ran on; None on plain Docker
 
     @property
     def will_retry(self) -> bool:
@@ -331,6 +332,7 @@ class Run:
             updated_at=now,
             webhook_status=None,
             log_incomplete=False,  # its own log, not this attempt's
+            node=None,  # its own container's node, not this attempt's
             trigger=Trigger.RETRY,
             attempt=self.attempt + 1,
             retry_of=self.id,

@@ -96,7 +96,8 @@ class SwarmEngine(Engine):
         self._exit_codes: dict[str, int] = {}  # of tasks runnerd stopped, seen as they exited
         self._stopping: dict[str, asyncio.Event] = {}  # set once the stopped task has exited
         self._tailed: set[str] = set()  # followed to the end of the task's output
-        self._node_names: dict[str, str] = {}
+        self._node_names: dict[str, str] = {}  # node id -> its name
+        self._placed: dict[str, str] = {}  # service -> the name of its task's node
 
     credentials_on_start = True
 
@@ -140,7 +141,7 @@ class SwarmEngine(Engine):
             raise _engine_error(e, what, path.split("/")[0]) from None
 
     async def _tasks(self, service: str) -> list[dict[str, Any]] | None:
-        """The service's tasks, newest first; None when there is no such service."""
+        """The service's tasks, oldest first; None when there is no such service."""
         try:
             tasks = await self._request(
                 "GET",
@@ -153,7 +154,7 @@ class SwarmEngine(Engine):
                 return None
             raise
         tasks = [t for t in tasks or [] if t.get("ServiceID")]
-        tasks.sort(key=lambda t: (t.get("Version") or {}).get("Index", 0), reverse=True)
+        tasks.sort(key=_created)
         return tasks
 
     async def _service_exists(self, service: str) -> bool:
@@ -308,15 +309,22 @@ class SwarmEngine(Engine):
                     "and the instance type's placement)"
                 )
             if state in STARTED_STATES:
+                if task and task.get("NodeID"):
+                    self._placed[container_id] = await self.node_name(str(task["NodeID"]))
                 return
             await asyncio.sleep(delay)
             delay = min(POLL_MAX, delay * 2)
+
+    def node_of(self, container_id: str) -> str | None:
+        return self._placed.get(container_id)
 
     async def _task_state(self, service: str) -> tuple[dict[str, Any] | None, bool]:
         """(the service's task, whether the service exists)."""
         tasks = await self._tasks(service)
         if tasks is None:
             return None, False
+        # The run's task is the first: one the swarm makes when that one's node goes
+        # down (it may, whatever the restart policy) is never the run's.
         return (tasks[0] if tasks else None), True
 
     async def wait(self, container_id: str) -> int | None:
@@ -411,6 +419,7 @@ class SwarmEngine(Engine):
         self._specs.pop(container_id, None)
         self._stopping.pop(container_id, None)
         self._tailed.discard(container_id)
+        self._placed.pop(container_id, None)
         self._exit_codes.pop(container_id, None)
 
     async def _delete(self, container_id: str) -> None:
@@ -513,6 +522,14 @@ class SwarmEngine(Engine):
             await self.wait(container_id)
         except EngineError:
             pass
+
+
+def _created(task: dict[str, Any]) -> tuple[str, str]:
+    """A sort key for a task's CreatedAt ("2026-12-03T12:42:10.69Z"): Go drops
+    the fraction's trailing zeros, so it is compared padded."""
+    text = str(task.get("CreatedAt") or "").rstrip("Z")
+    whole, _, fraction = text.partition(".")
+    return whole, fraction.ljust(9, "0")
 
 
 def _never_ran(status: dict[str, Any]) -> bool:

@@ -68,7 +68,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             names = [e.name for e in engines_under_test()]
         except ValueError as e:
             raise pytest.UsageError(str(e)) from None
-        if metafunc.definition.get_closest_marker("swarm") is None:
+        if metafunc.definition.get_closest_marker("swarm_only") is not None:
+            names = [n for n in names if n == "swarm"]
+        elif metafunc.definition.get_closest_marker("swarm") is None:
             names = [n for n in names if n != "swarm"]
         metafunc.parametrize("engine_under_test", names, indirect=True, scope="session", ids=names)
 
@@ -134,10 +136,12 @@ def engine_under_test(request: pytest.FixtureRequest) -> Iterator[EngineUnderTes
         if under_test.name == "swarm":
             # Started here, by the worker that runs the swarm's tests, and taken
             # away at the end of its session: nothing of it outlives the suite.
-            cluster = SwarmCluster()
+            cluster = SwarmCluster(heartbeat_period=1.0)  # a killed node is Down in ~2 s
             assert cluster.manager_host == under_test.host, cluster.manager_host
             cluster.start()
             stack.callback(cluster.stop)
+            _SWARMS.append(cluster)
+            stack.callback(_SWARMS.remove, cluster)
             mp.setenv(BACKEND_ENV, "swarm")
         mp.setenv("DOCKER_HOST", under_test.host)
         try:
@@ -157,6 +161,16 @@ def engine_under_test(request: pytest.FixtureRequest) -> Iterator[EngineUnderTes
                 f"({under_test.host}); tests/run.sh imports it"
             )
         yield under_test
+
+
+_SWARMS: list[SwarmCluster] = []  # the test swarm, while the swarm is under test
+
+
+@pytest.fixture
+def swarm_cluster(engine_under_test: EngineUnderTest) -> SwarmCluster:
+    """The test swarm (tests marked swarm_only): its nodes, to stop or kill one."""
+    assert engine_under_test.name == "swarm" and _SWARMS, engine_under_test
+    return _SWARMS[-1]
 
 
 @pytest.fixture(scope="session")

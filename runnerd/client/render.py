@@ -47,8 +47,13 @@ def when(value: str | None) -> str:
     return f"{match.group(1)} {match.group(2)}" if match else value
 
 
+# Fields left out when null: a run's `node` is null on the docker backend, always.
+SHOWN_WHEN_SET = {"node"}
+
+
 def show(obj: dict[str, Any]) -> None:
-    """`key: value` lines, keys aligned."""
+    """`key: value` lines, keys aligned (a null SHOWN_WHEN_SET field: no line)."""
+    obj = {k: v for k, v in obj.items() if v is not None or k not in SHOWN_WHEN_SET}
     width = max(len(k) for k in obj) + 1
     for key, value in obj.items():
         if key == "instance_type" and isinstance(value, dict):

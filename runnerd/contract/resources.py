@@ -141,6 +141,10 @@ class Run(_Resource):
         "could not be checked against the engine's copy); the log then holds a note saying "
         "what happened. False otherwise; once true it stays true."
     )
+    node: str | None = Field(
+        description="The Swarm node the run's container ran on (its name, else hostname); "
+        "null on the docker backend and until the run has started there."
+    )
 
 
 class ScheduleEnvVariable(_Resource):
@@ -453,4 +457,5 @@ def run_json(run: domain.Run, tz: tzinfo) -> dict[str, Any]:
         "scheduled_for": format_ms(run.scheduled_for, tz),
         "parent_run_id": run.parent_run_id,
         "log_incomplete": run.log_incomplete,
+        "node": run.node,
     }

@@ -233,6 +233,13 @@ class MemoryStore:
             run.log_incomplete = True
             run.updated_at = max(run.updated_at, now_ms())
 
+    async def set_node(self, run_id: str, node: str) -> None:
+        await _round_trip()
+        run = self.runs.get(run_id)
+        if run is not None and run.status is Status.RUNNING and run.node != node:
+            run.node = node
+            run.updated_at = max(run.updated_at, now_ms())
+
     async def runs_with_status(self, status: Status) -> list[Run]:
         await _round_trip()
         return [copy.deepcopy(r) for r in self.runs.values() if r.status is status]

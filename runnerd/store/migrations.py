@@ -182,6 +182,11 @@ MIGRATIONS: dict[int, list[str]] = {
     8: [
         "ALTER TABLE runs ADD COLUMN log_incomplete INTEGER NOT NULL DEFAULT 0",
     ],
+    # Swarm as a backend: the name of the node a run's container ran on (NULL on
+    # plain Docker, and until it is known).
+    9: [
+        "ALTER TABLE runs ADD COLUMN node TEXT",
+    ],
 }
 
 SCHEMA_VERSION = max(MIGRATIONS)

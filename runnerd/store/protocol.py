@@ -68,6 +68,11 @@ class RunStore(Protocol):
         missing output; idempotent, and nothing for a run that is gone."""
         ...
 
+    async def set_node(self, run_id: str, node: str) -> None:
+        """Record the Swarm node a running run's container runs on; nothing for a
+        run that is not running (pending, finished or gone)."""
+        ...
+
     async def runs_with_status(self, status: Status) -> list[Run]:
         """In queue order."""
         ...

@@ -268,6 +268,21 @@ class Runs(Aggregate):
 
         await self._db.write(update)
 
+    async def set_node(self, run_id: str, node: str) -> None:
+        """Record the Swarm node the run's container runs on. Only while the run is
+        running: nothing for a run pending, finished or gone. Setting the node it
+        already has changes nothing (updated_at moves only when the node does)."""
+        now = now_ms()
+
+        def update(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE runs SET node = ?, updated_at = max(updated_at, ?)"
+                " WHERE id = ? AND status = 'running' AND node IS NOT ?",
+                (node, now, run_id, node),
+            )
+
+        await self._db.write(update)
+
     def _completed(self, run: Run) -> None:
         for listener in self.on_run_completed:
             listener(run)
@@ -478,6 +493,7 @@ def run_from_row(row: sqlite3.Row, box: SecretBox) -> Run:
             json.loads(row["retry_policy"]) if row["retry_policy"] else None
         ),
         log_incomplete=bool(row["log_incomplete"]),
+        node=row["node"],
     )
 
 

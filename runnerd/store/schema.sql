@@ -1,4 +1,4 @@
--- runnerd's database as it is now (schema version 6): what a new database is made
+-- runnerd's database as it is now (schema version 9): what a new database is made
 -- from. An older database gets here through migrations.py instead; a test proves
 -- both end the same (tests/unit/test_unit_store_schema.py). Change both together.
 
@@ -98,7 +98,8 @@ CREATE TABLE runs (
     parent_run_id         TEXT,
     retry_policy          TEXT,        -- the runner's when triggered: JSON object, or NULL
     chain_status          TEXT,        -- 'pending': its chained runs are still to be made
-    log_incomplete        INTEGER NOT NULL DEFAULT 0  -- 1: its stored log may miss output
+    log_incomplete        INTEGER NOT NULL DEFAULT 0, -- 1: its stored log may miss output
+    node                  TEXT         -- the Swarm node its container ran on, or NULL
 );
 
 CREATE INDEX runs_by_runner ON runs (runner_id, seq);

@@ -89,6 +89,7 @@ LATER_RUN_KEYS = {
     "scheduled_for",
     "parent_run_id",
     "log_incomplete",  # issue 14
+    "node",  # the swarm backend
 }
 ENV_KEYS = {"id", "env_key", "env_val", "created_at", "updated_at"}
 RUNNER_TIME_FIELDS = ("created_at", "updated_at")

@@ -519,3 +519,51 @@ async def test_the_retry_of_a_run_with_an_incomplete_log_starts_with_a_complete_
     assert failed.log_incomplete and failed.will_retry
     (retry,) = await store.runs_with_status(Status.PENDING)
     assert retry.retry_of == run.id and not retry.log_incomplete
+
+
+# -- node (the swarm backend) ---------------------------------------------------------
+
+
+async def test_a_running_run_s_node_is_recorded_and_kept_after_it_ends(store: AnyStore) -> None:
+    run = await queue(store, await make_runner(store))
+    assert run.node is None
+    await store.set_node(run.id, "worker-1")  # pending: no container, no node
+    pending = await store.get_run(run.id)
+    assert pending is not None and pending.node is None and pending.updated_at == run.updated_at
+
+    await store.mark_running(run.id, "svc", 1_000)
+    await store.set_node(run.id, "worker-1")
+    placed = await store.get_run(run.id)
+    assert placed is not None and placed.node == "worker-1"
+    assert placed.status is Status.RUNNING and placed.container_id == "svc"
+    assert placed.updated_at >= run.updated_at
+    await store.set_node(run.id, "worker-1")  # the same node again: nothing moves
+    again = await store.get_run(run.id)
+    assert again is not None and again.updated_at == placed.updated_at
+
+    done = await finish(store, placed)
+    assert done.node == "worker-1"  # the run's record: where it ran
+    await store.set_node(run.id, "worker-2")  # ended: its node stays what it was
+    ended = await store.get_run(run.id)
+    assert ended is not None and ended.node == "worker-1" and ended.updated_at == done.updated_at
+    await store.set_node("no-such-run", "worker-1")  # gone (retention): nothing to set
+
+
+async def test_a_node_is_set_on_its_run_only(store: AnyStore) -> None:
+    runner = await make_runner(store)
+    placed, other = await queue(store, runner), await queue(store, runner)
+    await store.mark_running(placed.id, "svc-1", 1_000)
+    await store.mark_running(other.id, "svc-2", 1_000)
+    await store.set_node(placed.id, "worker-3")
+    running = await store.runs_with_status(Status.RUNNING)
+    assert {r.id: r.node for r in running} == {placed.id: "worker-3", other.id: None}
+
+
+async def test_the_retry_of_a_run_on_a_node_starts_with_no_node(store: AnyStore) -> None:
+    run = await queue(store, await make_runner(store, retry_policy=RETRY_TWICE))
+    await store.mark_running(run.id, "svc", 1_000)
+    await store.set_node(run.id, "worker-1")
+    failed = await fail(store, run.id)
+    assert failed.node == "worker-1" and failed.will_retry
+    (retry,) = await store.runs_with_status(Status.PENDING)
+    assert retry.retry_of == run.id and retry.node is None

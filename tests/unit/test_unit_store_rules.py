@@ -1,7 +1,7 @@
 """The store's own rules, on a real SQLite file: what a runner or registry write may
 break between the API's check and the write (a deleted registry, a concurrent
-PATCH), each told apart and named by its field; and the v5 migration that puts
-the run_command/argv rule into the table."""
+PATCH), each told apart and named by its field; the v5 migration that puts
+the run_command/argv rule into the table; and the v9 one that gives runs a node."""
 
 from __future__ import annotations
 
@@ -188,6 +188,7 @@ async def test_a_schema_4_database_gets_the_command_check_keeping_runners_env_an
         run1 = await store.get_run("run1")
         assert run1.status is Status.SUCCEEDED
         assert not run1.log_incomplete  # schema 8: a run from before has no such mark
+        assert run1.node is None  # schema 9: nor a node
         with pytest.raises(Conflict):
             await store.update_runner("r1", {"run_command": "echo y"}, None)
         # Foreign keys hold on the rebuilt table, in both directions.
@@ -202,7 +203,7 @@ async def test_a_schema_4_database_gets_the_command_check_keeping_runners_env_an
         assert db.execute("SELECT count(*) FROM runner_env_variables").fetchone() == (0,)
         with pytest.raises(sqlite3.IntegrityError, match="CHECK"):
             db.execute("UPDATE runners SET argv = '[\"a\"]' WHERE id = 'r2'")
-    assert version == (str(SCHEMA_VERSION),) and SCHEMA_VERSION == 8
+    assert version == (str(SCHEMA_VERSION),) and SCHEMA_VERSION == 9
     assert "run_command_or_argv" in sql
 
 
@@ -226,3 +227,46 @@ async def test_a_dangling_registry_reference_stops_the_migration_changing_nothin
             "4",
         )
         assert db.execute("SELECT name FROM runners").fetchall() == [("old",)]
+
+
+# -- the v9 migration ----------------------------------------------------------------
+
+
+def run_columns(db: sqlite3.Connection) -> list[str]:
+    return [row[1] for row in db.execute("PRAGMA table_xinfo('runs')")]
+
+
+async def test_a_schema_8_database_gets_the_node_column_its_runs_none_until_set(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "runnerd.db"
+    with raw_db(path) as db:
+        db.executescript(SCHEMA_V1)
+        for version in range(2, 9):
+            for statement in MIGRATIONS[version]:
+                db.execute(statement)
+        db.execute("INSERT INTO meta VALUES ('schema_version', '8')")
+        assert "node" not in run_columns(db)
+        db.execute(
+            "INSERT INTO runners (id, name, image_name, image_tag, timeout_seconds,"
+            " instance_type, created_at, updated_at)"
+            " VALUES ('r1', 'old', 'busybox', 'latest', 60, 'standard-s', 1, 1)"
+        )
+        db.execute(
+            "INSERT INTO runs (id, runner_id, status, image, env, timeout_seconds,"
+            " instance_type, cpu, mem, pids, created_at, updated_at)"
+            " VALUES ('run1', 'r1', 'running', 'busybox:latest', '[]', 60, 'standard-s',"
+            " 1, 1, 1, 1, 1)"
+        )
+
+    async with Store(path) as store:
+        run1 = await store.get_run("run1")
+        assert run1 is not None and run1.node is None
+        await store.set_node("run1", "worker-2")  # a run running across the upgrade
+        again = await store.get_run("run1")
+        assert again is not None and again.node == "worker-2"
+
+    with raw_db(path) as db:
+        version = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        assert run_columns(db)[-1] == "node"
+    assert version == ("9",)

@@ -4,8 +4,8 @@
 // The Run page's live log: pre#log[data-events] is the SSE URL, starting after the
 // last entry the page showed (?after=); on a dropped connection EventSource resumes
 // with Last-Event-ID by itself. Each `log` event is a line of its stream's class;
-// `end` carries the final run: the status, exit code, failure box and the warning
-// that the log may be incomplete are updated.
+// `end` carries the final run: the status, exit code, failure box, the Swarm node
+// and the warning that the log may be incomplete are updated.
 (function () {
   function liveLog() {
     var pre = document.querySelector("pre#log[data-events]");
@@ -57,6 +57,11 @@
       setText("#failure .failure-reason", run.failure_reason || "");
       setText("#failure .failure-error", run.error || "");
       failure.hidden = false;
+    }
+    var node = document.getElementById("node-row");
+    if (node && run.node) {
+      setText("#node code", run.node);
+      node.hidden = false;
     }
     var incomplete = document.getElementById("log-incomplete");
     if (incomplete && run.log_incomplete === true) {
