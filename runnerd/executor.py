@@ -566,6 +566,8 @@ class Executor:
         why = self._cancels.pop(run.id, None)
         if outcome is None:
             lost = self._lost.pop(run.id, None)
+            if lost:
+                log.warning("run %s lost: %s", run.id, lost)
             done = await self._finish(
                 run,
                 exit_code=None,
