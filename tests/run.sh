@@ -125,7 +125,9 @@ fi
 #    tests/conftest.py runs every integration test once per engine and finds this
 #    one at RUNNERD_TEST_PODMAN_HOST. One that answers there already is used as it
 #    is. RUNNERD_TEST_ENGINES=docker leaves Podman out (a machine without it).
-export RUNNERD_TEST_ENGINES="${RUNNERD_TEST_ENGINES:-docker,podman}"
+#    "swarm" is the swarm backend on a three-node test swarm of extra dockerds,
+#    which the suite starts and removes itself (tests/swarm_cluster.py).
+export RUNNERD_TEST_ENGINES="${RUNNERD_TEST_ENGINES:-docker,podman,swarm}"
 podman_dir=/run/runnerd-test-podman
 podman_log=/var/log/runnerd-test-podman.log
 export RUNNERD_TEST_PODMAN_HOST="${RUNNERD_TEST_PODMAN_HOST:-unix://$podman_dir/podman.sock}"
