@@ -89,6 +89,7 @@ missing=()
 registry_tools_ok || missing+=(docker-registry apache2-utils)
 command -v podman >/dev/null 2>&1 || missing+=(podman)
 command -v newuidmap >/dev/null 2>&1 || missing+=(uidmap)
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)  # the test swarm removes its bridges
 browser_ok || missing+=(chromium chromium-driver)
 if [ ${#missing[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   log "installing ${missing[*]}"
