@@ -226,7 +226,9 @@ class Daemon(harness.Daemon):
 
     The config is the test suite's: loopback on a free port, network `none`
     (this engine has no bridge), short stop grace; `docker_url` points it at
-    another engine (UNREACHABLE_ENGINE: runs stay pending)."""
+    another engine (UNREACHABLE_ENGINE: runs stay pending). `backend = "swarm"`
+    makes it runnerd's swarm backend on the swarm whose manager `docker_url`
+    names (network `bridge`: services take no `none`)."""
 
     def __init__(
         self,
@@ -237,6 +239,7 @@ class Daemon(harness.Daemon):
         docker_url: str | None = None,
         max_log_bytes: int | None = None,
         on_shutdown: str = "leave",
+        backend: str = "docker",
     ) -> None:
         d = ctx.tempdir(name)
         super().__init__(dir=d, config_path=d / "config.toml")
@@ -246,23 +249,26 @@ class Daemon(harness.Daemon):
         self.docker_url = docker_url
         self.max_log_bytes = max_log_bytes
         self.on_shutdown = on_shutdown
+        self.backend = backend
         self._profiler: subprocess.Popen[bytes] | None = None
         self._starts = 0
         self.write_config()
 
     def write_config(self) -> None:
-        docker = ['network = "none"', "stop_grace_seconds = 1"]
+        swarm = self.backend == "swarm"
+        docker = [f'network = "{"bridge" if swarm else "none"}"', "stop_grace_seconds = 1"]
         if self.docker_url:
             docker.append(f'url = "{self.docker_url}"')
         storage = [f'data_dir = "{self.data_dir}"']
         if self.max_log_bytes:
             storage.append(f"max_log_bytes = {self.max_log_bytes}")
+        executor = f'[executor]\nbackend = "{self.backend}"\n\n' if swarm else ""
         harness.write_config(
             self.config_path,
             self.data_dir,
             "[storage]\n" + "\n".join(storage) + "\n\n"
-            "[docker]\n" + "\n".join(docker) + "\n\n"
-            f"[scheduler]\nmax_concurrent_runs = {self.max_concurrent_runs}\n"
+            "[docker]\n" + "\n".join(docker) + "\n\n" + executor + "[scheduler]\n"
+            f"max_concurrent_runs = {self.max_concurrent_runs}\n"
             f'on_shutdown = "{self.on_shutdown}"\n',
         )
 
@@ -286,6 +292,26 @@ class Daemon(harness.Daemon):
             return None
         finally:
             self.proc = None
+
+    def remove_containers(self) -> list[str]:
+        """Remove every container it made (on the swarm backend: every service it
+        made, through the manager `docker_url` names); their ids or names."""
+        if self.backend != "swarm":
+            return super().remove_containers()
+        try:
+            label = f"{harness.LABEL_DAEMON}={self.daemon_id()}"
+        except sqlite3.Error:
+            return []
+        filters = json.dumps({"label": [label]})
+        status, listed = harness.engine_api(
+            "GET", "/services", {"filters": filters}, host=self.docker_url
+        )
+        if status != 200:
+            raise RuntimeError(f"the swarm did not list services ({status}): {listed}")
+        names = [str(s["Spec"]["Name"]) for s in listed]
+        for name in names:
+            harness.engine_api("DELETE", f"/services/{name}", host=self.docker_url)
+        return names
 
     def close(self) -> None:
         """Stop it, remove every container it made, delete its data dir (its log

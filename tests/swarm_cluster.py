@@ -316,6 +316,9 @@ class Node:
     bridge: str  # the bridge its docker_gwbridge network makes
     labels: dict[str, str]
     node_id: str = ""  # its swarm node id, once it is in the swarm
+    # DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1 for its dockerd (from its next start):
+    # it never pulls a task's image. False: it pulls as a node of a real swarm does.
+    prefer_offline: bool = True
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -598,7 +601,10 @@ class SwarmCluster:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
-                env={**os.environ, "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE": "1"},
+                env={
+                    **os.environ,
+                    "DOCKER_SERVICE_PREFER_OFFLINE_IMAGE": "1" if node.prefer_offline else "0",
+                },
                 # Its own session: a ^C meant for the test run does not reach it, and
                 # it outlives `python -m tests.swarm_cluster up`.
                 start_new_session=True,

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import Api, Daemon, wait_until
+from registry import REPOSITORY, TAG, Registry
 
 from tests.swarm_cluster import SwarmCluster
 
@@ -184,3 +185,66 @@ async def test_a_daemon_killed_mid_run_reattaches_and_records_the_real_exit_code
     ), done
     assert await api.logs(runner["id"], run["id"]) == b"a\nb\n"
     await nothing_left(swarm_cluster, daemon)
+
+
+async def test_a_private_image_is_pulled_by_the_node_that_runs_it_with_the_registrys_credentials(
+    start_daemon: Callable[..., Daemon],
+    http: aiohttp.ClientSession,
+    swarm_cluster: SwarmCluster,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # The image is pushed from the manager and is on no worker. Node 2 is restarted
+    # as a node of a real swarm is (the test swarm's nodes never pull: see
+    # tests/swarm_cluster.py) and the run placed there: it runs only if node 2
+    # pulled the image, and the registry lets nobody pull without the credentials.
+    registry = Registry(tmp_path_factory.mktemp("registry"))
+    registry.start()
+    node2 = swarm_cluster.node(2)
+    try:
+        registry.push_test_image()
+        node2.prefer_offline = False
+        swarm_cluster.stop_node(2)
+        swarm_cluster.start_node(2)
+        daemon = start_daemon(f'[swarm]\nplacement = ["node.id=={node2.node_id}"]\n')
+        api = api_for(http, daemon)
+        status, data = await api.post(
+            "/v1/container_registries",
+            {
+                "name": "private",
+                "host": registry.host,
+                "username": registry.username,
+                "password": registry.password,
+            },
+        )
+        assert status == 200, data
+        runner = await api.create_runner(
+            image_name=REPOSITORY,
+            image_tag=TAG,
+            run_command="echo hello from the private image",
+            container_registry_id=data["container_registry"]["id"],
+        )
+        mark = registry.mark()
+        run = await api.trigger(runner["id"])
+        done = await api.wait_done(runner["id"], run["id"], timeout=90)
+        assert done["status"] == "succeeded", done
+        assert done["node"] == "runnerd-node-2", done
+        assert await api.logs(runner["id"], run["id"]) == b"hello from the private image\n"
+        manifests = [r for r in registry.requests(mark) if "/manifests/" in r.uri]
+        assert len(manifests) >= 2 and all(r.status == 200 for r in manifests), manifests
+        assert registry.password not in daemon.log_text()
+        # Pinned by digest: the node's copy is the registry's, by that digest.
+        status, images = node2.api("GET", "/images/json")
+        assert status == 200, images
+        digests = [d for i in images for d in i.get("RepoDigests") or []]
+        assert any(d.startswith(f"{registry.host}/{REPOSITORY}@sha256:") for d in digests), images
+    finally:
+        registry.stop()
+        if not node2.prefer_offline:
+            node2.prefer_offline = True
+            swarm_cluster.stop_node(2)
+            swarm_cluster.start_node(2)
+        for node in swarm_cluster.nodes:
+            for image in node.api("GET", "/images/json")[1]:
+                names = (image.get("RepoTags") or []) + (image.get("RepoDigests") or [])
+                if any(n.startswith(registry.host) for n in names):
+                    node.api("DELETE", f"/images/{image['Id']}", {"force": "1"})
