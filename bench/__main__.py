@@ -5,6 +5,10 @@ Runs runnerd's benchmark figures against a real engine (Docker, or Podman throug
 its Docker-compatible socket), each next to a baseline measured in the same run on
 the same engine, prints the table and writes it (with the machine and a note on
 each figure's method) to a Markdown file.
+
+P9 (the swarm backend) is opt-in: it brings up a three-node swarm of its own (root,
+three extra dockerds), so it runs only when named (`--only P9`), never by default
+and not in a plain `--quick` run.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from . import (
     p6_queue,
     p7_schedules,
     p8_dashboard,
+    p9_swarm,
     report,
 )
 from .common import (
@@ -59,7 +64,10 @@ FIGURES: dict[str, ModuleType] = {
     "P6": p6_queue,
     "P7": p7_schedules,
     "P8": p8_dashboard,
+    "P9": p9_swarm,
 }
+# Figures that run only when --only names them: P9 starts a swarm of its own.
+OPT_IN = frozenset({"P9"})
 # A figure that runs past this is stopped and reported as an error.
 FIGURE_TIMEOUT = {"quick": 240.0, "full": 1800.0}
 
@@ -77,7 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         "the figures are not worth quoting",
     )
     parser.add_argument(
-        "--only", metavar="P1,P3", help="comma-separated figures to run (default: all)"
+        "--only",
+        metavar="P1,P3",
+        help="comma-separated figures to run (default: all but the opt-in P9, the swarm "
+        "backend on a three-node swarm it starts itself, which needs root and runs only "
+        "when named here: `--only P9`)",
     )
     parser.add_argument(
         "--engine",
@@ -98,9 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         "--out",
         metavar="PATH",
         help="Markdown file to write the table to (default: "
-        "docs/benchmarks.md for a full run of every figure on Docker; a --quick, "
+        "docs/benchmarks.md for a full run of the default figures on Docker; a --quick, "
         "--only or --engine podman run writes no file unless --out is given). Text "
-        "outside the generated block of an existing file is kept.",
+        "outside the generated block of an existing file is kept; without --merge the "
+        "block holds only the figures run (add P9 back with `--only P9 --merge`).",
     )
     parser.add_argument(
         "--merge",
@@ -125,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    keys = list(FIGURES)
+    keys = [k for k in FIGURES if k not in OPT_IN]
     if args.only:
         keys = [k.strip().upper() for k in args.only.split(",") if k.strip()]
         unknown = [k for k in keys if k not in FIGURES]

@@ -131,6 +131,20 @@ class RegistryCredentials:
         return f"RegistryCredentials(host={self.host!r}, username={self.username!r})"
 
 
+def registry_auth(credentials: RegistryCredentials | None) -> dict[str, str]:
+    """The X-Registry-Auth header that hands the engine a registry's credentials
+    (for a pull, or a swarm service whose nodes pull); none without credentials."""
+    if credentials is None:
+        return {}
+    auth = {
+        "username": credentials.username,
+        "password": credentials.password,
+        "serveraddress": auth_address(credentials.host),
+    }
+    encoded = base64.urlsafe_b64encode(json.dumps(auth).encode("utf-8")).decode("ascii")
+    return {"X-Registry-Auth": encoded}
+
+
 @dataclass
 class ContainerState:
     """What the engine says of a container: `status` is Docker's (created,
@@ -467,9 +481,9 @@ class Engine:
         except DockerError as e:
             if e.status == 404:
                 return False
-            raise _engine_error(e, f"could not inspect image {ref}", "inspect_image") from None
+            raise as_engine_error(e, f"could not inspect image {ref}", "inspect_image") from None
         except (aiohttp.ClientError, OSError) as e:
-            raise _engine_error(e, f"could not inspect image {ref}", "inspect_image") from None
+            raise as_engine_error(e, f"could not inspect image {ref}", "inspect_image") from None
 
     async def pull(self, ref: str, credentials: RegistryCredentials | None = None) -> None:
         """Pull `ref` (with the registry's credentials, sent as X-Registry-Auth).
@@ -490,16 +504,7 @@ class Engine:
         # one overwrites serveraddress with the name's first part ("myorg" for
         # Docker Hub's myorg/job) and raises ValueError for a name without one
         # ("busybox").
-        headers: dict[str, str] = {}
-        if credentials is not None:
-            auth = {
-                "username": credentials.username,
-                "password": credentials.password,
-                "serveraddress": auth_address(credentials.host),
-            }
-            headers["X-Registry-Auth"] = base64.urlsafe_b64encode(
-                json.dumps(auth).encode("utf-8")
-            ).decode("ascii")
+        headers = registry_auth(credentials)
         layers: dict[str, str] = {}
         loop = asyncio.get_running_loop()
         try:
@@ -546,7 +551,7 @@ class Engine:
             raise EngineError(f"could not pull image {ref}: {why}") from None
         except (DockerError, aiohttp.ClientError, OSError) as e:
             metrics.image_pulled(ok=False)
-            error = _engine_error(e, f"could not pull image {ref}", "pull")
+            error = as_engine_error(e, f"could not pull image {ref}", "pull")
             if credentials is not None and credentials.password:
                 error = type(error)(str(error).replace(credentials.password, "***"), error.status)
             raise error from None
@@ -589,9 +594,9 @@ class Engine:
         except DockerError as e:
             if e.status == 500 and "name is already in use" in str(e.message):
                 e = DockerError(409, str(e.message))  # Podman answers a name conflict with 500
-            raise _engine_error(e, "could not create the container", "create") from None
+            raise as_engine_error(e, "could not create the container", "create") from None
         except (aiohttp.ClientError, OSError) as e:
-            raise _engine_error(e, "could not create the container", "create") from None
+            raise as_engine_error(e, "could not create the container", "create") from None
         return str(container.id)
 
     async def start(self, container_id: str) -> None:
@@ -600,7 +605,7 @@ class Engine:
                 self._container(container_id).start(), "could not start the container", "start"
             )
         except (DockerError, aiohttp.ClientError, OSError) as e:
-            raise _engine_error(e, "could not start the container", "start") from None
+            raise as_engine_error(e, "could not start the container", "start") from None
 
     def node_of(self, container_id: str) -> str | None:
         """The node a started container runs on, on an engine of several (Swarm);
@@ -613,7 +618,7 @@ class Engine:
         try:
             data = await self._container(container_id).wait(timeout=_NO_TIMEOUT)
         except (DockerError, aiohttp.ClientError, OSError) as e:
-            raise _engine_error(e, "lost the container while waiting for it", "wait") from None
+            raise as_engine_error(e, "lost the container while waiting for it", "wait") from None
         if data.get("Error") and data["Error"].get("Message"):
             log.warning(
                 "engine reported on wait for %s: %s", container_id[:12], data["Error"]["Message"]
@@ -644,9 +649,9 @@ class Engine:
         except DockerError as e:
             if e.status in (404, 409) or _not_running(e):  # gone, or not running
                 return False
-            raise _engine_error(e, "could not signal the container", "kill") from None
+            raise as_engine_error(e, "could not signal the container", "kill") from None
         except (aiohttp.ClientError, OSError) as e:
-            raise _engine_error(e, "could not signal the container", "kill") from None
+            raise as_engine_error(e, "could not signal the container", "kill") from None
 
     async def remove(self, container_id: str) -> None:
         try:
@@ -658,9 +663,9 @@ class Engine:
         except DockerError as e:
             if e.status == 404:
                 return
-            raise _engine_error(e, "could not remove the container", "remove") from None
+            raise as_engine_error(e, "could not remove the container", "remove") from None
         except (aiohttp.ClientError, OSError) as e:
-            raise _engine_error(e, "could not remove the container", "remove") from None
+            raise as_engine_error(e, "could not remove the container", "remove") from None
 
     async def output(
         self, container_id: str, since_ns: int = 0, follow: bool = True
@@ -720,9 +725,9 @@ class Engine:
                             )
                         yield batch
         except DockerError as e:
-            raise _engine_error(e, "could not read the container's output", "logs") from None
+            raise as_engine_error(e, "could not read the container's output", "logs") from None
         except (aiohttp.ClientError, OSError) as e:
-            raise _engine_error(e, "lost the container's output stream", "logs") from None
+            raise as_engine_error(e, "lost the container's output stream", "logs") from None
 
     async def inspect(self, container_id: str) -> ContainerState | None:
         """The container's state, or None when the engine has no such container."""
@@ -735,9 +740,9 @@ class Engine:
         except DockerError as e:
             if e.status == 404:
                 return None
-            raise _engine_error(e, "could not inspect the container", "inspect") from None
+            raise as_engine_error(e, "could not inspect the container", "inspect") from None
         except (aiohttp.ClientError, OSError) as e:
-            raise _engine_error(e, "could not inspect the container", "inspect") from None
+            raise as_engine_error(e, "could not inspect the container", "inspect") from None
         state = data.get("State") or {}
         return ContainerState(
             id=data["Id"],
@@ -759,7 +764,7 @@ class Engine:
                 "list",
             )
         except (DockerError, aiohttp.ClientError, OSError) as e:
-            raise _engine_error(e, "could not list containers", "list") from None
+            raise as_engine_error(e, "could not list containers", "list") from None
         return [
             {"Id": c.id, **{k: c[k] for k in ("Labels", "State", "Status") if k in c}}
             for c in containers
@@ -920,7 +925,7 @@ def _reason(e: BaseException) -> str:
     return str(e).strip() or type(e).__name__
 
 
-def _engine_error(e: BaseException, what: str, operation: str) -> EngineError:
+def as_engine_error(e: BaseException, what: str, operation: str) -> EngineError:
     metrics.engine_error(operation)
     if isinstance(e, DockerError):
         if e.status == 900:  # aiodocker's "cannot connect"

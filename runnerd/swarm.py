@@ -29,7 +29,6 @@ Checked against Docker 20.10 (API 1.41), where they decide how it is done:
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import time
@@ -47,9 +46,9 @@ from .engine import (
     Engine,
     EngineError,
     OutputBatch,
-    _engine_error,
+    as_engine_error,
+    registry_auth,
 )
-from .images import auth_address
 
 log = logging.getLogger("runnerd.swarm")
 
@@ -138,7 +137,7 @@ class SwarmEngine(Engine):
         try:
             return await self._bounded(call(), what, path.split("/")[0])
         except (DockerError, aiohttp.ClientError, OSError, ValueError) as e:
-            raise _engine_error(e, what, path.split("/")[0]) from None
+            raise as_engine_error(e, what, path.split("/")[0]) from None
 
     async def _tasks(self, service: str) -> list[dict[str, Any]] | None:
         """The service's tasks, oldest first; None when there is no such service."""
@@ -259,16 +258,7 @@ class SwarmEngine(Engine):
         spec = self._specs.pop(container_id, None)
         if spec is None:
             raise EngineError(f"could not start service {container_id}: it was never created")
-        headers: dict[str, str] = {}
-        if spec.credentials is not None:
-            auth = {
-                "username": spec.credentials.username,
-                "password": spec.credentials.password,
-                "serveraddress": auth_address(spec.credentials.host),
-            }
-            headers["X-Registry-Auth"] = base64.urlsafe_b64encode(
-                json.dumps(auth).encode("utf-8")
-            ).decode("ascii")
+        headers = registry_auth(spec.credentials)
         image = await self._pinned(spec.image)
         try:
             await self._request(

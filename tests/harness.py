@@ -103,8 +103,10 @@ def engine_for(name: str) -> EngineUnderTest:
     raise ValueError(f"no engine called {name!r}")
 
 
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """http.client's connection, to a unix socket (an engine's API)."""
+
+    def __init__(self, path: str, timeout: float | None) -> None:
         super().__init__("localhost", timeout=timeout)
         self.unix_path = path
 
@@ -134,7 +136,7 @@ def engine_api(
     host = host or os.environ.get("DOCKER_HOST") or DOCKER_DEFAULT_HOST
     if not host.startswith("unix://"):
         raise ValueError(f"the test harness talks to engines on unix sockets, not {host}")
-    conn = _UnixHTTPConnection(host[len("unix://") :], timeout)
+    conn = UnixHTTPConnection(host[len("unix://") :], timeout)
     try:
         conn.request(method, path + ("?" + urlencode(params) if params else ""))
         resp = conn.getresponse()

@@ -52,13 +52,11 @@ from __future__ import annotations
 import argparse
 import ctypes
 import hashlib
-import http.client
 import json
 import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -69,7 +67,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
-from tests.harness import TEST_IMAGE, engine_for
+from tests.harness import TEST_IMAGE, UnixHTTPConnection, engine_for
 
 API = "/v1.41"  # docker.io 20.10's API; every request names it
 DEFAULT_STATE_DIR = Path("/run/runnerd-swarm")
@@ -178,22 +176,6 @@ def shim_socket(address: str, namespace: str, shim_id: str) -> Path:
 # -- talking to engines -------------------------------------------------------------
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(self.unix_path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 def engine_request(
     host: str,
     method: str,
@@ -208,7 +190,7 @@ def engine_request(
     version prefix is added)."""
     if not host.startswith("unix://"):
         raise ValueError(f"the swarm nodes listen on unix sockets, not {host}")
-    conn = _UnixConnection(host[len("unix://") :], timeout)
+    conn = UnixHTTPConnection(host[len("unix://") :], timeout)
     try:
         headers = {"Content-Type": content_type} if body is not None else {}
         conn.request(method, path + ("?" + urlencode(params) if params else ""), body, headers)

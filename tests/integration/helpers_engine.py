@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import http.client
 import json
 import os
-import socket
 import time
 import urllib.parse
 from typing import Any
@@ -27,6 +25,7 @@ import aiohttp
 from conftest import BACKEND_ENV, wait_until
 
 from runnerd.engine import PODMAN, engine_kind
+from tests.harness import UnixHTTPConnection
 from tests.swarm_cluster import SwarmCluster
 
 LABEL_DAEMON = "io.runnerd.daemon"
@@ -266,18 +265,6 @@ def stream_errors(body: bytes, what: str) -> None:
             raise AssertionError(f"{what} failed: {item['error']}")
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float | None) -> None:
-        super().__init__("docker", timeout=timeout)
-        self.socket_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.socket_path)
-        self.sock = sock
-
-
 class EngineApi:
     """The engine's API, synchronous: one connection per call, on the socket
     DOCKER_HOST names when the call is made."""
@@ -298,7 +285,7 @@ class EngineApi:
         """One call: `body` is sent as JSON, or `data` as it is."""
         if params:
             path += "?" + urllib.parse.urlencode(params)
-        conn = _UnixConnection(docker_socket(), self.timeout)
+        conn = UnixHTTPConnection(docker_socket(), self.timeout)
         try:
             conn.request(
                 method,
