@@ -704,6 +704,7 @@ class Engine:
                     if self._kind is not None and self._kind.joins_line_pieces
                     else None
                 )
+                ends = _LineEnds() if joiner is None else None
                 content = response.content
                 while True:
                     # read() also raises the stream's buffer limits to this size.
@@ -717,6 +718,8 @@ class Engine:
                     for batch in splitter.feed(data):
                         if joiner is not None:
                             batch.records = joiner.feed(batch.records)
+                        elif ends is not None:
+                            ends.feed(batch.records)
                         if batch.error is not None:
                             log.warning(
                                 "the engine reported on the output of %s: %s",
@@ -856,6 +859,39 @@ class _FrameSplitter:
 # Podman's pieces of a line are joined up to this size, as Docker's own log reader
 # cuts a longer line into messages of 16 KiB.
 LINE_JOIN_BYTES = 16 * 1024
+
+
+# Docker's log drivers keep a line longer than their buffer as messages of this size.
+DOCKER_PIECE_BYTES = 16 * 1024
+
+
+class _LineEnds:
+    """Gives a long line back its newline. Docker logs a line longer than 16 KiB
+    as pieces, and its logs API (a container's, a swarm task's) gives the `local`
+    driver's pieces all without a newline, the last one too (moby's reader adds
+    one only to a message that is not a piece), so the line's own is lost. A
+    message of exactly DOCKER_PIECE_BYTES without a newline is such a piece; the
+    next message of its stream ends that line, and gets its newline back unless it
+    has one (json-file's readers keep it). What this cannot tell apart: a line
+    longer than 16 KiB that ends the output without a newline gets one."""
+
+    def __init__(self) -> None:
+        self._open = [False, False, False]  # by stream: inside a long line
+
+    def feed(self, records: list[tuple[int, int, memoryview]]) -> None:
+        """Mend `records` in place (the stream's messages in order, batch by batch)."""
+        is_open = self._open
+        for i, (stream, ts_ns, data) in enumerate(records):
+            if stream > 2:
+                continue
+            n = len(data)
+            piece = n == DOCKER_PIECE_BYTES and data[n - 1] != 0x0A
+            if is_open[stream] and not piece:
+                is_open[stream] = False
+                if n == 0 or data[n - 1] != 0x0A:
+                    records[i] = (stream, ts_ns, memoryview(bytes(data) + b"\n"))
+            elif piece:
+                is_open[stream] = True
 
 
 class _LineJoiner:

@@ -280,6 +280,20 @@ async def test_twenty_million_bytes_of_output_come_back_byte_for_byte(
     await engine.wait_gone(done["id"])
 
 
+async def test_lines_longer_than_the_engines_16_kib_pieces_keep_their_newlines(
+    api: Api,
+) -> None:
+    # Docker keeps such a line as 16 KiB pieces, and its logs API gives the last
+    # piece without the line's newline (runnerd.engine._LineEnds gives it back).
+    # 16,384 is one whole piece then an empty one; 16,383 one message with its newline.
+    lengths = {"a": 40_000, "b": 16_384, "c": 16_383, "d": 70_000, "e": 5}
+    command = "; ".join(f"head -c {n} /dev/zero | tr '\\0' {c}; echo" for c, n in lengths.items())
+    _, done, logs = await run_to_end(api, run_command=f"{command}; printf end")
+    assert done["status"] == "succeeded", done
+    expected = b"".join(c.encode() * n + b"\n" for c, n in lengths.items()) + b"end"
+    assert_same_bytes(logs, expected)
+
+
 async def test_many_mb_of_interleaved_stdout_and_stderr_are_all_kept_in_order(
     api: Api, daemon: Daemon
 ) -> None:

@@ -6,7 +6,7 @@ import calendar
 import struct
 import time
 
-from runnerd.engine import _FrameSplitter
+from runnerd.engine import DOCKER_PIECE_BYTES, _FrameSplitter, _LineEnds
 
 
 def frame(stream: int, payload: bytes) -> bytes:
@@ -69,3 +69,49 @@ def test_the_engines_own_error_is_reported_in_place_not_as_output() -> None:
         (0, "Error grabbing logs: log decode failed"),
         (1, None),
     ]
+
+
+def mend(batches: list[list[tuple[int, bytes]]]) -> bytes:
+    """What _LineEnds gives for batches of (stream, message), stdout joined."""
+    ends = _LineEnds()
+    out = b""
+    for batch in batches:
+        records = [(s, i, memoryview(d)) for i, (s, d) in enumerate(batch)]
+        ends.feed(records)
+        out += b"".join(bytes(d) for s, _, d in records if s == 1)
+    return out
+
+
+PIECE = DOCKER_PIECE_BYTES
+
+
+def test_a_long_lines_last_piece_gets_back_the_newline_dockers_logs_api_dropped() -> None:
+    # 40,000 "a", newline, "next": the local driver's messages as the API gives them.
+    messages = [(1, b"a" * PIECE), (1, b"a" * PIECE), (1, b"a" * 7232), (1, b"next\n")]
+    assert mend([messages]) == b"a" * 40_000 + b"\nnext\n"
+    # The same, whatever batches the stream came in.
+    assert mend([[m] for m in messages]) == b"a" * 40_000 + b"\nnext\n"
+
+
+def test_a_line_of_exactly_one_piece_ends_with_the_empty_message_after_it() -> None:
+    assert mend([[(1, b"b" * PIECE), (1, b""), (1, b"x\n")]]) == b"b" * PIECE + b"\nx\n"
+
+
+def test_short_lines_a_full_sized_line_with_its_newline_and_json_files_ends_are_kept() -> None:
+    short = [(1, b"one\n"), (1, b"last without newline")]
+    assert mend([short]) == b"one\nlast without newline"
+    full = b"c" * (PIECE - 1) + b"\n"  # one message of 16 KiB that is a whole line
+    assert mend([[(1, full), (1, b"d\n")]]) == full + b"d\n"
+    # json-file's reader keeps a long line's newline on its last piece: not doubled.
+    assert mend([[(1, b"e" * PIECE), (1, b"e\n")]]) == b"e" * PIECE + b"e\n"
+
+
+def test_each_stream_ends_its_own_long_line() -> None:
+    ends = _LineEnds()
+    records = [
+        (1, 1, memoryview(b"o" * PIECE)),
+        (2, 2, memoryview(b"err line\n")),  # stderr between stdout's pieces
+        (1, 3, memoryview(b"o")),
+    ]
+    ends.feed(records)
+    assert [bytes(d) for _, _, d in records] == [b"o" * PIECE, b"err line\n", b"o\n"]
