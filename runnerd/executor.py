@@ -634,6 +634,9 @@ class Executor:
                 await self._record_node(run, state.node)
             if state.lost is not None:
                 self._lost[run.id] = state.lost
+                self._incomplete(
+                    run, writer, f"the run was lost ({state.lost}): its output stops here"
+                )
                 return None
             if state.status == "created":  # marked running, then the daemon or engine died
                 await self.engine.start(container_id)
@@ -667,6 +670,7 @@ class Executor:
                     )
             except ContainerLost as e:  # its node went away: nothing more to read or wait for
                 self._lost[run.id] = str(e)
+                self._incomplete(run, writer, f"the run was lost ({e}): its output stops here")
                 return None
             except TimeoutError:
                 timed_out = True

@@ -13,7 +13,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import pytest
 from conftest import Api, Daemon, wait_until
+
+pytestmark = pytest.mark.swarm  # these run on the swarm backend too
 
 SSE = {"Accept": "text/event-stream"}
 JSON = {"Accept": "application/json"}

@@ -12,8 +12,11 @@ from datetime import datetime
 from typing import Any
 
 import aiohttp
+import pytest
 from conftest import Api, Daemon, wait_until
 from webhook_receiver import Receiver, receiver  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.swarm  # these run on the swarm backend too
 
 SECRET = "0123456789abcdef-secret"
 WEBHOOKS = f'[webhooks]\nsecret = "{SECRET}"\n'

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 import pytest
-from conftest import Api, Daemon, wait_until
+from conftest import TEST_IMAGE, Api, Daemon, wait_until
 from registry import REPOSITORY, TAG, Registry
 
 from tests.swarm_cluster import SwarmCluster
@@ -147,6 +148,11 @@ async def test_a_killed_worker_loses_its_run_and_the_retry_runs_on_another_node(
         lost = await api.wait_done(runner["id"], running["id"], timeout=90)
         assert (lost["status"], lost["failure_reason"]) == ("failed", "lost"), lost
         assert node in lost["error"], lost["error"]
+        # What it wrote before is kept; that more may have come is said, not hidden.
+        assert lost["log_incomplete"] is True, lost
+        lost_log = await api.logs(runner["id"], lost["id"])
+        assert lost_log.startswith(b"started\n"), lost_log
+        assert b"this log may be incomplete: the run was lost" in lost_log, lost_log
 
         async def retried() -> dict[str, Any] | None:
             runs = await runs_of(api, runner["id"])
@@ -243,8 +249,48 @@ async def test_a_private_image_is_pulled_by_the_node_that_runs_it_with_the_regis
             node2.prefer_offline = True
             swarm_cluster.stop_node(2)
             swarm_cluster.start_node(2)
+        # The registry's names go, by name: on the manager the pushed image is the
+        # test image itself (the same id), which every later test needs.
         for node in swarm_cluster.nodes:
             for image in node.api("GET", "/images/json")[1]:
                 names = (image.get("RepoTags") or []) + (image.get("RepoDigests") or [])
-                if any(n.startswith(registry.host) for n in names):
-                    node.api("DELETE", f"/images/{image['Id']}", {"force": "1"})
+                for name in names:
+                    if name.startswith(registry.host):
+                        node.api("DELETE", f"/images/{quote(name, safe='')}")
+            assert node.api("GET", f"/images/{quote(TEST_IMAGE, safe='')}/json")[0] == 200
+
+
+async def test_a_manager_that_restarts_mid_run_is_waited_for_and_the_run_ends_as_it_did(
+    start_daemon: Callable[..., Daemon],
+    http: aiohttp.ClientSession,
+    swarm_cluster: SwarmCluster,
+) -> None:
+    # On a worker, so the manager's dockerd stopping does not stop the run itself.
+    daemon = start_daemon('[swarm]\nplacement = ["node.role==worker"]\n')
+    api = api_for(http, daemon)
+    runner = await api.create_runner(run_command="echo before; sleep 4; echo after; exit 3")
+    run = await api.trigger(runner["id"])
+
+    async def before_logged() -> bool:
+        return await api.logs(runner["id"], run["id"]) == b"before\n"
+
+    await wait_until(before_logged, timeout=60, what="the run's first line")
+    swarm_cluster.stop_node(1)
+    try:
+        # The engine does not answer: the run is neither lost nor finished meanwhile.
+        assert (await api.run(runner["id"], run["id"]))["status"] == "running"
+
+        async def waiting_logged() -> bool:
+            return "lost touch with the engine" in daemon.log_text()
+
+        await wait_until(waiting_logged, timeout=30, what="the daemon to wait for the engine")
+    finally:
+        swarm_cluster.start_node(1)
+    done = await api.wait_done(runner["id"], run["id"], timeout=120)
+    assert (done["status"], done["exit_code"], done["failure_reason"]) == (
+        "failed",
+        3,
+        "nonzero_exit",
+    ), done
+    assert await api.logs(runner["id"], run["id"]) == b"before\nafter\n"
+    await nothing_left(swarm_cluster, daemon)

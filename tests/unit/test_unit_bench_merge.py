@@ -26,18 +26,18 @@ def table_keys(text: str) -> list[str]:
 
 def test_merging_a_new_figure_keeps_every_other_figures_rows_and_notes() -> None:
     old = DOC.read_text()
-    block = report.merge(old, [figure("P9", "later")], quick=False, wall_seconds=60, info=INFO)
+    block = report.merge(old, [figure("P10", "later")], quick=False, wall_seconds=60, info=INFO)
     inside = old.split(report.BEGIN)[1].split(report.END)[0]
     before = [ln for ln in inside.splitlines() if ln.startswith("| P")]
     for line in before:
         assert line in block
     keys = table_keys(block)
-    assert keys == sorted(keys, key=report._key_order) and keys[-1] == "P9"
-    assert "**P9 later** (0 s). How P9 is measured." in block
-    assert "- P9 x" in block and "**P7 schedules**" in block
+    assert keys == sorted(keys, key=report._key_order) and keys[-1] == "P10"
+    assert "**P10 later** (0 s). How P10 is measured." in block
+    assert "- P10 x" in block and "**P7 schedules**" in block
     in_file = sorted({k for ln in before if (k := report._row_key(ln))}, key=report._key_order)
-    assert f"Figures: {', '.join([*in_file, 'P9'])}." in block
-    assert "Updated in place: P9 ran on 2026-12-02 15:00 UTC" in block
+    assert f"Figures: {', '.join([*in_file, 'P10'])}." in block
+    assert "Updated in place: P10 ran on 2026-12-02 15:00 UTC" in block
     assert block.startswith(report.BEGIN) and block.rstrip().endswith(report.END)
 
 
