@@ -32,7 +32,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -45,6 +45,7 @@ from .engine import (
     ContainerState,
     Engine,
     EngineError,
+    EngineUnavailable,
     OutputBatch,
     as_engine_error,
     registry_auth,
@@ -477,11 +478,11 @@ class SwarmEngine(Engine):
             )
         path = f"tasks/{task['ID']}/logs"
         if not follow:
-            async for batch in self._logs(path, container_id, since_ns, False):
+            async for batch in self._task_logs(path, container_id, since_ns, False):
                 yield batch
             return
         ended = asyncio.ensure_future(self._ended(container_id))
-        reader = self._logs(path, container_id, since_ns, True)
+        reader = self._task_logs(path, container_id, since_ns, True)
         try:
             while True:
                 nxt = asyncio.ensure_future(reader.__anext__())
@@ -506,6 +507,21 @@ class SwarmEngine(Engine):
             ended.cancel()
             await asyncio.gather(ended, return_exceptions=True)
             await reader.aclose()
+
+    async def _task_logs(
+        self, path: str, name: str, since_ns: int, follow: bool
+    ) -> AsyncGenerator[OutputBatch, None]:
+        """The task's log stream. The manager relays it from the task's node over
+        gRPC, and reports that relay breaking (the manager or the node going down)
+        inside the stream, as "rpc error: …": that is the stream breaking, raised
+        as EngineUnavailable so that the executor reads on from where it was once
+        the swarm answers, not a log that lost output."""
+        async for batch in self._logs(path, name, since_ns, follow):
+            if batch.error is not None and "rpc error:" in batch.error:
+                if batch.records:
+                    yield OutputBatch(batch.records)
+                raise EngineUnavailable(f"the swarm broke off the task's log: {batch.error}")
+            yield batch
 
     async def _ended(self, container_id: str) -> None:
         try:

@@ -141,6 +141,11 @@ async def test_a_killed_worker_loses_its_run_and_the_retry_runs_on_another_node(
         return (await api.run(runner["id"], first["id"]))["node"]
 
     node = await wait_until(node_known, timeout=30, what="the run's node")
+
+    async def started_logged() -> bool:
+        return await api.logs(runner["id"], first["id"]) == b"started\n"
+
+    await wait_until(started_logged, timeout=30, what="the run's first line in its log")
     index = int(node.rsplit("-", 1)[1])
     assert index in (2, 3), node
     swarm_cluster.kill_node(index)
