@@ -85,7 +85,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if "engine_under_test" in getattr(item, "fixturenames", ()):
             callspec = getattr(item, "callspec", None)
             name = callspec.params.get("engine_under_test", "docker") if callspec else "docker"
-            item.add_marker(pytest.mark.xdist_group(f"engine-{name}"))
+            # The swarm's tests go with Docker's: the Podman worker is the long pole
+            # of the suite, and the swarm is engines of its own (its three dockerds).
+            item.add_marker(
+                pytest.mark.xdist_group(f"engine-{'docker' if name == 'swarm' else name}")
+            )
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
