@@ -127,11 +127,11 @@ async def run(ctx: Context) -> FigureResult:
         )
     result.details.append(
         "CPU per run — runnerd, following: "
-        + _per_run(f_cpu, n)
+        + f_cpu.per_run(n)
         + "; runnerd, polling: "
-        + _per_run(p_cpu, n)
+        + p_cpu.per_run(n)
         + "; baseline: "
-        + _per_run(b_cpu, 2 * n)
+        + b_cpu.per_run(2 * n)
         + "."
     )
     result.details.append(
@@ -139,9 +139,3 @@ async def run(ctx: Context) -> FigureResult:
         f"{ms(b)}, median {ms(percentile(base_t, 50))}, max {ms(max(base_t))}."
     )
     return result
-
-
-def _per_run(meter: CpuMeter, runs: int) -> str:
-    return ", ".join(
-        f"{k} {v / runs * 1000:.0f} ms" for k, v in meter.used.items() if v >= 0.0005 * runs
-    )

@@ -534,14 +534,8 @@ async def run(ctx: Context) -> FigureResult:
     )
     for phase, meters, runs in (("(a)", seq_cpu, n), ("(b)", drain_cpu, m)):
         result.details.append(
-            f"{phase} CPU per run — runnerd on docker: {_per_run(meters['docker'], runs)}; "
-            f"runnerd on swarm: {_per_run(meters['swarm'], runs)}; bare Swarm: "
-            f"{_per_run(meters['bare'], runs)}; bare Docker: {_per_run(meters['direct'], runs)}."
+            f"{phase} CPU per run — runnerd on docker: {meters['docker'].per_run(runs, 1)}; "
+            f"runnerd on swarm: {meters['swarm'].per_run(runs, 1)}; bare Swarm: "
+            f"{meters['bare'].per_run(runs, 1)}; bare Docker: {meters['direct'].per_run(runs, 1)}."
         )
     return result
-
-
-def _per_run(meter: CpuMeter, runs: int) -> str:
-    return ", ".join(
-        f"{k} {v / runs * 1000:.1f} ms" for k, v in meter.used.items() if v >= 0.0005 * runs
-    )

@@ -34,6 +34,7 @@ from .engine import (
     LOG_PIECE_OVERHEAD,
     Engine,
     EngineError,
+    EngineNotReady,
     connection_limit,
     log_file_bytes,
 )
@@ -220,6 +221,8 @@ async def serve(config: Config) -> Stopped:
             log_retries(store, config.tz)
             try:
                 await engine.version()  # logs which engine it is
+            except EngineNotReady as e:
+                log.warning("%s; runs stay pending meanwhile", e)
             except EngineError as e:
                 log.warning("%s; runs stay pending until it does", e)
             daemon_id = await store.daemon_id()
@@ -580,6 +583,8 @@ def _service_status(
                 async with asyncio.timeout(ENGINE_CHECK_SECONDS / 2):  # within the check's bound
                     await engine.version()
                 engine_note = ""
+            except EngineNotReady as e:
+                engine_note = f"; {e}; runs stay pending"
             except (EngineError, TimeoutError):
                 engine_note = "; the Docker engine does not answer, runs stay pending"
         health = scheduler.health

@@ -78,6 +78,12 @@ class EngineUnavailable(EngineError):
     """The engine does not answer at all."""
 
 
+class EngineNotReady(EngineUnavailable):
+    """The engine answers but cannot run anything yet, e.g. the swarm backend's
+    engine is not a swarm manager (any more); `str()` says why. Runs stay pending,
+    as while it does not answer."""
+
+
 class EngineTimeout(EngineUnavailable):
     """The engine took the request but did not answer it in time."""
 

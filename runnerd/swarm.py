@@ -45,6 +45,7 @@ from .engine import (
     ContainerState,
     Engine,
     EngineError,
+    EngineNotReady,
     EngineUnavailable,
     OutputBatch,
     as_engine_error,
@@ -62,6 +63,7 @@ POLL_FIRST = 0.05  # a task's state is asked for this often at first, doubling u
 POLL_MAX = 1.0
 STOP_POLL = 0.02  # while a stopped task exits: its exit code is visible only briefly
 NODE_CHECK_SECONDS = 5.0  # how often a running task's node is asked whether it is up
+MANAGER_CHECK_SECONDS = 5.0  # a create trusts a check that the engine is a manager this long
 TAIL_QUIET_SECONDS = 0.25  # after its task ended, a follow stream quiet this long is done
 
 
@@ -98,6 +100,7 @@ class SwarmEngine(Engine):
         self._tailed: set[str] = set()  # followed to the end of the task's output
         self._node_names: dict[str, str] = {}  # node id -> its name
         self._placed: dict[str, str] = {}  # service -> the name of its task's node
+        self._manager_at = -MANAGER_CHECK_SECONDS  # when the engine last was a manager
 
     credentials_on_start = True
 
@@ -111,7 +114,13 @@ class SwarmEngine(Engine):
                 f"the engine at [docker] url speaks API {api}; the swarm backend needs "
                 f"{'.'.join(map(str, MIN_API_VERSION))} or later (Docker 20.10+)"
             )
+        await self._manager()
         return version
+
+    async def _manager(self) -> None:
+        """Raises EngineNotReady unless the engine is a swarm manager (see _request)."""
+        await self._request("GET", "swarm", "could not inspect the swarm")
+        self._manager_at = time.monotonic()
 
     async def _request(
         self,
@@ -138,7 +147,18 @@ class SwarmEngine(Engine):
         try:
             return await self._bounded(call(), what, path.split("/")[0])
         except (DockerError, aiohttp.ClientError, OSError, ValueError) as e:
-            raise as_engine_error(e, what, path.split("/")[0]) from None
+            error = as_engine_error(e, what, path.split("/")[0])
+        if error.status == 503:
+            # The engine is in no swarm, a worker, or a manager without a leader
+            # (moby answers each with 503, "unavailable"): no service call can
+            # work until that changes, so runs stay pending meanwhile.
+            raise EngineNotReady(
+                f"the engine at [docker] url cannot manage the swarm: {error}; the swarm "
+                "backend needs a manager's API (point [docker] url at a manager, or make "
+                "this engine one: docker swarm init, docker node promote)",
+                error.status,
+            )
+        raise error
 
     async def _tasks(self, service: str) -> list[dict[str, Any]] | None:
         """The service's tasks, oldest first; None when there is no such service."""
@@ -204,7 +224,11 @@ class SwarmEngine(Engine):
 
     async def create(self, spec: ContainerSpec) -> str:
         """Nothing is made yet: a service starts as it is created, and a run is
-        marked running before it starts (see Executor). The name stands for it."""
+        marked running before it starts (see Executor). The name stands for it.
+        The engine must be a manager (checked at most every few seconds): if not,
+        EngineNotReady leaves the run pending."""
+        if time.monotonic() - self._manager_at > MANAGER_CHECK_SECONDS:
+            await self._manager()
         self._specs[spec.name] = spec
         return spec.name
 

@@ -70,7 +70,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
             raise pytest.UsageError(str(e)) from None
         if metafunc.definition.get_closest_marker("swarm_only") is not None:
             names = [n for n in names if n == "swarm"]
-        elif metafunc.definition.get_closest_marker("swarm") is None:
+        elif (
+            metafunc.definition.get_closest_marker("swarm") is None
+            or metafunc.definition.get_closest_marker("no_swarm") is not None
+        ):
             names = [n for n in names if n != "swarm"]
         metafunc.parametrize("engine_under_test", names, indirect=True, scope="session", ids=names)
 
@@ -78,18 +81,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups (its hook is registered later)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Under `--dist loadgroup` (tests/run.sh's full tier), one xdist worker runs
-    all of an engine's tests, so both engines run side by side and no engine sees
-    two tests of ours at once more than it did with one engine. Tests with no
-    engine have no group: they fill in wherever a worker is free."""
+    all of an engine's tests (the swarm's: its three dockerds), so the engines run
+    side by side and no engine sees two tests of ours at once more than it did
+    with one engine. Tests with no engine have no group: they fill in wherever a
+    worker is free."""
     for item in items:
         if "engine_under_test" in getattr(item, "fixturenames", ()):
             callspec = getattr(item, "callspec", None)
             name = callspec.params.get("engine_under_test", "docker") if callspec else "docker"
-            # The swarm's tests go with Docker's: the Podman worker is the long pole
-            # of the suite, and the swarm is engines of its own (its three dockerds).
-            item.add_marker(
-                pytest.mark.xdist_group(f"engine-{'docker' if name == 'swarm' else name}")
-            )
+            item.add_marker(pytest.mark.xdist_group(f"engine-{name}"))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -236,12 +236,14 @@ if ! browser_ok; then
   exit 1
 fi
 
-# 8. The suite, in two pytest-xdist workers (--dist loadgroup): tests/conftest.py
-#    puts all of an engine's tests in one xdist group, so Docker's and Podman's run
-#    side by side, each engine seeing one test of ours at a time; the tests with no
-#    engine fill in wherever a worker is free. RUNNERD_TEST_WORKERS=0 runs it all in
-#    one process (about twice as long).
-workers="${RUNNERD_TEST_WORKERS:-2}"
+# 8. The suite, in pytest-xdist workers (--dist loadgroup): tests/conftest.py puts
+#    all of an engine's tests in one xdist group, so Docker's, Podman's and the
+#    swarm's run side by side, each engine seeing one test of ours at a time; the
+#    tests with no engine fill in wherever a worker is free. One worker per engine
+#    (three on 2 cores: the engine tests mostly wait on containers and polls).
+#    RUNNERD_TEST_WORKERS=0 runs it all in one process (about twice as long).
+engines=$(tr ',' '\n' <<<"$RUNNERD_TEST_ENGINES" | grep -c .)
+workers="${RUNNERD_TEST_WORKERS:-$((engines > 2 ? engines : 2))}"
 if [ "$workers" = 0 ]; then
   exec "$venv/bin/python" -m pytest "$@"
 fi

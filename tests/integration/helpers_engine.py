@@ -267,10 +267,15 @@ def stream_errors(body: bytes, what: str) -> None:
 
 class EngineApi:
     """The engine's API, synchronous: one connection per call, on the socket
-    DOCKER_HOST names when the call is made."""
+    DOCKER_HOST names when the call is made. On the swarm backend, as SwarmProbe:
+    a container list asks every node of the test swarm, a call about one container
+    (or exec) goes to the node that has it, and `runnerd-<run id>` (the name of the
+    run's container on an engine, of its service on a swarm) names the run's
+    newest container there."""
 
     def __init__(self, timeout: float = 120) -> None:
         self.timeout = timeout
+        self._node_of: dict[str, str] = {}  # container or exec id -> its node's socket
 
     def request(
         self,
@@ -283,14 +288,77 @@ class EngineApi:
         **params: str,
     ) -> tuple[int, bytes]:
         """One call: `body` is sent as JSON, or `data` as it is."""
-        if params:
-            path += "?" + urllib.parse.urlencode(params)
-        conn = UnixHTTPConnection(docker_socket(), self.timeout)
+        query = "?" + urllib.parse.urlencode(params) if params else ""
+        payload = data if body is None else json.dumps(body).encode()
+        if not on_swarm():
+            return self._call(docker_socket(), method, path + query, payload, headers)
+        nodes = [str(node.socket_path) for node in SwarmCluster().nodes]
+        if method == "GET" and path == "/events":  # every node's, in the order they were
+            events: list[tuple[int, bytes]] = []
+            for socket in nodes:  # one `until` for all: the later ones answer at once
+                status, answer = self._call(socket, method, path + query, payload, headers)
+                if status != 200:
+                    return status, answer
+                lines = [line for line in answer.splitlines() if line.strip()]
+                events += [(json.loads(line).get("timeNano", 0), line) for line in lines]
+            return 200, b"\n".join(line for _, line in sorted(events, key=lambda e: e[0]))
+        if method == "GET" and path == "/containers/json":  # every node's, together
+            found: list[Any] = []
+            for socket in nodes:
+                status, answer = self._call(socket, method, path + query, payload, headers)
+                if status != 200:
+                    return status, answer
+                found.extend(json.loads(answer))
+            return 200, json.dumps(found).encode()
+        socket, path = self._node(nodes, path)
+        status, answer = self._call(socket, method, path + query, payload, headers)
+        if path.endswith("/exec") and status == 201:  # the exec lives on the same node
+            self._node_of[json.loads(answer)["Id"]] = socket
+        return status, answer
+
+    def _node(self, nodes: list[str], path: str) -> tuple[str, str]:
+        """The node a call about one container or exec goes to, and the path with
+        a run's `runnerd-<run id>` replaced by its container's id there."""
+        parts = path.split("/")
+        if len(parts) < 3 or parts[1] not in ("containers", "exec") or parts[2] in _NOT_IDS:
+            return nodes[0], path
+        ref = urllib.parse.unquote(parts[2])
+        if ref not in self._node_of:
+            for socket in nodes:
+                if self._call(socket, "GET", f"/containers/{parts[2]}/json")[0] == 200:
+                    self._node_of[ref] = socket
+                    break
+            else:
+                if ref.startswith("runnerd-"):
+                    run = ref[len("runnerd-") :]
+                    filters = label_filters({LABEL_RUN: run})
+                    newest: tuple[int, str, str] | None = None
+                    for socket in nodes:
+                        query = urllib.parse.urlencode({"filters": filters, "all": "1"})
+                        status, answer = self._call(socket, "GET", f"/containers/json?{query}")
+                        assert status == 200, (status, answer)
+                        for c in json.loads(answer):
+                            if newest is None or c["Created"] > newest[0]:
+                                newest = (c["Created"], c["Id"], socket)
+                    if newest is not None:
+                        self._node_of[newest[1]] = newest[2]
+                        parts[2] = ref = newest[1]
+        return self._node_of.get(ref, nodes[0]), "/".join(parts)
+
+    def _call(
+        self,
+        socket: str,
+        method: str,
+        path: str,
+        payload: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, bytes]:
+        conn = UnixHTTPConnection(socket, self.timeout)
         try:
             conn.request(
                 method,
                 path,
-                body=data if body is None else json.dumps(body).encode(),
+                body=payload,
                 headers={"Content-Type": "application/json", **(headers or {})},
             )
             resp = conn.getresponse()
@@ -408,6 +476,8 @@ class EngineApi:
         assert status == 200, data
         return [tag for image in data for tag in image.get("RepoTags") or ()]
 
+
+_NOT_IDS = ("json", "create", "prune")  # /containers/<these>: no container's id
 
 engine_api = EngineApi()
 

@@ -11,8 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from conftest import Api, Daemon, EngineUnderTest, wait_until
 from helpers_engine import GATE, RELEASE, engine_api
+
+pytestmark = pytest.mark.swarm  # these run on the swarm backend too
 
 MiB = 1024 * 1024
 
@@ -127,7 +130,7 @@ async def test_many_short_lines_are_cut_with_a_marker_before_the_engine_could_ro
     assert kept == [str(i).encode() for i in range(1, len(kept) + 1)], (
         f"{len(kept)} lines kept, not 1..{len(kept)} in order"
     )
-    if engine_under_test.name == "docker":
+    if engine_under_test.name in ("docker", "swarm"):  # the swarm's nodes are dockerds
         assert marker.startswith(b"[runnerd] log limit of the engine reached"), marker
         assert b"short lines" in marker, marker
         # cut before the engine's 5 MiB file could fill: ~30 bytes of framing a line

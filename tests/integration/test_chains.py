@@ -12,8 +12,11 @@ from datetime import datetime
 from typing import Any
 
 import aiohttp
+import pytest
 from conftest import Api, Daemon, wait_until
 from helpers_engine import engine_api
+
+pytestmark = pytest.mark.swarm  # these run on the swarm backend too
 
 # A chained runner's command: what it was told about its parent.
 SAYS_PARENT = 'echo "parent=$RUNNERD_PARENT_RUN_ID status=$RUNNERD_PARENT_STATUS"'

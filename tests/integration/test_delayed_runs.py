@@ -22,6 +22,8 @@ from helpers_engine import engine_api
 
 from runnerd.timefmt import parse_time
 
+pytestmark = pytest.mark.swarm  # these run on the swarm backend too
+
 
 def ms_now() -> int:
     return time.time_ns() // 1_000_000

@@ -12,10 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from conftest import Api, Daemon, wait_until
 from helpers_engine import RELEASE, engine_api
 
 from runnerd.logs import HEADER
+
+pytestmark = pytest.mark.swarm  # these run on the swarm backend too
 
 JSON = {"Accept": "application/json"}
 SSE = {"Accept": "text/event-stream"}

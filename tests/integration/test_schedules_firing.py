@@ -19,6 +19,7 @@ from datetime import datetime
 from typing import Any
 
 import aiohttp
+import pytest
 from conftest import NO_ENGINE, Api, Daemon, wait_until
 
 SEED = int(os.environ.get("RUNNERD_TEST_SEED", "20261202"))
@@ -59,6 +60,7 @@ async def fired(api: Api, runner_id: str, schedule_id: str) -> list[dict[str, An
     return sorted(runs, key=lambda r: ms(r["scheduled_for"]))
 
 
+@pytest.mark.swarm  # on the swarm backend too
 async def test_an_every_2s_schedule_fires_each_slot_on_time_once(
     start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
 ) -> None:
@@ -155,6 +157,7 @@ async def test_kill_9_around_fire_moments_never_fires_a_slot_twice_nor_drops_one
     assert len(slots) > kills  # each process fired
 
 
+@pytest.mark.swarm  # on the swarm backend too
 async def test_forbid_skips_fires_while_its_long_run_is_running(
     start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
 ) -> None:
@@ -185,6 +188,7 @@ async def test_forbid_skips_fires_while_its_long_run_is_running(
     assert b'runnerd_schedule_skipped_fires_total{reason="forbid"} 2.0' in text
 
 
+@pytest.mark.swarm  # on the swarm backend too
 async def test_replace_cancels_its_long_run_then_fires(
     start_daemon: Callable[..., Daemon], http: aiohttp.ClientSession
 ) -> None:

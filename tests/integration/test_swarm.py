@@ -299,3 +299,45 @@ async def test_a_manager_that_restarts_mid_run_is_waited_for_and_the_run_ends_as
     ), done
     assert await api.logs(runner["id"], run["id"]) == b"before\nafter\n"
     await nothing_left(swarm_cluster, daemon)
+
+
+async def test_a_daemon_pointed_at_a_worker_keeps_runs_pending_saying_why_until_given_a_manager(
+    start_daemon: Callable[..., Daemon],
+    http: aiohttp.ClientSession,
+    swarm_cluster: SwarmCluster,
+) -> None:
+    # A worker answers every swarm call with a 503: no run can start there, and
+    # none may be failed for it (the operator's fix is the config, or a promote).
+    docker = '[docker]\nurl = "{}"\nnetwork = "bridge"\nstop_grace_seconds = 1\n'
+    daemon = start_daemon(docker.format(swarm_cluster.node(2).host))
+    api = api_for(http, daemon)
+    runner = await api.create_runner(run_command="echo ran")
+    run = await api.trigger(runner["id"])
+
+    async def unhealthy_saying_why() -> dict[str, Any] | None:
+        status, body = await api.get("/healthz")
+        return body if status == 503 and "not a swarm manager" in body["error"] else None
+
+    health = await wait_until(unhealthy_saying_why, timeout=30, what="/healthz to say why")
+    assert "[docker] url" in health["error"], health
+    assert "runs stay pending meanwhile" in daemon.log_text()
+
+    async def put_off() -> bool:  # the scheduler claims nothing until it can reconcile
+        return "cannot reconcile with the engine: the engine at [docker] url" in daemon.log_text()
+
+    await wait_until(put_off, timeout=30, what="the scheduler to wait for a manager")
+    assert (await api.run(runner["id"], run["id"]))["status"] == "pending"
+    labels = [s["Spec"].get("Labels") or {} for s in swarm_cluster.services()]
+    assert not [x for x in labels if x.get("io.runnerd.daemon") == daemon.daemon_id()]
+    # Pointed at the manager, the same daemon runs it: nothing was lost meanwhile.
+    daemon.stop()
+    daemon.config_path.write_text(
+        daemon.config_path.read_text().replace(
+            swarm_cluster.node(2).host, swarm_cluster.node(1).host
+        )
+    )
+    daemon.start()
+    api = api_for(http, daemon)
+    done = await api.wait_done(runner["id"], run["id"], timeout=60)
+    assert done["status"] == "succeeded", done
+    assert await api.logs(runner["id"], run["id"]) == b"ran\n"
