@@ -46,7 +46,7 @@ from .notify import notify, tell_systemd
 from .retention import Retention
 from .scheduler import Scheduler
 from .store import Store
-from .swarm import SwarmEngine
+from .swarm import STOP_LATENCY_SECONDS, SwarmEngine
 from .timefmt import format_ms
 from .webhooks import Notifier
 
@@ -95,11 +95,18 @@ class StopBounds:
         return self.total + HARD_EXIT_SECONDS
 
 
+def stop_seconds(config: Config) -> float:
+    """How long stopping a run's container may take: its grace, and on Swarm the
+    time the swarm takes to relay the stop to the node."""
+    extra = STOP_LATENCY_SECONDS if config.executor.backend == "swarm" else 0.0
+    return config.docker.stop_grace_seconds + extra
+
+
 def stop_bounds(config: Config) -> StopBounds:
     """The one place the shutdown's time limits come from."""
     scheduler = STEP_SECONDS
-    if config.scheduler.on_shutdown == "stop":  # the engine's stop grace, then the records
-        scheduler = config.docker.stop_grace_seconds + 5
+    if config.scheduler.on_shutdown == "stop":  # the containers' stop, then the records
+        scheduler = stop_seconds(config) + 5
     # aiohttp waits SHUTDOWN_SECONDS for in-flight requests, cancels them, waits as
     # long again for that to take, and rounds each wait up to a whole second.
     http = 2 * (SHUTDOWN_SECONDS + 1) + 1
@@ -312,7 +319,7 @@ async def serve(config: Config) -> Stopped:
                     "the scheduler",
                     scheduler.stop(
                         stop_runs=config.scheduler.on_shutdown == "stop",
-                        grace_seconds=config.docker.stop_grace_seconds,
+                        grace_seconds=stop_seconds(config),
                     ),
                     bounds.scheduler,
                 )

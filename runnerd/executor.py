@@ -624,7 +624,7 @@ class Executor:
         """(exit code, timed out) once the container has exited and its output is
         in the log; None when the engine has no such container, or lost it (why
         is kept in _lost). The exit code is None when the engine could not tell it
-        (a swarm task runnerd stopped)."""
+        (a swarm task runnerd stopped on a node that did not answer)."""
         ended_with: int | None = None  # the exit code of a container that ended unwatched
         if not just_started:  # (a container just started is running or exited: wait() tells)
             state = await self.engine.inspect(container_id)

@@ -3,9 +3,10 @@ whichever node of the swarm fits (`[executor] backend = "swarm"`, `[docker] url`
 naming a manager).
 
 `SwarmEngine` is an `Engine` whose "container" is a service named after the
-run, so the executor carries a run the same way on either backend: the store
-marks it running, then `start` creates the service, `wait` follows its task to
-a final state, `output` reads the task's log, `remove` deletes the service.
+run, so the executor carries a run the same way on either backend: `create`
+makes the service with no replica, the store marks the run running, `start`
+scales the service to one, `wait` follows its task to a final state, `output`
+reads the task's log, `stop` halts the service, `remove` deletes it.
 
 Checked against Docker 20.10 (API 1.41), where they decide how it is done:
 
@@ -17,9 +18,12 @@ Checked against Docker 20.10 (API 1.41), where they decide how it is done:
   container once, like a job; removing it stops the container (SIGTERM, then
   SIGKILL after StopGracePeriod) and deletes its task and container. runnerd's
   own retry policy does the retries, each a run of its own.
-- A stopped task is deleted a moment after it has exited (its exit code is
-  visible for a few hundred milliseconds in between): `stop` watches it closely
-  to catch that code. Its output until then came through the follow stream.
+- Removing a service (or scaling it to 0) deletes its task a moment after the
+  container has exited, and with it the exit code and the log. So `stop` halts
+  the service instead: an update to a placement no node satisfies, which shuts
+  the task down (StopGracePeriod as above) and keeps it, with its exit code and
+  all of its log, as the task the update replaced; the replacement stays
+  pending. `remove` deletes the service once the run is recorded.
 - A task's follow stream does not end when the task ends; `output` ends it
   once the task is in a final state, and the executor then reads the rest.
 - Services take no `none` network (config refuses it); every request goes to
@@ -32,7 +36,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -61,9 +65,14 @@ FINAL_STATES = frozenset({"complete", "failed", "shutdown", "rejected", "orphane
 STARTED_STATES = frozenset({"starting", "running"}) | FINAL_STATES
 POLL_FIRST = 0.05  # a task's state is asked for this often at first, doubling up to POLL_MAX
 POLL_MAX = 1.0
-STOP_POLL = 0.02  # while a stopped task exits: its exit code is visible only briefly
+# How much longer than its grace a stop takes on Swarm: the manager's orchestrator
+# and the node's agent relay it (~1-1.5 s on the test swarm, more under load).
+STOP_LATENCY_SECONDS = 3.0
+STOP_POLL_MAX = 0.2  # a stopped task is asked for at POLL_FIRST, doubling up to this
+# The placement a stopped run's service is given: no node's id is this, so the
+# task the swarm makes to replace the stopped one is never placed (see stop).
+HALTED = "node.id==runnerd-stopped"
 NODE_CHECK_SECONDS = 5.0  # how often a running task's node is asked whether it is up
-MANAGER_CHECK_SECONDS = 5.0  # a create trusts a check that the engine is a manager this long
 TAIL_QUIET_SECONDS = 0.25  # after its task ended, a follow stream quiet this long is done
 
 
@@ -94,13 +103,11 @@ class SwarmEngine(Engine):
         self.placement = placement
         self.instance_placement = instance_placement or {}
         self.stop_grace_seconds = stop_grace_seconds
-        self._specs: dict[str, ContainerSpec] = {}  # created, not yet started
         self._exit_codes: dict[str, int] = {}  # of tasks runnerd stopped, seen as they exited
         self._stopping: dict[str, asyncio.Event] = {}  # set once the stopped task has exited
         self._tailed: set[str] = set()  # followed to the end of the task's output
         self._node_names: dict[str, str] = {}  # node id -> its name
         self._placed: dict[str, str] = {}  # service -> the name of its task's node
-        self._manager_at = -MANAGER_CHECK_SECONDS  # when the engine last was a manager
 
     credentials_on_start = True
 
@@ -120,7 +127,6 @@ class SwarmEngine(Engine):
     async def _manager(self) -> None:
         """Raises EngineNotReady unless the engine is a swarm manager (see _request)."""
         await self._request("GET", "swarm", "could not inspect the swarm")
-        self._manager_at = time.monotonic()
 
     async def _request(
         self,
@@ -177,14 +183,17 @@ class SwarmEngine(Engine):
         tasks.sort(key=_created)
         return tasks
 
-    async def _service_exists(self, service: str) -> bool:
+    async def _replicas(self, service: str) -> int | None:
+        """The replicas the service is set to; None when there is no such service."""
         try:
-            await self._request("GET", f"services/{service}", f"could not inspect {service}")
-            return True
+            current = await self._request(
+                "GET", f"services/{service}", f"could not inspect {service}"
+            )
         except EngineError as e:
             if e.status == 404:
-                return False
+                return None
             raise
+        return int(((current["Spec"].get("Mode") or {}).get("Replicated") or {}).get("Replicas", 1))
 
     async def node_name(self, node_id: str) -> str:
         """A node's name (its spec's, else its hostname), or its id if unknown."""
@@ -223,13 +232,24 @@ class SwarmEngine(Engine):
     # -- a run's service ----------------------------------------------------------
 
     async def create(self, spec: ContainerSpec) -> str:
-        """Nothing is made yet: a service starts as it is created, and a run is
-        marked running before it starts (see Executor). The name stands for it.
-        The engine must be a manager (checked at most every few seconds): if not,
-        EngineNotReady leaves the run pending."""
-        if time.monotonic() - self._manager_at > MANAGER_CHECK_SECONDS:
-            await self._manager()
-        self._specs[spec.name] = spec
+        """Create the run's service with no replica: nothing runs until `start`
+        scales it to one. A run is marked running between the two (see Executor),
+        so a service with no replica after a crash is one never started, as a
+        created container is on an engine. The image is pinned here, and the
+        registry's credentials go with the service for the node to pull with."""
+        image = await self._pinned(spec.image)
+        try:
+            await self._request(
+                "POST",
+                "services/create",
+                "could not create the service",
+                body=self._service_spec(spec, image),
+                headers=registry_auth(spec.credentials),
+            )
+        except EngineError as e:
+            if spec.credentials is not None and spec.credentials.password:
+                raise type(e)(str(e).replace(spec.credentials.password, "***"), e.status) from None
+            raise
         return spec.name
 
     def _service_spec(self, spec: ContainerSpec, image: str) -> dict[str, Any]:
@@ -273,30 +293,19 @@ class SwarmEngine(Engine):
             "Name": spec.name,
             "Labels": spec.labels,
             "TaskTemplate": template,
-            "Mode": {"Replicated": {"Replicas": 1}},
+            "Mode": {"Replicated": {"Replicas": 0}},  # `start` makes it one
         }
 
     async def start(self, container_id: str) -> None:
-        """Create the run's service, then wait until its task has started (or
-        ended): a task no node can take, or whose image cannot be had, is an
-        EngineError with the swarm's reason, and the service is removed."""
-        spec = self._specs.pop(container_id, None)
-        if spec is None:
-            raise EngineError(f"could not start service {container_id}: it was never created")
-        headers = registry_auth(spec.credentials)
-        image = await self._pinned(spec.image)
-        try:
-            await self._request(
-                "POST",
-                "services/create",
-                "could not create the service",
-                body=self._service_spec(spec, image),
-                headers=headers,
-            )
-        except EngineError as e:
-            if spec.credentials is not None and spec.credentials.password:
-                raise type(e)(str(e).replace(spec.credentials.password, "***"), e.status) from None
-            raise
+        """Scale the run's service to one replica, then wait until its task has
+        started (or ended): a task no node can take, or whose image cannot be
+        had, is an EngineError with the swarm's reason, and the service is removed."""
+
+        def one(spec: dict[str, Any]) -> None:
+            spec["Mode"] = {"Replicated": {"Replicas": 1}}
+
+        if not await self._update(container_id, one, "start"):
+            raise EngineError(f"could not start service {container_id}: there is no such service")
         delay = POLL_FIRST
         # As long as a pull may take: a node pulls the image as the task starts.
         deadline = time.monotonic() + self.pull_timeout
@@ -344,7 +353,7 @@ class SwarmEngine(Engine):
 
     async def wait(self, container_id: str) -> int | None:
         """Until the run's task has ended: its exit code; None for one runnerd
-        stopped whose code went with its task. ContainerLost when it ended without
+        stopped that did not end within the stop's bound. ContainerLost when it ended without
         one otherwise (its node went away, the swarm shut it down)."""
         delay = POLL_FIRST
         node_checked = time.monotonic()
@@ -397,41 +406,92 @@ class SwarmEngine(Engine):
         return None
 
     async def stop(self, container_id: str, grace_seconds: float) -> bool:
-        """Remove the service: the swarm stops its container (SIGTERM, SIGKILL after
-        StopGracePeriod) and then deletes the task. Returns once it has exited, its
-        exit code kept for `wait`; False when it was not running."""
+        """Halt the service (see _halt): the swarm stops its task (SIGTERM, SIGKILL
+        after StopGracePeriod) and keeps it, with its exit code and all of its log,
+        until `remove`. Returns once the task has ended, its exit code kept for
+        `wait`; False when it was not running."""
         task, exists = await self._task_state(container_id)
         state = ((task or {}).get("Status") or {}).get("State", "")
         if not exists or task is None or state in FINAL_STATES:
             return False
         stopped = self._stopping[container_id] = asyncio.Event()
         try:
-            await self._delete(container_id)
+            await self._halt(container_id)
             task_id = str(task["ID"])
             deadline = time.monotonic() + self.stop_grace_seconds + self.request_timeout
+            delay = POLL_FIRST
             while time.monotonic() < deadline:
                 try:
                     seen = await self._request(
                         "GET", f"tasks/{task_id}", "could not inspect a task"
                     )
                 except EngineError as e:
-                    if e.status == 404:  # deleted: it exited unseen
+                    if e.status == 404:  # the service was removed meanwhile
                         break
                     raise
                 status = seen.get("Status") or {}
-                code = (status.get("ContainerStatus") or {}).get("ExitCode")
-                if status.get("State") in FINAL_STATES and code not in (None, -1):
-                    self._exit_codes[container_id] = int(code)
+                if status.get("State") in FINAL_STATES:
+                    code = (status.get("ContainerStatus") or {}).get("ExitCode")
+                    if code not in (None, -1) and not _never_ran(status):
+                        self._exit_codes[container_id] = int(code)
                     break
-                await asyncio.sleep(STOP_POLL)
+                await asyncio.sleep(delay)
+                delay = min(STOP_POLL_MAX, delay * 2)
         finally:
             stopped.set()
         return True
 
+    async def _halt(self, service: str) -> None:
+        """Update the service with a placement no node satisfies (HALTED), stop
+        first: the swarm shuts its task down and makes a replacement that stays
+        pending. Measured on Docker 20.10: removing the service, or scaling it to
+        0 replicas, deletes the task as soon as its container has exited, and
+        with it the exit code and what of the log runnerd had not read yet; a
+        task an update replaced is kept (task history) until the service goes."""
+
+        def halted(spec: dict[str, Any]) -> None:
+            spec["TaskTemplate"].setdefault("Placement", {})["Constraints"] = [HALTED]
+            spec["UpdateConfig"] = {"Parallelism": 1, "Order": "stop-first"}
+
+        await self._update(service, halted, "stop")
+
+    async def _update(
+        self, service: str, change: Callable[[dict[str, Any]], None], what: str
+    ) -> bool:
+        """Apply `change` to the service's spec; False when there is no such
+        service. The registry's credentials stay those it was created with (the
+        manager keeps them when an update sends none)."""
+        for attempt in range(3):
+            try:
+                current = await self._request(
+                    "GET", f"services/{service}", f"could not inspect {service}"
+                )
+            except EngineError as e:
+                if e.status == 404:
+                    return False
+                raise
+            spec = current["Spec"]
+            change(spec)
+            try:
+                await self._request(
+                    "POST",
+                    f"services/{service}/update",
+                    f"could not {what} service {service}",
+                    params={"version": str(current["Version"]["Index"])},
+                    body=spec,
+                )
+                return True
+            except EngineError as e:
+                if e.status == 404:
+                    return False
+                # The swarm changed the service between the read and the update.
+                if "out of sequence" not in str(e) or attempt == 2:
+                    raise
+        return False  # not reached: the last attempt returns or raises
+
     async def remove(self, container_id: str) -> None:
         """Delete the run's service (stopping its container) and forget it."""
         await self._delete(container_id)
-        self._specs.pop(container_id, None)
         self._stopping.pop(container_id, None)
         self._tailed.discard(container_id)
         self._placed.pop(container_id, None)
@@ -453,6 +513,15 @@ class SwarmEngine(Engine):
         task, exists = await self._task_state(container_id)
         if not exists:
             return None
+        if task is None and await self._replicas(container_id) == 0:
+            return ContainerState(  # created, never started (see create)
+                id=container_id,
+                status="created",
+                running=False,
+                exit_code=0,
+                started_at="",
+                labels={},
+            )
         status = (task or {}).get("Status") or {}
         node_id = str((task or {}).get("NodeID") or "")
         node = await self.node_name(node_id) if node_id else None
@@ -494,12 +563,7 @@ class SwarmEngine(Engine):
                 # Stopped by runnerd and deleted by the swarm as it exited, after the
                 # follow stream gave all it had: there is nothing more to read.
                 return
-            raise EngineError(
-                "the swarm has deleted the run's task (it does so as soon as a task "
-                "runnerd stopped has exited), so its output cannot be read again"
-                if container_id in self._stopping
-                else f"service {container_id} has no task whose output could be read"
-            )
+            raise EngineError(f"service {container_id} has no task whose output could be read")
         path = f"tasks/{task['ID']}/logs"
         if not follow:
             async for batch in self._task_logs(path, container_id, since_ns, False):

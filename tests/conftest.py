@@ -146,8 +146,13 @@ def engine_under_test(request: pytest.FixtureRequest) -> Iterator[EngineUnderTes
             stack.callback(cluster.stop)
             _SWARMS.append(cluster)
             stack.callback(_SWARMS.remove, cluster)
-            mp.setenv(BACKEND_ENV, "swarm")
-        mp.setenv("DOCKER_HOST", under_test.host)
+        else:
+            # Not for the swarm: its settings (and BACKEND_ENV) are its tests' alone
+            # (docker_host_is_the_engine_under_test), as the session fixtures of the
+            # other tests its worker runs (rootless, systemd) must see Docker.
+            mp.setenv("DOCKER_HOST", under_test.host)
+        check = stack.enter_context(pytest.MonkeyPatch.context())
+        check.setenv("DOCKER_HOST", under_test.host)
         try:
             status, version = engine_api("GET", "/version", timeout=30)
         except OSError as e:
@@ -164,6 +169,7 @@ def engine_under_test(request: pytest.FixtureRequest) -> Iterator[EngineUnderTes
                 f"test image {TEST_IMAGE} is missing on {under_test.name} "
                 f"({under_test.host}); tests/run.sh imports it"
             )
+        check.undo()
         yield under_test
 
 

@@ -59,7 +59,15 @@ PODMAN_DEFAULT_HOST = "unix:///run/runnerd-test-podman/podman.sock"
 # The third "engine" is runnerd's swarm backend on a three-node swarm of extra
 # dockerds that the tests start themselves (tests/swarm_cluster.py), at its
 # manager's socket. Only tests marked `swarm` run on it.
-SWARM_DEFAULT_HOST = "unix:///run/runnerd-swarm/node1/sock"  # SwarmCluster().manager_host
+# Where it lives and which loopback addresses its nodes advertise; set these two to
+# run a second suite beside one already running (both are machine-wide).
+SWARM_STATE_DIR = Path(os.environ.get("RUNNERD_TEST_SWARM_DIR") or "/run/runnerd-swarm")
+SWARM_ADDRESSES = tuple(
+    (os.environ.get("RUNNERD_TEST_SWARM_ADDRESSES") or "127.0.0.11,127.0.0.12,127.0.0.13").split(
+        ","
+    )
+)
+SWARM_DEFAULT_HOST = f"unix://{SWARM_STATE_DIR}/node1/sock"  # SwarmCluster().manager_host
 # Which executor backend a daemon gets (write_config): "swarm" while a swarm test runs.
 BACKEND_ENV = "RUNNERD_TEST_BACKEND"
 ENGINES_ENV = "RUNNERD_TEST_ENGINES"

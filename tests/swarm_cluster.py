@@ -67,11 +67,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
-from tests.harness import TEST_IMAGE, UnixHTTPConnection, engine_for
+from tests.harness import (
+    SWARM_ADDRESSES,
+    SWARM_STATE_DIR,
+    TEST_IMAGE,
+    UnixHTTPConnection,
+    engine_for,
+)
 
 API = "/v1.41"  # docker.io 20.10's API; every request names it
-DEFAULT_STATE_DIR = Path("/run/runnerd-swarm")
-DEFAULT_ADDRESSES = ("127.0.0.11", "127.0.0.12", "127.0.0.13")
+DEFAULT_STATE_DIR = SWARM_STATE_DIR
+DEFAULT_ADDRESSES = SWARM_ADDRESSES
 # Every node can run runnerd's tasks; the third is the one a placement test can
 # aim at alone.
 DEFAULT_LABELS: tuple[Mapping[str, str], ...] = (

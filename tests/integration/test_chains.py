@@ -151,6 +151,11 @@ async def test_chained_runs_are_made_exactly_once_across_kill_9_and_restarts(
     run = await api.trigger(a["id"])
     parents.append(run["id"])
     await api.wait_status(a["id"], run["id"], "running")
+
+    async def started() -> bool:  # "running" is recorded just before the start
+        return container_state(run["id"]) in ("running", "exited")
+
+    await wait_until(started, timeout=30, interval=0.05, what="the parent's container to run")
     daemon.kill()
 
     async def exited() -> bool:

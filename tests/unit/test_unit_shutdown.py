@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from runnerd import config as config_mod
-from runnerd.daemon import _bounded, _busy_threads, _cancel, stop_bounds
+from runnerd.daemon import _bounded, _busy_threads, _cancel, stop_bounds, stop_seconds
 
 UNIT_FILE = Path(__file__).resolve().parents[2] / "systemd" / "runnerd.service"
 
@@ -30,14 +30,19 @@ def test_default_config_stop_deadline_fits_the_units_timeout_stop_sec() -> None:
     assert bounds.total == sum(bounds.phases) < bounds.deadline
 
 
+@pytest.mark.parametrize(
+    "backend",
+    ["", '[executor]\nbackend = "swarm"\n[docker]\nnetwork = "bridge"\n'],
+    ids=["docker", "swarm"],
+)
 def test_on_shutdown_stop_with_the_default_grace_also_fits_the_units_timeout_stop_sec(
-    tmp_path: Path,
+    tmp_path: Path, backend: str
 ) -> None:
     path = tmp_path / "config.toml"
-    path.write_text('[scheduler]\non_shutdown = "stop"\n')
+    path.write_text('[scheduler]\non_shutdown = "stop"\n' + backend)
     config = config_mod.load(str(path))
     bounds = stop_bounds(config)
-    assert bounds.scheduler > config.docker.stop_grace_seconds  # containers get their grace
+    assert bounds.scheduler > stop_seconds(config) >= config.docker.stop_grace_seconds
     assert bounds.deadline < _timeout_stop_sec()
 
 

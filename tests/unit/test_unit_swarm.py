@@ -99,7 +99,7 @@ def test_bad_swarm_config_names_its_key_and_what_is_wrong(
     assert says in str(e.value), str(e.value)
 
 
-def test_a_run_becomes_one_replica_that_never_restarts_with_its_limits_and_placement() -> None:
+def test_a_run_becomes_a_service_of_no_replica_yet_that_never_restarts_with_its_limits() -> None:
     engine = SwarmEngine(
         placement=("node.labels.runnerd==yes",),
         instance_placement={"large": ("node.labels.size==large",)},
@@ -108,7 +108,7 @@ def test_a_run_becomes_one_replica_that_never_restarts_with_its_limits_and_place
     service = engine._service_spec(spec(), "job:1@sha256:abc")
     assert service["Name"] == "runnerd-r1"
     assert service["Labels"] == {"io.runnerd.run": "r1"}
-    assert service["Mode"] == {"Replicated": {"Replicas": 1}}
+    assert service["Mode"] == {"Replicated": {"Replicas": 0}}  # start makes it one
     template = service["TaskTemplate"]
     assert template["RestartPolicy"] == {"Condition": "none", "MaxAttempts": 0}
     assert template["Resources"] == {
