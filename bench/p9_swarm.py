@@ -71,8 +71,9 @@ METHOD = (
     '`[executor] backend = "swarm"` and `[docker] url` the manager (network bridge: '
     "services take no none). The bare Swarm baseline drives the swarm directly over the "
     "manager's API (aiohttp on its socket, API 1.41) with the service runnerd makes for "
-    "a run (one replica, `RestartPolicy: none`, the same image, `sh -c true`, limits, "
-    "`local` log driver and network): create the service, poll its task every 10 ms "
+    "a run (`RestartPolicy: none`, the same image, `sh -c true`, limits, `local` log "
+    "driver and network), but created at one replica where runnerd creates it at none "
+    "and then scales it to one: create the service, poll its task every 10 ms "
     "until it is complete, read the task's logs, delete the service. The bare Docker "
     "baseline is P1's (aiodocker on the main engine: create, start, wait, logs, remove), "
     "so that bare Swarm − bare Docker is what Swarm itself costs a run. (a) Per-run "

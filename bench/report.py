@@ -244,14 +244,14 @@ def merge(
     notes.update(chunks(fresh[f_method + 1 : fresh.index(END)]))
 
     # the mode line: every figure now in the block, and when the merged ones ran
-    top = lines[:table_at]
+    top = _without_updates_of(lines[:table_at], new_keys)
     keys = sorted({_row_key(r) for r in rows}, key=_key_order)
     mode_at = next(i for i, ln in enumerate(top) if ln.startswith("Mode: "))
     top[mode_at] = re.sub(r"Figures: [^.]*\.", f"Figures: {', '.join(keys)}.", top[mode_at])
     on = next((f" against {k} {v}" for k, v in info.items() if k.endswith(" engine")), "")
     top.insert(
         mode_at + 1,
-        f"\nUpdated in place: {', '.join(r.key for r in results)} ran on {info['date']}{on} "
+        f"\n{UPDATED}{', '.join(r.key for r in results)} ran on {info['date']}{on} "
         f"({wall_seconds / 60:.1f} min; load average {info['load average (1/5/15 min)']}); "
         "the machine table below is the full run's.",
     )
@@ -260,3 +260,22 @@ def merge(
         out += notes[key] + ([""] if notes[key][-1:] != [""] else [])
     out.append(END)
     return "\n".join(out) + "\n"
+
+
+UPDATED = "Updated in place: "
+
+
+def _without_updates_of(top: list[str], keys: set[str]) -> list[str]:
+    """`top` without the "Updated in place" lines (and the blank line before each)
+    of earlier merges that ran only figures among `keys`: this merge replaces
+    what they said."""
+    out: list[str] = []
+    for ln in top:
+        if ln.startswith(UPDATED):
+            ran = set(ln[len(UPDATED) :].split(" ran on ", 1)[0].split(", "))
+            if ran <= keys:
+                if out and out[-1] == "":
+                    out.pop()
+                continue
+        out.append(ln)
+    return out

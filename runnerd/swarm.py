@@ -183,16 +183,24 @@ class SwarmEngine(Engine):
         tasks.sort(key=_created)
         return tasks
 
-    async def _replicas(self, service: str) -> int | None:
-        """The replicas the service is set to; None when there is no such service."""
+    async def _service(self, service: str) -> dict[str, Any] | None:
+        """The service as the manager has it (Spec, Version, ...); None when there
+        is no such service."""
         try:
-            current = await self._request(
+            found: dict[str, Any] = await self._request(
                 "GET", f"services/{service}", f"could not inspect {service}"
             )
         except EngineError as e:
             if e.status == 404:
                 return None
             raise
+        return found
+
+    async def _replicas(self, service: str) -> int | None:
+        """The replicas the service is set to; None when there is no such service."""
+        current = await self._service(service)
+        if current is None:
+            return None
         return int(((current["Spec"].get("Mode") or {}).get("Replicated") or {}).get("Replicas", 1))
 
     async def node_name(self, node_id: str) -> str:
@@ -462,14 +470,9 @@ class SwarmEngine(Engine):
         service. The registry's credentials stay those it was created with (the
         manager keeps them when an update sends none)."""
         for attempt in range(3):
-            try:
-                current = await self._request(
-                    "GET", f"services/{service}", f"could not inspect {service}"
-                )
-            except EngineError as e:
-                if e.status == 404:
-                    return False
-                raise
+            current = await self._service(service)
+            if current is None:
+                return False
             spec = current["Spec"]
             change(spec)
             try:

@@ -58,3 +58,22 @@ def test_a_quick_run_is_not_merged_into_a_full_runs_file() -> None:
         report.check_mergeable(DOC.read_text(), quick=True)
     with pytest.raises(ValueError, match="no generated block"):
         report.check_mergeable("# nothing generated here\n", quick=False)
+
+
+def test_merging_a_figure_again_replaces_its_updated_in_place_line_and_keeps_others() -> None:
+    text = DOC.read_text()
+    for key, date in (("P8", "2026-12-02 15:00 UTC"), ("P10", "2026-12-02 16:00 UTC")):
+        info = {**INFO, "date": date}
+        block = report.merge(text, [figure(key, key)], quick=False, wall_seconds=6, info=info)
+        text = text.split(report.BEGIN)[0] + block
+    again = {**INFO, "date": "2026-12-02 17:00 UTC"}
+    block = report.merge(text, [figure("P8", "P8")], quick=False, wall_seconds=6, info=again)
+    updates = [
+        ln
+        for ln in block.splitlines()
+        if ln.startswith(("Updated in place: P8", "Updated in place: P10"))
+    ]
+    assert [u.split(" against")[0].split(" (")[0] for u in updates] == [
+        "Updated in place: P8 ran on 2026-12-02 17:00 UTC",
+        "Updated in place: P10 ran on 2026-12-02 16:00 UTC",
+    ]
