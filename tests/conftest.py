@@ -133,7 +133,7 @@ def engine_under_test(request: pytest.FixtureRequest) -> Iterator[EngineUnderTes
     """The engine under test (a parameter in tests/integration, else Docker). It
     answers and has the test image, or every test on it fails loudly; for the
     fixtures built on it (module- and session-scoped ones too) DOCKER_HOST is its
-    address."""
+    address, except the swarm's (see below)."""
     under_test = engine_for(getattr(request, "param", "docker"))
     with contextlib.ExitStack() as stack:
         mp = stack.enter_context(pytest.MonkeyPatch.context())
