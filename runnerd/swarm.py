@@ -73,6 +73,7 @@ STOP_POLL_MAX = 0.2  # a stopped task is asked for at POLL_FIRST, doubling up to
 # task the swarm makes to replace the stopped one is never placed (see stop).
 HALTED = "node.id==runnerd-stopped"
 NODE_CHECK_SECONDS = 5.0  # how often a running task's node is asked whether it is up
+MANAGER_SETTLE_SECONDS = 20.0  # a node Down this soon after the manager answered again is not
 TAIL_QUIET_SECONDS = 0.25  # after its task ended, a follow stream quiet this long is done
 
 
@@ -108,6 +109,7 @@ class SwarmEngine(Engine):
         self._tailed: set[str] = set()  # followed to the end of the task's output
         self._node_names: dict[str, str] = {}  # node id -> its name
         self._placed: dict[str, str] = {}  # service -> the name of its task's node
+        self._unanswered_at = -MANAGER_SETTLE_SECONDS  # when the manager last did not answer
 
     credentials_on_start = True
 
@@ -154,6 +156,8 @@ class SwarmEngine(Engine):
             return await self._bounded(call(), what, path.split("/")[0])
         except (DockerError, aiohttp.ClientError, OSError, ValueError) as e:
             error = as_engine_error(e, what, path.split("/")[0])
+        if isinstance(error, EngineUnavailable) or error.status == 503:
+            self._unanswered_at = time.monotonic()
         if error.status == 503:
             # The engine is in no swarm, a worker, or a manager without a leader
             # (moby answers each with 503, "unavailable"): no service call can
@@ -408,7 +412,10 @@ class SwarmEngine(Engine):
                 raise
             return f"its node {node_id} left the swarm"
         node_state = str((node.get("Status") or {}).get("State") or "")
-        if node_state in ("down", "disconnected"):
+        # A manager that has just come back has every node Down until its agent
+        # reconnects (seen on the test swarm): not a node that died.
+        settling = time.monotonic() - self._unanswered_at < MANAGER_SETTLE_SECONDS
+        if node_state in ("down", "disconnected") and not settling:
             name = await self.node_name(node_id)
             return f"its node {name} is {node_state}, and its container with it"
         return None
