@@ -8,8 +8,7 @@ import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
-from ..crypto import PREFIX as CRYPTO_PREFIX
-from ..crypto import SecretBox, SecretKeyError, load_key
+from ..crypto import SecretBox, SecretKeyError, is_encrypted, load_key
 from ..models import Run
 from .api_keys import ApiKeys
 from .connection import Database
@@ -60,7 +59,7 @@ class Store(ApiKeys, Dashboard, Runners, Runs, Registries, Schedules, UiSessions
                 rows = db.execute(f"SELECT id, {column} FROM {table}").fetchall()
                 db.executemany(
                     f"UPDATE {table} SET {column} = ? WHERE id = ?",
-                    [(box.encrypt(v), i) for i, v in rows if not v.startswith(CRYPTO_PREFIX)],
+                    [(box.encrypt(v), i) for i, v in rows if not is_encrypted(v)],
                 )
             db.execute(
                 "INSERT INTO meta (key, value) VALUES ('secret_check', ?)", (box.check_value(),)

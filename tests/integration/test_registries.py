@@ -478,7 +478,7 @@ async def test_secrets_are_encrypted_at_rest_and_the_key_file_is_required(
         ("runner env value", stored_env),
         ("run env", stored_run_env),
     ):
-        assert stored.startswith("enc:v1:"), f"the {what} is not stored encrypted"
+        assert stored.startswith("enc:v2:"), f"the {what} is not stored encrypted"
     files = raw_files(daemon.data_dir)
     assert db_path in files
     assert_not_in_files(files, registry.password, env_value, run_value)
