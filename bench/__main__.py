@@ -35,6 +35,8 @@ from . import (
     p7_schedules,
     p8_dashboard,
     p9_swarm,
+    p10_scale,
+    p11_started,
     report,
 )
 from .common import (
@@ -65,6 +67,8 @@ FIGURES: dict[str, ModuleType] = {
     "P7": p7_schedules,
     "P8": p8_dashboard,
     "P9": p9_swarm,
+    "P10": p10_scale,
+    "P11": p11_started,
 }
 # Figures that run only when --only names them: P9 starts a swarm of its own.
 OPT_IN = frozenset({"P9"})

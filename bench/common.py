@@ -31,6 +31,7 @@ from typing import Any
 import aiodocker
 import aiohttp
 
+from runnerd._aiodocker_shim import raw_request
 from runnerd.engine import DOCKER, PODMAN, EngineKind, engine_kind
 from tests import harness
 from tests.harness import TEST_IMAGE, TEST_IMAGE_NAME, TEST_IMAGE_TAG, docker_cli, remove_containers
@@ -661,20 +662,24 @@ class DirectEngine:
         )
         return str(container.id)
 
+    async def request_json(self, path: str, **kw: Any) -> Any:
+        """The engine's JSON answer to a request (through runnerd's one shim of
+        aiodocker's private API: the same raw request runnerd makes)."""
+        async with raw_request(self.docker, path, **kw) as resp:
+            return await resp.json()
+
     async def start(self, cid: str) -> None:
-        async with self.docker._query(f"containers/{cid}/start", method="POST"):
+        async with raw_request(self.docker, f"containers/{cid}/start", method="POST"):
             pass
 
     async def wait(self, cid: str) -> int:
-        data = await self.docker._query_json(
-            f"containers/{cid}/wait", method="POST", timeout=aiohttp.ClientTimeout(total=None)
-        )
+        data = await self.request_json(f"containers/{cid}/wait", method="POST")
         return int(data["StatusCode"])
 
     async def exists(self, name: str) -> bool:
         """A container of that id or name exists (in any state)."""
         try:
-            async with self.docker._query(f"containers/{name}/json"):
+            async with raw_request(self.docker, f"containers/{name}/json"):
                 return True
         except aiodocker.exceptions.DockerError as e:
             if e.status == 404:
@@ -682,14 +687,16 @@ class DirectEngine:
             raise
 
     async def logs(self, cid: str) -> bytes:
-        async with self.docker._query(
-            f"containers/{cid}/logs", params={"stdout": True, "stderr": True, "follow": False}
+        async with raw_request(
+            self.docker,
+            f"containers/{cid}/logs",
+            params={"stdout": True, "stderr": True, "follow": False},
         ) as resp:
             return await resp.read()
 
     async def remove(self, cid: str) -> None:
-        async with self.docker._query(
-            f"containers/{cid}", method="DELETE", params={"force": True, "v": True}
+        async with raw_request(
+            self.docker, f"containers/{cid}", method="DELETE", params={"force": True, "v": True}
         ):
             pass
 
