@@ -112,7 +112,7 @@ class Executor:
         # run id -> what its preparation is at: the failure if the start deadline
         # passes there, and how the error says it
         self._stage: dict[str, tuple[FailureReason, str]] = {}
-        self._cleanups: set[asyncio.Task[None]] = set()  # removals of unwanted containers
+        self._cleanups: set[asyncio.Task[None]] = set()  # removals of containers no run wants
         # Images seen on the engine: a run of one is created without asking first.
         # Removed behind runnerd's back, the create says 404 and the run pulls then.
         self._present: set[str] = set()
@@ -414,7 +414,15 @@ class Executor:
     def _remove_when_created(self, creating: asyncio.Future[str]) -> None:
         if creating.cancelled() or creating.exception() is not None:
             return
-        task = asyncio.ensure_future(self._remove_quietly(creating.result()))
+        self._remove_in_background(creating.result())
+
+    def _remove_in_background(self, container_id: str) -> None:
+        """Remove a container no run wants any more (one just made for a run that
+        was canceled, or an ended run's, once its outcome is recorded) without
+        holding a slot for it: the scheduler starts the next run while the engine
+        removes this one. close() gives what is left a moment; the next start
+        removes the rest, with the containers of other ended runs."""
+        task = asyncio.ensure_future(self._remove_quietly(container_id))
         self._cleanups.add(task)
         task.add_done_callback(self._cleanup_done)
 
@@ -422,8 +430,7 @@ class Executor:
         self._cleanups.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.warning(
-                "could not remove a container made for a run that no longer wants "
-                "it: %s; it is removed at the next start",
+                "could not remove a container no run wants: %s; it is removed at the next start",
                 task.exception(),
             )
 
@@ -578,7 +585,7 @@ class Executor:
                 "its result is unknown.",
             )
             if lost:
-                await self._remove_quietly(container_id)
+                self._remove_in_background(container_id)
             return done
         exit_code, timed_out = outcome
         if why is not None:
@@ -602,7 +609,7 @@ class Executor:
             )
         else:
             done = await self._finish(run, exit_code=0, reason=None, error=None)
-        await self._remove_quietly(container_id)
+        self._remove_in_background(container_id)
         return done
 
     async def _stop_for_good(self, run: Run, container_id: str) -> None:
