@@ -413,6 +413,41 @@ async def test_engine_hanging_on_start_never_pins_a_slot(
     assert done["status"] == "succeeded", (done, daemon_errors(daemon))
 
 
+async def test_engine_slow_to_remove_a_container_does_not_hold_the_next_run(
+    start_proxied_daemon: Callable[..., Awaitable[Daemon]],
+    http: aiohttp.ClientSession,
+    proxy: TrackingProxy,
+    engine: EngineProbe,
+) -> None:
+    """An ended run's slot is free once its outcome is recorded: the next run
+    starts, runs and is recorded while the engine still sits on removing the last
+    one's container (issue 16: the engine removes while runnerd starts the next)."""
+    # Engine calls time out far later than the wait below: were the removal in the
+    # slot, the second run could not even start before the test gave up.
+    daemon = await start_proxied_daemon("request_timeout_seconds = 300\n", max_concurrent_runs=1)
+    api = Api(http, daemon.url, daemon.key)
+    runner = await api.create_runner(argv=["echo", "ran"])
+    proxy.hold(r"^DELETE ")
+    first = await api.trigger(runner["id"])
+    done = await api.wait_done(runner["id"], first["id"], timeout=DEADLINE)
+    assert done["status"] == "succeeded", (done, daemon_errors(daemon))
+
+    async def removing() -> bool:
+        return proxy.open_requests(r"^DELETE ") >= 1
+
+    await wait_until(removing, timeout=DEADLINE, what="the daemon to ask for the removal")
+    second = await api.trigger(runner["id"])
+    done = await api.wait_done(runner["id"], second["id"], timeout=DEADLINE)
+    assert done["status"] == "succeeded", (done, daemon_errors(daemon))
+    assert proxy.open_requests(r"^DELETE ") >= 1  # the first removal: still unanswered
+    assert await engine.for_run(first["id"])  # its container is still there
+
+    proxy.release()
+    for run in (first, second):
+        await engine.wait_gone(run["id"], timeout=DEADLINE)
+    assert "could not remove" not in daemon.log_text(), daemon_errors(daemon)
+
+
 async def test_cancel_of_a_run_whose_create_is_held_frees_its_slot_at_once(
     start_proxied_daemon: Callable[..., Awaitable[Daemon]],
     http: aiohttp.ClientSession,
