@@ -150,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown figure(s) {', '.join(unknown)}; known: {', '.join(FIGURES)}")
     if args.podman_host and args.engine != "podman":
         parser.error("--podman-host is for --engine podman")
+    if (args.profile or args.profile_gil) and shutil.which("py-spy") is None:
+        parser.error(
+            "--profile needs py-spy on PATH (`pip install py-spy` in the bench's venv, "
+            "and that venv's bin on PATH)"
+        )
     out: Path | None = Path(args.out) if args.out else None
     if out is None and not args.quick and not args.only and args.engine == DOCKER:
         out = DEFAULT_OUT
