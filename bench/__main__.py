@@ -212,7 +212,12 @@ def main(argv: list[str] | None = None) -> int:
         flags = "" if kind.name == DOCKER else f" --engine {kind.name}"
         if args.merge:
             generated = report.merge(
-                out.read_text(), results, quick=args.quick, wall_seconds=wall, info=info
+                out.read_text(),
+                results,
+                quick=args.quick,
+                wall_seconds=wall,
+                info=info,
+                whole=not args.only and kind.name == DOCKER,
             )
         else:
             generated = report.markdown(

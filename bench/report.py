@@ -205,13 +205,23 @@ def check_mergeable(old: str, *, quick: bool) -> None:
 
 
 def merge(
-    old: str, results: list[FigureResult], *, quick: bool, wall_seconds: float, info: dict[str, str]
+    old: str,
+    results: list[FigureResult],
+    *,
+    quick: bool,
+    wall_seconds: float,
+    info: dict[str, str],
+    whole: bool = False,
 ) -> str:
     """The generated block of `old` (a whole file) with the table rows and method
     notes of the figures in `results` replaced (or added, in figure order) and every
     other figure's kept as it was: re-running one figure updates it in place. The
     machine table stays the full run's; a line under the mode says when, in which
-    mode and under what load the merged figures ran."""
+    mode and under what load the merged figures ran.
+
+    `whole`: `results` are a whole run (every default figure), so it becomes the full
+    run: its mode line and machine table replace the block's, and only the lines of
+    earlier merges of figures it did not run (the opt-in P9, another engine's) stay."""
     check_mergeable(old, quick=quick)
     block = old.split(BEGIN, 1)[1].split(END, 1)[0]
     new_keys = {r.key for r in results}
@@ -246,15 +256,22 @@ def merge(
     # the mode line: every figure now in the block, and when the merged ones ran
     top = _without_updates_of(lines[:table_at], new_keys)
     keys = sorted({_row_key(r) for r in rows}, key=_key_order)
+    if whole:  # this run's mode line and machine, then the kept merges' lines
+        kept = [ln for ln in top if ln.startswith(UPDATED)]
+        top = fresh[1:f_table]
+        top[top.index("### Machine") : top.index("### Machine")] = [
+            x for ln in kept for x in (ln, "")
+        ]
     mode_at = next(i for i, ln in enumerate(top) if ln.startswith("Mode: "))
     top[mode_at] = re.sub(r"Figures: [^.]*\.", f"Figures: {', '.join(keys)}.", top[mode_at])
-    on = next((f" against {k} {v}" for k, v in info.items() if k.endswith(" engine")), "")
-    top.insert(
-        mode_at + 1,
-        f"\n{UPDATED}{', '.join(r.key for r in results)} ran on {info['date']}{on} "
-        f"({wall_seconds / 60:.1f} min; load average {info['load average (1/5/15 min)']}); "
-        "the machine table below is the full run's.",
-    )
+    if not whole:
+        on = next((f" against {k} {v}" for k, v in info.items() if k.endswith(" engine")), "")
+        top.insert(
+            mode_at + 1,
+            f"\n{UPDATED}{', '.join(r.key for r in results)} ran on {info['date']}{on} "
+            f"({wall_seconds / 60:.1f} min; load average "
+            f"{info['load average (1/5/15 min)']}); the machine table below is the full run's.",
+        )
     out = [BEGIN, "", *top, *head, *rows, "", "### Method and measured details", ""]
     for key in sorted(notes, key=_key_order):
         out += notes[key] + ([""] if notes[key][-1:] != [""] else [])

@@ -26,18 +26,18 @@ def table_keys(text: str) -> list[str]:
 
 def test_merging_a_new_figure_keeps_every_other_figures_rows_and_notes() -> None:
     old = DOC.read_text()
-    block = report.merge(old, [figure("P10", "later")], quick=False, wall_seconds=60, info=INFO)
+    block = report.merge(old, [figure("P99", "later")], quick=False, wall_seconds=60, info=INFO)
     inside = old.split(report.BEGIN)[1].split(report.END)[0]
     before = [ln for ln in inside.splitlines() if ln.startswith("| P")]
     for line in before:
         assert line in block
     keys = table_keys(block)
-    assert keys == sorted(keys, key=report._key_order) and keys[-1] == "P10"
-    assert "**P10 later** (0 s). How P10 is measured." in block
-    assert "- P10 x" in block and "**P7 schedules**" in block
+    assert keys == sorted(keys, key=report._key_order) and keys[-1] == "P99"
+    assert "**P99 later** (0 s). How P99 is measured." in block
+    assert "- P99 x" in block and "**P7 schedules**" in block
     in_file = sorted({k for ln in before if (k := report._row_key(ln))}, key=report._key_order)
-    assert f"Figures: {', '.join([*in_file, 'P10'])}." in block
-    assert "Updated in place: P10 ran on 2026-12-02 15:00 UTC" in block
+    assert f"Figures: {', '.join([*in_file, 'P99'])}." in block
+    assert "Updated in place: P99 ran on 2026-12-02 15:00 UTC" in block
     assert block.startswith(report.BEGIN) and block.rstrip().endswith(report.END)
 
 
@@ -77,3 +77,23 @@ def test_merging_a_figure_again_replaces_its_updated_in_place_line_and_keeps_oth
         "Updated in place: P8 ran on 2026-12-02 17:00 UTC",
         "Updated in place: P10 ran on 2026-12-02 16:00 UTC",
     ]
+
+
+def test_merging_a_whole_run_takes_its_machine_and_keeps_only_other_figures_merges() -> None:
+    """`python -m bench --merge`: the default figures ran, so the block is theirs (mode
+    line, machine table), and P9's row and its "Updated in place" line stay."""
+    text = DOC.read_text()
+    for key in ("P9", "P8"):  # earlier merges: one of a figure the whole run has, one not
+        block = report.merge(text, [figure(key, key)], quick=False, wall_seconds=6, info=INFO)
+        text = text.split(report.BEGIN)[0] + block
+    info = {**INFO, "CPU": "a test CPU", "date": "2026-12-09 09:00 UTC"}
+    results = [figure("P1", "overhead"), figure("P8", "dashboard")]
+    block = report.merge(text, results, quick=False, wall_seconds=600, info=info, whole=True)
+    assert "| CPU | a test CPU |" in block and "| date | 2026-12-09 09:00 UTC |" in block
+    assert "Wall time: 10.0 min." in block
+    updates = [ln for ln in block.splitlines() if ln.startswith("Updated in place: ")]
+    assert [u.split(" ran on ")[0] for u in updates if "P8" in u.split(" ran on ")[0]] == []
+    assert any(u.startswith("Updated in place: P9 ran on") for u in updates), updates
+    assert "| P9 P9: a page |" in block and "| P8 dashboard: a page |" in block
+    keys = table_keys(block)
+    assert f"Figures: {', '.join(sorted(set(keys), key=report._key_order))}." in block
