@@ -63,7 +63,7 @@ def test_merging_podmans_p4_adds_it_beside_dockers_and_keeps_every_other_row() -
     assert block.index("**P4 big logs**") < block.index("**P4 (Podman) big logs**")
     assert block.index("**P4 (Podman) big logs**") < block.index("**P5 history**")
     assert "- podman detail" in block
-    assert "Figures: P1, P2, P3, P4, P4 (Podman), P5, P6, P7, P8, P9." in block
+    assert "Figures: P1, P2, P3, P4, P4 (Podman), P5, P6, P7, P8, P9, P10, P11." in block
     assert (
         "Updated in place: P4 (Podman) ran on 2026-12-02 17:30 UTC against Podman engine "
         "4.3.1 (rootful, API 1.41, cgroup v1) at unix:///tmp/podman.sock"
