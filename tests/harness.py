@@ -234,9 +234,16 @@ def remove_containers(label: str) -> list[str]:
         raise AssertionError(f"the engine did not list containers ({status}): {listed}")
     ids = [str(c["Id"]) for c in listed]
     for cid in ids:
-        status, body = engine_api(
-            "DELETE", f"/containers/{quote(cid)}", {"force": "1"}, timeout=300
-        )
+        for _ in range(10):
+            status, body = engine_api(
+                "DELETE", f"/containers/{quote(cid)}", {"force": "1"}, timeout=300
+            )
+            # Podman refuses a forced removal of a container that is exiting at that
+            # moment ("could not be stopped: ... container state improper: stopped",
+            # 500): once it has stopped, the removal goes through.
+            if not (status == 500 and "container state improper" in str(body)):
+                break
+            time.sleep(0.2)
         # 404: gone meanwhile; 409 "removal ... already in progress": runnerd removes it.
         if status == 404 or (status == 409 and "in progress" in str(body)):
             continue
